@@ -1,0 +1,306 @@
+"""Tool-call formats: Hermes JSON (Qwen3, Flash-MoE) and Qwen3.5 XML.
+
+    detect_call_format(chat_template) -> "xml" | "hermes"
+    render_call(name, arguments, call_format, parameters=None) -> "<tool_call>\\n...\\n</tool_call>"
+    render_calls(calls, call_format, tools=None) -> the calls joined the way the chat templates join them ("\\n")
+    build_call_region_lark(tools, call_format, ...) -> llguidance lark text for the call region (starts at <tool_call>)
+
+Hermes:  <tool_call>\\n{"name": NAME, "arguments": {...}}\\n</tool_call>      (JSON as jinja's tojson: ", " and ": ")
+XML:     <tool_call>\\n<function=NAME>\\n<parameter=P>\\nVALUE\\n</parameter>\\n...</function>\\n</tool_call>
+         VALUE is raw text when P's schema is a plain string schema, JSON otherwise. Parameters appear in the schema's
+         property order (each optional one may be left out), then extra parameters if additionalProperties allows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+CallFormat = Literal["hermes", "xml"]
+
+JSON_STYLE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+PARAM_END = "\n</parameter>\n"
+
+# Keywords of a tool's top-level parameters object that the XML parameter-list grammar enforces (or that are inert).
+_XML_TOP_OK = {"type", "properties", "required", "additionalProperties", "description", "title", "$defs",
+               "definitions", "$schema", "$id", "$comment", "default", "examples", "x-guidance", "unevaluatedProperties"}
+_ANNOTATIONS = {"description", "title", "$comment", "default", "examples", "$schema", "$id", "deprecated",
+                "readOnly", "writeOnly", "contentMediaType", "contentEncoding", "x-guidance"}
+
+# Regexes (llguidance/Rust syntax) for string formats in raw XML values.
+_FORMATS = {
+    "date-time": r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)",
+    "date": r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])",
+    "time": r"([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)",
+    "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    "email": r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+",
+}
+
+
+class SchemaFeatureError(ValueError):
+    """Raised while building a grammar: (keyword, message). grammar.py turns it into UnsupportedSchemaError."""
+
+    def __init__(self, keyword: str, message: str):
+        super().__init__(message)
+        self.keyword = keyword
+
+
+def detect_call_format(chat_template: str) -> CallFormat:
+    """'xml' for Qwen3.5-style templates (<function=...>/<parameter=...>), 'hermes' otherwise."""
+    if chat_template and ("<function=" in chat_template or "<parameter=" in chat_template):
+        return "xml"
+    return "hermes"
+
+
+def tool_function(tool: dict) -> dict:
+    """The {name, description, parameters} part of an openai-style tool (or a bare function dict)."""
+    f = tool.get("function", tool) if isinstance(tool, dict) else None
+    if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+        raise ValueError(f"not an openai-style tool: {tool!r}")
+    return f
+
+
+def tool_parameters(tool: dict) -> dict:
+    p = tool_function(tool).get("parameters")
+    return p if isinstance(p, dict) else {"type": "object", "properties": {}}
+
+
+def resolve_local_ref(schema: Any, root: dict) -> Any:
+    seen = 0
+    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#") and seen < 16:
+        node: Any = root
+        for part in schema["$ref"][1:].split("/")[1:]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                return schema
+        schema, seen = node, seen + 1
+    return schema
+
+
+def is_plain_string_schema(schema: Any, root: dict | None = None) -> bool:
+    """A schema whose values are always strings: XML renders them raw."""
+    if root is not None:
+        schema = resolve_local_ref(schema, root)
+    if not isinstance(schema, dict):
+        return False
+    if schema.get("type") == "string":
+        return True
+    if "type" not in schema:
+        if "enum" in schema and schema["enum"] and all(isinstance(v, str) for v in schema["enum"]):
+            return True
+        if "const" in schema and isinstance(schema["const"], str):
+            return True
+    return False
+
+
+def _xml_value(value: Any, schema: Any, root: dict | None) -> str:
+    if isinstance(value, str) and (schema is None or is_plain_string_schema(schema, root)):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_call(name: str, arguments: dict, call_format: CallFormat, parameters: dict | None = None) -> str:
+    """One call block exactly as the grammar produces it (and as the official templates render it)."""
+    if call_format == "hermes":
+        return ('<tool_call>\n{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": '
+                + json.dumps(arguments, ensure_ascii=False) + "}\n</tool_call>")
+    props = (parameters or {}).get("properties") or {}
+    order = [k for k in props if k in arguments] + [k for k in arguments if k not in props]
+    out = [f"<tool_call>\n<function={name}>\n"]
+    for k in order:
+        sub = props.get(k) if parameters is not None else None
+        if parameters is not None and sub is None:
+            ap = parameters.get("additionalProperties")
+            sub = ap if isinstance(ap, dict) else None
+        out.append(f"<parameter={k}>\n{_xml_value(arguments[k], sub, parameters)}{PARAM_END}")
+    out.append("</function>\n</tool_call>")
+    return "".join(out)
+
+
+def render_calls(calls: list[tuple[str, dict]], call_format: CallFormat, tools: list[dict] | None = None) -> str:
+    params = {tool_function(t)["name"]: tool_parameters(t) for t in tools or []}
+    return "\n".join(render_call(n, a, call_format, params.get(n)) for n, a in calls)
+
+
+# ---------------------------------------------------------------------------------------------------- lark building
+def lark_str(s: str) -> str:
+    """A lark string literal."""
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _rx_escape(s: str) -> str:
+    return re.sub(r"([\\.^$|?*+()\[\]{}/\-])", r"\\\1", s).replace("\n", r"\n").replace("\t", r"\t").replace("\r", r"\r")
+
+
+def _json_schema_text(schema: Any) -> str:
+    if schema is True or schema == {}:
+        schema = {}
+    if schema is False:
+        raise SchemaFeatureError("false", "schema `false` admits no value")
+    s = dict(schema)
+    s["x-guidance"] = dict(JSON_STYLE, **(schema.get("x-guidance") or {}))
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _with_defs(sub: Any, root: dict) -> Any:
+    """Sub-schema made self-contained: the root's $defs/definitions travel with it so local $refs still resolve."""
+    if not isinstance(sub, dict):
+        return sub
+    out = dict(sub)
+    for k in ("$defs", "definitions"):
+        if k in root and k not in out:
+            out[k] = root[k]
+    return out
+
+
+def _ecma_to_rust(pattern: str) -> str:
+    # JSON-Schema patterns are ECMA-262; the common subset is Rust-regex compatible. \d etc. are ASCII in ECMA.
+    return pattern.replace(r"\d", "[0-9]").replace(r"\D", "[^0-9]")
+
+
+def _raw_string_terminal(schema: dict, root: dict) -> str | None:
+    """A lark terminal body for the raw text of a plain-string value, or None when unconstrained."""
+    schema = resolve_local_ref(schema, root)
+    parts: list[str] = []
+    for k in schema:
+        if k in _ANNOTATIONS or k in ("type", "enum", "const", "minLength", "maxLength", "pattern", "format",
+                                      "$defs", "definitions"):
+            continue
+        raise SchemaFeatureError(k, f"keyword {k!r} on a raw-text (XML) string parameter")
+    if "const" in schema:
+        return "(" + lark_str(schema["const"]) + ")"
+    if "enum" in schema:
+        vals = [v for v in schema["enum"] if isinstance(v, str)]
+        if not vals:
+            raise SchemaFeatureError("enum", "string enum without string values")
+        return "(" + " | ".join(lark_str(v) for v in vals) + ")"
+    lo, hi = schema.get("minLength"), schema.get("maxLength")
+    if lo is not None or hi is not None:
+        parts.append("/(?s:.){%d,%s}/" % (int(lo or 0), "" if hi is None else int(hi)))
+    if "pattern" in schema:
+        p = _ecma_to_rust(schema["pattern"])
+        head = "" if p.startswith("^") else "(?s:.*)"
+        tail = "" if (p.endswith("$") and not p.endswith("\\$")) else "(?s:.*)"
+        p = p[1:] if p.startswith("^") else p
+        p = p[:-1] if tail == "" else p
+        parts.append("/" + head + "(?:" + p.replace("/", "\\/") + ")" + tail + "/")
+    if "format" in schema:
+        fmt = schema["format"]
+        if fmt not in _FORMATS:
+            raise SchemaFeatureError("format", f"string format {fmt!r} in a raw-text (XML) parameter")
+        parts.append("/" + _FORMATS[fmt].replace("/", "\\/") + "/")
+    if not parts:
+        return None
+    return "(" + " & ".join(parts) + ")"
+
+
+def _lazy_value(rule: str, body: str) -> str:
+    """A raw value terminal: content matching `body`, never containing the delimiter, then the delimiter (lazy)."""
+    term = rule.upper()
+    return (f"{term}: ({body} & ~/(?s:.*)\\n<\\/parameter>\\n(?s:.*)/) {lark_str(PARAM_END)}\n"
+            f"{rule}[lazy]: {term}")
+
+
+def _xml_params(idx: int, params: dict, tool_name: str, rules: list[str]) -> str:
+    """Rules for a tool's parameter list; returns the rule name."""
+    if params.get("type", "object") != "object":
+        raise SchemaFeatureError("type", f"XML parameters must be an object schema, got type {params.get('type')!r}")
+    for k in params:
+        if k not in _XML_TOP_OK:
+            raise SchemaFeatureError(k, f"keyword {k!r} on the parameters object (XML format lists parameters)")
+    props: dict = params.get("properties") or {}
+    required = list(params.get("required") or [])
+    for r in required:
+        if r not in props:
+            raise SchemaFeatureError("required", f"required parameter {r!r} is not among the properties")
+    seq: list[str] = []
+    for j, (pname, psch) in enumerate(props.items()):
+        if psch is False:
+            if pname in required:
+                raise SchemaFeatureError("required", f"required parameter {pname!r} has schema false")
+            continue
+        if re.search(r"[<>\n]", pname):
+            raise SchemaFeatureError("properties", f"parameter name {pname!r} cannot appear in <parameter=...>")
+        rname = f"t{idx}_p{j}"
+        head = '"<parameter=" ' + lark_str(pname) + ' ">\\n"'  # separate lexemes: see extra parameters below
+        if is_plain_string_schema(psch, params):
+            body = _raw_string_terminal(psch if isinstance(psch, dict) else {}, params)
+            if body is None:
+                rules.append(f"{rname}: {head} rawv")
+            else:
+                rules.append(_lazy_value(f"t{idx}_p{j}v", body))
+                rules.append(f"{rname}: {head} t{idx}_p{j}v")
+        else:
+            rules.append(f"{rname}: {head} %json {_json_schema_text(_with_defs(psch, params))} {lark_str(PARAM_END)}")
+        seq.append(rname if pname in required else f"{rname}?")
+    ap = params.get("additionalProperties", params.get("unevaluatedProperties", True))
+    if ap is not False:
+        names = [n for n in props]
+        key = "/[^<>\\n=]+/"
+        if names:
+            key += " & ~(" + " | ".join(lark_str(n) for n in names) + ")"
+        rules.append(f"T{idx}_XKEY: {key}")
+        if isinstance(ap, dict) and ap:
+            val = f"%json {_json_schema_text(_with_defs(ap, params))} {lark_str(PARAM_END)}"
+            if is_plain_string_schema(ap, params):
+                body = _raw_string_terminal(ap, params)
+                if body is None:
+                    val = "rawv"
+                else:
+                    rules.append(_lazy_value(f"t{idx}_xv", body))
+                    val = f"t{idx}_xv"
+        else:
+            val = "rawv"
+        rules.append(f"t{idx}_x: \"<parameter=\" T{idx}_XKEY \">\\n\" {val}")
+        seq.append(f"t{idx}_x*")
+    rname = f"t{idx}_params"
+    rules.append(f"{rname}: " + (" ".join(seq) if seq else '""'))
+    return rname
+
+
+def build_call_region_lark(tools: list[dict], call_format: CallFormat, *, parallel_calls: bool = True,
+                           max_calls: int = 4, only: str | None = None,
+                           tool_call: str = "<tool_call>", tool_call_end: str = "</tool_call>") -> tuple[str, dict]:
+    """Lark grammar for the call region: one call, then up to max_calls-1 more separated by "\\n".
+
+    The region starts with the <tool_call> token; end of turn is the tokenizer's EOS (accepted once the grammar is).
+    Returns (lark text, {tool name: error}) where the dict lists the tools whose schema could not be compiled
+    (the caller raises). `only` restricts the calls to one named tool (tool_choice={"name": ...}).
+    """
+    rules: list[str] = []
+    alts: list[str] = []
+    errors: dict[str, SchemaFeatureError] = {}
+    for i, tool in enumerate(tools):
+        f = tool_function(tool)
+        name = f["name"]
+        if only is not None and name != only:
+            continue
+        params = tool_parameters(tool)
+        before = len(rules)
+        try:
+            if call_format == "hermes":
+                alt = (lark_str('{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": ')
+                       + " %json " + _json_schema_text(params) + ' "}"')
+                rules.append(f"t{i}: {alt}")
+            else:
+                if re.search(r"[<>\n]", name):
+                    raise SchemaFeatureError("name", f"tool name {name!r} cannot appear in <function=...>")
+                pr = _xml_params(i, params, name, rules)
+                rules.append(f"t{i}: {lark_str(f'<function={name}>' + chr(10))} {pr} \"</function>\"")
+        except SchemaFeatureError as e:
+            del rules[before:]
+            errors[name] = e
+            continue
+        alts.append(f"t{i}")
+    n_more = max(0, max_calls - 1) if parallel_calls else 0
+    head = [
+        "%llguidance {}",
+        "start: call" + (f' ("\\n" call){{0,{n_more}}}' if n_more else ""),
+        f"call: {tool_call} \"\\n\" body \"\\n\" {tool_call_end}",
+        "body: " + (" | ".join(alts) if alts else '""'),
+        "rawv[lazy]: /(?s:.*)\\n<\\/parameter>\\n/",
+    ]
+    return "\n".join(head + rules) + "\n", errors

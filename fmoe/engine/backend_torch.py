@@ -1,0 +1,133 @@
+"""torch backend: CPU by default, CUDA when asked for (``device='cuda'``)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fmoe.errors import BackendError
+from fmoe.kernels.quant import QuantizedWeight
+
+_DT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, dtype: str = "float32", device: str | None = None):
+        self.dtype_name = dtype
+        self.dtype = _DT[dtype]
+        if device in (None, "cpu"):
+            self.device = torch.device("cpu")
+        elif str(device).startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise BackendError("device 'cuda' asked for but torch sees no CUDA GPU")
+            self.device = torch.device(device)
+        else:
+            raise BackendError(f"unknown torch device {device!r} (cpu or cuda)")
+        torch.set_grad_enabled(False)
+
+    # --- creation / conversion
+    def asarray(self, a: np.ndarray, dtype: str | None = None) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.to(device=self.device, dtype=_DT[dtype] if dtype else self.dtype)
+
+    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.detach().cpu().numpy()
+
+    def zeros(self, shape: Sequence[int], dtype: str = "float32") -> torch.Tensor:
+        return torch.zeros(tuple(shape), dtype=_DT[dtype], device=self.device)
+
+    def astype(self, x: torch.Tensor, dtype: str) -> torch.Tensor:
+        return x.to(_DT[dtype])
+
+    # --- weights
+    def prepare_linear(self, w: Any) -> Any:
+        if isinstance(w, QuantizedWeight):
+            from fmoe.kernels.torch_qlinear import TorchQLinear
+            if self.device.type != "cpu":
+                w = QuantizedWeight(*(torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+                                      if isinstance(a, np.ndarray) else a.to(self.device)
+                                      for a in (w.weight, w.scales, w.biases)), w.bits, w.group_size)
+            return TorchQLinear(w, dtype=self.dtype)
+        return self.asarray(np.asarray(w, dtype=np.float32))
+
+    def linear(self, x: torch.Tensor, w: Any) -> torch.Tensor:
+        if isinstance(w, torch.Tensor):
+            return F.linear(x, w)
+        return w(x)
+
+    def prepare_embedding(self, w: Any) -> Any:
+        return w if isinstance(w, QuantizedWeight) else self.asarray(np.asarray(w, dtype=np.float32))
+
+    def repeat(self, x, r: int, axis: int):
+        return x.repeat_interleave(r, dim=axis)
+
+    def embedding(self, table: Any, ids: Sequence[int]) -> torch.Tensor:
+        idx = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+        if isinstance(table, torch.Tensor):
+            return table[idx]
+        # quantized table (mlx-community quantizes embed_tokens): dequantize the rows asked for
+        from fmoe.kernels.quant import dequantize
+        q, sel = table.numpy(), np.asarray(ids)
+        rows = QuantizedWeight(q.weight[sel], q.scales[sel], q.biases[sel], q.bits, q.group_size)
+        return self.asarray(dequantize(rows))
+
+    # --- math
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        return (y * w.float()).to(x.dtype)
+
+    def silu(self, x):
+        return F.silu(x)
+
+    def sigmoid(self, x):
+        return torch.sigmoid(x)
+
+    def softplus(self, x):
+        return F.softplus(x)
+
+    def exp(self, x):
+        return torch.exp(x)
+
+    def sqrt(self, x):
+        return torch.sqrt(x)
+
+    def softmax(self, x, axis: int = -1):
+        return torch.softmax(x.float(), dim=axis)
+
+    def concat(self, xs, axis: int):
+        return torch.cat(list(xs), dim=axis)
+
+    def swapaxes(self, x, a: int, b: int):
+        return x.transpose(a, b)
+
+    def attention(self, q, k, v, scale: float, causal_offset: int):
+        """q [H, T, D], k/v [Hkv, S, D] (S = causal_offset + T); GQA by head groups; causal."""
+        H, T, D = q.shape
+        Hkv, S = k.shape[0], k.shape[1]
+        if Hkv != H:
+            k = k.repeat_interleave(H // Hkv, dim=0)
+            v = v.repeat_interleave(H // Hkv, dim=0)
+        mask = None
+        if T > 1:
+            i = torch.arange(T, device=q.device)[:, None] + causal_offset
+            j = torch.arange(S, device=q.device)[None, :]
+            mask = j <= i
+        return F.scaled_dot_product_attention(q[None].float(), k[None].float(), v[None].float(),
+                                              attn_mask=mask, scale=scale)[0].to(q.dtype)
+
+    def index_add(self, out, idx: np.ndarray, y):
+        return out.index_add_(0, torch.as_tensor(idx, device=out.device), y.to(out.dtype))
+
+    def take_rows(self, x, idx: np.ndarray):
+        return x[torch.as_tensor(idx, device=x.device)]
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()

@@ -1,0 +1,131 @@
+"""Sparse MoE block: softmax router over all experts, top-k (runtime setting) renormalised, SwiGLU experts fetched
+from an expert provider, plus a sigmoid-gated shared expert.
+
+A chunk of T tokens is routed at once: each needed expert is fetched once and applied to all of its tokens
+(batched prefill). Before the attention of a layer runs, the model may call ``predict`` so that the provider
+starts reading the experts the router is likely to pick while attention computes (overlap).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class MoEStats:
+    routed_tokens: int = 0
+    expert_calls: int = 0
+    predicted: int = 0
+    predicted_hits: int = 0
+    fetch_s: float = 0.0      # time spent waiting for experts (get)
+
+    def merge(self) -> dict:
+        return {
+            "expert_calls": self.expert_calls,
+            "prediction_hit_rate": (self.predicted_hits / self.predicted) if self.predicted else None,
+            "expert_wait_s": self.fetch_s,
+        }
+
+
+def route(probs: np.ndarray, k: int, renormalise: bool):
+    """probs [T, E] float32 -> (ids [T, k], weights [T, k]) by descending probability."""
+    ids = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    w = np.take_along_axis(probs, ids, axis=-1)
+    if renormalise:
+        w = w / w.sum(-1, keepdims=True)
+    return ids, w.astype(np.float32)
+
+
+class SparseMoE:
+    def __init__(self, B, cfg, layer: int, w: dict, experts, stats: MoEStats):
+        self.B, self.cfg, self.layer = B, cfg, layer
+        self.router, self.shared_gate = w["gate"], w["shared_expert_gate"]
+        self.shared = (w["shared_gate_proj"], w["shared_up_proj"], w["shared_down_proj"])
+        self.experts = experts          # provider: get(layer, ids) -> prepared (gate, up, down); prefetch(layer, ids)
+        self.stats = stats
+        self.top_k = cfg.num_experts_per_tok
+        self._predicted: set[int] | None = None
+
+    def _mlp(self, x, gate, up, down):
+        B = self.B
+        return B.linear(B.silu(B.linear(x, gate)) * B.linear(x, up), down)
+
+    def _probs(self, x) -> np.ndarray:
+        return self.B.to_numpy(self.B.softmax(self.B.linear(x, self.router), axis=-1))
+
+    def predict(self, x_normed) -> None:
+        """Prefetch the experts the router picks for ``x_normed`` (an earlier hidden state)."""
+        ids, _ = route(self._probs(x_normed), self.top_k, False)
+        uniq = sorted(set(ids.ravel().tolist()))
+        self._predicted = set(uniq)
+        self.experts.prefetch(self.layer, uniq)
+
+    def __call__(self, x):
+        B = self.B
+        T = x.shape[0]
+        ids, weights = route(self._probs(x), self.top_k, self.cfg.norm_topk_prob)
+        uniq = sorted(set(ids.ravel().tolist()))
+        if self._predicted is not None:
+            self.stats.predicted += len(uniq)
+            self.stats.predicted_hits += len(self._predicted.intersection(uniq))
+            self._predicted = None
+        t0 = time.perf_counter()
+        fetched = self.experts.get(self.layer, uniq)
+        self.stats.fetch_s += time.perf_counter() - t0
+        self.stats.routed_tokens += T
+        self.stats.expert_calls += len(uniq)
+        out = self._mlp(x, *self.shared) * B.sigmoid(B.linear(x, self.shared_gate))
+        if T == 1:
+            wd = {e: float(weights[0, j]) for j, e in enumerate(ids[0].tolist())}
+            for e, ew in zip(uniq, fetched):
+                out = out + self._mlp(x, *ew) * wd[e]
+            return out
+        w_full = np.zeros((T, self.cfg.num_experts), dtype=np.float32)
+        np.put_along_axis(w_full, ids, weights, axis=-1)
+        for e, ew in zip(uniq, fetched):
+            tok = np.nonzero(w_full[:, e])[0]
+            xe = B.take_rows(x, tok)
+            ye = self._mlp(xe, *ew) * B.asarray(w_full[tok, e][:, None])
+            out = B.index_add(out, tok, ye)
+        return out
+
+
+class InMemoryExperts:
+    """Experts served from an opened checkpoint (memory-mapped safetensors), prepared once on first use."""
+
+    def __init__(self, B, checkpoint):
+        self.B, self.ck = B, checkpoint
+        self._prepared: dict[tuple[int, int], tuple] = {}
+
+    def get(self, layer: int, ids):
+        out = []
+        for e in ids:
+            key = (layer, e)
+            if key not in self._prepared:
+                self._prepared[key] = tuple(self.B.prepare_linear(w) for w in self.ck.expert(layer, e))
+            out.append(self._prepared[key])
+        return out
+
+    def prefetch(self, layer: int, ids) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"mode": "in-memory", "bytes_read": 0, "cache_hit_rate": None, "io_wait_s": 0.0}
+
+
+class StreamedExperts:
+    """Experts read by an ExpertStore (fmoe.engine.expert_store) and prepared for the backend on each use."""
+
+    def __init__(self, B, store):
+        self.B, self.store = B, store
+
+    def get(self, layer: int, ids):
+        return [tuple(self.B.prepare_linear(w) for w in ew) for ew in self.store.get(layer, ids)]
+
+    def prefetch(self, layer: int, ids) -> None:
+        self.store.prefetch(layer, ids)
+
+    def stats(self) -> dict:
+        return self.store.stats()

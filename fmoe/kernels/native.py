@@ -1,0 +1,126 @@
+"""Build (once, cached) and load the native quantized mat-vec kernel ``qmv.cpp`` through ctypes.
+
+The shared library is compiled with the system C++ compiler (``$CXX`` or ``g++``/``c++``/``clang++``) with
+``-O3 -march=native -fopenmp`` into ``$FMOE_CACHE_DIR/kernels`` (default ``$XDG_CACHE_HOME/fmoe/kernels`` or
+``~/.cache/fmoe/kernels``), keyed by a hash of the source, compiler, flags and CPU, so it builds once per machine
+(about 2-4 s) and later imports only ``dlopen`` it.  No torch headers and no ninja are needed.
+
+If no compiler is available or the build fails, :func:`load` returns ``None`` and callers fall back to the pure
+torch path.  Set ``FMOE_NATIVE=0`` to disable the native kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+_SRC = Path(__file__).with_name("qmv.cpp")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+_error: str | None = None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("FMOE_CACHE_DIR")
+    if base:
+        return Path(base) / "kernels"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg or Path.home() / ".cache") / "fmoe" / "kernels"
+
+
+def _compiler() -> str | None:
+    for c in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if c and shutil.which(c):
+            return shutil.which(c)
+    return None
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile ``qmv.cpp`` (if not cached) and return the path of the shared library."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set $CXX)")
+    src = _SRC.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([src, cxx.encode(), " ".join(_FLAGS).encode(), _cpu_signature().encode(), platform.machine().encode()])
+    ).hexdigest()[:16]
+    out_dir = cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    so = out_dir / f"fmoe_qmv_{key}.so"
+    if so.exists():
+        return so
+    fd, tmp = tempfile.mkstemp(prefix=so.stem + ".", suffix=".so.tmp", dir=out_dir)
+    os.close(fd)
+    cmd = [cxx, *_FLAGS, str(_SRC), "-o", tmp]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        os.unlink(tmp)
+        raise RuntimeError(f"compiling {_SRC.name} failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
+    if verbose:
+        print(" ".join(cmd), file=sys.stderr)
+    os.replace(tmp, so)  # atomic: concurrent builders race harmlessly
+    return so
+
+
+def load() -> ctypes.CDLL | None:
+    """The loaded library, or None when unavailable (see :func:`load_error`)."""
+    global _lib, _tried, _error
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        try:
+            if os.environ.get("FMOE_NATIVE", "1") in ("0", "false", "no", "off"):
+                raise RuntimeError("disabled by FMOE_NATIVE=0")
+            import torch  # noqa: F401  -- load torch's libgomp first so the kernel shares torch's OpenMP pool
+
+            lib = ctypes.CDLL(str(build()))
+            f = lib.fmoe_qmv
+            f.restype = ctypes.c_int
+            f.argtypes = [
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,  # w, scales, biases, scales_bf16
+                ctypes.c_void_p, ctypes.c_void_p,  # x, y
+                ctypes.c_int64, ctypes.c_int64, ctypes.c_int,  # N, K, M
+                ctypes.c_int64, ctypes.c_int64,  # x_stride, y_stride
+                ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,  # bits, group_size, nthreads, force_scalar
+            ]
+            lib.fmoe_qmv_has_simd.restype = ctypes.c_int
+            lib.fmoe_qmv_has_simd.argtypes = []
+            _lib = lib
+        except Exception as e:  # noqa: BLE001 -- any failure means "use the torch fallback"
+            _error = f"{type(e).__name__}: {e}"
+            _lib = None
+        _tried = True
+    return _lib
+
+
+def load_error() -> str | None:
+    load()
+    return _error
+
+
+def has_simd() -> bool:
+    lib = load()
+    return bool(lib is not None and lib.fmoe_qmv_has_simd())

@@ -1,0 +1,297 @@
+// fmoe quantized matrix-vector product on CPU, consuming mlx's affine packed layout directly (no repacking).
+//
+//   y[m, n] = sum_k x[m, k] * (scale[n, k / gs] * q[n, k] + bias[n, k / gs])
+//
+// w: uint32 [N, K * bits / 32] (LSB-first bit stream along k; 3-bit = 8 codes per 3 bytes), scales/biases
+// [N, K / gs] as bf16 bit patterns (uint16) or float32.  x: float32 rows [M, K] (row stride x_stride), y: float32
+// rows [M, N] (row stride y_stride).  All arithmetic is float32 (dequantized weight = fma(q, s, b), then fma with x).
+//
+// Built at first use by fmoe/kernels/native.py with `-O3 -march=native -fopenmp`; plain C ABI, called via ctypes.
+// AVX2+FMA path (x86-64-v3) with a portable scalar fallback (and scalar tails when K is not a block multiple).
+
+#include <cstdint>
+#include <cstring>
+#include <cstdlib>
+#include <vector>
+#include <omp.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FMOE_AVX2 1
+#else
+#define FMOE_AVX2 0
+#endif
+
+namespace {
+
+inline float bf16_to_float(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <bool BF16>
+inline float load_scale(const void* p, int64_t i) {
+  if constexpr (BF16) {
+    return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+  } else {
+    return static_cast<const float*>(p)[i];
+  }
+}
+
+// code k of a row, from the LSB-first bit stream (valid for every bit width).
+inline uint32_t code_at(const uint32_t* row, int64_t k, int bits) {
+  int64_t p = k * bits;
+  int64_t wi = p >> 5;
+  int off = static_cast<int>(p & 31);
+  uint64_t v = row[wi] >> off;
+  if (off + bits > 32) v |= static_cast<uint64_t>(row[wi + 1]) << (32 - off);
+  return static_cast<uint32_t>(v) & ((1u << bits) - 1u);
+}
+
+template <bool BF16>
+float row_scalar(const uint32_t* row, const void* sc, const void* bi, int64_t srow, const float* x, int64_t k0,
+                 int64_t K, int bits, int gs) {
+  float acc = 0.f;
+  for (int64_t k = k0; k < K; ++k) {
+    int64_t g = srow + k / gs;
+    float w = static_cast<float>(code_at(row, k, bits)) * load_scale<BF16>(sc, g) + load_scale<BF16>(bi, g);
+    acc += w * x[k];
+  }
+  return acc;
+}
+
+#if FMOE_AVX2
+
+// Codes per lane per block: a block is 8 lanes x W codes.  Lane i of vector j holds code k = base + W*i + j
+// (bits 2: W=16, bits 3/4: W=8).  8 bits uses natural order (vpmovzxbd, W=1, block of 8 codes).
+template <int BITS>
+constexpr int lane_codes() {
+  return BITS == 2 ? 16 : (BITS == 8 ? 1 : 8);
+}
+
+// Permute x into the per-block lane order used by the kernel: xp[b*8W + j*8 + i] = x[b*8W + W*i + j].
+template <int BITS>
+void permute_x(const float* x, float* xp, int64_t nblocks) {
+  constexpr int W = lane_codes<BITS>();
+  if constexpr (W == 1) {
+    std::memcpy(xp, x, sizeof(float) * nblocks * 8);
+  } else {
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const float* xs = x + b * 8 * W;
+      float* xd = xp + b * 8 * W;
+      for (int j = 0; j < W; ++j)
+        for (int i = 0; i < 8; ++i) xd[j * 8 + i] = xs[W * i + j];
+    }
+  }
+}
+
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v);
+  __m128 hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  __m128 sh = _mm_movehdup_ps(lo);
+  __m128 s = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, s);
+  s = _mm_add_ss(s, sh);
+  return _mm_cvtss_f32(s);
+}
+
+// Per-lane scale/bias vectors for a block starting at code k0 (lane i is in group (k0 + W*i) / GS).
+template <int BITS, int GS, bool BF16>
+inline void block_sb(const void* sc, const void* bi, int64_t gbase, int64_t k0, __m256& s, __m256& b) {
+  constexpr int W = lane_codes<BITS>();
+  constexpr int BLOCK = 8 * W;
+  int64_t g0 = gbase + k0 / GS;
+  if constexpr (BLOCK <= GS) {
+    s = _mm256_set1_ps(load_scale<BF16>(sc, g0));
+    b = _mm256_set1_ps(load_scale<BF16>(bi, g0));
+  } else if constexpr (BLOCK == 2 * GS) {
+    s = _mm256_setr_m128(_mm_set1_ps(load_scale<BF16>(sc, g0)), _mm_set1_ps(load_scale<BF16>(sc, g0 + 1)));
+    b = _mm256_setr_m128(_mm_set1_ps(load_scale<BF16>(bi, g0)), _mm_set1_ps(load_scale<BF16>(bi, g0 + 1)));
+  } else {
+    static_assert(BLOCK == 4 * GS, "unsupported block/group combination");
+    float s0 = load_scale<BF16>(sc, g0), s1 = load_scale<BF16>(sc, g0 + 1);
+    float s2 = load_scale<BF16>(sc, g0 + 2), s3 = load_scale<BF16>(sc, g0 + 3);
+    float b0 = load_scale<BF16>(bi, g0), b1 = load_scale<BF16>(bi, g0 + 1);
+    float b2 = load_scale<BF16>(bi, g0 + 2), b3 = load_scale<BF16>(bi, g0 + 3);
+    s = _mm256_setr_ps(s0, s0, s1, s1, s2, s2, s3, s3);
+    b = _mm256_setr_ps(b0, b0, b1, b1, b2, b2, b3, b3);
+  }
+}
+
+// One output row.  xp: x permuted by permute_x<BITS>; x: original x (for the scalar tail).
+template <int BITS, int GS, bool BF16>
+float row_avx2(const uint32_t* row, const void* sc, const void* bi, int64_t gbase, const float* xp, const float* x,
+               int64_t K) {
+  constexpr int W = lane_codes<BITS>();
+  constexpr int BLOCK = 8 * W;
+  const int64_t nblocks = K / BLOCK;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+         acc3 = _mm256_setzero_ps(), acc4 = _mm256_setzero_ps(), acc5 = _mm256_setzero_ps(),
+         acc6 = _mm256_setzero_ps(), acc7 = _mm256_setzero_ps();
+  __m256 s = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+
+  if constexpr (BITS == 8) {
+    // 4 vectors of 8 codes per iteration (32 codes, 32 bytes; GS >= 32 so one group).
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      block_sb<BITS, 32, BF16>(sc, bi, gbase + k / GS, 0, s, b);
+      const uint8_t* p = bytes + k;
+      __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 0))));
+      __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8))));
+      __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 16))));
+      __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 24))));
+      acc0 = _mm256_fmadd_ps(_mm256_fmadd_ps(w0, s, b), _mm256_loadu_ps(xp + k + 0), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_fmadd_ps(w1, s, b), _mm256_loadu_ps(xp + k + 8), acc1);
+      acc2 = _mm256_fmadd_ps(_mm256_fmadd_ps(w2, s, b), _mm256_loadu_ps(xp + k + 16), acc2);
+      acc3 = _mm256_fmadd_ps(_mm256_fmadd_ps(w3, s, b), _mm256_loadu_ps(xp + k + 24), acc3);
+    }
+    float r = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    if (k < K) r += row_scalar<BF16>(row, sc, bi, gbase, x, k, K, BITS, GS);
+    return r;
+  } else {
+    const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
+    constexpr int BLOCK_BYTES = BLOCK * BITS / 8;  // 32 (2/4 bits) or 24 (3 bits)
+    const __m256i shuf3 = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,  //
+                                           4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t k0 = blk * BLOCK;
+      if constexpr (BLOCK > GS) {
+        block_sb<BITS, GS, BF16>(sc, bi, gbase, k0, s, b);
+      } else {
+        if ((k0 % GS) == 0) block_sb<BITS, GS, BF16>(sc, bi, gbase, k0, s, b);
+      }
+      const uint8_t* p = bytes + blk * BLOCK_BYTES;
+      __m256i v;
+      if constexpr (BITS == 3) {
+        // lane i <- bytes [3i, 3i+3) of the 24-byte block (zero-extended 24-bit value holding 8 codes).
+        __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
+        v = _mm256_shuffle_epi8(raw, shuf3);
+      } else {
+        v = _mm256_loadu_si256((const __m256i*)p);
+      }
+      const float* xb = xp + k0;
+#define FMOE_STEP(J, ACC)                                                                           \
+  {                                                                                                 \
+    __m256i c = (J) == 0 ? v : _mm256_srli_epi32(v, (J) * BITS);                                    \
+    if ((J) * BITS + BITS < 32) c = _mm256_and_si256(c, mask);                                      \
+    __m256 w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), s, b);                                        \
+    ACC = _mm256_fmadd_ps(w, _mm256_loadu_ps(xb + (J) * 8), ACC);                                   \
+  }
+      FMOE_STEP(0, acc0) FMOE_STEP(1, acc1) FMOE_STEP(2, acc2) FMOE_STEP(3, acc3)
+      FMOE_STEP(4, acc4) FMOE_STEP(5, acc5) FMOE_STEP(6, acc6) FMOE_STEP(7, acc7)
+      if constexpr (W == 16) {
+        FMOE_STEP(8, acc0) FMOE_STEP(9, acc1) FMOE_STEP(10, acc2) FMOE_STEP(11, acc3)
+        FMOE_STEP(12, acc4) FMOE_STEP(13, acc5) FMOE_STEP(14, acc6) FMOE_STEP(15, acc7)
+      }
+#undef FMOE_STEP
+    }
+    __m256 t = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)),
+                             _mm256_add_ps(_mm256_add_ps(acc4, acc5), _mm256_add_ps(acc6, acc7)));
+    float r = hsum(t);
+    const int64_t kt = nblocks * BLOCK;
+    if (kt < K) r += row_scalar<BF16>(row, sc, bi, gbase, x, kt, K, BITS, GS);
+    return r;
+  }
+}
+
+template <int BITS, int GS, bool BF16>
+void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, int64_t K,
+              int M, int64_t xs, int64_t ys, int nthreads) {
+  constexpr int W = lane_codes<BITS>();
+  constexpr int BLOCK = 8 * W;
+  const int64_t wpr = K * BITS / 32;  // uint32 words per row
+  const int64_t gpr = K / GS;         // groups per row
+  const int64_t nblocks = K / BLOCK;
+  std::vector<float> xp_all(static_cast<size_t>(M) * (nblocks * BLOCK + 8));
+  const int64_t xps = nblocks * BLOCK + 8;
+  for (int m = 0; m < M; ++m) permute_x<BITS>(x + m * xs, xp_all.data() + m * xps, nblocks);
+  const int64_t grain = 16;
+  const int64_t nchunks = (N + grain - 1) / grain;
+  int nt = nthreads;
+  if (nt > nchunks) nt = static_cast<int>(nchunks);
+  if (nt < 1) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t n1 = (c + 1) * grain < N ? (c + 1) * grain : N;
+    for (int64_t n = c * grain; n < n1; ++n) {
+      const uint32_t* row = w + n * wpr;
+      for (int m = 0; m < M; ++m)
+        y[m * ys + n] = row_avx2<BITS, GS, BF16>(row, sc, bi, n * gpr, xp_all.data() + m * xps, x + m * xs, K);
+    }
+  }
+}
+
+#endif  // FMOE_AVX2
+
+template <bool BF16>
+void qmv_scalar(const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, int64_t K,
+                int M, int64_t xs, int64_t ys, int bits, int gs, int nthreads) {
+  const int64_t wpr = K * bits / 32;
+  const int64_t gpr = K / gs;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+  for (int64_t n = 0; n < N; ++n)
+    for (int m = 0; m < M; ++m)
+      y[m * ys + n] = row_scalar<BF16>(w + n * wpr, sc, bi, n * gpr, x + m * xs, 0, K, bits, gs);
+}
+
+#if FMOE_AVX2
+template <int BITS, bool BF16>
+int dispatch_gs(const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, int64_t K,
+                int M, int64_t xs, int64_t ys, int gs, int nt) {
+  switch (gs) {
+    case 32: qmv_avx2<BITS, 32, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, nt); return 0;
+    case 64: qmv_avx2<BITS, 64, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, nt); return 0;
+    case 128: qmv_avx2<BITS, 128, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, nt); return 0;
+  }
+  return -2;
+}
+
+template <bool BF16>
+int dispatch_bits(const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, int64_t K,
+                  int M, int64_t xs, int64_t ys, int bits, int gs, int nt) {
+  switch (bits) {
+    case 2: return dispatch_gs<2, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt);
+    case 3: return dispatch_gs<3, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt);
+    case 4: return dispatch_gs<4, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt);
+    case 8: return dispatch_gs<8, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt);
+  }
+  return -1;
+}
+#endif
+
+}  // namespace
+
+extern "C" {
+
+// Returns 0 on success, <0 on unsupported arguments.  force_scalar != 0 selects the portable path.
+int fmoe_qmv(const uint32_t* w, const void* scales, const void* biases, int scales_bf16, const float* x, float* y,
+             int64_t N, int64_t K, int M, int64_t x_stride, int64_t y_stride, int bits, int group_size, int nthreads,
+             int force_scalar) {
+  if (!(bits == 2 || bits == 3 || bits == 4 || bits == 8)) return -1;
+  if (!(group_size == 32 || group_size == 64 || group_size == 128)) return -2;
+  if (K % group_size != 0 || N < 0 || M < 0) return -3;
+  if (nthreads < 1) nthreads = 1;
+  if (N == 0 || M == 0) return 0;
+#if FMOE_AVX2
+  if (!force_scalar) {
+    return scales_bf16 ? dispatch_bits<true>(w, scales, biases, x, y, N, K, M, x_stride, y_stride, bits, group_size,
+                                             nthreads)
+                       : dispatch_bits<false>(w, scales, biases, x, y, N, K, M, x_stride, y_stride, bits, group_size,
+                                              nthreads);
+  }
+#endif
+  if (scales_bf16)
+    qmv_scalar<true>(w, scales, biases, x, y, N, K, M, x_stride, y_stride, bits, group_size, nthreads);
+  else
+    qmv_scalar<false>(w, scales, biases, x, y, N, K, M, x_stride, y_stride, bits, group_size, nthreads);
+  return 0;
+}
+
+int fmoe_qmv_has_simd(void) { return FMOE_AVX2; }
+
+}  // extern "C"

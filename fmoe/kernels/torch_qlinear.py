@@ -1,0 +1,213 @@
+"""Quantized linear layers for torch: y = x @ dequantize(q).T on mlx's affine packed format.
+
+``TorchQLinear(q, dtype)`` prepares once (zero-copy: it keeps the mlx packed words and bf16 scales/biases as they
+are, no repacking) and ``__call__(x[..., in]) -> [..., out]``:
+
+* CPU, up to ``NATIVE_MAX_ROWS`` rows (decode): the native AVX2/FMA kernel from ``qmv.cpp`` (see ``native.py``),
+  float32 arithmetic whatever ``dtype`` is (bf16 inputs are widened, the float32 result is cast to ``dtype``),
+  threads = ``torch.get_num_threads()``; the GIL is released during the call.
+* otherwise (prefill, CUDA, no compiler): dequantize to ``dtype`` with torch ops, then one matmul.
+
+``TorchQLinear.reference(x)`` is the pure torch path (dequantize in float32, float32 matmul) kept for
+correctness comparisons.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import native
+from .quant import QuantizedWeight, check_bits_group
+
+__all__ = ["TorchQLinear", "dequantize_torch", "to_torch_quantized", "NATIVE_MAX_ROWS"]
+
+# Above this many rows the dequantize + matmul path wins (the native kernel re-reads the weight once per row).
+NATIVE_MAX_ROWS = 4
+
+
+def _np_to_torch(a: np.ndarray) -> torch.Tensor:
+    a = np.ascontiguousarray(a)
+    if a.dtype == np.uint32:
+        a = a.view(np.int32)
+    elif a.dtype == np.uint16:
+        a = a.view(np.int16)
+    if not a.flags.writeable:
+        with warnings.catch_warnings():  # read-only (mmap/frombuffer) arrays: torch never writes to these tensors
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(a)
+    return torch.from_numpy(a)
+
+
+def _weight_tensor(w: Any) -> torch.Tensor:
+    """Packed words as an int32 tensor (same bits as the uint32 words)."""
+    if isinstance(w, torch.Tensor):
+        if w.dtype == torch.int32:
+            return w
+        if w.dtype == getattr(torch, "uint32", None):
+            return w.view(torch.int32)
+        raise ValueError(f"packed weight tensor must be int32/uint32, got {w.dtype}")
+    a = np.asarray(w)
+    if a.dtype not in (np.uint32, np.int32):
+        raise ValueError(f"packed weight must be uint32, got {a.dtype}")
+    return _np_to_torch(a)
+
+
+def _scale_tensor(s: Any) -> torch.Tensor:
+    """Scales/biases as a bf16 or float tensor (uint16/int16 bit patterns are viewed as bf16)."""
+    if isinstance(s, torch.Tensor):
+        if s.dtype in (torch.int16, getattr(torch, "uint16", torch.int16)):
+            return s.view(torch.int16).view(torch.bfloat16)
+        if s.dtype in (torch.bfloat16, torch.float32, torch.float16):
+            return s
+        raise ValueError(f"unsupported scales/biases dtype {s.dtype}")
+    a = np.asarray(s)
+    if a.dtype in (np.uint16, np.int16):
+        return _np_to_torch(a).view(torch.bfloat16)
+    if a.dtype in (np.float32, np.float16):
+        return _np_to_torch(a)
+    raise ValueError(f"unsupported scales/biases dtype {a.dtype}")
+
+
+def to_torch_quantized(q: QuantizedWeight, device: torch.device | str | None = None) -> QuantizedWeight:
+    """The same QuantizedWeight with torch tensors (int32 words, bf16/float scales), optionally moved to ``device``."""
+    w, s, b = _weight_tensor(q.weight), _scale_tensor(q.scales), _scale_tensor(q.biases)
+    if device is not None:
+        w, s, b = w.to(device), s.to(device), b.to(device)
+    return QuantizedWeight(w, s, b, q.bits, q.group_size)
+
+
+def dequantize_torch(q: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``scale * q + bias`` computed in float32 with torch ops on q's device, returned as ``dtype``.
+
+    In float32 this is bit-identical to :func:`fmoe.kernels.quant.dequantize`.
+    """
+    check_bits_group(q.bits, q.group_size)
+    w = _weight_tensor(q.weight)
+    s = _scale_tensor(q.scales).float()
+    b = _scale_tensor(q.biases).float()
+    bits, gs = q.bits, q.group_size
+    lead = tuple(w.shape[:-1])
+    nwords = w.shape[-1]
+    n = nwords * 32 // bits
+    if bits == 3:
+        by = w.contiguous().view(torch.uint8).reshape(*lead, n // 8, 3).to(torch.int32)
+        v = by[..., 0] | (by[..., 1] << 8) | (by[..., 2] << 16)
+        shifts = torch.arange(0, 24, 3, device=w.device, dtype=torch.int32)
+        codes = (v.unsqueeze(-1) >> shifts) & 7
+    else:
+        shifts = torch.arange(0, 32, bits, device=w.device, dtype=torch.int32)
+        codes = (w.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    out = codes.reshape(*lead, n // gs, gs).to(torch.float32)
+    out = out * s.unsqueeze(-1)
+    out = out + b.unsqueeze(-1)
+    out = out.reshape(*lead, n)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+class TorchQLinear:
+    """``y = x @ W.T`` for a quantized ``W`` ([out, in]) in mlx's affine format.
+
+    Args:
+        q: the QuantizedWeight (numpy arrays or torch tensors; torch tensors may live on CUDA).
+        dtype: activation/output dtype (torch.float32 or torch.bfloat16).  The CPU decode kernel always computes in
+            float32; the dequantize + matmul path computes in ``dtype``.
+        backend: "auto" (native kernel for CPU decode when it builds), "native" (raise if unavailable) or "torch".
+    """
+
+    def __init__(self, q: QuantizedWeight, dtype: torch.dtype = torch.float32, backend: str = "auto") -> None:
+        if not isinstance(q, QuantizedWeight):
+            raise ValueError(f"expected a QuantizedWeight, got {type(q).__name__}")
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        if backend not in ("auto", "native", "torch"):
+            raise ValueError(f"backend must be 'auto', 'native' or 'torch', got {backend!r}")
+        if len(q.weight.shape) != 2:
+            raise ValueError(f"TorchQLinear needs a 2-D weight [out, in*bits/32], got shape {tuple(q.weight.shape)}")
+        self.bits = q.bits
+        self.group_size = q.group_size
+        self.out_features = q.out_features
+        self.in_features = q.in_features
+        self.dtype = dtype
+        w = _weight_tensor(q.weight)
+        s = _scale_tensor(q.scales)
+        b = _scale_tensor(q.biases)
+        if s.dtype != b.dtype:
+            s, b = s.float(), b.float()
+        self.device = w.device
+        self._lib = None
+        if self.device.type == "cpu" and backend != "torch":
+            self._lib = native.load()
+            if self._lib is None and backend == "native":
+                raise RuntimeError(f"native kernel unavailable: {native.load_error()}")
+            if s.dtype == torch.float16:
+                s, b = s.float(), b.float()
+            w, s, b = w.contiguous(), s.contiguous(), b.contiguous()
+        elif backend == "native":
+            raise RuntimeError("the native kernel runs on CPU tensors only")
+        self.q = QuantizedWeight(w, s, b, q.bits, q.group_size)
+        self._scales_bf16 = int(s.dtype == torch.bfloat16)
+
+    @property
+    def backend(self) -> str:
+        return "native" if self._lib is not None else "torch"
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return dequantize_torch(self.q, dtype or self.dtype)
+
+    def _check_x(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x last dim must be in_features={self.in_features}, got shape {tuple(x.shape)}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_x(x)
+        lead = tuple(x.shape[:-1])
+        x2 = x.reshape(-1, self.in_features)
+        m = x2.shape[0]
+        if self._lib is not None and x.device.type == "cpu" and m <= NATIVE_MAX_ROWS:
+            y = self._native(x2)
+            if self.dtype != torch.float32:
+                y = y.to(self.dtype)
+        else:
+            wd = dequantize_torch(self.q, self.dtype)
+            y = x2.to(device=wd.device, dtype=self.dtype) @ wd.t()
+        return y.reshape(*lead, self.out_features)
+
+    def _native(self, x2: torch.Tensor) -> torch.Tensor:
+        x32 = x2.to(torch.float32).contiguous()
+        m = x32.shape[0]
+        y = torch.empty((m, self.out_features), dtype=torch.float32)
+        if m == 0:
+            return y
+        w, s, b = self.q.weight, self.q.scales, self.q.biases
+        rc = self._lib.fmoe_qmv(
+            w.data_ptr(), s.data_ptr(), b.data_ptr(), self._scales_bf16,
+            x32.data_ptr(), y.data_ptr(),
+            self.out_features, self.in_features, m, self.in_features, self.out_features,
+            self.bits, self.group_size, torch.get_num_threads(), 0,
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"fmoe_qmv failed with code {rc}")
+        return y
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Pure torch: dequantize in float32, float32 matmul, result cast to ``dtype``."""
+        self._check_x(x)
+        wd = dequantize_torch(self.q, torch.float32)
+        y = x.to(device=wd.device, dtype=torch.float32) @ wd.t()
+        return y.to(self.dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"TorchQLinear(out={self.out_features}, in={self.in_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, dtype={self.dtype}, backend={self.backend}, device={self.device})"
+        )
