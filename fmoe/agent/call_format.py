@@ -28,6 +28,13 @@ _XML_TOP_OK = {"type", "properties", "required", "additionalProperties", "descri
 _ANNOTATIONS = {"description", "title", "$comment", "default", "examples", "$schema", "$id", "deprecated",
                 "readOnly", "writeOnly", "contentMediaType", "contentEncoding", "x-guidance"}
 
+_VALIDATION_KEYWORDS = {
+    "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum", "maxLength",
+    "minLength", "pattern", "items", "prefixItems", "additionalItems", "maxItems", "minItems", "uniqueItems",
+    "contains", "maxContains", "minContains", "maxProperties", "minProperties", "required", "properties",
+    "patternProperties", "additionalProperties", "dependentRequired", "dependentSchemas", "dependencies",
+    "propertyNames", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "$dynamicRef", "format",
+    "unevaluatedItems", "unevaluatedProperties", "contentSchema"}
 # Regexes (llguidance/Rust syntax) for string formats in raw XML values.
 _FORMATS = {
     "date-time": r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)",
@@ -145,11 +152,30 @@ def _json_schema_text(schema: Any) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
-def _with_defs(sub: Any, root: dict) -> Any:
+def _rebase_refs(node: Any, path: str) -> Any:
+    """Local $refs into the sub-schema at `path` rewritten relative to it; refs to $defs/definitions kept."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "$ref" and isinstance(v, str) and v.startswith("#"):
+                if v == "#" + path or v.startswith("#" + path + "/"):
+                    v = "#" + v[len(path) + 1:]
+                elif not (v.startswith("#/$defs/") or v.startswith("#/definitions/")):
+                    raise SchemaFeatureError("$ref", f"$ref {v!r} leaves parameter schema {path!r}")
+                out[k] = v
+            else:
+                out[k] = _rebase_refs(v, path)
+        return out
+    if isinstance(node, list):
+        return [_rebase_refs(v, path) for v in node]
+    return node
+
+
+def _with_defs(sub: Any, root: dict, path: str | None = None) -> Any:
     """Sub-schema made self-contained: the root's $defs/definitions travel with it so local $refs still resolve."""
     if not isinstance(sub, dict):
         return sub
-    out = dict(sub)
+    out = dict(_rebase_refs(sub, path) if path else sub)
     for k in ("$defs", "definitions"):
         if k in root and k not in out:
             out[k] = root[k]
@@ -167,8 +193,8 @@ def _raw_string_terminal(schema: dict, root: dict) -> str | None:
     parts: list[str] = []
     for k in schema:
         if k in _ANNOTATIONS or k in ("type", "enum", "const", "minLength", "maxLength", "pattern", "format",
-                                      "$defs", "definitions"):
-            continue
+                                      "$defs", "definitions") or k not in _VALIDATION_KEYWORDS:
+            continue  # unknown keywords are annotations (JSON Schema ignores them)
         raise SchemaFeatureError(k, f"keyword {k!r} on a raw-text (XML) string parameter")
     if "const" in schema:
         return "(" + lark_str(schema["const"]) + ")"
@@ -197,6 +223,10 @@ def _raw_string_terminal(schema: dict, root: dict) -> str | None:
     return "(" + " & ".join(parts) + ")"
 
 
+def _ptr(name: str) -> str:
+    return name.replace("~", "~0").replace("/", "~1")
+
+
 def _lazy_value(rule: str, body: str) -> str:
     """A raw value terminal: content matching `body`, never containing the delimiter, then the delimiter (lazy)."""
     term = rule.upper()
@@ -209,7 +239,7 @@ def _xml_params(idx: int, params: dict, tool_name: str, rules: list[str]) -> str
     if params.get("type", "object") != "object":
         raise SchemaFeatureError("type", f"XML parameters must be an object schema, got type {params.get('type')!r}")
     for k in params:
-        if k not in _XML_TOP_OK:
+        if k in _VALIDATION_KEYWORDS and k not in _XML_TOP_OK:
             raise SchemaFeatureError(k, f"keyword {k!r} on the parameters object (XML format lists parameters)")
     props: dict = params.get("properties") or {}
     required = list(params.get("required") or [])
@@ -234,7 +264,7 @@ def _xml_params(idx: int, params: dict, tool_name: str, rules: list[str]) -> str
                 rules.append(_lazy_value(f"t{idx}_p{j}v", body))
                 rules.append(f"{rname}: {head} t{idx}_p{j}v")
         else:
-            rules.append(f"{rname}: {head} %json {_json_schema_text(_with_defs(psch, params))} {lark_str(PARAM_END)}")
+            rules.append(f"{rname}: {head} %json {_json_schema_text(_with_defs(psch, params, '/properties/' + _ptr(pname)))} {lark_str(PARAM_END)}")
         seq.append(rname if pname in required else f"{rname}?")
     ap = params.get("additionalProperties", params.get("unevaluatedProperties", True))
     if ap is not False:

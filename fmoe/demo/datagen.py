@@ -395,7 +395,7 @@ def t_weather(c: Conv):
     c.user(_cap(g, req))
     d = json.loads(_need_ok(c.calls([_call("get_weather", **args)], c.preface())[0]))
     t = _weather_text(d)
-    c.answer(g.choice(["It is {t} and {w} in {c}.", "In {c} it is currently {t} with {w} weather.",
+    c.answer(g.choice(["It is {t} in {c} ({w}).", "In {c} it is currently {t}, {w}.",
                        "The weather in {c}: {w}, {t}."]).format(t=t, w=d["condition"], c=d["city"]))
     return ["get_weather"], [str(d["temperature"]), d["condition"]]
 

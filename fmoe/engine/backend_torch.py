@@ -31,7 +31,8 @@ class TorchBackend:
 
     # --- creation / conversion
     def asarray(self, a: np.ndarray, dtype: str | None = None) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        a = np.ascontiguousarray(a)
+        t = torch.from_numpy(a if a.flags.writeable else a.copy())
         return t.to(device=self.device, dtype=_DT[dtype] if dtype else self.dtype)
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:

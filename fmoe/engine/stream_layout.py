@@ -94,7 +94,8 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def _qw_numpy(q: QuantizedWeight) -> QuantizedWeight:
-    """QuantizedWeight with contiguous numpy arrays: weight uint32, scales/biases bf16 bits (uint16)."""
+    """QuantizedWeight with contiguous numpy arrays: weight uint32; scales/biases kept lossless as bf16 bits
+    (uint16), float16 or float32 (mlx-lm files converted with ``--dtype float32`` carry float32 scales)."""
     if not all(isinstance(a, np.ndarray) for a in (q.weight, q.scales, q.biases)):
         q = q.numpy()
     w = np.ascontiguousarray(q.weight)
@@ -105,13 +106,18 @@ def _qw_numpy(q: QuantizedWeight) -> QuantizedWeight:
         a = np.ascontiguousarray(a)
         if a.dtype == np.int16:
             a = a.view(np.uint16)
-        elif a.dtype != np.uint16:  # float scales: store as bf16 bits (round to nearest even)
-            from fmoe.kernels.quant import f32_to_bf16
-            a = f32_to_bf16(a.astype(np.float32))
+        elif a.dtype == np.float64:
+            a = a.astype(np.float32)
+        if a.dtype not in (np.uint16, np.float16, np.float32):
+            raise LayoutError(f"unsupported scales/biases dtype {a.dtype}")
         sb.append(a)
     if w.dtype != np.uint32:
         raise LayoutError(f"quantized weight must be uint32 words, got {w.dtype}")
     return QuantizedWeight(w, sb[0], sb[1], int(q.bits), int(q.group_size))
+
+
+def _scales_st_dtype(a: np.ndarray) -> str:
+    return "BF16" if a.dtype == np.uint16 else _NP_TO_ST[a.dtype]
 
 
 # ------------------------------------------------------------------------------------------------ expert template
@@ -482,8 +488,8 @@ class StreamingWriter:
             base = name[:-7] if name.endswith(".weight") else name
             stored = [f"{base}.weight", f"{base}.scales", f"{base}.biases"]
             crcs = [self._put_tensor(stored[0], q.weight, "U32"),
-                    self._put_tensor(stored[1], q.scales, "BF16"),
-                    self._put_tensor(stored[2], q.biases, "BF16")]
+                    self._put_tensor(stored[1], q.scales, _scales_st_dtype(q.scales)),
+                    self._put_tensor(stored[2], q.biases, _scales_st_dtype(q.biases))]
             self._ne_entries[name] = {"kind": "quantized", "bits": q.bits, "group_size": q.group_size,
                                       "shape": [q.out_features, q.in_features], "stored": stored, "crc32": crcs}
             return

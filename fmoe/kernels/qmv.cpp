@@ -13,6 +13,7 @@
 #include <cstring>
 #include <cstdlib>
 #include <vector>
+#include <cmath>
 #include <omp.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -64,26 +65,43 @@ float row_scalar(const uint32_t* row, const void* sc, const void* bi, int64_t sr
 
 #if FMOE_AVX2
 
-// Codes per lane per block: a block is 8 lanes x W codes.  Lane i of vector j holds code k = base + W*i + j
-// (bits 2: W=16, bits 3/4: W=8).  8 bits uses natural order (vpmovzxbd, W=1, block of 8 codes).
+// Codes per lane per block: a block is 8 lanes x W codes.  For bits 2/3/4 lane i of "step" j holds code
+// k = base + W*i + j (bits 2: W=16, bits 3/4: W=8).  8 bits uses natural order (vpmovzxbd, W=1).
 template <int BITS>
 constexpr int lane_codes() {
   return BITS == 2 ? 16 : (BITS == 8 ? 1 : 8);
 }
 
-// Permute x into the per-block lane order used by the kernel: xp[b*8W + j*8 + i] = x[b*8W + W*i + j].
+// For bits 2/3/4 step j extracts its code without shifting: c = v & (mask << BITS*j) = q * 2^(BITS*j) (exact in
+// float32).  The power of two is folded into the permuted x: xp[b*8W + j*8 + i] = x[b*8W + W*i + j] * 2^-(BITS*j).
+// The top code of a full 32-bit word (bits 2/4) is extracted by a shift instead (c = v >> (32-BITS), scale 1) so
+// that the signed int32 -> float conversion never sees bit 31.
 template <int BITS>
-void permute_x(const float* x, float* xp, int64_t nblocks) {
+constexpr bool top_by_shift(int j) {
+  return BITS * lane_codes<BITS>() == 32 && j == lane_codes<BITS>() - 1;
+}
+
+template <int BITS>
+void prepare_x(const float* x, float* xp, float* xsum, int64_t K, int gs) {
   constexpr int W = lane_codes<BITS>();
+  constexpr int BLOCK = 8 * W;
+  const int64_t nblocks = K / BLOCK;
   if constexpr (W == 1) {
-    std::memcpy(xp, x, sizeof(float) * nblocks * 8);
+    std::memcpy(xp, x, sizeof(float) * K);
   } else {
+    float pw[W];
+    for (int j = 0; j < W; ++j) pw[j] = top_by_shift<BITS>(j) ? 1.0f : std::ldexp(1.0f, -BITS * j);
     for (int64_t b = 0; b < nblocks; ++b) {
-      const float* xs = x + b * 8 * W;
-      float* xd = xp + b * 8 * W;
+      const float* xs = x + b * BLOCK;
+      float* xd = xp + b * BLOCK;
       for (int j = 0; j < W; ++j)
-        for (int i = 0; i < 8; ++i) xd[j * 8 + i] = xs[W * i + j];
+        for (int i = 0; i < 8; ++i) xd[j * 8 + i] = xs[W * i + j] * pw[j];
     }
+  }
+  for (int64_t g = 0; g < K / gs; ++g) {
+    float t = 0.f;
+    for (int k = 0; k < gs; ++k) t += x[g * gs + k];
+    xsum[g] = t;
   }
 }
 
@@ -98,73 +116,62 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Per-lane scale/bias vectors for a block starting at code k0 (lane i is in group (k0 + W*i) / GS).
+// Per-lane values of a scale-like array for a block starting at code k0 (lane i is in group (k0 + W*i) / GS).
 template <int BITS, int GS, bool BF16>
-inline void block_sb(const void* sc, const void* bi, int64_t gbase, int64_t k0, __m256& s, __m256& b) {
+inline __m256 lane_groups(const void* a, int64_t gbase, int64_t k0) {
   constexpr int W = lane_codes<BITS>();
   constexpr int BLOCK = 8 * W;
-  int64_t g0 = gbase + k0 / GS;
+  const int64_t g0 = gbase + k0 / GS;
   if constexpr (BLOCK <= GS) {
-    s = _mm256_set1_ps(load_scale<BF16>(sc, g0));
-    b = _mm256_set1_ps(load_scale<BF16>(bi, g0));
+    return _mm256_set1_ps(load_scale<BF16>(a, g0));
   } else if constexpr (BLOCK == 2 * GS) {
-    s = _mm256_setr_m128(_mm_set1_ps(load_scale<BF16>(sc, g0)), _mm_set1_ps(load_scale<BF16>(sc, g0 + 1)));
-    b = _mm256_setr_m128(_mm_set1_ps(load_scale<BF16>(bi, g0)), _mm_set1_ps(load_scale<BF16>(bi, g0 + 1)));
+    return _mm256_setr_m128(_mm_set1_ps(load_scale<BF16>(a, g0)), _mm_set1_ps(load_scale<BF16>(a, g0 + 1)));
   } else {
     static_assert(BLOCK == 4 * GS, "unsupported block/group combination");
-    float s0 = load_scale<BF16>(sc, g0), s1 = load_scale<BF16>(sc, g0 + 1);
-    float s2 = load_scale<BF16>(sc, g0 + 2), s3 = load_scale<BF16>(sc, g0 + 3);
-    float b0 = load_scale<BF16>(bi, g0), b1 = load_scale<BF16>(bi, g0 + 1);
-    float b2 = load_scale<BF16>(bi, g0 + 2), b3 = load_scale<BF16>(bi, g0 + 3);
-    s = _mm256_setr_ps(s0, s0, s1, s1, s2, s2, s3, s3);
-    b = _mm256_setr_ps(b0, b0, b1, b1, b2, b2, b3, b3);
+    const float s0 = load_scale<BF16>(a, g0), s1 = load_scale<BF16>(a, g0 + 1);
+    const float s2 = load_scale<BF16>(a, g0 + 2), s3 = load_scale<BF16>(a, g0 + 3);
+    return _mm256_setr_ps(s0, s0, s1, s1, s2, s2, s3, s3);
   }
 }
 
-// One output row.  xp: x permuted by permute_x<BITS>; x: original x (for the scalar tail).
+// sum_g b[g] * xsum[g] over one row's groups.
+template <bool BF16>
+inline float bias_dot(const void* bi, int64_t gbase, const float* xsum, int64_t G) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= G; g += 8) {
+    __m256 b;
+    if constexpr (BF16) {
+      __m128i h = _mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(bi) + gbase + g));
+      b = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    } else {
+      b = _mm256_loadu_ps(static_cast<const float*>(bi) + gbase + g);
+    }
+    acc = _mm256_fmadd_ps(b, _mm256_loadu_ps(xsum + g), acc);
+  }
+  float r = hsum(acc);
+  for (; g < G; ++g) r += load_scale<BF16>(bi, gbase + g) * xsum[g];
+  return r;
+}
+
+// One output row, bits 2/3/4: y = sum_g s_g * (sum_{k in g} q_k x_k) + sum_g b_g * xsum_g.
 template <int BITS, int GS, bool BF16>
-float row_avx2(const uint32_t* row, const void* sc, const void* bi, int64_t gbase, const float* xp, const float* x,
-               int64_t K) {
+float row_fact(const uint32_t* row, const void* sc, const void* bi, int64_t gbase, const float* xp,
+               const float* xsum, const float* x, int64_t K) {
   constexpr int W = lane_codes<BITS>();
   constexpr int BLOCK = 8 * W;
-  const int64_t nblocks = K / BLOCK;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
-         acc3 = _mm256_setzero_ps(), acc4 = _mm256_setzero_ps(), acc5 = _mm256_setzero_ps(),
-         acc6 = _mm256_setzero_ps(), acc7 = _mm256_setzero_ps();
-  __m256 s = _mm256_setzero_ps(), b = _mm256_setzero_ps();
-
-  if constexpr (BITS == 8) {
-    // 4 vectors of 8 codes per iteration (32 codes, 32 bytes; GS >= 32 so one group).
-    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
-    int64_t k = 0;
-    for (; k + 32 <= K; k += 32) {
-      block_sb<BITS, 32, BF16>(sc, bi, gbase + k / GS, 0, s, b);
-      const uint8_t* p = bytes + k;
-      __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 0))));
-      __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8))));
-      __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 16))));
-      __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 24))));
-      acc0 = _mm256_fmadd_ps(_mm256_fmadd_ps(w0, s, b), _mm256_loadu_ps(xp + k + 0), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_fmadd_ps(w1, s, b), _mm256_loadu_ps(xp + k + 8), acc1);
-      acc2 = _mm256_fmadd_ps(_mm256_fmadd_ps(w2, s, b), _mm256_loadu_ps(xp + k + 16), acc2);
-      acc3 = _mm256_fmadd_ps(_mm256_fmadd_ps(w3, s, b), _mm256_loadu_ps(xp + k + 24), acc3);
-    }
-    float r = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
-    if (k < K) r += row_scalar<BF16>(row, sc, bi, gbase, x, k, K, BITS, GS);
-    return r;
-  } else {
-    const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
-    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
-    constexpr int BLOCK_BYTES = BLOCK * BITS / 8;  // 32 (2/4 bits) or 24 (3 bits)
-    const __m256i shuf3 = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,  //
-                                           4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
-    for (int64_t blk = 0; blk < nblocks; ++blk) {
-      const int64_t k0 = blk * BLOCK;
-      if constexpr (BLOCK > GS) {
-        block_sb<BITS, GS, BF16>(sc, bi, gbase, k0, s, b);
-      } else {
-        if ((k0 % GS) == 0) block_sb<BITS, GS, BF16>(sc, bi, gbase, k0, s, b);
-      }
+  constexpr int BLOCK_BYTES = BLOCK * BITS / 8;  // 32 (2/4 bits) or 24 (3 bits)
+  constexpr int SB = BLOCK > GS ? BLOCK : GS;    // codes per scale application
+  constexpr int BPG = SB / BLOCK;                // blocks per scale application
+  const int64_t nsb = K / SB;
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
+  const __m256i shuf3 = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,  //
+                                         4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
+  __m256 tot0 = _mm256_setzero_ps(), tot1 = _mm256_setzero_ps();
+  for (int64_t sbi = 0; sbi < nsb; ++sbi) {
+    __m256 a0, a1, a2, a3, a4, a5, a6, a7;
+    for (int bb = 0; bb < BPG; ++bb) {
+      const int64_t blk = sbi * BPG + bb;
       const uint8_t* p = bytes + blk * BLOCK_BYTES;
       __m256i v;
       if constexpr (BITS == 3) {
@@ -174,54 +181,94 @@ float row_avx2(const uint32_t* row, const void* sc, const void* bi, int64_t gbas
       } else {
         v = _mm256_loadu_si256((const __m256i*)p);
       }
-      const float* xb = xp + k0;
-#define FMOE_STEP(J, ACC)                                                                           \
-  {                                                                                                 \
-    __m256i c = (J) == 0 ? v : _mm256_srli_epi32(v, (J) * BITS);                                    \
-    if ((J) * BITS + BITS < 32) c = _mm256_and_si256(c, mask);                                      \
-    __m256 w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), s, b);                                        \
-    ACC = _mm256_fmadd_ps(w, _mm256_loadu_ps(xb + (J) * 8), ACC);                                   \
-  }
-      FMOE_STEP(0, acc0) FMOE_STEP(1, acc1) FMOE_STEP(2, acc2) FMOE_STEP(3, acc3)
-      FMOE_STEP(4, acc4) FMOE_STEP(5, acc5) FMOE_STEP(6, acc6) FMOE_STEP(7, acc7)
+      const float* xb = xp + blk * BLOCK;
+#define FMOE_CODE(J)                                                                                   \
+  (top_by_shift<BITS>(J) ? _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 32 - BITS))                         \
+                         : _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(((1 << BITS) - 1) << (BITS * (J))))))
+#define FMOE_FIRST(J, A) A = (bb == 0) ? _mm256_mul_ps(FMOE_CODE(J), _mm256_loadu_ps(xb + (J) * 8)) \
+                                       : _mm256_fmadd_ps(FMOE_CODE(J), _mm256_loadu_ps(xb + (J) * 8), A);
+#define FMOE_NEXT(J, A) A = _mm256_fmadd_ps(FMOE_CODE(J), _mm256_loadu_ps(xb + (J) * 8), A);
+      FMOE_FIRST(0, a0) FMOE_FIRST(1, a1) FMOE_FIRST(2, a2) FMOE_FIRST(3, a3)
+      FMOE_FIRST(4, a4) FMOE_FIRST(5, a5) FMOE_FIRST(6, a6) FMOE_FIRST(7, a7)
       if constexpr (W == 16) {
-        FMOE_STEP(8, acc0) FMOE_STEP(9, acc1) FMOE_STEP(10, acc2) FMOE_STEP(11, acc3)
-        FMOE_STEP(12, acc4) FMOE_STEP(13, acc5) FMOE_STEP(14, acc6) FMOE_STEP(15, acc7)
+        FMOE_NEXT(8, a0) FMOE_NEXT(9, a1) FMOE_NEXT(10, a2) FMOE_NEXT(11, a3)
+        FMOE_NEXT(12, a4) FMOE_NEXT(13, a5) FMOE_NEXT(14, a6) FMOE_NEXT(15, a7)
       }
-#undef FMOE_STEP
+#undef FMOE_NEXT
+#undef FMOE_FIRST
+#undef FMOE_CODE
     }
-    __m256 t = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)),
-                             _mm256_add_ps(_mm256_add_ps(acc4, acc5), _mm256_add_ps(acc6, acc7)));
-    float r = hsum(t);
-    const int64_t kt = nblocks * BLOCK;
-    if (kt < K) r += row_scalar<BF16>(row, sc, bi, gbase, x, kt, K, BITS, GS);
-    return r;
+    const __m256 a = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                                   _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    const __m256 s = lane_groups<BITS, GS, BF16>(sc, gbase, sbi * SB);
+    if (sbi & 1)
+      tot1 = _mm256_fmadd_ps(s, a, tot1);
+    else
+      tot0 = _mm256_fmadd_ps(s, a, tot0);
   }
+  float r = hsum(_mm256_add_ps(tot0, tot1));
+  r += bias_dot<BF16>(bi, gbase, xsum, K / GS);
+  for (int64_t k = nsb * SB; k < K; ++k)  // tail (K not a multiple of the block): scale part only
+    r += static_cast<float>(code_at(row, k, BITS)) * load_scale<BF16>(sc, gbase + k / GS) * x[k];
+  return r;
+}
+
+// One output row, 8 bits: dequantize (fma(q, s, b)) then fma with x, natural order.
+template <int GS, bool BF16>
+float row_q8(const uint32_t* row, const void* sc, const void* bi, int64_t gbase, const float* x, int64_t K) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+         acc3 = _mm256_setzero_ps();
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {  // GS >= 32: one group per iteration
+    const int64_t g = gbase + k / GS;
+    const __m256 s = _mm256_set1_ps(load_scale<BF16>(sc, g));
+    const __m256 b = _mm256_set1_ps(load_scale<BF16>(bi, g));
+    const uint8_t* p = bytes + k;
+    __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 0))));
+    __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8))));
+    __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 16))));
+    __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 24))));
+    acc0 = _mm256_fmadd_ps(_mm256_fmadd_ps(w0, s, b), _mm256_loadu_ps(x + k + 0), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_fmadd_ps(w1, s, b), _mm256_loadu_ps(x + k + 8), acc1);
+    acc2 = _mm256_fmadd_ps(_mm256_fmadd_ps(w2, s, b), _mm256_loadu_ps(x + k + 16), acc2);
+    acc3 = _mm256_fmadd_ps(_mm256_fmadd_ps(w3, s, b), _mm256_loadu_ps(x + k + 24), acc3);
+  }
+  float r = hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+  if (k < K) r += row_scalar<BF16>(row, sc, bi, gbase, x, k, K, 8, GS);
+  return r;
 }
 
 template <int BITS, int GS, bool BF16>
 void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, int64_t K,
               int M, int64_t xs, int64_t ys, int nthreads) {
-  constexpr int W = lane_codes<BITS>();
-  constexpr int BLOCK = 8 * W;
   const int64_t wpr = K * BITS / 32;  // uint32 words per row
   const int64_t gpr = K / GS;         // groups per row
-  const int64_t nblocks = K / BLOCK;
-  std::vector<float> xp_all(static_cast<size_t>(M) * (nblocks * BLOCK + 8));
-  const int64_t xps = nblocks * BLOCK + 8;
-  for (int m = 0; m < M; ++m) permute_x<BITS>(x + m * xs, xp_all.data() + m * xps, nblocks);
+  const int64_t xps = K + 8, gps = gpr + 8;
+  std::vector<float> xp_all(static_cast<size_t>(M) * xps), xsum_all(static_cast<size_t>(M) * gps);
+  for (int m = 0; m < M; ++m)
+    prepare_x<BITS>(x + m * xs, xp_all.data() + m * xps, xsum_all.data() + m * gps, K, GS);
+  const float* xp0 = xp_all.data();
+  const float* xsum0 = xsum_all.data();
   const int64_t grain = 16;
   const int64_t nchunks = (N + grain - 1) / grain;
   int nt = nthreads;
   if (nt > nchunks) nt = static_cast<int>(nchunks);
   if (nt < 1) nt = 1;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  // dynamic: on a busy 2-core machine a descheduled thread must not hold up the whole product.
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t n1 = (c + 1) * grain < N ? (c + 1) * grain : N;
     for (int64_t n = c * grain; n < n1; ++n) {
       const uint32_t* row = w + n * wpr;
-      for (int m = 0; m < M; ++m)
-        y[m * ys + n] = row_avx2<BITS, GS, BF16>(row, sc, bi, n * gpr, xp_all.data() + m * xps, x + m * xs, K);
+      for (int m = 0; m < M; ++m) {
+        float r;
+        if constexpr (BITS == 8)
+          r = row_q8<GS, BF16>(row, sc, bi, n * gpr, x + m * xs, K);
+        else
+          r = row_fact<BITS, GS, BF16>(row, sc, bi, n * gpr, xp0 + m * xps, xsum0 + m * gps, x + m * xs, K);
+        y[m * ys + n] = r;
+      }
     }
   }
 }

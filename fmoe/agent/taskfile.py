@@ -1,0 +1,346 @@
+"""Task files: a YAML description of one agent run (model, sampling, tools, the task, what to expect).
+
+    task = load_task("task.yaml")        # -> TaskFile, or raises TaskFileError("task.yaml:7: field 'max_steps': ...")
+    task.registry                        # the resolved ToolRegistry (load_task(..., resolve_tools=False) skips it)
+    task.workspace_path, task.transcript_path, task.model_path   # paths made absolute against the task file
+
+Fields::
+
+    model: path/to/model          # omitted: the embedded demo model (None here; the runtime substitutes it)
+    backend: torch                # torch | mlx
+    memory_budget: 2GB            # bytes; an int or a size: B, KB/MB/GB/TB (x1000), KiB/MiB/GiB/TiB and K/M/G/T (x1024)
+    experts_per_token: 4
+    sampling: {temperature: 0.0, top_p: 1.0, top_k: 0, min_p: 0.0, seed: 0}
+    thinking: false
+    system: "You are ..."
+    task: "What is ...?"          # or tasks: [..] (exactly one of the two)
+    tools: [calculator, examples.tools:get_weather, {file: my_tools.py}, {name: .., description: .., parameters: ..}]
+    workspace: ./workspace        # root for the file tools (relative to the task file)
+    tool_choice: auto             # auto | required | none | {name: lookup}
+    parallel_tool_calls: true
+    max_steps: 8
+    max_tokens: 512
+    tool_timeout: 30              # seconds per tool call
+    max_tool_output: 16384        # bytes of one tool result given back to the model
+    transcript: run.jsonl         # relative to the task file
+    expect: {calls: [{name: calculator, arguments: {expression: "2+2"}}], answer: "4"}   # answer: a regex
+
+Every error names the file, the line and the field; unknown fields are errors.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from fmoe.errors import FmoeError, TaskFileError
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
+    "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4,
+    "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value: Any) -> int:
+    """2GB -> 2_000_000_000, 2GiB / 2G -> 2_147_483_648, 1024 -> 1024."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 2GB or 512MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise ValueError(f"expected a size such as 2GB, 512MiB or a number of bytes, got {value!r}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sampling(_Strict):
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int | None = 0
+
+
+class ToolChoiceName(_Strict):
+    name: str
+
+
+class ExpectedCall(_Strict):
+    name: str
+    arguments: dict[str, Any] | None = None   # the expected arguments (a subset of those actually given)
+
+
+class Expect(_Strict):
+    calls: list[ExpectedCall] | None = None
+    answer: str | None = None                  # a regex searched for in the final answer
+
+    @field_validator("answer")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+
+ToolSpec = Union[str, dict[str, Any]]
+
+
+class TaskFile(_Strict):
+    model: str | None = None
+    backend: Literal["torch", "mlx"] = "torch"
+    memory_budget: int | None = None
+    experts_per_token: int | None = Field(None, ge=1)
+    sampling: Sampling = Field(default_factory=Sampling)
+    thinking: bool = False
+    system: str | None = None
+    task: str | None = None
+    tasks: list[str] | None = None
+    tools: list[ToolSpec] = Field(default_factory=list)
+    workspace: str | None = None
+    tool_choice: Union[Literal["auto", "required", "none"], ToolChoiceName] = "auto"
+    parallel_tool_calls: bool = True
+    max_steps: int = Field(8, ge=1)
+    max_tokens: int = Field(512, ge=1)
+    tool_timeout: float = Field(30.0, gt=0)
+    max_tool_output: int = Field(16 * 1024, ge=256)
+    transcript: str | None = None
+    expect: Expect | None = None
+
+    _path: Path | None = PrivateAttr(default=None)
+    _registry: Any = PrivateAttr(default=None)
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return None if v is None else parse_size(v)
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @model_validator(mode="after")
+    def _one_task(self) -> "TaskFile":
+        if (self.task is None) == (self.tasks is None):
+            raise ValueError("give exactly one of 'task' or 'tasks'")
+        if self.tasks is not None and not self.tasks:
+            raise ValueError("'tasks' is empty")
+        return self
+
+    # -- derived -----------------------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.parent if self._path is not None else Path.cwd()
+
+    def _rel(self, p: str | None) -> Path | None:
+        return None if p is None else (self.base_dir / Path(p).expanduser())
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.task] if self.task is not None else list(self.tasks or [])
+
+    @property
+    def workspace_path(self) -> Path | None:
+        return self._rel(self.workspace)
+
+    @property
+    def transcript_path(self) -> Path | None:
+        return self._rel(self.transcript)
+
+    @property
+    def model_path(self) -> Path | None:
+        """The model as a path against the task file (None: the embedded demo model)."""
+        return self._rel(self.model)
+
+    @property
+    def registry(self):
+        """The ToolRegistry of ``tools`` (resolved by load_task, or now)."""
+        if self._registry is None:
+            self._registry = self.build_tools()
+        return self._registry
+
+    def build_tools(self):
+        from fmoe.tools.registry import ToolRegistry
+
+        reg = ToolRegistry()
+        for spec in self.tools:
+            tools = reg.add_spec(spec, self.base_dir, workspace=self.workspace_path)
+            for t in tools:
+                t.max_output = self.max_tool_output
+        return reg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# YAML positions
+# ---------------------------------------------------------------------------------------------------------------
+def _node_lines(root: yaml.Node) -> tuple[dict[tuple, int], list[tuple[tuple, int]]]:
+    """Map each path (tuple of keys / indices) to the 1-based line of its key (mappings) or item (sequences)."""
+    lines: dict[tuple, int] = {(): root.start_mark.line + 1}
+    dups: list[tuple[tuple, int]] = []
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
+                if key in seen:
+                    dups.append((path + (key,), k.start_mark.line + 1))
+                seen.add(key)
+                lines[path + (key,)] = k.start_mark.line + 1
+                walk(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                walk(item, path + (i,))
+
+    walk(root, ())
+    return lines, dups
+
+
+def _field_name(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _line_for(lines: dict[tuple, int], loc: tuple) -> tuple[int, tuple]:
+    """Longest prefix of loc that has a position (pydantic adds union member names etc. to loc)."""
+    loc = tuple(loc)
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]], loc[:n]
+    return 1, ()
+
+
+def _clean_msg(msg: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
+
+
+def _format_validation(name: str, lines: dict[tuple, int], e: ValidationError, data: Any) -> str:
+    out: list[str] = []
+    seen: set[tuple] = set()
+    for err in e.errors(include_url=False):
+        loc = tuple(err.get("loc", ()))
+        line, known = _line_for(lines, loc)
+        typ = err.get("type", "")
+        if not loc and "'task'" in err.get("msg", ""):  # the task/tasks rule: point at the task line
+            for k in ("tasks", "task"):
+                if (k,) in lines:
+                    line, known, loc = lines[(k,)], (k,), (k,)
+                    break
+        # pydantic puts union member names into loc: keep only the real path for the field name
+        fld = known if known else loc
+        if typ == "missing":
+            fld = loc
+        field = _field_name(fld) or "(top level)"
+        if typ == "extra_forbidden":
+            msg = "unknown field"
+        elif typ == "missing":
+            msg = "required field is missing"
+        else:
+            msg = _clean_msg(err.get("msg", "invalid"))
+        key = (line, field)
+        if key in seen:  # one message per field (unions report every member)
+            continue
+        seen.add(key)
+        out.append(f"{name}:{line}: field '{field}': {msg}" if field != "(top level)" else f"{name}:{line}: {msg}")
+    return "\n".join(out)
+
+
+def load_task(path: str | Path, *, resolve_tools: bool = True) -> TaskFile:
+    """Read and validate a task file; with resolve_tools, also resolve its tools (errors point at the item)."""
+    p = Path(path)
+    name = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise TaskFileError(f"{name}: cannot read: {e.strerror or e}") from None
+    return loads_task(text, name=name, path=p, resolve_tools=resolve_tools)
+
+
+def loads_task(text: str, *, name: str = "<task>", path: str | Path | None = None,
+               resolve_tools: bool = True) -> TaskFile:
+    """Like load_task, from text (``path`` anchors relative paths; default: the cwd)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        if e.context_mark is not None and "stream end" in str(e.problem or ""):
+            mark = e.context_mark  # unclosed [ { or quote: point where it was opened
+        line = mark.line + 1 if mark is not None else 1
+        raise TaskFileError(f"{name}:{line}: YAML syntax error: {e.problem or e}") from None
+    except yaml.YAMLError as e:
+        raise TaskFileError(f"{name}: YAML error: {e}") from None
+    if root is None or data is None:
+        raise TaskFileError(f"{name}:1: empty task file (expected a mapping with at least 'task')")
+    if not isinstance(data, dict):
+        raise TaskFileError(f"{name}:{root.start_mark.line + 1}: expected a mapping of fields, "
+                            f"got {type(data).__name__}")
+    lines, dups = _node_lines(root)
+    if dups:
+        dpath, dline = dups[0]
+        raise TaskFileError(f"{name}:{dline}: field '{_field_name(dpath)}': duplicate key")
+    try:
+        task = TaskFile.model_validate(data)
+    except ValidationError as e:
+        raise TaskFileError(_format_validation(name, lines, e, data)) from None
+    task._path = Path(path).resolve() if path is not None else None
+    if resolve_tools:
+        _resolve_tools(task, name, lines)
+    return task
+
+
+def _resolve_tools(task: TaskFile, name: str, lines: dict[tuple, int]) -> None:
+    from fmoe.tools.registry import ToolRegistry
+
+    reg = ToolRegistry()
+    ws = task.workspace_path
+    if ws is not None and any(_needs_workspace(s) for s in task.tools) and not ws.is_dir():
+        raise TaskFileError(f"{name}:{lines.get(('workspace',), 1)}: field 'workspace': "
+                            f"directory does not exist: {ws}")
+    for i, spec in enumerate(task.tools):
+        try:
+            for t in reg.add_spec(spec, task.base_dir, workspace=ws):
+                t.max_output = task.max_tool_output
+        except FmoeError as e:
+            raise TaskFileError(f"{name}:{lines.get(('tools', i), lines.get(('tools',), 1))}: "
+                                f"field 'tools[{i}]': {e}") from None
+    if isinstance(task.tool_choice, ToolChoiceName) and task.tool_choice.name not in reg:
+        line = lines.get(("tool_choice", "name"), lines.get(("tool_choice",), 1))
+        raise TaskFileError(f"{name}:{line}: field 'tool_choice.name': no tool named "
+                            f"{task.tool_choice.name!r} (tools: {', '.join(reg.names()) or 'none'})")
+    if task.tool_choice == "required" and not len(reg):
+        raise TaskFileError(f"{name}:{lines.get(('tool_choice',), 1)}: field 'tool_choice': "
+                            f"'required' but no tools are declared")
+    task._registry = reg
+
+
+def _needs_workspace(spec: Any) -> bool:
+    return spec == "files" or (isinstance(spec, dict) and "files" in spec and "root" not in (spec["files"] or {}))
