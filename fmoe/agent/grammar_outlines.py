@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
 
 import numpy as np
 
@@ -32,13 +31,17 @@ def outlines_vocabulary(info):
     key = id(info.hf)
     if key in _VOCABS:
         return _VOCABS[key]
+    from fmoe.agent.qwen_vocab import _bytes_to_unicode
+
+    u2b = {c: b for b, c in _bytes_to_unicode().items()}
     specials = set(info.special_ids)
     keep = {info.tool_call_id, info.tool_call_end_id}
-    m: dict[str, list[int]] = {}
+    m: dict[bytes, list[int]] = {}
     for tok, i in info.hf.get_vocab(with_added_tokens=True).items():
         if i == info.eos_id or (i in specials and i not in keep):
             continue
-        m.setdefault(tok, []).append(i)
+        key = tok.encode("utf-8") if i in specials else bytes(u2b[c] for c in tok)  # byte-level BPE alphabet
+        m.setdefault(key, []).append(i)
     voc = outlines_core.Vocabulary(info.eos_id, m)
     _VOCABS[key] = voc
     return voc
@@ -57,9 +60,6 @@ def _json_regex(schema) -> str:
         msg = str(e)
         kw = next((k for k in _VALIDATION_KEYWORDS if f"'{k}'" in msg or f'"{k}"' in msg), "schema")
         raise SchemaFeatureError(kw, msg[:200]) from None
-
-
-_RAW = r"((?!\n</parameter>\n)[\s\S])*"  # outlines-core regexes have no look-around: see _raw_regex
 
 
 def _raw_regex() -> str:
@@ -166,8 +166,3 @@ class _OutlinesRegion:
 
     def error(self) -> str:
         return self.err
-
-
-@lru_cache(maxsize=None)
-def _noop():  # pragma: no cover
-    return None

@@ -182,7 +182,7 @@ class TorchQLinear:
             y = x2.to(device=wd.device, dtype=self.dtype) @ wd.t()
         return y.reshape(*lead, self.out_features)
 
-    def _native(self, x2: torch.Tensor) -> torch.Tensor:
+    def _native(self, x2: torch.Tensor, force_scalar: bool = False) -> torch.Tensor:
         x32 = x2.to(torch.float32).contiguous()
         m = x32.shape[0]
         y = torch.empty((m, self.out_features), dtype=torch.float32)
@@ -193,7 +193,7 @@ class TorchQLinear:
             w.data_ptr(), s.data_ptr(), b.data_ptr(), self._scales_bf16,
             x32.data_ptr(), y.data_ptr(),
             self.out_features, self.in_features, m, self.in_features, self.out_features,
-            self.bits, self.group_size, torch.get_num_threads(), 0,
+            self.bits, self.group_size, torch.get_num_threads(), int(force_scalar),
         )  # fmt: skip
         if rc != 0:
             raise RuntimeError(f"fmoe_qmv failed with code {rc}")

@@ -1,0 +1,270 @@
+"""``fmoe bench kernels``: batch-1 quantized mat-vec throughput against the machine's memory read bandwidth.
+
+Measures, in one run and with the same thread count:
+
+* ``mem_read_gbps``: the best of a 1-thread numpy ``sum`` and a multi-thread ``torch.sum`` over a 1 GiB float32
+  array (bytes read / time);
+* for bits 2, 3, 4, 8: ``TorchQLinear`` on a 1-row input for the Qwen3.5-397B expert shapes (gate/up: out=1024,
+  in=4096; down: out=4096, in=1024) and out=4096, in=4096.  Throughput = (packed weight + scales + biases bytes) /
+  time.  "cold": cycling through enough distinct matrices (``cold_set_mb``, default 256 MB) that they do not fit in
+  the last-level cache, the way streamed experts arrive; "hot": the same matrix again and again (cache resident).
+  The headline ``gbps`` per bit width is the cold rate over a gate/up/down rotation; ``ratio`` = gbps /
+  mem_read_gbps;
+* optionally (``lm_head``) out=248320, in=4096 at 4 bits.
+
+Timings are the best of several repeats (the machine may be shared).  Weights are random packed words with random
+bf16 scales/biases: the kernel's speed does not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXPERT_SHAPES = ((1024, 4096), (1024, 4096), (4096, 1024))  # gate, up, down of the 397B model
+SQUARE = (4096, 4096)
+LM_HEAD = (248320, 4096)
+
+
+def _best(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_mem_read(nbytes: int = 1 << 30, repeats: int = 5, threads: int = 2) -> dict:
+    """Memory read bandwidth (GB/s) from summing a large float32 array (numpy, 1 thread; torch, ``threads``)."""
+    import torch
+
+    a = np.ones(nbytes // 4, dtype=np.float32)
+    np_s = _best(lambda: np.add.reduce(a), repeats)
+    t = torch.from_numpy(a)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        th_s = _best(lambda: t.sum(), repeats)
+    finally:
+        torch.set_num_threads(old)
+    res = {"numpy_sum_gbps": a.nbytes / np_s / 1e9, "torch_sum_gbps": a.nbytes / th_s / 1e9, "array_bytes": a.nbytes}
+    res["mem_read_gbps"] = max(res["numpy_sum_gbps"], res["torch_sum_gbps"])
+    return res
+
+
+def _random_qweights(shapes, bits: int, group_size: int, rng: np.random.Generator):
+    from fmoe.kernels.quant import QuantizedWeight, f32_to_bf16
+
+    out = []
+    for n, k in shapes:
+        words = np.frombuffer(rng.bytes(n * k * bits // 8), dtype=np.uint32).reshape(n, k * bits // 32)
+        sb = f32_to_bf16(rng.standard_normal((2, n, k // group_size), dtype=np.float32) * np.float32(0.01))
+        out.append(QuantizedWeight(words, sb[0], sb[1], bits, group_size))
+    return out
+
+
+def bench_shapes(shapes, bits: int, group_size: int = 64, cold_set_mb: float = 256.0, repeats: int = 5,
+                 dtype: str = "float32", seed: int = 0, backend: str = "auto") -> dict:
+    """Cold and hot throughput of TorchQLinear over a rotation of ``shapes`` (a list of (out, in))."""
+    import torch
+
+    from fmoe.kernels.torch_qlinear import TorchQLinear
+
+    tdtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    rng = np.random.default_rng(seed)
+    per_round = sum(n * k * bits / 8 for n, k in shapes)
+    rounds = max(1, int(cold_set_mb * 1e6 // per_round))
+    qs = _random_qweights(list(shapes) * rounds, bits, group_size, rng)
+    t0 = time.perf_counter()
+    layers = [TorchQLinear(q, tdtype, backend=backend) for q in qs]
+    prepare_us = (time.perf_counter() - t0) / len(layers) * 1e6
+    xs = {k: torch.randn(1, k, dtype=tdtype) for _, k in shapes}
+    total_bytes = sum(layer.nbytes for layer in layers)
+
+    def cold():
+        for layer in layers:
+            layer(xs[layer.in_features])
+
+    cold_s = _best(cold, repeats)
+    hot = layers[: len(shapes)]
+    hot_bytes = sum(layer.nbytes for layer in hot)
+    reps_hot = max(1, int(64e6 // hot_bytes))
+
+    def hot_fn():
+        for _ in range(reps_hot):
+            for layer in hot:
+                layer(xs[layer.in_features])
+
+    hot_s = _best(hot_fn, repeats)
+    return {
+        "gbps": total_bytes / cold_s / 1e9,
+        "hot_gbps": hot_bytes * reps_hot / hot_s / 1e9,
+        "us_per_matvec": cold_s / len(layers) * 1e6,
+        "cold_set_bytes": total_bytes,
+        "prepare_us": prepare_us,
+        "backend": layers[0].backend,
+    }
+
+
+def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_list=(2, 3, 4, 8), quick: bool = False,
+        lm_head: bool = True, square: bool = True, repeats: int | None = None, cold_set_mb: float | None = None,
+        dtype: str = "float32", write_dir: str | os.PathLike | None = None, print_out: bool = True) -> dict:
+    """Measure memory bandwidth and the quantized mat-vec for each bit width; print JSON or a rich table."""
+    import torch
+
+    from fmoe.kernels import native
+
+    torch.set_num_threads(threads)
+    repeats = repeats or (3 if quick else 7)
+    cold_set_mb = cold_set_mb or (96.0 if quick else 256.0)
+    mem = measure_mem_read(nbytes=(256 << 20) if quick else (1 << 30), repeats=repeats, threads=threads)
+    bw = mem["mem_read_gbps"]
+    res: dict[str, Any] = {
+        "mem_read_gbps": bw,
+        "mem_read": mem,
+        "threads": threads,
+        "group_size": group_size,
+        "dtype": dtype,
+        "kernel": ("native-avx2" if native.has_simd() else "native-scalar") if native.load() else "torch",
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "machine": platform.machine()},
+        "bits": {},
+    }
+    for bits in bits_list:
+        e = bench_shapes(EXPERT_SHAPES, bits, group_size, cold_set_mb, repeats, dtype)
+        entry = {"gbps": e["gbps"], "ratio": e["gbps"] / bw, "hot_gbps": e["hot_gbps"],
+                 "us_per_matvec": e["us_per_matvec"], "prepare_us": e["prepare_us"], "shapes": {}}
+        shapes = [("gate_up_1024x4096", (1024, 4096)), ("down_4096x1024", (4096, 1024))]
+        if square and not quick:
+            shapes.append(("square_4096x4096", SQUARE))
+        for name, shp in shapes:
+            s = bench_shapes([shp], bits, group_size, cold_set_mb, repeats, dtype)
+            entry["shapes"][name] = {"gbps": s["gbps"], "ratio": s["gbps"] / bw, "hot_gbps": s["hot_gbps"],
+                                     "us_per_matvec": s["us_per_matvec"]}
+        res["bits"][str(bits)] = entry
+    if lm_head and not quick:
+        s = bench_shapes([LM_HEAD], 4, group_size, 0.0, max(3, repeats // 2), dtype)
+        res["lm_head_4bit"] = {"out": LM_HEAD[0], "in": LM_HEAD[1], "gbps": s["gbps"], "ratio": s["gbps"] / bw,
+                               "ms_per_matvec": s["us_per_matvec"] / 1e3}
+    four = res["bits"].get("4")
+    if four:
+        for b, e in res["bits"].items():
+            e["rel_to_4bit"] = e["gbps"] / four["gbps"]
+    if write_dir is not None:
+        write_results(res, write_dir)
+    if print_out:
+        if json_out:
+            print(json.dumps(res, indent=2))
+        else:
+            _print_table(res)
+    return res
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def to_markdown(res: dict) -> str:
+    bw = res["mem_read_gbps"]
+    lines = [
+        "# Quantized mat-vec (batch 1) vs memory read bandwidth",
+        "",
+        f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores; threads={res['threads']}; "
+        f"group_size={res['group_size']}; activations {res['dtype']}; kernel `{res['kernel']}`.",
+        "",
+        f"Memory read bandwidth: **{bw:.1f} GB/s** (numpy sum 1 thread {res['mem_read']['numpy_sum_gbps']:.1f}, "
+        f"torch sum {res['threads']} threads {res['mem_read']['torch_sum_gbps']:.1f}).",
+        "",
+        "Cold = rotating through more distinct matrices than the last-level cache holds; hot = one matrix repeated.",
+        "Headline = cold, rotating gate/up/down (1024x4096, 1024x4096, 4096x1024).",
+        "",
+        "| bits | cold GB/s | ratio to mem | vs 4-bit | hot GB/s | us/matvec | 1024x4096 cold | 4096x1024 cold | 4096x4096 cold |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b, e in res["bits"].items():
+        sh = e["shapes"]
+
+        def g(name):
+            return f"{sh[name]['gbps']:.1f}" if name in sh else "-"
+
+        lines.append(
+            f"| {b} | {e['gbps']:.1f} | {e['ratio']:.2f} | {e.get('rel_to_4bit', 1.0):.2f} | {e['hot_gbps']:.1f} | "
+            f"{e['us_per_matvec']:.0f} | {g('gate_up_1024x4096')} | {g('down_4096x1024')} | {g('square_4096x4096')} |"
+        )
+    if "lm_head_4bit" in res:
+        lm = res["lm_head_4bit"]
+        lines += ["", f"lm_head-like 4-bit ({lm['out']}x{lm['in']}): {lm['gbps']:.1f} GB/s "
+                      f"(ratio {lm['ratio']:.2f}), {lm['ms_per_matvec']:.1f} ms per mat-vec."]
+    lines += ["", f"Prepare cost (TorchQLinear construction, zero-copy): "
+                  f"{max(e['prepare_us'] for e in res['bits'].values()):.0f} us per matrix at most.", ""]
+    return "\n".join(lines)
+
+
+def write_results(res: dict, out_dir: str | os.PathLike) -> None:
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "kernels.json").write_text(json.dumps(res, indent=2) + "\n")
+    (d / "kernels.md").write_text(to_markdown(res))
+
+
+def _print_table(res: dict) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # pragma: no cover
+        print(to_markdown(res))
+        return
+    bw = res["mem_read_gbps"]
+    t = Table(title=f"quantized mat-vec, batch 1 ({res['kernel']}, {res['threads']} threads, "
+                    f"group {res['group_size']}); memory read {bw:.1f} GB/s")
+    for col in ("bits", "cold GB/s", "ratio", "vs 4-bit", "hot GB/s", "us/matvec", "1024x4096", "4096x1024",
+                "4096x4096"):
+        t.add_column(col, justify="right")
+    for b, e in res["bits"].items():
+        sh = e["shapes"]
+        t.add_row(b, f"{e['gbps']:.1f}", f"{e['ratio']:.2f}", f"{e.get('rel_to_4bit', 1):.2f}", f"{e['hot_gbps']:.1f}",
+                  f"{e['us_per_matvec']:.0f}",
+                  *[f"{sh[n]['gbps']:.1f}" if n in sh else "-"
+                    for n in ("gate_up_1024x4096", "down_4096x1024", "square_4096x4096")])
+    c = Console()
+    c.print(t)
+    if "lm_head_4bit" in res:
+        lm = res["lm_head_4bit"]
+        c.print(f"lm_head 4-bit {lm['out']}x{lm['in']}: {lm['gbps']:.1f} GB/s (ratio {lm['ratio']:.2f}), "
+                f"{lm['ms_per_matvec']:.1f} ms")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="fmoe bench kernels", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128))
+    p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8], choices=(2, 3, 4, 8))
+    p.add_argument("--quick", action="store_true", help="smaller cold set, fewer repeats, no 4096x4096/lm_head")
+    p.add_argument("--no-lm-head", action="store_true")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--write", metavar="DIR", default=None, help="write kernels.json + kernels.md there")
+    a = p.parse_args(argv)
+    run(json_out=a.json, threads=a.threads, group_size=a.group_size, bits_list=tuple(a.bits), quick=a.quick,
+        lm_head=not a.no_lm_head, repeats=a.repeats, dtype=a.dtype, write_dir=a.write)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,418 @@
+"""``fmoe bench stream``: storage-level numbers for expert streaming, all measured in one run.
+
+1. builds (or reuses) a synthetic 397B-shaped model in the streaming layout (``fmoe synth``);
+2. disk read bandwidth: O_DIRECT reads of whole expert regions of the same files, ``io_threads`` in flight
+   (``disk_read_gbps``), and large sequential O_DIRECT reads (``disk_seq_gbps``);
+3. memory read bandwidth (``mem_read_gbps``: numpy reductions over 512 MiB, 1 and 2 threads, best);
+4. the expert store reading random top-k expert sets per layer, cold (``posix_fadvise(DONTNEED)`` on every file
+   first), in a child process placed in a memory cgroup (v1) capped at ``--memory-cap`` when asked; the child first
+   loads every non-expert weight (as the engine would) so its peak RSS is comparable to a real run.
+
+``fraction_of_bound`` (I/O level) = (expert bytes read from disk / disk_read_gbps) / wall time of the store loop.
+With ``--touch on`` the loop also reads every returned weight once (a stand-in for the memory-bound expert matmuls)
+and the bound adds ``bytes touched / mem_read_gbps``.
+
+    fmoe bench stream [--layers N] [--experts E] [--bits B] [--memory-cap SIZE] [--overlap on|off] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+
+
+def parse_size(s: str | int | None) -> int | None:
+    if s is None or isinstance(s, int):
+        return s
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b?)\s*", s.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {s!r} (e.g. 4G, 512M, 3.5GiB)")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)]
+    return int(float(m.group(1)) * mult)
+
+
+def _drop_cache(files) -> None:
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _vm_hwm() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ bandwidths
+
+
+def disk_bandwidth(layout, threads: int, seconds: float = 4.0, seed: int = 0) -> dict:
+    """O_DIRECT reads of random whole expert regions (what a cold cache miss costs), ``threads`` in flight,
+    plus sequential 16 MiB O_DIRECT reads."""
+    rng = np.random.default_rng(seed)
+    layers = layout.layers
+    stride = layers[0].stride
+    fds = [os.open(L.file, os.O_RDONLY | os.O_DIRECT) for L in layers]
+    try:
+        def random_reads(qd: int, secs: float) -> float:
+            jobs = [(int(rng.integers(0, len(layers))), int(rng.integers(0, layers[0].num_experts)))
+                    for _ in range(100000)]
+            lock = threading.Lock()
+            it = iter(jobs)
+            total = [0]
+            stop = time.perf_counter() + secs
+
+            def worker():
+                buf = mmap.mmap(-1, stride)
+                n = 0
+                while time.perf_counter() < stop:
+                    with lock:
+                        layer, e = next(it)
+                    n += os.preadv(fds[layer], [buf], layers[layer].offsets[e])
+                with lock:
+                    total[0] += n
+
+            t0 = time.perf_counter()
+            ts = [threading.Thread(target=worker) for _ in range(qd)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            return total[0] / (time.perf_counter() - t0) / 1e9
+
+        by_qd = {qd: random_reads(qd, seconds / 4) for qd in (1, 4, threads, 2 * threads)}
+        # sequential, 16 MiB blocks, 4 in flight over the first files
+        blk = 16 << 20
+        offs = [(fd, o) for fd, L in zip(fds, layers) for o in range(0, L.num_experts * L.stride - blk + 1, blk)]
+        lock, it, total = threading.Lock(), iter(offs), [0]
+        stop = time.perf_counter() + seconds / 2
+
+        def seq():
+            buf = mmap.mmap(-1, blk)
+            n = 0
+            while time.perf_counter() < stop:
+                with lock:
+                    x = next(it, None)
+                if x is None:
+                    break
+                n += os.preadv(x[0], [buf], x[1])
+            with lock:
+                total[0] += n
+
+        t0 = time.perf_counter()
+        ts = [threading.Thread(target=seq) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        seq_gbps = total[0] / (time.perf_counter() - t0) / 1e9
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return {"disk_read_gbps": by_qd[threads], "disk_read_gbps_by_qd": {str(k): round(v, 3) for k, v in by_qd.items()},
+            "disk_seq_gbps": seq_gbps}
+
+
+def memory_bandwidth(nbytes: int = 512 << 20) -> dict:
+    a = np.ones(nbytes // 8, np.uint64)
+    a.sum()
+
+    def best(fn, reps=4):
+        t = min(_timed(fn) for _ in range(reps))
+        return nbytes / t / 1e9
+
+    one = best(lambda: a.sum())
+    half = a.size // 2
+    with ThreadPoolExecutor(2) as pool:
+        two = best(lambda: list(pool.map(lambda s: s.sum(), (a[:half], a[half:]))))
+    b = np.empty_like(a)
+    cp = best(lambda: np.copyto(b, a))
+    del a, b
+    return {"mem_read_gbps": max(one, two), "mem_read_gbps_1thread": one, "mem_read_gbps_2threads": two,
+            "mem_copy_gbps": cp}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------ store loop (child)
+
+
+def routing(num_tokens: int, num_layers: int, num_experts: int, k: int, kind: str, seed: int) -> np.ndarray:
+    """[tokens, layers, k] expert ids: uniform random sets, or Zipf-skewed (s=1) per layer."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((num_tokens, num_layers, k), np.int64)
+    if kind == "uniform":
+        for t in range(num_tokens):
+            for l in range(num_layers):
+                out[t, l] = rng.choice(num_experts, k, replace=False)
+        return out
+    ranks = 1.0 / np.arange(1, num_experts + 1) ** 1.0
+    p = ranks / ranks.sum()
+    perms = [rng.permutation(num_experts) for _ in range(num_layers)]
+    for t in range(num_tokens):
+        for l in range(num_layers):
+            out[t, l] = perms[l][rng.choice(num_experts, k, replace=False, p=p)]
+    return out
+
+
+def _join_cgroup(cg: str | None) -> None:
+    if cg:
+        (Path(cg) / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def worker(spec: dict) -> dict:
+    """Runs in the (capped) child: load non-expert weights, then the store loop."""
+    _join_cgroup(spec.get("cgroup"))
+    from fmoe.engine.stream_layout import open_streaming
+    ck = open_streaming(spec["model"])
+    held, ne_bytes = [], 0
+    t0 = time.perf_counter()
+    if spec["load_non_expert"]:
+        for name in ck.non_expert_names():
+            x = ck.load(name)
+            ne_bytes += x.nbytes
+            held.append(x)
+    t_ne = time.perf_counter() - t0
+    rss_after_ne = _vm_hwm()
+    files = [L.file for L in ck.layout.layers]
+    _drop_cache(files)
+    store = ck.expert_source(mode=spec["mode"], memory_budget=spec["budget"], verify=spec["verify"],
+                             io_threads=spec["io_threads"], policy=spec["policy"])
+    route = np.array(spec["route"], dtype=np.int64)
+    T, Lr, k = route.shape
+    touched = 0
+    sink = 0
+    t0 = time.perf_counter()
+    token_s = []
+    for t in range(T):
+        ts = time.perf_counter()
+        for layer in range(Lr):
+            if spec["overlap"]:
+                nt, nl = (t, layer + 1) if layer + 1 < Lr else (t + 1, 0)
+                if nt < T:
+                    store.prefetch(nl, route[nt, nl].tolist())
+            ws = store.get(layer, route[t, layer].tolist())
+            if spec["touch"]:
+                for trip in ws:
+                    for q in trip:
+                        sink += int(q.weight.view(np.uint64).sum(dtype=np.uint64) & 1)
+                        touched += q.weight.nbytes + q.scales.nbytes + q.biases.nbytes
+            del ws
+        token_s.append(time.perf_counter() - ts)
+    wall = time.perf_counter() - t0
+    s = store.stats()
+    store.close()
+    expert_nbytes = ck.layout.layers[0].sizes[0]
+    return {"wall_s": wall, "tokens": T, "token_s": token_s, "stats": s, "non_expert_bytes": ne_bytes,
+            "non_expert_load_s": t_ne, "rss_after_non_expert": rss_after_ne, "peak_rss_bytes": _vm_hwm(),
+            "delivered_bytes": T * Lr * k * expert_nbytes, "touched_bytes": touched, "sink": sink}
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+class _Cgroup:
+    def __init__(self, limit: int | None):
+        self.path = None
+        if limit is None:
+            return
+        if not CGROUP_ROOT.is_dir():
+            raise SystemExit("--memory-cap needs cgroup v1 memory controller at /sys/fs/cgroup/memory (and root)")
+        self.path = CGROUP_ROOT / f"fmoe-bench-{os.getpid()}"
+        self.path.mkdir()
+        (self.path / "memory.limit_in_bytes").write_text(str(limit))
+        try:
+            (self.path / "memory.memsw.limit_in_bytes").write_text(str(limit))
+        except OSError:
+            pass
+
+    def max_usage(self) -> int | None:
+        if self.path is None:
+            return None
+        return int((self.path / "memory.max_usage_in_bytes").read_text())
+
+    def failcnt(self) -> int | None:
+        return None if self.path is None else int((self.path / "memory.failcnt").read_text())
+
+    def close(self):
+        if self.path is not None:
+            for _ in range(50):
+                try:
+                    self.path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            self.path = None
+
+
+def run_child(spec: dict, cap: int | None) -> dict:
+    cg = _Cgroup(cap)
+    try:
+        spec = dict(spec, cgroup=str(cg.path) if cg.path else None)
+        with tempfile.TemporaryDirectory() as td:
+            sp, rp = Path(td) / "spec.json", Path(td) / "result.json"
+            sp.write_text(json.dumps(spec))
+            r = subprocess.run([sys.executable, "-m", "fmoe.bench.stream", "--_worker", str(sp), str(rp)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"bench worker failed (rc {r.returncode}; killed by the memory cap?):\n"
+                                   f"{r.stderr[-3000:]}")
+            res = json.loads(rp.read_text())
+        res["cgroup_max_usage_bytes"] = cg.max_usage()
+        res["cgroup_failcnt"] = cg.failcnt()
+        return res
+    finally:
+        cg.close()
+
+
+def summarize(res: dict, bw: dict, spec: dict) -> dict:
+    s = res["stats"]
+    wall = res["wall_s"]
+    io_bound = s["bytes_read"] / (bw["disk_read_gbps"] * 1e9)
+    mem_bound = res["touched_bytes"] / (bw["mem_read_gbps"] * 1e9)
+    out = {
+        "mode": spec["mode"], "overlap": spec["overlap"], "policy": spec["policy"], "routing": spec["routing"],
+        "memory_budget": s["memory_budget"], "tokens": res["tokens"], "wall_s": round(wall, 3),
+        "s_per_token": round(wall / res["tokens"], 4),
+        "gbps": round(res["delivered_bytes"] / wall / 1e9, 3),                 # expert bytes served per second
+        "disk_gbps": round(s["bytes_read"] / wall / 1e9, 3),                   # bytes read from disk per second
+        "bytes_read": s["bytes_read"], "reads": s["reads"],
+        "bound_s": round(io_bound + mem_bound, 3),
+        "fraction_of_bound": round((io_bound + mem_bound) / wall, 3) if wall else None,
+        "cache_hit_rate": round(s["cache_hit_rate"], 4), "prefetch_issued": s["prefetch_issued"],
+        "prefetch_used": s["prefetch_used"], "io_wait_s": round(s["io_wait_s"], 3),
+        "peak_resident_bytes": s["peak_resident_bytes"], "peak_rss_bytes": res["peak_rss_bytes"],
+        "non_expert_bytes": res["non_expert_bytes"], "rss_after_non_expert": res["rss_after_non_expert"],
+        "rss_limit_bytes": int((res["non_expert_bytes"] + s["memory_budget"]) * 1.15),
+        "cgroup_max_usage_bytes": res["cgroup_max_usage_bytes"],
+    }
+    out["rss_within_limit"] = out["peak_rss_bytes"] <= max(out["rss_limit_bytes"],
+                                                           res["non_expert_bytes"] * 1.15 + (300 << 20))
+    return out
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="fmoe bench stream", description=__doc__.splitlines()[0])
+    p.add_argument("--like", default="qwen3.5-397b-a17b")
+    p.add_argument("--layers", type=int, default=14)
+    p.add_argument("--experts", type=int, default=64)
+    p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
+    p.add_argument("--top-k", type=int, default=None, help="experts per token (default: the model's, 10 for 397B)")
+    p.add_argument("--tokens", type=int, default=12)
+    p.add_argument("--memory-cap", type=parse_size, default=None, help="cgroup memory cap of the store process")
+    p.add_argument("--budget", type=parse_size, default=None,
+                   help="expert cache budget (default: cap - non-expert - 768 MiB, or 1 GiB without a cap)")
+    p.add_argument("--mode", choices=("page-cache", "direct", "both"), default="both")
+    p.add_argument("--overlap", choices=("on", "off", "both"), default="both",
+                   help="prefetch the next layer's experts (oracle routing) while waiting for this one")
+    p.add_argument("--policy", choices=("lru", "lfu", "both"), default="lru")
+    p.add_argument("--routing", choices=("uniform", "zipf"), default="uniform")
+    p.add_argument("--touch", choices=("on", "off"), default="off")
+    p.add_argument("--io-threads", type=int, default=8)
+    p.add_argument("--verify", action="store_true")
+    p.add_argument("--no-non-expert", action="store_true", help="do not load non-expert weights in the child")
+    p.add_argument("--model-dir", default=None, help="where the synthetic model lives (default under /tmp)")
+    p.add_argument("--cleanup", action="store_true", help="delete the synthetic model at the end")
+    p.add_argument("--out", default=None, help="also write the JSON result to this file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args._worker:
+        spec = json.loads(Path(args._worker[0]).read_text())
+        Path(args._worker[1]).write_text(json.dumps(worker(spec)))
+        return 0
+    from fmoe.engine.stream_layout import StreamingLayout, is_streaming_layout
+    from fmoe.engine.synth import synth
+
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    model = Path(args.model_dir or f"/tmp/fmoe-bench-{args.like}-L{args.layers}-E{args.experts}-b{args.bits}")
+    t0 = time.perf_counter()
+    if not is_streaming_layout(model):
+        synth(model, args.like, args.layers, args.experts, args.bits, top_k=args.top_k, progress=not args.json)
+    build_s = time.perf_counter() - t0
+    layout = StreamingLayout(model)
+    cfg = layout.config_raw
+    k = args.top_k or cfg["num_experts_per_tok"]
+    log(f"model {model}: {layout.num_layers} layers x {layout.num_experts} experts, "
+        f"{layout.total_expert_bytes() / 1e9:.2f} GB of experts, top-{k}")
+    bw = disk_bandwidth(layout, args.io_threads)
+    bw.update(memory_bandwidth())
+    log(f"disk (O_DIRECT expert reads, {args.io_threads} in flight) {bw['disk_read_gbps']:.2f} GB/s "
+        f"{bw['disk_read_gbps_by_qd']}, sequential {bw['disk_seq_gbps']:.2f} GB/s; "
+        f"memory read {bw['mem_read_gbps']:.1f} GB/s")
+    ne_est = os.path.getsize(layout.non_expert_file) if not args.no_non_expert else 0
+    if args.budget is not None:
+        budget = args.budget
+    elif args.memory_cap is not None:
+        budget = max(0, args.memory_cap - ne_est - (768 << 20))
+    else:
+        budget = 1 << 30
+    route = routing(args.tokens, layout.num_layers, layout.num_experts, k, args.routing, args.seed)
+    modes = ("page-cache", "direct") if args.mode == "both" else (args.mode,)
+    overlaps = (False, True) if args.overlap == "both" else (args.overlap == "on",)
+    policies = ("lru", "lfu") if args.policy == "both" else (args.policy,)
+    runs = []
+    for mode in modes:
+        for ov in overlaps:
+            for pol in policies:
+                spec = dict(model=str(model), mode=mode, overlap=ov, policy=pol, routing=args.routing,
+                            budget=budget if mode == "direct" else 0, verify=args.verify,
+                            io_threads=args.io_threads, touch=args.touch == "on", route=route.tolist(),
+                            load_non_expert=not args.no_non_expert)
+                res = run_child(spec, args.memory_cap)
+                r = summarize(res, bw, spec)
+                runs.append(r)
+                log(f"{mode:10s} overlap={'on ' if ov else 'off'} {pol}: {r['s_per_token']:.3f} s/token, "
+                    f"served {r['gbps']:.2f} GB/s, disk {r['disk_gbps']:.2f} GB/s, "
+                    f"{r['fraction_of_bound']:.2f} of bound, hit rate {r['cache_hit_rate']:.2f}, "
+                    f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (limit {r['rss_limit_bytes'] / 2**30:.2f})")
+    result = {
+        "bench": "stream", "model": {"like": cfg.get("fmoe_synthetic", {}).get("like", args.like),
+                                     "layers": layout.num_layers, "experts": layout.num_experts, "bits": args.bits,
+                                     "top_k": k, "expert_bytes": layout.layers[0].sizes[0],
+                                     "expert_total_bytes": layout.total_expert_bytes(),
+                                     "non_expert_file_bytes": os.path.getsize(layout.non_expert_file)},
+        "machine": {"cpus": os.cpu_count(), "mem_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")},
+        "memory_cap_bytes": args.memory_cap, "expert_budget_bytes": budget, "tokens": args.tokens,
+        "io_threads": args.io_threads, "touch": args.touch == "on", "synth_build_s": round(build_s, 2),
+        **{k2: (round(v, 3) if isinstance(v, float) else v) for k2, v in bw.items()},
+        "runs": runs,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    if args.cleanup:
+        import shutil
+        shutil.rmtree(model, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
