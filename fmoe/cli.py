@@ -113,13 +113,6 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _delegate(module: str):
-    def run(args) -> int:
-        import importlib
-        return importlib.import_module(module).main(args.rest) or 0
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fmoe", description="Stream Mixture-of-Experts models from SSD; run agents.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -138,30 +131,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     g.set_defaults(func=cmd_generate)
 
-    for name, module, help_ in (
-        ("convert", "fmoe.engine.convert", "convert a HF or mlx-lm checkpoint to the streaming layout"),
-        ("synth", "fmoe.engine.synth", "write a random-weight model at a real model's dimensions"),
-        ("run", "fmoe.agent.cli_run", "run an agent task file"),
-        ("chat", "fmoe.agent.cli_chat", "interactive chat with tools"),
-        ("tools", "fmoe.agent.cli_tools", "list available tools"),
-        ("eval", "fmoe.agent.cli_eval", "structured-output reliability sweep"),
+    # listed for --help; main() hands their arguments to their own modules
+    for name, help_ in (
+        ("convert", "convert a HF or mlx-lm checkpoint to the streaming layout"),
+        ("synth", "write a random-weight model at a real model's dimensions"),
+        ("run", "run an agent task file"),
+        ("chat", "interactive chat with tools"),
+        ("tools", "list available tools"),
+        ("eval", "structured-output reliability sweep"),
     ):
-        p = sub.add_parser(name, help=help_, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(module))
-
-    b = sub.add_parser("bench", help="benchmarks (kernels, stream, grammar, decode)")
-    bsub = b.add_subparsers(dest="bench", required=True)
-    for name in ("kernels", "stream", "grammar", "decode"):
-        p = bsub.add_parser(name, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(f"fmoe.bench.{name}"))
+        sub.add_parser(name, help=help_)
+    b = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES))
+    b.add_argument("bench", choices=BENCHES)
     return ap
 
 
+DELEGATED = {"convert": "fmoe.engine.convert", "synth": "fmoe.engine.synth", "run": "fmoe.agent.cli_run",
+             "chat": "fmoe.agent.cli_chat", "tools": "fmoe.agent.cli_tools", "eval": "fmoe.agent.cli_eval"}
+BENCHES = ("kernels", "stream", "grammar", "decode")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    import importlib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        # subcommands implemented by their own modules get their arguments untouched
+        if argv and argv[0] in DELEGATED:
+            return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:]) or 0
+        if len(argv) >= 2 and argv[0] == "bench" and argv[1] in BENCHES:
+            return importlib.import_module(f"fmoe.bench.{argv[1]}").main(argv[2:]) or 0
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except FmoeError as e:
         print(f"fmoe: error: {e}", file=sys.stderr)

@@ -237,7 +237,13 @@ def test_round_trip_official_templates(tok, fmt, template):
 def test_outlines_backend_same_checks(tok):
     """outlines-core (opt-in, ~10-20 s compile on this vocabulary): the same accept/reject checks, one tool each."""
     pytest.importorskip("outlines_core")
-    for fmt, tools in (("hermes", [WEATHER]), ("xml", [BASH])):
+    with pytest.raises(UnsupportedSchemaError) as ei:  # outlines-core ignores numeric bounds: refused, not dropped
+        compile_tool_grammar([WEATHER], "hermes", tokenizer=tok, backend="outlines")
+    assert ei.value.keyword in ("minimum", "maximum") and ei.value.tool == "get_weather"
+    w = json.loads(json.dumps(WEATHER))
+    del w["function"]["parameters"]["properties"]["days"]["minimum"], w["function"]["parameters"]["properties"]["days"]["maximum"]
+    w["function"]["parameters"]["properties"]["days"]["enum"] = [1, 2, 3]
+    for fmt, tools in (("hermes", [w]), ("xml", [BASH])):
         g = compile_tool_grammar(tools, fmt, tokenizer=tok, backend="outlines")
         if fmt == "hermes":
             assert accepts(g, tok, "ok\n\n" + render_calls([("get_weather", {"city": "Paris", "days": 3})], fmt, tools))

@@ -259,3 +259,21 @@ def test_bad_arguments(ck):
             store.get(0, [EXPERTS])
         with pytest.raises(IndexError):
             store.get(LAYERS, [0])
+
+
+@pytest.mark.parametrize("mode", ["page-cache", "direct"])
+def test_buffers_recycled_but_never_while_held(ck, mode):
+    stride = ck.layout.layers[0].stride
+    with ck.expert_source(mode=mode, memory_budget=0 if mode == "page-cache" else 2 * stride) as store:
+        held = store.get(0, [1, 2])
+        snapshot = [[np.array(getattr(q, p)) for q in t for p in ("weight", "scales", "biases")] for t in held]
+        for i in range(60):
+            r = store.get(i % LAYERS, [i % EXPERTS, (i + 3) % EXPERTS])
+            del r
+        s = store.stats()
+        assert s["buffers_reused"] > 40 and s["buffers_allocated"] < 12
+        for t, snap in zip(held, snapshot):      # the buffers behind `held` were never reused
+            assert all(np.array_equal(getattr(q, p), a) for (q, p), a in zip(
+                [(q, p) for q in t for p in ("weight", "scales", "biases")], snap))
+        for e, t in zip([1, 2], held):
+            assert _same(t, ck.expert(0, e))

@@ -45,6 +45,7 @@ class ToolCallProcessor:
         self.stats = {"steps": 0, "forced": 0, "accepted": 0}
 
     def reset(self) -> None:
+        self._neg_dirty = getattr(self, "_neg_dirty", None)
         self.matcher.reset()
         self.stats = {"steps": 0, "forced": 0, "accepted": 0}
 
@@ -113,10 +114,15 @@ class ToolCallProcessor:
             import torch
 
             idx = torch.from_numpy(ids.astype(np.int64)).to(logits.device)
-            kept = logits.index_select(-1, idx)
-            logits.fill_(float("-inf"))
-            logits.index_copy_(-1, idx, kept)
-            return logits
+            key = (logits.shape, logits.dtype, logits.device)
+            if getattr(self, "_neg_key", None) != key:  # preallocated all -inf buffer, reused every step
+                self._neg = torch.full(logits.shape, float("-inf"), dtype=logits.dtype, device=logits.device)
+                self._neg_key, self._neg_dirty = key, None
+            if self._neg_dirty is not None:
+                self._neg.index_fill_(-1, self._neg_dirty, float("-inf"))
+            self._neg.index_copy_(-1, idx, logits.index_select(-1, idx))
+            self._neg_dirty = idx
+            return self._neg  # O(allowed) work; valid until the next process() call
         import mlx.core as mx
 
         idx = mx.array(ids.astype(np.int32))

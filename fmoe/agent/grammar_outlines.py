@@ -68,6 +68,30 @@ def _raw_regex() -> str:
     return r"([^\n]|\n[^<])*"
 
 
+# Keywords outlines-core's regex builder ignores (it would leave them unconstrained): refused up front.
+_OUTLINES_UNENFORCED = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
+                        "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies",
+                        "patternProperties", "propertyNames", "contains", "minProperties", "maxProperties",
+                        "unevaluatedProperties", "unevaluatedItems"}
+
+
+def _scan_unenforced(node) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in ("properties", "$defs", "definitions"):
+                if isinstance(v, dict):
+                    for sub in v.values():
+                        _scan_unenforced(sub)
+                continue
+            if k in _OUTLINES_UNENFORCED:
+                raise SchemaFeatureError(k, f"outlines-core does not enforce {k!r}")
+            if k not in ("enum", "const", "default", "examples"):
+                _scan_unenforced(v)
+    elif isinstance(node, list):
+        for v in node:
+            _scan_unenforced(v)
+
+
 def compile_outlines_region(tools, call_format, info, *, parallel_calls=True, max_calls=4, only=None):
     import outlines_core
 
@@ -81,6 +105,7 @@ def compile_outlines_region(tools, call_format, info, *, parallel_calls=True, ma
             continue
         params = tool_parameters(t)
         try:
+            _scan_unenforced(params)
             if call_format == "hermes":
                 alts.append(_esc('{"name": ' + json.dumps(name) + ', "arguments": ') + "(" + _json_regex(params) + ")"
                             + _esc("}"))

@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     k = args.top_k or cfg["num_experts_per_tok"]
     log(f"model {model}: {layout.num_layers} layers x {layout.num_experts} experts, "
         f"{layout.total_expert_bytes() / 1e9:.2f} GB of experts, top-{k}")
+    load_start = os.getloadavg()
     bw = disk_bandwidth(layout, args.io_threads)
     bw.update(memory_bandwidth())
     log(f"disk (O_DIRECT expert reads, {args.io_threads} in flight) {bw['disk_read_gbps']:.2f} GB/s "
@@ -402,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory_cap_bytes": args.memory_cap, "expert_budget_bytes": budget, "tokens": args.tokens,
         "io_threads": args.io_threads, "touch": args.touch == "on", "synth_build_s": round(build_s, 2),
         **{k2: (round(v, 3) if isinstance(v, float) else v) for k2, v in bw.items()},
+        "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "runs": runs,
     }
     if args.out:

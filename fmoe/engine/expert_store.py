@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Sequence
 
@@ -56,11 +57,12 @@ def _default_direct_budget() -> int:
 
 
 class _Entry:
-    __slots__ = ("key", "nbytes", "future", "prefetched", "used", "pins")
+    __slots__ = ("key", "nbytes", "future", "prefetched", "used", "pins", "buf")
 
     def __init__(self, key: tuple[int, int], nbytes: int, prefetched: bool):
         self.key = key
         self.nbytes = nbytes
+        self.buf = None                      # the mmap the expert is read into (set by the I/O thread)
         self.future: Future | None = None
         self.prefetched = prefetched
         self.used = False
@@ -100,6 +102,15 @@ class ExpertStore:
         self._freq: dict[tuple[int, int], float] = {}
         self._requests = 0
         self._closed = False
+        # buffer recycling: faulting in fresh pages costs more CPU than the read itself on small VMs, so buffers of
+        # evicted experts are reused once nobody references them (refcount check: never while the caller holds
+        # views).  Idle buffers are bounded by ``pool_buffers`` (outside the budget; stats "pool_bytes").
+        cfg = layout.config_raw.get("text_config", layout.config_raw)
+        k = int(cfg.get("num_experts_per_tok", 8))
+        self.pool_buffers = max(self.io_threads, 2 * k)
+        self._pool_lock = threading.Lock()
+        self._free: list = []
+        self._retired: deque = deque()
         self.reset_stats()
         self._resident = 0
         self._peak_resident = 0
@@ -109,7 +120,8 @@ class ExpertStore:
     def reset_stats(self) -> None:
         with self._stats_lock:
             self._s = dict(bytes_read=0, reads=0, cache_hits=0, cache_misses=0, io_wait_s=0.0, read_s=0.0,
-                           prefetch_issued=0, prefetch_used=0, prefetch_dropped=0, evictions=0, gets=0)
+                           prefetch_issued=0, prefetch_used=0, prefetch_dropped=0, evictions=0, gets=0,
+                           buffers_allocated=0, buffers_reused=0)
         if hasattr(self, "_resident"):
             with self._lock:
                 self._peak_resident = self._resident
@@ -121,6 +133,8 @@ class ExpertStore:
             s["resident_bytes"] = self._resident
             s["peak_resident_bytes"] = self._peak_resident
             s["cached_experts"] = len(self._cache)
+        with self._pool_lock:
+            s["pool_bytes"] = sum(len(b) for b in self._free)
         req = s["cache_hits"] + s["cache_misses"]
         s["cache_hit_rate"] = s["cache_hits"] / req if req else 0.0
         s["prefetch_hit_rate"] = s["prefetch_used"] / s["prefetch_issued"] if s["prefetch_issued"] else 0.0
@@ -151,15 +165,53 @@ class ExpertStore:
                     self._fds[layer] = fd
         return fd
 
-    def _read(self, layer: int, e: int):
+    def _alloc(self, nbytes: int):
+        with self._pool_lock:
+            for i, b in enumerate(self._free):
+                if len(b) == nbytes:
+                    del self._free[i]
+                    reused = True
+                    break
+            else:
+                b, reused = None, False
+        if b is None:
+            b = mmap.mmap(-1, nbytes)                    # anonymous: page aligned, zero filled
+        with self._stats_lock:
+            self._s["buffers_reused" if reused else "buffers_allocated"] += 1
+        return b
+
+    def _retire_locked(self, ent: _Entry) -> None:
+        """An entry left the cache: its buffer may be reused once the caller no longer references it."""
+        buf, ent.buf = ent.buf, None
+        failed = ent.future is not None and ent.future.done() and ent.future.exception() is not None
+        ent.future = None                                # drops our views into buf
+        if buf is not None and not failed:
+            self._retired.append(buf)
+            if len(self._retired) > 4 * self.pool_buffers:
+                self._retired.popleft()                  # still referenced by someone: freed when they drop it
+
+    def _recycle_locked(self) -> None:
+        n = len(self._retired)
+        for _ in range(n):
+            b = self._retired.popleft()
+            if sys.getrefcount(b) <= 2:                  # only `b` and the call's argument: nobody holds views
+                with self._pool_lock:
+                    if len(self._free) < self.pool_buffers:
+                        self._free.append(b)
+            else:
+                self._retired.append(b)
+            del b
+
+    def _read(self, ent: _Entry):
         """Runs in an I/O thread: one read of expert ``e``'s region, checksum, zero-copy views."""
+        layer, e = ent.key
         L = self.layout.layers[layer]
         off, size = L.offsets[e], L.sizes[e]
         n = L.stride if self.mode == "direct" else size     # O_DIRECT: whole aligned region
         where = f"layer {layer} expert {e} ({L.file}, offset {off}, {n} bytes)"
         t0 = time.perf_counter()
         fd = self._fd(layer)
-        buf = mmap.mmap(-1, L.stride)                          # anonymous: page aligned, zero filled
+        buf = self._alloc(L.stride)
         mv = memoryview(buf)
         got = 0
         try:
@@ -184,6 +236,7 @@ class ExpertStore:
         finally:
             mv.release()
         weights = L.template.views(buf)
+        ent.buf = buf
         dt = time.perf_counter() - t0
         with self._stats_lock:
             self._s["bytes_read"] += n
@@ -250,6 +303,7 @@ class ExpertStore:
                 break
             del self._cache[victim.key]
             self._resident -= victim.nbytes
+            self._retire_locked(victim)
             evicted += 1
         if evicted:
             with self._stats_lock:
@@ -262,7 +316,7 @@ class ExpertStore:
         self._resident += ent.nbytes
         if self._resident > self._peak_resident:
             self._peak_resident = self._resident
-        ent.future = self._pool.submit(self._read, *key)
+        ent.future = self._pool.submit(self._read, ent)
         return ent
 
     # ------------------------------------------------------------------------------------------------ API
@@ -304,6 +358,7 @@ class ExpertStore:
         hits = misses = pused = 0
         entries: list[_Entry] = []
         with self._lock:
+            self._recycle_locked()
             uniq: dict[tuple[int, int], _Entry] = {}
             for key in keys:
                 ent = uniq.get(key)
@@ -345,6 +400,7 @@ class ExpertStore:
                 if ent.future.done() and ent.future.exception() is not None and self._cache.get(ent.key) is ent:
                     del self._cache[ent.key]
                     self._resident -= ent.nbytes
+                    self._retire_locked(ent)
             self._evict_locked(self.memory_budget, keep_prefetched=False)
         with self._stats_lock:
             s = self._s

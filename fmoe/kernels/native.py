@@ -62,8 +62,9 @@ def build(verbose: bool = False) -> Path:
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX)")
     src = _SRC.read_bytes()
+    flags = _FLAGS + os.environ.get("FMOE_QMV_CFLAGS", "").split()  # extra flags for experiments
     key = hashlib.sha256(
-        b"\0".join([src, cxx.encode(), " ".join(_FLAGS).encode(), _cpu_signature().encode(), platform.machine().encode()])
+        b"\0".join([src, cxx.encode(), " ".join(flags).encode(), _cpu_signature().encode(), platform.machine().encode()])
     ).hexdigest()[:16]
     out_dir = cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def build(verbose: bool = False) -> Path:
         return so
     fd, tmp = tempfile.mkstemp(prefix=so.stem + ".", suffix=".so.tmp", dir=out_dir)
     os.close(fd)
-    cmd = [cxx, *_FLAGS, str(_SRC), "-o", tmp]
+    cmd = [cxx, *flags, str(_SRC), "-o", tmp]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         os.unlink(tmp)

@@ -16,6 +16,11 @@
 #include <cmath>
 #include <omp.h>
 
+// Software prefetch distance in bytes along a row's packed words (0 = off).
+#ifndef FMOE_PF
+#define FMOE_PF 512
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define FMOE_AVX2 1
@@ -116,11 +121,10 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Per-lane values of a scale-like array for a block starting at code k0 (lane i is in group (k0 + W*i) / GS).
-template <int BITS, int GS, bool BF16>
+// Per-lane values of a per-group array for a block of BLOCK codes starting at k0 (lane i holds codes
+// k0 + (BLOCK/8)*i ..., all in group (k0 + (BLOCK/8)*i) / GS).
+template <int BLOCK, int GS, bool BF16>
 inline __m256 lane_groups(const void* a, int64_t gbase, int64_t k0) {
-  constexpr int W = lane_codes<BITS>();
-  constexpr int BLOCK = 8 * W;
   const int64_t g0 = gbase + k0 / GS;
   if constexpr (BLOCK <= GS) {
     return _mm256_set1_ps(load_scale<BF16>(a, g0));
@@ -200,7 +204,7 @@ float row_fact(const uint32_t* row, const void* sc, const void* bi, int64_t gbas
     }
     const __m256 a = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
                                    _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-    const __m256 s = lane_groups<BITS, GS, BF16>(sc, gbase, sbi * SB);
+    const __m256 s = lane_groups<BLOCK, GS, BF16>(sc, gbase, sbi * SB);
     if (sbi & 1)
       tot1 = _mm256_fmadd_ps(s, a, tot1);
     else
@@ -239,23 +243,144 @@ float row_q8(const uint32_t* row, const void* sc, const void* bi, int64_t gbase,
   return r;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Fast path: int16 activations.  x is quantized per group g to x16 = rint(x / xs_g), xs_g = max|x_g| / 32767
+// (error <= 2^-16 of the group's largest |x|), codes are unpacked into 16-bit lanes and multiplied with vpmaddwd
+// (exact int32 products and pair sums), and each group's int32 sum is scaled in float32:
+//   y = sum_g s_g * xs_g * (sum_{k in g} q_k x16_k) + sum_g b_g * xsum_g          (xsum_g exact float32 sums of x)
+// Per dword lane i of a block, step j yields the pair (code W*i + j, code W*i + W/2 + j) in its two 16-bit halves.
+// W = codes per 32-bit lane: bits 2 -> 16, 3 -> 8 (24-bit lanes made by a byte shuffle), 4 -> 8, 8 -> 4.
+template <int BITS>
+constexpr int i16_lane_codes() {
+  return BITS == 2 ? 16 : (BITS == 8 ? 4 : 8);
+}
+
+template <int BITS>
+void prepare_xq(const float* x, int16_t* xq, float* xscale, float* xsum, int64_t K, int gs) {
+  constexpr int W = i16_lane_codes<BITS>();
+  constexpr int H = W / 2;
+  constexpr int BLOCK = 8 * W;
+  const int64_t G = K / gs;
+  std::vector<int16_t> q(static_cast<size_t>(K));
+  for (int64_t g = 0; g < G; ++g) {
+    const float* xg = x + g * gs;
+    float mx = 0.f, sum = 0.f;
+    for (int k = 0; k < gs; ++k) {
+      mx = std::fmax(mx, std::fabs(xg[k]));
+      sum += xg[k];
+    }
+    const float sc = mx / 32767.0f;
+    const float inv = mx > 0.f ? 32767.0f / mx : 0.f;
+    for (int k = 0; k < gs; ++k) q[g * gs + k] = static_cast<int16_t>(std::nearbyint(xg[k] * inv));
+    xscale[g] = sc;
+    xsum[g] = sum;
+  }
+  const int64_t nblocks = K / BLOCK;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int16_t* qs = q.data() + b * BLOCK;
+    int16_t* qd = xq + b * BLOCK;
+    for (int j = 0; j < H; ++j)
+      for (int i = 0; i < 8; ++i) {
+        qd[j * 16 + 2 * i] = qs[W * i + j];
+        qd[j * 16 + 2 * i + 1] = qs[W * i + H + j];
+      }
+  }
+}
+
+template <int BITS, int GS, bool BF16>
+float row_i16(const uint32_t* row, const void* sc, const void* bi, int64_t gbase, const int16_t* xq,
+              const float* xscale, const float* xsum, const float* x, int64_t K) {
+  constexpr int W = i16_lane_codes<BITS>();
+  constexpr int H = W / 2;
+  constexpr int BLOCK = 8 * W;
+  constexpr int BLOCK_BYTES = BLOCK * BITS / 8;  // 32, or 24 for 3 bits
+  constexpr int SB = BLOCK > GS ? BLOCK : GS;
+  constexpr int BPG = SB / BLOCK;
+  constexpr uint32_t M1 = (1u << BITS) - 1u;
+  const __m256i mask = _mm256_set1_epi32(static_cast<int>(M1 | (M1 << 16)));
+  const __m256i shuf3 = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,  //
+                                         4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
+  const int64_t nsb = K / SB;
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
+  __m256 tot0 = _mm256_setzero_ps(), tot1 = _mm256_setzero_ps();
+  for (int64_t sbi = 0; sbi < nsb; ++sbi) {
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+    for (int bb = 0; bb < BPG; ++bb) {
+      const int64_t blk = sbi * BPG + bb;
+      const uint8_t* p = bytes + blk * BLOCK_BYTES;
+      __m256i v;
+      if constexpr (BITS == 3) {
+        __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
+        __m256i t = _mm256_shuffle_epi8(raw, shuf3);  // lane i: 24-bit value, codes 8i..8i+7
+        v = _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi32(0xFFF)),
+                            _mm256_slli_epi32(_mm256_and_si256(t, _mm256_set1_epi32(0xFFF000)), 4));
+      } else {
+        v = _mm256_loadu_si256((const __m256i*)p);
+      }
+      if constexpr (FMOE_PF > 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, _MM_HINT_T0);
+      const __m256i* xb = reinterpret_cast<const __m256i*>(xq + blk * BLOCK);
+#define FMOE_I16(J, ACC)                                                                              \
+  {                                                                                                   \
+    __m256i c = _mm256_and_si256((J) == 0 ? v : _mm256_srli_epi32(v, (J) * BITS), mask);              \
+    ACC = _mm256_add_epi32(ACC, _mm256_madd_epi16(c, _mm256_loadu_si256(xb + (J))));                  \
+  }
+      FMOE_I16(0, acc0)
+      if constexpr (H > 1) FMOE_I16(1, acc1)
+      if constexpr (H > 2) { FMOE_I16(2, acc0) FMOE_I16(3, acc1) }
+      if constexpr (H > 4) { FMOE_I16(4, acc0) FMOE_I16(5, acc1) FMOE_I16(6, acc0) FMOE_I16(7, acc1) }
+#undef FMOE_I16
+    }
+    const __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(acc0, acc1));
+    const __m256 s = _mm256_mul_ps(lane_groups<BLOCK, GS, BF16>(sc, gbase, sbi * SB),
+                                   lane_groups<BLOCK, GS, false>(xscale, 0, sbi * SB));
+    if (sbi & 1)
+      tot1 = _mm256_fmadd_ps(s, f, tot1);
+    else
+      tot0 = _mm256_fmadd_ps(s, f, tot0);
+  }
+  float r = hsum(_mm256_add_ps(tot0, tot1));
+  r += bias_dot<BF16>(bi, gbase, xsum, K / GS);
+  for (int64_t k = nsb * SB; k < K; ++k)  // tail (K not a multiple of the block): scale part only, exact x
+    r += static_cast<float>(code_at(row, k, BITS)) * load_scale<BF16>(sc, gbase + k / GS) * x[k];
+  return r;
+}
+
+// mode 0: int16 activations (fast); mode 1: float32 activations (exact fp32 arithmetic).
 template <int BITS, int GS, bool BF16>
 void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, int64_t K,
-              int M, int64_t xs, int64_t ys, int nthreads) {
+              int M, int64_t xs, int64_t ys, int nthreads, int mode) {
   const int64_t wpr = K * BITS / 32;  // uint32 words per row
   const int64_t gpr = K / GS;         // groups per row
-  const int64_t xps = K + 8, gps = gpr + 8;
-  std::vector<float> xp_all(static_cast<size_t>(M) * xps), xsum_all(static_cast<size_t>(M) * gps);
-  for (int m = 0; m < M; ++m)
-    prepare_x<BITS>(x + m * xs, xp_all.data() + m * xps, xsum_all.data() + m * gps, K, GS);
+  const int64_t xps = K + 16, gps = gpr + 8;
+  if (mode == 0) {
+    // non-finite activations cannot be scaled to int16: use the float path for those
+    for (int m = 0; m < M && mode == 0; ++m)
+      for (int64_t k = 0; k < K; ++k)
+        if (!std::isfinite(x[m * xs + k])) { mode = 1; break; }
+  }
+  std::vector<float> xp_all, xsum_all(static_cast<size_t>(M) * gps), xsc_all;
+  std::vector<int16_t> xq_all;
+  if (mode == 0) {
+    xq_all.resize(static_cast<size_t>(M) * xps);
+    xsc_all.resize(static_cast<size_t>(M) * gps);
+    for (int m = 0; m < M; ++m)
+      prepare_xq<BITS>(x + m * xs, xq_all.data() + m * xps, xsc_all.data() + m * gps, xsum_all.data() + m * gps, K,
+                       GS);
+  } else {
+    xp_all.resize(static_cast<size_t>(M) * xps);
+    for (int m = 0; m < M; ++m)
+      prepare_x<BITS>(x + m * xs, xp_all.data() + m * xps, xsum_all.data() + m * gps, K, GS);
+  }
   const float* xp0 = xp_all.data();
+  const int16_t* xq0 = xq_all.data();
+  const float* xsc0 = xsc_all.data();
   const float* xsum0 = xsum_all.data();
   const int64_t grain = 16;
   const int64_t nchunks = (N + grain - 1) / grain;
   int nt = nthreads;
   if (nt > nchunks) nt = static_cast<int>(nchunks);
   if (nt < 1) nt = 1;
-  // dynamic: on a busy 2-core machine a descheduled thread must not hold up the whole product.
+  // dynamic: on a busy machine a descheduled thread must not hold up the whole product.
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t n1 = (c + 1) * grain < N ? (c + 1) * grain : N;
@@ -263,7 +388,10 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
       const uint32_t* row = w + n * wpr;
       for (int m = 0; m < M; ++m) {
         float r;
-        if constexpr (BITS == 8)
+        if (mode == 0)
+          r = row_i16<BITS, GS, BF16>(row, sc, bi, n * gpr, xq0 + m * xps, xsc0 + m * gps, xsum0 + m * gps,
+                                      x + m * xs, K);
+        else if constexpr (BITS == 8)
           r = row_q8<GS, BF16>(row, sc, bi, n * gpr, x + m * xs, K);
         else
           r = row_fact<BITS, GS, BF16>(row, sc, bi, n * gpr, xp0 + m * xps, xsum0 + m * gps, x + m * xs, K);
@@ -289,23 +417,23 @@ void qmv_scalar(const uint32_t* w, const void* sc, const void* bi, const float* 
 #if FMOE_AVX2
 template <int BITS, bool BF16>
 int dispatch_gs(const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, int64_t K,
-                int M, int64_t xs, int64_t ys, int gs, int nt) {
+                int M, int64_t xs, int64_t ys, int gs, int nt, int mode) {
   switch (gs) {
-    case 32: qmv_avx2<BITS, 32, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, nt); return 0;
-    case 64: qmv_avx2<BITS, 64, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, nt); return 0;
-    case 128: qmv_avx2<BITS, 128, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, nt); return 0;
+    case 32: qmv_avx2<BITS, 32, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, nt, mode); return 0;
+    case 64: qmv_avx2<BITS, 64, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, nt, mode); return 0;
+    case 128: qmv_avx2<BITS, 128, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, nt, mode); return 0;
   }
   return -2;
 }
 
 template <bool BF16>
 int dispatch_bits(const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, int64_t K,
-                  int M, int64_t xs, int64_t ys, int bits, int gs, int nt) {
+                  int M, int64_t xs, int64_t ys, int bits, int gs, int nt, int mode) {
   switch (bits) {
-    case 2: return dispatch_gs<2, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt);
-    case 3: return dispatch_gs<3, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt);
-    case 4: return dispatch_gs<4, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt);
-    case 8: return dispatch_gs<8, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt);
+    case 2: return dispatch_gs<2, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 3: return dispatch_gs<3, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 4: return dispatch_gs<4, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 8: return dispatch_gs<8, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
   }
   return -1;
 }
@@ -315,21 +443,22 @@ int dispatch_bits(const uint32_t* w, const void* sc, const void* bi, const float
 
 extern "C" {
 
-// Returns 0 on success, <0 on unsupported arguments.  force_scalar != 0 selects the portable path.
+// Returns 0 on success, <0 on unsupported arguments.  mode: 0 = fast (SIMD, int16 activations), 1 = exact
+// (SIMD, float32 activations), 2 = portable scalar (float32).  Without AVX2 every mode runs the scalar code.
 int fmoe_qmv(const uint32_t* w, const void* scales, const void* biases, int scales_bf16, const float* x, float* y,
              int64_t N, int64_t K, int M, int64_t x_stride, int64_t y_stride, int bits, int group_size, int nthreads,
-             int force_scalar) {
+             int mode) {
   if (!(bits == 2 || bits == 3 || bits == 4 || bits == 8)) return -1;
   if (!(group_size == 32 || group_size == 64 || group_size == 128)) return -2;
   if (K % group_size != 0 || N < 0 || M < 0) return -3;
   if (nthreads < 1) nthreads = 1;
   if (N == 0 || M == 0) return 0;
 #if FMOE_AVX2
-  if (!force_scalar) {
+  if (mode == 0 || mode == 1) {
     return scales_bf16 ? dispatch_bits<true>(w, scales, biases, x, y, N, K, M, x_stride, y_stride, bits, group_size,
-                                             nthreads)
+                                             nthreads, mode)
                        : dispatch_bits<false>(w, scales, biases, x, y, N, K, M, x_stride, y_stride, bits, group_size,
-                                              nthreads);
+                                              nthreads, mode);
   }
 #endif
   if (scales_bf16)

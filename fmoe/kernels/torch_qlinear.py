@@ -3,9 +3,12 @@
 ``TorchQLinear(q, dtype)`` prepares once (zero-copy: it keeps the mlx packed words and bf16 scales/biases as they
 are, no repacking) and ``__call__(x[..., in]) -> [..., out]``:
 
-* CPU, up to ``NATIVE_MAX_ROWS`` rows (decode): the native AVX2/FMA kernel from ``qmv.cpp`` (see ``native.py``),
-  float32 arithmetic whatever ``dtype`` is (bf16 inputs are widened, the float32 result is cast to ``dtype``),
-  threads = ``torch.get_num_threads()``; the GIL is released during the call.
+* CPU, up to ``NATIVE_MAX_ROWS`` rows (decode): the native AVX2 kernel from ``qmv.cpp`` (see ``native.py``),
+  threads = ``torch.get_num_threads()``; the GIL is released during the call.  By default the activations are
+  quantized per group to int16 (scale = max|x_g| / 32767, i.e. a relative error <= 2^-16 of the group's largest
+  |x|, far finer than bf16), products and sums are exact integers (vpmaddwd) and each group is scaled in float32;
+  ``exact=True`` (or ``FMOE_QMV_EXACT=1``) keeps float32 activations and float32 FMAs instead (slower).  In both
+  cases the result is float32, cast to ``dtype``; bf16 activations are widened first.
 * otherwise (prefill, CUDA, no compiler): dequantize to ``dtype`` with torch ops, then one matmul.
 
 ``TorchQLinear.reference(x)`` is the pure torch path (dequantize in float32, float32 matmul) kept for
@@ -14,6 +17,7 @@ correctness comparisons.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -116,9 +120,11 @@ class TorchQLinear:
         dtype: activation/output dtype (torch.float32 or torch.bfloat16).  The CPU decode kernel always computes in
             float32; the dequantize + matmul path computes in ``dtype``.
         backend: "auto" (native kernel for CPU decode when it builds), "native" (raise if unavailable) or "torch".
+        exact: native kernel with float32 activations instead of per-group int16 activations.
     """
 
-    def __init__(self, q: QuantizedWeight, dtype: torch.dtype = torch.float32, backend: str = "auto") -> None:
+    def __init__(self, q: QuantizedWeight, dtype: torch.dtype = torch.float32, backend: str = "auto",
+                 exact: bool | None = None) -> None:
         if not isinstance(q, QuantizedWeight):
             raise ValueError(f"expected a QuantizedWeight, got {type(q).__name__}")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -132,6 +138,9 @@ class TorchQLinear:
         self.out_features = q.out_features
         self.in_features = q.in_features
         self.dtype = dtype
+        if exact is None:
+            exact = os.environ.get("FMOE_QMV_EXACT", "0") not in ("0", "", "false", "no", "off")
+        self.mode = 1 if exact else 0  # native kernel mode: 0 int16 activations, 1 float32, 2 scalar
         w = _weight_tensor(q.weight)
         s = _scale_tensor(q.scales)
         b = _scale_tensor(q.biases)
@@ -182,7 +191,7 @@ class TorchQLinear:
             y = x2.to(device=wd.device, dtype=self.dtype) @ wd.t()
         return y.reshape(*lead, self.out_features)
 
-    def _native(self, x2: torch.Tensor, force_scalar: bool = False) -> torch.Tensor:
+    def _native(self, x2: torch.Tensor, mode: int | None = None) -> torch.Tensor:
         x32 = x2.to(torch.float32).contiguous()
         m = x32.shape[0]
         y = torch.empty((m, self.out_features), dtype=torch.float32)
@@ -193,7 +202,7 @@ class TorchQLinear:
             w.data_ptr(), s.data_ptr(), b.data_ptr(), self._scales_bf16,
             x32.data_ptr(), y.data_ptr(),
             self.out_features, self.in_features, m, self.in_features, self.out_features,
-            self.bits, self.group_size, torch.get_num_threads(), int(force_scalar),
+            self.bits, self.group_size, torch.get_num_threads(), self.mode if mode is None else mode,
         )  # fmt: skip
         if rc != 0:
             raise RuntimeError(f"fmoe_qmv failed with code {rc}")

@@ -1,0 +1,112 @@
+"""``fmoe run TASK.yaml [TASK.yaml ...] [--json] [--quiet] [--model PATH] [--backend torch|mlx] ...``
+
+Runs each task file's prompts (``task:`` or ``tasks:``), each a fresh conversation, with a rich terminal UI on
+stderr/stdout. ``--json``: one JSON object per prompt on stdout ({task, answer, steps, tool_calls [{name, arguments,
+result, is_error}], stats, stop_reason, and ``passed`` + ``expect`` for tasks with ``expect``}); with several
+prompts a last line aggregates them ({tasks: [...], answer, steps, tool_calls, stats, passed}). The exit status
+is 1 when an expectation failed, 2 on errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from fmoe.errors import FmoeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fmoe run", description="Run agent task files.")
+    ap.add_argument("tasks", nargs="+", help="task file(s) (YAML)")
+    ap.add_argument("--json", action="store_true", help="print JSON results on stdout (UI on stderr)")
+    ap.add_argument("--quiet", action="store_true", help="no UI: print only the answers (or the JSON)")
+    ap.add_argument("--model", default=None, help="checkpoint directory (overrides the task's model:)")
+    ap.add_argument("--backend", default=None, choices=["torch", "mlx"], help="overrides the task's backend:")
+    ap.add_argument("--device", default=None, help="torch device: cpu (default) or cuda")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--experts-per-token", type=int, default=None)
+    ap.add_argument("--memory-budget", default=None, help="expert cache budget for streamed models, e.g. 2GB")
+    ap.add_argument("--max-steps", type=int, default=None, help="overrides the task's max_steps:")
+    ap.add_argument("--transcript", default=None, help="JSONL transcript path (overrides the task's transcript:)")
+    ap.add_argument("--grammar-backend", default="llguidance", choices=["llguidance", "outlines"])
+    return ap
+
+
+def _merge_results(results: list) -> dict:
+    stats: dict = {}
+    for r in results:
+        for k, v in r.stats.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                stats[k] = stats.get(k, 0) + v
+    dec = stats.get("decode_s", 0.0)
+    stats["decode_tok_s"] = stats.get("generated_tokens", 0) / dec if dec else 0.0
+    pre = stats.get("prefill_s", 0.0)
+    stats["prefill_tok_s"] = stats.get("prefilled_tokens", 0) / pre if pre else 0.0
+    stats["engine"] = results[-1].stats.get("engine", {}) if results else {}
+    verdicts = [r.passed for r in results if r.passed is not None]
+    out = {"tasks": [r.to_dict() for r in results], "answer": results[-1].answer if results else None,
+           "steps": sum(len(r.model_steps) for r in results),
+           "tool_calls": [c for r in results for c in r.tool_calls], "stats": stats}
+    if verdicts:
+        out["passed"] = all(verdicts)
+    return out
+
+
+def main(argv) -> int:
+    from rich.console import Console
+
+    from fmoe.agent.loop import load_model, run_task
+    from fmoe.agent.taskfile import load_task
+    from fmoe.agent.transcript import Transcript
+    from fmoe.agent.ui import AgentUI
+
+    args = build_parser().parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        from fmoe.cli import parse_size
+
+        tasks = [load_task(p) for p in args.tasks]
+        models: dict = {}
+        all_results = []
+        for tf in tasks:
+            path = args.model if args.model is not None else tf.model_path
+            backend = args.backend or tf.backend
+            epk = args.experts_per_token or tf.experts_per_token
+            budget = parse_size(args.memory_budget) if args.memory_budget else tf.memory_budget
+            key = (str(path), backend, args.device, args.dtype, epk, budget)
+            if key not in models:
+                t0 = time.perf_counter()
+                models[key] = load_model(path, backend=backend, dtype=args.dtype, device=args.device,
+                                         experts_per_token=epk, memory_budget=budget)
+                if not args.quiet:
+                    err.print(f"[dim]loaded {models[key][2]} ({backend}) in {time.perf_counter() - t0:.1f}s[/dim]")
+            model, tok, mpath = models[key]
+            ui = None
+            if not args.quiet:
+                ui = AgentUI(Console(stderr=args.json))
+            tr_path = args.transcript or tf.transcript_path
+            overrides = {"grammar_backend": args.grammar_backend}
+            if args.max_steps:
+                overrides["max_steps"] = args.max_steps
+            with Transcript(tr_path, append=len(tasks) > 1 and tf is not tasks[0]) as tr:
+                if ui is not None:
+                    (ui.console).print(f"[bold]{tf.path.name if tf.path else 'task'}[/bold] · model {mpath}")
+                def report(r, tf=tf, ui=ui, mpath=mpath):
+                    if ui is not None:
+                        ui.summary(r)
+                    if args.json:
+                        d = r.to_dict()
+                        d["task_file"] = str(tf.path) if tf.path else None
+                        d["model"] = str(mpath)
+                        print(json.dumps(d, ensure_ascii=False, default=str), flush=True)
+                    elif args.quiet:
+                        print(r.answer if r.answer is not None else f"(no answer: {r.stop_reason})", flush=True)
+                results = run_task(tf, model, tok, on_event=ui, transcript=tr, on_result=report, **overrides)
+            all_results.extend(results)
+        if args.json and len(all_results) > 1:
+            print(json.dumps(_merge_results(all_results), ensure_ascii=False, default=str), flush=True)
+    except FmoeError as e:
+        print(f"fmoe run: error: {e}", file=sys.stderr)
+        return 2
+    return 1 if any(r.passed is False for r in all_results) else 0

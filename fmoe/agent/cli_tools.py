@@ -1,0 +1,61 @@
+"""``fmoe tools list [--json] [--workspace DIR]``: the built-in tools and their JSON schemas (a rich table)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fmoe.errors import FmoeError
+
+ALIASES = {"time"}   # same tool as current_time
+
+
+def builtin_tools(workspace: Path) -> list[tuple[str, object]]:
+    from fmoe.tools.registry import BUILTIN_NAMES, resolve_spec
+
+    out = []
+    for spec in BUILTIN_NAMES:
+        if spec in ALIASES:
+            continue
+        for t in resolve_spec(spec, workspace, workspace=workspace):
+            out.append((spec, t))
+    return out
+
+
+def main(argv) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    ap = argparse.ArgumentParser(prog="fmoe tools", description="List the built-in tools.")
+    ap.add_argument("action", nargs="?", default="list", choices=["list"])
+    ap.add_argument("--json", action="store_true", help="print the OpenAI-style schemas as JSON")
+    ap.add_argument("--workspace", default=".", help="root shown for the file tools")
+    args = ap.parse_args(argv)
+    try:
+        tools = builtin_tools(Path(args.workspace).resolve())
+    except FmoeError as e:
+        print(f"fmoe tools: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{"spec": s, **t.openai_schema()} for s, t in tools], indent=2))
+        return 0
+    table = Table(title="built-in tools (task file spec → tool)", show_lines=True)
+    table.add_column("spec", style="cyan", no_wrap=True)
+    table.add_column("tool", style="bold")
+    table.add_column("description")
+    table.add_column("parameters (JSON Schema)")
+    for spec, t in tools:
+        params = t.parameters.get("properties", {}) if isinstance(t.parameters, dict) else {}
+        req = set(t.parameters.get("required", [])) if isinstance(t.parameters, dict) else set()
+        lines = []
+        for name, sch in params.items():
+            typ = sch.get("type") or ("enum" if "enum" in sch else "any")
+            if "enum" in sch:
+                typ = " | ".join(json.dumps(v) for v in sch["enum"])
+            lines.append(f"{name}{'' if name in req else '?'}: {typ}")
+        table.add_row(spec, t.name, (t.description or "").split("\n")[0], "\n".join(lines) or "(none)")
+    Console().print(table)
+    Console().print("[dim]also: module:function, {file: my_tools.py}, {file: tools.json}, or "
+                    "{name, description, parameters} in a task file's tools:[/dim]")
+    return 0
