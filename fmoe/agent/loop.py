@@ -229,24 +229,26 @@ class Agent:
                                             tools=self.schemas or None, add_generation_prompt=True,
                                             enable_thinking=self.thinking)
 
-    def _pin_system_prefix(self, ids: list[int]) -> None:
-        """Snapshot the system + tools block (shared by every conversation of this model) once."""
+    def _pin_system_prefix(self, ids: list[int]) -> int:
+        """Snapshot the system + tools block (shared by every conversation of this model) once; returns how many
+        tokens it computed now (0 when a snapshot of it already existed)."""
         text = self.tok.apply_chat_template([*([{"role": "system", "content": self.system}] if self.system else []),
                                              {"role": "user", "content": "x"}], tools=self.schemas or None,
                                             add_generation_prompt=False, enable_thinking=self.thinking)
         cut = text.find("<|im_start|>user")
         if cut <= 0:
-            return
+            return 0
         pre = self.tok.encode(text[:cut])
         if not pre or len(pre) >= len(ids) or ids[:len(pre)] != pre:
-            return
+            return 0
         if any(s.tokens == pre for s in self.pinned):
-            return
+            return 0
         cache = self.model.new_cache()
         for i in range(0, len(pre), 512):
             self.model.forward(pre[i:i + 512], cache)
         self.pinned.append(cache)
         del self.pinned[:-8]
+        return len(pre)
 
     def cache_for(self, ids: list[int]):
         """(cache or None, reused tokens, fallback): the longest snapshot that is a prefix of ``ids``, copied."""
@@ -282,8 +284,12 @@ class Agent:
         t0 = time.perf_counter()
         prompt = self.render()
         ids = self.tok.encode(prompt)
-        self._pin_system_prefix(ids)
+        tp = time.perf_counter()
+        pinned_now = self._pin_system_prefix(ids)
+        pin_s = time.perf_counter() - tp
         cache, reused, fallback = self.cache_for(ids)
+        fresh = pinned_now if (pinned_now and reused == pinned_now) else 0
+        reused -= fresh   # the system block computed at this step counts as prefilled, not reused
         proc = ToolCallProcessor(self.grammar())
         stop = list(self.tok.eos_token_ids)
         gen = Generation(self.model, ids, max_tokens=self.max_tokens, sampling=self.sampling, stop_ids=stop,
@@ -304,6 +310,8 @@ class Agent:
                     shown = now
         self._last_prompt = ids
         gs = gen.stats
+        prefilled = gs.prefilled_tokens + fresh
+        prefill_s = gs.prefill_s + pin_s
         finished = gs.finish_reason in ("stop", "grammar")
         text = self.tok.decode([t for t in out if t not in gen.stop_ids])
         res = parse_tool_calls(text, self.call_format, self.schemas, finished=finished)
@@ -321,9 +329,10 @@ class Agent:
             step=step, text=text, content=res.content, reasoning=reasoning,
             calls=[{"name": c.name, "arguments": c.arguments} for c in res.calls], parse_failure=failure,
             tokens=gs.generated_tokens, forced_tokens=gs.forced_tokens, prompt_tokens=len(ids),
-            prefilled_tokens=gs.prefilled_tokens, reused_tokens=reused, prefix_fallback=fallback,
+            prefilled_tokens=prefilled, reused_tokens=reused, prefix_fallback=fallback,
             finish_reason=gs.finish_reason,
-            timings={"prefill_s": gs.prefill_s, "decode_s": gs.decode_s, "prefill_tok_s": gs.prefill_tok_s,
+            timings={"prefill_s": prefill_s, "decode_s": gs.decode_s,
+                     "prefill_tok_s": prefilled / prefill_s if prefill_s else 0.0,
                      "decode_tok_s": gs.decode_tok_s, "step_s": elapsed},
             engine=dict(gs.engine), prompt_ids=ids, token_ids=out)
 

@@ -287,9 +287,41 @@ void prepare_xq(const float* x, int16_t* xq, float* xscale, float* xsum, int64_t
   }
 }
 
+// comb[g] = s_g * xs_g for every group of the row (see row_comb).
+template <bool BF16>
+inline void row_comb(const void* sc, int64_t gbase, const float* xscale, float* comb, int64_t G) {
+  int64_t g = 0;
+  for (; g + 8 <= G; g += 8) {
+    __m256 s;
+    if constexpr (BF16) {
+      __m128i h = _mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(sc) + gbase + g));
+      s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    } else {
+      s = _mm256_loadu_ps(static_cast<const float*>(sc) + gbase + g);
+    }
+    _mm256_storeu_ps(comb + g, _mm256_mul_ps(s, _mm256_loadu_ps(xscale + g)));
+  }
+  for (; g < G; ++g) comb[g] = load_scale<BF16>(sc, gbase + g) * xscale[g];
+}
+
+// Lane vector of comb for a block of BLOCK codes starting at code k0.
+template <int BLOCK, int GS>
+inline __m256 comb_lanes(const float* comb, int64_t k0) {
+  const float* c = comb + k0 / GS;
+  if constexpr (BLOCK <= GS) {
+    return _mm256_broadcast_ss(c);
+  } else if constexpr (BLOCK == 2 * GS) {
+    return _mm256_setr_m128(_mm_broadcast_ss(c), _mm_broadcast_ss(c + 1));
+  } else {
+    static_assert(BLOCK == 4 * GS, "unsupported block/group combination");
+    const __m256 v = _mm256_castps128_ps256(_mm_loadu_ps(c));
+    return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+  }
+}
+
 template <int BITS, int GS, bool BF16>
 float row_i16(const uint32_t* row, const void* sc, const void* bi, int64_t gbase, const int16_t* xq,
-              const float* xscale, const float* xsum, const float* x, int64_t K) {
+              const float* comb, const float* xsum, const float* x, int64_t K) {
   constexpr int W = i16_lane_codes<BITS>();
   constexpr int H = W / 2;
   constexpr int BLOCK = 8 * W;
@@ -331,8 +363,7 @@ float row_i16(const uint32_t* row, const void* sc, const void* bi, int64_t gbase
 #undef FMOE_I16
     }
     const __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(acc0, acc1));
-    const __m256 s = _mm256_mul_ps(lane_groups<BLOCK, GS, BF16>(sc, gbase, sbi * SB),
-                                   lane_groups<BLOCK, GS, false>(xscale, 0, sbi * SB));
+    const __m256 s = comb_lanes<BLOCK, GS>(comb, sbi * SB);
     if (sbi & 1)
       tot1 = _mm256_fmadd_ps(s, f, tot1);
     else
@@ -381,23 +412,28 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
   if (nt > nchunks) nt = static_cast<int>(nchunks);
   if (nt < 1) nt = 1;
   // dynamic: on a busy machine a descheduled thread must not hold up the whole product.
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+  std::vector<float> comb(static_cast<size_t>(gpr + 8));
+#pragma omp for schedule(dynamic, 1)
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t n1 = (c + 1) * grain < N ? (c + 1) * grain : N;
     for (int64_t n = c * grain; n < n1; ++n) {
       const uint32_t* row = w + n * wpr;
       for (int m = 0; m < M; ++m) {
         float r;
-        if (mode == 0)
-          r = row_i16<BITS, GS, BF16>(row, sc, bi, n * gpr, xq0 + m * xps, xsc0 + m * gps, xsum0 + m * gps,
+        if (mode == 0) {
+          row_comb<BF16>(sc, n * gpr, xsc0 + m * gps, comb.data(), gpr);
+          r = row_i16<BITS, GS, BF16>(row, sc, bi, n * gpr, xq0 + m * xps, comb.data(), xsum0 + m * gps,
                                       x + m * xs, K);
-        else if constexpr (BITS == 8)
+        } else if constexpr (BITS == 8)
           r = row_q8<GS, BF16>(row, sc, bi, n * gpr, x + m * xs, K);
         else
           r = row_fact<BITS, GS, BF16>(row, sc, bi, n * gpr, xp0 + m * xps, xsum0 + m * gps, x + m * xs, K);
         y[m * ys + n] = r;
       }
     }
+  }
   }
 }
 
