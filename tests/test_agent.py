@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from fmoe.agent.loop import Agent, check_expect, load_model
-from fmoe.agent.steps import ModelStep, ToolStep
 from fmoe.agent.transcript import Transcript, read_transcript
 from fmoe.tools import tool
 from tiny_models import build_hf
@@ -139,8 +138,7 @@ def test_prefix_reuse_prefills_only_new_tokens(tiny):
     r = agent.run("pick a color please")
     s0, s1 = r.model_steps
     p0, p1 = s0.prompt_ids, s1.prompt_ids
-    # first step: the system + tools block came from the pinned snapshot
-    assert 0 < s0.reused_tokens < len(p0) and s0.prefilled_tokens == len(p0) - s0.reused_tokens
+    assert s0.reused_tokens + s0.prefilled_tokens == len(p0)
     # second step: exactly the new tokens
     assert p1[:len(p0)] == p0 and not s1.prefix_fallback
     assert s1.reused_tokens == len(p0) and s1.prefilled_tokens == len(p1) - len(p0)
@@ -149,6 +147,10 @@ def test_prefix_reuse_prefills_only_new_tokens(tiny):
     resumed = model.B.to_numpy(model.forward(p1[len(p0):], snap.snapshot()))
     full = model.B.to_numpy(model.forward(p1, model.new_cache()))
     assert np.max(np.abs(resumed - full)) < 1e-4
+    # a new conversation (another agent, same model and tools) resumes the system + tools block
+    again = make_agent(tiny, [pick], tool_choice="required", max_steps=1).run("another one")
+    s = again.model_steps[0]
+    assert 0 < s.reused_tokens < s.prompt_tokens and s.prefilled_tokens == s.prompt_tokens - s.reused_tokens
 
 
 def test_prefix_fallback_is_recorded(tiny):
@@ -287,3 +289,51 @@ def test_cli_chat_reads_stdin(tiny, monkeypatch, capsys):
     assert cli_chat.main(["--model", str(d), "--tools", "calculator", "--max-tokens", "4", "--max-steps", "1",
                           "--quiet"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) >= 1
+
+
+@tool
+def nap(which: Literal["a", "b"]) -> str:
+    """Sleep a little.
+
+    Args:
+        which: a label.
+    """
+    time.sleep(0.4)
+    return f"slept {which}"
+
+
+class AlwaysCall(StartCall):
+    """Start a call, and prefer another call over ending the turn (the grammar still decides what is allowed)."""
+
+    def __init__(self, tok):
+        super().__init__(tok)
+        self.eos = tok.token_id("<|im_end|>")
+
+    def process(self, logits):
+        logits[self.tid] += 100.0
+        logits[self.eos] -= 100.0   # still chosen when it is the only token the grammar allows
+        return logits
+
+
+def test_parallel_calls_run_concurrently_with_a_bound(tiny):
+    _, model, tok = tiny
+    agent = Agent(model, tok, [nap], tool_choice="required", parallel_tool_calls=True, max_calls=2, max_steps=1,
+                  max_tokens=120, processors=[AlwaysCall(tok)], max_parallel=2)
+    t0 = time.perf_counter()
+    r = agent.run("nap twice")
+    assert len(r.model_steps[0].calls) == 2 and len(r.tool_steps) == 2
+    assert [t.result.startswith("slept") for t in r.tool_steps] == [True, True]
+    assert [m["role"] for m in r.messages] == ["user", "assistant", "tool", "tool"]
+    t0 = time.perf_counter()
+    res = agent.run_calls([{"name": "nap", "arguments": {"which": "a"}}] * 4)
+    dt = time.perf_counter() - t0
+    assert all(x.content == "slept a" for x in res)
+    assert 0.75 < dt < 1.5     # two at a time: 2 x 0.4 s (sequential would be 1.6 s, unbounded 0.4 s)
+
+
+def test_thinking_mode_runs(tiny):
+    _, model, tok = tiny
+    agent = Agent(model, tok, [pick], tool_choice="none", max_steps=1, max_tokens=6, thinking=True)
+    r = agent.run("think")
+    assert r.stop_reason == "final_answer" and len(r.model_steps) == 1
+    assert "<think>\n" in tok.decode(r.model_steps[0].prompt_ids[-4:])

@@ -155,6 +155,7 @@ def test_native_simd_and_scalar_paths(bits):
         assert layer.backend == "native"
         x = torch.randn(2, inp)
         ref = _mx_matmul(x.numpy(), q)
+        np.testing.assert_array_equal(layer.dequantize(torch.float32).numpy(), dequantize(q))
         # int16 activations (error ~2^-16 of the group max |x|), float32 SIMD, scalar
         for mode, tol in ((0, 1e-3), (1, 1e-5), (2, 1e-5)):
             assert _rel(layer._native(x, mode=mode).numpy(), ref) <= tol, mode

@@ -172,6 +172,8 @@ def loads_suite(text: str, name: str = "<suite>") -> Suite:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
+        if e.context_mark is not None and "stream end" in str(e.problem or ""):
+            mark = e.context_mark  # unclosed [ { or quote: point where it was opened
         raise SuiteError(f"{name}:{mark.line + 1 if mark else 1}: YAML syntax error: {e.problem or e}") from None
     if root is None or data is None:
         raise SuiteError(f"{name}:1: empty suite file (expected a mapping with 'name' and 'cases')")

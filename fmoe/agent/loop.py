@@ -37,14 +37,18 @@ _PINNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> 
 # ---------------------------------------------------------------------------------------------------------------
 # model resolution / loading
 # ---------------------------------------------------------------------------------------------------------------
+def _demo_dir() -> Path:
+    import fmoe
+
+    return Path(fmoe.__file__).resolve().parent / "demo" / "model"
+
+
 def default_model_path() -> Path:
     """The embedded demo model (fmoe.engine.resolve.resolve_model(None) when the lead's resolver exists)."""
     try:
         from fmoe.engine.resolve import resolve_model  # type: ignore[import-not-found]
     except ImportError:
-        import fmoe
-
-        return Path(fmoe.__file__).resolve().parent / "demo" / "model"
+        return _demo_dir()
     return Path(resolve_model(None))
 
 
@@ -76,8 +80,10 @@ def load_model(path: str | Path | None, *, backend: str = "torch", dtype: str = 
     model = Model.load(p, backend=backend, dtype=dtype, device=device, experts_per_token=experts_per_token,
                        stream=stream, predict_experts=prediction if stream else False)
     tok_dir = Path(getattr(model.ck, "path", p))
-    if not (tok_dir / "tokenizer.json").exists():
-        tok_dir = p
+    for cand in (tok_dir, p, _demo_dir() if path is None else p):
+        if (cand / "tokenizer.json").exists():
+            tok_dir = cand
+            break
     return model, Tokenizer.from_dir(tok_dir), p
 
 
@@ -360,7 +366,10 @@ class Agent:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self._run_calls(calls))
-        raise FmoeError("Agent.run() inside a running event loop: run it in a thread")
+        from concurrent.futures import ThreadPoolExecutor   # called from async code: a private loop in a thread
+
+        with ThreadPoolExecutor(1) as ex:
+            return ex.submit(asyncio.run, self._run_calls(calls)).result()
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self, task: str) -> RunResult:

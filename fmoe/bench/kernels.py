@@ -115,9 +115,72 @@ def bench_shapes(shapes, bits: int, group_size: int = 64, cold_set_mb: float = 2
     }
 
 
+def bench_baselines(n: int = 1024, k: int = 4096, group_size: int = 64, cold_set_mb: float = 256.0,
+                    repeats: int = 5, seed: int = 0) -> dict:
+    """4-bit alternatives on the same shape: torch's int4 CPU kernel (after repacking), the torch dequantize +
+    matmul reference path and mlx's CPU quantized_matmul.  Returns {name: {"gbps", "hot_gbps", "prepare_us"}}."""
+    import torch
+
+    from fmoe.kernels.quant import bf16_to_f32, unpack
+    from fmoe.kernels.torch_qlinear import TorchQLinear
+
+    rng = np.random.default_rng(seed)
+    count = max(1, int(cold_set_mb * 1e6 // (n * k / 2)))
+    qs = _random_qweights([(n, k)] * count, 4, group_size, rng)
+    nbytes = qs[0].nbytes
+    x = torch.randn(1, k)
+    out: dict[str, dict] = {}
+
+    def measure(name, fns, prepare_us):
+        cold_s = _best(lambda: [f() for f in fns], repeats)
+        reps = max(1, int(64e6 // nbytes))
+        hot_s = _best(lambda: [fns[0]() for _ in range(reps)], repeats)
+        out[name] = {"gbps": nbytes * len(fns) / cold_s / 1e9, "hot_gbps": nbytes * reps / hot_s / 1e9,
+                     "prepare_us": prepare_us}
+
+    # torch int4: w = (q - 8) * scale + zero  ->  zero = bias + 8 * scale
+    conv = getattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu", None)
+    mm = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)
+    if conv is not None and mm is not None:
+        try:
+            packed = []
+            t0 = time.perf_counter()
+            for q in qs:
+                codes = torch.from_numpy(unpack(q.weight, 4).astype(np.int32))
+                s = torch.from_numpy(bf16_to_f32(q.scales))
+                b = torch.from_numpy(bf16_to_f32(q.biases))
+                sz = torch.stack([s, b + 8 * s], dim=-1).transpose(0, 1).contiguous()  # [k/gs, n, 2]
+                packed.append((conv(codes, 2), sz))
+            prep = (time.perf_counter() - t0) / len(qs) * 1e6
+            measure("torch_int4pack_mm", [lambda p=p: mm(x, p[0], group_size, p[1]) for p in packed], prep)
+            xb = x.to(torch.bfloat16)
+            packed_b = [(p[0], p[1].to(torch.bfloat16)) for p in packed]
+            measure("torch_int4pack_mm_bf16", [lambda p=p: mm(xb, p[0], group_size, p[1]) for p in packed_b], prep)
+            # the int4 packed weight has the same size as mlx's words; scale/zero pairs are float32 here
+        except Exception as e:  # noqa: BLE001
+            out["torch_int4pack_mm"] = {"error": f"{type(e).__name__}: {e}"}
+    layers = [TorchQLinear(q, backend="torch") for q in qs[: max(1, count // 8)]]
+    measure("torch_dequant_matmul", [lambda L=L: L(x) for L in layers], 0.0)
+    try:
+        import mlx.core as mx
+
+        mq = [(mx.array(q.weight), mx.array(q.scales).view(mx.bfloat16), mx.array(q.biases).view(mx.bfloat16))
+              for q in qs[: max(1, count // 8)]]
+        xm = mx.array(x.numpy()).astype(mx.bfloat16)
+
+        def mlx_fn(t):
+            mx.eval(mx.quantized_matmul(xm, t[0], t[1], t[2], transpose=True, group_size=group_size, bits=4))
+
+        measure("mlx_quantized_matmul_cpu", [lambda t=t: mlx_fn(t) for t in mq], 0.0)
+    except Exception as e:  # noqa: BLE001
+        out["mlx_quantized_matmul_cpu"] = {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
 def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_list=(2, 3, 4, 8), quick: bool = False,
         lm_head: bool = True, square: bool = True, repeats: int | None = None, cold_set_mb: float | None = None,
-        dtype: str = "float32", write_dir: str | os.PathLike | None = None, print_out: bool = True) -> dict:
+        dtype: str = "float32", write_dir: str | os.PathLike | None = None, print_out: bool = True,
+        baselines: bool = False) -> dict:
     """Measure memory bandwidth and the quantized mat-vec for each bit width; print JSON or a rich table."""
     import torch
 
@@ -154,6 +217,8 @@ def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_lis
         s = bench_shapes([LM_HEAD], 4, group_size, 0.0, max(3, repeats // 2), dtype)
         res["lm_head_4bit"] = {"out": LM_HEAD[0], "in": LM_HEAD[1], "gbps": s["gbps"], "ratio": s["gbps"] / bw,
                                "ms_per_matvec": s["us_per_matvec"] / 1e3}
+    if baselines:
+        res["baselines_4bit_1024x4096"] = bench_baselines(1024, 4096, group_size, cold_set_mb, repeats)
     four = res["bits"].get("4")
     if four:
         for b, e in res["bits"].items():
@@ -210,6 +275,14 @@ def to_markdown(res: dict) -> str:
         lm = res["lm_head_4bit"]
         lines += ["", f"lm_head-like 4-bit ({lm['out']}x{lm['in']}): {lm['gbps']:.1f} GB/s "
                       f"(ratio {lm['ratio']:.2f}), {lm['ms_per_matvec']:.1f} ms per mat-vec."]
+    if "baselines_4bit_1024x4096" in res:
+        lines += ["", "4-bit alternatives, 1024x4096 (GB/s of mlx-format bytes):", "",
+                  "| approach | cold GB/s | hot GB/s | prepare us/matrix |", "|---|---:|---:|---:|"]
+        for name, e in res["baselines_4bit_1024x4096"].items():
+            if "error" in e:
+                lines.append(f"| {name} | n/a | n/a | {e['error'][:60]} |")
+            else:
+                lines.append(f"| {name} | {e['gbps']:.2f} | {e['hot_gbps']:.2f} | {e['prepare_us']:.0f} |")
     lines += ["", f"Prepare cost (TorchQLinear construction, zero-copy): "
                   f"{max(e['prepare_us'] for e in res['bits'].values()):.0f} us per matrix at most.", ""]
     return "\n".join(lines)
@@ -243,6 +316,9 @@ def _print_table(res: dict) -> None:
                     for n in ("gate_up_1024x4096", "down_4096x1024", "square_4096x4096")])
     c = Console()
     c.print(t)
+    for name, e in res.get("baselines_4bit_1024x4096", {}).items():
+        c.print(f"baseline {name}: " + (e["error"] if "error" in e else
+                f"cold {e['gbps']:.2f} GB/s, hot {e['hot_gbps']:.2f} GB/s, prepare {e['prepare_us']:.0f} us"))
     if "lm_head_4bit" in res:
         lm = res["lm_head_4bit"]
         c.print(f"lm_head 4-bit {lm['out']}x{lm['in']}: {lm['gbps']:.1f} GB/s (ratio {lm['ratio']:.2f}), "
@@ -259,10 +335,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-lm-head", action="store_true")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--baselines", action="store_true", help="also time torch int4 / dequant+matmul / mlx (4-bit)")
     p.add_argument("--write", metavar="DIR", default=None, help="write kernels.json + kernels.md there")
     a = p.parse_args(argv)
     run(json_out=a.json, threads=a.threads, group_size=a.group_size, bits_list=tuple(a.bits), quick=a.quick,
-        lm_head=not a.no_lm_head, repeats=a.repeats, dtype=a.dtype, write_dir=a.write)
+        lm_head=not a.no_lm_head, repeats=a.repeats, dtype=a.dtype, write_dir=a.write, baselines=a.baselines)
     return 0
 
 

@@ -16,7 +16,7 @@ split names or computes appears in training. Example ``i`` of split ``s`` depend
     python -m fmoe.demo.datagen --split heldout --n 200 --seed 1234 --out fmoe/demo/heldout.jsonl
 
 Each JSONL record: ``{"id", "kind", "tools": [names], "messages": [...], "enable_thinking", "workspace": {path:
-text}, "expected": [[{"name", "arguments"}...] per assistant step...], "check": [substrings of the final answer]}``.
+text}, "time_seed" (of the seeded current_time stand-in), "expected": [[{"name", "arguments"}...] per assistant step...], "check": [substrings of the final answer]}``.
 ``render(record, schemas, template)`` gives the training text; ``assistant_spans`` the characters the loss covers.
 """
 from __future__ import annotations
@@ -828,7 +828,8 @@ def _make_example(seed: int, split: str, index: int, attempt: int) -> dict:
     g = Gen(seed, split, index * 1000 + attempt)
     kind = g.r.choices(KINDS, KIND_WEIGHTS)[0]
     ws = make_workspace(g)
-    with Executor(ws, time_seed=g.r.randint(0, 10**9)) as ex:
+    time_seed = g.r.randint(0, 10**9)
+    with Executor(ws, time_seed=time_seed) as ex:
         c = Conv(g, ex)
         c.ex_write = _executor_write(ex)
         history: list[dict] = []
@@ -877,7 +878,8 @@ def _make_example(seed: int, split: str, index: int, attempt: int) -> dict:
     if thinking:
         _add_reasoning(g, messages, kind)
     return {"id": f"{split}-{index}", "kind": kind, "tools": offered, "messages": messages,
-            "enable_thinking": thinking, "workspace": ws, "expected": c.expected, "check": check}
+            "enable_thinking": thinking, "workspace": ws, "time_seed": time_seed, "expected": c.expected,
+            "check": check}
 
 
 def _sample_tools(g: Gen, needed: list[str], extra: list[str] | None = None) -> list[str]:

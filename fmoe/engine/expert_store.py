@@ -120,7 +120,7 @@ class ExpertStore:
     def reset_stats(self) -> None:
         with self._stats_lock:
             self._s = dict(bytes_read=0, reads=0, cache_hits=0, cache_misses=0, io_wait_s=0.0, read_s=0.0,
-                           prefetch_issued=0, prefetch_used=0, prefetch_dropped=0, evictions=0, gets=0,
+                           prefetch_issued=0, prefetch_used=0, prefetch_hits=0, prefetch_dropped=0, evictions=0, gets=0,
                            buffers_allocated=0, buffers_reused=0)
         if hasattr(self, "_resident"):
             with self._lock:
@@ -137,6 +137,8 @@ class ExpertStore:
             s["pool_bytes"] = sum(len(b) for b in self._free)
         req = s["cache_hits"] + s["cache_misses"]
         s["cache_hit_rate"] = s["cache_hits"] / req if req else 0.0
+        # hits on experts that were in the cache before their prefetch (i.e. not brought in by a prefetch)
+        s["cache_hit_rate_excl_prefetch"] = (s["cache_hits"] - s["prefetch_hits"]) / req if req else 0.0
         s["prefetch_hit_rate"] = s["prefetch_used"] / s["prefetch_issued"] if s["prefetch_issued"] else 0.0
         s.update(mode=self.mode, memory_budget=self.memory_budget, policy=self.policy, verify=self.verify,
                  io_threads=self.io_threads)
@@ -355,7 +357,7 @@ class ExpertStore:
     def get(self, layer: int, experts: Sequence[int]):
         """Blocking: ``[(gate, up, down), ...]`` for ``experts`` of ``layer``, in the same order."""
         keys = self._check(layer, experts)
-        hits = misses = pused = 0
+        hits = misses = pused = phits = 0
         entries: list[_Entry] = []
         with self._lock:
             self._recycle_locked()
@@ -376,6 +378,7 @@ class ExpertStore:
                         self._cache.move_to_end(key)
                         if ent.prefetched and not ent.used:
                             pused += 1
+                            phits += 1
                     ent.used = True
                     ent.pins += 1
                     uniq[key] = ent
@@ -407,6 +410,7 @@ class ExpertStore:
             s["cache_hits"] += hits
             s["cache_misses"] += misses
             s["prefetch_used"] += pused
+            s["prefetch_hits"] += phits
             s["io_wait_s"] += wait
             s["gets"] += 1
         if error is not None:
@@ -423,11 +427,11 @@ class ExpertStore:
                 self.memory_budget = saved
             self._hinted.clear()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=wait)
         with self._lock:
             self._cache.clear()
             self._resident = 0
@@ -443,6 +447,6 @@ class ExpertStore:
 
     def __del__(self):
         try:
-            self.close()
+            self.close(wait=False)
         except Exception:
             pass

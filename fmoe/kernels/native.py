@@ -1,7 +1,7 @@
 """Build (once, cached) and load the native quantized mat-vec kernel ``qmv.cpp`` through ctypes.
 
 The shared library is compiled with the system C++ compiler (``$CXX`` or ``g++``/``c++``/``clang++``) with
-``-O3 -march=native -fopenmp`` into ``$FMOE_CACHE_DIR/kernels`` (default ``$XDG_CACHE_HOME/fmoe/kernels`` or
+``-O3 -march=native -fopenmp -ffp-contract=off`` into ``$FMOE_CACHE_DIR/kernels`` (default ``$XDG_CACHE_HOME/fmoe/kernels`` or
 ``~/.cache/fmoe/kernels``), keyed by a hash of the source, compiler, flags and CPU, so it builds once per machine
 (about 2-4 s) and later imports only ``dlopen`` it.  No torch headers and no ninja are needed.
 
@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 
 _SRC = Path(__file__).with_name("qmv.cpp")
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -106,6 +106,13 @@ def load() -> ctypes.CDLL | None:
                 ctypes.c_int64, ctypes.c_int64, ctypes.c_int,  # N, K, M
                 ctypes.c_int64, ctypes.c_int64,  # x_stride, y_stride
                 ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,  # bits, group_size, nthreads, force_scalar
+            ]
+            d = lib.fmoe_dequant
+            d.restype = ctypes.c_int
+            d.argtypes = [
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,  # w, scales, biases, scales_bf16
+                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,  # out, N, K
+                ctypes.c_int, ctypes.c_int, ctypes.c_int,  # bits, group_size, nthreads
             ]
             lib.fmoe_qmv_has_simd.restype = ctypes.c_int
             lib.fmoe_qmv_has_simd.argtypes = []

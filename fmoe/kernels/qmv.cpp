@@ -6,7 +6,7 @@
 // [N, K / gs] as bf16 bit patterns (uint16) or float32.  x: float32 rows [M, K] (row stride x_stride), y: float32
 // rows [M, N] (row stride y_stride).  All arithmetic is float32 (dequantized weight = fma(q, s, b), then fma with x).
 //
-// Built at first use by fmoe/kernels/native.py with `-O3 -march=native -fopenmp`; plain C ABI, called via ctypes.
+// Built at first use by fmoe/kernels/native.py with `-O3 -march=native -fopenmp -ffp-contract=off`; plain C ABI, called via ctypes.
 // AVX2+FMA path (x86-64-v3) with a portable scalar fallback (and scalar tails when K is not a block multiple).
 
 #include <cstdint>
@@ -505,5 +505,35 @@ int fmoe_qmv(const uint32_t* w, const void* scales, const void* biases, int scal
 }
 
 int fmoe_qmv_has_simd(void) { return FMOE_AVX2; }
+
+// out[n, k] = scale * q + bias in float32 (the float32 product is rounded, then the sum: same as numpy/mlx float32).
+int fmoe_dequant(const uint32_t* w, const void* scales, const void* biases, int scales_bf16, float* out, int64_t N,
+                 int64_t K, int bits, int group_size, int nthreads) {
+  if (!(bits == 2 || bits == 3 || bits == 4 || bits == 8)) return -1;
+  if (!(group_size == 32 || group_size == 64 || group_size == 128)) return -2;
+  if (K % group_size != 0 || K % 8 != 0) return -3;
+  if (nthreads < 1) nthreads = 1;
+  const int64_t wpr = K * bits / 32, gpr = K / group_size;
+  const uint32_t mask = (1u << bits) - 1u;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K > (1 << 16))
+  for (int64_t n = 0; n < N; ++n) {
+    const uint8_t* rb = reinterpret_cast<const uint8_t*>(w + n * wpr);
+    float* o = out + n * K;
+    for (int64_t g = 0; g < gpr; ++g) {
+      const float sc = scales_bf16 ? load_scale<true>(scales, n * gpr + g) : load_scale<false>(scales, n * gpr + g);
+      const float bi = scales_bf16 ? load_scale<true>(biases, n * gpr + g) : load_scale<false>(biases, n * gpr + g);
+      const int64_t k0 = g * group_size;
+      // 8 codes at a time: they occupy `bits` consecutive bytes of the LSB-first stream
+      for (int64_t k = k0; k < k0 + group_size; k += 8) {
+        uint64_t v = 0;
+        std::memcpy(&v, rb + k * bits / 8, static_cast<size_t>(bits));
+        for (int e = 0; e < 8; ++e) {
+          o[k + e] = sc * static_cast<float>((v >> (bits * e)) & mask) + bi;  // built with -ffp-contract=off
+        }
+      }
+    }
+  }
+  return 0;
+}
 
 }  // extern "C"

@@ -29,8 +29,9 @@ from .quant import QuantizedWeight, check_bits_group
 
 __all__ = ["TorchQLinear", "dequantize_torch", "to_torch_quantized", "NATIVE_MAX_ROWS"]
 
-# Above this many rows the dequantize + matmul path wins (the native kernel re-reads the weight once per row).
-NATIVE_MAX_ROWS = 4
+# Up to this many rows the native mat-vec kernel runs (weights decoded once per row of x, from L1); above, the
+# weight is dequantized (native) and multiplied with one float32 GEMM.  Measured crossover: see KERNELS_NOTES.md.
+NATIVE_MAX_ROWS = int(os.environ.get("FMOE_QMV_MAX_ROWS", "8"))
 
 
 def _np_to_torch(a: np.ndarray) -> torch.Tensor:
@@ -159,6 +160,9 @@ class TorchQLinear:
             raise RuntimeError("the native kernel runs on CPU tensors only")
         self.q = QuantizedWeight(w, s, b, q.bits, q.group_size)
         self._scales_bf16 = int(s.dtype == torch.bfloat16)
+        if self._lib is not None:
+            self._fn = self._lib.fmoe_qmv
+            self._wp, self._sp, self._bp = w.data_ptr(), s.data_ptr(), b.data_ptr()
 
     @property
     def backend(self) -> str:
@@ -169,7 +173,17 @@ class TorchQLinear:
         return self.q.nbytes
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return dequantize_torch(self.q, dtype or self.dtype)
+        """The dense weight [out, in] (float32 arithmetic, bit-identical to quant.dequantize), as ``dtype``."""
+        dtype = dtype or self.dtype
+        if self._lib is None:
+            return dequantize_torch(self.q, dtype)
+        out = torch.empty((self.out_features, self.in_features), dtype=torch.float32)
+        rc = self._lib.fmoe_dequant(self._wp, self._sp, self._bp, self._scales_bf16, out.data_ptr(),
+                                    self.out_features, self.in_features, self.bits, self.group_size,
+                                    torch.get_num_threads())
+        if rc != 0:
+            raise RuntimeError(f"fmoe_dequant failed with code {rc}")
+        return out if dtype == torch.float32 else out.to(dtype)
 
     def _check_x(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
@@ -178,34 +192,42 @@ class TorchQLinear:
             raise ValueError(f"x last dim must be in_features={self.in_features}, got shape {tuple(x.shape)}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_x(x)
-        lead = tuple(x.shape[:-1])
-        x2 = x.reshape(-1, self.in_features)
-        m = x2.shape[0]
-        if self._lib is not None and x.device.type == "cpu" and m <= NATIVE_MAX_ROWS:
-            y = self._native(x2)
-            if self.dtype != torch.float32:
-                y = y.to(self.dtype)
-        else:
-            wd = dequantize_torch(self.q, self.dtype)
-            y = x2.to(device=wd.device, dtype=self.dtype) @ wd.t()
-        return y.reshape(*lead, self.out_features)
+        if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.in_features:
+            self._check_x(x)
+        lead = x.shape[:-1]
+        m = x.numel() // self.in_features
+        if self._lib is not None and m <= NATIVE_MAX_ROWS and x.device.type == "cpu":
+            if x.dtype != torch.float32 or not x.is_contiguous():
+                x = x.to(torch.float32).contiguous()
+            y = torch.empty((*lead, self.out_features), dtype=torch.float32)
+            if m:
+                self._run(x, y, m, self.mode)
+            return y if self.dtype == torch.float32 else y.to(self.dtype)
+        if self._lib is not None and x.device.type == "cpu":
+            # prefill on CPU: native dequantize to float32, one float32 GEMM, cast
+            y = x.reshape(-1, self.in_features).to(torch.float32) @ self.dequantize(torch.float32).t()
+            y = y.reshape(*lead, self.out_features)
+            return y if self.dtype == torch.float32 else y.to(self.dtype)
+        wd = dequantize_torch(self.q, self.dtype)
+        return x.to(device=wd.device, dtype=self.dtype) @ wd.t()
 
-    def _native(self, x2: torch.Tensor, mode: int | None = None) -> torch.Tensor:
-        x32 = x2.to(torch.float32).contiguous()
-        m = x32.shape[0]
-        y = torch.empty((m, self.out_features), dtype=torch.float32)
-        if m == 0:
-            return y
-        w, s, b = self.q.weight, self.q.scales, self.q.biases
-        rc = self._lib.fmoe_qmv(
-            w.data_ptr(), s.data_ptr(), b.data_ptr(), self._scales_bf16,
-            x32.data_ptr(), y.data_ptr(),
+    def _run(self, x32: torch.Tensor, y: torch.Tensor, m: int, mode: int) -> None:
+        rc = self._fn(
+            self._wp, self._sp, self._bp, self._scales_bf16, x32.data_ptr(), y.data_ptr(),
             self.out_features, self.in_features, m, self.in_features, self.out_features,
-            self.bits, self.group_size, torch.get_num_threads(), self.mode if mode is None else mode,
+            self.bits, self.group_size, torch.get_num_threads(), mode,
         )  # fmt: skip
         if rc != 0:
             raise RuntimeError(f"fmoe_qmv failed with code {rc}")
+
+    def _native(self, x2: torch.Tensor, mode: int | None = None) -> torch.Tensor:
+        """Native kernel on a 2-D input [m, in] (any m); mode None = this layer's mode, 0/1/2 see qmv.cpp."""
+        if self._lib is None:
+            raise RuntimeError(f"native kernel unavailable: {native.load_error()}")
+        x32 = x2.reshape(-1, self.in_features).to(torch.float32).contiguous()
+        y = torch.empty((x32.shape[0], self.out_features), dtype=torch.float32)
+        if x32.shape[0]:
+            self._run(x32, y, x32.shape[0], self.mode if mode is None else mode)
         return y
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
