@@ -387,15 +387,16 @@ def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], 
     ref_bits, ref_k = max(v.bits for v in variants), max(ks)
     log(f"fmoe eval: reference for KL = {ref_bits} bits, {ref_k} experts/token ({len(texts)} texts, "
         f"{sum(map(len, texts))} positions)")
-    ref_model = load_model(dirs[ref_bits], backend, ref_k)
-    ref_lp = logprobs(ref_model, texts, vocab)
-    del ref_model
     results, failures = [], {}
     by_bits: dict[int, list[Variant]] = {}
-    for v in variants:
+    for v in sorted(variants, key=lambda v: v.bits != ref_bits):   # the reference's bits first: one load
         by_bits.setdefault(v.bits, []).append(v)
+    ref_lp = None
     for bits, vs in by_bits.items():
         model = load_model(dirs[bits], backend, None)
+        if ref_lp is None:
+            model.set_experts_per_token(ref_k)
+            ref_lp = logprobs(model, texts, vocab)
         kl_cache: dict[int, float] = {}
         for v in vs:
             k = v.experts_per_token or default_k
@@ -422,6 +423,8 @@ def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], 
                 d.mkdir(parents=True, exist_ok=True)
                 (d / f"{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         del model
+    order = [Variant(v.bits, v.experts_per_token or default_k, v.grammar).label() for v in variants]
+    results.sort(key=lambda r: order.index(r["variant"]))
     counts = failures.pop("_counts", {})
     return {"suite": suite.name, "model": str(src), "backend": backend, "call_format": call_format,
             "cases": len(cases), "kl_reference": {"bits": ref_bits, "experts_per_token": ref_k,

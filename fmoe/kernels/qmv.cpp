@@ -524,13 +524,29 @@ int fmoe_dequant(const uint32_t* w, const void* scales, const void* biases, int 
       const float bi = scales_bf16 ? load_scale<true>(biases, n * gpr + g) : load_scale<false>(biases, n * gpr + g);
       const int64_t k0 = g * group_size;
       // 8 codes at a time: they occupy `bits` consecutive bytes of the LSB-first stream
+#if FMOE_AVX2
+      const __m256 vs = _mm256_set1_ps(sc), vb = _mm256_set1_ps(bi);
+      const __m256i shifts = _mm256_setr_epi32(0, bits, 2 * bits, 3 * bits, 4 * bits, 5 * bits, 6 * bits, 7 * bits);
+      const __m256i vm = _mm256_set1_epi32(static_cast<int>(mask));
+      for (int64_t k = k0; k < k0 + group_size; k += 8) {
+        __m256i c;
+        if (bits == 8) {
+          c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(rb + k)));
+        } else {
+          uint32_t v = 0;
+          std::memcpy(&v, rb + k * bits / 8, static_cast<size_t>(bits));
+          c = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(v)), shifts), vm);
+        }
+        _mm256_storeu_ps(o + k, _mm256_add_ps(_mm256_mul_ps(vs, _mm256_cvtepi32_ps(c)), vb));
+      }
+#else
       for (int64_t k = k0; k < k0 + group_size; k += 8) {
         uint64_t v = 0;
         std::memcpy(&v, rb + k * bits / 8, static_cast<size_t>(bits));
-        for (int e = 0; e < 8; ++e) {
+        for (int e = 0; e < 8; ++e)
           o[k + e] = sc * static_cast<float>((v >> (bits * e)) & mask) + bi;  // built with -ffp-contract=off
-        }
       }
+#endif
     }
   }
   return 0;

@@ -31,7 +31,7 @@ __all__ = ["TorchQLinear", "dequantize_torch", "to_torch_quantized", "NATIVE_MAX
 
 # Up to this many rows the native mat-vec kernel runs (weights decoded once per row of x, from L1); above, the
 # weight is dequantized (native) and multiplied with one float32 GEMM.  Measured crossover: see KERNELS_NOTES.md.
-NATIVE_MAX_ROWS = int(os.environ.get("FMOE_QMV_MAX_ROWS", "8"))
+NATIVE_MAX_ROWS = int(os.environ.get("FMOE_QMV_MAX_ROWS", "32"))
 
 
 def _np_to_torch(a: np.ndarray) -> torch.Tensor:
