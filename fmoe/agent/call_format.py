@@ -36,10 +36,16 @@ _VALIDATION_KEYWORDS = {
     "propertyNames", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "$dynamicRef", "format",
     "unevaluatedItems", "unevaluatedProperties", "contentSchema"}
 # Regexes (llguidance/Rust syntax) for string formats in raw XML values.
+# Calendar-correct dates (30-day months, February 28 days or 29 in leap years, like jsonschema's format checker).
+_LEAP = r"([0-9]{2}(0[48]|[2468][048]|[13579][26])|([02468][048]|[13579][26])00)"
+_DATE = (r"([0-9]{4}-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|[0-9]{4}-(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+         r"|[0-9]{4}-02-(0[1-9]|1[0-9]|2[0-8])|" + _LEAP + r"-02-29)")
+_TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+# Regexes (llguidance/Rust syntax, ASCII digits) for string formats in raw XML values; none can contain a newline.
 _FORMATS = {
-    "date-time": r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)",
-    "date": r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])",
-    "time": r"([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)",
+    "date-time": _DATE + "[Tt]" + _TIME,
+    "date": _DATE,
+    "time": _TIME,
     "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
     "email": r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+",
 }
@@ -187,8 +193,16 @@ def _ecma_to_rust(pattern: str) -> str:
     return pattern.replace(r"\d", "[0-9]").replace(r"\D", "[^0-9]")
 
 
-def _raw_string_terminal(schema: dict, root: dict) -> str | None:
-    """A lark terminal body for the raw text of a plain-string value, or None when unconstrained."""
+def _raw_string_terminal(schema: dict, root: dict) -> tuple[str, bool] | None:
+    """(lark terminal body for the raw text of a plain-string value, guard) or None when unconstrained.
+
+    `guard` is True when the body could match text containing the "\n</parameter>\n" delimiter, so that the lazy
+    value terminal must intersect it with "does not contain the delimiter". The guard costs lexer states and mask
+    time, so it is left out when some part of the body can never contain a newline (enum/const literals without
+    the delimiter, formats), or when the only constraint is a maxLength (minLength 0): a lazy terminal ends at the
+    first delimiter whenever the text before it already matches, which `.{0,n}` always does. (It also avoids an
+    llguidance lexer-fuel exhaustion seen with intersected terminals: see GRAMMAR_NOTES.md.)
+    """
     schema = resolve_local_ref(schema, root)
     parts: list[str] = []
     for k in schema:
@@ -196,15 +210,17 @@ def _raw_string_terminal(schema: dict, root: dict) -> str | None:
                                       "$defs", "definitions") or k not in _VALIDATION_KEYWORDS:
             continue  # unknown keywords are annotations (JSON Schema ignores them)
         raise SchemaFeatureError(k, f"keyword {k!r} on a raw-text (XML) string parameter")
-    if "const" in schema:
-        return "(" + lark_str(schema["const"]) + ")"
-    if "enum" in schema:
-        vals = [v for v in schema["enum"] if isinstance(v, str)]
-        if not vals:
+    if "const" in schema or "enum" in schema:
+        vals = [schema["const"]] if "const" in schema else [v for v in schema["enum"] if isinstance(v, str)]
+        if not vals or not all(isinstance(v, str) for v in vals):
             raise SchemaFeatureError("enum", "string enum without string values")
-        return "(" + " | ".join(lark_str(v) for v in vals) + ")"
+        for v in vals:
+            if PARAM_END in v:
+                raise SchemaFeatureError("enum", f"enum/const value {v!r} contains the XML parameter delimiter")
+        return "(" + " | ".join(lark_str(v) for v in vals) + ")", False
     lo, hi = schema.get("minLength"), schema.get("maxLength")
-    if lo is not None or hi is not None:
+    newline_free = False
+    if lo or hi is not None:
         parts.append("/(?s:.){%d,%s}/" % (int(lo or 0), "" if hi is None else int(hi)))
     if "pattern" in schema:
         p = _ecma_to_rust(schema["pattern"])
@@ -218,20 +234,24 @@ def _raw_string_terminal(schema: dict, root: dict) -> str | None:
         if fmt not in _FORMATS:
             raise SchemaFeatureError("format", f"string format {fmt!r} in a raw-text (XML) parameter")
         parts.append("/" + _FORMATS[fmt].replace("/", "\\/") + "/")
+        newline_free = True
     if not parts:
         return None
-    return "(" + " & ".join(parts) + ")"
+    only_max = "pattern" not in schema and "format" not in schema and not lo
+    return "(" + " & ".join(parts) + ")", not (newline_free or only_max)
 
 
 def _ptr(name: str) -> str:
     return name.replace("~", "~0").replace("/", "~1")
 
 
-def _lazy_value(rule: str, body: str) -> str:
+def _lazy_value(rule: str, body_guard: tuple[str, bool]) -> str:
     """A raw value terminal: content matching `body`, never containing the delimiter, then the delimiter (lazy)."""
     term = rule.upper()
-    return (f"{term}: ({body} & ~/(?s:.*)\\n<\\/parameter>\\n(?s:.*)/) {lark_str(PARAM_END)}\n"
-            f"{rule}[lazy]: {term}")
+    body, guard = body_guard
+    if guard:
+        body = f"({body} & ~/(?s:.*)\\n<\\/parameter>\\n(?s:.*)/)"
+    return f"{term}: {body} {lark_str(PARAM_END)}\n{rule}[lazy]: {term}"
 
 
 def _xml_params(idx: int, params: dict, tool_name: str, rules: list[str]) -> str:

@@ -164,10 +164,26 @@ def _keyword_from_llg_error(msg: str) -> str:
     return "schema"
 
 
+_LIMITS = None
+
+
+def _llg_limits():
+    """Parser limits for the call region. The lexer (and its fuel accounting) is shared by every deep_copy of a
+    compiled matcher; with the default step_lexer_fuel (200k), intersected raw-value terminals (XML strings with a
+    pattern or minLength) ran out after a few rejected tokens in sibling copies ("lexer error: too many expressions
+    constructed") and every later copy failed at its first token. 20x the fuel keeps a bounded per-step cost."""
+    global _LIMITS
+    if _LIMITS is None:
+        import llguidance
+
+        _LIMITS = llguidance.LLParserLimits(step_lexer_fuel=4_000_000, verbose_errors=True)
+    return _LIMITS
+
+
 def _llg_compile(lark: str, info: TokenizerInfo):
     import llguidance
 
-    m = llguidance.LLMatcher(info.llg(), lark, log_level=0)
+    m = llguidance.LLMatcher(info.llg(), lark, log_level=0, limits=_llg_limits())
     if m.is_error():
         return None, m.get_error()
     return m, ""

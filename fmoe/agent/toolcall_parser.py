@@ -124,7 +124,9 @@ def _parse_xml(body: str, params_of: dict[str, dict]) -> tuple[str, dict]:
         close = rest.find(">", pos)
         if close < 0:
             raise _Unparsable("unterminated <parameter=")
-        pname = rest[pos + len("<parameter="):close].strip()
+        pname = rest[pos + len("<parameter="):close]
+        if pname not in props:  # the grammar writes names exactly; other producers may pad them with spaces
+            pname = pname.strip()
         vstart = close + 1
         if rest.startswith("\n", vstart):
             vstart += 1

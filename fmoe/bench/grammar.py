@@ -53,15 +53,40 @@ def _prefix_refs(node: Any, prefix: str) -> Any:
     return node
 
 
+def _rewrite_refs(node: Any) -> Any:
+    """Local refs of a schema wrapped as the `value` parameter: #/$defs/.. and #/definitions/.. unchanged (hoisted),
+    anything else (incl. "#") prefixed with #/properties/value."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "$ref" and isinstance(v, str) and v.startswith("#") and not (
+                    v.startswith("#/$defs/") or v.startswith("#/definitions/")):
+                out[k] = "#/properties/value" + v[1:]
+            else:
+                out[k] = _rewrite_refs(v)
+        return out
+    if isinstance(node, list):
+        return [_rewrite_refs(v) for v in node]
+    return node
+
+
 def tool_for_schema(schema: Any, name: str = "f") -> tuple[dict, bool]:
     """(openai tool, wrapped). A schema with "type": "object" is the tool's parameters as is; any other schema
     becomes the single required parameter `value` (its local $refs rewritten to point inside it)."""
     if isinstance(schema, dict) and schema.get("type") == "object":
         params, wrapped = schema, False
     else:
-        inner = _prefix_refs(schema, "#/properties/value") if isinstance(schema, (dict, list)) else schema
+        # $defs/definitions and $id/$schema move up to the wrapper: refs to them keep working (a nested $id would
+        # change the base URI of the inner refs for jsonschema), other local refs point inside `value`.
+        hoist = {k: schema[k] for k in ("$schema", "$defs", "definitions") if k in schema} if isinstance(schema, dict) else {}
+        inner = schema
+        if isinstance(schema, dict):
+            inner = {k: v for k, v in schema.items() if k not in ("$schema", "$id", "$defs", "definitions")
+                     and k not in hoist}
+            inner = _rewrite_refs(inner)
+            hoist = {k: _rewrite_refs(v) for k, v in hoist.items()}
         params = {"type": "object", "properties": {"value": inner}, "required": ["value"],
-                  "additionalProperties": False}
+                  "additionalProperties": False, **hoist}
         wrapped = True
     return {"type": "function", "function": {"name": name, "description": "", "parameters": params}}, wrapped
 

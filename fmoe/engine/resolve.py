@@ -1,7 +1,7 @@
 """Where a model comes from: a user's directory, or the embedded demo model converted once to the streaming layout.
 
 The demo model ships as a Hugging Face bf16 checkpoint inside the package (``fmoe/demo/model``); on first use it is
-converted to the 4-bit streaming layout under the user cache directory (``$FMOE_CACHE`` or ``~/.cache/fmoe``), keyed
+converted to the 4-bit streaming layout under the user cache directory (``$FMOE_CACHE_DIR`` or ``~/.cache/fmoe``), keyed
 by the checkpoint's content hash, so every engine path (quantized kernels, expert streaming) runs on it.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / "model"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FMOE_CACHE") or Path.home() / ".cache" / "fmoe")
+    return Path(os.environ.get("FMOE_CACHE_DIR") or Path.home() / ".cache" / "fmoe")
 
 
 def _digest(path: Path) -> str:
