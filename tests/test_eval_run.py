@@ -53,7 +53,8 @@ def tiny(tmp_path_factory):
 
 
 def test_small_sweep(tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv("FMOE_CACHE", str(tmp_path / "cache"))
+    for var in ("FMOE_CACHE", "FMOE_CACHE_DIR"):   # fmoe.engine.resolve.cache_dir()
+        monkeypatch.setenv(var, str(tmp_path / "cache"))
     suite = loads_suite(SUITE, name="tiny.yaml")
     variants = plan_variants([8], [None], [True, False])
     res = run_eval(suite, tiny, variants, tmp_path / "out", progress=False, kl_n=1, kl_max_len=48)

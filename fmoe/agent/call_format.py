@@ -237,6 +237,11 @@ def _raw_string_terminal(schema: dict, root: dict) -> tuple[str, bool] | None:
         newline_free = True
     if not parts:
         return None
+    if "pattern" not in schema and "format" not in schema and lo:
+        # length only, minLength > 0: the lazy terminal can only run past a delimiter that starts before position
+        # minLength; forbidding just that keeps the intersection small (the full guard multiplies the states).
+        parts.append("~/(?s:.){0,%d}\\n<\\/parameter>\\n(?s:.)*/" % (int(lo) - 1))
+        return "(" + " & ".join(parts) + ")", False
     only_max = "pattern" not in schema and "format" not in schema and not lo
     return "(" + " & ".join(parts) + ")", not (newline_free or only_max)
 
@@ -289,7 +294,7 @@ def _xml_params(idx: int, params: dict, tool_name: str, rules: list[str]) -> str
     ap = params.get("additionalProperties", params.get("unevaluatedProperties", True))
     if ap is not False:
         names = [n for n in props]
-        key = "/[^<>\\n=]+/"
+        key = "/[^<>\\n=\\s]([^<>\\n=]*[^<>\\n=\\s])?/"  # parsers strip names: no edge whitespace
         if names:
             key += " & ~(" + " | ".join(lark_str(n) for n in names) + ")"
         rules.append(f"T{idx}_XKEY: {key}")

@@ -120,18 +120,41 @@ def tokenizer_info(tokenizer, vocab_size: int | None = None) -> TokenizerInfo:
 
 
 # ------------------------------------------------------------------------------------------------------ backends
+class _LLGProto:
+    """The compiled call-region matcher that regions deep_copy. llguidance shares one lexer between a matcher and
+    its copies; after a copy rejects a token inside an intersected raw-value lexeme (XML string with minLength or a
+    pattern), that shared lexer can be left unusable ("lexer error: too many expressions constructed" at the first
+    token of every later copy; llguidance 1.9.1). Constrained generation never feeds a rejected token, but callers
+    that validate text (the mask bench, the parser's re-check) do: so after any rejection the next region gets a
+    freshly compiled matcher (a few ms), never a copy of a possibly damaged one."""
+
+    def __init__(self, lark: str, info: "TokenizerInfo", proto):
+        self.lark, self.info, self.proto, self.tainted = lark, info, proto, False
+
+    def new(self):
+        if self.tainted:
+            proto, err = _llg_compile(self.lark, self.info)
+            if proto is None:
+                raise GrammarError(f"llguidance could not recompile the tool grammar: {err[:300]}")
+            self.proto, self.tainted = proto, False
+        return _LLGRegion(self)
+
+
 class _LLGRegion:
     """llguidance matcher of the call region."""
 
-    def __init__(self, proto):
-        self._proto = proto
-        self.m = proto.deep_copy()
+    def __init__(self, owner: _LLGProto):
+        self._owner = owner
+        self.m = owner.proto.deep_copy()
 
     def fill_mask(self, buf: np.ndarray) -> None:
         self.m.unsafe_compute_mask_ptr(buf.ctypes.data, buf.nbytes)
 
     def consume(self, t: int) -> bool:
-        return self.m.consume_token(t) and not self.m.is_error()
+        if self.m.consume_token(t) and not self.m.is_error():
+            return True
+        self._owner.tainted = True
+        return False
 
     def forced(self) -> list[int]:
         return list(self.m.compute_ff_tokens())
@@ -380,7 +403,8 @@ def _compile_llg_region(tools, call_format, info, parallel_calls, max_calls, onl
             if ok is None:
                 raise UnsupportedSchemaError(name, _keyword_from_llg_error(e1), e1.strip().splitlines()[0][:300])
         raise GrammarError(f"llguidance could not compile the tool grammar: {err[:500]}")
-    return (lambda: _LLGRegion(proto)), lark
+    owner = _LLGProto(lark, info, proto)
+    return owner.new, lark
 
 
 def schema_grammar_check(tools: list[dict]) -> None:

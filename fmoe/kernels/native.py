@@ -1,7 +1,7 @@
 """Build (once, cached) and load the native quantized mat-vec kernel ``qmv.cpp`` through ctypes.
 
 The shared library is compiled with the system C++ compiler (``$CXX`` or ``g++``/``c++``/``clang++``) with
-``-O3 -march=native -fopenmp -ffp-contract=off`` into ``$FMOE_CACHE_DIR/kernels`` (default ``$XDG_CACHE_HOME/fmoe/kernels`` or
+``-O3 -march=native -pthread -ffp-contract=off`` into ``$FMOE_CACHE_DIR/kernels`` (default ``$XDG_CACHE_HOME/fmoe/kernels`` or
 ``~/.cache/fmoe/kernels``), keyed by a hash of the source, compiler, flags and CPU, so it builds once per machine
 (about 2-4 s) and later imports only ``dlopen`` it.  No torch headers and no ninja are needed.
 
@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 
 _SRC = Path(__file__).with_name("qmv.cpp")
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
+_FLAGS = ["-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -95,8 +95,6 @@ def load() -> ctypes.CDLL | None:
         try:
             if os.environ.get("FMOE_NATIVE", "1") in ("0", "false", "no", "off"):
                 raise RuntimeError("disabled by FMOE_NATIVE=0")
-            import torch  # noqa: F401  -- load torch's libgomp first so the kernel shares torch's OpenMP pool
-
             lib = ctypes.CDLL(str(build()))
             f = lib.fmoe_qmv
             f.restype = ctypes.c_int

@@ -6,7 +6,7 @@
 // [N, K / gs] as bf16 bit patterns (uint16) or float32.  x: float32 rows [M, K] (row stride x_stride), y: float32
 // rows [M, N] (row stride y_stride).  All arithmetic is float32 (dequantized weight = fma(q, s, b), then fma with x).
 //
-// Built at first use by fmoe/kernels/native.py with `-O3 -march=native -fopenmp -ffp-contract=off`; plain C ABI, called via ctypes.
+// Built at first use by fmoe/kernels/native.py with `-O3 -march=native -pthread -ffp-contract=off`; plain C ABI, called via ctypes.
 // AVX2+FMA path (x86-64-v3) with a portable scalar fallback (and scalar tails when K is not a block multiple).
 
 #include <cstdint>
@@ -14,7 +14,11 @@
 #include <cstdlib>
 #include <vector>
 #include <cmath>
-#include <omp.h>
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 
 // Software prefetch distance in bytes along a row's packed words (0 = off).
 #ifndef FMOE_PF
@@ -54,6 +58,132 @@ inline uint32_t code_at(const uint32_t* row, int64_t k, int bits) {
   uint64_t v = row[wi] >> off;
   if (off + bits > 32) v |= static_cast<uint64_t>(row[wi + 1]) << (32 - off);
   return static_cast<uint32_t>(v) & ((1u << bits) - 1u);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A small thread pool with "claimed chunks" semantics: the caller publishes a job (n chunks), workers and the caller
+// claim chunks from an atomic counter, and the caller waits only for chunks that were actually claimed.  Unlike an
+// OpenMP fork/join, a worker that the OS has not scheduled yet (a busy 2-core machine, I/O threads) never holds up
+// the product: it wakes up later, finds nothing left and sleeps again.  Calls from several threads at once are safe:
+// a caller that finds the pool busy runs its job alone.
+class Pool {
+ public:
+  using Fn = void (*)(void* ctx, int64_t chunk);
+
+  void run(Fn fn, void* ctx, int64_t nchunks, int nthreads) {
+    if (nchunks <= 0) return;
+    const int nworkers = static_cast<int>(std::min<int64_t>(nthreads, nchunks)) - 1;
+    std::unique_lock<std::mutex> call(call_mu_, std::try_to_lock);
+    if (nworkers <= 0 || !call.owns_lock()) {
+      for (int64_t c = 0; c < nchunks; ++c) fn(ctx, c);
+      return;
+    }
+    ensure_workers(nworkers);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      fn_ = fn;
+      ctx_ = ctx;
+      nchunks_.store(nchunks, std::memory_order_relaxed);
+      active_workers_ = nworkers;
+      done_.store(0, std::memory_order_relaxed);
+      gen_ += 1;
+      claim_.store(gen_ << 32, std::memory_order_release);  // high: generation, low: next chunk
+    }
+    cv_.notify_all();
+    const uint64_t gen = gen_;
+    int64_t mine = 0;
+    for (;;) {
+      const int64_t c = claim(gen);
+      if (c < 0) break;
+      fn(ctx, c);
+      ++mine;
+    }
+    done_.fetch_add(mine, std::memory_order_acq_rel);
+    // wait for the chunks claimed by workers (they are running now, so this is short)
+    while (done_.load(std::memory_order_acquire) < nchunks) {
+#if FMOE_AVX2
+      _mm_pause();
+#endif
+    }
+  }
+
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.detach();  // process exit: do not join threads blocked in the OS
+  }
+
+ private:
+  // Next chunk of generation `gen`, or -1 when none is left (or the generation is over).
+  int64_t claim(uint64_t gen) {
+    uint64_t cur = claim_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((cur >> 32) != (gen & 0xffffffffu)) return -1;
+      const int64_t c = static_cast<int64_t>(cur & 0xffffffffu);
+      if (c >= nchunks_.load(std::memory_order_relaxed)) return -1;
+      if (claim_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) return c;
+    }
+  }
+
+  void ensure_workers(int n) {
+    while (static_cast<int>(threads_.size()) < n) {
+      const int id = static_cast<int>(threads_.size());
+      threads_.emplace_back([this, id] { worker(id); });
+    }
+  }
+
+  void worker(int id) {
+    uint64_t seen = 0;
+    for (;;) {
+      Fn fn;
+      void* ctx;
+      uint64_t gen;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return stop_ || (gen_ != seen && id < active_workers_); });
+        if (stop_) return;
+        seen = gen_;
+        gen = gen_;
+        fn = fn_;
+        ctx = ctx_;
+      }
+      int64_t mine = 0;
+      for (;;) {
+        const int64_t c = claim(gen);
+        if (c < 0) break;
+        fn(ctx, c);
+        ++mine;
+      }
+      if (mine) done_.fetch_add(mine, std::memory_order_acq_rel);
+    }
+  }
+
+  std::mutex call_mu_, mu_;
+  std::condition_variable cv_;
+  std::vector<std::thread> threads_;
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<int64_t> done_{0};
+  uint64_t gen_ = 0;
+  Fn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  std::atomic<int64_t> nchunks_{0};
+  int active_workers_ = 0;
+  bool stop_ = false;
+};
+
+Pool& pool() {
+  static Pool* p = new Pool();  // leaked on purpose: no destructor ordering issues at exit
+  return *p;
+}
+
+// Run body(chunk) for chunk in [0, nchunks) on up to nthreads threads (the caller included).
+template <typename Body>
+void parallel_chunks(int64_t nchunks, int nthreads, Body&& body) {
+  auto tramp = [](void* ctx, int64_t c) { (*static_cast<Body*>(ctx))(c); };
+  pool().run(tramp, static_cast<void*>(&body), nchunks, nthreads);
 }
 
 template <bool BF16>
@@ -411,12 +541,10 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
   int nt = nthreads;
   if (nt > nchunks) nt = static_cast<int>(nchunks);
   if (nt < 1) nt = 1;
-  // dynamic: on a busy machine a descheduled thread must not hold up the whole product.
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-  std::vector<float> comb(static_cast<size_t>(gpr + 8));
-#pragma omp for schedule(dynamic, 1)
-  for (int64_t c = 0; c < nchunks; ++c) {
+  // chunks of 16 rows handed out dynamically (see Pool): a descheduled thread never holds up the product.
+  parallel_chunks(nchunks, nt, [&](int64_t c) {
+    thread_local std::vector<float> comb;
+    if (comb.size() < static_cast<size_t>(gpr + 8)) comb.resize(static_cast<size_t>(gpr + 8));
     const int64_t n1 = (c + 1) * grain < N ? (c + 1) * grain : N;
     for (int64_t n = c * grain; n < n1; ++n) {
       const uint32_t* row = w + n * wpr;
@@ -426,15 +554,15 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
           row_comb<BF16>(sc, n * gpr, xsc0 + m * gps, comb.data(), gpr);
           r = row_i16<BITS, GS, BF16>(row, sc, bi, n * gpr, xq0 + m * xps, comb.data(), xsum0 + m * gps,
                                       x + m * xs, K);
-        } else if constexpr (BITS == 8)
+        } else if constexpr (BITS == 8) {
           r = row_q8<GS, BF16>(row, sc, bi, n * gpr, x + m * xs, K);
-        else
+        } else {
           r = row_fact<BITS, GS, BF16>(row, sc, bi, n * gpr, xp0 + m * xps, xsum0 + m * gps, x + m * xs, K);
+        }
         y[m * ys + n] = r;
       }
     }
-  }
-  }
+  });
 }
 
 #endif  // FMOE_AVX2
@@ -444,10 +572,12 @@ void qmv_scalar(const uint32_t* w, const void* sc, const void* bi, const float* 
                 int M, int64_t xs, int64_t ys, int bits, int gs, int nthreads) {
   const int64_t wpr = K * bits / 32;
   const int64_t gpr = K / gs;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
-  for (int64_t n = 0; n < N; ++n)
-    for (int m = 0; m < M; ++m)
-      y[m * ys + n] = row_scalar<BF16>(w + n * wpr, sc, bi, n * gpr, x + m * xs, 0, K, bits, gs);
+  const int64_t grain = 16;
+  parallel_chunks((N + grain - 1) / grain, nthreads, [&](int64_t c) {
+    for (int64_t n = c * grain; n < std::min(N, (c + 1) * grain); ++n)
+      for (int m = 0; m < M; ++m)
+        y[m * ys + n] = row_scalar<BF16>(w + n * wpr, sc, bi, n * gpr, x + m * xs, 0, K, bits, gs);
+  });
 }
 
 #if FMOE_AVX2
@@ -515,8 +645,9 @@ int fmoe_dequant(const uint32_t* w, const void* scales, const void* biases, int 
   if (nthreads < 1) nthreads = 1;
   const int64_t wpr = K * bits / 32, gpr = K / group_size;
   const uint32_t mask = (1u << bits) - 1u;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && N * K > (1 << 16))
-  for (int64_t n = 0; n < N; ++n) {
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / K);
+  parallel_chunks((N + grain - 1) / grain, nthreads, [&](int64_t c) {
+  for (int64_t n = c * grain; n < std::min(N, (c + 1) * grain); ++n) {
     const uint8_t* rb = reinterpret_cast<const uint8_t*>(w + n * wpr);
     float* o = out + n * K;
     for (int64_t g = 0; g < gpr; ++g) {
@@ -549,6 +680,7 @@ int fmoe_dequant(const uint32_t* w, const void* scales, const void* biases, int 
 #endif
     }
   }
+  });
   return 0;
 }
 
