@@ -33,9 +33,10 @@ def test_maskbench_split(tok, split, fmt):
     assert st.errors == 0, st.failures[:3]  # unsupported schemas fail at compile with a clear error, never crash
     assert st.compiled + st.unsupported == st.schemas
     bad = [f for f in st.failures if f["kind"] == "invalid_accepted"]
-    # soundness: nothing invalid gets through in Hermes; XML has a handful of open cases (GRAMMAR_NOTES.md)
-    assert len(bad) <= (0 if fmt == "hermes" else max(1, 0.02 * st.invalid)), bad[:3]
-    # completeness: valid instances accepted (known gaps, e.g. 1.0 for an integer, are < 1%)
+    # soundness: nothing invalid gets through, in either format
+    assert not bad, bad[:3]
+    # completeness: valid instances accepted. Known gap (llguidance): JSON object properties must follow the
+    # schema's property order, so a valid instance with another order is rejected (3 of 6,000+ in the full run)
     assert st.valid_accepted >= 0.99 * st.valid, [f for f in st.failures if f["kind"] == "valid_rejected"][:3]
 
 

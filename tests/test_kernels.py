@@ -232,3 +232,25 @@ def test_bad_inputs():
         TorchQLinear(q, backend="cuda-magic")
     with pytest.raises(ValueError):
         TorchQLinear(QuantizedWeight(q.weight[None], q.scales[None], q.biases[None], 4, 32))
+
+
+def test_qlinear_concurrent_calls():
+    """Several Python threads calling the native kernel at once (the pool serializes or runs callers alone)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    layers, xs, refs = [], [], []
+    for bits in BITS:
+        w = _weights(rng, out=96, inp=512, group_size=64)
+        q = quantize(w, bits, 64)
+        layer = TorchQLinear(q)
+        x = torch.randn(1, 512)
+        layers.append(layer)
+        xs.append(x)
+        refs.append(layer.reference(x))
+
+    def work(i):
+        return all(torch.allclose(layers[i % 4](xs[i % 4]), refs[i % 4], rtol=1e-3, atol=1e-3) for _ in range(20))
+
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        assert all(ex.map(work, range(16)))

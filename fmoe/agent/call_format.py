@@ -158,16 +158,22 @@ def _json_schema_text(schema: Any) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
-def _rebase_refs(node: Any, path: str) -> Any:
-    """Local $refs into the sub-schema at `path` rewritten relative to it; refs to $defs/definitions kept."""
+_ROOT_DEF = "__fmoe_root"
+
+
+def _rebase_refs(node: Any, path: str | None) -> Any:
+    """Local $refs of a node moved out of the tool's parameters schema into a standalone schema (a parameter's
+    JSON value in XML): refs into `path` (the node's own location) become relative to it, refs to $defs/definitions
+    stay (the root's definitions travel along), any other local ref (e.g. "#" for recursion on the whole parameters
+    object) points at a copy of the parameters schema carried as $defs/__fmoe_root."""
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
             if k == "$ref" and isinstance(v, str) and v.startswith("#"):
-                if v == "#" + path or v.startswith("#" + path + "/"):
+                if path is not None and (v == "#" + path or v.startswith("#" + path + "/")):
                     v = "#" + v[len(path) + 1:]
                 elif not (v.startswith("#/$defs/") or v.startswith("#/definitions/")):
-                    raise SchemaFeatureError("$ref", f"$ref {v!r} leaves parameter schema {path!r}")
+                    v = "#/$defs/" + _ROOT_DEF + v[1:]
                 out[k] = v
             else:
                 out[k] = _rebase_refs(v, path)
@@ -177,14 +183,30 @@ def _rebase_refs(node: Any, path: str) -> Any:
     return node
 
 
+def _has_root_ref(node: Any) -> bool:
+    if isinstance(node, dict):
+        return any((k == "$ref" and isinstance(v, str) and v.startswith("#/$defs/" + _ROOT_DEF)) or _has_root_ref(v)
+                   for k, v in node.items())
+    if isinstance(node, list):
+        return any(_has_root_ref(v) for v in node)
+    return False
+
+
 def _with_defs(sub: Any, root: dict, path: str | None = None) -> Any:
-    """Sub-schema made self-contained: the root's $defs/definitions travel with it so local $refs still resolve."""
+    """Sub-schema made self-contained: the root's $defs/definitions travel with it so local $refs still resolve
+    (and, if something refers to the parameters object itself, a copy of it)."""
     if not isinstance(sub, dict):
         return sub
-    out = dict(_rebase_refs(sub, path) if path else sub)
-    for k in ("$defs", "definitions"):
-        if k in root and k not in out:
-            out[k] = root[k]
+    out = dict(_rebase_refs(sub, path))
+    defs = {k: _rebase_refs(root[k], None) for k in ("$defs", "definitions") if isinstance(root.get(k), dict)}
+    for k, v in defs.items():
+        if k in out and k != "$defs":
+            continue
+        out[k] = dict(v, **out[k]) if k in out and isinstance(out[k], dict) else v
+    if _has_root_ref(out):
+        d = dict(out.get("$defs") or {})
+        d[_ROOT_DEF] = _rebase_refs(root, None)
+        out["$defs"] = d
     return out
 
 
