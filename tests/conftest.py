@@ -1,3 +1,7 @@
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see fmoe/__init__.py; before torch loads
+
 import sys
 from pathlib import Path
 
