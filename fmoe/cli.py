@@ -10,16 +10,11 @@ from fmoe.errors import FmoeError
 
 
 def parse_size(text: str) -> int:
-    """'2GB', '512MiB', '1.5G', '4096' -> bytes."""
-    units = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
-             "T": 1000**4, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
-    t = text.strip().upper().replace(" ", "")
-    num = t.rstrip("KMGTIB")
-    unit = t[len(num):]
+    from fmoe.units import parse_size as parse
     try:
-        return int(float(num) * units[unit])
-    except (ValueError, KeyError):
-        raise FmoeError(f"invalid size {text!r} (examples: 2GB, 512MiB, 1000000)") from None
+        return parse(text)
+    except ValueError as e:
+        raise FmoeError(f"invalid size: {e}") from None
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

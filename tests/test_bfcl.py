@@ -1,5 +1,4 @@
 """The BFCL checker on BFCL's own possible_answer data (skipped where ../shared/extdata is absent)."""
-import copy
 from pathlib import Path
 
 import pytest

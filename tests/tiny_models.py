@@ -9,7 +9,6 @@ Layouts produced:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -18,7 +18,6 @@ Per assistant turn the output is parsed with fmoe.agent.toolcall_parser; per var
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from dataclasses import dataclass, field

@@ -20,7 +20,6 @@ import argparse
 import json
 import mmap
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -35,13 +34,13 @@ CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 
 
 def parse_size(s: str | int | None) -> int | None:
-    if s is None or isinstance(s, int):
-        return s
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b?)\s*", s.lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {s!r} (e.g. 4G, 512M, 3.5GiB)")
-    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)]
-    return int(float(m.group(1)) * mult)
+    from fmoe.units import parse_size as parse
+    if s is None:
+        return None
+    try:
+        return parse(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _drop_cache(files) -> None:

@@ -1,7 +1,6 @@
 """Gated DeltaNet (Qwen3.5 / Qwen3-Next linear attention) for a chunk of T tokens with conv + recurrent state."""
 from __future__ import annotations
 
-import numpy as np
 
 from fmoe.engine.cache import LinearState
 from fmoe.engine.config import ModelConfig
