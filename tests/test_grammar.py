@@ -42,7 +42,7 @@ EOS = 248046
 
 
 def accepts(g, tok, text, eos=True) -> bool:
-    ids = tok.encode(text, add_special_tokens=False).ids + ([EOS] if eos else [])
+    ids = tok.encode(text, add_special_tokens=False).ids + ([g.info.eos_id] if eos else [])
     m = g.matcher()
     return m.consume_many(ids) == len(ids) and (m.is_done() or not eos)
 
@@ -234,25 +234,54 @@ def test_round_trip_official_templates(tok, fmt, template):
     assert render_calls(calls, fmt, TOOLS) in text
 
 
-def test_outlines_backend_same_checks(tok):
-    """outlines-core (opt-in, ~10-20 s compile on this vocabulary): the same accept/reject checks, one tool each."""
-    pytest.importorskip("outlines_core")
-    with pytest.raises(UnsupportedSchemaError) as ei:  # outlines-core ignores numeric bounds: refused, not dropped
-        compile_tool_grammar([WEATHER], "hermes", tokenizer=tok, backend="outlines")
-    assert ei.value.keyword in ("minimum", "maximum") and ei.value.tool == "get_weather"
+@pytest.fixture(scope="session")
+def small_tok(tok):
+    """The first 4,096 BPE ranks of the Qwen3.5 vocabulary (a prefix of the ranks is a consistent BPE: every merge
+    result of rank r has parts of lower rank) plus its special tokens: outlines-core's Index build walks the whole
+    vocabulary per DFA, ~seconds per grammar at 248k tokens, milliseconds here."""
+    from tokenizers import Tokenizer
+
+    k = 4096
+    d = json.loads(tok.to_str())
+    vocab = {t: i for t, i in d["model"]["vocab"].items() if i < k}
+    d["model"]["vocab"] = vocab
+    d["model"]["merges"] = [m for m in d["model"]["merges"]
+                            if (m[0] + m[1] if isinstance(m, list) else m.replace(" ", "", 1)) in vocab]
+    for j, a in enumerate(d["added_tokens"]):
+        a["id"] = k + j
+    return Tokenizer.from_str(json.dumps(d))
+
+
+@pytest.mark.parametrize("backend", ["outlines", "llguidance"])
+def test_outlines_backend_same_checks(small_tok, backend):
+    """outlines-core (opt-in) and llguidance: the same accept/reject checks, one tool each, on a small vocabulary."""
+    if backend == "outlines":
+        pytest.importorskip("outlines_core")
+        with pytest.raises(UnsupportedSchemaError) as ei:  # outlines-core ignores numeric bounds: refused, not dropped
+            compile_tool_grammar([WEATHER], "hermes", tokenizer=small_tok, backend="outlines")
+        assert ei.value.keyword in ("minimum", "maximum") and ei.value.tool == "get_weather"
     w = json.loads(json.dumps(WEATHER))
     del w["function"]["parameters"]["properties"]["days"]["minimum"], w["function"]["parameters"]["properties"]["days"]["maximum"]
     w["function"]["parameters"]["properties"]["days"]["enum"] = [1, 2, 3]
+    tc = small_tok.token_to_id("<tool_call>")
+    assert tc == 4096 + 14 and small_tok.encode("<tool_call>", add_special_tokens=False).ids == [tc]
     for fmt, tools in (("hermes", [w]), ("xml", [BASH])):
-        g = compile_tool_grammar(tools, fmt, tokenizer=tok, backend="outlines")
+        g = compile_tool_grammar(tools, fmt, tokenizer=small_tok, backend=backend)
+        assert g.vocab_size == small_tok.get_vocab_size(with_added_tokens=True)
         if fmt == "hermes":
-            assert accepts(g, tok, "ok\n\n" + render_calls([("get_weather", {"city": "Paris", "days": 3})], fmt, tools))
-            assert not accepts(g, tok, render_calls([("get_weather", {"city": "Paris", "days": 9})], fmt, tools))
-            assert not accepts(g, tok, render_calls([("get_weather", {"days": 2})], fmt, tools))
+            assert accepts(g, small_tok, "ok\n\n" + render_calls([("get_weather", {"city": "Paris", "days": 3})], fmt, tools))
+            assert accepts(g, small_tok, render_calls([("get_weather", {"city": "Paris", "tags": ["a", "b"]})], fmt, tools))
+            assert not accepts(g, small_tok, render_calls([("get_weather", {"city": "Paris", "days": 9})], fmt, tools))
+            assert not accepts(g, small_tok, render_calls([("get_weather", {"days": 2})], fmt, tools))
+            assert not accepts(g, small_tok, render_calls([("get_weather", {"city": "Paris", "x": 1})], fmt, tools))
         else:
-            assert accepts(g, tok, render_calls([("bash", {"command": "ls -la /tmp"})], fmt, tools))
-            assert not accepts(g, tok, render_calls([("bash", {})], fmt, tools))
+            assert accepts(g, small_tok, render_calls([("bash", {"command": "ls -la /tmp"})], fmt, tools))
+            assert accepts(g, small_tok, "I'll look.\n\n" + render_calls([("bash", {"command": "ls"})], fmt, tools))
+            if backend == "llguidance":  # OPEN (GRAMMAR_NOTES.md): outlines rejects the "\n" before a 2nd call
+                assert accepts(g, small_tok, render_calls([("bash", {"command": "ls"}), ("bash", {"command": "pwd"})], fmt, tools))
+            assert not accepts(g, small_tok, render_calls([("bash", {})], fmt, tools))
+            assert not accepts(g, small_tok, render_calls([("cat", {"command": "ls"})], fmt, tools))
         p = ToolCallProcessor(g)
-        x = torch.zeros(QWEN35_PADDED_VOCAB)
+        x = torch.zeros(g.vocab_size)
         p.process(x)
-        assert torch.isfinite(x[tok.token_to_id("<tool_call>")])
+        assert torch.isfinite(x[tc]) and torch.isinf(x[small_tok.token_to_id("<|im_start|>")])

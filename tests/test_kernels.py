@@ -254,3 +254,16 @@ def test_qlinear_concurrent_calls():
 
     with ThreadPoolExecutor(max_workers=4) as ex:
         assert all(ex.map(work, range(16)))
+
+
+@pytest.mark.skipif(native.load() is None, reason=f"native kernel unavailable: {native.load_error()}")
+@pytest.mark.parametrize("bits", BITS)
+def test_native_multirow_equals_rowwise(bits):
+    """Prefill rows go four at a time through the kernel: same bits as one row at a time."""
+    rng = np.random.default_rng(20 + bits)
+    for group_size in GROUPS:
+        q = quantize(_weights(rng, out=20, inp=512, group_size=group_size), bits, group_size)
+        layer = TorchQLinear(q)
+        x = torch.randn(9, 512)
+        rows = torch.cat([layer._native(x[i : i + 1], mode=0) for i in range(9)])
+        assert torch.equal(layer._native(x, mode=0), rows)

@@ -37,9 +37,11 @@ _VALIDATION_KEYWORDS = {
     "unevaluatedItems", "unevaluatedProperties", "contentSchema"}
 # Regexes (llguidance/Rust syntax) for string formats in raw XML values.
 # Calendar-correct dates (30-day months, February 28 days or 29 in leap years, like jsonschema's format checker).
-_LEAP = r"([0-9]{2}(0[48]|[2468][048]|[13579][26])|([02468][048]|[13579][26])00)"
-_DATE = (r"([0-9]{4}-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|[0-9]{4}-(0[469]|11)-(0[1-9]|[12][0-9]|30)"
-         r"|[0-9]{4}-02-(0[1-9]|1[0-9]|2[0-8])|" + _LEAP + r"-02-29)")
+# Years 0001-9999: Python's date (jsonschema's "date" checker) has no year 0, so neither does the grammar.
+_YEAR = r"(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+_LEAP = r"([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
+_DATE = ("(" + _YEAR + r"-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|" + _YEAR + r"-(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+         r"|" + _YEAR + r"-02-(0[1-9]|1[0-9]|2[0-8])|" + _LEAP + r"-02-29)")
 _TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
 # Regexes (llguidance/Rust syntax, ASCII digits) for string formats in raw XML values; none can contain a newline.
 _FORMATS = {
@@ -153,9 +155,26 @@ def _json_schema_text(schema: Any) -> str:
         schema = {}
     if schema is False:
         raise SchemaFeatureError("false", "schema `false` admits no value")
-    s = dict(schema)
+    s = _dates_as_patterns(dict(schema))
     s["x-guidance"] = dict(JSON_STYLE, **(schema.get("x-guidance") or {}))
     return json.dumps(s, ensure_ascii=False)
+
+
+_NOT_SCHEMAS = {"enum", "const", "default", "examples", "x-guidance"}
+
+
+def _dates_as_patterns(node: Any) -> Any:
+    """`"format": "date"` -> the calendar regex as `pattern` (where the node has no pattern of its own):
+    llguidance's own date format admits year 0000, which the parser's jsonschema check (Python date) rejects."""
+    if isinstance(node, list):
+        return [_dates_as_patterns(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: (v if k in _NOT_SCHEMAS else _dates_as_patterns(v)) for k, v in node.items()}
+    if out.get("format") == "date" and "pattern" not in out:
+        del out["format"]
+        out["pattern"] = "^" + _DATE + "$"
+    return out
 
 
 _ROOT_DEF = "__fmoe_root"

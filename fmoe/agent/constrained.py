@@ -1,38 +1,62 @@
 """ToolCallProcessor: DESIGN.md's LogitsProcessor over a compiled tool Grammar, for torch tensors and mlx arrays.
 
-Mask application never copies the vocabulary per step:
-  * free-text phases: the mask is a constant of the grammar; its disallowed ids (the special/padding tokens) are
-    cached as an index tensor and written with one in-place index_fill_ (torch) / scatter (mlx);
-  * call region: from the bitmask words we pick the cheaper side: when few tokens are allowed, gather their logits,
-    fill -inf, scatter them back; when most are allowed, fill only the disallowed ids. Both touch O(min(allowed,
-    disallowed)) logits plus one pass over the 7,760 mask words, never a 248k temporary.
+Mask application never makes a full-vocabulary pass on the host per step (a 248k-float fill or masked_fill costs
+0.1-4 ms on a busy CPU, more than the whole target):
+  * the grammar's bitmask (int32 words, bit i of word i//32 = token i allowed) is turned into token ids by
+    `mask_to_ids`: vectorized numpy over the 7,760 words, unpacking (np.unpackbits, little bit order) only the
+    words that hold a set bit of the smaller side, so it returns the allowed ids when few are allowed (keys,
+    numbers, enums) and the disallowed ids when most are (inside strings);
+  * the ids (as an index tensor/array) are cached per distinct mask (keyed by the mask's bytes, small LRU): the
+    free-text phases have constant masks (computed once per grammar: only the special/padding tokens are
+    disallowed), and in the call region the same mask recurs (every step inside a string of a given kind);
+  * torch: disallowed side -> one in-place `index_fill_` (-inf) of those ids; allowed side -> the allowed logits
+    are copied (index_select / index_copy_) into a preallocated all -inf buffer, which is returned (the previous
+    step's ids are reset to -inf first). Both are O(min(allowed, disallowed)).
+  * mlx: `mx.where(mask, logits, -inf)` against a bool mask array built once per distinct mask (np.unpackbits of
+    the bitmask), cached like the torch index (lazy, one fused pass on the GPU).
+
+Contract of process(): the returned buffer (the logits themselves, or the processor's preallocated buffer, valid
+until the next process() call) holds -inf at every id the grammar disallows, including the vocabulary padding tail
+(ids >= the tokenizer's size, and ids >= 32 * number of mask words when the logits are longer than the mask); so a
+caller's own -inf write into that tail (the generator's vocab_limit) is harmless.
 forced() exposes the grammar's fast-forward run (llguidance compute_ff_tokens) for the generator's batched pass.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
 from fmoe.agent.grammar import Grammar, GrammarError
 
-_SHIFTS = np.arange(32, dtype=np.int32)
+_SHIFTS = np.arange(32, dtype=np.int64)
+_CACHE_SIZE = 64
 
 
 def mask_to_ids(words: np.ndarray, n: int) -> tuple[bool, np.ndarray]:
-    """(allowed_side, ids): ids of allowed tokens if allowed_side else ids of disallowed tokens (< n)."""
-    full = words == -1
-    empty = words == 0
-    n_full = int(np.count_nonzero(full))
-    partial = np.flatnonzero(~(full | empty))
-    pw = words[partial]
-    bits = ((pw[:, None] >> _SHIFTS) & 1).astype(bool)  # small: partial words only
-    if n_full * 32 * 2 < n:  # few allowed
-        full_idx = np.flatnonzero(full)
-        ids = np.concatenate([(full_idx[:, None] * 32 + _SHIFTS).ravel(), (partial[:, None] * 32 + _SHIFTS)[bits]])
-        return True, ids[ids < n]
-    empty_idx = np.flatnonzero(empty)
-    ids = np.concatenate([(empty_idx[:, None] * 32 + _SHIFTS).ravel(), (partial[:, None] * 32 + _SHIFTS)[~bits]])
-    return False, ids[ids < n]
+    """(allowed_side, ids): ids (int64, ascending, < n) of the allowed tokens if allowed_side else of the
+    disallowed ones, whichever side has fewer non-empty words. Ids >= 32*len(words) (logits longer than the mask)
+    count as disallowed and are appended on the disallowed side."""
+    nw = len(words)
+    allowed_side = np.count_nonzero(words) <= nw - np.count_nonzero(words == -1)
+    w = words if allowed_side else ~words
+    nz = np.flatnonzero(w)
+    bits = np.unpackbits(w[nz].view(np.uint8), bitorder="little").reshape(-1, 32).view(bool)
+    ids = (nz[:, None] * 32 + _SHIFTS)[bits]
+    if ids.size and ids[-1] >= n:
+        ids = ids[ids < n]
+    if not allowed_side and n > 32 * nw:
+        ids = np.concatenate([ids, np.arange(32 * nw, n, dtype=np.int64)])
+    return bool(allowed_side), ids
+
+
+def mask_to_bool(words: np.ndarray, n: int) -> np.ndarray:
+    """Bool array of length n: token allowed (False past the mask)."""
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little").view(bool)
+    if bits.size >= n:
+        return bits[:n]
+    return np.concatenate([bits, np.zeros(n - bits.size, dtype=bool)])
 
 
 class ToolCallProcessor:
@@ -41,11 +65,13 @@ class ToolCallProcessor:
     def __init__(self, grammar: Grammar):
         self.grammar = grammar
         self.matcher = grammar.matcher()
-        self._const_cache: dict[tuple[int, str, int, str], object] = {}
+        self._cache: OrderedDict = OrderedDict()
+        self._neg = None
+        self._neg_key = None
+        self._neg_dirty = None
         self.stats = {"steps": 0, "forced": 0, "accepted": 0}
 
     def reset(self) -> None:
-        self._neg_dirty = getattr(self, "_neg_dirty", None)
         self.matcher.reset()
         self.stats = {"steps": 0, "forced": 0, "accepted": 0}
 
@@ -54,21 +80,26 @@ class ToolCallProcessor:
         self.stats["steps"] += 1
         words = self.matcher.mask()
         n = int(logits.shape[-1])
-        if self.matcher.mask_is_constant():
-            key = (id(words), type(logits).__module__, n, str(getattr(logits, "device", "")))
-            idx = self._const_cache.get(key)
-            if idx is None:
-                _, dis = mask_to_ids(words, n)
-                dis = np.concatenate([dis, np.arange(min(n, 32 * len(words)), n)]).astype(np.int64)
-                idx = self._to_index(dis, logits)
-                self._const_cache[key] = idx
-            return self._fill(logits, idx)
-        allowed_side, ids = mask_to_ids(words, n)
+        torch_side = type(logits).__module__.startswith("torch")
+        key = (words.tobytes(), n, torch_side, str(getattr(logits, "device", "")))
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._prepare(words, n, logits, torch_side)
+            self._cache[key] = hit
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        if not torch_side:
+            import mlx.core as mx
+
+            return mx.where(hit, logits, mx.array(float("-inf"), dtype=logits.dtype))
+        allowed_side, idx = hit
         if allowed_side:
-            return self._keep_only(logits, ids)
-        if n > 32 * len(words):
-            ids = np.concatenate([ids, np.arange(32 * len(words), n)])
-        return self._fill(logits, self._to_index(ids.astype(np.int64), logits))
+            return self._keep_only(logits, idx)
+        if idx.numel():
+            logits.index_fill_(-1, idx, float("-inf"))
+        return logits
 
     def accept(self, token_id: int) -> None:
         self.stats["accepted"] += 1
@@ -85,47 +116,25 @@ class ToolCallProcessor:
 
     # ------------------------------------------------------------------------------------------ backends
     @staticmethod
-    def _is_torch(x) -> bool:
-        return type(x).__module__.startswith("torch")
-
-    def _to_index(self, ids: np.ndarray, logits):
-        if self._is_torch(logits):
+    def _prepare(words: np.ndarray, n: int, logits, torch_side: bool):
+        if torch_side:
             import torch
 
-            return torch.from_numpy(ids).to(logits.device)
+            allowed_side, ids = mask_to_ids(words, n)
+            return allowed_side, torch.from_numpy(ids).to(logits.device)
         import mlx.core as mx
 
-        return mx.array(ids.astype(np.int32))
+        return mx.array(mask_to_bool(words, n))
 
-    def _fill(self, logits, idx):
-        if self._is_torch(logits):
-            if idx.numel():
-                logits.index_fill_(-1, idx, float("-inf"))
-            return logits
-        if idx.size == 0:
-            return logits
-        import mlx.core as mx
+    def _keep_only(self, logits, idx):
+        import torch
 
-        logits[idx] = mx.array(float("-inf"), dtype=logits.dtype)
-        return logits
-
-    def _keep_only(self, logits, ids: np.ndarray):
-        if self._is_torch(logits):
-            import torch
-
-            idx = torch.from_numpy(ids.astype(np.int64)).to(logits.device)
-            key = (logits.shape, logits.dtype, logits.device)
-            if getattr(self, "_neg_key", None) != key:  # preallocated all -inf buffer, reused every step
-                self._neg = torch.full(logits.shape, float("-inf"), dtype=logits.dtype, device=logits.device)
-                self._neg_key, self._neg_dirty = key, None
-            if self._neg_dirty is not None:
-                self._neg.index_fill_(-1, self._neg_dirty, float("-inf"))
-            self._neg.index_copy_(-1, idx, logits.index_select(-1, idx))
-            self._neg_dirty = idx
-            return self._neg  # O(allowed) work; valid until the next process() call
-        import mlx.core as mx
-
-        idx = mx.array(ids.astype(np.int32))
-        out = mx.full(logits.shape, float("-inf"), dtype=logits.dtype)
-        out[idx] = logits[idx]
-        return out
+        key = (logits.shape, logits.dtype, logits.device)
+        if self._neg_key != key:  # preallocated all -inf buffer, reused every step
+            self._neg = torch.full(logits.shape, float("-inf"), dtype=logits.dtype, device=logits.device)
+            self._neg_key, self._neg_dirty = key, None
+        if self._neg_dirty is not None:
+            self._neg.index_fill_(-1, self._neg_dirty, float("-inf"))
+        self._neg.index_copy_(-1, idx, logits.index_select(-1, idx))
+        self._neg_dirty = idx
+        return self._neg  # O(allowed) work; valid until the next process() call

@@ -81,8 +81,9 @@ def tool_for_schema(schema: Any, name: str = "f") -> tuple[dict, bool]:
         hoist = {k: schema[k] for k in ("$schema", "$defs", "definitions") if k in schema} if isinstance(schema, dict) else {}
         inner = schema
         if isinstance(schema, dict):
+            # draft-04 spells $id "id": a string there is a base URI too, and would break the rewritten refs
             inner = {k: v for k, v in schema.items() if k not in ("$schema", "$id", "$defs", "definitions")
-                     and k not in hoist}
+                     and k not in hoist and not (k == "id" and isinstance(v, str))}
             inner = _rewrite_refs(inner)
             hoist = {k: _rewrite_refs(v) for k, v in hoist.items()}
         params = {"type": "object", "properties": {"value": inner}, "required": ["value"],
@@ -224,15 +225,33 @@ def run_maskbench_split(split: str, fmt: str, tok, *, cap_instances: int | None 
 
 # ----------------------------------------------------------------------------------------- random sampling
 def sample_under_mask(grammar, rng: np.random.Generator, *, max_tokens: int = 400, close_after: int = 40,
-                      close_ids: list[int] | None = None, use_forced: bool = True) -> tuple[list[int], bool, int]:
-    """Random tokens under the mask (uniform among allowed ids; after `close_after` sampled steps, `close_ids`
-    are preferred whenever allowed so that strings/arrays end). Returns (ids, finished, n_forced)."""
+                      close_ids: list | None = None, use_forced: bool = True,
+                      p_close: float = 0.85) -> tuple[list[int], bool, int]:
+    """Random tokens under the mask, with a bias toward closing. Returns (ids, finished, n_forced).
+
+    The first `close_after` sampled steps are uniform among the allowed ids (wide exploration of the grammar).
+    After that, each step with probability `p_close` takes the first closer of `close_ids` whose first token the
+    mask allows (a priority list of token sequences, most closing first: see close_token_ids; a sequence, once
+    started, is continued while the mask allows its next token), otherwise a uniform allowed id. Every token is
+    still checked against the mask, so whatever finishes is a sample of the grammar; the bias only makes unbounded
+    strings/numbers/arrays end (uniform logits almost never pick the one closing token among ~248k allowed)."""
     m = grammar.matcher()
     ids: list[int] = []
     n_forced = 0
     steps = 0
     n = grammar.info.vocab_size
-    close = np.asarray(close_ids or [], dtype=np.int64)
+    seqs = [list(c) if isinstance(c, (list, tuple)) else [int(c)] for c in (close_ids or [])]
+    firsts = np.asarray([c[0] for c in seqs], dtype=np.int64)
+    pending: list[int] = []
+
+    def allowed_bit(words, t: int) -> bool:
+        return bool((int(words[t >> 5]) >> (t & 31)) & 1)
+
+    def take(t: int) -> None:
+        if not m.consume(t):
+            raise AssertionError(f"allowed token {t} rejected: {m.error}")
+        ids.append(t)
+
     while len(ids) < max_tokens and not m.is_done():
         if use_forced:
             ff = m.forced_tokens()
@@ -242,44 +261,54 @@ def sample_under_mask(grammar, rng: np.random.Generator, *, max_tokens: int = 40
                         raise AssertionError(f"forced token {t} rejected: {m.error}")
                 ids.extend(ff)
                 n_forced += len(ff)
+                pending = []
                 continue
         words = m.mask()
         steps += 1
-        if steps > close_after and close.size:
-            tc = grammar.info.tool_call_id
-            if not m.in_call_region() and tc is not None and (int(words[tc >> 5]) >> (tc & 31)) & 1:
-                ok = np.asarray([tc])  # free text ends with a call when one is allowed
-            else:
-                ok = close[((words[close >> 5] >> (close & 31)) & 1).astype(bool)]
+        if pending:
+            t, pending = pending[0], pending[1:]
+            if allowed_bit(words, t):
+                take(t)
+                continue
+            pending = []
+        if steps > close_after and firsts.size and rng.random() < p_close:
+            ok = np.flatnonzero(((words[firsts >> 5] >> (firsts & 31)) & 1).astype(bool))
             if ok.size:
-                t = int(rng.choice(ok))
-                if not m.consume(t):
-                    raise AssertionError(f"allowed token {t} rejected: {m.error}")
-                ids.append(t)
+                seq = seqs[int(ok[0])]
+                pending = seq[1:]
+                take(seq[0])
                 continue
         bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:n]
         allowed = np.flatnonzero(bits)
         if allowed.size == 0:
             raise AssertionError(f"empty mask (error={m.error})")
-        t = int(rng.choice(allowed))
-        if not m.consume(t):
-            raise AssertionError(f"allowed token {t} rejected: {m.error}")
-        ids.append(t)
+        take(int(rng.choice(allowed)))
     return ids, m.is_done(), n_forced
 
 
-def close_token_ids(tok) -> list[int]:
-    """Tokens that tend to end structures: quotes, brackets, digits, true/false/null, end tags, end of turn."""
-    out = set()
-    for s in ['"', "}", "]", '"}', "}}", '"]', "]}", "0", "1", "true", "false", "null", "\n", '",', "a", "x", " "]:
+# Closers, most closing first (each a text that the sampler feeds token by token while the mask allows it):
+#  * end of turn / of a call / of free text ("<tool_call>" is only allowed in free text, which it ends, and between
+#    calls, where "<|im_end|>" wins);
+#  * the XML raw-value delimiter: "\n" is never allowed inside compact JSON, so this only fires in raw XML values;
+#  * quote closers before bare brackets: inside a JSON string "}}" is content, a quote is what ends it;
+#  * brackets, minimal values (after "-", ":" ...), the XML end of function, and "\n" last.
+_CLOSERS = ["<|im_end|>", "</tool_call>", "<tool_call>", "\n</parameter>\n", '"}}', '"}', '"]}', '"]', '"', "}}",
+            "}", "]]", "]", "0", "1", "true", "null", "</function>", ","]
+
+
+def close_token_ids(tok) -> list[list[int]]:
+    """Priority list of closing token sequences for sample_under_mask (special tokens by id, texts tokenized)."""
+    out: list[list[int]] = []
+    for s in _CLOSERS:
+        if s in ("<|im_end|>", "</tool_call>", "<tool_call>"):
+            i = tok.token_to_id(s)
+            if i is not None:
+                out.append([i])
+            continue
         ids = tok.encode(s, add_special_tokens=False).ids
-        if len(ids) == 1:
-            out.add(ids[0])
-    for s in ["<tool_call>", "</tool_call>", "<|im_end|>"]:  # <tool_call>: the free text before a call ends too
-        i = tok.token_to_id(s)
-        if i is not None:
-            out.add(i)
-    return sorted(out)
+        if ids and ids not in out:
+            out.append(ids)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- timing bench

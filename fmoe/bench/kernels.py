@@ -2,8 +2,8 @@
 
 Measures, in one run and with the same thread count:
 
-* ``mem_read_gbps``: the best of a 1-thread numpy ``sum`` and a multi-thread ``torch.sum`` over a 1 GiB float32
-  array (bytes read / time);
+* ``mem_read_gbps``: the best of a 1-thread numpy ``sum``, the same split over ``threads`` Python threads and a
+  ``threads``-thread ``torch.sum`` over a 1 GiB float32 array (bytes read / time);
 * for bits 2, 3, 4, 8: ``TorchQLinear`` on a 1-row input for the Qwen3.5-397B expert shapes (gate/up: out=1024,
   in=4096; down: out=4096, in=1024) and out=4096, in=4096.  Throughput = (packed weight + scales + biases bytes) /
   time.  "cold": cycling through enough distinct matrices (``cold_set_mb``, default 256 MB) that they do not fit in
@@ -34,16 +34,6 @@ SQUARE = (4096, 4096)
 LM_HEAD = (248320, 4096)
 
 
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def _best_each(fns, repeats: int) -> float:
     """Run the sequence ``fns`` ``repeats`` times, timing each call; return sum_i min_r t[r][i].
 
@@ -72,6 +62,18 @@ def measure_mem_read(nbytes: int = 1 << 30, repeats: int = 5, threads: int = 2, 
     a = np.ones(nbytes // 4, dtype=np.float32)
     n = chunk // 4
     np_s = _best_each([lambda i=i: np.add.reduce(a[i:i + n]) for i in range(0, a.size, n)], repeats)
+    # the same numpy reduction on `threads` Python threads (numpy releases the GIL in reductions), each on its
+    # share of the slice
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as ex:
+        part = -(-n // threads)
+
+        def par_sum(i):
+            futs = [ex.submit(np.add.reduce, a[j:min(j + part, i + n)]) for j in range(i, i + n, part)]
+            return sum(f.result() for f in futs)
+
+        np_mt_s = _best_each([lambda i=i: par_sum(i) for i in range(0, a.size, n)], repeats)
     t = torch.from_numpy(a)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -79,8 +81,9 @@ def measure_mem_read(nbytes: int = 1 << 30, repeats: int = 5, threads: int = 2, 
         th_s = _best_each([lambda i=i: t[i:i + n].sum() for i in range(0, a.size, n)], repeats)
     finally:
         torch.set_num_threads(old)
-    res = {"numpy_sum_gbps": a.nbytes / np_s / 1e9, "torch_sum_gbps": a.nbytes / th_s / 1e9, "array_bytes": a.nbytes}
-    res["mem_read_gbps"] = max(res["numpy_sum_gbps"], res["torch_sum_gbps"])
+    res = {"numpy_sum_gbps": a.nbytes / np_s / 1e9, "numpy_sum_threads_gbps": a.nbytes / np_mt_s / 1e9,
+           "torch_sum_gbps": a.nbytes / th_s / 1e9, "array_bytes": a.nbytes}
+    res["mem_read_gbps"] = max(res["numpy_sum_gbps"], res["numpy_sum_threads_gbps"], res["torch_sum_gbps"])
     return res
 
 
@@ -200,6 +203,7 @@ def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_lis
     from fmoe.kernels import native
 
     torch.set_num_threads(threads)
+    load_before = _loadavg()
     repeats = repeats or (3 if quick else 7)
     cold_set_mb = cold_set_mb or (96.0 if quick else 256.0)
     mem = measure_mem_read(nbytes=(256 << 20) if quick else (1 << 30), repeats=repeats, threads=threads)
@@ -211,7 +215,8 @@ def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_lis
         "group_size": group_size,
         "dtype": dtype,
         "kernel": ("native-avx2" if native.has_simd() else "native-scalar") if native.load() else "torch",
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "machine": platform.machine()},
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(),
+                    "simd": _simd_flags()},
         "bits": {},
     }
     for bits in bits_list:
@@ -230,6 +235,7 @@ def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_lis
         s = bench_shapes([LM_HEAD], 4, group_size, 0.0, max(3, repeats // 2), dtype)
         res["lm_head_4bit"] = {"out": LM_HEAD[0], "in": LM_HEAD[1], "gbps": s["gbps"], "ratio": s["gbps"] / bw,
                                "ms_per_matvec": s["us_per_matvec"] / 1e3}
+    res["machine"]["loadavg_1min_before_after"] = [load_before, _loadavg()]
     if baselines:
         res["baselines_4bit_1024x4096"] = bench_baselines(1024, 4096, group_size, cold_set_mb, repeats)
     four = res["bits"].get("4")
@@ -244,6 +250,25 @@ def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_lis
         else:
             _print_table(res)
     return res
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _simd_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    fl = set(line.split(":", 1)[1].split())
+                    return " ".join(x for x in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni") if x in fl)
+    except OSError:
+        pass
+    return ""
 
 
 def _cpu_name() -> str:
@@ -262,11 +287,14 @@ def to_markdown(res: dict) -> str:
     lines = [
         "# Quantized mat-vec (batch 1) vs memory read bandwidth",
         "",
-        f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores; threads={res['threads']}; "
+        f"Machine: {res['machine']['cpu']} ({res['machine'].get('simd', '')}), {res['machine']['cores']} cores, "
+        f"1-min load average before/after {res['machine'].get('loadavg_1min_before_after')}; threads={res['threads']}; "
         f"group_size={res['group_size']}; activations {res['dtype']}; kernel `{res['kernel']}`.",
         "",
-        f"Memory read bandwidth: **{bw:.1f} GB/s** (numpy sum 1 thread {res['mem_read']['numpy_sum_gbps']:.1f}, "
-        f"torch sum {res['threads']} threads {res['mem_read']['torch_sum_gbps']:.1f}).",
+        f"Memory read bandwidth: **{bw:.1f} GB/s** = best of numpy sum 1 thread "
+        f"{res['mem_read']['numpy_sum_gbps']:.1f}, numpy sum {res['threads']} threads "
+        f"{res['mem_read']['numpy_sum_threads_gbps']:.1f}, torch sum {res['threads']} threads "
+        f"{res['mem_read']['torch_sum_gbps']:.1f} (1 GiB float32 array, per 32 MB slice).",
         "",
         "Cold = rotating through more distinct matrices than the last-level cache holds; hot = one matrix repeated.",
         "Headline = cold, rotating gate/up/down (1024x4096, 1024x4096, 4096x1024).",
@@ -317,9 +345,9 @@ def _print_table(res: dict) -> None:
         return
     bw = res["mem_read_gbps"]
     t = Table(title=f"quantized mat-vec, batch 1 ({res['kernel']}, {res['threads']} threads, "
-                    f"group {res['group_size']}); memory read {bw:.1f} GB/s")
-    for col in ("bits", "cold GB/s", "ratio", "vs 4-bit", "hot GB/s", "us/matvec", "1024x4096", "4096x1024",
-                "4096x4096"):
+                    f"group {res['group_size']}); memory read {bw:.1f} GB/s",
+              caption="GB/s of packed weights+scales+biases; cold = > LLC working set; ratio = cold / memory read")
+    for col in ("bits", "cold", "ratio", "/4-bit", "hot", "us", "1024x4096", "4096x1024", "4096x4096"):
         t.add_column(col, justify="right")
     for b, e in res["bits"].items():
         sh = e["shapes"]

@@ -1,6 +1,7 @@
 """MLX backend (Apple silicon; also runs, slowly, on Linux CPUs through ``mlx[cpu]``)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Sequence
 
 import mlx.core as mx
@@ -123,6 +124,10 @@ class MLXBackend:
 
     def take_rows(self, x, idx: np.ndarray):
         return x[mx.array(idx)]
+
+    @contextmanager
+    def step_context(self, tokens: int):
+        yield
 
     def sync(self) -> None:
         pass

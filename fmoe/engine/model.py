@@ -117,9 +117,13 @@ class Model:
     def forward(self, ids: Sequence[int], cache: ModelCache, all_logits: bool = False):
         """Feed ``ids`` (a prompt chunk or one token) after what ``cache`` holds; return the last token's logits
         ([vocab], float32) or, with ``all_logits``, every position's ([T, vocab])."""
+        ids = list(ids)
+        with self.B.step_context(len(ids)):
+            return self._forward(ids, cache, all_logits)
+
+    def _forward(self, ids: list[int], cache: ModelCache, all_logits: bool):
         t0 = time.perf_counter()
         B = self.B
-        ids = list(ids)
         T, offset = len(ids), cache.offset
         x = B.embedding(self.embed, ids)
         cos, sin = self.rope.tables(offset, T)

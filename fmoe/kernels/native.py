@@ -75,6 +75,9 @@ def build(verbose: bool = False) -> Path:
     os.close(fd)
     cmd = [cxx, *flags, str(_SRC), "-o", tmp]
     res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 and "-march=native" in cmd:  # e.g. compilers without -march=native: portable build
+        cmd = [c for c in cmd if c != "-march=native"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         os.unlink(tmp)
         raise RuntimeError(f"compiling {_SRC.name} failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")

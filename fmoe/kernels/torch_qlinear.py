@@ -9,7 +9,9 @@ are, no repacking) and ``__call__(x[..., in]) -> [..., out]``:
   |x|, far finer than bf16), products and sums are exact integers (vpmaddwd) and each group is scaled in float32;
   ``exact=True`` (or ``FMOE_QMV_EXACT=1``) keeps float32 activations and float32 FMAs instead (slower).  In both
   cases the result is float32, cast to ``dtype``; bf16 activations are widened first.
-* otherwise (prefill, CUDA, no compiler): dequantize to ``dtype`` with torch ops, then one matmul.
+* CPU, more rows (prefill): native dequantize to float32 (bit-identical to ``quant.dequantize``), one float32
+  GEMM, result cast to ``dtype``.
+* CUDA tensors, or no C++ compiler: dequantize with torch ops (on the tensors' device) to ``dtype``, one matmul.
 
 ``TorchQLinear.reference(x)`` is the pure torch path (dequantize in float32, float32 matmul) kept for
 correctness comparisons.
@@ -25,13 +27,15 @@ import numpy as np
 import torch
 
 from . import native
-from .quant import QuantizedWeight, check_bits_group
+from .quant import QuantizedWeight, _scales_to_f32, check_bits_group
 
 __all__ = ["TorchQLinear", "dequantize_torch", "to_torch_quantized", "NATIVE_MAX_ROWS"]
 
 # Up to this many rows the native mat-vec kernel runs (weights decoded once per row of x, from L1); above, the
 # weight is dequantized (native) and multiplied with one float32 GEMM.  Measured crossover: see KERNELS_NOTES.md.
-NATIVE_MAX_ROWS = int(os.environ.get("FMOE_QMV_MAX_ROWS", "32"))
+NATIVE_MAX_ROWS = int(os.environ.get("FMOE_QMV_MAX_ROWS", "64"))
+# Default of TorchQLinear(exact=None): float32 activations in the native kernel instead of int16.
+_EXACT_DEFAULT = os.environ.get("FMOE_QMV_EXACT", "0") not in ("0", "", "false", "no", "off")
 
 
 def _np_to_torch(a: np.ndarray) -> torch.Tensor:
@@ -118,10 +122,13 @@ class TorchQLinear:
 
     Args:
         q: the QuantizedWeight (numpy arrays or torch tensors; torch tensors may live on CUDA).
-        dtype: activation/output dtype (torch.float32 or torch.bfloat16).  The CPU decode kernel always computes in
-            float32; the dequantize + matmul path computes in ``dtype``.
-        backend: "auto" (native kernel for CPU decode when it builds), "native" (raise if unavailable) or "torch".
-        exact: native kernel with float32 activations instead of per-group int16 activations.
+        dtype: activation/output dtype (torch.float32 or torch.bfloat16).  On CPU the native kernels compute in
+            float32 (decode: int16-quantized activations, exact int32 products, float32 group scaling; prefill:
+            float32 dequantize + float32 GEMM) and cast the result to ``dtype``; the torch/CUDA path dequantizes to
+            ``dtype`` and multiplies in ``dtype``.
+        backend: "auto" (native kernel on CPU when it builds), "native" (raise if unavailable) or "torch".
+        exact: decode with float32 activations and FMAs instead of per-group int16 activations (about 1.6x slower;
+            default from ``FMOE_QMV_EXACT``, off).
     """
 
     def __init__(self, q: QuantizedWeight, dtype: torch.dtype = torch.float32, backend: str = "auto",
@@ -140,29 +147,51 @@ class TorchQLinear:
         self.in_features = q.in_features
         self.dtype = dtype
         if exact is None:
-            exact = os.environ.get("FMOE_QMV_EXACT", "0") not in ("0", "", "false", "no", "off")
+            exact = _EXACT_DEFAULT
         self.mode = 1 if exact else 0  # native kernel mode: 0 int16 activations, 1 float32, 2 scalar
-        w = _weight_tensor(q.weight)
-        s = _scale_tensor(q.scales)
-        b = _scale_tensor(q.biases)
-        if s.dtype != b.dtype:
-            s, b = s.float(), b.float()
-        self.device = w.device
         self._lib = None
+        self._q_torch: QuantizedWeight | None = None
+        is_np = isinstance(q.weight, np.ndarray)
+        self.device = torch.device("cpu") if is_np else q.weight.device
         if self.device.type == "cpu" and backend != "torch":
             self._lib = native.load()
             if self._lib is None and backend == "native":
                 raise RuntimeError(f"native kernel unavailable: {native.load_error()}")
-            if s.dtype == torch.float16:
-                s, b = s.float(), b.float()
-            w, s, b = w.contiguous(), s.contiguous(), b.contiguous()
         elif backend == "native":
             raise RuntimeError("the native kernel runs on CPU tensors only")
-        self.q = QuantizedWeight(w, s, b, q.bits, q.group_size)
-        self._scales_bf16 = int(s.dtype == torch.bfloat16)
+        if self._lib is not None and is_np:
+            # zero-copy: keep the numpy buffers (read-only ones too) and hand their addresses to the kernel
+            w = np.ascontiguousarray(q.weight)
+            s, b = np.ascontiguousarray(q.scales), np.ascontiguousarray(q.biases)
+            if w.dtype not in (np.uint32, np.int32):
+                raise ValueError(f"packed weight must be uint32, got {w.dtype}")
+            bf16 = s.dtype in (np.uint16, np.int16) and b.dtype in (np.uint16, np.int16)
+            if not bf16:
+                s, b = _scales_to_f32(s), _scales_to_f32(b)
+            self._src = QuantizedWeight(w, s, b, q.bits, q.group_size)
+            self._scales_bf16 = int(bf16)
+            self._wp, self._sp, self._bp = (a.__array_interface__["data"][0] for a in (w, s, b))
+        else:
+            w = _weight_tensor(q.weight)
+            s = _scale_tensor(q.scales)
+            b = _scale_tensor(q.biases)
+            if s.dtype != b.dtype or (self._lib is not None and s.dtype == torch.float16):
+                s, b = s.float(), b.float()
+            if self._lib is not None:
+                w, s, b = w.contiguous(), s.contiguous(), b.contiguous()
+                self._wp, self._sp, self._bp = w.data_ptr(), s.data_ptr(), b.data_ptr()
+            self._q_torch = QuantizedWeight(w, s, b, q.bits, q.group_size)
+            self._src = self._q_torch
+            self._scales_bf16 = int(s.dtype == torch.bfloat16)
         if self._lib is not None:
             self._fn = self._lib.fmoe_qmv
-            self._wp, self._sp, self._bp = w.data_ptr(), s.data_ptr(), b.data_ptr()
+
+    @property
+    def q(self) -> QuantizedWeight:
+        """The weight as torch tensors (int32 words, bf16/float scales); made lazily from numpy inputs."""
+        if self._q_torch is None:
+            self._q_torch = to_torch_quantized(self._src)
+        return self._q_torch
 
     @property
     def backend(self) -> str:
@@ -170,7 +199,7 @@ class TorchQLinear:
 
     @property
     def nbytes(self) -> int:
-        return self.q.nbytes
+        return self._src.nbytes
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The dense weight [out, in] (float32 arithmetic, bit-identical to quant.dequantize), as ``dtype``."""
