@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -147,6 +148,7 @@ def test_concurrent_prefetch_and_get(ck):
             r = np.random.default_rng(7)
             while not stop.is_set():
                 store.prefetch(int(r.integers(0, LAYERS)), r.choice(EXPERTS, 2, replace=False).tolist())
+                time.sleep(0.0002)   # a tight loop would hold the GIL and starve the reader, not test concurrency
 
         t = threading.Thread(target=prefetcher)
         t.start()
