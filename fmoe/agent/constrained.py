@@ -20,11 +20,17 @@ until the next process() call) holds -inf at every id the grammar disallows, inc
 (ids >= the tokenizer's size, and ids >= 32 * number of mask words when the logits are longer than the mask); so a
 caller's own -inf write into that tail (the generator's vocab_limit) is harmless.
 forced() exposes the grammar's fast-forward run (llguidance compute_ff_tokens) for the generator's batched pass.
+
+Overlap: the generator calls begin() right before each forward pass; inside the call region the next mask is then
+computed on a worker thread (llguidance's mask computation runs in Rust without the GIL) while the engine computes
+the logits, so process() only waits for a finished mask and applies it. No matcher method runs while a mask is
+pending: accept()/forced()/done() first wait for it.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -32,6 +38,7 @@ from fmoe.agent.grammar import Grammar, GrammarError
 
 _SHIFTS = np.arange(32, dtype=np.int64)
 _CACHE_SIZE = 64
+_MASK_POOL = ThreadPoolExecutor(1, thread_name_prefix="fmoe-mask")
 
 
 def mask_to_ids(words: np.ndarray, n: int) -> tuple[bool, np.ndarray]:
@@ -69,16 +76,32 @@ class ToolCallProcessor:
         self._neg = None
         self._neg_key = None
         self._neg_dirty = None
-        self.stats = {"steps": 0, "forced": 0, "accepted": 0}
+        self._pending = None
+        self.stats = {"steps": 0, "forced": 0, "accepted": 0, "overlapped": 0}
 
     def reset(self) -> None:
+        self._settle()
         self.matcher.reset()
-        self.stats = {"steps": 0, "forced": 0, "accepted": 0}
+        self.stats = {"steps": 0, "forced": 0, "accepted": 0, "overlapped": 0}
 
     # ------------------------------------------------------------------------------------------ protocol
+    def begin(self) -> None:
+        """Start computing the next step's mask while the engine runs its forward pass (call region only: the
+        free-text masks are constants)."""
+        if self._pending is None and not self.matcher.mask_is_constant():
+            self._pending = _MASK_POOL.submit(lambda: self.matcher.mask().copy())
+
+    def _settle(self):
+        words, self._pending = (self._pending.result() if self._pending is not None else None), None
+        return words
+
     def process(self, logits):
         self.stats["steps"] += 1
-        words = self.matcher.mask()
+        words = self._settle()
+        if words is None:
+            words = self.matcher.mask()
+        else:
+            self.stats["overlapped"] += 1
         n = int(logits.shape[-1])
         torch_side = type(logits).__module__.startswith("torch")
         key = (words.tobytes(), n, torch_side, str(getattr(logits, "device", "")))
@@ -102,16 +125,19 @@ class ToolCallProcessor:
         return logits
 
     def accept(self, token_id: int) -> None:
+        self._settle()
         self.stats["accepted"] += 1
         if not self.matcher.consume(int(token_id)):
             raise GrammarError(f"token {token_id} is not allowed by the tool grammar: {self.matcher.error}")
 
     def forced(self) -> list[int]:
+        self._settle()
         ff = self.matcher.forced_tokens()
         self.stats["forced"] += len(ff)
         return ff
 
     def done(self) -> bool:
+        self._settle()
         return self.matcher.is_done()
 
     # ------------------------------------------------------------------------------------------ backends

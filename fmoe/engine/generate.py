@@ -162,6 +162,10 @@ class Generation:
                 if len(self.tokens) >= self.max_tokens:
                     st.finish_reason = "length"
                     return
+                for p in self.processors:   # e.g. the grammar computes its next mask during the forward pass
+                    begin = getattr(p, "begin", None)
+                    if begin is not None:
+                        begin()
                 logits = m.forward(feed, self.cache)
                 st.forward_passes += 1
         finally:
