@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fmoe.errors import LayoutError, ExpertReadError, ChecksumError
-from fmoe.kernels.quant import QuantizedWeight
+from fmoe.kernels.quant import QuantizedWeight, bf16_to_f32
 
 FORMAT = "fmoe-streaming"
 FORMAT_VERSION = 1
@@ -68,29 +68,6 @@ _NP_TO_ST = {np.dtype(np.uint32): "U32", np.dtype(np.int32): "I32", np.dtype(np.
 
 def _round_up(n: int, a: int) -> int:
     return (n + a - 1) // a * a
-
-
-def _bf16_bits_to_f32(u16: np.ndarray) -> np.ndarray:
-    return (u16.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """numpy / torch / mlx array -> numpy (bf16 torch/mlx tensors -> float32)."""
-    if isinstance(x, np.ndarray):
-        return x
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        import torch
-        t = x.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        return t.numpy()
-    if mod.startswith("mlx"):
-        import mlx.core as mx
-        if x.dtype == mx.bfloat16:
-            x = x.astype(mx.float32)
-        return np.array(x)
-    return np.asarray(x)
 
 
 def _qw_numpy(q: QuantizedWeight) -> QuantizedWeight:
@@ -368,7 +345,7 @@ class StreamingCheckpoint:
             return QuantizedWeight(w, s, b, int(info["bits"]), int(info["group_size"]))
         a, st_dtype = arrays[0]
         if st_dtype == "BF16":
-            return _bf16_bits_to_f32(a)
+            return bf16_to_f32(a)
         if a.dtype.kind == "f":
             return a.astype(np.float32, copy=False)
         return a
@@ -493,7 +470,7 @@ class StreamingWriter:
             self._ne_entries[name] = {"kind": "quantized", "bits": q.bits, "group_size": q.group_size,
                                       "shape": [q.out_features, q.in_features], "stored": stored, "crc32": crcs}
             return
-        a = _to_numpy(value)
+        a = np.asarray(value)
         if a.dtype.kind == "f":
             a32 = np.ascontiguousarray(a, dtype=np.float32)
             u = a32.view(np.uint32)
