@@ -110,3 +110,32 @@ def test_tokenizer_config_has_the_chat_template():
     cfg = json.loads((MODEL_DIR / "tokenizer_config.json").read_text())
     assert cfg["chat_template"] == (MODEL_DIR / "chat_template.jinja").read_text()
     assert cfg["eos_token"] == "<|im_end|>"
+
+
+def test_v3_vocab_entities_cover_the_vocabulary_and_avoid_heldout():
+    """demo-data-v3: invented training entities are joined from the tokenizer's letter pieces (so every piece is
+    seen as something to copy) and never name or contain a held-out entity."""
+    starts, conts = datagen.vocab_pieces()
+    assert len(starts) > 500 and len(conts) > 1500
+    g = datagen.Gen(1234, "train", 0)
+    seen = set()
+    for pool in ("word", "name", "unknown_city"):
+        for _ in range(1500):
+            w = g.vocab_entity(pool)
+            assert not datagen._touches_heldout(w), w
+            seen.add(w.lower())
+    held = {x.lower() for p in datagen.pools("heldout").values() for x in p}
+    assert not seen & held
+
+
+def test_v3_missing_tool_is_conditioned_on_the_tools_block():
+    """Training apologies for a missing tool use the positive family's phrasing, and the tool is never offered."""
+    recs = datagen.generate(1234, "train", 200)
+    missing = [r for r in recs if r["messages"][-1]["content"].startswith("Sorry, I don't have a tool to")]
+    assert len(missing) >= 5
+    by_what = {v: k for k, v in datagen.MISSING_TOOL_WHAT.items()}
+    for r in missing:
+        what = r["messages"][-1]["content"][len("Sorry, I don't have a tool to "):-len(" here.")]
+        assert by_what[what] not in r["tools"], r["id"]
+    # the held-out split is generated exactly as in demo-data-v2
+    assert datagen.HELDOUT_STREAM == "demo-data-v2"

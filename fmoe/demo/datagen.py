@@ -36,7 +36,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-DATA_VERSION = "demo-data-v1"
+DATA_VERSION = "demo-data-v3"
+# The held-out split is generated exactly as in demo-data-v2 (same random stream, kinds and phrasings): v3 changes
+# only the training distribution, so the held-out numbers of every checkpoint compare on the same cases and the
+# built-in eval suite (fmoe/agent/suites/demo_heldout.yaml, made from heldout.jsonl) stays current.
+HELDOUT_STREAM = "demo-data-v2"
 DEFAULT_SEED = 1234
 SPLITS = ("train", "heldout")
 TOOL_NAMES = ("calculator", "list_files", "read_file", "write_file", "search_files", "current_time",
@@ -179,6 +183,72 @@ Asia/Shanghai Asia/Jakarta America/New_York America/Chicago America/Denver Ameri
 America/Sao_Paulo America/Mexico_City Africa/Cairo Africa/Nairobi Africa/Lagos Australia/Sydney
 Australia/Perth Pacific/Auckland Europe/Warsaw Europe/Prague Europe/Dublin Asia/Manila""".split()
 
+MORE_TIMEZONES = """Africa/Abidjan Africa/Accra Africa/Addis_Ababa Africa/Algiers Africa/Asmara Africa/Asmera Africa/Bamako
+Africa/Bangui Africa/Banjul Africa/Bissau Africa/Blantyre Africa/Brazzaville Africa/Bujumbura Africa/Cairo
+Africa/Casablanca Africa/Ceuta Africa/Conakry Africa/Dakar Africa/Dar_es_Salaam Africa/Djibouti Africa/Douala
+Africa/El_Aaiun Africa/Freetown Africa/Gaborone Africa/Harare Africa/Johannesburg Africa/Juba Africa/Kampala
+Africa/Khartoum Africa/Kigali Africa/Kinshasa Africa/Lagos Africa/Libreville Africa/Lome Africa/Luanda
+Africa/Lubumbashi Africa/Lusaka Africa/Malabo Africa/Maputo Africa/Maseru Africa/Mbabane Africa/Mogadishu
+Africa/Monrovia Africa/Nairobi Africa/Ndjamena Africa/Niamey Africa/Nouakchott Africa/Ouagadougou Africa/Porto-Novo
+Africa/Sao_Tome Africa/Timbuktu Africa/Tripoli Africa/Tunis Africa/Windhoek America/Adak America/Anchorage
+America/Anguilla America/Antigua America/Araguaina America/Aruba America/Asuncion America/Atikokan America/Atka
+America/Bahia America/Bahia_Banderas America/Barbados America/Belem America/Belize America/Blanc-Sablon
+America/Boa_Vista America/Bogota America/Boise America/Buenos_Aires America/Cambridge_Bay America/Campo_Grande
+America/Cancun America/Caracas America/Catamarca America/Cayenne America/Cayman America/Chicago America/Chihuahua
+America/Ciudad_Juarez America/Coral_Harbour America/Cordoba America/Costa_Rica America/Coyhaique America/Creston
+America/Cuiaba America/Curacao America/Danmarkshavn America/Dawson America/Dawson_Creek America/Denver
+America/Detroit America/Dominica America/Edmonton America/Eirunepe America/El_Salvador America/Ensenada
+America/Fort_Nelson America/Fort_Wayne America/Fortaleza America/Glace_Bay America/Godthab America/Goose_Bay
+America/Grand_Turk America/Grenada America/Guadeloupe America/Guatemala America/Guayaquil America/Guyana
+America/Halifax America/Havana America/Hermosillo America/Indianapolis America/Inuvik America/Iqaluit
+America/Jamaica America/Jujuy America/Juneau America/Knox_IN America/Kralendijk America/La_Paz America/Lima
+America/Los_Angeles America/Louisville America/Lower_Princes America/Maceio America/Managua America/Manaus
+America/Marigot America/Martinique America/Matamoros America/Mazatlan America/Mendoza America/Menominee
+America/Merida America/Metlakatla America/Mexico_City America/Miquelon America/Moncton America/Monterrey
+America/Montevideo America/Montreal America/Montserrat America/Nassau America/New_York America/Nipigon America/Nome
+America/Noronha America/Nuuk America/Ojinaga America/Panama America/Pangnirtung America/Paramaribo America/Phoenix
+America/Port-au-Prince America/Port_of_Spain America/Porto_Acre America/Porto_Velho America/Puerto_Rico
+America/Punta_Arenas America/Rainy_River America/Rankin_Inlet America/Recife America/Regina America/Resolute
+America/Rio_Branco America/Rosario America/Santa_Isabel America/Santarem America/Santiago America/Santo_Domingo
+America/Sao_Paulo America/Scoresbysund America/Shiprock America/Sitka America/St_Barthelemy America/St_Johns
+America/St_Kitts America/St_Lucia America/St_Thomas America/St_Vincent America/Swift_Current America/Tegucigalpa
+America/Thule America/Thunder_Bay America/Tijuana America/Toronto America/Tortola America/Vancouver America/Virgin
+America/Whitehorse America/Winnipeg America/Yakutat America/Yellowknife Asia/Aden Asia/Almaty Asia/Amman Asia/Anadyr
+Asia/Aqtau Asia/Aqtobe Asia/Ashgabat Asia/Ashkhabad Asia/Atyrau Asia/Baghdad Asia/Bahrain Asia/Baku Asia/Bangkok
+Asia/Barnaul Asia/Beirut Asia/Bishkek Asia/Brunei Asia/Calcutta Asia/Chita Asia/Choibalsan Asia/Chongqing
+Asia/Chungking Asia/Colombo Asia/Dacca Asia/Damascus Asia/Dhaka Asia/Dili Asia/Dubai Asia/Dushanbe Asia/Famagusta
+Asia/Gaza Asia/Harbin Asia/Hebron Asia/Ho_Chi_Minh Asia/Hong_Kong Asia/Hovd Asia/Irkutsk Asia/Istanbul Asia/Jakarta
+Asia/Jayapura Asia/Jerusalem Asia/Kabul Asia/Kamchatka Asia/Karachi Asia/Kashgar Asia/Kathmandu Asia/Katmandu
+Asia/Khandyga Asia/Kolkata Asia/Krasnoyarsk Asia/Kuala_Lumpur Asia/Kuching Asia/Kuwait Asia/Macao Asia/Macau
+Asia/Magadan Asia/Makassar Asia/Manila Asia/Muscat Asia/Nicosia Asia/Novokuznetsk Asia/Novosibirsk Asia/Omsk
+Asia/Oral Asia/Phnom_Penh Asia/Pontianak Asia/Pyongyang Asia/Qatar Asia/Qostanay Asia/Qyzylorda Asia/Rangoon
+Asia/Riyadh Asia/Saigon Asia/Sakhalin Asia/Samarkand Asia/Seoul Asia/Shanghai Asia/Singapore Asia/Srednekolymsk
+Asia/Taipei Asia/Tashkent Asia/Tbilisi Asia/Tehran Asia/Tel_Aviv Asia/Thimbu Asia/Thimphu Asia/Tokyo Asia/Tomsk
+Asia/Ujung_Pandang Asia/Ulaanbaatar Asia/Ulan_Bator Asia/Urumqi Asia/Ust-Nera Asia/Vientiane Asia/Vladivostok
+Asia/Yakutsk Asia/Yangon Asia/Yekaterinburg Asia/Yerevan Atlantic/Azores Atlantic/Bermuda Atlantic/Canary
+Atlantic/Cape_Verde Atlantic/Faeroe Atlantic/Faroe Atlantic/Jan_Mayen Atlantic/Madeira Atlantic/Reykjavik
+Atlantic/South_Georgia Atlantic/St_Helena Atlantic/Stanley Australia/ACT Australia/Adelaide Australia/Brisbane
+Australia/Broken_Hill Australia/Canberra Australia/Currie Australia/Darwin Australia/Eucla Australia/Hobart
+Australia/LHI Australia/Lindeman Australia/Lord_Howe Australia/Melbourne Australia/NSW Australia/North
+Australia/Perth Australia/Queensland Australia/South Australia/Sydney Australia/Tasmania Australia/Victoria
+Australia/West Australia/Yancowinna Europe/Amsterdam Europe/Andorra Europe/Astrakhan Europe/Athens Europe/Belfast
+Europe/Belgrade Europe/Berlin Europe/Bratislava Europe/Brussels Europe/Bucharest Europe/Budapest Europe/Busingen
+Europe/Chisinau Europe/Copenhagen Europe/Dublin Europe/Gibraltar Europe/Guernsey Europe/Helsinki Europe/Isle_of_Man
+Europe/Istanbul Europe/Jersey Europe/Kaliningrad Europe/Kiev Europe/Kirov Europe/Kyiv Europe/Lisbon Europe/Ljubljana
+Europe/London Europe/Luxembourg Europe/Madrid Europe/Malta Europe/Mariehamn Europe/Minsk Europe/Monaco Europe/Moscow
+Europe/Nicosia Europe/Oslo Europe/Paris Europe/Podgorica Europe/Prague Europe/Riga Europe/Rome Europe/Samara
+Europe/San_Marino Europe/Sarajevo Europe/Saratov Europe/Simferopol Europe/Skopje Europe/Sofia Europe/Stockholm
+Europe/Tallinn Europe/Tirane Europe/Tiraspol Europe/Ulyanovsk Europe/Uzhgorod Europe/Vaduz Europe/Vatican
+Europe/Vienna Europe/Vilnius Europe/Volgograd Europe/Warsaw Europe/Zagreb Europe/Zaporozhye Europe/Zurich
+Indian/Antananarivo Indian/Chagos Indian/Christmas Indian/Cocos Indian/Comoro Indian/Kerguelen Indian/Mahe
+Indian/Maldives Indian/Mauritius Indian/Mayotte Indian/Reunion Pacific/Apia Pacific/Auckland Pacific/Bougainville
+Pacific/Chatham Pacific/Chuuk Pacific/Easter Pacific/Efate Pacific/Enderbury Pacific/Fakaofo Pacific/Fiji
+Pacific/Funafuti Pacific/Galapagos Pacific/Gambier Pacific/Guadalcanal Pacific/Guam Pacific/Honolulu
+Pacific/Johnston Pacific/Kanton Pacific/Kiritimati Pacific/Kosrae Pacific/Kwajalein Pacific/Majuro Pacific/Marquesas
+Pacific/Midway Pacific/Nauru Pacific/Niue Pacific/Norfolk Pacific/Noumea Pacific/Pago_Pago Pacific/Palau
+Pacific/Pitcairn Pacific/Pohnpei Pacific/Ponape Pacific/Port_Moresby Pacific/Rarotonga Pacific/Saipan Pacific/Samoa
+Pacific/Tahiti Pacific/Tarawa Pacific/Tongatapu Pacific/Truk Pacific/Wake Pacific/Wallis Pacific/Yap""".split()
+
 DIRS = ["notes", "docs", "data", "reports", "src", "logs", "config", "drafts", "archive", "misc"]
 EXTS = [".txt", ".md", ".log", ".csv"]
 
@@ -215,9 +285,88 @@ def pools(split: str) -> dict[str, list[str]]:
         "name": _split_pool(NAMES, split),
         "city": _split_pool(WEATHER, split),
         "unknown_city": _split_pool(UNKNOWN_CITIES, split),
-        "tz": _split_pool(TIMEZONES, split),
+        # training also draws from every other zone, so zone names are copied rather than recalled
+        "tz": _split_pool(TIMEZONES, split) + ([z for z in MORE_TIMEZONES if z not in
+                                                set(TIMEZONES)] if split == "train" else []),
         "item": _split_pool(ITEMS, split),
     }
+
+
+ONSETS = ["b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "br", "ch",
+          "cl", "dr", "gr", "kr", "pl", "sh", "st", "th", "tr", "qu", ""]
+VOWELS = ["a", "e", "i", "o", "u", "a", "e", "o", "ai", "ea", "ou", "y"]
+CODAS = ["n", "r", "l", "s", "t", "m", "x", "nd", "rk", "st"]
+
+
+@lru_cache(maxsize=1)
+def _heldout_words() -> frozenset:
+    return frozenset(x for pool in pools("heldout").values() for x in pool for x in (x, x.lower()))
+
+
+@lru_cache(maxsize=1)
+def _heldout_entities() -> tuple[frozenset, tuple]:
+    """Lower-cased held-out entities of every pool, and their parts (time zones split at '/')."""
+    ents = set()
+    for pool in pools("heldout").values():
+        for x in pool:
+            ents.add(x.lower())
+            ents.update(y.lower() for y in x.replace("_", "/").split("/") if y)
+    return frozenset(ents), tuple(sorted(e for e in ents if len(e) >= 4))
+
+
+def _touches_heldout(w: str) -> bool:
+    """True if ``w`` is a held-out entity or contains one (of 4+ letters): invented training strings avoid them."""
+    exact, long_ = _heldout_entities()
+    lw = w.lower()
+    return lw in exact or any(e in lw for e in long_)
+
+
+VOCAB_ENTITY_P = 0.4  # share of training words, names and unknown cities built from vocabulary pieces (v3)
+
+
+@lru_cache(maxsize=1)
+def vocab_pieces(path: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Letter pieces of the shipped tokenizer's BPE vocabulary: (word starts, continuations).
+
+    A token counts if its text (byte-level decoded) is letters, optionally after one leading space, quote, slash,
+    dot, underscore or dash (the pre-tokenizer glues one such character to the letters that follow). Starts are the
+    pieces that begin a word (that leading character, or none); continuations are all letter pieces."""
+    from_path = Path(path) if path else TEMPLATE_PATH.parent / "tokenizer.json"
+    vocab = json.loads(from_path.read_text(encoding="utf-8"))["model"]["vocab"]
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    dec = {chr(c): b for b, c in zip(bs, cs)}
+    starts, conts = set(), set()
+    for t in vocab:
+        try:
+            text = bytes(dec[ch] for ch in t).decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            continue
+        core = text[1:] if text[:1] in " \"/._-" else text
+        if core and core.isascii() and core.isalpha():
+            conts.add(core)
+            if core != text:
+                starts.add(core)
+    return tuple(sorted(starts)), tuple(sorted(conts))
+
+
+class _HeldoutWords:
+    def __contains__(self, w):
+        return w in _heldout_words()
+
+
+HELDOUT_WORDS = _HeldoutWords()
+INVENTED = {
+    "word": lambda g: g.syllables(1, 3).lower(),
+    "name": lambda g: g.syllables(1, 3).capitalize(),
+    "unknown_city": lambda g: " ".join(g.syllables(1, 3).capitalize() for _ in range(g.r.choice([1, 1, 1, 2]))),
+}
 
 
 class Gen:
@@ -225,7 +374,8 @@ class Gen:
 
     def __init__(self, seed: int, split: str, index: int):
         self.split = split
-        self.r = random.Random(f"{DATA_VERSION}/{seed}/{split}/{index}")
+        stream = HELDOUT_STREAM if split == "heldout" else DATA_VERSION
+        self.r = random.Random(f"{stream}/{seed}/{split}/{index}")
         self.p = pools(split)
 
     def ok(self, text: str) -> bool:
@@ -235,8 +385,43 @@ class Gen:
         return self.r.choice(seq)
 
     def pick(self, pool: str, k: int = 1):
-        xs = self.r.sample(self.p[pool], k)
+        """k distinct entities of a pool. In training, words, names and unknown cities are often invented
+        (random syllables), so the model learns to copy any string rather than recall a closed set."""
+        if self.split == "train" and pool in INVENTED:
+            xs: list[str] = []
+            while len(xs) < k:
+                u = self.r.random()
+                x = (self.vocab_entity(pool) if u < VOCAB_ENTITY_P else INVENTED[pool](self) if u < 0.7
+                     else self.r.choice(self.p[pool]))
+                if x not in xs:
+                    xs.append(x)
+        else:
+            xs = self.r.sample(self.p[pool], k)
         return xs if k > 1 else xs[0]
+
+    def vocab_entity(self, pool: str) -> str:
+        """An invented string joined from 1-3 random letter pieces of the tokenizer's vocabulary (v3), so every
+        piece occurs in training as something to copy. Names and cities are capitalised; never a held-out entity."""
+        starts, conts = vocab_pieces()
+        while True:
+            n = self.r.choice([1, 2, 2, 3])
+            parts = [self.r.choice(starts)] + [self.r.choice(conts) for _ in range(n - 1)]
+            w = "".join(parts)
+            if pool == "word":
+                w = w.lower() if self.r.random() < 0.7 else w
+            else:
+                w = w[0].upper() + w[1:]
+                if pool == "unknown_city" and self.r.random() < 0.2:
+                    w += " " + self.r.choice(starts).capitalize()
+            if 2 <= len(w) <= 24 and not _touches_heldout(w):
+                return w
+
+    def syllables(self, lo: int, hi: int) -> str:
+        while True:
+            w = "".join(self.r.choice(ONSETS) + self.r.choice(VOWELS) + (self.r.choice(CODAS) if self.r.random() < 0.3
+                                                                         else "") for _ in range(self.r.randint(lo, hi)))
+            if w.lower() not in HELDOUT_WORDS and w.capitalize() not in HELDOUT_WORDS:
+                return w
 
     def int_(self, lo: int, hi: int) -> int:
         while True:
@@ -381,6 +566,8 @@ def _weather_text(d: dict) -> str:
 
 def t_weather(c: Conv):
     g = c.g
+    if g.r.random() < 0.3:
+        return t_error_city(c)
     city = g.pick("city")
     unit = g.choice([None, None, "celsius", "fahrenheit", "fahrenheit"])
     if unit is None:
@@ -448,7 +635,7 @@ def make_workspace(g: Gen) -> dict[str, str]:
     """3-6 small files in 1-3 folders, each with one distinctive fact."""
     files: dict[str, str] = {}
     dirs = g.r.sample(DIRS, g.r.randint(1, 3))
-    stems = g.r.sample(g.p["word"], 8)
+    stems = g.pick("word", 8)
     n = g.r.randint(3, 6)
     for i in range(n):
         d = g.choice(dirs + [""]) if i else dirs[0]
@@ -470,6 +657,13 @@ def _fact(g: Gen, stem: str) -> str:
     if k == 4:
         return f"Project {stem} is owned by {g.pick('name')}."
     return f"The code word is {g.pick('word')}."
+
+
+def _new_stem(g: Gen, ws: dict) -> str:
+    while True:
+        w = g.pick("word")
+        if not any(w in p for p in ws):
+            return w
 
 
 def _numbers_file(g: Gen) -> tuple[str, list]:
@@ -562,7 +756,7 @@ def t_search(c: Conv, ws: dict):
 def t_write(c: Conv, ws: dict):
     g = c.g
     folder = g.choice(["", ""] + sorted({p.split("/")[0] for p in ws if "/" in p}))
-    stem = g.choice([w for w in g.p["word"] if not any(w in p for p in ws)])
+    stem = _new_stem(g, ws)
     path = (folder + "/" if folder else "") + stem + g.choice([".txt", ".md"])
     content = _fact(g, stem)
     req = g.choice(["Create a file {p} containing: {t}", "Write '{t}' to {p}.",
@@ -599,7 +793,7 @@ def t_search_then_read(c: Conv, ws: dict):
 def t_sum_file(c: Conv, ws: dict):
     g = c.g
     folder = g.choice(["data", "reports", "data", "misc"])
-    stem = g.choice([w for w in g.p["word"] if not any(w in p for p in ws)])
+    stem = _new_stem(g, ws)
     path = f"{folder}/{stem}.txt"
     text, vals = _numbers_file(g)
     ws[path] = text
@@ -769,11 +963,34 @@ MISSING_TOOL_REQUESTS = {
 }
 
 
-def t_missing_tool(c: Conv, missing: str):
+# v3 (training only): the missing-tool request is phrased by the same family that makes the positive case (the
+# tool offered -> a call), so a phrasing never predicts the apology by itself: only the offered tools decide.
+MISSING_TOOL_WHAT = {"get_weather": "check the weather", "calculator": "do calculations", "read_file": "read files",
+                     "current_time": "tell the time", "convert_units": "convert units", "list_files": "list files",
+                     "search_files": "search files", "write_file": "write files"}
+
+
+def _contrast_request(c: Conv, missing: str, ws: dict) -> str:
+    """The user request the positive family for ``missing`` would make (its turns are built, then dropped)."""
+    sub = Conv(c.g, c.ex)
+    sub.ex_write = c.ex_write
+    fam = {"get_weather": lambda: t_weather(sub), "calculator": lambda: t_calculator(sub),
+           "read_file": lambda: t_read(sub, ws), "current_time": lambda: t_time(sub),
+           "convert_units": lambda: t_convert(sub), "list_files": lambda: t_list(sub, ws),
+           "search_files": lambda: t_search(sub, ws), "write_file": lambda: t_write(sub, ws)}[missing]
+    fam()
+    return sub.messages[0]["content"]
+
+
+def t_missing_tool(c: Conv, missing: str, ws: dict | None = None):
     g = c.g
-    tmpl, what = MISSING_TOOL_REQUESTS[missing]
-    c.user(_cap(g, tmpl.format(city=g.pick("city"), a=g.number_for_operand(), b=g.number_for_operand(),
-                               path=g.pick("word") + ".txt", tz=g.pick("tz"))))
+    if g.split == "train":
+        c.user(_contrast_request(c, missing, dict(ws or {})))
+        what = MISSING_TOOL_WHAT[missing]
+    else:
+        tmpl, what = MISSING_TOOL_REQUESTS[missing]
+        c.user(_cap(g, tmpl.format(city=g.pick("city"), a=g.number_for_operand(), b=g.number_for_operand(),
+                                   path=g.pick("word") + ".txt", tz=g.pick("tz"))))
     c.answer(f"Sorry, I don't have a tool to {what} here.")
     return [], ["Sorry"]
 
@@ -803,7 +1020,9 @@ def t_direct(c: Conv, offered: list[str]):
 
 
 KINDS = ("direct", "single", "sequence", "parallel", "error", "no_tool")
-KIND_WEIGHTS = (0.07, 0.38, 0.2, 0.13, 0.1, 0.12)
+KIND_WEIGHTS = (0.07, 0.38, 0.2, 0.13, 0.1, 0.12)          # held-out split (as in v2)
+TRAIN_KIND_WEIGHTS = (0.06, 0.36, 0.17, 0.11, 0.14, 0.16)   # v3 training: more unknown-city errors and missing tools
+TRAIN_MISSING_P = 0.6                                         # of training no_tool: the needed tool is not offered
 
 
 def _executor_write(ex: Executor):
@@ -826,7 +1045,8 @@ def make_example(seed: int, split: str, index: int) -> dict:
 
 def _make_example(seed: int, split: str, index: int, attempt: int) -> dict:
     g = Gen(seed, split, index * 1000 + attempt)
-    kind = g.r.choices(KINDS, KIND_WEIGHTS)[0]
+    train = split == "train"
+    kind = g.r.choices(KINDS, TRAIN_KIND_WEIGHTS if train else KIND_WEIGHTS)[0]
     ws = make_workspace(g)
     time_seed = g.r.randint(0, 10**9)
     with Executor(ws, time_seed=time_seed) as ex:
@@ -864,9 +1084,9 @@ def _make_example(seed: int, split: str, index: int, attempt: int) -> dict:
             needed, check = {"city": lambda: t_error_city(c), "path": lambda: t_error_path(c, ws),
                              "div0": lambda: t_error_div0(c)}[fn]()
         else:
-            if g.r.random() < 0.35:
-                missing = g.choice(sorted(MISSING_TOOL_REQUESTS))
-                needed, check = t_missing_tool(c, missing)
+            if g.r.random() < (TRAIN_MISSING_P if train else 0.35):
+                missing = g.choice(sorted(MISSING_TOOL_WHAT if train else MISSING_TOOL_REQUESTS))
+                needed, check = t_missing_tool(c, missing, ws)
                 offered_extra = ["!" + missing]
             else:
                 needed, check = t_no_tool(c)

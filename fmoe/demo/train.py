@@ -1,4 +1,4 @@
-"""Train the demo Qwen3.5-MoE model on the synthetic tool-calling corpus (GPU; a tiny CPU run is the smoke test).
+"""Train the demo Qwen3.5-MoE model on the synthetic tool-calling corpus (GPU, or a CPU fine-tune: ``--cpu-dtype``).
 
     python -m fmoe.demo.train --data runs/demo_data/train.jsonl.gz --schemas runs/demo_data/schemas.json \
         --tokenizer fmoe/demo/model --heldout fmoe/demo/heldout.jsonl --out OUT --minutes 8
@@ -9,10 +9,18 @@ warmup then a cosine schedule over the wall-clock budget, router load-balancing 
 (``save_pretrained``, bf16 safetensors + tokenizer files + generation config), OUT/loss_curve.json and
 OUT/summary.json; prints the log. Needs torch, transformers (Qwen3.5-MoE), tokenizers and jinja2 only (not the
 fmoe tools: the corpus already holds the tool results, and the schemas come from --schemas).
+
+CPU mode (no GPU): ``--threads`` intra-op threads, ``--cpu-dtype fp32`` (plain) or ``bf16`` (autocast), and
+``--ckpt-minutes M`` saves OUT/model (bf16, overwritten) every M minutes so that a partial run is usable:
+
+    python -m fmoe.demo.train --data D/train.jsonl.gz --schemas D/schemas.json --init fmoe/demo/model \
+        --heldout fmoe/demo/heldout.jsonl --heldout-limit 40 --out runs/demo_cpu/run --minutes 30 \
+        --lr 3e-4 --warmup 20 --token-budget 8192 --cpu-dtype fp32 --threads 2 --ckpt-minutes 5
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -117,15 +125,37 @@ def shifted_loss(logits, labels):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def build_model(vocab_size: int, tok, device):
+def build_model(vocab_size: int, tok, device, init: str | None = None):
     from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig  # noqa: PLC0415
 
     eos = [tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")]
+    if init:  # continue from an earlier checkpoint (fp32 master weights)
+        model = Qwen3_5MoeForCausalLM.from_pretrained(init, dtype=torch.float32).to(device)
+        model.config.router_aux_loss_coef = MODEL_CONFIG["router_aux_loss_coef"]
+        return model, model.config, eos
     cfg = Qwen3_5MoeTextConfig(vocab_size=vocab_size, eos_token_id=eos[0], pad_token_id=eos[1],
                                bos_token_id=None, **MODEL_CONFIG)
     cfg.architectures = ["Qwen3_5MoeForCausalLM"]
     model = Qwen3_5MoeForCausalLM(cfg).to(device)
     return model, cfg, eos
+
+
+def save_checkpoint(model, out: Path, tokenizer_dir: str, eos: list[int], curve, evals, step: int) -> Path:
+    """OUT/model: a plain Hugging Face checkpoint in bf16 (a copy, so training continues in fp32)."""
+    from transformers import GenerationConfig  # noqa: PLC0415
+
+    mdir = out / "model"
+    m = copy.deepcopy(model).to(torch.bfloat16)
+    m.config.use_cache = True
+    m.save_pretrained(mdir, safe_serialization=True)
+    del m
+    GenerationConfig(eos_token_id=eos, pad_token_id=eos[1], bos_token_id=None, do_sample=False,
+                     max_new_tokens=512).save_pretrained(mdir)
+    for f in TOKENIZER_FILES:
+        shutil.copyfile(Path(tokenizer_dir) / f, mdir / f)
+    (out / "loss_curve.json").write_text(json.dumps({"train": curve, "heldout": evals, "saved_step": step}) + "\n")
+    log(f"saved {mdir} at step {step}")
+    return mdir
 
 
 @torch.no_grad()
@@ -151,6 +181,7 @@ def main(argv=None):
     ap.add_argument("--schemas", required=True, help="tool schemas JSON written by datagen --schemas-out")
     ap.add_argument("--tokenizer", default=str(datagen.TEMPLATE_PATH.parent))
     ap.add_argument("--heldout", default=None)
+    ap.add_argument("--init", default=None, help="start from this checkpoint instead of a random init")
     ap.add_argument("--out", required=True)
     ap.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget of the optimisation loop")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = time only)")
@@ -165,6 +196,18 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--cpu-dtype", choices=("fp32", "bf16"), default="fp32",
+                    help="CPU only: fp32, or bf16 autocast over fp32 weights")
+    ap.add_argument("--threads", type=int, default=0, help="CPU only: torch intra-op threads (0 = torch default)")
+    ap.add_argument("--ckpt-minutes", type=float, default=0.0,
+                    help="save OUT/model every this many minutes of training (0 = only at the end)")
+    ap.add_argument("--heldout-limit", type=int, default=0, help="held-out loss on the first N records only")
+    ap.add_argument("--short-bias", type=int, default=0,
+                    help="keep a record of L tokens with probability min(1, N/L) (0 = keep all): more, shorter "
+                         "conversations per CPU second")
+    ap.add_argument("--embed-lr-mult", type=float, default=1.0, help="LR multiplier of embed_tokens and lm_head")
+    ap.add_argument("--sup-logits", action="store_true",
+                    help="lm_head only at supervised positions (no router aux loss): cheaper on the CPU")
     a = ap.parse_args(argv)
 
     import transformers  # noqa: PLC0415
@@ -176,12 +219,15 @@ def main(argv=None):
     random.seed(a.seed)
     torch.manual_seed(a.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = device.type == "cuda"
-    if amp:
+    amp = device.type == "cuda" or a.cpu_dtype == "bf16"
+    if device.type == "cpu" and a.threads:
+        torch.set_num_threads(a.threads)
+    if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     log(f"torch {torch.__version__} transformers {transformers.__version__} device {device} "
-        f"{torch.cuda.get_device_name() if amp else ''}")
+        f"{torch.cuda.get_device_name() if device.type == 'cuda' else f'threads {torch.get_num_threads()}'} "
+        f"amp {amp}")
 
     tok = Tokenizer.from_file(str(Path(a.tokenizer) / "tokenizer.json"))
     template = (Path(a.tokenizer) / "chat_template.jinja").read_text(encoding="utf-8")
@@ -191,6 +237,9 @@ def main(argv=None):
     if a.limit:
         recs = recs[:a.limit]
     data = encode_records(recs, schemas, template, tok, a.max_len, a.workers)
+    if a.short_bias:
+        krng = random.Random(a.seed + 1)
+        data = [d for d in data if krng.random() < min(1.0, a.short_bias / len(d[0]))]
     n_tok = sum(len(d[0]) for d in data)
     n_sup = sum(sum(1 for x in d[1] if x != -100) for d in data)
     log(f"train records {len(data)}  tokens {n_tok}  supervised {n_sup} ({n_sup / n_tok:.1%})  "
@@ -198,21 +247,30 @@ def main(argv=None):
     held, held_batches = None, []
     if a.heldout:
         hrecs = datagen.read_jsonl(a.heldout)
+        if a.heldout_limit:
+            hrecs = hrecs[:a.heldout_limit]
         held = encode_records(hrecs, schemas, template, tok, a.max_len, 1)
         held_batches = make_batches(held, a.token_budget, random.Random(0), pad_id)
 
-    model, cfg, eos = build_model(tok.get_vocab_size(), tok, device)
+    model, cfg, eos = build_model(tok.get_vocab_size(), tok, device, a.init)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"params {n_params / 1e6:.2f}M  config {json.dumps(MODEL_CONFIG)}  vocab {cfg.vocab_size}")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(0.9, 0.95), eps=1e-8, fused=amp)
+    emb = [p for n, p in model.named_parameters() if "embed" in n or "lm_head" in n]
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n and "lm_head" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 or "embed" in n or "lm_head" in n)]
+    if a.embed_lr_mult == 1.0:  # as before: lm_head decays with the matrices
+        decay, emb = decay + [p for n, p in model.named_parameters() if "lm_head" in n], \
+            [p for n, p in model.named_parameters() if "embed" in n]
+    groups = [{"params": decay, "weight_decay": a.wd, "mult": 1.0}, {"params": no_decay, "weight_decay": 0.0, "mult": 1.0},
+              {"params": emb, "weight_decay": 0.0, "mult": a.embed_lr_mult}]
+    opt = torch.optim.AdamW(groups,
+                            lr=a.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
     budget_s = a.minutes * 60.0
     rng = random.Random(a.seed)
     curve, evals = [], []
     step, epoch, seen_tok, seen_sup = 0, 0, 0, 0
     t0 = time.time()
+    last_ckpt = t0
     done = False
     win_loss, win_n, win_c, win_m = 0.0, 0, 0, 0
     while not done:
@@ -225,13 +283,24 @@ def main(argv=None):
             else:
                 lr = a.lr * (a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
             for gr in opt.param_groups:
-                gr["lr"] = lr
+                gr["lr"] = lr * gr["mult"]
             ids, labels = collate(data, idx, pad_id)
             ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                o = model(input_ids=ids, use_cache=False, output_router_logits=True)
-            loss, c, m = shifted_loss(o.logits, labels)
-            aux = o.aux_loss if o.aux_loss is not None else torch.zeros((), device=device)
+                if a.sup_logits:
+                    h = model.model(input_ids=ids, use_cache=False).last_hidden_state
+                    lb = labels[:, 1:]
+                    msk = lb != -100
+                    lg = model.lm_head(h[:, :-1][msk]).float()
+                    loss = torch.nn.functional.cross_entropy(lg, lb[msk])
+                    with torch.no_grad():
+                        c, m = (lg.argmax(-1) == lb[msk]).sum(), msk.sum()
+                    aux = torch.zeros((), device=device)
+                else:
+                    o = model(input_ids=ids, use_cache=False, output_router_logits=True)
+            if not a.sup_logits:
+                loss, c, m = shifted_loss(o.logits, labels)
+                aux = o.aux_loss if o.aux_loss is not None else torch.zeros((), device=device)
             total = loss + cfg.router_aux_loss_coef * aux
             opt.zero_grad(set_to_none=True)
             total.backward()
@@ -259,29 +328,24 @@ def main(argv=None):
             if time.time() - t0 >= budget_s or (a.max_steps and step >= a.max_steps):
                 done = True
                 break
+            if a.ckpt_minutes and time.time() - last_ckpt >= a.ckpt_minutes * 60:
+                save_checkpoint(model, out, a.tokenizer, eos, curve, evals, step)
+                last_ckpt = time.time()
     train_s = time.time() - t0
     if held is not None:
         hl, ha = evaluate_loss(model, held, held_batches, pad_id, device, amp)
         evals.append({"step": step, "heldout_loss": hl, "heldout_tok_acc": ha})
         log(json.dumps(evals[-1]))
 
-    # --- save: a plain Hugging Face checkpoint in bf16 -----------------------------------------------------------
-    mdir = out / "model"
-    model.config.use_cache = True
-    model.to(torch.bfloat16).save_pretrained(mdir, safe_serialization=True)
-    from transformers import GenerationConfig  # noqa: PLC0415
-
-    GenerationConfig(eos_token_id=eos, pad_token_id=eos[1], bos_token_id=None, do_sample=False,
-                     max_new_tokens=512).save_pretrained(mdir)
-    for f in TOKENIZER_FILES:
-        shutil.copyfile(Path(a.tokenizer) / f, mdir / f)
+    mdir = save_checkpoint(model, out, a.tokenizer, eos, curve, evals, step)
     summary = {"data_version": datagen.DATA_VERSION, "seed": a.seed, "records": len(data), "tokens_per_epoch": n_tok,
                "supervised_per_epoch": n_sup, "steps": step, "epochs": epoch, "tokens_seen": seen_tok,
                "supervised_seen": seen_sup, "train_s": round(train_s, 1), "tok_per_s": round(seen_tok / train_s),
                "params": n_params, "model_config": MODEL_CONFIG, "vocab_size": cfg.vocab_size,
                "final_train_loss": curve[-1]["loss"] if curve else None, "evals": evals,
                "args": vars(a), "torch": torch.__version__, "transformers": transformers.__version__,
-               "device": torch.cuda.get_device_name() if amp else "cpu",
+               "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+               "amp_bf16": amp,
                "checkpoint_bytes": (mdir / "model.safetensors").stat().st_size}
     (out / "loss_curve.json").write_text(json.dumps({"train": curve, "heldout": evals}) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
