@@ -31,9 +31,9 @@ def outlines_vocabulary(info):
     key = id(info.hf)
     if key in _VOCABS:
         return _VOCABS[key]
-    from fmoe.agent.qwen_vocab import _bytes_to_unicode
+    from fmoe.agent.qwen_vocab import bytes_to_unicode
 
-    u2b = {c: b for b, c in _bytes_to_unicode().items()}
+    u2b = {c: b for b, c in bytes_to_unicode().items()}
     specials = set(info.special_ids)
     keep = {info.tool_call_id, info.tool_call_end_id}
     m: dict[bytes, list[int]] = {}

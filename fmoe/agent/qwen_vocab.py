@@ -42,7 +42,8 @@ CHECK_TEXT = "<|im_start|>user\nHello, how are you?<|im_end|>\n<|im_start|>assis
 CHECK_IDS = [248045, 846, 198, 9419, 11, 1204, 513, 488, 30, 248046, 198, 248045, 74455, 198, 248068, 271, 248069, 271]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 byte-level BPE: byte -> the printable character that stands for it in the vocabulary."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -84,7 +85,7 @@ def _split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
 def build_tokenizer_json(tiktoken_path: Path | None = None) -> str:
     """The tokenizer.json text for the Qwen3.5 vocabulary (slow: ~1 min; use `qwen35_tokenizer()`, which caches)."""
     ranks = _load_ranks(tiktoken_path or _tiktoken_file())
-    b2u = _bytes_to_unicode()
+    b2u = bytes_to_unicode()
 
     def enc(b: bytes) -> str:
         return "".join(b2u[x] for x in b)

@@ -333,15 +333,8 @@ def vocab_pieces(path: str | None = None) -> tuple[tuple[str, ...], tuple[str, .
     pieces that begin a word (that leading character, or none); continuations are all letter pieces."""
     from_path = Path(path) if path else TEMPLATE_PATH.parent / "tokenizer.json"
     vocab = json.loads(from_path.read_text(encoding="utf-8"))["model"]["vocab"]
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    dec = {chr(c): b for b, c in zip(bs, cs)}
+    from fmoe.agent.qwen_vocab import bytes_to_unicode
+    dec = {c: b for b, c in bytes_to_unicode().items()}
     starts, conts = set(), set()
     for t in vocab:
         try:
