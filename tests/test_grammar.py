@@ -285,3 +285,22 @@ def test_outlines_backend_same_checks(small_tok, backend):
         x = torch.zeros(g.vocab_size)
         p.process(x)
         assert torch.isfinite(x[tc]) and torch.isinf(x[small_tok.token_to_id("<|im_start|>")])
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "xml"])
+def test_mask_computed_during_forward_equals_inline(tok, fmt):
+    """begin() (the mask computed on the worker thread while the engine runs) gives exactly the inline mask."""
+    from fmoe.agent.call_format import render_calls
+
+    g = compile_tool_grammar(TOOLS, fmt, tokenizer=tok)
+    text = "Checking.\n\n" + render_calls([("get_weather", {"city": "Oslo", "days": 3, "tags": ["x"]})], fmt, TOOLS)
+    ids = tok.encode(text, add_special_tokens=False).ids
+    inline, overlapped = ToolCallProcessor(g), ToolCallProcessor(g)
+    for t in ids:
+        a = inline.process(torch.zeros(QWEN35_PADDED_VOCAB)).clone()
+        overlapped.begin()
+        b = overlapped.process(torch.zeros(QWEN35_PADDED_VOCAB)).clone()
+        assert torch.equal(torch.isinf(a), torch.isinf(b))
+        inline.accept(t)
+        overlapped.accept(t)
+    assert overlapped.stats["overlapped"] > 0
