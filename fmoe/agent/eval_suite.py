@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fmoe.errors import FmoeError
 
@@ -165,30 +165,9 @@ def load_suite(path: str | Path) -> Suite:
 
 
 def loads_suite(text: str, name: str = "<suite>") -> Suite:
-    from fmoe.agent.taskfile import _format_validation, _node_lines
+    from fmoe.agent.taskfile import validate_yaml
 
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        if e.context_mark is not None and "stream end" in str(e.problem or ""):
-            mark = e.context_mark  # unclosed [ { or quote: point where it was opened
-        raise SuiteError(f"{name}:{mark.line + 1 if mark else 1}: YAML syntax error: {e.problem or e}") from None
-    if root is None or data is None:
-        raise SuiteError(f"{name}:1: empty suite file (expected a mapping with 'name' and 'cases')")
-    if not isinstance(data, dict):
-        raise SuiteError(f"{name}:{root.start_mark.line + 1}: expected a mapping, got {type(data).__name__}")
-    lines, dups = _node_lines(root)
-    if dups:
-        dpath, dline = dups[0]
-        from fmoe.agent.taskfile import _field_name
-        raise SuiteError(f"{name}:{dline}: field '{_field_name(dpath)}': duplicate key")
-    try:
-        suite = Suite.model_validate(data)
-    except ValidationError as e:
-        msg = _format_validation(name, lines, e, data)
-        raise SuiteError(msg) from None
+    suite, lines = validate_yaml(text, name, Suite, SuiteError, "a mapping with 'name' and 'cases'")
     # tool references must resolve
     for i, c in enumerate(suite.cases):
         for j, t in enumerate(c.tools):

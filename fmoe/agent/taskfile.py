@@ -249,6 +249,34 @@ def _format_validation(name: str, lines: dict[tuple, int], e: ValidationError, d
     return "\n".join(out)
 
 
+def validate_yaml(text: str, name: str, model: type[BaseModel], error: type[FmoeError], expected: str):
+    """Parse YAML ``text`` and validate it as ``model``; returns (instance, {field path: line}). Every error is an
+    ``error`` naming the file, the line and the field (task files and eval suites share this)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        if e.context_mark is not None and "stream end" in str(e.problem or ""):
+            mark = e.context_mark  # unclosed [ { or quote: point where it was opened
+        line = mark.line + 1 if mark is not None else 1
+        raise error(f"{name}:{line}: YAML syntax error: {e.problem or e}") from None
+    except yaml.YAMLError as e:
+        raise error(f"{name}: YAML error: {e}") from None
+    if root is None or data is None:
+        raise error(f"{name}:1: empty file (expected {expected})")
+    if not isinstance(data, dict):
+        raise error(f"{name}:{root.start_mark.line + 1}: expected a mapping of fields, got {type(data).__name__}")
+    lines, dups = _node_lines(root)
+    if dups:
+        dpath, dline = dups[0]
+        raise error(f"{name}:{dline}: field '{_field_name(dpath)}': duplicate key")
+    try:
+        return model.model_validate(data), lines
+    except ValidationError as e:
+        raise error(_format_validation(name, lines, e, data)) from None
+
+
 def load_task(path: str | Path, *, resolve_tools: bool = True) -> TaskFile:
     """Read and validate a task file; with resolve_tools, also resolve its tools (errors point at the item)."""
     p = Path(path)
@@ -263,30 +291,7 @@ def load_task(path: str | Path, *, resolve_tools: bool = True) -> TaskFile:
 def loads_task(text: str, *, name: str = "<task>", path: str | Path | None = None,
                resolve_tools: bool = True) -> TaskFile:
     """Like load_task, from text (``path`` anchors relative paths; default: the cwd)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        if e.context_mark is not None and "stream end" in str(e.problem or ""):
-            mark = e.context_mark  # unclosed [ { or quote: point where it was opened
-        line = mark.line + 1 if mark is not None else 1
-        raise TaskFileError(f"{name}:{line}: YAML syntax error: {e.problem or e}") from None
-    except yaml.YAMLError as e:
-        raise TaskFileError(f"{name}: YAML error: {e}") from None
-    if root is None or data is None:
-        raise TaskFileError(f"{name}:1: empty task file (expected a mapping with at least 'task')")
-    if not isinstance(data, dict):
-        raise TaskFileError(f"{name}:{root.start_mark.line + 1}: expected a mapping of fields, "
-                            f"got {type(data).__name__}")
-    lines, dups = _node_lines(root)
-    if dups:
-        dpath, dline = dups[0]
-        raise TaskFileError(f"{name}:{dline}: field '{_field_name(dpath)}': duplicate key")
-    try:
-        task = TaskFile.model_validate(data)
-    except ValidationError as e:
-        raise TaskFileError(_format_validation(name, lines, e, data)) from None
+    task, lines = validate_yaml(text, name, TaskFile, TaskFileError, "a mapping with at least 'task'")
     task._path = Path(path).resolve() if path is not None else None
     if resolve_tools:
         _resolve_tools(task, name, lines)

@@ -39,20 +39,6 @@ def load_split(name: str) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------------------- schema -> tool
-def _prefix_refs(node: Any, prefix: str) -> Any:
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            if k == "$ref" and isinstance(v, str) and v.startswith("#"):
-                out[k] = prefix + v[1:]
-            else:
-                out[k] = _prefix_refs(v, prefix)
-        return out
-    if isinstance(node, list):
-        return [_prefix_refs(v, prefix) for v in node]
-    return node
-
-
 def _rewrite_refs(node: Any) -> Any:
     """Local refs of a schema wrapped as the `value` parameter: #/$defs/.. and #/definitions/.. unchanged (hoisted),
     anything else (incl. "#") prefixed with #/properties/value."""
