@@ -37,9 +37,7 @@ _ZERO_CENTRED = ("input_layernorm.weight", "post_attention_layernorm.weight", "q
 def _canonical(name: str) -> str | None:
     if _IGNORED.match(name):
         return None
-    if name in ("lm_head.weight", "language_model.lm_head.weight") or name.startswith("lm_head."):
-        return name.removeprefix("language_model.")
-    if name.startswith("language_model.lm_head."):
+    if name.startswith(("lm_head.", "language_model.lm_head.")):
         return name.removeprefix("language_model.")
     for p in _PREFIXES:
         if name.startswith(p):
