@@ -171,9 +171,36 @@ def _processor_mask_equals(g, tok, logits_factory, to_np):
 def test_processor_torch_and_mlx(tok, fmt):
     g = compile_tool_grammar(TOOLS, fmt, tokenizer=tok)
     gen = torch.Generator().manual_seed(0)
+    # float32 on the CPU: the native kernel (when it builds); bfloat16: the cached index path
     _processor_mask_equals(g, tok, lambda: torch.randn(QWEN35_PADDED_VOCAB, generator=gen), lambda x: x.numpy())
+    _processor_mask_equals(g, tok, lambda: torch.randn(QWEN35_PADDED_VOCAB, generator=gen).bfloat16(),
+                           lambda x: x.float().numpy())
     mx = pytest.importorskip("mlx.core")
     _processor_mask_equals(g, tok, lambda: mx.random.normal((QWEN35_PADDED_VOCAB,)), lambda x: np.array(x))
+
+
+def test_native_mask_kernel_matches_bits():
+    """logits_mask.cpp against the bit layout itself: random masks of every density, vocabularies that are not a
+    multiple of 32, logits longer than the mask (padding tail: -inf) and shorter than it."""
+    from fmoe.kernels import native
+
+    lib = native.load_mask()
+    if lib is None:
+        pytest.skip(f"native kernel unavailable: {native.load_mask_error()}")
+    rng = np.random.default_rng(0)
+    for n, nwords in [(QWEN35_PADDED_VOCAB, 7760), (1000, 30), (1000, 40), (77, 3), (64, 2)]:
+        for density in (0.0, 0.001, 0.3, 0.999, 1.0):
+            bits = rng.random(nwords * 32) < density
+            words = np.packbits(bits, bitorder="little").view(np.int32).copy()
+            allowed = np.zeros(n, dtype=bool)
+            k = min(n, nwords * 32)
+            allowed[:k] = bits[:k]
+            x = torch.randn(n)
+            before = x.clone()
+            got = lib.fmoe_mask_logits_f32(x.data_ptr(), n, words.ctypes.data, nwords)
+            assert got == allowed.sum(), (n, nwords, density)
+            assert np.array_equal(torch.isinf(x).numpy(), ~allowed), (n, nwords, density)
+            assert torch.equal(x[torch.from_numpy(allowed)], before[torch.from_numpy(allowed)])
 
 
 def test_processor_in_place_torch(tok):

@@ -1,12 +1,13 @@
-"""Build (once, cached) and load the native quantized mat-vec kernel ``qmv.cpp`` through ctypes.
+"""Build (once, cached) and load the native kernels through ctypes: the quantized mat-vec ``qmv.cpp`` (:func:`load`)
+and the logits bitmask ``logits_mask.cpp`` (:func:`load_mask`, the grammar's per-step host cost).
 
 The shared library is compiled with the system C++ compiler (``$CXX`` or ``g++``/``c++``/``clang++``) with
 ``-O3 -march=native -pthread -ffp-contract=off`` into ``$FMOE_CACHE_DIR/kernels`` (default ``$XDG_CACHE_HOME/fmoe/kernels`` or
 ``~/.cache/fmoe/kernels``), keyed by a hash of the source, compiler, flags and CPU, so it builds once per machine
 (about 2-4 s) and later imports only ``dlopen`` it.  No torch headers and no ninja are needed.
 
-If no compiler is available or the build fails, :func:`load` returns ``None`` and callers fall back to the pure
-torch path.  Set ``FMOE_NATIVE=0`` to disable the native kernel.
+If no compiler is available or the build fails, :func:`load` / :func:`load_mask` return ``None`` and callers fall
+back to the pure torch path.  Set ``FMOE_NATIVE=0`` to disable the native kernels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import threading
 from pathlib import Path
 
 _SRC = Path(__file__).with_name("qmv.cpp")
+_MASK_SRC = Path(__file__).with_name("logits_mask.cpp")
 _FLAGS = ["-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -56,31 +58,31 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def build(verbose: bool = False) -> Path:
-    """Compile ``qmv.cpp`` (if not cached) and return the path of the shared library."""
+def build(verbose: bool = False, source: Path = _SRC) -> Path:
+    """Compile ``source`` (default ``qmv.cpp``; if not cached) and return the path of the shared library."""
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX)")
-    src = _SRC.read_bytes()
+    src = source.read_bytes()
     flags = _FLAGS + os.environ.get("FMOE_QMV_CFLAGS", "").split()  # extra flags for experiments
     key = hashlib.sha256(
         b"\0".join([src, cxx.encode(), " ".join(flags).encode(), _cpu_signature().encode(), platform.machine().encode()])
     ).hexdigest()[:16]
     out_dir = cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    so = out_dir / f"fmoe_qmv_{key}.so"
+    so = out_dir / f"fmoe_{source.stem}_{key}.so"
     if so.exists():
         return so
     fd, tmp = tempfile.mkstemp(prefix=so.stem + ".", suffix=".so.tmp", dir=out_dir)
     os.close(fd)
-    cmd = [cxx, *flags, str(_SRC), "-o", tmp]
+    cmd = [cxx, *flags, str(source), "-o", tmp]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0 and "-march=native" in cmd:  # e.g. compilers without -march=native: portable build
         cmd = [c for c in cmd if c != "-march=native"]
         res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         os.unlink(tmp)
-        raise RuntimeError(f"compiling {_SRC.name} failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
+        raise RuntimeError(f"compiling {source.name} failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
     if verbose:
         print(" ".join(cmd), file=sys.stderr)
     os.replace(tmp, so)  # atomic: concurrent builders race harmlessly
@@ -123,6 +125,39 @@ def load() -> ctypes.CDLL | None:
             _lib = None
         _tried = True
     return _lib
+
+
+_mask_lib: ctypes.CDLL | None = None
+_mask_tried = False
+_mask_error: str | None = None
+
+
+def load_mask() -> ctypes.CDLL | None:
+    """The logits-mask library (``fmoe_mask_logits_f32``), or None when unavailable (see :func:`load_mask_error`)."""
+    global _mask_lib, _mask_tried, _mask_error
+    if _mask_tried:
+        return _mask_lib
+    with _lock:
+        if _mask_tried:
+            return _mask_lib
+        try:
+            if os.environ.get("FMOE_NATIVE", "1") in ("0", "false", "no", "off"):
+                raise RuntimeError("disabled by FMOE_NATIVE=0")
+            lib = ctypes.CDLL(str(build(source=_MASK_SRC)))
+            f = lib.fmoe_mask_logits_f32
+            f.restype = ctypes.c_int64
+            f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]  # logits, n, words, nwords
+            _mask_lib = lib
+        except Exception as e:  # noqa: BLE001 -- any failure means "use the torch fallback"
+            _mask_error = f"{type(e).__name__}: {e}"
+            _mask_lib = None
+        _mask_tried = True
+    return _mask_lib
+
+
+def load_mask_error() -> str | None:
+    load_mask()
+    return _mask_error
 
 
 def load_error() -> str | None:
