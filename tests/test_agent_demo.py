@@ -23,7 +23,7 @@ def demo():
     return model, tok
 
 
-@pytest.mark.parametrize("name", ["calculator", "weather", "units"])
+@pytest.mark.parametrize("name", ["calculator", "weather", "units", "files"])
 def test_example_task_passes(demo, name, monkeypatch):
     from fmoe.agent.loop import run_task
     from fmoe.agent.taskfile import load_task

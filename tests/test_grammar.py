@@ -201,6 +201,25 @@ def test_native_mask_kernel_matches_bits():
             assert got == allowed.sum(), (n, nwords, density)
             assert np.array_equal(torch.isinf(x).numpy(), ~allowed), (n, nwords, density)
             assert torch.equal(x[torch.from_numpy(allowed)], before[torch.from_numpy(allowed)])
+    # the few-allowed path: a reused -inf buffer, consecutive calls (the previous call's ids reset), and the refusal
+    # (-1, nothing written) above max_allowed
+    n, nwords = 1000, 30
+    out = torch.full((n,), float("-inf"))
+    dirty, ndirty = np.empty(n, dtype=np.int32), np.zeros(1, dtype=np.int64)
+    for density in (0.01, 0.05, 0.0, 0.02, 0.5):
+        bits = rng.random(nwords * 32) < density
+        words = np.packbits(bits, bitorder="little").view(np.int32).copy()
+        allowed = np.zeros(n, dtype=bool)
+        allowed[:nwords * 32] = bits[:n]
+        x = torch.randn(n)
+        got = lib.fmoe_mask_select_f32(x.data_ptr(), out.data_ptr(), n, words.ctypes.data, nwords,
+                                       dirty.ctypes.data, ndirty.ctypes.data, n // 8)
+        if allowed.sum() > n // 8:
+            assert got == -1
+            continue
+        assert got == allowed.sum()
+        assert np.array_equal(torch.isfinite(out).numpy(), allowed)
+        assert torch.equal(out[torch.from_numpy(allowed)], x[torch.from_numpy(allowed)])
 
 
 def test_processor_in_place_torch(tok):

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("suite", help="suite YAML, built-in name (demo-heldout) or bfcl:DIR[:split,...]")
     p.add_argument("--model", default=None, help="source checkpoint (default: the embedded demo model)")
-    p.add_argument("--bits", type=_ints, default=[4], help="bit widths, e.g. 2,3,4,8 (default 4)")
+    p.add_argument("--bits", type=_ints, default=[4], help="bit widths, e.g. 2,3,4,8 (default 4); 16 = the checkpoint unquantized (bf16)")
     p.add_argument("--experts-per-token", type=_ints, default=None,
                    help="experts per token, e.g. 2,4,8 (default: the model's)")
     p.add_argument("--grammar", type=_onoff, default=[True, False], help="on,off (default both)")

@@ -1,8 +1,10 @@
 """ToolCallProcessor: DESIGN.md's LogitsProcessor over a compiled tool Grammar, for torch tensors and mlx arrays.
 
 Mask application, CPU float32 logits (the engine's default): the native kernel `fmoe/kernels/logits_mask.cpp`
-applies the bitmask in place in one pass over the 7,760 mask words, writing -inf only at disallowed ids (about
-0.01 ms; no hashing, no index tensors). Elsewhere (CUDA or bf16 logits, no C++ compiler, FMOE_NATIVE=0) it never
+reads the 7,760 mask words once; when few tokens are allowed (<= 1/8: keys, numbers, names) it copies their logits
+into the processor's preallocated -inf buffer (resetting the previous step's ids) and returns that buffer, else it
+masks the logits in place, 8 at a time with AVX2, skipping words whose tokens are all allowed (0.01-0.05 ms; no
+hashing, no index tensors). Elsewhere (CUDA or bf16 logits, no C++ compiler, FMOE_NATIVE=0) it never
 makes a full-vocabulary pass on the host per step (a 248k-float fill or masked_fill costs 0.1-4 ms on a busy CPU):
   * the grammar's bitmask (int32 words, bit i of word i//32 = token i allowed) is turned into token ids by
     `mask_to_ids`: vectorized numpy over the 7,760 words, unpacking (np.unpackbits, little bit order) only the
@@ -88,6 +90,7 @@ class ToolCallProcessor:
         self._neg_dirty = None
         self._pending = None
         self._native = native.load_mask()
+        self._sel = None
         self.stats = {"steps": 0, "forced": 0, "accepted": 0, "overlapped": 0}
 
     def reset(self) -> None:
@@ -117,8 +120,7 @@ class ToolCallProcessor:
         torch_side = type(logits).__module__.startswith("torch")
         if torch_side and self._native is not None and logits.device.type == "cpu" \
                 and logits.dtype == _torch_f32() and logits.numel() == n and logits.is_contiguous():
-            self._native.fmoe_mask_logits_f32(logits.data_ptr(), n, words.ctypes.data, len(words))
-            return logits
+            return self._native_apply(logits, words, n)
         key = (words.tobytes(), n, torch_side, str(getattr(logits, "device", "")))
         hit = self._cache.get(key)
         if hit is None:
@@ -166,6 +168,22 @@ class ToolCallProcessor:
         import mlx.core as mx
 
         return mx.array(mask_to_bool(words, n))
+
+    def _native_apply(self, logits, words: np.ndarray, n: int):
+        """Few allowed (<= n/8): their logits copied into the preallocated -inf buffer, which is returned; else the
+        logits masked in place. Either way O(mask words) plus the writes of one side."""
+        import torch
+
+        if self._sel is None or self._sel[0].numel() != n:
+            out = torch.full((n,), float("-inf"), dtype=torch.float32)
+            self._sel = (out, np.empty(n, dtype=np.int32), np.zeros(1, dtype=np.int64))
+        out, dirty, ndirty = self._sel
+        wp = words.ctypes.data
+        if self._native.fmoe_mask_select_f32(logits.data_ptr(), out.data_ptr(), n, wp, len(words),
+                                             dirty.ctypes.data, ndirty.ctypes.data, n // 8) >= 0:
+            return out.view(logits.shape)
+        self._native.fmoe_mask_logits_f32(logits.data_ptr(), n, wp, len(words))
+        return logits
 
     def _keep_only(self, logits, idx):
         import torch

@@ -79,11 +79,14 @@ def _group_size(src: Path) -> int:
 
 
 def variant_dir(src: str | Path, bits: int, progress: bool = True) -> Path:
-    """``src`` converted to the streaming layout at ``bits`` (cached under cache_dir()/variants/<hash>-<bits>bit)."""
+    """``src`` converted to the streaming layout at ``bits`` (cached under cache_dir()/variants/<hash>-<bits>bit);
+    ``bits`` 16 is the checkpoint itself, unquantized (the demo model's bf16 weights, loaded the Hugging Face way)."""
     from fmoe.engine.convert import convert
     from fmoe.engine.resolve import _digest, cache_dir
 
     src = Path(src)
+    if bits == 16:
+        return src
     dst = cache_dir() / "variants" / f"{_digest(src)}-{bits}bit"
     if (dst / "manifest.json").exists():
         return dst
@@ -353,7 +356,8 @@ def mean_kl(ref: list[np.ndarray], var: list[np.ndarray]) -> float:
 def load_model(path: Path, backend: str, k: int | None):
     from fmoe.engine.model import Model
 
-    return Model.load(path, backend=backend, experts_per_token=k, stream={"mode": "page-cache"})
+    streamed = (Path(path) / "manifest.json").exists()   # a converted variant; else the unquantized checkpoint
+    return Model.load(path, backend=backend, experts_per_token=k, stream={"mode": "page-cache"} if streamed else None)
 
 
 def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], out_dir: str | Path | None = None,

@@ -358,7 +358,8 @@ def _time_our_path(tools, fmt, tok, rng, n_calls=20, overlap_ms: float | None = 
     """Per-token mask computation + application on real-size logits, over whole turns (text + calls).
 
     With ``overlap_ms`` the generator's order is reproduced: ``begin()`` (the next mask starts on the worker
-    thread), a stand-in forward pass of that many ms, then the timed ``process()`` — the cost a step still sees."""
+    thread), a stand-in forward pass of that many ms, the logits written (as the lm_head does last), then the timed
+    ``process()`` — the cost a step still sees."""
     import torch
 
     from fmoe.agent.call_format import render_calls
@@ -391,11 +392,11 @@ def _time_our_path(tools, fmt, tok, rng, n_calls=20, overlap_ms: float | None = 
                     forced_tok += len(ff)
                     call_tok += len(ff)
                     continue
-            logits.normal_()
             in_call = proc.matcher.in_call_region()
             if overlap_ms:
                 proc.begin()
                 _stand_in_forward(overlap_ms)
+            logits.normal_()  # the logits are written last (the engine's lm_head), then masked
             t1 = time.perf_counter()
             out = proc.process(logits)
             dt = time.perf_counter() - t1

@@ -53,3 +53,34 @@ extern "C" int64_t fmoe_mask_logits_f32(float* logits, int64_t n, const uint32_t
     }
     return allowed;
 }
+
+// The few-allowed case without touching every logit: when at most `max_allowed` tokens are allowed, copy their
+// logits into `out`, a caller-owned buffer that is -inf everywhere else (the ids written by the previous call,
+// `dirty[0..*ndirty)`, are reset to -inf first, and this call's ids replace them). Returns the number of allowed
+// tokens, or -1 (nothing written) when there are more than `max_allowed`: the caller then masks in place.
+extern "C" int64_t fmoe_mask_select_f32(const float* logits, float* out, int64_t n, const uint32_t* words,
+                                        int64_t nwords, int32_t* dirty, int64_t* ndirty, int64_t max_allowed) {
+    const int64_t nw = (n + 31) / 32 < nwords ? (n + 31) / 32 : nwords;
+    int64_t count = 0;
+    for (int64_t w = 0; w < nw; ++w) {
+        uint32_t m = words[w];
+        if (w == nw - 1 && (w + 1) * 32 > n) m &= (n - w * 32 >= 32) ? 0xFFFFFFFFu : ((1u << (n - w * 32)) - 1u);
+        count += __builtin_popcount(m);
+    }
+    if (count > max_allowed) return -1;
+    const float ninf = -INFINITY;
+    for (int64_t i = 0; i < *ndirty; ++i) out[dirty[i]] = ninf;
+    int64_t k = 0;
+    for (int64_t w = 0; w < nw; ++w) {
+        uint32_t m = words[w];
+        while (m) {
+            const int64_t id = w * 32 + __builtin_ctz(m);
+            m &= m - 1;
+            if (id >= n) break;
+            out[id] = logits[id];
+            dirty[k++] = (int32_t)id;
+        }
+    }
+    *ndirty = k;
+    return count;
+}
