@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 DELEGATED = {"convert": "fmoe.engine.convert", "synth": "fmoe.engine.synth", "run": "fmoe.agent.cli_run",
              "chat": "fmoe.agent.cli_chat", "tools": "fmoe.agent.cli_tools", "eval": "fmoe.agent.cli_eval"}
-BENCHES = ("kernels", "stream", "grammar", "decode")
+BENCHES = ("kernels", "stream", "grammar", "decode", "fastforward")
 
 
 def main(argv=None) -> int:

@@ -204,7 +204,8 @@ class Runner:
     def _bytes(self) -> int:
         return int(self.model.stats().get("bytes_read", 0) or 0)
 
-    def turn(self, messages: list[dict], tools: list[dict], case: Case, grammar: bool) -> Turn:
+    def turn(self, messages: list[dict], tools: list[dict], case: Case, grammar: bool,
+             fast_forward: bool = True) -> Turn:
         from fmoe.agent.constrained import ToolCallProcessor
         from fmoe.agent.toolcall_parser import parse_tool_calls
         from fmoe.engine.generate import Generation, Sampling
@@ -215,7 +216,7 @@ class Runner:
         procs = [ToolCallProcessor(self.grammar(tools, case.tool_choice, case.thinking))] if grammar else []
         gen = Generation(self.model, ids, max_tokens=self.suite.max_tokens, sampling=Sampling(temperature=0.0),
                          stop_ids=self.tok.eos_token_ids, processors=procs,
-                         vocab_limit=self.tok.vocab_size)
+                         vocab_limit=self.tok.vocab_size, fast_forward=fast_forward)
         b1 = None
         toks: list[int] = []
         for step in gen:
