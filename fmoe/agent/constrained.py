@@ -174,15 +174,16 @@ class ToolCallProcessor:
         logits masked in place. Either way O(mask words) plus the writes of one side."""
         import torch
 
-        if self._sel is None or self._sel[0].numel() != n:
+        if self._sel is None or self._sel[1] != n:
             out = torch.full((n,), float("-inf"), dtype=torch.float32)
-            self._sel = (out, np.empty(n, dtype=np.int32), np.zeros(1, dtype=np.int64))
-        out, dirty, ndirty = self._sel
+            dirty, ndirty = np.empty(n, dtype=np.int32), np.zeros(1, dtype=np.int64)
+            self._sel = (out, n, out.data_ptr(), dirty, dirty.ctypes.data, ndirty, ndirty.ctypes.data)
+        out, _, out_p, _, dirty_p, _, ndirty_p = self._sel
         wp = words.ctypes.data
-        if self._native.fmoe_mask_select_f32(logits.data_ptr(), out.data_ptr(), n, wp, len(words),
-                                             dirty.ctypes.data, ndirty.ctypes.data, n // 8) >= 0:
-            return out.view(logits.shape)
-        self._native.fmoe_mask_logits_f32(logits.data_ptr(), n, wp, len(words))
+        lp = logits.data_ptr()
+        if self._native.fmoe_mask_select_f32(lp, out_p, n, wp, len(words), dirty_p, ndirty_p, n // 8) >= 0:
+            return out if logits.dim() == 1 else out.view(logits.shape)
+        self._native.fmoe_mask_logits_f32(lp, n, wp, len(words))
         return logits
 
     def _keep_only(self, logits, idx):
