@@ -61,7 +61,7 @@ def cmd_generate(args) -> int:
     if not ids:
         raise FmoeError("the prompt is empty after tokenization")
     gen = Generation(model, ids, max_tokens=args.max_tokens,
-                     sampling=Sampling(args.temperature, args.top_p, args.top_k, args.seed),
+                     sampling=Sampling(args.temperature, args.top_p, args.top_k, args.seed, args.min_p),
                      stop_ids=[] if args.ignore_eos else tok.eos_token_ids, vocab_limit=tok.vocab_size)
     out_ids: list[int] = []
     printed = ""
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--min-p", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-turn tokens")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")

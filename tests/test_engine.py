@@ -215,3 +215,24 @@ def test_cli_generate_json_and_bad_backend(models, capsys):
     assert len(out["token_ids"]) == 5 and out["prompt_tokens"] > 0
     assert main(["generate", "--model", path, "--prompt", "hi", "--backend", "tpu"]) == 2
     assert "unknown backend 'tpu'" in capsys.readouterr().err
+
+
+def test_sampling_min_p_top_k_top_p():
+    """min_p / top_k / top_p only ever return tokens inside their cut; a seed makes the draw repeatable."""
+    import numpy as np
+
+    from fmoe.engine.generate import Sampling, sample
+    from fmoe.errors import FmoeError
+
+    logits = np.log(np.array([0.5, 0.25, 0.15, 0.06, 0.04]))
+    draws = lambda s, n=400: {sample(logits, s, rng) for rng in [np.random.default_rng(0)] for _ in range(n)}  # noqa: E731
+    assert draws(Sampling(temperature=1.0, min_p=0.2)) == {0, 1, 2}      # p >= 0.2 * 0.5
+    assert draws(Sampling(temperature=1.0, min_p=0.6)) == {0}
+    assert draws(Sampling(temperature=1.0, top_k=2)) == {0, 1}
+    assert draws(Sampling(temperature=1.0, top_p=0.7)) == {0, 1}
+    assert draws(Sampling(temperature=1.0)) == {0, 1, 2, 3, 4}
+    a = [sample(logits, Sampling(temperature=1.0), np.random.default_rng(7)) for _ in range(20)]
+    b = [sample(logits, Sampling(temperature=1.0), np.random.default_rng(7)) for _ in range(20)]
+    assert a == b
+    with pytest.raises(FmoeError):
+        Sampling(min_p=1.5)

@@ -65,3 +65,34 @@ def test_errors_name_the_spec(tmp_path):
     reg.add_spec("calculator")  # the same tool again is harmless
     with pytest.raises(ToolDefinitionError, match="duplicate"):
         reg.add(SchemaTool("calculator"))
+
+
+def test_per_task_settings_do_not_leak_into_shared_tools(tmp_path):
+    """Each registry holds its own copy: a task's max_tool_output never changes the module-level built-in."""
+    from fmoe.agent.taskfile import load_task
+    from fmoe.tools.builtin_calculator import calculator
+
+    before = calculator.max_output
+    for cap, name in ((300, "a.yaml"), (5000, "b.yaml")):
+        (tmp_path / name).write_text(f"task: hi\ntools: [calculator, calculator]\nmax_tool_output: {cap}\n")
+        reg = load_task(tmp_path / name).registry
+        assert reg.names() == ["calculator"]          # listed twice: one tool
+        assert reg.get("calculator").max_output == cap
+    assert calculator.max_output == before
+
+
+def test_module_spec_resolves_from_the_task_files_parent(tmp_path, monkeypatch):
+    """examples/weather.yaml names `examples.tools:get_weather`: it resolves wherever fmoe runs from."""
+    from pathlib import Path
+
+    from fmoe.agent.taskfile import load_task
+
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    for m in [m for m in sys.modules if m == "examples" or m.startswith("examples.")]:
+        monkeypatch.delitem(sys.modules, m)   # import it afresh: only the task file's location can find it
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != repo])
+    task = load_task(repo / "examples" / "weather.yaml")
+    assert "get_weather" in task.registry.names()

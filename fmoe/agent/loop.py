@@ -199,7 +199,7 @@ class Agent:
         s = task.sampling
         kw = dict(system=task.system, tool_choice=task.tool_choice, parallel_tool_calls=task.parallel_tool_calls,
                   max_steps=task.max_steps, max_tokens=task.max_tokens,
-                  sampling=Sampling(s.temperature, s.top_p, s.top_k, s.seed), thinking=task.thinking,
+                  sampling=Sampling(s.temperature, s.top_p, s.top_k, s.seed, s.min_p), thinking=task.thinking,
                   tool_timeout=task.tool_timeout, max_tool_output=task.max_tool_output)
         kw.update(overrides)
         return cls(model, tokenizer, task.registry, **kw)

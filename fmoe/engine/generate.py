@@ -25,9 +25,10 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = 0
+    min_p: float = 0.0       # drop tokens whose probability is below min_p x the most likely token's
 
     def __post_init__(self):
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
             raise FmoeError(f"invalid sampling settings: {self}")
 
 
@@ -78,6 +79,9 @@ def sample(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
     x = x - x.max()
     p = np.exp(x)
     p /= p.sum()
+    if s.min_p > 0:
+        p = np.where(p >= s.min_p * p.max(), p, 0.0)
+        p /= p.sum()
     if s.top_p < 1.0:
         order = np.argsort(-p, kind="stable")
         cum = np.cumsum(p[order])

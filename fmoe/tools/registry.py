@@ -15,6 +15,7 @@ Specs (as written in a task file's ``tools:`` list):
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -99,7 +100,9 @@ def _load_file_module(path: Path, spec_text: str):
 def _import_module(modname: str, base_dir: Path, spec_text: str):
     if modname.endswith(".py") or "/" in modname or os.sep in modname:
         return _load_file_module(base_dir / modname, spec_text)
-    search = [str(base_dir), os.getcwd()]
+    # the task file's folder, its parent (so `examples.tools:get_weather` in examples/x.yaml resolves wherever fmoe
+    # runs from), then the working directory
+    search = list(dict.fromkeys([str(base_dir), str(Path(base_dir).resolve().parent), os.getcwd()]))
     old_path = list(sys.path)
     sys.path[:0] = [p for p in search if p not in sys.path]
     try:
@@ -107,7 +110,7 @@ def _import_module(modname: str, base_dir: Path, spec_text: str):
     except ModuleNotFoundError as e:
         if e.name and (modname == e.name or modname.startswith(e.name + ".")):
             raise ToolNotFoundError(f"tool {spec_text!r}: no module named {modname!r} "
-                                    f"(looked in {base_dir} and {os.getcwd()})") from None
+                                    f"(looked in {', '.join(search)} and the installed packages)") from None
         raise ToolNotFoundError(f"tool {spec_text!r}: importing {modname!r} failed: {e}") from None
     except Exception as e:  # noqa: BLE001
         raise ToolDefinitionError(f"tool {spec_text!r}: importing {modname!r} failed: "
@@ -195,6 +198,7 @@ class ToolRegistry:
 
     def __init__(self, tools: Iterable[Tool | Callable] = ()):
         self._tools: dict[str, Tool] = {}
+        self._origin: dict[str, Tool] = {}   # add_spec: the resolved object each registered copy came from
         for t in tools:
             self.add(t)
 
@@ -222,10 +226,16 @@ class ToolRegistry:
 
     def add_spec(self, spec: Any, base_dir: str | os.PathLike = ".", *,
                  workspace: str | os.PathLike | None = None) -> list[Tool]:
-        tools = resolve_spec(spec, base_dir, workspace=workspace)
-        for t in tools:
-            self.add(t)
-        return tools
+        out = []
+        for t in resolve_spec(spec, base_dir, workspace=workspace):
+            if t.name in self._tools and self._origin.get(t.name) is t:   # the same tool listed twice
+                out.append(self._tools[t.name])
+                continue
+            own = copy.copy(t)   # the registry's own copy: per-task settings (max_output) never leak into a
+            self.add(own)        # module-level tool object that other registries share
+            self._origin[t.name] = t
+            out.append(own)
+        return out
 
     # -- lookup ------------------------------------------------------------------------------------------------
     def get(self, name: str) -> Tool:
