@@ -139,3 +139,29 @@ def test_v3_missing_tool_is_conditioned_on_the_tools_block():
         assert by_what[what] not in r["tools"], r["id"]
     # the held-out split is generated exactly as in demo-data-v2
     assert datagen.HELDOUT_STREAM == "demo-data-v2"
+
+
+def test_v4_weather_successes_on_invented_cities():
+    """Training get_weather calls succeed on invented cities too (copied from the request, answered from the real
+    tool with the record's extended table); the real table is left as it was."""
+    import json
+
+    from examples.tools import WEATHER
+
+    from fmoe.demo import datagen
+
+    before = dict(WEATHER)
+    invented = 0
+    for i in range(200):
+        r = datagen.make_example(datagen.DEFAULT_SEED, "train", i)
+        user_text = " ".join(m["content"] for m in r["messages"] if m["role"] == "user")
+        for m in r["messages"]:
+            if m["role"] == "tool" and m["name"] == "get_weather" and m["content"].startswith("{"):
+                d = json.loads(m["content"])
+                assert set(d) == {"city", "temperature", "unit", "condition"}
+                if d["city"] not in WEATHER:
+                    invented += 1
+                    assert d["city"] in user_text
+                    assert not datagen._touches_heldout(d["city"])
+    assert invented >= 8
+    assert WEATHER == before

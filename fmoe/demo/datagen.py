@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-DATA_VERSION = "demo-data-v3"
+DATA_VERSION = "demo-data-v4"
 # The held-out split is generated exactly as in demo-data-v2 (same random stream, kinds and phrasings): v3 changes
 # only the training distribution, so the held-out numbers of every checkpoint compare on the same cases and the
 # built-in eval suite (fmoe/agent/suites/demo_heldout.yaml, made from heldout.jsonl) stays current.
@@ -93,6 +93,8 @@ class Executor:
 
     def __init__(self, workspace_files: dict[str, str] | None = None, time_seed: int = 0):
         self.time_seed = time_seed
+        # v4: invented cities this conversation's weather table also knows (training only; see Conv.cities)
+        self.extra_weather: dict[str, tuple[float, str]] = {}
         self.dir = tempfile.mkdtemp(prefix="fmoe-demo-ws-")
         for rel, text in (workspace_files or {}).items():
             p = Path(self.dir, rel)
@@ -104,7 +106,7 @@ class Executor:
     def __call__(self, name: str, arguments: dict) -> tuple[str, bool]:
         if name == "current_time":  # the clock is not reproducible: a seeded fake in the real tool's format
             return fake_time(arguments.get("timezone", "UTC"), self.time_seed)
-        with _cwd(self.dir):
+        with _cwd(self.dir), _weather_table(self.extra_weather if name == "get_weather" else {}):
             res = self._loop.run_until_complete(self.tools[name].acall(dict(arguments)))
         return res.content, res.is_error
 
@@ -117,6 +119,19 @@ class Executor:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def _weather_table(extra: dict[str, tuple[float, str]]):
+    """The real get_weather, its table extended by ``extra`` for the duration (same code path, same output)."""
+    if not extra:
+        yield
+        return
+    from unittest import mock  # noqa: PLC0415
+
+    ex = sys.modules["examples.tools"]
+    with mock.patch.dict(ex.WEATHER, extra), mock.patch.dict(ex._BY_KEY, {k.casefold(): k for k in extra}):
+        yield
 
 
 @contextlib.contextmanager
@@ -355,6 +370,18 @@ class _HeldoutWords:
 
 
 HELDOUT_WORDS = _HeldoutWords()
+INVENTED_CITY_P = 0.5   # v4: share of training weather cities that are invented (and known to that record's table)
+WEATHER_CONDITIONS = ["sunny", "cloudy", "rain", "snow", "fog", "windy", "clear", "drizzle", "partly cloudy",
+                      "thunderstorms", "humid"]
+
+
+@lru_cache(maxsize=1)
+def _weather_keys() -> frozenset:
+    from examples.tools import WEATHER  # noqa: PLC0415
+
+    return frozenset(k.casefold() for k in WEATHER)
+
+
 INVENTED = {
     "word": lambda g: g.syllables(1, 3).lower(),
     "name": lambda g: g.syllables(1, 3).capitalize(),
@@ -503,6 +530,24 @@ class Conv:
     def answer(self, text: str) -> None:
         self.messages.append({"role": "assistant", "content": text})
 
+    def cities(self, k: int = 1):
+        """k cities the weather tool knows. v4, training only: with probability INVENTED_CITY_P each is invented
+        (vocabulary pieces or syllables) and added to this conversation's weather table, so that a successful
+        get_weather call has to copy the city from the request instead of recalling the ~30 training cities."""
+        g = self.g
+        if g.split != "train":
+            return g.pick("city", k)
+        xs = g.pick("city", k) if k > 1 else [g.pick("city")]
+        for i in range(len(xs)):
+            if g.r.random() < INVENTED_CITY_P:
+                while True:
+                    x = g.vocab_entity("city") if g.r.random() < 0.6 else INVENTED["unknown_city"](g)
+                    if x not in xs and x.casefold() not in _weather_keys():
+                        break
+                xs[i] = x
+                self.ex.extra_weather[x] = (float(g.r.randint(-8, 36)), g.choice(WEATHER_CONDITIONS))
+        return xs if k > 1 else xs[0]
+
     def preface(self) -> str:
         if self.g.r.random() < 0.15:
             return self.g.choice(["Let me check.", "I'll look that up.", "Let me use a tool for that.",
@@ -561,7 +606,7 @@ def t_weather(c: Conv):
     g = c.g
     if g.r.random() < 0.3:
         return t_error_city(c)
-    city = g.pick("city")
+    city = c.cities()
     unit = g.choice([None, None, "celsius", "fahrenheit", "fahrenheit"])
     if unit is None:
         req = g.choice(["What's the weather in {c}?", "How is the weather in {c} right now?",
@@ -820,7 +865,7 @@ def t_sum_file(c: Conv, ws: dict):
 
 def t_weather_diff(c: Conv):
     g = c.g
-    a, b = g.pick("city", 2)
+    a, b = c.cities(2)
     req = g.choice(["How much warmer is it in {a} than in {b}?", "What is the temperature difference between {a} and {b}?",
                     "Compare the temperatures of {a} and {b}: how many degrees apart are they?"]).format(a=a, b=b)
     c.user(_cap(g, req))
@@ -834,7 +879,7 @@ def t_weather_diff(c: Conv):
 
 def t_weather_convert(c: Conv):
     g = c.g
-    city = g.pick("city")
+    city = c.cities()
     req = g.choice(["What's the temperature in {c} in kelvin?", "Give me the temperature of {c} in kelvin."]
                    ).format(c=city)
     c.user(_cap(g, req))
@@ -849,7 +894,7 @@ def t_parallel(c: Conv, ws: dict):
     g = c.g
     k = g.r.randint(0, 3)
     if k == 0:
-        cities = g.pick("city", g.choice([2, 2, 3]))
+        cities = c.cities(g.choice([2, 2, 3]))
         req = g.choice(["What's the weather in {l}?", "Tell me the weather in {l}.", "How is the weather in {l}?"]
                        ).format(l=_and(cities))
         c.user(_cap(g, req))
