@@ -545,7 +545,8 @@ class Conv:
                     if x not in xs and x.casefold() not in _weather_keys():
                         break
                 xs[i] = x
-                self.ex.extra_weather[x] = (float(g.r.randint(-8, 36)), g.choice(WEATHER_CONDITIONS))
+                # g.int_: a training-class number (held-out number classes never appear in training)
+                self.ex.extra_weather[x] = (float(g.int_(-8, 36)), g.choice(WEATHER_CONDITIONS))
         return xs if k > 1 else xs[0]
 
     def preface(self) -> str:
