@@ -220,6 +220,20 @@ def test_native_mask_kernel_matches_bits():
         assert got == allowed.sum()
         assert np.array_equal(torch.isfinite(out).numpy(), allowed)
         assert torch.equal(out[torch.from_numpy(allowed)], x[torch.from_numpy(allowed)])
+    # both in one call: -1 - count (copied into out) or count (masked in place)
+    for density in (0.01, 0.9):
+        bits = rng.random(nwords * 32) < density
+        words = np.packbits(bits, bitorder="little").view(np.int32).copy()
+        allowed = np.zeros(n, dtype=bool)
+        allowed[:nwords * 32] = bits[:n]
+        x = torch.randn(n)
+        before = x.clone()
+        got = lib.fmoe_mask_apply_f32(x.data_ptr(), out.data_ptr(), n, words.ctypes.data, nwords,
+                                      dirty.ctypes.data, ndirty.ctypes.data, n // 8)
+        res = out if got < 0 else x
+        assert (-1 - got if got < 0 else got) == allowed.sum() and (got < 0) == (allowed.sum() <= n // 8)
+        assert np.array_equal(torch.isfinite(res).numpy(), allowed)
+        assert torch.equal(res[torch.from_numpy(allowed)], before[torch.from_numpy(allowed)])
 
 
 def test_processor_in_place_torch(tok):

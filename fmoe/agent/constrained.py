@@ -91,6 +91,7 @@ class ToolCallProcessor:
         self._pending = None
         self._native = native.load_mask()
         self._sel = None
+        self._wp = (None, 0)
         self.stats = {"steps": 0, "forced": 0, "accepted": 0, "overlapped": 0}
 
     def reset(self) -> None:
@@ -179,11 +180,11 @@ class ToolCallProcessor:
             dirty, ndirty = np.empty(n, dtype=np.int32), np.zeros(1, dtype=np.int64)
             self._sel = (out, n, out.data_ptr(), dirty, dirty.ctypes.data, ndirty, ndirty.ctypes.data)
         out, _, out_p, _, dirty_p, _, ndirty_p = self._sel
-        wp = words.ctypes.data
-        lp = logits.data_ptr()
-        if self._native.fmoe_mask_select_f32(lp, out_p, n, wp, len(words), dirty_p, ndirty_p, n // 8) >= 0:
+        if words is not self._wp[0]:   # the matcher's buffer and the constant masks recur: keep their address
+            self._wp = (words, words.ctypes.data)
+        if self._native.fmoe_mask_apply_f32(logits.data_ptr(), out_p, n, self._wp[1], len(words), dirty_p, ndirty_p,
+                                            n // 8) < 0:
             return out if logits.dim() == 1 else out.view(logits.shape)
-        self._native.fmoe_mask_logits_f32(lp, n, wp, len(words))
         return logits
 
     def _keep_only(self, logits, idx):

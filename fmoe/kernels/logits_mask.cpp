@@ -84,3 +84,12 @@ extern "C" int64_t fmoe_mask_select_f32(const float* logits, float* out, int64_t
     *ndirty = k;
     return count;
 }
+
+// Both in one call (one foreign call per step): the few-allowed copy into `out` when at most `max_allowed` tokens
+// are allowed (returns -1 - count), else the in-place mask of `logits` (returns count).
+extern "C" int64_t fmoe_mask_apply_f32(float* logits, float* out, int64_t n, const uint32_t* words, int64_t nwords,
+                                       int32_t* dirty, int64_t* ndirty, int64_t max_allowed) {
+    const int64_t got = fmoe_mask_select_f32(logits, out, n, words, nwords, dirty, ndirty, max_allowed);
+    if (got >= 0) return -1 - got;
+    return fmoe_mask_logits_f32(logits, n, words, nwords);
+}

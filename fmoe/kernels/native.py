@@ -151,6 +151,10 @@ def load_mask() -> ctypes.CDLL | None:
             f.restype = ctypes.c_int64
             f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,  # .., nwords
                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]  # dirty, ndirty, max_allowed
+            f = lib.fmoe_mask_apply_f32
+            f.restype = ctypes.c_int64
+            f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
             _mask_lib = lib
         except Exception as e:  # noqa: BLE001 -- any failure means "use the torch fallback"
             _mask_error = f"{type(e).__name__}: {e}"
