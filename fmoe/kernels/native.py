@@ -27,9 +27,6 @@ _SRC = Path(__file__).with_name("qmv.cpp")
 _MASK_SRC = Path(__file__).with_name("logits_mask.cpp")
 _FLAGS = ["-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_tried = False
-_error: str | None = None
 
 
 def cache_dir() -> Path:
@@ -89,88 +86,65 @@ def build(verbose: bool = False, source: Path = _SRC) -> Path:
     return so
 
 
+_I, _I64, _P = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
+# source -> {function: (restype, argtypes)}
+_SIGNATURES = {
+    _SRC: {
+        "fmoe_qmv": (_I, [_P, _P, _P, _I,      # w, scales, biases, scales_bf16
+                          _P, _P,              # x, y
+                          _I64, _I64, _I,      # N, K, M
+                          _I64, _I64,          # x_stride, y_stride
+                          _I, _I, _I, _I]),    # bits, group_size, nthreads, force_scalar
+        "fmoe_dequant": (_I, [_P, _P, _P, _I,  # w, scales, biases, scales_bf16
+                              _P, _I64, _I64,  # out, N, K
+                              _I, _I, _I]),    # bits, group_size, nthreads
+        "fmoe_qmv_has_simd": (_I, []),
+    },
+    _MASK_SRC: {
+        "fmoe_mask_logits_f32": (_I64, [_P, _I64, _P, _I64]),                       # logits, n, words, nwords
+        "fmoe_mask_select_f32": (_I64, [_P, _P, _I64, _P, _I64, _P, _P, _I64]),     # .., dirty, ndirty, max_allowed
+        "fmoe_mask_apply_f32": (_I64, [_P, _P, _I64, _P, _I64, _P, _P, _I64]),
+    },
+}
+_loaded: dict[Path, tuple[ctypes.CDLL | None, str | None]] = {}
+
+
+def _load(source: Path) -> tuple[ctypes.CDLL | None, str | None]:
+    """(library, None) or (None, why): built once, its functions typed from _SIGNATURES; cached per source."""
+    hit = _loaded.get(source)
+    if hit is not None:
+        return hit
+    with _lock:
+        if source not in _loaded:
+            try:
+                if os.environ.get("FMOE_NATIVE", "1") in ("0", "false", "no", "off"):
+                    raise RuntimeError("disabled by FMOE_NATIVE=0")
+                lib = ctypes.CDLL(str(build(source=source)))
+                for name, (res, args) in _SIGNATURES[source].items():
+                    f = getattr(lib, name)
+                    f.restype, f.argtypes = res, args
+                _loaded[source] = (lib, None)
+            except Exception as e:  # noqa: BLE001 -- any failure means "use the torch fallback"
+                _loaded[source] = (None, f"{type(e).__name__}: {e}")
+    return _loaded[source]
+
+
 def load() -> ctypes.CDLL | None:
-    """The loaded library, or None when unavailable (see :func:`load_error`)."""
-    global _lib, _tried, _error
-    if _tried:
-        return _lib
-    with _lock:
-        if _tried:
-            return _lib
-        try:
-            if os.environ.get("FMOE_NATIVE", "1") in ("0", "false", "no", "off"):
-                raise RuntimeError("disabled by FMOE_NATIVE=0")
-            lib = ctypes.CDLL(str(build()))
-            f = lib.fmoe_qmv
-            f.restype = ctypes.c_int
-            f.argtypes = [
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,  # w, scales, biases, scales_bf16
-                ctypes.c_void_p, ctypes.c_void_p,  # x, y
-                ctypes.c_int64, ctypes.c_int64, ctypes.c_int,  # N, K, M
-                ctypes.c_int64, ctypes.c_int64,  # x_stride, y_stride
-                ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,  # bits, group_size, nthreads, force_scalar
-            ]
-            d = lib.fmoe_dequant
-            d.restype = ctypes.c_int
-            d.argtypes = [
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,  # w, scales, biases, scales_bf16
-                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,  # out, N, K
-                ctypes.c_int, ctypes.c_int, ctypes.c_int,  # bits, group_size, nthreads
-            ]
-            lib.fmoe_qmv_has_simd.restype = ctypes.c_int
-            lib.fmoe_qmv_has_simd.argtypes = []
-            _lib = lib
-        except Exception as e:  # noqa: BLE001 -- any failure means "use the torch fallback"
-            _error = f"{type(e).__name__}: {e}"
-            _lib = None
-        _tried = True
-    return _lib
-
-
-_mask_lib: ctypes.CDLL | None = None
-_mask_tried = False
-_mask_error: str | None = None
-
-
-def load_mask() -> ctypes.CDLL | None:
-    """The logits-mask library (``fmoe_mask_logits_f32``), or None when unavailable (see :func:`load_mask_error`)."""
-    global _mask_lib, _mask_tried, _mask_error
-    if _mask_tried:
-        return _mask_lib
-    with _lock:
-        if _mask_tried:
-            return _mask_lib
-        try:
-            if os.environ.get("FMOE_NATIVE", "1") in ("0", "false", "no", "off"):
-                raise RuntimeError("disabled by FMOE_NATIVE=0")
-            lib = ctypes.CDLL(str(build(source=_MASK_SRC)))
-            f = lib.fmoe_mask_logits_f32
-            f.restype = ctypes.c_int64
-            f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]  # logits, n, words, nwords
-            f = lib.fmoe_mask_select_f32
-            f.restype = ctypes.c_int64
-            f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,  # .., nwords
-                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]  # dirty, ndirty, max_allowed
-            f = lib.fmoe_mask_apply_f32
-            f.restype = ctypes.c_int64
-            f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-            _mask_lib = lib
-        except Exception as e:  # noqa: BLE001 -- any failure means "use the torch fallback"
-            _mask_error = f"{type(e).__name__}: {e}"
-            _mask_lib = None
-        _mask_tried = True
-    return _mask_lib
-
-
-def load_mask_error() -> str | None:
-    load_mask()
-    return _mask_error
+    """The quantized mat-vec library, or None when unavailable (see :func:`load_error`)."""
+    return _load(_SRC)[0]
 
 
 def load_error() -> str | None:
-    load()
-    return _error
+    return _load(_SRC)[1]
+
+
+def load_mask() -> ctypes.CDLL | None:
+    """The logits-mask library (``fmoe_mask_apply_f32`` and its parts), or None (see :func:`load_mask_error`)."""
+    return _load(_MASK_SRC)[0]
+
+
+def load_mask_error() -> str | None:
+    return _load(_MASK_SRC)[1]
 
 
 def has_simd() -> bool:
