@@ -236,6 +236,34 @@ def test_native_mask_kernel_matches_bits():
         assert torch.equal(res[torch.from_numpy(allowed)], before[torch.from_numpy(allowed)])
 
 
+def test_processor_buffer_reused_clean(tok):
+    """The few-allowed buffer goes back to a pool when its processor is collected; the next processor gets it with
+    every previous id reset to -inf (a stale finite logit would let the grammar be escaped)."""
+    import gc
+
+    from fmoe.agent import constrained
+
+    g = compile_tool_grammar(TOOLS, "xml", tokenizer=tok)
+    if constrained.native.load_mask() is None:
+        pytest.skip("native kernel unavailable")
+    ids = tok.encode(render_calls([("get_weather", {"city": "Paris"})], "xml", TOOLS), add_special_tokens=False).ids
+    a = ToolCallProcessor(g)
+    for t in ids[:3]:                                 # into the call region: few-allowed masks use the buffer
+        a.process(torch.randn(QWEN35_PADDED_VOCAB))
+        a.accept(t)
+    buf = a._sel[0]
+    assert torch.isfinite(buf).any()
+    del a
+    gc.collect()
+    b = ToolCallProcessor(g)
+    b.accept(ids[0])
+    words = b.matcher.mask().copy()
+    allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[:QWEN35_PADDED_VOCAB].astype(bool)
+    out = b.process(torch.randn(QWEN35_PADDED_VOCAB))
+    assert b._sel[0] is buf and out is buf            # the pooled buffer, reused
+    assert np.array_equal(torch.isfinite(out).numpy(), allowed)
+
+
 def test_processor_in_place_torch(tok):
     g = compile_tool_grammar(TOOLS, "hermes", tokenizer=tok)
     p = ToolCallProcessor(g)
