@@ -454,6 +454,22 @@ inline __m256 comb_lanes(const float* comb, int64_t k0) {
   }
 }
 
+// One block of packed codes in the int16-lane layout both row_i16 kernels multiply: 32 bytes as loaded, or for 3 bits
+// 24 bytes spread so that lane i holds codes 8i..8i+7 (its 24-bit value re-split into 12-bit halves at bits 0 and 16).
+template <int BITS>
+inline __m256i load_code_block(const uint8_t* p) {
+  if constexpr (BITS == 3) {
+    const __m256i shuf3 = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,  //
+                                           4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
+    const __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
+    const __m256i t = _mm256_shuffle_epi8(raw, shuf3);
+    return _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi32(0xFFF)),
+                           _mm256_slli_epi32(_mm256_and_si256(t, _mm256_set1_epi32(0xFFF000)), 4));
+  } else {
+    return _mm256_loadu_si256((const __m256i*)p);
+  }
+}
+
 template <int BITS, int GS, bool BF16>
 float row_i16(const uint32_t* row, const void* sc, const void* bi, int64_t gbase, const int16_t* xq,
               const float* comb, const float* xsum, const float* x, int64_t K) {
@@ -465,8 +481,6 @@ float row_i16(const uint32_t* row, const void* sc, const void* bi, int64_t gbase
   constexpr int BPG = SB / BLOCK;
   constexpr uint32_t M1 = (1u << BITS) - 1u;
   const __m256i mask = _mm256_set1_epi32(static_cast<int>(M1 | (M1 << 16)));
-  const __m256i shuf3 = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,  //
-                                         4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
   const int64_t nsb = K / SB;
   const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
   __m256 tot = _mm256_setzero_ps();
@@ -475,15 +489,7 @@ float row_i16(const uint32_t* row, const void* sc, const void* bi, int64_t gbase
     for (int bb = 0; bb < BPG; ++bb) {
       const int64_t blk = sbi * BPG + bb;
       const uint8_t* p = bytes + blk * BLOCK_BYTES;
-      __m256i v;
-      if constexpr (BITS == 3) {
-        __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
-        __m256i t = _mm256_shuffle_epi8(raw, shuf3);  // lane i: 24-bit value, codes 8i..8i+7
-        v = _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi32(0xFFF)),
-                            _mm256_slli_epi32(_mm256_and_si256(t, _mm256_set1_epi32(0xFFF000)), 4));
-      } else {
-        v = _mm256_loadu_si256((const __m256i*)p);
-      }
+      const __m256i v = load_code_block<BITS>(p);
       if constexpr (FMOE_PF > 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, _MM_HINT_T0);
       const __m256i* xb = reinterpret_cast<const __m256i*>(xq + blk * BLOCK);
 #define FMOE_I16(J, ACC)                                                                              \
@@ -520,8 +526,6 @@ void row_i16_x4(const uint32_t* row, const void* bi, int64_t gbase, const int16_
   constexpr int BPG = SB / BLOCK;
   constexpr uint32_t M1 = (1u << BITS) - 1u;
   const __m256i mask = _mm256_set1_epi32(static_cast<int>(M1 | (M1 << 16)));
-  const __m256i shuf3 = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,  //
-                                         4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
   const int64_t nsb = K / SB;
   const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
   __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
@@ -531,15 +535,7 @@ void row_i16_x4(const uint32_t* row, const void* bi, int64_t gbase, const int16_
     for (int bb = 0; bb < BPG; ++bb) {
       const int64_t blk = sbi * BPG + bb;
       const uint8_t* p = bytes + blk * BLOCK_BYTES;
-      __m256i v;
-      if constexpr (BITS == 3) {
-        __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
-        __m256i t = _mm256_shuffle_epi8(raw, shuf3);
-        v = _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi32(0xFFF)),
-                            _mm256_slli_epi32(_mm256_and_si256(t, _mm256_set1_epi32(0xFFF000)), 4));
-      } else {
-        v = _mm256_loadu_si256((const __m256i*)p);
-      }
+      const __m256i v = load_code_block<BITS>(p);
       const int64_t off = blk * BLOCK / 16;  // in __m256i units
       const __m256i* x0 = reinterpret_cast<const __m256i*>(xq[0]) + off;
       const __m256i* x1 = reinterpret_cast<const __m256i*>(xq[1]) + off;
