@@ -44,6 +44,8 @@ from fmoe.agent.grammar import Grammar, GrammarError
 from fmoe.kernels import native
 
 _SHIFTS = np.arange(32, dtype=np.int64)
+_CACHE_SIZE = 64
+_MASK_POOL = ThreadPoolExecutor(1, thread_name_prefix="fmoe-mask")
 
 
 def _torch_f32():
@@ -81,10 +83,6 @@ def _give_back_sel(sel: tuple) -> None:
         ndirty[0] = 0
     with _SEL_LOCK:
         _SEL_POOL.setdefault(n, []).append(sel)
-
-_CACHE_SIZE = 64
-_MASK_POOL = ThreadPoolExecutor(1, thread_name_prefix="fmoe-mask")
-
 
 def mask_to_ids(words: np.ndarray, n: int) -> tuple[bool, np.ndarray]:
     """(allowed_side, ids): ids (int64, ascending, < n) of the allowed tokens if allowed_side else of the

@@ -76,8 +76,7 @@ extern "C" int64_t fmoe_mask_select_f32(const float* logits, float* out, int64_t
         while (m) {
             const int64_t id = w * 32 + __builtin_ctz(m);
             m &= m - 1;
-            if (id >= n) break;
-            out[id] = logits[id];
+            out[id] = logits[id];  // id < n: the last word was cut to n bits above
             dirty[k++] = (int32_t)id;
         }
     }
