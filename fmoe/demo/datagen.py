@@ -36,7 +36,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-DATA_VERSION = "demo-data-v4"
+DATA_VERSION = "demo-data-v5"
+# v5 changes no text: the vocabulary pieces of invented entities come from the v5 tokenizer (words split from the
+# space before them, 1024 tokens). The tokenizer itself is trained on a corpus without vocabulary pieces
+# (PIECES_TOKENIZER = None: syllables instead), so neither depends on the other.
 # The held-out split is generated exactly as in demo-data-v2 (same random stream, kinds and phrasings): v3 changes
 # only the training distribution, so the held-out numbers of every checkpoint compare on the same cases and the
 # built-in eval suite (fmoe/agent/suites/demo_heldout.yaml, made from heldout.jsonl) stays current.
@@ -293,7 +296,8 @@ NO_TOOL_REQUESTS = [
 
 @lru_cache(maxsize=None)
 def pools(split: str) -> dict[str, list[str]]:
-    from examples.tools import WEATHER  # noqa: PLC0415  (sys.path set by _example_tools)
+    _example_tools()  # puts the repository root on sys.path
+    from examples.tools import WEATHER  # noqa: PLC0415
 
     return {
         "word": _split_pool(WORDS, split),
@@ -337,16 +341,21 @@ def _touches_heldout(w: str) -> bool:
 
 
 VOCAB_ENTITY_P = 0.4  # share of training words, names and unknown cities built from vocabulary pieces (v3)
+# the tokenizer folder whose letter pieces invented entities are built from; FMOE_DEMO_TOKENIZER overrides it (to
+# generate data for a candidate tokenizer), None means no pieces at all (syllables: the tokenizer's own corpus)
+PIECES_TOKENIZER: str | None = os.environ.get("FMOE_DEMO_TOKENIZER") or str(TEMPLATE_PATH.parent)
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=4)
 def vocab_pieces(path: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Letter pieces of the shipped tokenizer's BPE vocabulary: (word starts, continuations).
+    """Letter pieces of a tokenizer's BPE vocabulary (default: PIECES_TOKENIZER): (word starts, continuations).
 
     A token counts if its text (byte-level decoded) is letters, optionally after one leading space, quote, slash,
-    dot, underscore or dash (the pre-tokenizer glues one such character to the letters that follow). Starts are the
-    pieces that begin a word (that leading character, or none); continuations are all letter pieces."""
-    from_path = Path(path) if path else TEMPLATE_PATH.parent / "tokenizer.json"
+    dot, underscore or dash (Qwen's pre-tokenizer glues one such character to the letters that follow). Starts are
+    the pieces that begin a word (that leading character, or none); continuations are all letter pieces. With the
+    v5 pre-tokenizer (words split from what precedes them) no piece has a leading character: every piece starts."""
+    p = Path(path or PIECES_TOKENIZER)
+    from_path = p / "tokenizer.json" if p.is_dir() else p
     vocab = json.loads(from_path.read_text(encoding="utf-8"))["model"]["vocab"]
     from fmoe.agent.qwen_vocab import bytes_to_unicode
     dec = {c: b for b, c in bytes_to_unicode().items()}
@@ -361,6 +370,8 @@ def vocab_pieces(path: str | None = None) -> tuple[tuple[str, ...], tuple[str, .
             conts.add(core)
             if core != text:
                 starts.add(core)
+    if len(starts) < len(conts) // 20:  # words are split from their leading character: any piece can start one
+        starts = set(conts)
     return tuple(sorted(starts)), tuple(sorted(conts))
 
 
@@ -377,6 +388,7 @@ WEATHER_CONDITIONS = ["sunny", "cloudy", "rain", "snow", "fog", "windy", "clear"
 
 @lru_cache(maxsize=1)
 def _weather_keys() -> frozenset:
+    _example_tools()
     from examples.tools import WEATHER  # noqa: PLC0415
 
     return frozenset(k.casefold() for k in WEATHER)
@@ -411,8 +423,8 @@ class Gen:
             xs: list[str] = []
             while len(xs) < k:
                 u = self.r.random()
-                x = (self.vocab_entity(pool) if u < VOCAB_ENTITY_P else INVENTED[pool](self) if u < 0.7
-                     else self.r.choice(self.p[pool]))
+                x = (self.vocab_entity(pool) if u < VOCAB_ENTITY_P and PIECES_TOKENIZER
+                     else INVENTED[pool](self) if u < 0.7 else self.r.choice(self.p[pool]))
                 if x not in xs:
                     xs.append(x)
         else:
@@ -541,7 +553,8 @@ class Conv:
         for i in range(len(xs)):
             if g.r.random() < INVENTED_CITY_P:
                 while True:
-                    x = g.vocab_entity("city") if g.r.random() < 0.6 else INVENTED["unknown_city"](g)
+                    x = (g.vocab_entity("city") if g.r.random() < 0.6 and PIECES_TOKENIZER
+                         else INVENTED["unknown_city"](g))
                     if x not in xs and x.casefold() not in _weather_keys():
                         break
                 xs[i] = x

@@ -39,7 +39,7 @@ MODEL_CONFIG = dict(
     linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=2, linear_num_value_heads=4,
     linear_conv_kernel_dim=4, num_experts=32, num_experts_per_tok=4, moe_intermediate_size=64,
     shared_expert_intermediate_size=128, max_position_embeddings=4096, rms_norm_eps=1e-6,
-    tie_word_embeddings=False, router_aux_loss_coef=0.01, initializer_range=0.02,
+    tie_word_embeddings=True, router_aux_loss_coef=0.01, initializer_range=0.02,
     rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25},
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -206,6 +206,10 @@ def main(argv=None):
                     help="keep a record of L tokens with probability min(1, N/L) (0 = keep all): more, shorter "
                          "conversations per CPU second")
     ap.add_argument("--embed-lr-mult", type=float, default=1.0, help="LR multiplier of embed_tokens and lm_head")
+    ap.add_argument("--schedule-minutes", type=float, default=0.0,
+                    help="the cosine schedule spans this many minutes of training over several calls (0 = --minutes)")
+    ap.add_argument("--resume", default=None,
+                    help="an earlier --out folder: continue its run exactly (fp32 weights, optimizer, step, clock)")
     ap.add_argument("--sup-logits", action="store_true",
                     help="lm_head only at supervised positions (no router aux loss): cheaper on the CPU")
     a = ap.parse_args(argv)
@@ -252,7 +256,10 @@ def main(argv=None):
         held = encode_records(hrecs, schemas, template, tok, a.max_len, 1)
         held_batches = make_batches(held, a.token_budget, random.Random(0), pad_id)
 
-    model, cfg, eos = build_model(tok.get_vocab_size(), tok, device, a.init)
+    model, cfg, eos = build_model(tok.get_vocab_size(), tok, device, a.resume and str(Path(a.resume) / "model") or a.init)
+    state = torch.load(Path(a.resume) / "state.pt", map_location=device) if a.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
     n_params = sum(p.numel() for p in model.parameters())
     log(f"params {n_params / 1e6:.2f}M  config {json.dumps(MODEL_CONFIG)}  vocab {cfg.vocab_size}")
     emb = [p for n, p in model.named_parameters() if "embed" in n or "lm_head" in n]
@@ -266,9 +273,20 @@ def main(argv=None):
     opt = torch.optim.AdamW(groups,
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
     budget_s = a.minutes * 60.0
+    sched_s = (a.schedule_minutes or a.minutes) * 60.0
     rng = random.Random(a.seed)
     curve, evals = [], []
     step, epoch, seen_tok, seen_sup = 0, 0, 0, 0
+    prior_s = 0.0  # training seconds of the earlier calls of a resumed run
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        step, prior_s, seen_tok, seen_sup = state["step"], state["train_s"], state["tokens"], state["supervised"]
+        rng = random.Random(f"{a.seed}/{step}")
+        prev = json.loads((Path(a.resume) / "loss_curve.json").read_text())
+        curve, evals = prev["train"], prev["heldout"]
+        log(f"resumed {a.resume}: step {step}, {prior_s / 60:.2f} min trained")
+        del state
+    start_step, start_tok = step, seen_tok
     t0 = time.time()
     last_ckpt = t0
     done = False
@@ -277,7 +295,7 @@ def main(argv=None):
         epoch += 1
         for idx in make_batches(data, a.token_budget, rng, pad_id):
             elapsed = time.time() - t0
-            frac = min(elapsed / budget_s, 1.0)
+            frac = min((prior_s + elapsed) / sched_s, 1.0)
             if step < a.warmup:
                 lr = a.lr * (step + 1) / a.warmup
             else:
@@ -315,9 +333,9 @@ def main(argv=None):
             win_m += int(m)
             if step % a.log_every == 0:
                 el = time.time() - t0
-                rec = {"step": step, "epoch": epoch, "time_s": round(el, 1), "lr": lr,
+                rec = {"step": step, "epoch": epoch, "time_s": round(prior_s + el, 1), "lr": lr,
                        "loss": win_loss / win_n, "tok_acc": win_c / max(win_m, 1), "aux": float(aux),
-                       "grad_norm": float(gn), "tokens": seen_tok, "tok_per_s": round(seen_tok / el)}
+                       "grad_norm": float(gn), "tokens": seen_tok, "tok_per_s": round((seen_tok - start_tok) / el)}
                 curve.append(rec)
                 log(json.dumps(rec))
                 win_loss, win_n, win_c, win_m = 0.0, 0, 0, 0
@@ -338,9 +356,12 @@ def main(argv=None):
         log(json.dumps(evals[-1]))
 
     mdir = save_checkpoint(model, out, a.tokenizer, eos, curve, evals, step)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "train_s": prior_s + train_s,
+                "tokens": seen_tok, "supervised": seen_sup}, out / "state.pt")
     summary = {"data_version": datagen.DATA_VERSION, "seed": a.seed, "records": len(data), "tokens_per_epoch": n_tok,
                "supervised_per_epoch": n_sup, "steps": step, "epochs": epoch, "tokens_seen": seen_tok,
-               "supervised_seen": seen_sup, "train_s": round(train_s, 1), "tok_per_s": round(seen_tok / train_s),
+               "supervised_seen": seen_sup, "train_s": round(prior_s + train_s, 1),
+               "tok_per_s": round((seen_tok - start_tok) / train_s), "steps_this_call": step - start_step,
                "params": n_params, "model_config": MODEL_CONFIG, "vocab_size": cfg.vocab_size,
                "final_train_loss": curve[-1]["loss"] if curve else None, "evals": evals,
                "args": vars(a), "torch": torch.__version__, "transformers": transformers.__version__,
