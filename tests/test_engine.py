@@ -27,7 +27,7 @@ def models(tmp_path_factory):
     """name -> (checkpoint dir, transformers model)."""
     root = tmp_path_factory.mktemp("models")
     out = {}
-    for i, shape in enumerate(["qwen3_5_a", "qwen3_5_b", "next"]):
+    for i, shape in enumerate(["qwen3_5_a", "qwen3_5_b", "next", "qwen3_5_tied"]):
         out[shape] = (root / shape, build_hf(root / shape, shape, seed=i))
     to_release_layout(root / "qwen3_5_a", root / "release")
     out["release"] = (root / "release", out["qwen3_5_a"][1])
@@ -50,7 +50,7 @@ def hf_logits(model, ids):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["qwen3_5_a", "qwen3_5_b", "next", "release"])
+@pytest.mark.parametrize("name", ["qwen3_5_a", "qwen3_5_b", "next", "release", "qwen3_5_tied"])
 def test_logits_match_transformers(models, name, backend):
     path, ref_model = models[name]
     ids = prompt_ids(32)

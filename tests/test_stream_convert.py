@@ -67,6 +67,27 @@ def test_convert_from_float(hf_dir, tmp_path):
     assert out.config.raw["quantization"]["bits"] == 4
 
 
+def test_tied_embeddings_convert_and_run(tmp_path):
+    """A checkpoint with tie_word_embeddings (no lm_head tensor): the layout stores the embedding once, the output
+    layer is that same quantized matrix, and the streamed model's logits follow transformers'."""
+    import torch
+
+    from fmoe.engine.model import Model
+    hf = tiny_models.build_hf(tmp_path / "hf", "qwen3_5_tied", seed=5)
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+    dst = convert_mod.convert(tmp_path / "hf", tmp_path / "s", bits=8, group_size=32, progress=False, fsync=False)
+    out = open_streaming(dst, verify=True)
+    assert "lm_head" not in out.non_expert_names()
+    assert _same(out.load("lm_head"), out.load("embed_tokens.weight"))
+    ids = tiny_models.prompt_ids(24)
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].float().numpy()
+    m = Model.load(dst, backend="torch")
+    got = m.B.to_numpy(m.forward(ids, m.new_cache(), all_logits=True))
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 0.05
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() > 0.9
+
+
 def test_convert_from_mlx_repack_and_requantize(mlx_dir, tmp_path):
     src = open_checkpoint(mlx_dir)
     assert isinstance(src.expert(0, 0)[0], QuantizedWeight)

@@ -35,6 +35,8 @@ SHAPES = {
                       shared_expert_intermediate_size=64, vocab_size=384,
                       layer_types=["linear_attention", "full_attention", "linear_attention"]),
 }
+# the demo model's choice: input and output embeddings tied (no lm_head tensor in the checkpoint)
+SHAPES["qwen3_5_tied"] = dict(SHAPES["qwen3_5_a"], tie_word_embeddings=True)
 NEXT_SHAPE = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                   linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
                   num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
