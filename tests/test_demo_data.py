@@ -106,6 +106,16 @@ def test_tokenizer_round_trips(schemas, template):
     assert [t for t in enc.tokens if t.strip("Ġ").isdigit()] == list("90210")
 
 
+def test_shipped_tokenizer_is_what_train_tokenizer_builds(tmp_path):
+    """The shipped tokenizer files are exactly what ``python -m fmoe.demo.train_tokenizer`` writes (seed 1234, 4000
+    conversations, Qwen's pre-tokenizer, 1024 tokens): the vocabulary comes from the generator, not by hand."""
+    pytest.importorskip("tokenizers")
+    from fmoe.demo import train_tokenizer
+    train_tokenizer.main(["--out", str(tmp_path)])
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (tmp_path / f).read_bytes() == (MODEL_DIR / f).read_bytes(), f
+
+
 def test_tokenizer_config_has_the_chat_template():
     cfg = json.loads((MODEL_DIR / "tokenizer_config.json").read_text())
     assert cfg["chat_template"] == (MODEL_DIR / "chat_template.jinja").read_text()
@@ -115,17 +125,23 @@ def test_tokenizer_config_has_the_chat_template():
 def test_v3_vocab_entities_cover_the_vocabulary_and_avoid_heldout():
     """demo-data-v3: invented training entities are joined from the tokenizer's letter pieces (so every piece is
     seen as something to copy) and never name or contain a held-out entity."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
     starts, conts = datagen.vocab_pieces()
-    assert len(starts) > 500 and len(conts) > 1500
+    assert set(starts) <= set(conts) and len(starts) > 200 and len(conts) > 500
     g = datagen.Gen(1234, "train", 0)
-    seen = set()
+    seen, pieces = set(), set()
     for pool in ("word", "name", "unknown_city"):
         for _ in range(1500):
             w = g.vocab_entity(pool)
             assert not datagen._touches_heldout(w), w
             seen.add(w.lower())
+            for text in (" " + w, "\n" + w):  # as written in a request and as an XML argument
+                pieces.update(t.lstrip("Ġ") for t in tok.encode(text, add_special_tokens=False).tokens)
     held = {x.lower() for p in datagen.pools("heldout").values() for x in p}
     assert not seen & held
+    # 4,500 invented entities exercise nearly every letter piece of the vocabulary
+    assert len(pieces & set(conts)) >= 0.95 * len(conts)
 
 
 def test_v3_missing_tool_is_conditioned_on_the_tools_block():

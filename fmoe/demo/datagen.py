@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 DATA_VERSION = "demo-data-v5"
-# v5 changes no text: the vocabulary pieces of invented entities come from the v5 tokenizer (words split from the
-# space before them, 1024 tokens). The tokenizer itself is trained on a corpus without vocabulary pieces
-# (PIECES_TOKENIZER = None: syllables instead), so neither depends on the other.
+# v5 changes no text: the vocabulary pieces of invented entities come from the v5 tokenizer (1024 tokens). The
+# tokenizer itself is trained on a corpus without vocabulary pieces (PIECES_TOKENIZER = None: syllables instead),
+# so neither depends on the other.
 # The held-out split is generated exactly as in demo-data-v2 (same random stream, kinds and phrasings): v3 changes
 # only the training distribution, so the held-out numbers of every checkpoint compare on the same cases and the
 # built-in eval suite (fmoe/agent/suites/demo_heldout.yaml, made from heldout.jsonl) stays current.

@@ -5,18 +5,20 @@
 # training over all calls (train.py --schedule-minutes); calls after the first resume the exact fp32 state left in
 # /tmp by the previous call (the machine stays warm between quick calls). While a call trains, the next call's data
 # is generated in the background (NEXT_SEED). Returns the model of RET (A or B) in 15 MB parts and a tarball of both
-# variants' logs, summaries and loss curves. Run 8 (DEMO_NOTES.md):
+# variants' logs, summaries and loss curves. Run 8 (DEMO_NOTES.md), the tokenizers made first (here, ~40 s each):
+#   python -m fmoe.demo.train_tokenizer --out runs/tok_words --pretokenizer words
+#   python -m fmoe.demo.train_tokenizer --out runs/tok_qwen --pretokenizer qwen     (the shipped one)
 #   run(kind="nvidia-h200-x2", carry=["runs/whl", "runs/tok_words", "runs/tok_qwen"], command=
-#     "CALL=1 MIN=7.3 SEED=81 NEXT_SEED=82 RET=A bash fmoe/demo/device_scratch.sh")
+#     "CALL=1 MIN=6.8 SEED=81 NEXT_SEED=82 RET=A bash fmoe/demo/device_scratch.sh")
 #     "CALL=2 MIN=8 SEED=82 NEXT_SEED=83 RET=B bash fmoe/demo/device_scratch.sh"
-#     "CALL=3 MIN=5.7 SEED=83 RET=A bash fmoe/demo/device_scratch.sh"
+#     "CALL=3 MIN=6.2 SEED=83 RET=A bash fmoe/demo/device_scratch.sh"
 #     "CALL=fetch RET=B bash fmoe/demo/device_scratch.sh"          (returns B's final model, trains nothing)
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RUN=${RUN:-run8}; CALL=${CALL:-1}; MIN=${MIN:-7}; SCHED=${SCHED:-21}; N=${N:-50000}
 SEED=${SEED:-81}; NEXT_SEED=${NEXT_SEED:-}; RET=${RET:-A}
-TOK_A=${TOK_A:-runs/tok_words}; TOK_B=${TOK_B:-runs/tok_qwen}
+TOK_A=${TOK_A:-runs/tok_words}; TOK_B=${TOK_B:-runs/tok_qwen}   # run 8: train_tokenizer --pretokenizer words / qwen
 ARGS=${ARGS:---lr 2e-3 --embed-lr-mult 2 --warmup 100 --token-budget 65536 --min-lr-frac 0.05}
 
 ret() {  # the chosen variant's model in parts, and the meta tarball

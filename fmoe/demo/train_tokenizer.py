@@ -1,16 +1,16 @@
 """Train the demo model's byte-level BPE tokenizer on rendered training conversations and write the tokenizer
 files (tokenizer.json, tokenizer_config.json with the chat template, chat_template.jinja) into a model folder.
 
-Pre-tokenization (v5, ``--pretokenizer words``) is Qwen3.5's regex with one change: a run of letters is never glued
-to the character before it, so a name is the same tokens after a space (in the request), a newline (an XML
-argument) or a quote (a JSON argument), and copying it is copying tokens. Digits stay single tokens, so numbers are
-copied digit by digit. ``--pretokenizer qwen`` is Qwen3.5's own regex (v1-v4). Then ByteLevel; NFC normalisation;
-the Qwen special tokens by name, appended after the BPE vocabulary (as in Qwen's files).
+Pre-tokenization is Qwen3.5's own regex (``--pretokenizer qwen``; single digits, so numbers are copied digit by
+digit) then ByteLevel; NFC normalisation; the Qwen special tokens by name, appended after the BPE vocabulary (as in
+Qwen's files). ``--pretokenizer words`` never glues a run of letters to the character before it (a name is then the
+same tokens after a space, a newline or a quote); run 8 trained both, and Qwen's regex won on the engine eval
+(DEMO_NOTES.md), so it is the default.
 
 The corpus is training conversations whose invented entities are syllables, not pieces of an earlier tokenizer
 (``datagen.PIECES_TOKENIZER = None``), so the tokenizer depends only on the generator and the seed. 1024 tokens
-(v5; v1-v4 had 2882): measured on 3,000 records, the smallest held-out entity piece occurs a median 179 times in
-training at 1024 tokens, 22 at 2048 and 4 at 4096 (DEMO_NOTES.md).
+(v5; v1-v4 had 2882): measured on 3,000 records, the rarest piece of a held-out entity occurs a median 257 times
+in training at 1024 tokens, 28 at 2048 and 5 at 4096, for 4% more tokens per conversation than at 2048.
 
     python -m fmoe.demo.train_tokenizer --out fmoe/demo/model --n 4000
 """
@@ -27,7 +27,7 @@ VOCAB_SIZE = 1024  # upper bound: the corpus may support fewer merges
 # Qwen3.5's pre-tokenizer regex (shared/reference/qwen3_5/special_tokens.json)
 PRETOKENIZER_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}|"
                       r" ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# v5: the same, but letters are never glued to the character before them
+# run 8's variant A: the same, but letters are never glued to the character before them
 WORDS_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[\p{L}\p{M}]+|\p{N}|"
                r" ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 PRETOKENIZERS = {"words": WORDS_REGEX, "qwen": PRETOKENIZER_REGEX}
@@ -43,7 +43,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_s
 NON_SPECIAL = {"<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"}
 
 
-def build_tokenizer(texts, vocab_size: int = VOCAB_SIZE, regex: str = WORDS_REGEX):
+def build_tokenizer(texts, vocab_size: int = VOCAB_SIZE, regex: str = PRETOKENIZER_REGEX):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: PLC0415
     from tokenizers import AddedToken  # noqa: PLC0415
 
@@ -80,7 +80,7 @@ def tokenizer_config(template: str, tok) -> dict:
             "split_special_tokens": False, "added_tokens_decoder": added, "chat_template": template}
 
 
-def write_tokenizer(out: Path, n: int, seed: int, vocab_size: int = VOCAB_SIZE, pretokenizer: str = "words",
+def write_tokenizer(out: Path, n: int, seed: int, vocab_size: int = VOCAB_SIZE, pretokenizer: str = "qwen",
                     workers: int | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     template = datagen.load_template()
@@ -111,7 +111,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=datagen.DEFAULT_SEED)
     ap.add_argument("--vocab", type=int, default=VOCAB_SIZE, help="vocabulary size, special tokens included")
-    ap.add_argument("--pretokenizer", choices=sorted(PRETOKENIZERS), default="words")
+    ap.add_argument("--pretokenizer", choices=sorted(PRETOKENIZERS), default="qwen")
     ap.add_argument("--workers", type=int, default=None)
     a = ap.parse_args(argv)
     write_tokenizer(Path(a.out), a.n, a.seed, a.vocab, a.pretokenizer, a.workers)
