@@ -1138,6 +1138,8 @@ def _make_example(seed: int, split: str, index: int, attempt: int) -> dict:
         else:
             if g.r.random() < (TRAIN_MISSING_P if train else 0.35):
                 missing = g.choice(sorted(MISSING_TOOL_WHAT if train else MISSING_TOOL_REQUESTS))
+                if missing in needed0:  # the earlier exchange used that tool: it cannot be missing now
+                    raise Skip
                 needed, check = t_missing_tool(c, missing, ws)
                 offered_extra = ["!" + missing]
             else:
