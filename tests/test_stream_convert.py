@@ -68,8 +68,8 @@ def test_convert_from_float(hf_dir, tmp_path):
 
 
 def test_tied_embeddings_convert_and_run(tmp_path):
-    """A checkpoint with tie_word_embeddings (no lm_head tensor): the layout stores the embedding once, the output
-    layer is that same quantized matrix, and the streamed model's logits follow transformers'."""
+    """A checkpoint with tie_word_embeddings (no lm_head tensor): the layout stores the embedding once, the model
+    uses it as the output layer, and the streamed model's logits follow transformers'."""
     import torch
 
     from fmoe.engine.model import Model
@@ -78,7 +78,6 @@ def test_tied_embeddings_convert_and_run(tmp_path):
     dst = convert_mod.convert(tmp_path / "hf", tmp_path / "s", bits=8, group_size=32, progress=False, fsync=False)
     out = open_streaming(dst, verify=True)
     assert "lm_head" not in out.non_expert_names()
-    assert _same(out.load("lm_head"), out.load("embed_tokens.weight"))
     ids = tiny_models.prompt_ids(24)
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0].float().numpy()

@@ -75,9 +75,12 @@ class Model:
             self.experts = InMemoryExperts(B, ck)
         else:
             self.experts = StreamedExperts(B, expert_source)
-        self.embed = B.prepare_embedding(ck.load("embed_tokens.weight"))
+        emb = ck.load("embed_tokens.weight")
+        self.embed = B.prepare_embedding(emb)
         self.norm = B.asarray(ck.load("norm.weight"), "float32")
-        self.lm_head = B.prepare_linear(ck.load("lm_head"))
+        # tied embeddings (no lm_head tensor in the checkpoint): the output layer is the embedding, read once
+        self.lm_head = B.prepare_linear(emb if cfg.tie_word_embeddings else ck.load("lm_head"))
+        del emb
         self.layers = [DecoderLayer(B, cfg, i, ck, self.experts, self.moe_stats) for i in range(cfg.num_hidden_layers)]
         self.rope = RoPE(B, cfg)
         self.set_experts_per_token(experts_per_token or cfg.num_experts_per_tok)

@@ -329,8 +329,6 @@ class StreamingCheckpoint:
         raise LayoutError(f"{self.path}: no non-expert tensor {name!r}")
 
     def load(self, name: str) -> np.ndarray | QuantizedWeight:
-        if name == "lm_head" and self.config.tie_word_embeddings:  # tied: the output layer is the embedding
-            name = "embed_tokens.weight"
         key = self._resolve(name)
         info = self.layout.non_expert[key]
         if self._st is None:
