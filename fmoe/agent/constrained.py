@@ -37,6 +37,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -57,11 +58,20 @@ def _torch_f32():
 # Few-allowed buffers of the native path (a 248k-float -inf row plus its dirty-id list), reused across processors:
 # a processor takes one on its first step and gives it back (clean) when it is garbage collected, so a new turn's
 # first step does not pay ~0.1-0.3 ms of allocation.
-_SEL_POOL: dict[int, list] = {}
+class _SelBuf(NamedTuple):
+    out: Any          # torch float32 (n,), -inf except at the ids of the last few-allowed step
+    dirty: np.ndarray  # those ids (int32), ndirty[0] of them
+    ndirty: np.ndarray
+    out_p: int        # the three addresses, taken once (the kernel is called every step)
+    dirty_p: int
+    ndirty_p: int
+
+
+_SEL_POOL: dict[int, list[_SelBuf]] = {}
 _SEL_LOCK = threading.Lock()
 
 
-def _take_sel(n: int) -> tuple:
+def _take_sel(n: int) -> _SelBuf:
     import torch
 
     with _SEL_LOCK:
@@ -70,19 +80,19 @@ def _take_sel(n: int) -> tuple:
             return free.pop()
     out = torch.full((n,), float("-inf"), dtype=torch.float32)
     dirty, ndirty = np.empty(n, dtype=np.int32), np.zeros(1, dtype=np.int64)
-    return out, n, out.data_ptr(), dirty, dirty.ctypes.data, ndirty, ndirty.ctypes.data
+    return _SelBuf(out, dirty, ndirty, out.data_ptr(), dirty.ctypes.data, ndirty.ctypes.data)
 
 
-def _give_back_sel(sel: tuple) -> None:
+def _give_back_sel(sel: _SelBuf) -> None:
     import torch
 
-    out, n, _, dirty, _, ndirty, _ = sel
-    k = int(ndirty[0])
+    k = int(sel.ndirty[0])
     if k:
-        out[torch.from_numpy(dirty[:k].astype(np.int64))] = float("-inf")
-        ndirty[0] = 0
+        sel.out[torch.from_numpy(sel.dirty[:k].astype(np.int64))] = float("-inf")
+        sel.ndirty[0] = 0
     with _SEL_LOCK:
-        _SEL_POOL.setdefault(n, []).append(sel)
+        _SEL_POOL.setdefault(sel.out.numel(), []).append(sel)
+
 
 def mask_to_ids(words: np.ndarray, n: int) -> tuple[bool, np.ndarray]:
     """(allowed_side, ids): ids (int64, ascending, < n) of the allowed tokens if allowed_side else of the
@@ -205,17 +215,17 @@ class ToolCallProcessor:
     def _native_apply(self, logits, words: np.ndarray, n: int):
         """Few allowed (<= n/8): their logits copied into the preallocated -inf buffer, which is returned; else the
         logits masked in place. Either way O(mask words) plus the writes of one side."""
-        if self._sel is None or self._sel[1] != n:
+        if self._sel is None or self._sel.out.numel() != n:
             if self._sel_fin is not None:
                 self._sel_fin()                  # give the previous size's buffer back now
             self._sel = _take_sel(n)
             self._sel_fin = weakref.finalize(self, _give_back_sel, self._sel)
-        out, _, out_p, _, dirty_p, _, ndirty_p = self._sel
+        sel = self._sel
         if words is not self._wp[0]:   # the matcher's buffer and the constant masks recur: keep their address
             self._wp = (words, words.ctypes.data)
-        if self._native.fmoe_mask_apply_f32(logits.data_ptr(), out_p, n, self._wp[1], len(words), dirty_p, ndirty_p,
-                                            n // 8) < 0:
-            return out if logits.dim() == 1 else out.view(logits.shape)
+        if self._native.fmoe_mask_apply_f32(logits.data_ptr(), sel.out_p, n, self._wp[1], len(words), sel.dirty_p,
+                                            sel.ndirty_p, n // 8) < 0:
+            return sel.out if logits.dim() == 1 else sel.out.view(logits.shape)
         return logits
 
     def _keep_only(self, logits, idx):

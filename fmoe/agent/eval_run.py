@@ -357,8 +357,8 @@ def mean_kl(ref: list[np.ndarray], var: list[np.ndarray]) -> float:
 def load_model(path: Path, backend: str, k: int | None):
     from fmoe.engine.model import Model
 
-    streamed = (Path(path) / "manifest.json").exists()   # a converted variant; else the unquantized checkpoint
-    return Model.load(path, backend=backend, experts_per_token=k, stream={"mode": "page-cache"} if streamed else None)
+    # a converted variant streams its experts (page-cache mode, the default); --bits 16 loads the checkpoint itself
+    return Model.load(path, backend=backend, experts_per_token=k)
 
 
 def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], out_dir: str | Path | None = None,

@@ -58,11 +58,17 @@ TEMPLATE_PATH = Path(__file__).resolve().parent / "model" / "chat_template.jinja
 # Tools: the real objects
 # ---------------------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
-def _example_tools() -> dict:
+def _examples():
+    """The module examples/tools.py (the repository root put on sys.path once)."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from examples import tools as ex  # noqa: PLC0415
 
+    return ex
+
+
+def _example_tools() -> dict:
+    ex = _examples()
     return {"get_weather": ex.get_weather, "convert_units": ex.convert_units}
 
 
@@ -132,7 +138,7 @@ def _weather_table(extra: dict[str, tuple[float, str]]):
         return
     from unittest import mock  # noqa: PLC0415
 
-    ex = sys.modules["examples.tools"]
+    ex = _examples()
     with mock.patch.dict(ex.WEATHER, extra), mock.patch.dict(ex._BY_KEY, {k.casefold(): k for k in extra}):
         yield
 
@@ -296,13 +302,10 @@ NO_TOOL_REQUESTS = [
 
 @lru_cache(maxsize=None)
 def pools(split: str) -> dict[str, list[str]]:
-    _example_tools()  # puts the repository root on sys.path
-    from examples.tools import WEATHER  # noqa: PLC0415
-
     return {
         "word": _split_pool(WORDS, split),
         "name": _split_pool(NAMES, split),
-        "city": _split_pool(WEATHER, split),
+        "city": _split_pool(_examples().WEATHER, split),
         "unknown_city": _split_pool(UNKNOWN_CITIES, split),
         # training also draws from every other zone, so zone names are copied rather than recalled
         "tz": _split_pool(TIMEZONES, split) + ([z for z in MORE_TIMEZONES if z not in
@@ -384,14 +387,6 @@ HELDOUT_WORDS = _HeldoutWords()
 INVENTED_CITY_P = 0.5   # v4: share of training weather cities that are invented (and known to that record's table)
 WEATHER_CONDITIONS = ["sunny", "cloudy", "rain", "snow", "fog", "windy", "clear", "drizzle", "partly cloudy",
                       "thunderstorms", "humid"]
-
-
-@lru_cache(maxsize=1)
-def _weather_keys() -> frozenset:
-    _example_tools()
-    from examples.tools import WEATHER  # noqa: PLC0415
-
-    return frozenset(k.casefold() for k in WEATHER)
 
 
 INVENTED = {
@@ -555,7 +550,7 @@ class Conv:
                 while True:
                     x = (g.vocab_entity("city") if g.r.random() < 0.6 and PIECES_TOKENIZER
                          else INVENTED["unknown_city"](g))
-                    if x not in xs and x.casefold() not in _weather_keys():
+                    if x not in xs and x.casefold() not in _examples()._BY_KEY:  # the tool's own lookup keys
                         break
                 xs[i] = x
                 # g.int_: a training-class number (held-out number classes never appear in training)
