@@ -44,7 +44,7 @@ class BackendError(FmoeError):
     """An unknown or unavailable compute backend was asked for."""
 
 
-# --- streaming layout and expert store (fmoe/engine/stream_layout.py, expert_store.py) -------------------------
+# --- streaming layout and expert store (fmoe/storage/stream_layout.py, expert_store.py) -------------------------
 class LayoutError(CheckpointError):
     """A streaming layout directory is missing, incomplete, of an unknown version, or inconsistent."""
 

@@ -44,9 +44,9 @@ def _demo_dir() -> Path:
 
 
 def default_model_path() -> Path:
-    """The embedded demo model (fmoe.engine.resolve.resolve_model(None) when the lead's resolver exists)."""
+    """The embedded demo model (fmoe.engine.loader.resolve_model(None) when the lead's resolver exists)."""
     try:
-        from fmoe.engine.resolve import resolve_model  # type: ignore[import-not-found]
+        from fmoe.engine.loader import resolve_model  # type: ignore[import-not-found]
     except ImportError:
         return _demo_dir()
     return Path(resolve_model(None))
@@ -56,7 +56,7 @@ def resolve_model_path(path: str | Path | None) -> Path:
     if path is None:
         return default_model_path()
     try:
-        from fmoe.engine.resolve import resolve_model  # type: ignore[import-not-found]
+        from fmoe.engine.loader import resolve_model  # type: ignore[import-not-found]
     except ImportError:
         return Path(path)
     return Path(resolve_model(str(path)))
@@ -67,7 +67,7 @@ def load_model(path: str | Path | None, *, backend: str = "torch", dtype: str = 
                io_mode: str = "page-cache", prediction: bool = True):
     """(model, tokenizer, path) for a checkpoint directory (None: the demo model)."""
     from fmoe.engine.model import Model
-    from fmoe.engine.stream_layout import is_streaming_layout
+    from fmoe.storage.stream_layout import is_streaming_layout
     from fmoe.engine.tokenizer import Tokenizer
 
     p = resolve_model_path(path)
@@ -153,7 +153,7 @@ class Agent:
                  call_format: str | None = None, processors: Sequence = (),
                  on_event: Callable[..., None] | None = None, transcript: Transcript | None = None,
                  max_snapshots: int = 4):
-        from fmoe.agent.call_format import detect_call_format
+        from fmoe.structured.call_format import detect_call_format
         from fmoe.engine.generate import Sampling
         from fmoe.tools.registry import ToolRegistry
 
@@ -215,7 +215,7 @@ class Agent:
 
     # -- grammar ---------------------------------------------------------------------------------------------
     def grammar(self):
-        from fmoe.agent.grammar import compile_tool_grammar
+        from fmoe.structured.grammar import compile_tool_grammar
 
         key = json.dumps(self.tool_choice, sort_keys=True)
         g = self._grammars.get(key)
@@ -283,8 +283,8 @@ class Agent:
 
     # -- one generation --------------------------------------------------------------------------------------
     def _generate(self, step: int) -> ModelStep:
-        from fmoe.agent.constrained import ToolCallProcessor
-        from fmoe.agent.toolcall_parser import parse_tool_calls
+        from fmoe.structured.processor import ToolCallProcessor
+        from fmoe.structured.parser import parse_tool_calls
         from fmoe.engine.generate import Generation
 
         t0 = time.perf_counter()

@@ -19,10 +19,10 @@ from pathlib import Path
 
 
 def run(model_dir: str | Path | None = None, bits: int = 4, n_cases: int = 16, progress: bool = True) -> dict:
-    from fmoe.agent.call_format import detect_call_format
-    from fmoe.agent.eval_run import Runner, load_model, variant_dir
-    from fmoe.agent.eval_suite import resolve_suite
-    from fmoe.engine.resolve import DEMO_DIR
+    from fmoe.structured.call_format import detect_call_format
+    from fmoe.eval.run import Runner, load_model, variant_dir
+    from fmoe.eval.suite import resolve_suite
+    from fmoe.engine.loader import DEMO_DIR
     from fmoe.engine.tokenizer import Tokenizer
 
     src = Path(model_dir) if model_dir else DEMO_DIR

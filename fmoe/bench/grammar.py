@@ -87,7 +87,7 @@ def feed_text(grammar, tok, text: str) -> bool:
 
 
 def call_text(tool: dict, args: Any, fmt: str) -> str | None:
-    from fmoe.agent.call_format import render_call
+    from fmoe.structured.call_format import render_call
 
     f = tool["function"]
     if fmt == "xml" and not isinstance(args, dict):
@@ -103,7 +103,7 @@ def expected_xml(tool: dict, text: str, args: Any, label: bool) -> bool | None:
     does not (the instance is not expressible in XML: a raw string parameter given a non-string, e.g. 5 renders as
     the string "5"). Re-validating the parsed arguments instead was tried and gave wrong labels wherever
     jsonschema's format checker silently skips a format (date-time without rfc3339-validator)."""
-    from fmoe.agent.toolcall_parser import parse_tool_calls
+    from fmoe.structured.parser import parse_tool_calls
 
     r = parse_tool_calls(text, "xml", [tool], finished=True)
     if r.calls and len(r.calls) == 1 and json.dumps(r.calls[0].arguments, sort_keys=True) == json.dumps(args, sort_keys=True):
@@ -115,7 +115,7 @@ def expected_xml(tool: dict, text: str, args: Any, label: bool) -> bool | None:
 
 def _same_args(text: str, tool: dict, args: Any) -> bool:
     """Whether the XML text parses (ignoring validation) back to `args`."""
-    from fmoe.agent.toolcall_parser import _parse_xml
+    from fmoe.structured.parser import _parse_xml
 
     body = text[len("<tool_call>\n"):-len("\n</tool_call>")]
     try:
@@ -153,7 +153,7 @@ class SplitStats:
 
 def run_maskbench_split(split: str, fmt: str, tok, *, cap_instances: int | None = None, backend: str = "llguidance",
                         max_schemas: int | None = None) -> SplitStats:
-    from fmoe.agent.grammar import UnsupportedSchemaError, compile_tool_grammar
+    from fmoe.structured.grammar import UnsupportedSchemaError, compile_tool_grammar
 
     st = SplitStats(split, fmt, backend)
     cases = load_split(split)
@@ -362,9 +362,9 @@ def _time_our_path(tools, fmt, tok, rng, n_calls=20, overlap_ms: float | None = 
     ``process()`` — the cost a step still sees."""
     import torch
 
-    from fmoe.agent.call_format import render_calls
-    from fmoe.agent.constrained import ToolCallProcessor
-    from fmoe.agent.grammar import compile_tool_grammar
+    from fmoe.structured.call_format import render_calls
+    from fmoe.structured.processor import ToolCallProcessor
+    from fmoe.structured.grammar import compile_tool_grammar
 
     t0 = time.perf_counter()
     g = compile_tool_grammar(tools, fmt, tokenizer=tok)
@@ -441,7 +441,7 @@ def _summ(comp, masks) -> dict:
 
 
 def _peer_outlines(schemas, tok_info, instances, budget_s: float) -> dict:
-    from fmoe.agent.grammar_outlines import outlines_vocabulary
+    from fmoe.structured.grammar_outlines import outlines_vocabulary
 
     import outlines_core
     from outlines_core.json_schema import build_regex_from_schema
@@ -521,7 +521,7 @@ def _expert_bytes_model(n_tokens: int, n_forced_runs: int, forced_tokens: int) -
 def forced_fraction_real_calls(tok, fmt: str, n: int = 100) -> dict:
     """Forced fraction on real calls: BFCL ground-truth calls (maskbench BFCL_* valid instances) rendered in `fmt`
     and replayed through the grammar, taking every forced run the grammar offers."""
-    from fmoe.agent.grammar import UnsupportedSchemaError, compile_tool_grammar
+    from fmoe.structured.grammar import UnsupportedSchemaError, compile_tool_grammar
 
     tot = forced = runs = calls = 0
     t_ff = t_noff = 0.0
@@ -568,8 +568,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write grammar.json/.md (and maskbench.json/.md) here")
     a = ap.parse_args(argv)
 
-    from fmoe.agent.grammar import tokenizer_info
-    from fmoe.agent.qwen_vocab import qwen35_tokenizer
+    from fmoe.structured.grammar import tokenizer_info
+    from fmoe.structured.qwen_vocab import qwen35_tokenizer
 
     tok = qwen35_tokenizer()
     info = tokenizer_info(tok)

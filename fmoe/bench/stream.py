@@ -219,7 +219,7 @@ def _join_cgroup(cg: str | None) -> None:
 def worker(spec: dict) -> dict:
     """Runs in the (capped) child: load non-expert weights, then the store loop."""
     _join_cgroup(spec.get("cgroup"))
-    from fmoe.engine.stream_layout import open_streaming
+    from fmoe.storage.stream_layout import open_streaming
     ck = open_streaming(spec["model"])
     held, ne_bytes = [], 0
     t0 = time.perf_counter()
@@ -281,7 +281,7 @@ def model_worker(spec: dict) -> dict:
                    predict_experts=spec["overlap"])
     load_s = time.perf_counter() - t0
     rss_after_ne = _vm_hwm()
-    _drop_cache([L.file for L in m.ck.layout.layers])
+    _drop_cache([L.file for L in m.checkpoint.layout.layers])
     store = m.experts.store
     prompt = [int(np.random.default_rng(spec["seed"]).integers(0, 1000))]   # 1 token: a short prefill
     cache = m.new_cache()
@@ -294,20 +294,20 @@ def model_worker(spec: dict) -> dict:
     wall = time.perf_counter() - t1
     s = m.stats()
     cfg = m.cfg
-    expert_nbytes = m.ck.layout.layers[0].sizes[0]
+    expert_nbytes = m.checkpoint.layout.layers[0].sizes[0]
     T = len(toks)
     # bytes a decode step touches in memory: every non-expert weight except the embedding table, + the used experts
-    ne_touched = os.path.getsize(m.ck.layout.non_expert_file) - _embed_bytes(m)
+    ne_touched = os.path.getsize(m.checkpoint.layout.non_expert_file) - _embed_bytes(m)
     return {"wall_s": wall, "tokens": T, "stats": s, "load_s": load_s, "rss_after_non_expert": rss_after_ne,
-            "peak_rss_bytes": _vm_hwm(), "non_expert_bytes": os.path.getsize(m.ck.layout.non_expert_file),
+            "peak_rss_bytes": _vm_hwm(), "non_expert_bytes": os.path.getsize(m.checkpoint.layout.non_expert_file),
             "delivered_bytes": s["expert_calls"] * expert_nbytes,
             "touched_bytes": T * ne_touched + s["expert_calls"] * expert_nbytes,
-            "finite": bool(np.isfinite(m.B.to_numpy(g.model.forward([toks[-1]], cache))).all()),
+            "finite": bool(np.isfinite(m.ops.to_numpy(g.model.forward([toks[-1]], cache))).all()),
             "distinct_tokens": len(set(toks)), "top_k": m.experts_per_token, "layers": cfg.num_hidden_layers}
 
 
 def _embed_bytes(m) -> int:
-    e = m.ck.load("embed_tokens.weight")
+    e = m.checkpoint.load("embed_tokens.weight")
     return int(e.nbytes)
 
 
@@ -466,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         fn = model_worker if spec.get("engine") == "model" else worker
         Path(args._worker[1]).write_text(json.dumps(fn(spec)))
         return 0
-    from fmoe.engine.stream_layout import StreamingLayout, is_streaming_layout
-    from fmoe.engine.synth import synth
+    from fmoe.storage.stream_layout import StreamingLayout, is_streaming_layout
+    from fmoe.storage.synth import synth
 
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     model = Path(args.model_dir or f"/tmp/fmoe-bench-{args.like}-L{args.layers}-E{args.experts}-b{args.bits}")

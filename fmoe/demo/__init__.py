@@ -1,19 +1,16 @@
-"""The demo model the project trains itself: a seeded synthetic tool-calling corpus, a small byte-level BPE
-tokenizer (1024 tokens) and an 18M-parameter Qwen3.5-MoE checkpoint with tied embeddings (``fmoe/demo/model``).
+"""The demo model the project trained itself (``MODEL_DIR``): an 18M-parameter Qwen3.5-MoE checkpoint (bf16 safetensors,
+tied embeddings, a 1024-token BPE with the Qwen special tokens and chat template) and the tools it learned.
 
-    fmoe.demo.datagen          seeded conversation generator (train / held-out splits), renderer, loss masks
-    fmoe.demo.train_tokenizer  trains the BPE tokenizer and writes the tokenizer files into a model folder
-    fmoe.demo.train            the training script (run on a GPU; CPU for smoke tests)
-    device_scratch.sh          the device script of the shipped run (run 8: two GPUs, one schedule over several calls)
+    from fmoe.demo import MODEL_DIR              # the one place the demo model's path is defined
+    from fmoe.demo.tools import demo_registry   # its 8 tools (fmoe/demo/tools.py)
 
-``MODEL_DIR`` is the shipped checkpoint (bf16 safetensors + tokenizer + chat template). DEMO_NOTES.md at the
-repository root holds the training log and the numbers.
+Its data generator, trainers and device scripts live outside the package, in ``training/``; the training log is
+docs/log/demo-model.md.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
-HELDOUT_PATH = Path(__file__).resolve().parent / "heldout.jsonl"
 
-__all__ = ["MODEL_DIR", "HELDOUT_PATH"]
+__all__ = ["MODEL_DIR"]

@@ -3,56 +3,56 @@ from __future__ import annotations
 
 
 from fmoe.engine.cache import LinearState
-from fmoe.engine.config import ModelConfig
+from fmoe.storage.config import ModelConfig
 from fmoe.kernels import delta_rule
 
 
 class GatedDeltaNet:
     CHUNKED_MIN_TOKENS = 32   # torch prefill chunks at least this long use the chunked (matrix) form
 
-    def __init__(self, B, cfg: ModelConfig, w: dict):
-        self.B, self.cfg = B, cfg
-        self.in_proj_qkv, self.in_proj_z = w["in_proj_qkv"], w["in_proj_z"]
-        self.in_proj_b, self.in_proj_a, self.out_proj = w["in_proj_b"], w["in_proj_a"], w["out_proj"]
-        self.conv_w = w["conv1d"]                         # [C, K]
-        self.neg_A = -B.exp(w["A_log"])                   # float32 [Hv]
-        self.dt_bias, self.norm = w["dt_bias"], w["norm"]
+    def __init__(self, ops, cfg: ModelConfig, weights: dict):
+        self.ops, self.cfg = ops, cfg
+        self.in_proj_qkv, self.in_proj_z = weights["in_proj_qkv"], weights["in_proj_z"]
+        self.in_proj_b, self.in_proj_a, self.out_proj = weights["in_proj_b"], weights["in_proj_a"], weights["out_proj"]
+        self.conv_w = weights["conv1d"]                         # [C, K]
+        self.neg_A = -ops.exp(weights["A_log"])                   # float32 [Hv]
+        self.dt_bias, self.norm = weights["dt_bias"], weights["norm"]
         self.Hk, self.Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
         self.dk, self.dv, self.K = cfg.linear_key_head_dim, cfg.linear_value_head_dim, cfg.linear_conv_kernel_dim
 
     def _conv(self, qkv, state: LinearState):
         """Depthwise causal conv (kernel K) over time, then SiLU; keeps the last K-1 inputs as state."""
-        B, T, K = self.B, qkv.shape[0], self.K
-        prev = state.conv if state.conv is not None else B.zeros((K - 1, qkv.shape[1]), self.B.dtype_name)
-        xin = B.concat([prev, qkv], axis=0)                                 # [T+K-1, C]
+        ops, T, K = self.ops, qkv.shape[0], self.K
+        prev = state.conv if state.conv is not None else ops.zeros((K - 1, qkv.shape[1]), self.ops.dtype_name)
+        xin = ops.concat([prev, qkv], axis=0)                                 # [T+K-1, C]
         state.conv = xin[T:]
         out = xin[0:T] * self.conv_w[:, 0]
         for j in range(1, K):
             out = out + xin[j:j + T] * self.conv_w[:, j]
-        return B.silu(out)
+        return ops.silu(out)
 
     def __call__(self, x, state: LinearState):
-        B, T = self.B, x.shape[0]
+        ops, T = self.ops, x.shape[0]
         Hk, Hv, dk, dv = self.Hk, self.Hv, self.dk, self.dv
-        mixed = self._conv(B.linear(x, self.in_proj_qkv), state)
-        z = B.linear(x, self.in_proj_z).reshape(T, Hv, dv)
-        b = B.linear(x, self.in_proj_b)
-        a = B.linear(x, self.in_proj_a)
-        f32 = lambda t: B.astype(t, "float32")
+        mixed = self._conv(ops.linear(x, self.in_proj_qkv), state)
+        z = ops.linear(x, self.in_proj_z).reshape(T, Hv, dv)
+        b = ops.linear(x, self.in_proj_b)
+        a = ops.linear(x, self.in_proj_a)
+        f32 = lambda t: ops.astype(t, "float32")
         q = f32(mixed[:, :Hk * dk]).reshape(T, Hk, dk)
         k = f32(mixed[:, Hk * dk:2 * Hk * dk]).reshape(T, Hk, dk)
         v = f32(mixed[:, 2 * Hk * dk:]).reshape(T, Hv, dv)
-        q = q / B.sqrt((q * q).sum(-1)[..., None] + 1e-6) * (dk ** -0.5)
-        k = k / B.sqrt((k * k).sum(-1)[..., None] + 1e-6)
+        q = q / ops.sqrt((q * q).sum(-1)[..., None] + 1e-6) * (dk ** -0.5)
+        k = k / ops.sqrt((k * k).sum(-1)[..., None] + 1e-6)
         if Hv != Hk:
-            q, k = B.repeat(q, Hv // Hk, 1), B.repeat(k, Hv // Hk, 1)
-        g = self.neg_A * B.softplus(f32(a) + self.dt_bias)                   # [T, Hv] log decay
-        beta = B.sigmoid(f32(b))
-        S = state.recurrent if state.recurrent is not None else B.zeros((Hv, dk, dv), "float32")
-        if B.name == "torch" and T >= self.CHUNKED_MIN_TOKENS:
+            q, k = ops.repeat(q, Hv // Hk, 1), ops.repeat(k, Hv // Hk, 1)
+        g = self.neg_A * ops.softplus(f32(a) + self.dt_bias)                   # [T, Hv] log decay
+        beta = ops.sigmoid(f32(b))
+        S = state.recurrent if state.recurrent is not None else ops.zeros((Hv, dk, dv), "float32")
+        if ops.name == "torch" and T >= self.CHUNKED_MIN_TOKENS:
             o, S = delta_rule.chunked(q, k, v, g, beta, S)
         else:
-            o, S = delta_rule.recurrent(B, q, k, v, g, beta, S)
+            o, S = delta_rule.recurrent(ops, q, k, v, g, beta, S)
         state.recurrent = S
-        o = B.astype(B.rms_norm(o, self.norm, self.cfg.rms_norm_eps), "float32") * B.silu(f32(z))
-        return B.linear(B.astype(o, B.dtype_name).reshape(T, Hv * dv), self.out_proj)
+        o = ops.astype(ops.rms_norm(o, self.norm, self.cfg.rms_norm_eps), "float32") * ops.silu(f32(z))
+        return ops.linear(ops.astype(o, ops.dtype_name).reshape(T, Hv * dv), self.out_proj)

@@ -116,7 +116,7 @@ class Generation:
     def _mask(self, logits):
         for p in self.processors:
             logits = p.process(logits)
-        x = self.model.B.to_numpy(logits)
+        x = self.model.ops.to_numpy(logits)
         if self.vocab_limit is not None and self.vocab_limit < x.shape[-1]:
             x = x.copy() if not x.flags.writeable else x
             x[self.vocab_limit:] = -np.inf

@@ -32,28 +32,28 @@ class MoEStats:
 def route(probs: np.ndarray, k: int, renormalise: bool):
     """probs [T, E] float32 -> (ids [T, k], weights [T, k]) by descending probability."""
     ids = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-    w = np.take_along_axis(probs, ids, axis=-1)
+    weights = np.take_along_axis(probs, ids, axis=-1)
     if renormalise:
-        w = w / w.sum(-1, keepdims=True)
-    return ids, w.astype(np.float32)
+        weights = weights / weights.sum(-1, keepdims=True)
+    return ids, weights.astype(np.float32)
 
 
 class SparseMoE:
-    def __init__(self, B, cfg, layer: int, w: dict, experts, stats: MoEStats):
-        self.B, self.cfg, self.layer = B, cfg, layer
-        self.router, self.shared_gate = w["gate"], w["shared_expert_gate"]
-        self.shared = (w["shared_gate_proj"], w["shared_up_proj"], w["shared_down_proj"])
+    def __init__(self, ops, cfg, layer: int, weights: dict, experts, stats: MoEStats):
+        self.ops, self.cfg, self.layer = ops, cfg, layer
+        self.router, self.shared_gate = weights["gate"], weights["shared_expert_gate"]
+        self.shared = (weights["shared_gate_proj"], weights["shared_up_proj"], weights["shared_down_proj"])
         self.experts = experts          # provider: get(layer, ids) -> prepared (gate, up, down); prefetch(layer, ids)
         self.stats = stats
         self.top_k = cfg.num_experts_per_tok
         self._predicted: set[int] | None = None
 
     def _mlp(self, x, gate, up, down):
-        B = self.B
-        return B.linear(B.silu(B.linear(x, gate)) * B.linear(x, up), down)
+        ops = self.ops
+        return ops.linear(ops.silu(ops.linear(x, gate)) * ops.linear(x, up), down)
 
     def _probs(self, x) -> np.ndarray:
-        return self.B.to_numpy(self.B.softmax(self.B.linear(x, self.router), axis=-1))
+        return self.ops.to_numpy(self.ops.softmax(self.ops.linear(x, self.router), axis=-1))
 
     def predict(self, x_normed) -> None:
         """Prefetch the experts the router picks for ``x_normed`` (an earlier hidden state)."""
@@ -63,7 +63,7 @@ class SparseMoE:
         self.experts.prefetch(self.layer, uniq)
 
     def __call__(self, x):
-        B = self.B
+        ops = self.ops
         T = x.shape[0]
         ids, weights = route(self._probs(x), self.top_k, self.cfg.norm_topk_prob)
         uniq = sorted(set(ids.ravel().tolist()))
@@ -76,7 +76,7 @@ class SparseMoE:
         self.stats.fetch_s += time.perf_counter() - t0
         self.stats.routed_tokens += T
         self.stats.expert_calls += len(uniq)
-        out = self._mlp(x, *self.shared) * B.sigmoid(B.linear(x, self.shared_gate))
+        out = self._mlp(x, *self.shared) * ops.sigmoid(ops.linear(x, self.shared_gate))
         if T == 1:
             wd = {e: float(weights[0, j]) for j, e in enumerate(ids[0].tolist())}
             for e, ew in zip(uniq, fetched):
@@ -86,17 +86,17 @@ class SparseMoE:
         np.put_along_axis(w_full, ids, weights, axis=-1)
         for e, ew in zip(uniq, fetched):
             tok = np.nonzero(w_full[:, e])[0]
-            xe = B.take_rows(x, tok)
-            ye = self._mlp(xe, *ew) * B.asarray(w_full[tok, e][:, None])
-            out = B.index_add(out, tok, ye)
+            xe = ops.take_rows(x, tok)
+            ye = self._mlp(xe, *ew) * ops.asarray(w_full[tok, e][:, None])
+            out = ops.index_add(out, tok, ye)
         return out
 
 
 class InMemoryExperts:
     """Experts served from an opened checkpoint (memory-mapped safetensors), prepared once on first use."""
 
-    def __init__(self, B, checkpoint):
-        self.B, self.ck = B, checkpoint
+    def __init__(self, ops, checkpoint):
+        self.ops, self.checkpoint = ops, checkpoint
         self._prepared: dict[tuple[int, int], tuple] = {}
 
     def get(self, layer: int, ids):
@@ -104,7 +104,7 @@ class InMemoryExperts:
         for e in ids:
             key = (layer, e)
             if key not in self._prepared:
-                self._prepared[key] = tuple(self.B.prepare_linear(w) for w in self.ck.expert(layer, e))
+                self._prepared[key] = tuple(self.ops.prepare_linear(w) for w in self.checkpoint.expert(layer, e))
             out.append(self._prepared[key])
         return out
 
@@ -116,13 +116,13 @@ class InMemoryExperts:
 
 
 class StreamedExperts:
-    """Experts read by an ExpertStore (fmoe.engine.expert_store) and prepared for the backend on each use."""
+    """Experts read by an ExpertStore (fmoe.storage.expert_store) and prepared for the backend on each use."""
 
-    def __init__(self, B, store):
-        self.B, self.store = B, store
+    def __init__(self, ops, store):
+        self.ops, self.store = ops, store
 
     def get(self, layer: int, ids):
-        return [tuple(self.B.prepare_linear(w) for w in ew) for ew in self.store.get(layer, ids)]
+        return [tuple(self.ops.prepare_linear(w) for w in ew) for ew in self.store.get(layer, ids)]
 
     def prefetch(self, layer: int, ids) -> None:
         self.store.prefetch(layer, ids)

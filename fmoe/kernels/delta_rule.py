@@ -11,18 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def recurrent(B, q, k, v, g, beta, S):
+def recurrent(ops, q, k, v, g, beta, S):
     """q, k [T, H, dk]; v [T, H, dv]; g (log decay), beta [T, H]; S [H, dk, dv] -> (o [T, H, dv], S)."""
     T = q.shape[0]
     outs = []
     for t in range(T):
-        S = S * B.exp(g[t])[:, None, None]
+        S = S * ops.exp(g[t])[:, None, None]
         kt = k[t][:, None, :]                                   # [H, 1, dk]
         kv = kt @ S                                             # [H, 1, dv]
         delta = (v[t][:, None, :] - kv) * beta[t][:, None, None]
-        S = S + B.swapaxes(kt, -1, -2) @ delta                  # [H, dk, dv]
+        S = S + ops.swapaxes(kt, -1, -2) @ delta                  # [H, dk, dv]
         outs.append(q[t][:, None, :] @ S)                       # [H, 1, dv]
-    return B.swapaxes(B.concat(outs, axis=1), 0, 1), S
+    return ops.swapaxes(ops.concat(outs, axis=1), 0, 1), S
 
 
 def chunked(q: Any, k: Any, v: Any, g: Any, beta: Any, S: Any, chunk: int = 64):

@@ -23,6 +23,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from fmoe.paths import cache_dir as fmoe_cache_dir
+
 _SRC = Path(__file__).with_name("qmv.cpp")
 _MASK_SRC = Path(__file__).with_name("logits_mask.cpp")
 _FLAGS = ["-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
@@ -30,11 +32,7 @@ _lock = threading.Lock()
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("FMOE_CACHE_DIR")
-    if base:
-        return Path(base) / "kernels"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg or Path.home() / ".cache") / "fmoe" / "kernels"
+    return fmoe_cache_dir("kernels")
 
 
 def _compiler() -> str | None:

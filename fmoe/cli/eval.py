@@ -1,0 +1,95 @@
+"""``fmoe eval SUITE --out DIR``: structured-output reliability across bit widths, experts per token and grammar.
+
+    fmoe eval demo-heldout --bits 2,3,4,8 --grammar on,off --out bench/results/eval --limit 20
+    fmoe eval bfcl:/path/to/bfcl:simple_python,multiple --per-split 10 --out out/bfcl
+    fmoe eval my_suite.yaml --model path/to/hf-checkpoint --experts-per-token 2,4,8 --out out/k
+
+SUITE: a suite YAML file, a built-in suite (demo-heldout) or bfcl:DIR[:split,...]. Each bit width is produced from
+--model by `fmoe convert` once and cached under the fmoe cache directory (variants/<hash>-<bits>bit).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fmoe.errors import FmoeError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _onoff(text: str) -> list[bool]:
+    out = []
+    for x in text.split(","):
+        x = x.strip().lower()
+        if x in ("on", "true", "1", "yes"):
+            out.append(True)
+        elif x in ("off", "false", "0", "no"):
+            out.append(False)
+        else:
+            raise argparse.ArgumentTypeError(f"--grammar takes on,off; got {text!r}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fmoe eval", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("suite", help="suite YAML, built-in name (demo-heldout) or bfcl:DIR[:split,...]")
+    p.add_argument("--model", default=None, help="source checkpoint (default: the embedded demo model)")
+    p.add_argument("--bits", type=_ints, default=[4], help="bit widths, e.g. 2,3,4,8 (default 4); 16 = the checkpoint unquantized (bf16)")
+    p.add_argument("--experts-per-token", type=_ints, default=None,
+                   help="experts per token, e.g. 2,4,8 (default: the model's)")
+    p.add_argument("--grammar", type=_onoff, default=[True, False], help="on,off (default both)")
+    p.add_argument("--cross", action="store_true",
+                   help="instead of the full grid: the bits sweep at the first --experts-per-token value plus the "
+                        "experts-per-token sweep at --cross-bits")
+    p.add_argument("--cross-bits", type=int, default=4)
+    p.add_argument("--out", required=True, help="output directory (results.json, results.md, failures.json, PNGs)")
+    p.add_argument("--limit", type=int, default=None, help="first N cases only")
+    p.add_argument("--per-split", type=int, default=None, help="bfcl: first N cases of each split")
+    p.add_argument("--kl-texts", type=int, default=12, help="conversations used for the KL divergence")
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from fmoe.eval.report import print_table, write_report
+        from fmoe.eval.run import plan_variants, run_eval
+        from fmoe.eval.suite import resolve_suite
+        from fmoe.engine.loader import DEMO_DIR
+
+        if args.suite.startswith("bfcl:") and args.per_split:
+            from fmoe.eval.bfcl import load_bfcl_suite
+            from pathlib import Path
+
+            rest = args.suite[5:]
+            path, _, splits = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
+            suite = load_bfcl_suite(path, splits.split(",") if splits else None, per_split=args.per_split)
+        else:
+            suite = resolve_suite(args.suite)
+        model = args.model or DEMO_DIR
+        if args.model is None and not (DEMO_DIR / "config.json").exists():
+            raise FmoeError(f"the embedded demo model is missing ({DEMO_DIR}); pass --model")
+        variants = plan_variants(args.bits, args.experts_per_token or [None], args.grammar, cross=args.cross,
+                                 cross_bits=args.cross_bits)
+        results = run_eval(suite, model, variants, args.out, limit=args.limit, backend=args.backend,
+                           progress=not args.quiet, kl_n=args.kl_texts)
+        paths = write_report(results, args.out, with_plots=not args.no_plots)
+    except FmoeError as e:
+        print(f"fmoe eval: error: {e}", file=sys.stderr)
+        return 2
+    print_table(results)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The small interface the model is written against, and the factory that picks a backend.
+
+Backend-native arrays (``torch.Tensor`` or ``mx.array``) flow through the model; both support ``+ - * / @``,
+``.shape``, ``.reshape``, basic slicing, ``[..., None]`` and ``.sum(axis)``. Everything else goes through these
+methods. Linear weights are "prepared" once per backend (``prepare_linear``) and applied with ``linear``.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from fmoe.errors import BackendError
+
+BACKENDS = ("torch", "mlx")
+
+
+class Backend(Protocol):
+    name: str
+    dtype_name: str          # compute dtype: "float32" or "bfloat16"
+
+    # --- creation / conversion
+    def asarray(self, a: np.ndarray, dtype: str | None = None) -> Any: ...
+    def to_numpy(self, x: Any) -> np.ndarray: ...
+    def zeros(self, shape: Sequence[int], dtype: str = "float32") -> Any: ...
+    def astype(self, x: Any, dtype: str) -> Any: ...
+    # --- weights
+    def prepare_linear(self, w: Any) -> Any: ...           # np.ndarray [out, in] or QuantizedWeight
+    def linear(self, x: Any, w: Any) -> Any: ...           # x [..., in] -> [..., out]
+    def prepare_embedding(self, w: Any) -> Any: ...
+    def embedding(self, table: Any, ids: Sequence[int]) -> Any: ...
+    def repeat(self, x: Any, r: int, axis: int) -> Any: ...         # repeat_interleave
+    # --- math
+    def rms_norm(self, x: Any, w: Any, eps: float) -> Any: ...
+    def silu(self, x: Any) -> Any: ...
+    def sigmoid(self, x: Any) -> Any: ...
+    def softplus(self, x: Any) -> Any: ...
+    def exp(self, x: Any) -> Any: ...
+    def sqrt(self, x: Any) -> Any: ...
+    def softmax(self, x: Any, axis: int = -1) -> Any: ...
+    def concat(self, xs: Sequence[Any], axis: int) -> Any: ...
+    def swapaxes(self, x: Any, a: int, b: int) -> Any: ...
+    def attention(self, q: Any, k: Any, v: Any, scale: float, causal_offset: int) -> Any: ...
+    def index_add(self, out: Any, idx: np.ndarray, y: Any) -> Any: ...
+    def take_rows(self, x: Any, idx: np.ndarray) -> Any: ...
+    def step_context(self, tokens: int): ...                     # context manager around one forward pass
+    def sync(self) -> None: ...
+
+
+def get_backend(name: str = "torch", dtype: str = "float32", device: str | None = None) -> Backend:
+    """``torch`` (CPU, or CUDA when ``device='cuda'``) or ``mlx``; compute dtype ``float32`` or ``bfloat16``."""
+    if dtype not in ("float32", "bfloat16"):
+        raise BackendError(f"unknown compute dtype {dtype!r}; choose float32 or bfloat16")
+    if name == "torch":
+        from fmoe.engine.backends.torch import TorchBackend
+        return TorchBackend(dtype=dtype, device=device)
+    if name == "mlx":
+        try:
+            from fmoe.engine.backends.mlx import MLXBackend
+        except ImportError as e:
+            raise BackendError(f"backend 'mlx' is not available ({e}); install mlx (Linux: pip install 'mlx[cpu]')") from None
+        return MLXBackend(dtype=dtype)
+    raise BackendError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")

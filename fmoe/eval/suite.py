@@ -1,0 +1,237 @@
+"""Evaluation suites for ``fmoe eval``: a YAML list of tool-calling cases, validated with pydantic.
+
+    suite = load_suite("my_suite.yaml")     # -> Suite, or raises SuiteError("my_suite.yaml:12: field 'cases[1].expect': ...")
+    suite = resolve_suite("demo-heldout")   # a built-in suite name, a YAML path, or "bfcl:DIR[:split,...]"
+
+Format::
+
+    name: my-suite
+    description: what it measures
+    call_format: auto            # auto (from the chat template) | xml | hermes
+    max_tokens: 256              # per assistant turn
+    loop: false                  # run each case to a final answer with the tools (needs expect.answer)
+    max_steps: 6                 # assistant turns per case when looping
+    tools:                       # optional named tool declarations (OpenAI style), referenced by name in cases
+      lookup: {name: lookup, description: ..., parameters: {type: object, properties: {...}}}
+    cases:
+      - id: c1
+        kind: single             # free label, used to group results
+        tools: [calculator, lookup]          # demo tools by name, names declared above, or inline declarations
+        tool_choice: auto        # auto | required | none
+        messages: [{role: user, content: "What is 2+2?"}]    # the prompt (ends before the turn to predict)
+        reference: [...]         # optional: the reference continuation (assistant/tool messages), for the KL text
+        workspace: {notes.txt: "..."}        # files for the file tools when looping
+        expect:
+          calls: [[{name: calculator, arguments: {expression: "2+2"}}]]   # per assistant turn; [] = no call
+          answer: ["4"]          # strings that must all appear in the final answer (case-insensitive)
+
+Every error names the file, the line and the field; unknown fields are errors.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fmoe.errors import FmoeError
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+BUILTIN = {"demo-heldout": SUITES_DIR / "demo_heldout.yaml"}
+DEMO_TOOL_NAMES = ("calculator", "list_files", "read_file", "write_file", "search_files", "current_time",
+                   "get_weather", "convert_units")
+
+
+class SuiteError(FmoeError):
+    """A suite file that cannot be used (message: FILE:LINE: field 'x': why)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+
+class Call(_Strict):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class Expect(_Strict):
+    calls: list[list[Call]] | None = None      # per assistant turn; [] at a turn = no call is right
+    answer: list[str] | None = None            # all must appear (case-insensitive) in the final answer
+    bfcl: list[dict[str, Any]] | None = None   # BFCL possible_answer ground truth (checked by fmoe.eval.bfcl)
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _one(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+ToolRef = Union[str, dict[str, Any]]
+
+
+class Case(_Strict):
+    id: str
+    kind: str = "case"
+    tools: list[ToolRef] = Field(default_factory=list)
+    tool_choice: Literal["auto", "required", "none"] = "auto"
+    messages: list[Message]
+    reference: list[Message] = Field(default_factory=list)
+    workspace: dict[str, str] = Field(default_factory=dict)
+    thinking: bool = False
+    expect: Expect = Field(default_factory=Expect)
+    loop: bool | None = None                   # None: the suite's setting
+
+    @field_validator("messages")
+    @classmethod
+    def _nonempty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("a case needs at least one message")
+        return v
+
+
+class Suite(_Strict):
+    name: str
+    description: str = ""
+    call_format: Literal["auto", "xml", "hermes"] = "auto"
+    max_tokens: int = Field(256, ge=1)
+    loop: bool = False
+    max_steps: int = Field(6, ge=1)
+    tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    cases: list[Case]
+
+    @model_validator(mode="after")
+    def _check(self) -> "Suite":
+        if not self.cases:
+            raise ValueError("'cases' is empty")
+        seen: set[str] = set()
+        for c in self.cases:
+            if c.id in seen:
+                raise ValueError(f"duplicate case id {c.id!r}")
+            seen.add(c.id)
+        return self
+
+    def tool_schemas(self, case: Case) -> list[dict]:
+        """OpenAI-style schemas of a case's tools (names resolved against the suite and the demo tools)."""
+        out = []
+        for t in case.tools:
+            if isinstance(t, dict):
+                out.append(_as_openai(t))
+            elif t in self.tools:
+                out.append(_as_openai(self.tools[t]))
+            else:
+                out.append(demo_tool_schema(t))
+        return out
+
+    def case_loops(self, case: Case) -> bool:
+        return (self.loop if case.loop is None else case.loop) and bool(case.expect.answer)
+
+
+def _as_openai(spec: dict) -> dict:
+    if spec.get("type") == "function" and isinstance(spec.get("function"), dict):
+        return spec
+    return {"type": "function", "function": {"name": spec["name"], "description": spec.get("description", ""),
+                                             "parameters": spec.get("parameters") or {"type": "object",
+                                                                                      "properties": {}}}}
+
+
+def demo_tool_schema(name: str) -> dict:
+    from training.datagen import tool_schemas
+
+    schemas = tool_schemas()
+    if name not in schemas:
+        raise SuiteError(f"unknown tool {name!r} (declare it under 'tools:' or use one of {', '.join(schemas)})")
+    return schemas[name]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def load_suite(path: str | Path) -> Suite:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SuiteError(f"{path}: cannot read: {e.strerror or e}") from None
+    return loads_suite(text, name=str(path))
+
+
+def loads_suite(text: str, name: str = "<suite>") -> Suite:
+    from fmoe.agent.taskfile import validate_yaml
+
+    suite, lines = validate_yaml(text, name, Suite, SuiteError, "a mapping with 'name' and 'cases'")
+    # tool references must resolve
+    for i, c in enumerate(suite.cases):
+        for j, t in enumerate(c.tools):
+            if isinstance(t, str) and t not in suite.tools and t not in DEMO_TOOL_NAMES:
+                line = lines.get(("cases", i, "tools", j), lines.get(("cases", i), 1))
+                raise SuiteError(f"{name}:{line}: field 'cases[{i}].tools[{j}]': unknown tool {t!r} "
+                                 f"(declare it under 'tools:' or use a demo tool: {', '.join(DEMO_TOOL_NAMES)})")
+            if isinstance(t, dict) and "name" not in t and "function" not in t:
+                line = lines.get(("cases", i, "tools", j), 1)
+                raise SuiteError(f"{name}:{line}: field 'cases[{i}].tools[{j}]': a tool declaration needs 'name'")
+    return suite
+
+
+def resolve_suite(spec: str) -> Suite:
+    """A built-in name, a YAML path, or ``bfcl:DIR[:split,split]``."""
+    if spec.startswith("bfcl:"):
+        from fmoe.eval.bfcl import load_bfcl_suite
+
+        rest = spec[len("bfcl:"):]
+        path, _, splits = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
+        return load_bfcl_suite(path, splits.split(",") if splits else None)
+    if spec in BUILTIN:
+        p = BUILTIN[spec]
+        if not p.exists():
+            raise SuiteError(f"built-in suite {spec!r} is missing ({p})")
+        return load_suite(p)
+    p = Path(spec)
+    if not p.exists():
+        raise SuiteError(f"no suite {spec!r}: not a file, not a built-in ({', '.join(BUILTIN)}), not bfcl:DIR")
+    return load_suite(p)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def heldout_to_suite(jsonl: str | Path, name: str = "demo-heldout") -> dict:
+    """The demo model's held-out conversations as a suite: the prompt ends at the last user message; the rest is
+    the reference continuation; ``expected`` gives the calls per turn, ``check`` the answer strings."""
+    cases = []
+    for line in Path(jsonl).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        msgs = r["messages"]
+        last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+        cases.append({
+            "id": r["id"], "kind": r.get("kind", "case"), "tools": list(r.get("tools", [])),
+            "messages": msgs[:last_user + 1], "reference": msgs[last_user + 1:],
+            "workspace": r.get("workspace") or {}, "thinking": bool(r.get("enable_thinking", False)),
+            "expect": {"calls": r.get("expected") or [], "answer": list(r.get("check") or [])},
+        })
+    return {"name": name, "description": "held-out conversations of the demo model's synthetic tool-use data "
+                                         "(training/heldout.jsonl)", "call_format": "auto", "max_tokens": 160,
+            "loop": True, "max_steps": 4, "cases": cases}
+
+
+def write_heldout_suite(jsonl: str | Path | None = None, dst: str | Path | None = None) -> Path:
+    """Regenerate fmoe/eval/suites/demo_heldout.yaml from training/heldout.jsonl."""
+    jsonl = Path(jsonl) if jsonl else Path(__file__).resolve().parents[1] / "demo" / "heldout.jsonl"
+    dst = Path(dst) if dst else BUILTIN["demo-heldout"]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    data = heldout_to_suite(jsonl)
+    head = "# Generated by fmoe.eval.suite.write_heldout_suite() from training/heldout.jsonl; do not edit.\n"
+    dst.write_text(head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120), encoding="utf-8")
+    return dst
+
+
+if __name__ == "__main__":
+    print(write_heldout_suite())

@@ -1,0 +1,452 @@
+"""ExpertStore: the streaming ExpertSource (see DESIGN.md) reading experts from a streaming layout.
+
+Reads
+    One expert = one read of its 4 KiB-aligned region (``os.preadv`` into a page-aligned anonymous ``mmap``; the call
+    releases the GIL, so ``io_threads`` reads are in flight at once).  The returned QuantizedWeights are zero-copy
+    numpy views into that buffer.  Do not modify them: they may be served again from the cache.
+
+Modes
+    ``page-cache``  buffered reads: the OS page cache is the cache (as Flash-MoE).  By default (``memory_budget``
+                    None or 0) the engine keeps nothing after ``get`` returns, and ``prefetch`` becomes a kernel
+                    read-ahead hint (``posix_fadvise(WILLNEED)``) issued from the I/O threads.  With a budget, the
+                    engine also keeps an expert cache, exactly as in ``direct`` mode.
+    ``direct``      ``O_DIRECT`` reads (no page cache) into the engine's own cache, bounded by ``memory_budget``
+                    bytes (default: a quarter of physical RAM).  ``prefetch`` reads into the cache when the budget
+                    allows (without evicting other prefetched-but-unused experts), else the hint is dropped.
+
+Budget
+    ``resident_bytes`` = bytes of every buffer the cache holds (ready, being read, prefetched).  It never exceeds
+    ``memory_budget`` except transiently inside a ``get`` call, for the experts that call is returning (they must be
+    in memory to be returned); when ``get`` returns the cache is trimmed back under the budget.  Experts the caller
+    still holds (views returned by the last ``get``) live on outside the budget until the caller drops them: at most
+    one layer's worth of active experts.
+
+Eviction policy: ``lru`` or ``lfu`` (frequency-aware: among the 32 least recently used evictable entries, evict the
+one requested least often, with counts halved every ``16 * num_experts`` requests).
+
+Errors: a failed, short or corrupt (``verify=True``) read raises :class:`fmoe.errors.ExpertReadError` /
+:class:`fmoe.errors.ChecksumError` naming layer, expert, file and offset.  Never a dropped expert.
+
+Thread safety: ``get``/``prefetch``/``stats`` may be called from any thread; a lock guards the cache.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+import threading
+import time
+import zlib
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Sequence
+
+from fmoe.errors import ChecksumError, ExpertReadError, LayoutError
+from fmoe.storage.stream_layout import StreamingLayout
+
+MODES = ("page-cache", "direct")
+POLICIES = ("lru", "lfu")
+_LFU_WINDOW = 32
+
+
+def _default_direct_budget() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError):
+        return 4 << 30
+
+
+class _Entry:
+    __slots__ = ("key", "nbytes", "future", "prefetched", "used", "pins", "buf")
+
+    def __init__(self, key: tuple[int, int], nbytes: int, prefetched: bool):
+        self.key = key
+        self.nbytes = nbytes
+        self.buf = None                      # the mmap the expert is read into (set by the I/O thread)
+        self.future: Future | None = None
+        self.prefetched = prefetched
+        self.used = False
+        self.pins = 0
+
+    def ready(self) -> bool:
+        return self.future is not None and self.future.done()
+
+
+class ExpertStore:
+    """Streaming ExpertSource over a :class:`StreamingLayout` (usually from ``open_streaming(p).expert_source()``)."""
+
+    def __init__(self, layout: StreamingLayout | str, mode: str = "page-cache", memory_budget: int | None = None,
+                 verify: bool = False, io_threads: int = 8, policy: str = "lru"):
+        if not isinstance(layout, StreamingLayout):
+            layout = StreamingLayout(layout)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if memory_budget is None:
+            memory_budget = _default_direct_budget() if mode == "direct" else 0
+        if memory_budget < 0:
+            raise ValueError("memory_budget must be >= 0")
+        self.layout = layout
+        self.mode = mode
+        self.memory_budget = int(memory_budget)
+        self.verify = verify
+        self.policy = policy
+        self.io_threads = max(1, int(io_threads))
+        self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="fmoe-io")
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._fds: dict[int, int] = {}
+        self._hinted: set[tuple[int, int]] = set()
+        self._freq: dict[tuple[int, int], float] = {}
+        self._requests = 0
+        self._closed = False
+        # buffer recycling: faulting in fresh pages costs more CPU than the read itself on small VMs, so buffers of
+        # evicted experts are reused once nobody references them (refcount check: never while the caller holds
+        # views).  Idle buffers are bounded by ``pool_buffers`` (outside the budget; stats "pool_bytes").
+        cfg = layout.config_raw.get("text_config", layout.config_raw)
+        k = int(cfg.get("num_experts_per_tok", 8))
+        self.pool_buffers = max(self.io_threads, 2 * k)
+        self._pool_lock = threading.Lock()
+        self._free: list = []
+        self._retired: deque = deque()
+        self.reset_stats()
+        self._resident = 0
+        self._peak_resident = 0
+
+    # ------------------------------------------------------------------------------------------------ stats
+
+    def reset_stats(self) -> None:
+        with self._stats_lock:
+            self._s = dict(bytes_read=0, reads=0, cache_hits=0, cache_misses=0, io_wait_s=0.0, read_s=0.0,
+                           prefetch_issued=0, prefetch_used=0, prefetch_hits=0, prefetch_dropped=0, evictions=0, gets=0,
+                           buffers_allocated=0, buffers_reused=0)
+        if hasattr(self, "_resident"):
+            with self._lock:
+                self._peak_resident = self._resident
+
+    def stats(self) -> dict:
+        with self._stats_lock:
+            s = dict(self._s)
+        with self._lock:
+            s["resident_bytes"] = self._resident
+            s["peak_resident_bytes"] = self._peak_resident
+            s["cached_experts"] = len(self._cache)
+        with self._pool_lock:
+            s["pool_bytes"] = sum(len(b) for b in self._free)
+        req = s["cache_hits"] + s["cache_misses"]
+        s["cache_hit_rate"] = s["cache_hits"] / req if req else 0.0
+        # hits on experts that were in the cache before their prefetch (i.e. not brought in by a prefetch)
+        s["cache_hit_rate_excl_prefetch"] = (s["cache_hits"] - s["prefetch_hits"]) / req if req else 0.0
+        s["prefetch_hit_rate"] = s["prefetch_used"] / s["prefetch_issued"] if s["prefetch_issued"] else 0.0
+        s.update(mode=self.mode, memory_budget=self.memory_budget, policy=self.policy, verify=self.verify,
+                 io_threads=self.io_threads)
+        return s
+
+    # ------------------------------------------------------------------------------------------------ I/O
+
+    def _fd(self, layer: int) -> int:
+        fd = self._fds.get(layer)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(layer)
+                if fd is None:
+                    path = self.layout.layers[layer].file
+                    flags = os.O_RDONLY | (os.O_DIRECT if self.mode == "direct" else 0)
+                    try:
+                        fd = os.open(path, flags)
+                    except FileNotFoundError:
+                        raise ExpertReadError(f"layer {layer}: expert file {path} is missing", layer=layer,
+                                              file=str(path)) from None
+                    except OSError as ex:
+                        hint = " (this filesystem may not support O_DIRECT: use mode='page-cache')" \
+                            if self.mode == "direct" else ""
+                        raise ExpertReadError(f"layer {layer}: cannot open {path}: {ex}{hint}", layer=layer,
+                                              file=str(path)) from None
+                    self._fds[layer] = fd
+        return fd
+
+    def _alloc(self, nbytes: int):
+        with self._pool_lock:
+            for i, b in enumerate(self._free):
+                if len(b) == nbytes:
+                    del self._free[i]
+                    reused = True
+                    break
+            else:
+                b, reused = None, False
+        if b is None:
+            b = mmap.mmap(-1, nbytes)                    # anonymous: page aligned, zero filled
+        with self._stats_lock:
+            self._s["buffers_reused" if reused else "buffers_allocated"] += 1
+        return b
+
+    def _retire_locked(self, ent: _Entry) -> None:
+        """An entry left the cache: its buffer may be reused once the caller no longer references it."""
+        buf, ent.buf = ent.buf, None
+        failed = ent.future is not None and ent.future.done() and ent.future.exception() is not None
+        ent.future = None                                # drops our views into buf
+        if buf is not None and not failed:
+            self._retired.append(buf)
+            if len(self._retired) > 4 * self.pool_buffers:
+                self._retired.popleft()                  # still referenced by someone: freed when they drop it
+
+    def _recycle_locked(self) -> None:
+        n = len(self._retired)
+        for _ in range(n):
+            b = self._retired.popleft()
+            if sys.getrefcount(b) <= 2:                  # only `b` and the call's argument: nobody holds views
+                with self._pool_lock:
+                    if len(self._free) < self.pool_buffers:
+                        self._free.append(b)
+            else:
+                self._retired.append(b)
+            del b
+
+    def _read(self, ent: _Entry):
+        """Runs in an I/O thread: one read of expert ``e``'s region, checksum, zero-copy views."""
+        layer, e = ent.key
+        L = self.layout.layers[layer]
+        off, size = L.offsets[e], L.sizes[e]
+        n = L.stride if self.mode == "direct" else size     # O_DIRECT: whole aligned region
+        where = f"layer {layer} expert {e} ({L.file}, offset {off}, {n} bytes)"
+        t0 = time.perf_counter()
+        fd = self._fd(layer)
+        buf = self._alloc(L.stride)
+        mv = memoryview(buf)
+        got = 0
+        try:
+            while got < n:
+                try:
+                    r = os.preadv(fd, [mv[got:n]], off + got)
+                except OSError as ex:
+                    raise ExpertReadError(f"I/O error reading {where}: {ex}", layer=layer, expert=e,
+                                          file=str(L.file), offset=off) from ex
+                if r <= 0 or self.mode == "direct" and r < n:
+                    got += max(r, 0)
+                    break
+                got += r
+            if got < n:
+                raise ExpertReadError(f"short read of {where}: got {got} bytes (file truncated?)", layer=layer,
+                                      expert=e, file=str(L.file), offset=off)
+            if self.verify:
+                crc = zlib.crc32(mv[:size])
+                if crc != L.crcs[e]:
+                    raise ChecksumError(f"checksum mismatch in {where}: crc32 {crc:08x}, manifest "
+                                        f"{L.crcs[e]:08x}", layer=layer, expert=e, file=str(L.file), offset=off)
+        finally:
+            mv.release()
+        weights = L.template.views(buf)
+        ent.buf = buf
+        dt = time.perf_counter() - t0
+        with self._stats_lock:
+            self._s["bytes_read"] += n
+            self._s["reads"] += 1
+            self._s["read_s"] += dt
+        return weights
+
+    def _hint(self, layer: int, e: int) -> None:
+        L = self.layout.layers[layer]
+        try:
+            os.posix_fadvise(self._fd(layer), L.offsets[e], L.sizes[e], os.POSIX_FADV_WILLNEED)
+        except (OSError, ExpertReadError):
+            pass   # a hint: the get() that follows reports real errors
+
+    # ------------------------------------------------------------------------------------------------ cache
+
+    def _check(self, layer: int, experts: Sequence[int]) -> list[tuple[int, int]]:
+        if self._closed:
+            raise LayoutError("ExpertStore is closed")
+        if not 0 <= layer < self.layout.num_layers:
+            raise IndexError(f"layer {layer} out of range (0..{self.layout.num_layers - 1})")
+        keys = []
+        for e in experts:
+            e = int(e)
+            if not 0 <= e < self.layout.num_experts:
+                raise IndexError(f"expert {e} out of range (0..{self.layout.num_experts - 1})")
+            keys.append((layer, e))
+        return keys
+
+    def _touch_freq(self, key) -> None:
+        if self.policy != "lfu":
+            return
+        self._freq[key] = self._freq.get(key, 0.0) + 1.0
+        self._requests += 1
+        if self._requests >= 16 * self.layout.num_experts:
+            self._requests = 0
+            self._freq = {k: v / 2 for k, v in self._freq.items() if v >= 0.5}
+
+    def _evictable(self, ent: _Entry, keep_prefetched: bool) -> bool:
+        return ent.pins == 0 and ent.ready() and not (keep_prefetched and ent.prefetched and not ent.used)
+
+    def _evict_locked(self, target: int, keep_prefetched: bool) -> None:
+        """Drop evictable entries (LRU order, or frequency-aware) until resident <= target."""
+        evicted = 0
+        while self._resident > target:
+            victim = None
+            if self.policy == "lru":
+                for ent in self._cache.values():
+                    if self._evictable(ent, keep_prefetched):
+                        victim = ent
+                        break
+            else:
+                best, seen = None, 0
+                for ent in self._cache.values():
+                    if self._evictable(ent, keep_prefetched):
+                        f = self._freq.get(ent.key, 0.0)
+                        if best is None or f < best[0]:
+                            best = (f, ent)
+                        seen += 1
+                        if seen >= _LFU_WINDOW:
+                            break
+                victim = best[1] if best else None
+            if victim is None:
+                break
+            del self._cache[victim.key]
+            self._resident -= victim.nbytes
+            self._retire_locked(victim)
+            evicted += 1
+        if evicted:
+            with self._stats_lock:
+                self._s["evictions"] += evicted
+
+    def _add_locked(self, key, prefetched: bool) -> _Entry:
+        L = self.layout.layers[key[0]]
+        ent = _Entry(key, L.stride, prefetched)
+        self._cache[key] = ent
+        self._resident += ent.nbytes
+        if self._resident > self._peak_resident:
+            self._peak_resident = self._resident
+        ent.future = self._pool.submit(self._read, ent)
+        return ent
+
+    # ------------------------------------------------------------------------------------------------ API
+
+    def prefetch(self, layer: int, experts: Sequence[int]) -> None:
+        """Non-blocking hint: start reading these experts of ``layer`` (those not cached yet)."""
+        keys = self._check(layer, experts)
+        issued = dropped = 0
+        hints = []
+        with self._lock:
+            for key in dict.fromkeys(keys):
+                if key in self._cache:
+                    continue
+                need = self.layout.layers[layer].stride
+                if self._resident + need > self.memory_budget:
+                    self._evict_locked(self.memory_budget - need, keep_prefetched=True)
+                if self._resident + need <= self.memory_budget:
+                    self._add_locked(key, prefetched=True)
+                    issued += 1
+                elif self.mode == "page-cache":
+                    if key not in self._hinted:
+                        if len(self._hinted) > 64 * self.layout.num_experts:
+                            self._hinted.clear()
+                        self._hinted.add(key)
+                        hints.append(key)
+                        issued += 1
+                else:
+                    dropped += 1
+        for key in hints:
+            self._pool.submit(self._hint, *key)
+        if issued or dropped:
+            with self._stats_lock:
+                self._s["prefetch_issued"] += issued
+                self._s["prefetch_dropped"] += dropped
+
+    def get(self, layer: int, experts: Sequence[int]):
+        """Blocking: ``[(gate, up, down), ...]`` for ``experts`` of ``layer``, in the same order."""
+        keys = self._check(layer, experts)
+        hits = misses = pused = phits = 0
+        entries: list[_Entry] = []
+        with self._lock:
+            self._recycle_locked()
+            uniq: dict[tuple[int, int], _Entry] = {}
+            for key in keys:
+                ent = uniq.get(key)
+                if ent is None:
+                    self._touch_freq(key)
+                    ent = self._cache.get(key)
+                    if ent is None:
+                        misses += 1
+                        if key in self._hinted:
+                            self._hinted.discard(key)
+                            pused += 1
+                        ent = self._add_locked(key, prefetched=False)
+                    else:
+                        hits += 1
+                        self._cache.move_to_end(key)
+                        if ent.prefetched and not ent.used:
+                            pused += 1
+                            phits += 1
+                    ent.used = True
+                    ent.pins += 1
+                    uniq[key] = ent
+                entries.append(ent)
+        t0 = time.perf_counter()
+        results, error = [], None
+        for ent in entries:
+            try:
+                results.append(ent.future.result())
+            except ExpertReadError as ex:
+                error = error or ex
+            except Exception as ex:  # anything unexpected from the I/O thread: still name the expert
+                L = self.layout.layers[ent.key[0]]
+                error = error or ExpertReadError(
+                    f"reading layer {ent.key[0]} expert {ent.key[1]} ({L.file}, offset {L.offsets[ent.key[1]]}) "
+                    f"failed: {ex!r}", layer=ent.key[0], expert=ent.key[1], file=str(L.file),
+                    offset=L.offsets[ent.key[1]])
+        wait = time.perf_counter() - t0
+        with self._lock:
+            for ent in uniq.values():
+                ent.pins -= 1
+                if ent.future.done() and ent.future.exception() is not None and self._cache.get(ent.key) is ent:
+                    del self._cache[ent.key]
+                    self._resident -= ent.nbytes
+                    self._retire_locked(ent)
+            self._evict_locked(self.memory_budget, keep_prefetched=False)
+        with self._stats_lock:
+            s = self._s
+            s["cache_hits"] += hits
+            s["cache_misses"] += misses
+            s["prefetch_used"] += pused
+            s["prefetch_hits"] += phits
+            s["io_wait_s"] += wait
+            s["gets"] += 1
+        if error is not None:
+            raise error
+        return results
+
+    def clear(self) -> None:
+        """Drop every cached expert that is not being read or returned right now."""
+        with self._lock:
+            saved, self.memory_budget = self.memory_budget, 0
+            try:
+                self._evict_locked(0, keep_prefetched=False)
+            finally:
+                self.memory_budget = saved
+            self._hinted.clear()
+
+    def close(self, wait: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=wait)
+        with self._lock:
+            self._cache.clear()
+            self._resident = 0
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close(wait=False)
+        except Exception:
+            pass

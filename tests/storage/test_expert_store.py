@@ -1,0 +1,281 @@
+"""ExpertStore: both modes, budget, prefetch accounting, one read per expert, fault injection."""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fmoe.storage import synth as synth_mod
+from fmoe.storage.expert_store import ExpertStore
+from fmoe.storage.stream_layout import open_streaming
+from fmoe.errors import ChecksumError, ExpertReadError
+
+LAYERS, EXPERTS = 3, 8
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return synth_mod.synth(tmp_path_factory.mktemp("store") / "m", "tiny", layers=LAYERS, experts=EXPERTS,
+                           progress=False, fsync=False)
+
+
+@pytest.fixture
+def ck(model):
+    c = open_streaming(model)
+    yield c
+    c.close()
+
+
+def _same(a, b):
+    return all(np.array_equal(getattr(x, p), getattr(y, p)) and x.bits == y.bits
+               for x, y in zip(a, b) for p in ("weight", "scales", "biases"))
+
+
+def _cache_bytes(store: ExpertStore) -> int:
+    return sum(e.nbytes for e in store._cache.values())
+
+
+@pytest.mark.parametrize("mode", ["page-cache", "direct"])
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+def test_modes_identical_and_budget_respected(ck, mode, policy):
+    stride = ck.layout.layers[0].stride
+    budget = 3 * stride                               # smaller than one top-4 get: exercises the exception
+    rng = np.random.default_rng(1)
+    with ck.expert_source(mode=mode, memory_budget=budget, verify=True, io_threads=4, policy=policy) as store:
+        for step in range(40):
+            layer = int(rng.integers(0, LAYERS))
+            experts = [int(x) for x in rng.choice(EXPERTS, size=int(rng.integers(1, 5)), replace=False)]
+            if step % 3 == 0:
+                store.prefetch((layer + 1) % LAYERS, experts[:2])
+            got = store.get(layer, experts)
+            assert len(got) == len(experts)
+            for e, w in zip(experts, got):
+                assert _same(w, ck.expert(layer, e))
+            s = store.stats()
+            assert s["resident_bytes"] == _cache_bytes(store) <= budget
+            # peak: budget, or the experts one get call returns (plus in-flight prefetches admitted in budget)
+            assert s["peak_resident_bytes"] <= budget + 4 * stride
+        s = store.stats()
+        assert s["cache_hits"] + s["cache_misses"] >= 40
+        assert s["cache_misses"] <= s["reads"] <= s["cache_misses"] + s["prefetch_issued"]
+        assert s["bytes_read"] >= s["reads"] * ck.layout.layers[0].sizes[0]
+
+
+def test_zero_budget_page_cache_keeps_nothing(ck):
+    with ck.expert_source(mode="page-cache") as store:     # default: no engine cache
+        store.get(0, [1, 2])
+        store.get(0, [1, 2])
+        s = store.stats()
+        assert s["cache_hits"] == 0 and s["cache_misses"] == 4 and s["resident_bytes"] == 0
+        assert s["memory_budget"] == 0
+
+
+def test_one_read_per_expert_and_zero_copy(ck, monkeypatch):
+    calls = []
+    real = os.preadv
+
+    def counting(fd, bufs, off, *a):
+        calls.append((fd, off, sum(memoryview(b).nbytes for b in bufs)))
+        return real(fd, bufs, off, *a)
+
+    monkeypatch.setattr(os, "preadv", counting)
+    L = ck.layout.layers[1]
+    for mode in ("page-cache", "direct"):
+        calls.clear()
+        with ck.expert_source(mode=mode, memory_budget=0) as store:
+            got = store.get(1, [0, 5, 7, 5])
+        assert len(calls) == 3                              # duplicates read once, one read per expert
+        assert sorted(c[1] for c in calls) == sorted(L.offsets[e] for e in (0, 5, 7))
+        assert all(c[1] % 4096 == 0 for c in calls)
+        g, u, d = got[1]
+        arrays = [g.weight, g.scales, g.biases, u.weight, u.scales, u.biases, d.weight, d.scales, d.biases]
+        base = g.weight.ctypes.data
+        assert base % 4096 == 0                             # page-aligned buffer
+        for arr, spec in zip(arrays, L.template.arrays):    # views into one buffer, at the template offsets
+            assert arr.ctypes.data == base + spec.offset and arr.ctypes.data % 64 == 0
+            assert not arr.flags.owndata
+        assert got[1] is got[3] or _same(got[1], got[3])
+
+
+@pytest.mark.parametrize("mode", ["page-cache", "direct"])
+def test_prefetch_then_get_counts_prefetch_hits(ck, mode):
+    stride = ck.layout.layers[0].stride
+    with ck.expert_source(mode=mode, memory_budget=8 * stride) as store:
+        store.prefetch(2, [1, 3, 4])
+        store.prefetch(2, [1])                              # already in flight: not issued twice
+        got = store.get(2, [3, 1, 6])
+        for e, w in zip([3, 1, 6], got):
+            assert _same(w, ck.expert(2, e))
+        s = store.stats()
+        assert s["prefetch_issued"] == 3 and s["prefetch_used"] == 2
+        assert s["cache_hits"] == 2 and s["cache_misses"] == 1 and s["reads"] == 4
+        store.get(2, [4])
+        s = store.stats()
+        assert s["prefetch_used"] == 3 and s["cache_hits"] == 3 and s["cache_hit_rate"] == 0.75
+        store.get(2, [4])                                   # a plain cache hit, not a second prefetch hit
+        assert store.stats()["prefetch_used"] == 3
+
+
+def test_prefetch_does_not_exceed_budget(ck):
+    stride = ck.layout.layers[0].stride
+    with ck.expert_source(mode="direct", memory_budget=2 * stride) as store:
+        store.prefetch(0, [0, 1, 2, 3])
+        s = store.stats()
+        assert s["prefetch_issued"] == 2 and s["prefetch_dropped"] == 2 and s["resident_bytes"] <= 2 * stride
+        store.get(0, [0, 1])
+        assert store.stats()["prefetch_used"] == 2
+
+
+def test_page_cache_hint_prefetch_counts(ck):
+    with ck.expert_source(mode="page-cache", memory_budget=0) as store:
+        store.prefetch(1, [2, 3])
+        store.get(1, [2, 3, 4])
+        s = store.stats()
+        assert s["prefetch_issued"] == 2 and s["prefetch_used"] == 2 and s["resident_bytes"] == 0
+
+
+def test_concurrent_prefetch_and_get(ck):
+    stride = ck.layout.layers[0].stride
+    ref = {(l, e): ck.expert(l, e) for l in range(LAYERS) for e in range(EXPERTS)}
+    with ck.expert_source(mode="direct", memory_budget=5 * stride, io_threads=3) as store:
+        stop = threading.Event()
+
+        def prefetcher():
+            r = np.random.default_rng(7)
+            while not stop.is_set():
+                store.prefetch(int(r.integers(0, LAYERS)), r.choice(EXPERTS, 2, replace=False).tolist())
+                time.sleep(0.0002)   # a tight loop would hold the GIL and starve the reader, not test concurrency
+
+        t = threading.Thread(target=prefetcher)
+        t.start()
+        try:
+            rng = np.random.default_rng(3)
+            for _ in range(150):
+                layer = int(rng.integers(0, LAYERS))
+                experts = rng.choice(EXPERTS, 3, replace=False).tolist()
+                for e, w in zip(experts, store.get(layer, experts)):
+                    assert _same(w, ref[(layer, e)])
+        finally:
+            stop.set()
+            t.join()
+        assert store.stats()["resident_bytes"] <= 5 * stride
+
+
+# ----------------------------------------------------------------------------------------------- faults
+
+
+def _fresh(tmp_path, layers=2, experts=4):
+    return synth_mod.synth(tmp_path / "m", "tiny", layers=layers, experts=experts, progress=False, fsync=False)
+
+
+def _names_everything(err: ExpertReadError, layer: int, expert: int, file, offset: int):
+    msg = str(err)
+    assert f"layer {layer}" in msg and f"expert {expert}" in msg and str(file) in msg and f"offset {offset}" in msg
+    assert (err.layer, err.expert, err.file, err.offset) == (layer, expert, str(file), offset)
+
+
+@pytest.mark.parametrize("mode", ["page-cache", "direct"])
+def test_truncated_expert_file(tmp_path, mode):
+    path = _fresh(tmp_path)
+    ck = open_streaming(path)
+    L = ck.layout.layers[1]
+    os.truncate(L.file, L.offsets[3] + 5000)               # cuts expert 3 of layer 1 short
+    with ck.expert_source(mode=mode, memory_budget=0) as store:
+        assert store.get(1, [0, 2])                          # others still fine
+        with pytest.raises(ExpertReadError, match="short read") as ei:
+            store.get(1, [2, 3])
+        _names_everything(ei.value, 1, 3, L.file, L.offsets[3])
+        store.prefetch(1, [3])                               # a failed prefetch surfaces in get, never dropped
+        with pytest.raises(ExpertReadError):
+            store.get(1, [3])
+
+
+@pytest.mark.parametrize("mode", ["page-cache", "direct"])
+def test_flipped_byte_checksum(tmp_path, mode):
+    path = _fresh(tmp_path)
+    ck = open_streaming(path)
+    L = ck.layout.layers[0]
+    with open(L.file, "r+b") as f:
+        pos = L.offsets[2] + 1234
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x10]))
+    os.posix_fadvise(os.open(L.file, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)
+    with ck.expert_source(mode=mode, memory_budget=0, verify=True) as store:
+        with pytest.raises(ChecksumError, match="checksum mismatch") as ei:
+            store.get(0, [1, 2])
+        _names_everything(ei.value, 0, 2, L.file, L.offsets[2])
+        assert store.get(0, [1])
+    with ck.expert_source(mode=mode, memory_budget=0, verify=False) as store:
+        store.get(0, [2])                                    # not verified: no error
+    with pytest.raises(ChecksumError):
+        open_streaming(path, verify=True).expert(0, 2)
+
+
+@pytest.mark.parametrize("mode", ["page-cache", "direct"])
+def test_io_error_and_short_read_from_reader(ck, monkeypatch, mode):
+    L = ck.layout.layers[2]
+    real = os.preadv
+    state = {"mode": "eio"}
+
+    def faulty(fd, bufs, off, *a):
+        if off == L.offsets[5] and state["mode"] == "eio":
+            raise OSError(errno.EIO, "Input/output error")
+        if off == L.offsets[5] and state["mode"] == "short":
+            return real(fd, [memoryview(bufs[0])[:4096]], off) if mode == "direct" else 0
+        return real(fd, bufs, off, *a)
+
+    monkeypatch.setattr(os, "preadv", faulty)
+    with ck.expert_source(mode=mode, memory_budget=0) as store:
+        with pytest.raises(ExpertReadError, match="I/O error") as ei:
+            store.get(2, [4, 5, 6])
+        _names_everything(ei.value, 2, 5, L.file, L.offsets[5])
+        state["mode"] = "short"
+        with pytest.raises(ExpertReadError, match="short read") as ei:
+            store.get(2, [5])
+        _names_everything(ei.value, 2, 5, L.file, L.offsets[5])
+        state["mode"] = "ok"
+        got = store.get(2, [5])                              # the failed entry was not cached
+        assert _same(got[0], ck.expert(2, 5))
+
+
+def test_missing_expert_file(tmp_path):
+    path = _fresh(tmp_path)
+    ck = open_streaming(path)
+    os.unlink(ck.layout.layers[1].file)
+    with ck.expert_source() as store:
+        with pytest.raises(ExpertReadError, match="missing"):
+            store.get(1, [0])
+
+
+def test_bad_arguments(ck):
+    with pytest.raises(ValueError):
+        ck.expert_source(mode="mmap")
+    with ck.expert_source() as store:
+        with pytest.raises(IndexError):
+            store.get(0, [EXPERTS])
+        with pytest.raises(IndexError):
+            store.get(LAYERS, [0])
+
+
+@pytest.mark.parametrize("mode", ["page-cache", "direct"])
+def test_buffers_recycled_but_never_while_held(ck, mode):
+    stride = ck.layout.layers[0].stride
+    with ck.expert_source(mode=mode, memory_budget=0 if mode == "page-cache" else 2 * stride) as store:
+        held = store.get(0, [1, 2])
+        snapshot = [[np.array(getattr(q, p)) for q in t for p in ("weight", "scales", "biases")] for t in held]
+        for i in range(60):
+            r = store.get(i % LAYERS, [i % EXPERTS, (i + 3) % EXPERTS])
+            del r
+        s = store.stats()
+        assert s["buffers_reused"] > 40 and s["buffers_allocated"] < 12
+        for t, snap in zip(held, snapshot):      # the buffers behind `held` were never reused
+            assert all(np.array_equal(getattr(q, p), a) for (q, p), a in zip(
+                [(q, p) for q in t for p in ("weight", "scales", "biases")], snap))
+        for e, t in zip([1, 2], held):
+            assert _same(t, ck.expert(0, e))
