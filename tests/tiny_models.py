@@ -16,7 +16,7 @@ import torch
 
 from fmoe.bench.random_models import mlx_convert, randomise_norms, to_release_layout  # noqa: F401
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = Path(__file__).resolve().parent / "data"  # test data kept in the repository (tests/data/SOURCES.md)
 CORPUS = ("the quick brown fox jumps over the lazy dog 0123456789 what is the weather in paris today? "
           "call the calculator tool with an expression and report the result. hello world, how are you? ") * 20
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>",
@@ -56,7 +56,7 @@ def make_tokenizer(dst: Path, vocab_size: int = 300) -> None:
     tok.add_special_tokens(SPECIALS)
     dst.mkdir(parents=True, exist_ok=True)
     tok.save(str(dst / "tokenizer.json"))
-    template = (SHARED / "reference/qwen3_5/chat_template.jinja").read_text()
+    template = (DATA / "reference/qwen3_5/chat_template.jinja").read_text()
     (dst / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
         "chat_template": template}))

@@ -1,16 +1,14 @@
-"""The agent loop: chat template + tools -> constrained generation -> parsed calls -> tools run concurrently ->
-results fed back as tool messages -> ... until a final answer, max_steps, or the same call three times.
+"""The agent loop: turns (fmoe.agent.turn) -> parsed calls -> tools run concurrently -> results fed back as tool
+messages -> ... until a final answer, max_steps, or the same call three times.
 
     agent = Agent(model, tokenizer, registry, tool_choice="auto", max_steps=8)
     result = agent.run("What is 2+2?")          # RunResult: answer, steps (ModelStep/ToolStep), tool_calls, stats
     result = agent.chat("and times 3?")         # continues the same conversation
+    result = agent.run_messages(messages)       # continues a given conversation (an eval case's messages)
+    step = agent.turn(messages)                 # one ModelStep, no tools run
     agent = Agent.from_task(task_file, model, tokenizer)
 
-Prefix reuse: the engine's state (KV + recurrent) cannot be rolled back, so the agent keeps a snapshot of the cache
-at the end of each prompt's prefill (and one at the end of the system + tools block). The next prompt is rendered
-again from the messages and re-encoded; the longest snapshot whose tokens are a prefix of it is resumed and only the
-rest is prefilled. When the previous prompt is not a prefix (the template re-rendered earlier turns differently)
-the step records ``prefix_fallback`` and prefills from the best snapshot there is (or from scratch).
+Across turns the engine keeps its KV and recurrent state and prefills only new tokens (fmoe.agent.turn.PrefixCache).
 
 Events: ``on_event(kind, **data)`` is called with ``step_start`` (step, max_steps), ``text`` (delta), ``model_step``
 (step=ModelStep), ``tool_call`` (step, name, arguments), ``tool_step`` (step=ToolStep) and ``final``
@@ -20,126 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
-import weakref
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fmoe.agent.expect import check_expect, normalize_json
 from fmoe.agent.steps import FinalAnswer, ModelStep, RunResult, ToolStep
 from fmoe.agent.transcript import Transcript
-from fmoe.errors import FmoeError
+from fmoe.agent.turn import PrefixCache, TurnSettings, run_turn
 
 REPEAT_LIMIT = 3
-_PINNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> system-prefix snapshots (shared)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# model resolution / loading
-# ---------------------------------------------------------------------------------------------------------------
-def _demo_dir() -> Path:
-    import fmoe
-
-    return Path(fmoe.__file__).resolve().parent / "demo" / "model"
-
-
-def default_model_path() -> Path:
-    """The embedded demo model (fmoe.engine.loader.resolve_model(None) when the lead's resolver exists)."""
-    try:
-        from fmoe.engine.loader import resolve_model  # type: ignore[import-not-found]
-    except ImportError:
-        return _demo_dir()
-    return Path(resolve_model(None))
-
-
-def resolve_model_path(path: str | Path | None) -> Path:
-    if path is None:
-        return default_model_path()
-    try:
-        from fmoe.engine.loader import resolve_model  # type: ignore[import-not-found]
-    except ImportError:
-        return Path(path)
-    return Path(resolve_model(str(path)))
-
-
-def load_model(path: str | Path | None, *, backend: str = "torch", dtype: str = "float32", device: str | None = None,
-               experts_per_token: int | None = None, memory_budget: int | None = None,
-               io_mode: str = "page-cache", prediction: bool = True):
-    """(model, tokenizer, path) for a checkpoint directory (None: the demo model)."""
-    from fmoe.engine.model import Model
-    from fmoe.storage.stream_layout import is_streaming_layout
-    from fmoe.engine.tokenizer import Tokenizer
-
-    p = resolve_model_path(path)
-    if not (p / "config.json").exists() and not is_streaming_layout(p):
-        raise FmoeError(f"no model at {p} (config.json missing)"
-                        + (": the demo model has not been built yet" if path is None else ""))
-    stream = None
-    if is_streaming_layout(p):
-        stream = {"mode": io_mode, "memory_budget": memory_budget}
-    model = Model.load(p, backend=backend, dtype=dtype, device=device, experts_per_token=experts_per_token,
-                       stream=stream, predict_experts=prediction if stream else False)
-    tok_dir = Path(getattr(model.ck, "path", p))
-    for cand in (tok_dir, p, _demo_dir() if path is None else p):
-        if (cand / "tokenizer.json").exists():
-            tok_dir = cand
-            break
-    return model, Tokenizer.from_dir(tok_dir), p
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# expect verdicts
-# ---------------------------------------------------------------------------------------------------------------
-def normalize_json(x: Any) -> Any:
-    """JSON round trip with sorted keys; integral floats become ints (2.0 == 2)."""
-    x = json.loads(json.dumps(x, sort_keys=True, default=str))
-
-    def fix(v):
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, dict):
-            return {k: fix(w) for k, w in v.items()}
-        if isinstance(v, list):
-            return [fix(w) for w in v]
-        return v
-    return fix(x)
-
-
-def call_matches(expected: dict, actual: dict) -> bool:
-    """Same name; every expected argument present with an equal value after JSON normalisation (expected arguments
-    are a subset of those given; None = any arguments)."""
-    if expected.get("name") != actual.get("name"):
-        return False
-    exp_args = expected.get("arguments")
-    if exp_args is None:
-        return True
-    got = normalize_json(actual.get("arguments") or {})
-    return all(k in got and got[k] == v for k, v in normalize_json(exp_args).items())
-
-
-def check_expect(expect, calls: list[dict], answer: str | None) -> dict:
-    """expect (taskfile.Expect or dict) -> {passed, calls_ok, answer_ok, missing_calls}. Expected calls must appear
-    in order (other calls may come between them); the answer regex is searched for in the final answer."""
-    if expect is None:
-        return {"passed": True}
-    e = expect.model_dump() if hasattr(expect, "model_dump") else dict(expect)
-    out: dict[str, Any] = {}
-    missing = []
-    if e.get("calls"):
-        i = 0
-        for exp in e["calls"]:
-            while i < len(calls) and not call_matches(exp, calls[i]):
-                i += 1
-            if i == len(calls):
-                missing.append(exp)
-            else:
-                i += 1
-        out["calls_ok"] = not missing
-        out["missing_calls"] = missing
-    if e.get("answer") is not None:
-        out["answer_ok"] = answer is not None and re.search(e["answer"], answer) is not None
-    out["passed"] = all(v for k, v in out.items() if k.endswith("_ok"))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,11 +37,11 @@ class Agent:
                  parallel_tool_calls: bool = True, max_calls: int = 4, max_steps: int = 8, max_tokens: int = 512,
                  sampling=None, thinking: bool = False, tool_timeout: float | None = 30.0, max_parallel: int = 4,
                  max_tool_output: int | None = 16 * 1024, grammar_backend: str = "llguidance",
-                 call_format: str | None = None, processors: Sequence = (),
+                 constrained: bool = True, call_format: str | None = None, processors: Sequence = (),
                  on_event: Callable[..., None] | None = None, transcript: Transcript | None = None,
                  max_snapshots: int = 4):
-        from fmoe.structured.call_format import detect_call_format
         from fmoe.engine.generate import Sampling
+        from fmoe.structured.call_format import detect_call_format
         from fmoe.tools.registry import ToolRegistry
 
         self.model, self.tok = model, tokenizer
@@ -176,20 +63,15 @@ class Agent:
         self.thinking = thinking
         self.tool_timeout, self.max_parallel, self.max_tool_output = tool_timeout, max_parallel, max_tool_output
         self.grammar_backend = grammar_backend
+        self.constrained = constrained
         self.call_format = call_format or detect_call_format(tokenizer.chat_template or "")
         self.extra_processors = list(processors)
         self.on_event = on_event
         self.transcript = transcript
-        self.max_snapshots = max_snapshots
         self.schemas = self.registry.openai_schemas()
         self.messages: list[dict] = []
-        self.snapshots: list = []          # ModelCache at the end of recent prompts (newest last)
-        try:   # snapshots of system + tools blocks, shared by every agent of this model (valid by their tokens)
-            self.pinned: list = _PINNED.setdefault(model, [])
-        except TypeError:
-            self.pinned = []
+        self.prefix = PrefixCache(model, max_snapshots)
         self._grammars: dict[str, Any] = {}
-        self._last_prompt: list[int] | None = None
 
     # -- construction ----------------------------------------------------------------------------------------
     @classmethod
@@ -215,8 +97,11 @@ class Agent:
 
     # -- grammar ---------------------------------------------------------------------------------------------
     def grammar(self):
+        """The compiled grammar of this agent's tools and tool choice (None when generation is unconstrained)."""
         from fmoe.structured.grammar import compile_tool_grammar
 
+        if not self.constrained:
+            return None
         key = json.dumps(self.tool_choice, sort_keys=True)
         g = self._grammars.get(key)
         if g is None:
@@ -229,118 +114,28 @@ class Agent:
             self._grammars[key] = g
         return g
 
-    # -- prompts and cache reuse -----------------------------------------------------------------------------
+    # -- prompts ---------------------------------------------------------------------------------------------
     def render(self, messages: list[dict] | None = None) -> str:
         return self.tok.apply_chat_template(messages if messages is not None else self.messages,
                                             tools=self.schemas or None, add_generation_prompt=True,
                                             enable_thinking=self.thinking)
 
-    def _pin_system_prefix(self, ids: list[int]) -> int:
-        """Snapshot the system + tools block (shared by every conversation of this model) once; returns how many
-        tokens it computed now (0 when a snapshot of it already existed)."""
-        text = self.tok.apply_chat_template([*([{"role": "system", "content": self.system}] if self.system else []),
-                                             {"role": "user", "content": "x"}], tools=self.schemas or None,
-                                            add_generation_prompt=False, enable_thinking=self.thinking)
-        cut = text.find("<|im_start|>user")
-        if cut <= 0:
-            return 0
-        pre = self.tok.encode(text[:cut])
-        if not pre or len(pre) >= len(ids) or ids[:len(pre)] != pre:
-            return 0
-        if any(s.tokens == pre for s in self.pinned):
-            return 0
-        cache = self.model.new_cache()
-        for i in range(0, len(pre), 512):
-            self.model.forward(pre[i:i + 512], cache)
-        self.pinned.append(cache)
-        del self.pinned[:-8]
-        return len(pre)
-
-    def cache_for(self, ids: list[int]):
-        """(cache or None, reused tokens, fallback): the longest snapshot that is a prefix of ``ids``, copied."""
-        fallback = False
-        if self._last_prompt is not None:
-            n = len(self._last_prompt)
-            fallback = not (n < len(ids) and ids[:n] == self._last_prompt)
-        best = None
-        for s in [*self.pinned, *self.snapshots]:
-            n = len(s.tokens)
-            if n < len(ids) and (best is None or n > len(best.tokens)) and ids[:n] == s.tokens:
-                best = s
-        if best is None:
-            return None, 0, fallback
-        return best.snapshot(), len(best.tokens), fallback
-
-    def _keep_snapshot(self, cache) -> None:
-        self.snapshots.append(cache)
-        del self.snapshots[:-self.max_snapshots]
-
     def reset(self) -> None:
         """Start a new conversation (the pinned system snapshot is kept; prompt snapshots are dropped)."""
         self.messages = []
-        self.snapshots = []
-        self._last_prompt = None
+        self.prefix.reset()
 
-    # -- one generation --------------------------------------------------------------------------------------
-    def _generate(self, step: int) -> ModelStep:
-        from fmoe.structured.processor import ToolCallProcessor
-        from fmoe.structured.parser import parse_tool_calls
-        from fmoe.engine.generate import Generation
-
-        t0 = time.perf_counter()
-        prompt = self.render()
-        ids = self.tok.encode(prompt)
-        tp = time.perf_counter()
-        pinned_now = self._pin_system_prefix(ids)
-        pin_s = time.perf_counter() - tp
-        cache, reused, fallback = self.cache_for(ids)
-        fresh = pinned_now if (pinned_now and reused == pinned_now) else 0
-        reused -= fresh   # the system block computed at this step counts as prefilled, not reused
-        proc = ToolCallProcessor(self.grammar())
-        stop = list(self.tok.eos_token_ids)
-        gen = Generation(self.model, ids, max_tokens=self.max_tokens, sampling=self.sampling, stop_ids=stop,
-                         processors=[proc, *self.extra_processors], cache=cache,
-                         vocab_limit=min(self.tok.vocab_size, self.model.cfg.vocab_size))
-        out: list[int] = []
-        shown = ""
-        for st in gen:
-            if not out:  # the cache now holds exactly the prompt: keep it for the next step
-                if gen.cache.tokens == ids:
-                    self._keep_snapshot(gen.cache.snapshot())
-            out.append(st.token_id)
-            if self.on_event is not None:
-                body = [t for t in out if t not in gen.stop_ids]
-                now = self.tok.decode(body)
-                if not now.endswith("\ufffd") and len(now) > len(shown):
-                    self._emit("text", step=step, delta=now[len(shown):])
-                    shown = now
-        self._last_prompt = ids
-        gs = gen.stats
-        prefilled = gs.prefilled_tokens + fresh
-        prefill_s = gs.prefill_s + pin_s
-        finished = gs.finish_reason in ("stop", "grammar")
-        text = self.tok.decode([t for t in out if t not in gen.stop_ids])
-        res = parse_tool_calls(text, self.call_format, self.schemas, finished=finished)
-        reasoning = ""
-        if "</think>" in text:
-            reasoning = text.split("</think>", 1)[0].replace("<think>", "").strip()
-        elif self.thinking and not finished and not res.calls:
-            reasoning = text.replace("<think>", "").strip()
-        failure = None
-        if res.failure is not None and res.failure.category != "no_call":
-            f = res.failure
-            failure = {"category": f.category, "message": f.message, "json_path": f.json_path}
-        elapsed = time.perf_counter() - t0
-        return ModelStep(
-            step=step, text=text, content=res.content, reasoning=reasoning,
-            calls=[{"name": c.name, "arguments": c.arguments} for c in res.calls], parse_failure=failure,
-            tokens=gs.generated_tokens, forced_tokens=gs.forced_tokens, prompt_tokens=len(ids),
-            prefilled_tokens=prefilled, reused_tokens=reused, prefix_fallback=fallback,
-            finish_reason=gs.finish_reason,
-            timings={"prefill_s": prefill_s, "decode_s": gs.decode_s,
-                     "prefill_tok_s": prefilled / prefill_s if prefill_s else 0.0,
-                     "decode_tok_s": gs.decode_tok_s, "step_s": elapsed},
-            engine=dict(gs.engine), prompt_ids=ids, token_ids=out)
+    # -- one turn --------------------------------------------------------------------------------------------
+    def turn(self, messages: list[dict] | None = None, step: int = 1) -> ModelStep:
+        """One assistant turn on ``messages`` (default: this conversation's); no tool is run."""
+        settings = TurnSettings(max_tokens=self.max_tokens, sampling=self.sampling, thinking=self.thinking,
+                                call_format=self.call_format, processors=tuple(self.extra_processors))
+        on_text = None
+        if self.on_event is not None:
+            def on_text(delta: str) -> None:
+                self._emit("text", step=step, delta=delta)
+        return run_turn(self.model, self.tok, self.messages if messages is None else messages, self.schemas,
+                        settings, self.prefix, grammar=self.grammar(), step=step, on_text=on_text)
 
     # -- tools -----------------------------------------------------------------------------------------------
     async def _run_calls(self, calls: list[dict]):
@@ -388,6 +183,19 @@ class Agent:
                    "max_tokens": self.max_tokens, "thinking": self.thinking})
         first_new = len(self.messages)
         self._add_message({"role": "user", "content": user_text})
+        return self._loop(user_text, first_new)
+
+    def run_messages(self, messages: list[dict]) -> RunResult:
+        """A new conversation that starts from ``messages`` (ending where the assistant speaks next)."""
+        self.reset()
+        self.messages = [dict(m) for m in messages]
+        last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        self._log({"type": "task", "messages": self.messages, "tools": self.registry.names(),
+                   "tool_choice": self.tool_choice, "call_format": self.call_format, "max_steps": self.max_steps,
+                   "max_tokens": self.max_tokens, "thinking": self.thinking})
+        return self._loop(last_user, len(self.messages))
+
+    def _loop(self, task: str, first_new: int) -> RunResult:
         steps: list = []
         seen: dict[str, int] = {}
         answer, stop_reason = None, "max_steps"
@@ -395,7 +203,7 @@ class Agent:
         n_model = 0
         for step in range(1, self.max_steps + 1):
             self._emit("step_start", step=step, max_steps=self.max_steps)
-            ms = self._generate(step)
+            ms = self.turn(step=step)
             n_model = step
             steps.append(ms)
             self._log(ms.to_dict())
@@ -440,7 +248,7 @@ class Agent:
         final = FinalAnswer(answer if stop_reason == "final_answer" else (answer or None), stop_reason, n_model)
         self._log(final.to_dict())
         self._emit("final", final=final)
-        result = RunResult(task=user_text, answer=final.answer, stop_reason=stop_reason, steps=steps,
+        result = RunResult(task=task, answer=final.answer, stop_reason=stop_reason, steps=steps,
                            messages=[dict(m) for m in self.messages[first_new:]],
                            stats=self._aggregate(steps, time.perf_counter() - t0))
         return result

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmoe.engine.loader import cache_dir
+from fmoe.paths import cache_dir
 
 SHAPE = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2, head_dim=128,
              linear_num_key_heads=8, linear_num_value_heads=16, linear_key_head_dim=64, linear_value_head_dim=64,

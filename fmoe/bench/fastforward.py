@@ -19,37 +19,45 @@ from pathlib import Path
 
 
 def run(model_dir: str | Path | None = None, bits: int = 4, n_cases: int = 16, progress: bool = True) -> dict:
-    from fmoe.structured.call_format import detect_call_format
-    from fmoe.eval.run import Runner, load_model, variant_dir
+    from fmoe.agent.turn import PrefixCache, TurnSettings, run_turn
+    from fmoe.demo import MODEL_DIR
+    from fmoe.engine.loader import load_model, load_tokenizer, quantized_variant
     from fmoe.eval.suite import resolve_suite
-    from fmoe.engine.loader import DEMO_DIR
-    from fmoe.engine.tokenizer import Tokenizer
+    from fmoe.structured.call_format import detect_call_format
+    from fmoe.structured.grammar import compile_tool_grammar
 
-    src = Path(model_dir) if model_dir else DEMO_DIR
-    vdir = variant_dir(src, bits, progress)
-    tok = Tokenizer.from_dir(vdir)
-    model = load_model(vdir, "torch", None)
+    src = Path(model_dir) if model_dir else MODEL_DIR
+    vdir = quantized_variant(src, bits, quiet=not progress)
+    model = load_model(vdir)
+    tok = load_tokenizer(vdir, model)
     suite = resolve_suite("demo-heldout")
     fmt = detect_call_format(tok.chat_template or "")
-    runner = Runner(model, tok, suite, fmt)
     cases = [c for c in suite.cases if c.expect.calls][:n_cases]
     rows = []
     for i, case in enumerate(cases):
         tools = suite.tool_schemas(case)
         msgs = [m.model_dump(exclude_none=True) for m in case.messages]
-        runner.turn(msgs, tools, case, True)            # warm-up: page cache and the grammar's lexer
-        on = runner.turn(msgs, tools, case, True, fast_forward=True)
-        off = runner.turn(msgs, tools, case, True, fast_forward=False)
+        grammar = compile_tool_grammar(tools, call_format=fmt, tool_choice=case.tool_choice, thinking=case.thinking,
+                                       tokenizer=tok, vocab_size=model.cfg.vocab_size)
+
+        def turn(fast_forward: bool):   # a fresh conversation each time: the same prefill, decode measured alone
+            settings = TurnSettings(max_tokens=suite.max_tokens, thinking=case.thinking, call_format=fmt,
+                                    fast_forward=fast_forward)
+            return run_turn(model, tok, msgs, tools, settings, PrefixCache(model), grammar=grammar)
+
+        turn(True)            # warm-up: page cache and the grammar's lexer
+        on, off = turn(True), turn(False)
         if on.text != off.text:
             raise AssertionError(f"{case.id}: fast-forward changed the greedy output:\n{on.text!r}\n{off.text!r}")
-        rows.append({"case": case.id, "calls": len(on.parse.calls), "tokens": on.gen_tokens,
-                     "on": {"decode_s": on.decode_s, "forward_passes": on.decode_steps, "expert_bytes": on.decode_bytes},
-                     "off": {"decode_s": off.decode_s, "forward_passes": off.decode_steps,
+        on_s, off_s = on.timings["decode_s"], off.timings["decode_s"]
+        rows.append({"case": case.id, "calls": len(on.calls), "tokens": on.tokens,
+                     "on": {"decode_s": on_s, "forward_passes": on.decode_passes, "expert_bytes": on.decode_bytes},
+                     "off": {"decode_s": off_s, "forward_passes": off.decode_passes,
                              "expert_bytes": off.decode_bytes}})
         if progress:
-            print(f"  {case.id}: {on.gen_tokens} tokens, passes {off.decode_steps} -> {on.decode_steps}, "
+            print(f"  {case.id}: {on.tokens} tokens, passes {off.decode_passes} -> {on.decode_passes}, "
                   f"expert MB {off.decode_bytes / 1e6:.2f} -> {on.decode_bytes / 1e6:.2f}, "
-                  f"s {off.decode_s:.2f} -> {on.decode_s:.2f}  ({i + 1}/{len(cases)})", file=sys.stderr)
+                  f"s {off_s:.2f} -> {on_s:.2f}  ({i + 1}/{len(cases)})", file=sys.stderr)
     calls = sum(r["calls"] for r in rows) or 1
     toks = sum(r["tokens"] for r in rows)
 

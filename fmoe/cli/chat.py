@@ -10,17 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from fmoe.cli.options import add_model_options, model_options
 from fmoe.errors import FmoeError
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fmoe chat", description="Interactive chat with tools.")
-    ap.add_argument("--model", default=None, help="checkpoint directory (default: the demo model)")
-    ap.add_argument("--backend", default="torch", choices=["torch", "mlx"])
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--experts-per-token", type=int, default=None)
-    ap.add_argument("--memory-budget", default=None)
+    add_model_options(ap)
     ap.add_argument("--tools", default="calculator,time", help="comma-separated tool specs ('' for none)")
     ap.add_argument("--workspace", default=".", help="root of the file tools (default: the current directory)")
     ap.add_argument("--system", default="You are a helpful assistant. Use the tools when they help.")
@@ -38,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     from rich.console import Console
 
-    from fmoe.agent.loop import Agent, load_model
+    from fmoe.agent.loop import Agent
+    from fmoe.engine.loader import load, resolve_model
     from fmoe.agent.transcript import Transcript
     from fmoe.agent.ui import AgentUI
     from fmoe.engine.generate import Sampling
@@ -47,15 +44,12 @@ def main(argv) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     try:
-        from fmoe.cli import parse_size
-
         reg = ToolRegistry()
         ws = Path(args.workspace).resolve()
         for spec in [s.strip() for s in args.tools.split(",") if s.strip()]:
             reg.add_spec(spec, Path.cwd(), workspace=ws)
-        model, tok, path = load_model(args.model, backend=args.backend, dtype=args.dtype, device=args.device,
-                                      experts_per_token=args.experts_per_token,
-                                      memory_budget=parse_size(args.memory_budget) if args.memory_budget else None)
+        path = resolve_model(args.model)
+        model, tok = load(path, model_options(args))
         ui = None if args.quiet else AgentUI(console)
         with Transcript(args.transcript) as tr:
             agent = Agent(model, tok, reg, system=args.system or None, tool_choice=args.tool_choice,

@@ -5,13 +5,14 @@
     fmoe eval my_suite.yaml --model path/to/hf-checkpoint --experts-per-token 2,4,8 --out out/k
 
 SUITE: a suite YAML file, a built-in suite (demo-heldout) or bfcl:DIR[:split,...]. Each bit width is produced from
---model by `fmoe convert` once and cached under the fmoe cache directory (variants/<hash>-<bits>bit).
+--model by `fmoe convert` once and cached under the fmoe cache directory (variants/<hash>-<bits>bit-g<group>).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from fmoe.cli.options import add_model_options, model_options
 from fmoe.errors import FmoeError
 
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fmoe eval", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("suite", help="suite YAML, built-in name (demo-heldout) or bfcl:DIR[:split,...]")
-    p.add_argument("--model", default=None, help="source checkpoint (default: the embedded demo model)")
+    add_model_options(p, model_help="the source checkpoint; default: the embedded demo model", experts=False)
     p.add_argument("--bits", type=_ints, default=[4], help="bit widths, e.g. 2,3,4,8 (default 4); 16 = the checkpoint unquantized (bf16)")
     p.add_argument("--experts-per-token", type=_ints, default=None,
                    help="experts per token, e.g. 2,4,8 (default: the model's)")
@@ -52,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N cases only")
     p.add_argument("--per-split", type=int, default=None, help="bfcl: first N cases of each split")
     p.add_argument("--kl-texts", type=int, default=12, help="conversations used for the KL divergence")
-    p.add_argument("--backend", default="torch")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         from fmoe.eval.report import print_table, write_report
         from fmoe.eval.run import plan_variants, run_eval
         from fmoe.eval.suite import resolve_suite
-        from fmoe.engine.loader import DEMO_DIR
+        from fmoe.demo import MODEL_DIR
 
         if args.suite.startswith("bfcl:") and args.per_split:
             from fmoe.eval.bfcl import load_bfcl_suite
@@ -75,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             suite = load_bfcl_suite(path, splits.split(",") if splits else None, per_split=args.per_split)
         else:
             suite = resolve_suite(args.suite)
-        model = args.model or DEMO_DIR
-        if args.model is None and not (DEMO_DIR / "config.json").exists():
-            raise FmoeError(f"the embedded demo model is missing ({DEMO_DIR}); pass --model")
+        model = args.model or MODEL_DIR
+        if args.model is None and not (MODEL_DIR / "config.json").exists():
+            raise FmoeError(f"the embedded demo model is missing ({MODEL_DIR}); pass --model")
         variants = plan_variants(args.bits, args.experts_per_token or [None], args.grammar, cross=args.cross,
                                  cross_bits=args.cross_bits)
-        results = run_eval(suite, model, variants, args.out, limit=args.limit, backend=args.backend,
+        results = run_eval(suite, model, variants, args.out, limit=args.limit, options=model_options(args),
                            progress=not args.quiet, kl_n=args.kl_texts)
         paths = write_report(results, args.out, with_plots=not args.no_plots)
     except FmoeError as e:

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 
+from fmoe.cli.options import add_model_options, model_options
 from fmoe.errors import FmoeError
 
 
@@ -21,12 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("tasks", nargs="+", help="task file(s) (YAML)")
     ap.add_argument("--json", action="store_true", help="print JSON results on stdout (UI on stderr)")
     ap.add_argument("--quiet", action="store_true", help="no UI: print only the answers (or the JSON)")
-    ap.add_argument("--model", default=None, help="checkpoint directory (overrides the task's model:)")
-    ap.add_argument("--backend", default=None, choices=["torch", "mlx"], help="overrides the task's backend:")
-    ap.add_argument("--device", default=None, help="torch device: cpu (default) or cuda")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--experts-per-token", type=int, default=None)
-    ap.add_argument("--memory-budget", default=None, help="expert cache budget for streamed models, e.g. 2GB")
+    add_model_options(ap, model_help="default: the task's model:, else the embedded demo model")
     ap.add_argument("--max-steps", type=int, default=None, help="overrides the task's max_steps:")
     ap.add_argument("--transcript", default=None, help="JSONL transcript path (overrides the task's transcript:)")
     ap.add_argument("--grammar-backend", default="llguidance", choices=["llguidance", "outlines"])
@@ -56,7 +52,8 @@ def _merge_results(results: list) -> dict:
 def main(argv) -> int:
     from rich.console import Console
 
-    from fmoe.agent.loop import load_model, run_task
+    from fmoe.agent.loop import run_task
+    from fmoe.engine.loader import load, resolve_model
     from fmoe.agent.taskfile import load_task
     from fmoe.agent.transcript import Transcript
     from fmoe.agent.ui import AgentUI
@@ -64,24 +61,19 @@ def main(argv) -> int:
     args = build_parser().parse_args(argv)
     err = Console(stderr=True)
     try:
-        from fmoe.cli import parse_size
-
         tasks = [load_task(p) for p in args.tasks]
         models: dict = {}
         all_results = []
         for tf in tasks:
-            path = args.model if args.model is not None else tf.model_path
-            backend = args.backend or tf.backend
-            epk = args.experts_per_token or tf.experts_per_token
-            budget = parse_size(args.memory_budget) if args.memory_budget else tf.memory_budget
-            key = (str(path), backend, args.device, args.dtype, epk, budget)
+            options = model_options(args, tf)
+            mpath = resolve_model(args.model if args.model is not None else tf.model_path)
+            key = (str(mpath), repr(options))
             if key not in models:
                 t0 = time.perf_counter()
-                models[key] = load_model(path, backend=backend, dtype=args.dtype, device=args.device,
-                                         experts_per_token=epk, memory_budget=budget)
+                models[key] = load(mpath, options)
                 if not args.quiet:
-                    err.print(f"[dim]loaded {models[key][2]} ({backend}) in {time.perf_counter() - t0:.1f}s[/dim]")
-            model, tok, mpath = models[key]
+                    err.print(f"[dim]loaded {mpath} ({options.backend}) in {time.perf_counter() - t0:.1f}s[/dim]")
+            model, tok = models[key]
             ui = None
             if not args.quiet:
                 ui = AgentUI(Console(stderr=args.json))

@@ -1,8 +1,14 @@
 """Streaming generation: chunked prefill, sampling (greedy, temperature, top-k, top-p, seed), stop tokens,
-logits processors (constrained decoding, DESIGN.md) with fast-forward of grammar-forced tokens, and per-run stats.
+logits processors (fmoe.engine.interfaces.LogitsProcessor: constrained decoding) with fast-forward of forced tokens,
+and per-run stats.
+
+    text = generate(model, tok, "Hello", max_tokens=32)                   # the whole completion
+    for r in stream_generate(model, tok, "Hello", max_tokens=32):        # GenerationResponse per token
+        print(r.text, end="")                                            # incremental text (StreamingDetokenizer)
+    r.stats                                                              # GenerationStats on the last response
 
     gen = Generation(model, prompt_ids, max_tokens=64, sampling=Sampling(temperature=0), stop_ids=tok.eos_token_ids)
-    for step in gen:            # Step(token_id, forced)
+    for step in gen:            # Step(token_id, forced): the lower level, token ids only
         ...
     gen.stats                    # prompt_tokens, prefill_tok_s, decode_tok_s, ...
 """
@@ -183,3 +189,50 @@ class Generation:
         self.stats.forced_tokens += int(forced)
         for p in self.processors:
             p.accept(tok)
+
+
+@dataclass
+class GenerationResponse:
+    """One generated token of :func:`stream_generate` (as mlx-lm's GenerationResponse)."""
+    text: str                        # the text this token completed ("" while a character is incomplete)
+    token: int
+    forced: bool                     # appended by a processor without sampling
+    prompt_tokens: int
+    generation_tokens: int           # generated so far, this token included
+    finish_reason: str | None = None     # set on the last response: stop | length | grammar
+    stats: GenerationStats | None = None  # set on the last response
+
+
+def stream_generate(model, tokenizer, prompt: str | Sequence[int], *, max_tokens: int = 256,
+                    sampling: Sampling | None = None, processors: Sequence = (), chat: bool = False,
+                    stop_ids: Sequence[int] | None = None) -> Iterator[GenerationResponse]:
+    """Generate from ``prompt`` (text, or token ids), one GenerationResponse per token; ``chat`` wraps a text prompt
+    as a user turn with the chat template."""
+    from fmoe.engine.tokenizer import StreamingDetokenizer
+
+    if isinstance(prompt, str):
+        if chat:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        ids = tokenizer.encode(prompt)
+    else:
+        ids = list(prompt)
+    if not ids:
+        raise FmoeError("the prompt is empty after tokenization")
+    stops = tokenizer.eos_token_ids if stop_ids is None else stop_ids
+    gen = Generation(model, ids, max_tokens=max_tokens, sampling=sampling, stop_ids=stops, processors=processors,
+                     vocab_limit=min(tokenizer.vocab_size, model.cfg.vocab_size))
+    detok = StreamingDetokenizer(tokenizer, skip_ids=gen.stop_ids)
+    last = None
+    for step in gen:
+        if last is not None:
+            yield last
+        last = GenerationResponse(detok.add(step.token_id), step.token_id, step.forced, len(ids),
+                                  gen.stats.generated_tokens)
+    if last is not None:   # the generator has finished: its stats are final
+        last.finish_reason, last.stats = gen.stats.finish_reason, gen.stats
+        yield last
+
+
+def generate(model, tokenizer, prompt: str | Sequence[int], **kwargs) -> str:
+    """The completion of ``prompt`` as text (stop tokens removed); keyword arguments as :func:`stream_generate`."""
+    return "".join(r.text for r in stream_generate(model, tokenizer, prompt, **kwargs))

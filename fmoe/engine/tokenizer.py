@@ -114,6 +114,43 @@ class Tokenizer:
             raise TokenizerError(f"{self.source}: chat template failed: {e}") from None
 
 
+class StreamingDetokenizer:
+    """Incremental decoding (as mlx-lm's): text deltas as tokens arrive, without re-decoding the whole output. Tokens
+    are decoded per segment; a segment ends after a newline, so each step decodes only the current line's tokens.
+    A delta is held back while it ends in an incomplete UTF-8 sequence (U+FFFD).
+
+        detok = StreamingDetokenizer(tok, skip_ids=tok.eos_token_ids)
+        for t in token_ids:
+            delta = detok.add(t)       # "" while a multi-byte character is incomplete
+        detok.text                     # everything so far
+    """
+
+    def __init__(self, tokenizer: "Tokenizer", skip_ids=()):
+        self.tok = tokenizer
+        self.skip = set(skip_ids)
+        self._done = ""            # text of finished segments
+        self._segment: list[int] = []
+        self._shown = ""           # the part of the current segment already returned
+
+    @property
+    def text(self) -> str:
+        return self._done + self._shown
+
+    def add(self, token_id: int) -> str:
+        if token_id in self.skip:
+            return ""
+        self._segment.append(token_id)
+        now = self.tok.decode(self._segment)
+        if now.endswith("\ufffd") or len(now) <= len(self._shown):
+            return ""
+        delta = now[len(self._shown):]
+        self._shown = now
+        if now.endswith("\n"):
+            self._done += now
+            self._segment, self._shown = [], ""
+        return delta
+
+
 def _read_json(p: Path) -> dict:
     if not p.exists():
         return {}

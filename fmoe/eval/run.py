@@ -3,7 +3,8 @@
     variants = plan_variants(bits=[2, 4], experts=[None], grammar=[True, False])
     results = run_eval(suite, model_path, variants, out_dir, limit=20)   # -> {"variants": [...], "failures": {...}}
 
-Per assistant turn the output is parsed with fmoe.structured.parser; per variant:
+Each case runs through the agent (fmoe.agent.loop.Agent: the same turn, prefix reuse, repeat stop and tool timeout as
+``fmoe run``): one turn for a single-turn case, the whole loop with the case's tools for a looping case. Per variant:
     parse_rate          turns that attempted a call (<tool_call> in the output) whose calls all parse
                         (not unparsable / truncated); null when no turn attempted a call
     schema_valid_rate   of the same turns, those whose calls all name a declared tool and validate
@@ -11,7 +12,7 @@ Per assistant turn the output is parsed with fmoe.structured.parser; per variant
     argument_accuracy   first turn: right tools and right arguments (BFCL cases: BFCL's AST checker)
     answer_accuracy     cases run to a final answer with the tools (suite ``loop``): every expected string present
     tok_s               generated tokens / decode seconds (forced grammar tokens included)
-    bytes_per_token     expert bytes read from the streaming layout per decoded token
+    bytes_per_token     expert bytes read from the streaming layout per decode forward pass
     kl_vs_reference     mean over positions of KL(reference || variant) of next-token distributions, teacher-forced
                         on the suite's rendered conversations; the reference is the highest bits with the most experts
 """
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -63,40 +65,6 @@ def plan_variants(bits: Sequence[int], experts: Sequence[int | None], grammar: S
     return out
 
 
-# --------------------------------------------------------------------------------------------------- variants
-def _group_size(src: Path) -> int:
-    from fmoe.storage.checkpoint import open_checkpoint
-
-    ck = open_checkpoint(src)
-    c = ck.config
-    dims = [c.hidden_size, c.moe_intermediate_size, c.shared_expert_intermediate_size]
-    if hasattr(ck, "close"):
-        ck.close()
-    for g in (64, 32):
-        if all(d % g == 0 for d in dims):
-            return g
-    return 32
-
-
-def variant_dir(src: str | Path, bits: int, progress: bool = True) -> Path:
-    """``src`` converted to the streaming layout at ``bits`` (cached under cache_dir()/variants/<hash>-<bits>bit);
-    ``bits`` 16 is the checkpoint itself, unquantized (the demo model's bf16 weights, loaded the Hugging Face way)."""
-    from fmoe.storage.convert import convert
-    from fmoe.engine.loader import _digest, cache_dir
-
-    src = Path(src)
-    if bits == 16:
-        return src
-    dst = cache_dir() / "variants" / f"{_digest(src)}-{bits}bit"
-    if (dst / "manifest.json").exists():
-        return dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if progress:
-        print(f"fmoe eval: converting {src} to {bits} bits -> {dst}", file=sys.stderr)
-    convert(src, dst, bits=bits, group_size=_group_size(src), progress=progress, overwrite=dst.exists())
-    return dst
-
-
 # --------------------------------------------------------------------------------------------------- scoring
 def _norm(v: Any) -> Any:
     if isinstance(v, bool) or v is None:
@@ -134,17 +102,6 @@ def score_first_turn(case: Case, calls: list[tuple[str, dict]], tools: list[dict
 
 
 @dataclass
-class Turn:
-    text: str
-    parse: Any
-    finished: bool
-    gen_tokens: int
-    decode_s: float
-    decode_bytes: int
-    decode_steps: int
-
-
-@dataclass
 class Acc:
     turns: int = 0
     attempts: int = 0
@@ -161,17 +118,18 @@ class Acc:
     decode_steps: int = 0
     failures: dict = field(default_factory=dict)
 
-    def add_turn(self, t: Turn) -> None:
+    def add_turn(self, step) -> None:
+        """Count one assistant turn (a fmoe.agent.steps.ModelStep)."""
         self.turns += 1
-        self.gen_tokens += t.gen_tokens
-        self.decode_s += t.decode_s
-        self.decode_bytes += t.decode_bytes
-        self.decode_steps += t.decode_steps
-        if "<tool_call>" in t.text:
+        self.gen_tokens += step.tokens
+        self.decode_s += step.timings.get("decode_s", 0.0)
+        self.decode_bytes += step.decode_bytes
+        self.decode_steps += step.decode_passes
+        if "<tool_call>" in step.text:
             self.attempts += 1
-            f = t.parse.failure
-            self.parsed += int(f is None or f.category not in PARSE_FAILS)
-            self.valid += int(f is None or f.category not in SCHEMA_FAILS)
+            category = step.parse_failure["category"] if step.parse_failure else None
+            self.parsed += int(category not in PARSE_FAILS)
+            self.valid += int(category not in SCHEMA_FAILS)
 
     def metrics(self) -> dict:
         r = lambda a, b: (a / b) if b else None
@@ -183,129 +141,73 @@ class Acc:
                 "cases_looped": self.looped, "generated_tokens": self.gen_tokens}
 
 
-class Runner:
-    """One loaded model + tokenizer; generates and scores turns for any case of a suite."""
+def case_registry(suite: Suite, case: Case, workspace: str):
+    """The case's tools as a ToolRegistry, in the case's order: the demo model's tools for real (file tools in
+    ``workspace``, a seeded clock), declared-only tools answering their validated arguments (SchemaTool)."""
+    from fmoe.demo.tools import TOOL_NAMES, demo_registry
+    from fmoe.tools.registry import ToolRegistry
+    from fmoe.tools.schema_tools import SchemaTool
 
-    def __init__(self, model, tok, suite: Suite, call_format: str):
-        self.model, self.tok, self.suite, self.call_format = model, tok, suite, call_format
-        self._grammars: dict[str, Any] = {}
-
-    def grammar(self, tools: list[dict], choice: str, thinking: bool):
-        from fmoe.structured.grammar import compile_tool_grammar
-
-        key = json.dumps([tools, choice, thinking], sort_keys=True)
-        g = self._grammars.get(key)
-        if g is None:
-            g = compile_tool_grammar(tools, call_format=self.call_format, tool_choice=choice, thinking=thinking,
-                                     tokenizer=self.tok, vocab_size=self.model.cfg.vocab_size)
-            self._grammars[key] = g
-        return g
-
-    def _bytes(self) -> int:
-        return int(self.model.stats().get("bytes_read", 0) or 0)
-
-    def turn(self, messages: list[dict], tools: list[dict], case: Case, grammar: bool,
-             fast_forward: bool = True) -> Turn:
-        from fmoe.structured.processor import ToolCallProcessor
-        from fmoe.structured.parser import parse_tool_calls
-        from fmoe.engine.generate import Generation, Sampling
-
-        prompt = self.tok.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
-                                              enable_thinking=case.thinking)
-        ids = self.tok.encode(prompt)
-        procs = [ToolCallProcessor(self.grammar(tools, case.tool_choice, case.thinking))] if grammar else []
-        gen = Generation(self.model, ids, max_tokens=self.suite.max_tokens, sampling=Sampling(temperature=0.0),
-                         stop_ids=self.tok.eos_token_ids, processors=procs,
-                         vocab_limit=self.tok.vocab_size, fast_forward=fast_forward)
-        b1 = None
-        toks: list[int] = []
-        for step in gen:
-            if b1 is None:
-                b1 = self._bytes()          # after prefill: decode bytes start here
-            toks.append(step.token_id)
-        b2 = self._bytes()
-        st = gen.stats
-        finished = st.finish_reason in ("stop", "grammar")
-        text = self.tok.decode([t for t in toks if t not in self.tok.eos_token_ids])
-        parse = parse_tool_calls(text, self.call_format, tools, finished=finished)
-        chunks = -(-st.prefilled_tokens // gen.prefill_chunk)
-        steps = max(0, st.forward_passes - chunks)   # decode forward passes
-        return Turn(text, parse, finished, st.generated_tokens, st.decode_s, (b2 - b1) if b1 is not None else 0,
-                    steps)
+    demo = demo_registry(workspace)
+    reg = ToolRegistry()
+    for spec, schema in zip(case.tools, suite.tool_schemas(case)):
+        by_name = isinstance(spec, str) and spec not in suite.tools and spec in TOOL_NAMES
+        reg.add(demo.get(spec) if by_name else SchemaTool.from_spec(schema))
+    return reg
 
 
-def _assistant_message(turn: Turn) -> dict:
-    calls = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in turn.parse.calls]
-    return {"role": "assistant", "content": turn.parse.content if calls else turn.text.strip(),
-            **({"tool_calls": calls} if calls else {})}
+def case_agent(model, tok, suite: Suite, case: Case, grammar: bool, call_format: str, workspace: str):
+    """The agent that runs ``case``: greedy, the suite's token and step budgets, the case's tool choice."""
+    from fmoe.agent.loop import Agent
+    from fmoe.engine.generate import Sampling
+
+    return Agent(model, tok, case_registry(suite, case, workspace), tool_choice=case.tool_choice,
+                 max_steps=suite.max_steps if suite.case_loops(case) else 1, max_tokens=suite.max_tokens,
+                 sampling=Sampling(temperature=0.0), thinking=case.thinking, constrained=grammar,
+                 call_format=call_format)
 
 
-class _Executor:
-    """Runs a case's tools: the demo tools for real (training.datagen.Executor, in a temporary workspace),
-    declared-only tools echo their arguments."""
-
-    def __init__(self, case: Case):
-        from training.datagen import Executor
-
-        self.ex = Executor(case.workspace)
-
-    def __call__(self, name: str, args: dict) -> str:
-        from fmoe.eval.suite import DEMO_TOOL_NAMES
-
-        if name not in DEMO_TOOL_NAMES:
-            return json.dumps(args)
-        try:
-            content, _ = self.ex(name, args)
-        except Exception as e:  # noqa: BLE001  a tool crash is a tool error the model sees
-            content = f"Error: {e}"
-        return content
-
-    def close(self):
-        self.ex.close()
-
-
-def run_case(runner: Runner, case: Case, grammar: bool, acc: Acc, failures: dict, variant_label: str) -> dict:
-    suite = runner.suite
-    tools = suite.tool_schemas(case)
-    messages = [m.model_dump(exclude_none=True) for m in case.messages]
-    t = runner.turn(messages, tools, case, grammar)
-    acc.add_turn(t)
-    rec: dict = {"id": case.id, "kind": case.kind, "output": t.text}
-    calls = [(c.name, c.arguments) for c in t.parse.calls]
-    cat = t.parse.failure.category if t.parse.failure else None
-    if cat and cat != "no_call":
-        calls_for_score = calls if cat not in PARSE_FAILS else calls
-        _fail(failures, variant_label, cat, case, t.text, t.parse.failure.message)
-    else:
-        calls_for_score = calls
+def run_case(model, tok, suite: Suite, case: Case, grammar: bool, call_format: str, acc: Acc, failures: dict,
+             variant_label: str) -> dict:
+    """Run one case through the agent and score it into ``acc``; returns the case record."""
+    with tempfile.TemporaryDirectory(prefix="fmoe-eval-ws-") as ws:
+        for rel, text in case.workspace.items():
+            f = Path(ws, rel)
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text, encoding="utf-8")
+        agent = case_agent(model, tok, suite, case, grammar, call_format, ws)
+        messages = [m.model_dump(exclude_none=True) for m in case.messages]
+        loops = suite.case_loops(case)
+        if loops:
+            result = agent.run_messages(messages)
+            turns = result.model_steps
+        else:
+            turns = [agent.turn(messages)]
+    first = turns[0]
+    for t in turns:
+        acc.add_turn(t)
+        if t is not first and t.parse_failure:
+            _fail(failures, variant_label, t.parse_failure["category"], case, t.text, t.parse_failure["message"])
+    rec: dict = {"id": case.id, "kind": case.kind, "output": first.text,
+                 "calls": [c for t in turns for c in t.calls]}
+    calls = [(c["name"], c["arguments"]) for c in first.calls]
+    if first.parse_failure:
+        _fail(failures, variant_label, first.parse_failure["category"], case, first.text,
+              first.parse_failure["message"])
     if case.expect.bfcl is not None or case.expect.calls is not None:
-        tool_ok, args_ok, why = score_first_turn(case, calls_for_score, tools)
+        tool_ok, args_ok, why = score_first_turn(case, calls, agent.schemas)
         acc.scored += 1
         acc.tool_ok += int(tool_ok)
         acc.args_ok += int(args_ok)
         rec.update(tool_ok=tool_ok, args_ok=args_ok)
-        if why and not (cat and cat != "no_call"):
-            _fail(failures, variant_label, why, case, t.text, "")
-    if suite.case_loops(case):
+        if why and not first.parse_failure:
+            _fail(failures, variant_label, why, case, first.text, "")
+    if loops:
         acc.looped += 1
-        ex = _Executor(case)
-        try:
-            steps = 1
-            while t.parse.calls and steps < suite.max_steps:
-                messages.append(_assistant_message(t))
-                for c in t.parse.calls:
-                    messages.append({"role": "tool", "name": c.name, "content": ex(c.name, c.arguments)})
-                t = runner.turn(messages, tools, case, grammar)
-                acc.add_turn(t)
-                steps += 1
-                if t.parse.failure and t.parse.failure.category != "no_call":
-                    _fail(failures, variant_label, t.parse.failure.category, case, t.text, t.parse.failure.message)
-        finally:
-            ex.close()
-        final = t.parse.content if not t.parse.calls else ""
+        final = (result.answer if result.stop_reason == "final_answer" else "") or ""
         ok = all(s.lower() in final.lower() for s in case.expect.answer or [])
         acc.answer_ok += int(ok)
-        rec.update(answer=final, answer_ok=ok)
+        rec.update(answer=final, answer_ok=ok, stop_reason=result.stop_reason)
         if not ok:
             _fail(failures, variant_label, "wrong_answer", case, final, f"expected {case.expect.answer}")
     return rec
@@ -354,35 +256,28 @@ def mean_kl(ref: list[np.ndarray], var: list[np.ndarray]) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- driver
-def load_model(path: Path, backend: str, k: int | None):
-    from fmoe.engine.model import Model
-
-    # a converted variant streams its experts (page-cache mode, the default); --bits 16 loads the checkpoint itself
-    return Model.load(path, backend=backend, experts_per_token=k)
-
-
 def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], out_dir: str | Path | None = None,
-             limit: int | None = None, backend: str = "torch", progress: bool = True, kl_n: int = 12,
+             limit: int | None = None, options=None, progress: bool = True, kl_n: int = 12,
              kl_max_len: int = 384, log=None) -> dict:
-    """Every case on every variant; returns {"suite", "model", "variants": [...], "failures": {...}}."""
+    """Every case on every variant; returns {"suite", "model", "variants": [...], "failures": {...}}. ``options``
+    (fmoe.engine.loader.ModelOptions) say how each variant runs; experts per token come from the variants."""
+    from fmoe.engine.loader import ModelOptions, load_model, load_tokenizer, quantized_variant
+    from fmoe.storage.checkpoint import open_checkpoint
     from fmoe.structured.call_format import detect_call_format
-    from fmoe.engine.tokenizer import Tokenizer
 
+    options = replace(options or ModelOptions(), experts_per_token=None)
     log = log or (lambda s: print(s, file=sys.stderr, flush=True) if progress else None)
     src = Path(model_path)
     cases = list(suite.cases)[:limit] if limit else list(suite.cases)
     if not variants:
         raise FmoeError("no variants to run")
-    dirs = {b: variant_dir(src, b, progress) for b in sorted({v.bits for v in variants})}
-    tok = Tokenizer.from_dir(dirs[min(dirs)])
+    dirs = {b: quantized_variant(src, b, quiet=not progress) for b in sorted({v.bits for v in variants})}
+    tok = load_tokenizer(dirs[min(dirs)])
     call_format = suite.call_format if suite.call_format != "auto" else detect_call_format(tok.chat_template or "")
-    from fmoe.storage.config import ModelConfig  # noqa: F401  (config read via the checkpoint below)
-    from fmoe.storage.checkpoint import open_checkpoint
-
-    ck = open_checkpoint(dirs[min(dirs)])
-    default_k, n_experts = ck.config.num_experts_per_tok, ck.config.num_experts
-    if hasattr(ck, "close"):
-        ck.close()
+    checkpoint = open_checkpoint(dirs[min(dirs)])
+    default_k, n_experts = checkpoint.config.num_experts_per_tok, checkpoint.config.num_experts
+    if hasattr(checkpoint, "close"):
+        checkpoint.close()
     ks = {v.experts_per_token or default_k for v in variants}
     if max(ks) > n_experts:
         raise FmoeError(f"experts per token {max(ks)} > the model's {n_experts} experts")
@@ -397,7 +292,8 @@ def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], 
         by_bits.setdefault(v.bits, []).append(v)
     ref_lp = None
     for bits, vs in by_bits.items():
-        model = load_model(dirs[bits], backend, None)
+        # a converted variant streams its experts (page-cache mode); bits 16 loads the checkpoint itself
+        model = load_model(dirs[bits], options)
         if ref_lp is None:
             model.set_experts_per_token(ref_k)
             ref_lp = logprobs(model, texts, vocab)
@@ -407,13 +303,12 @@ def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], 
             model.set_experts_per_token(k)
             if k not in kl_cache:
                 kl_cache[k] = 0.0 if (bits, k) == (ref_bits, ref_k) else mean_kl(ref_lp, logprobs(model, texts, vocab))
-            runner = Runner(model, tok, suite, call_format)
             acc = Acc()
             label = Variant(bits, k, v.grammar).label()
             t0 = time.perf_counter()
             records = []
             for i, case in enumerate(cases):
-                records.append(run_case(runner, case, v.grammar, acc, failures, label))
+                records.append(run_case(model, tok, suite, case, v.grammar, call_format, acc, failures, label))
                 if progress and (i + 1) % 10 == 0:
                     log(f"  {label}: {i + 1}/{len(cases)} cases ({time.perf_counter() - t0:.0f} s)")
             m = acc.metrics()
@@ -430,7 +325,7 @@ def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], 
     order = [Variant(v.bits, v.experts_per_token or default_k, v.grammar).label() for v in variants]
     results.sort(key=lambda r: order.index(r["variant"]))
     counts = failures.pop("_counts", {})
-    return {"suite": suite.name, "model": str(src), "backend": backend, "call_format": call_format,
+    return {"suite": suite.name, "model": str(src), "backend": options.backend, "call_format": call_format,
             "cases": len(cases), "kl_reference": {"bits": ref_bits, "experts_per_token": ref_k,
                                                   "texts": len(texts), "positions": sum(map(len, texts))},
             "variants": results, "failure_counts": counts, "failures": failures}

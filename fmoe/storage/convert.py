@@ -15,7 +15,6 @@ interrupted convert never leaves something that loads.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -169,32 +168,3 @@ def convert(src: str | Path, dst: str | Path, bits: int | None = None, group_siz
         print(f"wrote {out}: {L} layers x {E} experts, {out_bits}-bit group {out_gs}, in {dt:.1f} s",
               file=sys.stderr)
     return out
-
-
-def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="fmoe convert", description=__doc__.splitlines()[0])
-    p.add_argument("src", help="Hugging Face bf16 or mlx-lm checkpoint directory")
-    p.add_argument("dst", help="output directory (streaming layout)")
-    p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=None,
-                   help="expert bits (default: the source's, or 4 from bf16)")
-    p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
-                   help="quantization group size (default: the source's, or 64)")
-    p.add_argument("--threads", type=int, default=None, help="quantization threads (default: all cores)")
-    p.add_argument("--force", action="store_true", help="replace DST if it exists")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        convert(args.src, args.dst, args.bits, args.group_size, overwrite=args.force,
-                progress=not args.no_progress, threads=args.threads)
-    except FmoeError as e:
-        print(f"fmoe convert: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,9 +17,9 @@ def test_demo_model_is_shipped():
 
 @pytest.fixture(scope="module")
 def demo():
-    from fmoe.agent.loop import load_model
+    from fmoe.engine.loader import load
 
-    model, tok, _ = load_model(None)
+    model, tok = load(None)
     return model, tok
 
 

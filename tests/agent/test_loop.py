@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from fmoe.agent.loop import Agent, check_expect, load_model
+from fmoe.agent.expect import check_expect
+from fmoe.agent.loop import Agent
+from fmoe.engine.loader import load
 from fmoe.agent.transcript import Transcript, read_transcript
 from fmoe.tools import tool
 from tiny_models import build_hf
@@ -28,7 +30,7 @@ def tiny(tmp_path_factory):
     torch.set_num_threads(1)   # tiny matrices: threads only add overhead (and thrash on a shared CI box)
     d = tmp_path_factory.mktemp("agent") / "tiny"
     build_hf(d, "qwen3_5_a")
-    model, tok, _ = load_model(d)
+    model, tok = load(d)
     yield d, model, tok
     torch.set_num_threads(threads)
 
@@ -100,12 +102,12 @@ def make_agent(tiny, tools, **kw):
     kw.setdefault("max_tokens", 80)
     kw.setdefault("parallel_tool_calls", False)
     agent = Agent(model, tok, tools, processors=[bias], **kw)
-    orig = agent._generate
+    orig = agent.turn
 
-    def gen(step):
+    def turn(messages=None, step=1):
         bias.n = 0
-        return orig(step)
-    agent._generate = gen
+        return orig(messages, step)
+    agent.turn = turn
     return agent
 
 
@@ -143,7 +145,7 @@ def test_prefix_reuse_prefills_only_new_tokens(tiny):
     assert p1[:len(p0)] == p0 and not s1.prefix_fallback
     assert s1.reused_tokens == len(p0) and s1.prefilled_tokens == len(p1) - len(p0)
     # logits after resuming the snapshot == a full prefill
-    snap = next(s for s in agent.snapshots if s.tokens == p0)
+    snap = next(s for s in agent.prefix.snapshots if s.tokens == p0)
     resumed = model.ops.to_numpy(model.forward(p1[len(p0):], snap.snapshot()))
     full = model.ops.to_numpy(model.forward(p1, model.new_cache()))
     assert np.max(np.abs(resumed - full)) < 1e-4

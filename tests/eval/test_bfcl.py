@@ -1,12 +1,11 @@
-"""The BFCL checker on BFCL's own possible_answer data (skipped where ../shared/extdata is absent)."""
+"""The BFCL checker on BFCL's own possible_answer data (a subset kept in tests/data, see tests/data/SOURCES.md)."""
 from pathlib import Path
 
 import pytest
 
 from fmoe.eval.bfcl import check_bfcl, good_answer, load_bfcl, load_bfcl_suite, to_json_schema
 
-BFCL = Path(__file__).resolve().parents[2] / "shared" / "extdata" / "bfcl"
-pytestmark = pytest.mark.skipif(not BFCL.is_dir(), reason="BFCL data (../shared/extdata/bfcl) not present")
+BFCL = Path(__file__).resolve().parents[1] / "data" / "extdata" / "bfcl"  # first 50 questions of each split
 SPLITS = ("simple_python", "multiple", "parallel", "parallel_multiple")
 
 
@@ -18,7 +17,7 @@ def recs():
 @pytest.mark.parametrize("split", SPLITS)
 def test_good_answers_pass(recs, split):
     rs = [r for r in recs if r["split"] == split]
-    assert len(rs) >= 100
+    assert len(rs) >= 50
     for r in rs:
         res = check_bfcl(good_answer(r["ground_truth"], r["functions"]), r["ground_truth"], r["functions"])
         assert res.ok and res.tool_ok, (r["id"], res)
@@ -50,7 +49,7 @@ def test_dropped_required_argument(recs):
         res = check_bfcl(calls, r["ground_truth"], r["functions"])
         assert not res.ok and res.category == "missing_argument", (r["id"], res)
         n += 1
-    assert n > 100
+    assert n >= 0.9 * len(_simple(recs))
 
 
 def _mutate(recs, kind):
@@ -79,11 +78,11 @@ def _mutate(recs, kind):
 
 
 def test_wrong_type(recs):
-    assert _mutate(recs, "type") > 100
+    assert _mutate(recs, "type") >= 0.9 * len(_simple(recs))
 
 
 def test_wrong_value(recs):
-    assert _mutate(recs, "value") > 100
+    assert _mutate(recs, "value") >= 0.9 * len(_simple(recs))
 
 
 def test_parallel_count_and_order(recs):

@@ -71,3 +71,44 @@ def test_small_sweep(tiny, tmp_path, monkeypatch):
     assert on["kl_vs_reference"] == 0.0 and on["bytes_per_token"] > 0 and on["tok_s"] > 0
     assert (tmp_path / "out" / "failures.json").exists() and any(p.name == "results.md" for p in paths)
     assert "| bits |" in (tmp_path / "out" / "results.md").read_text()
+
+
+SAME_TASK_SUITE = """\
+name: same-task
+max_tokens: 160
+loop: true
+max_steps: 4
+cases:
+  - id: weather
+    tools: [calculator, get_weather, convert_units]
+    messages: [{role: user, content: "What's the weather in Madrid in fahrenheit?"}]
+    expect: {calls: [[{name: get_weather, arguments: {city: Madrid, unit: fahrenheit}}]], answer: ["71.6"]}
+"""
+
+SAME_TASK_FILE = """\
+task: "What's the weather in Madrid in fahrenheit?"
+tools: [calculator, "fmoe.demo.tools:get_weather", "fmoe.demo.tools:convert_units"]
+max_tokens: 160
+max_steps: 4
+"""
+
+
+def test_eval_case_and_run_of_the_same_task_make_the_same_calls(tmp_path):
+    """`fmoe eval` and `fmoe run` go through the same agent turn: on the demo model, a suite case and a task file with
+    the same prompt and tools produce the same calls, results and answer."""
+    from fmoe.agent.loop import run_task
+    from fmoe.agent.taskfile import loads_task
+    from fmoe.engine.loader import load
+    from fmoe.eval.run import Acc, run_case
+
+    model, tok = load(None, quiet=True)
+    suite = loads_suite(SAME_TASK_SUITE, name="same.yaml")
+    acc = Acc()
+    rec = run_case(model, tok, suite, suite.cases[0], True, "xml", acc, {}, "4bit")
+    [ran] = run_task(loads_task(SAME_TASK_FILE, path=tmp_path / "t.yaml"), model, tok)
+    run_calls = [c for s in ran.model_steps for c in s.calls]
+    assert run_calls and run_calls[0] == {"name": "get_weather", "arguments": {"city": "Madrid", "unit": "fahrenheit"}}
+    assert rec["calls"] == run_calls and acc.turns == len(ran.model_steps) and acc.scored == 1
+    assert rec["tool_ok"] and rec["args_ok"] and rec["answer"] == ran.answer and rec["answer_ok"]
+    # and the same turn under the hood: the eval's first-turn output is the run's first model step
+    assert rec["output"] == ran.model_steps[0].text

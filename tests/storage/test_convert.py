@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fmoe.cli import convert as cli_convert
 from fmoe.storage import convert as convert_mod
 from fmoe.storage.checkpoint import open_checkpoint
 from fmoe.storage.stream_layout import is_streaming_layout, open_streaming
@@ -129,5 +130,5 @@ def test_interrupted_convert_leaves_nothing(hf_dir, tmp_path, monkeypatch):
 
 def test_convert_main_refuses_existing(hf_dir, tmp_path, capsys):
     (tmp_path / "x").mkdir()
-    assert convert_mod.main([str(hf_dir), str(tmp_path / "x"), "--no-progress"]) == 1
+    assert cli_convert.main([str(hf_dir), str(tmp_path / "x"), "--no-progress"]) == 1
     assert "already exists" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,7 @@ from fmoe.structured.parser import parse_tool_calls
 from fmoe.errors import FmoeError
 
 
-def shared() -> Path:
-    p = Path(os.environ.get("FMOE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-    assert p.is_dir(), f"../shared not found at {p} (set FMOE_SHARED)"
-    return p
+REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "qwen3_5"  # tests/data/SOURCES.md
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +44,10 @@ def accepts(g, tok, text, eos=True) -> bool:
 
 
 def test_qwen35_vocab_matches_reference(tok):
-    src = (shared() / "reference" / "qwen3_5" / "SOURCE.md").read_text()
+    src = (REF / "SOURCE.md").read_text()
     assert str(CHECK_IDS)[1:-1] in src
     assert tok.encode(CHECK_TEXT, add_special_tokens=False).ids == CHECK_IDS
-    specials = json.loads((shared() / "reference" / "qwen3_5" / "special_tokens.json").read_text())["qwen3_5"]
+    specials = json.loads((REF / "special_tokens.json").read_text())["qwen3_5"]
     for s, i in specials["special_tokens"].items():
         assert tok.token_to_id(s) == i
     assert tok.get_vocab_size() == specials["bpe_vocab_size"] + 33
@@ -60,9 +56,8 @@ def test_qwen35_vocab_matches_reference(tok):
 
 
 def test_detect_call_format():
-    ref = shared() / "reference" / "qwen3_5"
-    assert detect_call_format((ref / "chat_template.jinja").read_text()) == "xml"
-    assert detect_call_format((ref / "chat_template_qwen3_hermes.jinja").read_text()) == "hermes"
+    assert detect_call_format((REF / "chat_template.jinja").read_text()) == "xml"
+    assert detect_call_format((REF / "chat_template_qwen3_hermes.jinja").read_text()) == "hermes"
 
 
 @pytest.mark.parametrize("fmt", ["hermes", "xml"])
@@ -291,7 +286,7 @@ def test_round_trip_official_templates(tok, fmt, template):
     text as the sampler's choice) and parsed back to the same objects; the template renders the same text."""
     calls = [("get_weather", {"city": "New York", "days": 2, "tags": ["a", "b"]}),
              ("bash", {"command": "grep -n 'x' f.py\nwc -l f.py"})]
-    rendered = _render_template(shared() / "reference" / "qwen3_5" / template, TOOLS, calls)
+    rendered = _render_template(REF / template, TOOLS, calls)
     assert "get_weather" in rendered.split("<|im_start|>user")[0]  # tools in the system prompt
     turn = rendered.split("<|im_start|>assistant\n")[-1]
     turn = turn.split("</think>\n\n")[-1]

@@ -1,10 +1,12 @@
 """JSONSchemaBench mask-bench cases through the tool grammar (both formats, Qwen3.5 vocabulary, token by token),
 and the random-sampling property test. CI caps instances per schema; `fmoe bench grammar --maskbench` runs all
-(table committed in bench/results/maskbench.md). FMOE_MASKBENCH_FULL=1 lifts the caps here."""
+(table committed in bench/results/maskbench.md). The cases here are a subset kept in tests/data (the first 12 of
+each split, tests/data/SOURCES.md); FMOE_MASKBENCH_FULL=1 lifts the caps on them."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,17 @@ from fmoe.bench.grammar import (SPLITS, close_token_ids, load_split, run_maskben
 FULL = os.environ.get("FMOE_MASKBENCH_FULL") == "1"
 CAP = None if FULL else 2  # instances per schema in CI; every schema of every split is compiled
 SAMPLE_SCHEMAS = None if FULL else 16  # schemas per split for the sampling property test in CI
+DATA = Path(__file__).resolve().parents[1] / "data"  # tests/data/extdata/maskbench/<split>.jsonl
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _maskbench_subset():
+    """load_split reads <dir>/extdata/maskbench: point it at the subset in tests/data, never at ../shared."""
+    from fmoe.bench import grammar as bench_grammar
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_grammar, "shared_dir", lambda: DATA)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,168 @@
+"""One assistant turn: messages + tools -> one constrained generation -> a ModelStep with the parsed calls.
+
+This is the one turn every front end runs (``fmoe run``, ``fmoe chat``, ``fmoe eval``, the Python API):
+
+    prefix = PrefixCache(model)                          # engine-state snapshots, reused across turns
+    settings = TurnSettings(max_tokens=256, call_format="xml", tool_choice="auto")
+    step = run_turn(model, tok, messages, schemas, settings, prefix, grammar=grammar)   # -> ModelStep
+    step.calls                                           # [{name, arguments}], parsed and schema-checked
+
+Prefix reuse: the engine's state (KV + recurrent) cannot be rolled back, so :class:`PrefixCache` keeps a snapshot of
+the cache at the end of each prompt's prefill, and one of the system + tools block (shared by every conversation of
+the model). The next prompt is rendered again from the messages and re-encoded; the longest snapshot whose tokens are
+a prefix of it is resumed and only the rest is prefilled. When the previous prompt is not a prefix (the template
+re-rendered earlier turns differently) the step records ``prefix_fallback``.
+"""
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from fmoe.agent.steps import ModelStep
+
+_PINNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> system-prefix snapshots (shared)
+
+
+@dataclass
+class TurnSettings:
+    """What one turn generates under: token budget, sampling, thinking, the call format and (with a grammar) the
+    tool choice the grammar was compiled for."""
+    max_tokens: int = 512
+    sampling: Any = None                  # fmoe.engine.generate.Sampling; None = greedy
+    thinking: bool = False
+    call_format: str = "xml"
+    fast_forward: bool = True             # append grammar-forced tokens without a sampling step
+    processors: Sequence = field(default_factory=tuple)   # extra logits processors after the grammar's
+
+
+class PrefixCache:
+    """Snapshots of the engine state at the end of recent prompts (one conversation) plus the pinned system + tools
+    blocks (every conversation of the same model)."""
+
+    def __init__(self, model, max_snapshots: int = 4):
+        self.model = model
+        self.max_snapshots = max_snapshots
+        self.snapshots: list = []
+        try:
+            self.pinned: list = _PINNED.setdefault(model, [])
+        except TypeError:
+            self.pinned = []
+        self.last_prompt: list[int] | None = None
+
+    def reset(self) -> None:
+        """A new conversation: the pinned system snapshots stay, the prompt snapshots go."""
+        self.snapshots = []
+        self.last_prompt = None
+
+    def pin_system_prefix(self, tok, messages: list[dict], tools: list[dict], thinking: bool, ids: list[int]) -> int:
+        """Snapshot the system + tools block of ``ids`` once; returns how many tokens it computed now (0 when a
+        snapshot of it existed or the prompt has no such block)."""
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        text = tok.apply_chat_template([*system, {"role": "user", "content": "x"}], tools=tools or None,
+                                       add_generation_prompt=False, enable_thinking=thinking)
+        cut = text.find("<|im_start|>user")
+        if cut <= 0:
+            return 0
+        pre = tok.encode(text[:cut])
+        if not pre or len(pre) >= len(ids) or ids[:len(pre)] != pre:
+            return 0
+        if any(s.tokens == pre for s in self.pinned):
+            return 0
+        cache = self.model.new_cache()
+        for i in range(0, len(pre), 512):
+            self.model.forward(pre[i:i + 512], cache)
+        self.pinned.append(cache)
+        del self.pinned[:-8]
+        return len(pre)
+
+    def lookup(self, ids: list[int]):
+        """(cache or None, reused tokens, fallback): the longest snapshot that is a prefix of ``ids``, copied."""
+        fallback = False
+        if self.last_prompt is not None:
+            n = len(self.last_prompt)
+            fallback = not (n < len(ids) and ids[:n] == self.last_prompt)
+        best = None
+        for s in [*self.pinned, *self.snapshots]:
+            n = len(s.tokens)
+            if n < len(ids) and (best is None or n > len(best.tokens)) and ids[:n] == s.tokens:
+                best = s
+        if best is None:
+            return None, 0, fallback
+        return best.snapshot(), len(best.tokens), fallback
+
+    def keep(self, cache) -> None:
+        self.snapshots.append(cache)
+        del self.snapshots[:-self.max_snapshots]
+
+
+def _expert_bytes(model) -> int:
+    return int(model.stats().get("bytes_read", 0) or 0)
+
+
+def run_turn(model, tok, messages: list[dict], tools: list[dict], settings: TurnSettings, prefix: PrefixCache,
+             *, grammar=None, step: int = 1, on_text: Callable[[str], None] | None = None) -> ModelStep:
+    """Render ``messages`` with ``tools``, generate one assistant turn (under ``grammar`` when given: a compiled
+    fmoe.structured grammar) and parse its calls."""
+    from fmoe.engine.generate import Generation, Sampling
+    from fmoe.engine.tokenizer import StreamingDetokenizer
+    from fmoe.structured.parser import parse_tool_calls
+    from fmoe.structured.processor import ToolCallProcessor
+
+    t0 = time.perf_counter()
+    prompt = tok.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                     enable_thinking=settings.thinking)
+    ids = tok.encode(prompt)
+    tp = time.perf_counter()
+    pinned_now = prefix.pin_system_prefix(tok, messages, tools, settings.thinking, ids)
+    pin_s = time.perf_counter() - tp
+    cache, reused, fallback = prefix.lookup(ids)
+    fresh = pinned_now if (pinned_now and reused == pinned_now) else 0
+    reused -= fresh   # the system block computed at this step counts as prefilled, not reused
+    procs = [ToolCallProcessor(grammar)] if grammar is not None else []
+    gen = Generation(model, ids, max_tokens=settings.max_tokens, sampling=settings.sampling or Sampling(),
+                     stop_ids=list(tok.eos_token_ids), processors=[*procs, *settings.processors], cache=cache,
+                     vocab_limit=min(tok.vocab_size, model.cfg.vocab_size), fast_forward=settings.fast_forward)
+    out: list[int] = []
+    detok = StreamingDetokenizer(tok, skip_ids=gen.stop_ids) if on_text is not None else None
+    bytes_after_prefill = None
+    for st in gen:
+        if not out:  # the cache now holds exactly the prompt: keep it for the next turn
+            bytes_after_prefill = _expert_bytes(model)
+            if gen.cache.tokens == ids:
+                prefix.keep(gen.cache.snapshot())
+        out.append(st.token_id)
+        if detok is not None:
+            delta = detok.add(st.token_id)
+            if delta:
+                on_text(delta)
+    prefix.last_prompt = ids
+    gs = gen.stats
+    prefilled = gs.prefilled_tokens + fresh
+    prefill_s = gs.prefill_s + pin_s
+    finished = gs.finish_reason in ("stop", "grammar")
+    text = tok.decode([t for t in out if t not in gen.stop_ids])
+    res = parse_tool_calls(text, settings.call_format, tools, finished=finished)
+    reasoning = ""
+    if "</think>" in text:
+        reasoning = text.split("</think>", 1)[0].replace("<think>", "").strip()
+    elif settings.thinking and not finished and not res.calls:
+        reasoning = text.replace("<think>", "").strip()
+    failure = None
+    if res.failure is not None and res.failure.category != "no_call":
+        f = res.failure
+        failure = {"category": f.category, "message": f.message, "json_path": f.json_path}
+    prefill_passes = -(-gs.prefilled_tokens // gen.prefill_chunk)
+    return ModelStep(
+        step=step, text=text, content=res.content, reasoning=reasoning,
+        calls=[{"name": c.name, "arguments": c.arguments} for c in res.calls], parse_failure=failure,
+        tokens=gs.generated_tokens, forced_tokens=gs.forced_tokens, prompt_tokens=len(ids),
+        prefilled_tokens=prefilled, reused_tokens=reused, prefix_fallback=fallback,
+        finish_reason=gs.finish_reason,
+        decode_passes=max(0, gs.forward_passes - prefill_passes),
+        decode_bytes=(_expert_bytes(model) - bytes_after_prefill) if bytes_after_prefill is not None else 0,
+        timings={"prefill_s": prefill_s, "decode_s": gs.decode_s,
+                 "prefill_tok_s": prefilled / prefill_s if prefill_s else 0.0,
+                 "decode_tok_s": gs.decode_tok_s, "step_s": time.perf_counter() - t0},
+        engine=dict(gs.engine), prompt_ids=ids, token_ids=out)
