@@ -47,7 +47,7 @@ HELDOUT_STREAM = "demo-data-v2"
 DEFAULT_SEED = 1234
 SPLITS = ("train", "heldout")
 from fmoe.demo import MODEL_DIR  # noqa: E402
-from fmoe.demo.tools import TOOL_NAMES  # noqa: E402
+from fmoe.tools.demo import TOOL_NAMES  # noqa: E402
 FILE_TOOLS = ("list_files", "read_file", "write_file", "search_files")
 
 TEMPLATE_PATH = MODEL_DIR / "chat_template.jinja"
@@ -56,20 +56,20 @@ TEMPLATE_PATH = MODEL_DIR / "chat_template.jinja"
 # ---------------------------------------------------------------------------------------------------------------
 # Tools: the real objects
 # ---------------------------------------------------------------------------------------------------------------
-def _examples():
+def _demo_tools():
     """The demo tools module (get_weather's table is read and, for invented cities, extended here)."""
-    from fmoe.demo import tools as demo_tools  # noqa: PLC0415
+    from fmoe.tools import demo as demo_tools  # noqa: PLC0415
 
     return demo_tools
 
 
 def all_tools(workspace: str | None = None) -> dict:
-    return _examples().demo_tools(workspace)
+    return _demo_tools().demo_tools(workspace)
 
 
 def tool_schemas() -> dict[str, dict]:
     """name -> openai_schema() of every tool the demo model learns."""
-    return _examples().tool_schemas()
+    return _demo_tools().tool_schemas()
 
 
 class Executor:
@@ -113,7 +113,7 @@ def _weather_table(extra: dict[str, tuple[float, str]]):
         return
     from unittest import mock  # noqa: PLC0415
 
-    ex = _examples()
+    ex = _demo_tools()
     with mock.patch.dict(ex.WEATHER, extra), mock.patch.dict(ex._BY_KEY, {k.casefold(): k for k in extra}):
         yield
 
@@ -131,7 +131,7 @@ def _cwd(path: str):
 def fake_time(tz: str, seed: int = 0) -> tuple[str, bool]:
     """A seeded instant in 2025 in the real current_time tool's format (and its error text for a bad zone)."""
     try:
-        return _examples().fake_time(tz, seed), False
+        return _demo_tools().fake_time(tz, seed), False
     except ValueError as e:
         return f"ValueError: {e}", True
 
@@ -273,7 +273,7 @@ def pools(split: str) -> dict[str, list[str]]:
     return {
         "word": _split_pool(WORDS, split),
         "name": _split_pool(NAMES, split),
-        "city": _split_pool(_examples().WEATHER, split),
+        "city": _split_pool(_demo_tools().WEATHER, split),
         "unknown_city": _split_pool(UNKNOWN_CITIES, split),
         # training also draws from every other zone, so zone names are copied rather than recalled
         "tz": _split_pool(TIMEZONES, split) + ([z for z in MORE_TIMEZONES if z not in
@@ -518,7 +518,7 @@ class Conv:
                 while True:
                     x = (g.vocab_entity("city") if g.r.random() < 0.6 and PIECES_TOKENIZER
                          else INVENTED["unknown_city"](g))
-                    if x not in xs and x.casefold() not in _examples()._BY_KEY:  # the tool's own lookup keys
+                    if x not in xs and x.casefold() not in _demo_tools()._BY_KEY:  # the tool's own lookup keys
                         break
                 xs[i] = x
                 # g.int_: a training-class number (held-out number classes never appear in training)

@@ -5,7 +5,7 @@
 # training over all calls (train.py --schedule-minutes); calls after the first resume the exact fp32 state left in
 # /tmp by the previous call (the machine stays warm between quick calls). While a call trains, the next call's data
 # is generated in the background (NEXT_SEED). Returns the model of RET (A or B) in 15 MB parts and a tarball of both
-# variants' logs, summaries and loss curves. Run 8 (DEMO_NOTES.md), the tokenizers made first (here, ~40 s each):
+# variants' logs, summaries and loss curves. Run 8 (docs/log/demo-model.md), the tokenizers made first (here, ~40 s each):
 #   python -m training.train_tokenizer --out runs/tok_words --pretokenizer words
 #   python -m training.train_tokenizer --out runs/tok_qwen --pretokenizer qwen     (the shipped one)
 #   run(kind="nvidia-h200-x2", carry=["runs/whl", "runs/tok_words", "runs/tok_qwen"], command=

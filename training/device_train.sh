@@ -4,7 +4,7 @@
 # Regenerates the training data (demo-data-v3) from DATA_SEED, then trains two variants side by side on the one GPU
 # (ARGS_A / ARGS_B, both from INIT), and returns the one with the lower held-out loss (all 200 records): its
 # model.safetensors in 3 parts (the device returns files of 16 MiB at most) and a tarball of both logs, summaries and
-# loss curves. Runs 4-6 of DEMO_NOTES.md, chained on one warm machine (its /tmp survives between calls):
+# loss curves. Runs 4-6 of docs/log/demo-model.md, chained on one warm machine (its /tmp survives between calls):
 #   RUN=run4
 #   RUN=run5 INIT=/tmp/run4B/model DATA_SEED=4321 ARGS_A="--lr 6e-4 --embed-lr-mult 3" ARGS_B="--lr 3e-4 --embed-lr-mult 3"
 #   RUN=run6 INIT=/tmp/run5A/model DATA_SEED=5678 MIN=6.3 ARGS_A="--lr 4e-4 --embed-lr-mult 3" \

@@ -5,7 +5,7 @@ Pre-tokenization is Qwen3.5's own regex (``--pretokenizer qwen``; single digits,
 digit) then ByteLevel; NFC normalisation; the Qwen special tokens by name, appended after the BPE vocabulary (as in
 Qwen's files). ``--pretokenizer words`` never glues a run of letters to the character before it (a name is then the
 same tokens after a space, a newline or a quote); run 8 trained both, and Qwen's regex won on the engine eval
-(DEMO_NOTES.md), so it is the default.
+(docs/log/demo-model.md), so it is the default.
 
 The corpus is training conversations whose invented entities are syllables, not pieces of an earlier tokenizer
 (``datagen.PIECES_TOKENIZER = None``), so the tokenizer depends only on the generator and the seed. 1024 tokens

@@ -41,7 +41,7 @@ class Agent:
                  on_event: Callable[..., None] | None = None, transcript: Transcript | None = None,
                  max_snapshots: int = 4):
         from fmoe.engine.generate import Sampling
-        from fmoe.structured.call_format import detect_call_format
+        from fmoe.structured.formats import detect_call_format
         from fmoe.tools.registry import ToolRegistry
 
         self.model, self.tok = model, tokenizer
@@ -273,7 +273,7 @@ class Agent:
         dec = sum(s.timings.get("decode_s", 0.0) for s in ms)
         pre = sum(s.timings.get("prefill_s", 0.0) for s in ms)
         prefilled = sum(s.prefilled_tokens for s in ms)
-        eng = ms[-1].engine if ms else {}
+        eng = ms[-1].engine.to_dict() if ms else {}
         return {
             "model_steps": len(ms), "tool_calls": len(ts), "tool_errors": sum(t.is_error for t in ts),
             "generated_tokens": gen, "forced_tokens": sum(s.forced_tokens for s in ms),

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fmoe.engine.stats import EngineStats
+
 
 @dataclass
 class ModelStep:
@@ -20,7 +22,7 @@ class ModelStep:
     content: str = ""                      # text outside the calls and the thinking block
     reasoning: str = ""                    # the thinking block's text (thinking mode)
     calls: list[dict] = field(default_factory=list)          # [{name, arguments}]
-    parse_failure: dict | None = None      # {category, message, json_path} (toolcall_parser.Failure)
+    parse_failure: dict | None = None      # {category, message, json_path} (fmoe.structured.parser.Failure)
     tokens: int = 0                        # generated tokens (sampled + forced)
     forced_tokens: int = 0                 # appended by the grammar without sampling
     prompt_tokens: int = 0                 # the whole rendered prompt
@@ -31,7 +33,7 @@ class ModelStep:
     decode_passes: int = 0                 # forward passes after the prefill (fast-forwarded tokens share one)
     decode_bytes: int = 0                  # expert bytes read from the streaming layout during those passes
     timings: dict = field(default_factory=dict)   # prefill_s, decode_s, prefill_tok_s, decode_tok_s, step_s
-    engine: dict = field(default_factory=dict)    # model.stats() after the step (cumulative)
+    engine: EngineStats = field(default_factory=EngineStats)   # model.stats() after the step (cumulative)
     prompt_ids: list[int] = field(default_factory=list, repr=False)   # not written to transcripts
     token_ids: list[int] = field(default_factory=list, repr=False)
 
@@ -39,6 +41,7 @@ class ModelStep:
 
     def to_dict(self, ids: bool = False) -> dict:
         d = asdict(self)
+        d["engine"] = self.engine.to_dict()
         if not ids:
             d.pop("prompt_ids")
             d.pop("token_ids")

@@ -14,7 +14,7 @@ Fields::
     thinking: false
     system: "You are ..."
     task: "What is ...?"          # or tasks: [..] (exactly one of the two)
-    tools: [calculator, fmoe.demo.tools:get_weather, {file: my_tools.py}, {name: .., description: .., parameters: ..}]
+    tools: [calculator, fmoe.tools.demo:get_weather, {file: my_tools.py}, {name: .., description: .., parameters: ..}]
     workspace: ./workspace        # root for the file tools (relative to the task file)
     tool_choice: auto             # auto | required | none | {name: lookup}
     parallel_tool_calls: true

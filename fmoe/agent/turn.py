@@ -98,7 +98,7 @@ class PrefixCache:
 
 
 def _expert_bytes(model) -> int:
-    return int(model.stats().get("bytes_read", 0) or 0)
+    return model.stats().bytes_read
 
 
 def run_turn(model, tok, messages: list[dict], tools: list[dict], settings: TurnSettings, prefix: PrefixCache,
@@ -165,4 +165,4 @@ def run_turn(model, tok, messages: list[dict], tools: list[dict], settings: Turn
         timings={"prefill_s": prefill_s, "decode_s": gs.decode_s,
                  "prefill_tok_s": prefilled / prefill_s if prefill_s else 0.0,
                  "decode_tok_s": gs.decode_tok_s, "step_s": time.perf_counter() - t0},
-        engine=dict(gs.engine), prompt_ids=ids, token_ids=out)
+        engine=gs.engine, prompt_ids=ids, token_ids=out)

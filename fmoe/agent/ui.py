@@ -71,7 +71,7 @@ class AgentUI:
         line = (f"{step.tokens} tok ({step.forced_tokens} forced) @ {t.get('decode_tok_s', 0):.1f} tok/s · "
                 f"prompt {step.prompt_tokens} (reused {step.reused_tokens}, prefilled {step.prefilled_tokens}"
                 f"{', full prefill' if step.prefix_fallback else ''}) @ {t.get('prefill_tok_s', 0):.0f} tok/s")
-        eng = engine_line(step.engine)
+        eng = engine_line(step.engine.to_dict())
         if eng:
             line += " · " + eng
         if step.parse_failure:

@@ -23,7 +23,7 @@ def run(model_dir: str | Path | None = None, bits: int = 4, n_cases: int = 16, p
     from fmoe.demo import MODEL_DIR
     from fmoe.engine.loader import load_model, load_tokenizer, quantized_variant
     from fmoe.eval.suite import resolve_suite
-    from fmoe.structured.call_format import detect_call_format
+    from fmoe.structured.formats import detect_call_format
     from fmoe.structured.grammar import compile_tool_grammar
 
     src = Path(model_dir) if model_dir else MODEL_DIR

@@ -1,10 +1,14 @@
 """`fmoe bench grammar`: mask/compile cost of constrained tool calls, the JSONSchemaBench mask-bench table, and
 the forced (fast-forward) fraction of real tool calls.
 
-    fmoe bench grammar [--vocab qwen3.5] [--json] [--maskbench] [--cap N] [--out DIR]
+    fmoe bench grammar [--data DIR] [--vocab qwen3.5] [--json] [--maskbench] [--cap N] [--out DIR]
+
+DIR holds JSONSchemaBench mask-bench cases, one ``<split>.jsonl`` per split (default ``$FMOE_MASKBENCH``, else
+``tests/data/extdata/maskbench`` of the current directory: the subset shipped in a clone of fmoe). The committed
+figures ran on every case of the 12 splits (github.com/guidance-ai/jsonschemabench, ``maskbench/data``).
 
 The helpers here (maskbench cases, rendering an instance as a call, feeding it token by token, sampling under the
-mask) are shared with tests/test_grammar_maskbench.py.
+mask) are shared with tests/structured/test_maskbench.py.
 """
 
 from __future__ import annotations
@@ -21,20 +25,28 @@ from typing import Any
 
 import numpy as np
 
+from fmoe.errors import FmoeError
+
 SPLITS = ["BFCL_simple", "BFCL_multiple", "BFCL_parallel", "Glaiveai2K", "Github_trivial", "Github_easy",
           "Handwritten", "JME", "Synthesized", "MCPspec", "Snowplow", "WashingtonPost"]
 
 
-def shared_dir() -> Path:
-    env = os.environ.get("FMOE_SHARED")
-    p = Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
+DATA_DIR: Path | None = None   # set by --data; see data_dir()
+
+
+def data_dir() -> Path:
+    """The folder of mask-bench cases: --data, else $FMOE_MASKBENCH, else ./tests/data/extdata/maskbench."""
+    p = DATA_DIR or Path(os.environ.get("FMOE_MASKBENCH") or Path("tests") / "data" / "extdata" / "maskbench")
     if not p.is_dir():
-        raise FileNotFoundError(f"shared data directory not found: {p} (set FMOE_SHARED)")
+        raise FmoeError(f"JSONSchemaBench cases not found at {p}: pass --data DIR (a folder of <split>.jsonl) or "
+                        "set FMOE_MASKBENCH (a clone of fmoe ships a subset in tests/data/extdata/maskbench)")
     return p
 
 
 def load_split(name: str) -> list[dict]:
-    path = shared_dir() / "extdata" / "maskbench" / f"{name}.jsonl"
+    path = data_dir() / f"{name}.jsonl"
+    if not path.is_file():
+        raise FmoeError(f"{path}: no such split file (splits: {', '.join(SPLITS)})")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -87,7 +99,7 @@ def feed_text(grammar, tok, text: str) -> bool:
 
 
 def call_text(tool: dict, args: Any, fmt: str) -> str | None:
-    from fmoe.structured.call_format import render_call
+    from fmoe.structured.formats import render_call
 
     f = tool["function"]
     if fmt == "xml" and not isinstance(args, dict):
@@ -115,11 +127,11 @@ def expected_xml(tool: dict, text: str, args: Any, label: bool) -> bool | None:
 
 def _same_args(text: str, tool: dict, args: Any) -> bool:
     """Whether the XML text parses (ignoring validation) back to `args`."""
-    from fmoe.structured.parser import _parse_xml
+    from fmoe.structured.formats.qwen_xml import parse_body
 
     body = text[len("<tool_call>\n"):-len("\n</tool_call>")]
     try:
-        _, got = _parse_xml(body, {tool["function"]["name"]: tool["function"]["parameters"]})
+        _, got = parse_body(body, {tool["function"]["name"]: tool["function"]["parameters"]})
     except Exception:
         return False
     return json.dumps(got, sort_keys=True) == json.dumps(args, sort_keys=True)
@@ -362,7 +374,7 @@ def _time_our_path(tools, fmt, tok, rng, n_calls=20, overlap_ms: float | None = 
     ``process()`` — the cost a step still sees."""
     import torch
 
-    from fmoe.structured.call_format import render_calls
+    from fmoe.structured.formats import render_calls
     from fmoe.structured.processor import ToolCallProcessor
     from fmoe.structured.grammar import compile_tool_grammar
 
@@ -560,6 +572,7 @@ def forced_fraction_real_calls(tok, fmt: str, n: int = 100) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="fmoe bench grammar")
+    ap.add_argument("--data", default=None, help="folder of JSONSchemaBench <split>.jsonl files (see above)")
     ap.add_argument("--vocab", default="qwen3.5", choices=["qwen3.5"])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--maskbench", action="store_true", help="also run the full mask-bench table (minutes)")
@@ -567,6 +580,8 @@ def main(argv=None) -> int:
     ap.add_argument("--outlines-budget", type=float, default=120.0, help="seconds for the outlines-core peer")
     ap.add_argument("--out", default=None, help="write grammar.json/.md (and maskbench.json/.md) here")
     a = ap.parse_args(argv)
+    global DATA_DIR
+    DATA_DIR = Path(a.data) if a.data else None
 
     from fmoe.structured.grammar import tokenizer_info
     from fmoe.structured.qwen_vocab import qwen35_tokenizer

@@ -220,19 +220,19 @@ def worker(spec: dict) -> dict:
     """Runs in the (capped) child: load non-expert weights, then the store loop."""
     _join_cgroup(spec.get("cgroup"))
     from fmoe.storage.stream_layout import open_streaming
-    ck = open_streaming(spec["model"])
+    checkpoint = open_streaming(spec["model"])
     held, ne_bytes = [], 0
     t0 = time.perf_counter()
     if spec["load_non_expert"]:
-        for name in ck.non_expert_names():
-            x = ck.load(name)
+        for name in checkpoint.non_expert_names():
+            x = checkpoint.load(name)
             ne_bytes += x.nbytes
             held.append(x)
     t_ne = time.perf_counter() - t0
     rss_after_ne = _vm_hwm()
-    files = [L.file for L in ck.layout.layers]
+    files = [L.file for L in checkpoint.layout.layers]
     _drop_cache(files)
-    store = ck.expert_source(mode=spec["mode"], memory_budget=spec["budget"], verify=spec["verify"],
+    store = checkpoint.expert_source(mode=spec["mode"], memory_budget=spec["budget"], verify=spec["verify"],
                              io_threads=spec["io_threads"], policy=spec["policy"])
     route = np.array(spec["route"], dtype=np.int64)
     T, Lr, k = route.shape
@@ -258,7 +258,7 @@ def worker(spec: dict) -> dict:
     wall = time.perf_counter() - t0
     s = store.stats()
     store.close()
-    expert_nbytes = ck.layout.layers[0].sizes[0]
+    expert_nbytes = checkpoint.layout.layers[0].sizes[0]
     return {"wall_s": wall, "tokens": T, "token_s": token_s, "stats": s, "non_expert_bytes": ne_bytes,
             "non_expert_load_s": t_ne, "rss_after_non_expert": rss_after_ne, "peak_rss_bytes": _vm_hwm(),
             "delivered_bytes": T * Lr * k * expert_nbytes, "touched_bytes": touched, "sink": sink}
@@ -298,10 +298,10 @@ def model_worker(spec: dict) -> dict:
     T = len(toks)
     # bytes a decode step touches in memory: every non-expert weight except the embedding table, + the used experts
     ne_touched = os.path.getsize(m.checkpoint.layout.non_expert_file) - _embed_bytes(m)
-    return {"wall_s": wall, "tokens": T, "stats": s, "load_s": load_s, "rss_after_non_expert": rss_after_ne,
+    return {"wall_s": wall, "tokens": T, "stats": s.to_dict(), "load_s": load_s, "rss_after_non_expert": rss_after_ne,
             "peak_rss_bytes": _vm_hwm(), "non_expert_bytes": os.path.getsize(m.checkpoint.layout.non_expert_file),
-            "delivered_bytes": s["expert_calls"] * expert_nbytes,
-            "touched_bytes": T * ne_touched + s["expert_calls"] * expert_nbytes,
+            "delivered_bytes": s.expert_calls * expert_nbytes,
+            "touched_bytes": T * ne_touched + s.expert_calls * expert_nbytes,
             "finite": bool(np.isfinite(m.ops.to_numpy(g.model.forward([toks[-1]], cache))).all()),
             "distinct_tokens": len(set(toks)), "top_k": m.experts_per_token, "layers": cfg.num_hidden_layers}
 
@@ -324,12 +324,12 @@ def ttft(model_dir: str, tokens: int, mode: str = "page-cache", budget: int | No
     out = {}
     for name, chunk in (("batched", 512), ("token_by_token", 1)):
         cache = m.new_cache()
-        before = m.stats().get("bytes_read", 0)
+        before = m.stats().bytes_read
         t0 = time.perf_counter()
         for i in range(0, tokens, chunk):
             m.forward(ids[i:i + chunk], cache)
         out[f"{name}_s"] = round(time.perf_counter() - t0, 3)
-        out[f"{name}_expert_bytes"] = m.stats().get("bytes_read", 0) - before
+        out[f"{name}_expert_bytes"] = m.stats().bytes_read - before
     out["speedup"] = round(out["token_by_token_s"] / out["batched_s"], 1)
     out.update(tokens=tokens, model=str(model_dir), mode=mode)
     return out

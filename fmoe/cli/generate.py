@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_bytes": st.peak_rss_bytes,
         "backend": options.backend,
         "experts_per_token": model.experts_per_token,
-        "bytes_read": eng.get("bytes_read", 0),
-        "cache_hit_rate": eng.get("cache_hit_rate"),
-        "io_wait_s": eng.get("io_wait_s", 0.0),
-        "prediction_hit_rate": eng.get("prediction_hit_rate"),
+        "bytes_read": eng.bytes_read,
+        "cache_hit_rate": eng.cache_hit_rate,
+        "io_wait_s": eng.io_wait_s,
+        "prediction_hit_rate": eng.prediction_hit_rate,
         "compute_s": model.compute_s,
     }
     if args.json:
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("\n")
         line = (f"prompt {st.prompt_tokens} tok @ {st.prefill_tok_s:.1f} tok/s · {st.generated_tokens} tok @ "
                 f"{st.decode_tok_s:.2f} tok/s · peak RSS {st.peak_rss_bytes / 2**20:.0f} MiB · {st.finish_reason}")
-        if eng.get("bytes_read"):
-            hit = eng.get("cache_hit_rate")
-            line += (f" · read {eng['bytes_read'] / 2**20:.0f} MiB, cache hit {hit:.0%}" if hit is not None else "")
-            line += f" · I/O wait {eng.get('io_wait_s', 0.0):.2f}s"
+        if eng.bytes_read:
+            hit = eng.cache_hit_rate
+            line += (f" · read {eng.bytes_read / 2**20:.0f} MiB, cache hit {hit:.0%}" if hit is not None else "")
+            line += f" · I/O wait {eng.io_wait_s:.2f}s"
         console.print(f"[dim]{line}[/dim]")
     return 0

@@ -2,7 +2,7 @@
 tied embeddings, a 1024-token BPE with the Qwen special tokens and chat template) and the tools it learned.
 
     from fmoe.demo import MODEL_DIR              # the one place the demo model's path is defined
-    from fmoe.demo.tools import demo_registry   # its 8 tools (fmoe/demo/tools.py)
+    from fmoe.tools.demo import demo_registry  # the 8 tools it learned live with the other tools
 
 Its data generator, trainers and device scripts live outside the package, in ``training/``; the training log is
 docs/log/demo-model.md.

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fmoe.engine.cache import ModelCache
+from fmoe.engine.stats import EngineStats
 from fmoe.errors import FmoeError
 
 
@@ -55,7 +56,7 @@ class GenerationStats:
     decode_s: float = 0.0
     finish_reason: str = ""         # stop | length | grammar
     peak_rss_bytes: int = 0
-    engine: dict = field(default_factory=dict)
+    engine: EngineStats = field(default_factory=EngineStats)   # model.stats() when the generation ended
 
     @property
     def prefill_tok_s(self) -> float:
@@ -67,6 +68,7 @@ class GenerationStats:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        d["engine"] = self.engine.to_dict()
         d["prefill_tok_s"], d["decode_tok_s"] = self.prefill_tok_s, self.decode_tok_s
         return d
 

@@ -1,5 +1,5 @@
 """The Qwen3.5-MoE / Qwen3-Next decoder: embeddings, layers (Gated DeltaNet or gated attention, then sparse MoE),
-final norm and lm_head, written once against the backend interface (fmoe/engine/backends.py).
+final norm and lm_head, written once against the backend interface (fmoe/engine/backends/).
 
     model = Model.load("path/to/checkpoint", backend="torch")
     cache = model.new_cache()
@@ -20,6 +20,7 @@ from fmoe.storage.checkpoint import open_checkpoint
 from fmoe.storage.config import ModelConfig
 from fmoe.engine.gated_deltanet import GatedDeltaNet
 from fmoe.engine.moe import InMemoryExperts, MoEStats, SparseMoE, StreamedExperts
+from fmoe.engine.stats import EngineStats
 from fmoe.errors import ConfigError
 
 
@@ -149,8 +150,6 @@ class Model:
         self.compute_s += time.perf_counter() - t0
         return logits if all_logits else logits[0]
 
-    def stats(self) -> dict:
-        s = dict(self.experts.stats())
-        s.update(self.moe_stats.merge())
-        s["experts_per_token"] = self.experts_per_token
-        return s
+    def stats(self) -> EngineStats:
+        """What the engine has done since load (cumulative): fmoe.engine.stats.EngineStats."""
+        return EngineStats.collect(self.experts.stats(), self.moe_stats.merge(), self.experts_per_token)

@@ -1,6 +1,6 @@
 """Berkeley Function Calling Leaderboard (BFCL) cases: loader and AST checker.
 
-    suite = load_bfcl_suite("/path/to/bfcl", ["simple_python", "multiple"], limit=None)   # -> eval_suite.Suite
+    suite = load_bfcl_suite("/path/to/bfcl", ["simple_python", "multiple"], limit=None)   # -> fmoe.eval.suite.Suite
     res = check_bfcl(calls=[("f", {"x": 1})], ground_truth=[{"f": {"x": [1]}}], functions=[...], split="simple_python")
     res.ok, res.category, res.message, res.tool_ok
 

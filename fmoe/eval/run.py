@@ -132,7 +132,8 @@ class Acc:
             self.valid += int(category not in SCHEMA_FAILS)
 
     def metrics(self) -> dict:
-        r = lambda a, b: (a / b) if b else None
+        def r(a, b):   # a rate, or None when nothing was counted
+            return (a / b) if b else None
         return {"parse_rate": r(self.parsed, self.attempts), "schema_valid_rate": r(self.valid, self.attempts),
                 "tool_accuracy": r(self.tool_ok, self.scored), "argument_accuracy": r(self.args_ok, self.scored),
                 "answer_accuracy": r(self.answer_ok, self.looped),
@@ -144,7 +145,7 @@ class Acc:
 def case_registry(suite: Suite, case: Case, workspace: str):
     """The case's tools as a ToolRegistry, in the case's order: the demo model's tools for real (file tools in
     ``workspace``, a seeded clock), declared-only tools answering their validated arguments (SchemaTool)."""
-    from fmoe.demo.tools import TOOL_NAMES, demo_registry
+    from fmoe.tools.demo import TOOL_NAMES, demo_registry
     from fmoe.tools.registry import ToolRegistry
     from fmoe.tools.schema_tools import SchemaTool
 
@@ -263,7 +264,7 @@ def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], 
     (fmoe.engine.loader.ModelOptions) say how each variant runs; experts per token come from the variants."""
     from fmoe.engine.loader import ModelOptions, load_model, load_tokenizer, quantized_variant
     from fmoe.storage.checkpoint import open_checkpoint
-    from fmoe.structured.call_format import detect_call_format
+    from fmoe.structured.formats import detect_call_format
 
     options = replace(options or ModelOptions(), experts_per_token=None)
     log = log or (lambda s: print(s, file=sys.stderr, flush=True) if progress else None)

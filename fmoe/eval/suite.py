@@ -36,7 +36,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fmoe.demo.tools import TOOL_NAMES as DEMO_TOOL_NAMES
+from fmoe.tools.demo import TOOL_NAMES as DEMO_TOOL_NAMES
 from fmoe.errors import FmoeError
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -145,7 +145,7 @@ def _as_openai(spec: dict) -> dict:
 
 
 def demo_tool_schema(name: str) -> dict:
-    from fmoe.demo.tools import tool_schemas
+    from fmoe.tools.demo import tool_schemas
 
     schemas = tool_schemas()
     if name not in schemas:

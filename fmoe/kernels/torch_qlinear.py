@@ -32,7 +32,7 @@ from .quant import QuantizedWeight, _scales_to_f32, check_bits_group
 __all__ = ["TorchQLinear", "dequantize_torch", "to_torch_quantized", "NATIVE_MAX_ROWS"]
 
 # Up to this many rows the native mat-vec kernel runs (weights decoded once per row of x, from L1); above, the
-# weight is dequantized (native) and multiplied with one float32 GEMM.  Measured crossover: see KERNELS_NOTES.md.
+# weight is dequantized (native) and multiplied with one float32 GEMM.  Measured crossover: docs/log/kernels.md.
 NATIVE_MAX_ROWS = int(os.environ.get("FMOE_QMV_MAX_ROWS", "64"))
 # Default of TorchQLinear(exact=None): float32 activations in the native kernel instead of int16.
 _EXACT_DEFAULT = os.environ.get("FMOE_QMV_EXACT", "0") not in ("0", "", "false", "no", "off")

@@ -1,4 +1,4 @@
-"""Checkpoint layouts mapped to the engine's canonical weight names (DESIGN.md).
+"""Checkpoint layouts mapped to the engine's canonical weight names (docs/design.md, Interfaces).
 
 Two on-disk layouts are read straight from safetensors, lazily:
 

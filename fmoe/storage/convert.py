@@ -107,10 +107,10 @@ def convert(src: str | Path, dst: str | Path, bits: int | None = None, group_siz
         raise LayoutError(f"{dst} already exists (use --force to replace it)")
     if dst.resolve() == src.resolve():
         raise LayoutError("SRC and DST are the same directory")
-    ck = open_checkpoint(src)
-    mc = ck.config
+    checkpoint = open_checkpoint(src)
+    mc = checkpoint.config
     L, E = mc.num_hidden_layers, mc.num_experts
-    g0, _, _ = ck.expert(0, 0)
+    g0, _, _ = checkpoint.expert(0, 0)
     src_quant = isinstance(g0, QuantizedWeight)
     out_bits = bits or (g0.bits if src_quant else 4)
     out_gs = group_size or (g0.group_size if src_quant else 64)
@@ -120,7 +120,7 @@ def convert(src: str | Path, dst: str | Path, bits: int | None = None, group_siz
     exp_gs = group_size if group_size is not None else (None if src_quant else 64)
     need = estimate_output_bytes(mc, out_bits, out_gs)
     free_space_check(dst, need)
-    names = ck.non_expert_names()
+    names = checkpoint.non_expert_names()
     cfg = _output_config(mc.raw, out_bits, out_gs, quantized_from_float=not src_quant,
                          requantized=bits is not None or group_size is not None)
     nthreads = max(1, threads or os.cpu_count() or 1)
@@ -140,13 +140,13 @@ def convert(src: str | Path, dst: str | Path, bits: int | None = None, group_siz
                 last = w.bytes_written
 
         for name in names:
-            w.add_non_expert(name, convert_non_expert(name, ck.load(name), out_bits, out_gs))
+            w.add_non_expert(name, convert_non_expert(name, checkpoint.load(name), out_bits, out_gs))
             tick()
 
         def one(layer: int, e: int):
             where = f"layer {layer} expert {e}"
             return tuple(convert_expert_linear(x, exp_bits, exp_gs, f"{where} {p}")
-                         for x, p in zip(ck.expert(layer, e), ("gate_proj", "up_proj", "down_proj")))
+                         for x, p in zip(checkpoint.expert(layer, e), ("gate_proj", "up_proj", "down_proj")))
 
         pending: deque = deque()
         jobs = ((layer, e) for layer in range(L) for e in range(E))
@@ -161,8 +161,8 @@ def convert(src: str | Path, dst: str | Path, bits: int | None = None, group_siz
             w.add_expert(layer, e, *fut.result())
             tick()
         out = w.finish()
-    if hasattr(ck, "close"):
-        ck.close()
+    if hasattr(checkpoint, "close"):
+        checkpoint.close()
     if progress:
         dt = time.perf_counter() - t0
         print(f"wrote {out}: {L} layers x {E} experts, {out_bits}-bit group {out_gs}, in {dt:.1f} s",

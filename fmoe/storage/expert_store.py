@@ -1,4 +1,4 @@
-"""ExpertStore: the streaming ExpertSource (see DESIGN.md) reading experts from a streaming layout.
+"""ExpertStore: the streaming ExpertSource (docs/design.md, Interfaces) reading experts from a streaming layout.
 
 Reads
     One expert = one read of its 4 KiB-aligned region (``os.preadv`` into a page-aligned anonymous ``mmap``; the call

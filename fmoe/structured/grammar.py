@@ -21,21 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fmoe.structured.call_format import (
-    CallFormat, SchemaFeatureError, build_call_region_lark, tool_function, tool_parameters,
-)
 from fmoe.errors import FmoeError
+from fmoe.structured.formats import CallFormat, build_call_region_lark
+from fmoe.structured.schema import UnsupportedSchemaError, tool_function, tool_parameters
 
 __all__ = ["UnsupportedSchemaError", "GrammarError", "TokenizerInfo", "Grammar", "Matcher", "compile_tool_grammar",
            "tokenizer_info"]
-
-
-class UnsupportedSchemaError(FmoeError):
-    """A tool's JSON Schema uses a keyword the backend cannot enforce (raised at tool registration / compile)."""
-
-    def __init__(self, tool: str, keyword: str, message: str, backend: str = "llguidance"):
-        super().__init__(f"tool {tool!r}: JSON Schema keyword {keyword!r} cannot be enforced by {backend}: {message}")
-        self.tool, self.keyword, self.backend = tool, keyword, backend
 
 
 class GrammarError(FmoeError):

@@ -16,8 +16,9 @@ import re
 
 import numpy as np
 
-from fmoe.structured.call_format import (
-    PARAM_END, SchemaFeatureError, _VALIDATION_KEYWORDS, _XML_TOP_OK, is_plain_string_schema, tool_function,
+from fmoe.structured.formats.qwen_xml import PARAM_END, PARAMETERS_OBJECT_KEYWORDS
+from fmoe.structured.schema import (
+    VALIDATION_KEYWORDS, SchemaFeatureError, UnsupportedSchemaError, is_plain_string_schema, tool_function,
     tool_parameters,
 )
 
@@ -58,7 +59,7 @@ def _json_regex(schema) -> str:
         return build_regex_from_schema(json.dumps(schema), r"[ ]?")
     except Exception as e:  # outlines raises ValueError / its own errors for unsupported constructs
         msg = str(e)
-        kw = next((k for k in _VALIDATION_KEYWORDS if f"'{k}'" in msg or f'"{k}"' in msg), "schema")
+        kw = next((k for k in VALIDATION_KEYWORDS if f"'{k}'" in msg or f'"{k}"' in msg), "schema")
         raise SchemaFeatureError(kw, msg[:200]) from None
 
 
@@ -95,8 +96,6 @@ def _scan_unenforced(node) -> None:
 def compile_outlines_region(tools, call_format, info, *, parallel_calls=True, max_calls=4, only=None):
     import outlines_core
 
-    from fmoe.structured.grammar import UnsupportedSchemaError
-
     alts = []
     for t in tools:
         f = tool_function(t)
@@ -111,7 +110,7 @@ def compile_outlines_region(tools, call_format, info, *, parallel_calls=True, ma
                             + _esc("}"))
             else:
                 for k in params:
-                    if k in _VALIDATION_KEYWORDS and k not in _XML_TOP_OK:
+                    if k in VALIDATION_KEYWORDS and k not in PARAMETERS_OBJECT_KEYWORDS:
                         raise SchemaFeatureError(k, f"keyword {k!r} on the parameters object")
                 props = params.get("properties") or {}
                 req = set(params.get("required") or [])

@@ -10,18 +10,18 @@ Works on constrained output (where it never fails) and on unconstrained output. 
     truncated         the text stops inside a call (or inside thinking) and `finished` is False (max tokens hit)
 Calls before the first failure are still returned in `calls`. `content` is the text outside the calls with any
 <think>...</think> block removed.
+
+This is the format-independent part (thinking, `<tool_call>` blocks, validation with jsonschema); the body of each
+block is read by its format's parse_body (formats/hermes.py, formats/qwen_xml.py).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
-from typing import Any
 
-from fmoe.structured.call_format import PARAM_END, is_plain_string_schema, tool_function, tool_parameters
+from fmoe.structured.formats import TOOL_CALL, TOOL_CALL_END, MalformedCall, format_module
+from fmoe.structured.schema import parameters_by_name
 
-TOOL_CALL, TOOL_CALL_END = "<tool_call>", "</tool_call>"
 CATEGORIES = ("no_call", "unparsable", "unknown_tool", "schema_violation", "truncated")
 
 
@@ -49,10 +49,6 @@ class ParseResult:
         return self.failure is None
 
 
-class _Unparsable(ValueError):
-    pass
-
-
 def _strip_thinking(text: str) -> tuple[str, bool]:
     """Text without the thinking block; second value True if a thinking block is still open."""
     if "</think>" in text:
@@ -60,91 +56,6 @@ def _strip_thinking(text: str) -> tuple[str, bool]:
     if text.lstrip().startswith("<think>"):
         return "", True
     return text, False
-
-
-def _parse_hermes(body: str) -> tuple[str, dict]:
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise _Unparsable(f"call is not valid JSON: {e.msg} at char {e.pos}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        raise _Unparsable('call JSON must be an object with a string "name"')
-    args = obj.get("arguments", {})
-    if isinstance(args, str):  # some models emit arguments as a JSON string
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            raise _Unparsable('"arguments" is a string that is not JSON') from None
-    if not isinstance(args, dict):
-        raise _Unparsable('"arguments" must be a JSON object')
-    return obj["name"], args
-
-
-_FUNC = re.compile(r"<function=([^>\n]+)>\n?")
-
-
-def _xml_value(raw: str, schema: Any, root: dict) -> Any:
-    if schema is not None and is_plain_string_schema(schema, root):
-        return raw
-    s = raw.strip()
-    try:
-        return json.loads(s)
-    except json.JSONDecodeError:
-        pass
-    lenient = {"True": True, "False": False, "None": None}  # the official template renders Python str() of these
-    if s in lenient:
-        return lenient[s]
-    return raw
-
-
-def _parse_xml(body: str, params_of: dict[str, dict]) -> tuple[str, dict]:
-    m = _FUNC.match(body)
-    if not m:
-        raise _Unparsable("call does not start with <function=NAME>")
-    name = m.group(1).strip()
-    rest = body[m.end():]
-    end = rest.rfind("</function>")
-    if end < 0:
-        raise _Unparsable("missing </function>")
-    if rest[end + len("</function>"):].strip():
-        raise _Unparsable("text after </function> inside <tool_call>")
-    rest = rest[:end]
-    params = params_of.get(name) or {}
-    props = params.get("properties") or {}
-    ap = params.get("additionalProperties")
-    args: dict = {}
-    pos = 0
-    while True:
-        while pos < len(rest) and rest[pos] in " \n\t\r":
-            pos += 1
-        if pos >= len(rest):
-            break
-        if not rest.startswith("<parameter=", pos):
-            raise _Unparsable(f"expected <parameter=...> at {rest[pos:pos + 30]!r}")
-        close = rest.find(">", pos)
-        if close < 0:
-            raise _Unparsable("unterminated <parameter=")
-        pname = rest[pos + len("<parameter="):close]
-        if pname not in props:  # the grammar writes names exactly; other producers may pad them with spaces
-            pname = pname.strip()
-        vstart = close + 1
-        if rest.startswith("\n", vstart):
-            vstart += 1
-        vend = rest.find(PARAM_END, vstart)
-        if vend >= 0:
-            raw, pos = rest[vstart:vend], vend + len(PARAM_END)
-        else:
-            vend = rest.find("</parameter>", vstart)
-            if vend < 0:
-                raise _Unparsable(f"missing </parameter> for {pname!r}")
-            raw = rest[vstart:vend]
-            raw = raw[:-1] if raw.endswith("\n") else raw
-            pos = vend + len("</parameter>")
-        if pname in args:
-            raise _Unparsable(f"parameter {pname!r} given twice")
-        sub = props.get(pname, ap if isinstance(ap, dict) else None)
-        args[pname] = _xml_value(raw, sub, params)
-    return name, args
 
 
 def _json_path(err) -> str:
@@ -171,7 +82,8 @@ def _validate(args: dict, schema: dict) -> Failure | None:
 
 def parse_tool_calls(text: str, call_format: str, tools: list[dict], finished: bool = True) -> ParseResult:
     """Parse `text` (the generated assistant turn, with or without the end-of-turn token)."""
-    params_of = {tool_function(t)["name"]: tool_parameters(t) for t in tools}
+    parse_body = format_module(call_format).parse_body
+    params_of = parameters_by_name(tools)
     body_text = text.replace("<|im_end|>", "").replace("<|endoftext|>", "")
     visible, open_think = _strip_thinking(body_text)
     res = ParseResult()
@@ -197,8 +109,8 @@ def parse_tool_calls(text: str, call_format: str, tools: list[dict], finished: b
             break
         body = visible[start:end].strip("\n")
         try:
-            name, args = _parse_hermes(body) if call_format == "hermes" else _parse_xml(body, params_of)
-        except _Unparsable as e:
+            name, args = parse_body(body, params_of)
+        except MalformedCall as e:
             res.failure = Failure("unparsable", f"call #{len(res.calls) + 1}: {e}")
             break
         if name not in params_of:

@@ -2,13 +2,15 @@
 (sub)schemas into llguidance grammar text.
 
     tool_function(tool) -> {"name", "description", "parameters"}     tool_parameters(tool) -> the parameters schema
+    parameters_by_name(tools) -> {tool name: parameters schema}
     resolve_local_ref({"$ref": "#/$defs/unit"}, root) -> root["$defs"]["unit"]
     is_plain_string_schema({"type": "string"}) -> True                 (XML writes such values as raw text)
     json_schema_lark(schema) -> the body of an llguidance `%json` rule (Hermes separators, calendar dates)
     standalone_subschema(root["properties"]["p"], root, "/properties/p") -> p's schema with the root's $defs
     lark_str(text) -> text as a lark string literal (JSON-quoted)
-    raise SchemaFeatureError("pattern", "why")   a keyword the grammar cannot enforce; grammar.py reports it as
-                                                 UnsupportedSchemaError(tool, keyword, message)
+    raise SchemaFeatureError("pattern", "why")   a keyword the grammar cannot enforce, while building it; the
+                                                 backends report it as UnsupportedSchemaError(tool, keyword, message)
+Also the keyword sets (ANNOTATION_KEYWORDS, VALIDATION_KEYWORDS) and string formats as regexes (FORMAT_REGEXES).
 """
 
 from __future__ import annotations

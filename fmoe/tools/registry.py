@@ -5,7 +5,7 @@ Specs (as written in a task file's ``tools:`` list):
     "calculator"                     built-ins: calculator, files (list/read/write/search_files in the workspace),
     "files" / "time" / "current_time"  time (current_time), python (run_python), shell (run_shell)
     {"shell": {"allow": ["ls", "wc"]}}  a built-in with options for its factory
-    "fmoe.demo.tools:get_weather"     module:function (module importable from the task file's dir or the cwd);
+    "fmoe.tools.demo:get_weather"     module:function (module importable from the task file's dir or the cwd);
     "my_tools.py:get_weather"        a path to a .py file works too; the object may be a Tool, a plain function
                                      (wrapped with @tool) or a list of Tools
     {"file": "my_tools.py"}          every @tool defined in that file
@@ -100,7 +100,7 @@ def _load_file_module(path: Path, spec_text: str):
 def _import_module(modname: str, base_dir: Path, spec_text: str):
     if modname.endswith(".py") or "/" in modname or os.sep in modname:
         return _load_file_module(base_dir / modname, spec_text)
-    # the task file's folder, its parent (so `fmoe.demo.tools:get_weather` in examples/x.yaml resolves wherever fmoe
+    # the task file's folder, its parent (so `fmoe.tools.demo:get_weather` in examples/x.yaml resolves wherever fmoe
     # runs from), then the working directory
     search = list(dict.fromkeys([str(base_dir), str(Path(base_dir).resolve().parent), os.getcwd()]))
     old_path = list(sys.path)

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 
-import fmoe
+from fmoe.demo import MODEL_DIR as DEMO
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = Path(fmoe.__file__).resolve().parent / "demo" / "model"
 
 
 def test_demo_model_is_shipped():
@@ -28,7 +27,7 @@ def test_example_task_passes(demo, name, monkeypatch):
     from fmoe.agent.loop import run_task
     from fmoe.agent.taskfile import load_task
 
-    monkeypatch.chdir(REPO)   # fmoe.demo.tools:get_weather resolves from the repository root
+    monkeypatch.chdir(REPO)   # fmoe.tools.demo:get_weather resolves from the repository root
     task = load_task(REPO / "examples" / f"{name}.yaml")
     model, tok = demo
     (r,) = run_task(task, model, tok)

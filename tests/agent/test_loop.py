@@ -1,4 +1,4 @@
-"""Agent runtime (fmoe.agent.loop / steps / transcript / cli_run) on a tiny random-weight Qwen3.5-MoE.
+"""Agent runtime (fmoe.agent.loop / turn / steps / transcript, fmoe.cli.run) on a tiny random-weight Qwen3.5-MoE.
 
 A random model rarely chooses to start a tool call on its own, so tests that need calls add a small logits bias
 towards ``<tool_call>`` at the first position of a turn (an extra processor after the grammar). Everything after

@@ -33,7 +33,7 @@ def test_full_task_file(tmp_path):
         task: "What is 2+2?"
         tools:
           - calculator
-          - fmoe.demo.tools:get_weather
+          - fmoe.tools.demo:get_weather
           - files
           - {name: lookup, description: "Look up", parameters: {type: object, properties: {q: {type: string}}}}
         workspace: ./ws

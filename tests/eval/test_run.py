@@ -87,7 +87,7 @@ cases:
 
 SAME_TASK_FILE = """\
 task: "What's the weather in Madrid in fahrenheit?"
-tools: [calculator, "fmoe.demo.tools:get_weather", "fmoe.demo.tools:convert_units"]
+tools: [calculator, "fmoe.tools.demo:get_weather", "fmoe.tools.demo:convert_units"]
 max_tokens: 160
 max_steps: 4
 """

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmoe.structured.call_format import detect_call_format, render_call, render_calls
+from fmoe.structured.formats import detect_call_format, render_call, render_calls
 from fmoe.structured.processor import ToolCallProcessor
 from fmoe.structured.grammar import GrammarError, UnsupportedSchemaError, compile_tool_grammar
 from fmoe.structured.qwen_vocab import CHECK_IDS, CHECK_TEXT, QWEN35_PADDED_VOCAB, qwen35_tokenizer
@@ -236,7 +236,7 @@ def test_processor_buffer_reused_clean(tok):
     every previous id reset to -inf (a stale finite logit would let the grammar be escaped)."""
     import gc
 
-    from fmoe.structured import processor as constrained
+    from fmoe.structured.masking import torch as constrained
 
     g = compile_tool_grammar(TOOLS, "xml", tokenizer=tok)
     if constrained.native.load_mask() is None:
@@ -246,7 +246,7 @@ def test_processor_buffer_reused_clean(tok):
     for t in ids[:3]:                                 # into the call region: few-allowed masks use the buffer
         a.process(torch.randn(QWEN35_PADDED_VOCAB))
         a.accept(t)
-    buf = a._sel[0]
+    buf = a._masker.few_allowed.out
     assert torch.isfinite(buf).any()
     del a
     gc.collect()
@@ -255,7 +255,7 @@ def test_processor_buffer_reused_clean(tok):
     words = b.matcher.mask().copy()
     allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[:QWEN35_PADDED_VOCAB].astype(bool)
     out = b.process(torch.randn(QWEN35_PADDED_VOCAB))
-    assert b._sel[0] is buf and out is buf            # the pooled buffer, reused
+    assert b._masker.few_allowed.out is buf and out is buf            # the pooled buffer, reused
     assert np.array_equal(torch.isfinite(out).numpy(), allowed)
 
 
@@ -373,7 +373,7 @@ def test_outlines_backend_same_checks(small_tok, backend):
 @pytest.mark.parametrize("fmt", ["hermes", "xml"])
 def test_mask_computed_during_forward_equals_inline(tok, fmt):
     """begin() (the mask computed on the worker thread while the engine runs) gives exactly the inline mask."""
-    from fmoe.structured.call_format import render_calls
+    from fmoe.structured.formats import render_calls
 
     g = compile_tool_grammar(TOOLS, fmt, tokenizer=tok)
     text = "Checking.\n\n" + render_calls([("get_weather", {"city": "Oslo", "days": 3, "tags": ["x"]})], fmt, TOOLS)

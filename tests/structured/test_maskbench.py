@@ -20,16 +20,16 @@ from fmoe.bench.grammar import (SPLITS, close_token_ids, load_split, run_maskben
 FULL = os.environ.get("FMOE_MASKBENCH_FULL") == "1"
 CAP = None if FULL else 2  # instances per schema in CI; every schema of every split is compiled
 SAMPLE_SCHEMAS = None if FULL else 16  # schemas per split for the sampling property test in CI
-DATA = Path(__file__).resolve().parents[1] / "data"  # tests/data/extdata/maskbench/<split>.jsonl
+DATA = Path(__file__).resolve().parents[1] / "data" / "extdata" / "maskbench"   # <split>.jsonl
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _maskbench_subset():
-    """load_split reads <dir>/extdata/maskbench: point it at the subset in tests/data, never at ../shared."""
+    """load_split reads fmoe.bench.grammar.DATA_DIR (--data): the subset in tests/data."""
     from fmoe.bench import grammar as bench_grammar
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench_grammar, "shared_dir", lambda: DATA)
+        mp.setattr(bench_grammar, "DATA_DIR", DATA)
         yield
 
 

@@ -1,6 +1,6 @@
 """Parser for both call formats, on constrained and unconstrained output, with failure categories."""
 
-from fmoe.structured.call_format import render_calls
+from fmoe.structured.formats import render_calls
 from fmoe.structured.parser import parse_tool_calls
 
 T = [{"type": "function", "function": {"name": "get_weather", "parameters": {

@@ -13,7 +13,7 @@ LOOKUP = {"name": "lookup", "description": "Look up a word.",
 
 def test_builtins_and_module_function(tmp_path):
     (tmp_path / "ws").mkdir()
-    reg = ToolRegistry.from_specs(["calculator", "time", "files", "fmoe.demo.tools:get_weather",
+    reg = ToolRegistry.from_specs(["calculator", "time", "files", "fmoe.tools.demo:get_weather",
                                    {"shell": {"allow": ["echo"]}}], tmp_path, workspace="ws")
     assert reg.names() == ["calculator", "current_time", "list_files", "read_file", "write_file", "search_files",
                            "get_weather", "run_shell"]
@@ -24,7 +24,7 @@ def test_builtins_and_module_function(tmp_path):
 def test_file_spec_collects_tools(tmp_path):
     (tmp_path / "my_tools.py").write_text(
         "from fmoe.tools import tool\n"
-        "from fmoe.demo.tools import get_weather\n"
+        "from fmoe.tools.demo import get_weather\n"
         "@tool\ndef add(a: int, b: int) -> int:\n    '''Add.'''\n    return a + b\n"
         "@tool\nasync def neg(a: int) -> int:\n    return -a\n"
         "def helper():\n    pass\n")
@@ -55,7 +55,7 @@ def test_errors_name_the_spec(tmp_path):
     with pytest.raises(ToolNotFoundError, match="'nothere'"):
         ToolRegistry.resolve("nothere", tmp_path)
     with pytest.raises(ToolNotFoundError, match="no attribute"):
-        ToolRegistry.resolve("fmoe.demo.tools:nope", tmp_path)
+        ToolRegistry.resolve("fmoe.tools.demo:nope", tmp_path)
     with pytest.raises(ToolNotFoundError, match="missing.py"):
         ToolRegistry.resolve({"file": "missing.py"}, tmp_path)
     with pytest.raises(ToolDefinitionError, match="workspace"):
@@ -82,7 +82,7 @@ def test_per_task_settings_do_not_leak_into_shared_tools(tmp_path):
 
 
 def test_module_spec_resolves_from_the_task_files_parent(tmp_path, monkeypatch):
-    """examples/weather.yaml names `fmoe.demo.tools:get_weather`: it resolves wherever fmoe runs from."""
+    """examples/weather.yaml names `fmoe.tools.demo:get_weather`: it resolves wherever fmoe runs from."""
     from pathlib import Path
 
     from fmoe.agent.taskfile import load_task

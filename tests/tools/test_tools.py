@@ -218,7 +218,7 @@ def test_raising_tool_is_error_result():
 
 
 def test_example_tools():
-    from fmoe.demo.tools import convert_units, get_weather
+    from fmoe.tools.demo import convert_units, get_weather
 
     r = get_weather.call({"city": "paris", "unit": "fahrenheit"})
     assert not r.is_error and '"city": "Paris"' in r.content

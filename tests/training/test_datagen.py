@@ -30,7 +30,7 @@ def test_generator_is_deterministic_for_a_seed():
 
 
 def test_schemas_are_the_real_tools(schemas):
-    from fmoe.demo.tools import convert_units, get_weather
+    from fmoe.tools.demo import convert_units, get_weather
 
     assert set(schemas) == set(datagen.TOOL_NAMES)
     assert schemas["get_weather"] == get_weather.openai_schema()
@@ -153,7 +153,7 @@ def test_v4_weather_successes_on_invented_cities():
     tool with the record's extended table); the real table is left as it was."""
     import json
 
-    from fmoe.demo.tools import WEATHER
+    from fmoe.tools.demo import WEATHER
 
     from training import datagen
 

@@ -2,7 +2,8 @@
 
     render_body("get_weather", {"city": "Paris"}) -> '{"name": "get_weather", "arguments": {"city": "Paris"}}'
     parse_body('{"name": "get_weather", "arguments": {"city": "Paris"}}', {}) -> ("get_weather", {"city": "Paris"})
-    body_lark(0, "get_weather", parameters) -> ['t0: "{\\"name\\": \\"get_weather\\", \\"arguments\\": " %json {...} "}"']
+    body_lark(0, "get_weather", parameters)
+        -> ['t0: "{\\"name\\": \\"get_weather\\", \\"arguments\\": " %json {...} "}"']   (the lark of one body)
 
 The JSON is written as jinja's tojson writes it (", " and ": "). A body sits inside the `<tool_call>` envelope
 (formats/base.py); the functions here have the same names and signatures as in qwen_xml.py.

@@ -1,7 +1,8 @@
 """Qwen3.5 XML tool calls: the body of a call is a function tag with one tag per parameter.
 
     render_body("get_weather", {"city": "Paris", "days": 3}, parameters)
-        -> '<function=get_weather>\\n<parameter=city>\\nParis\\n</parameter>\\n<parameter=days>\\n3\\n</parameter>\\n</function>'
+        -> '<function=get_weather>\\n<parameter=city>\\nParis\\n</parameter>\\n'
+           '<parameter=days>\\n3\\n</parameter>\\n</function>'
     parse_body(body, {"get_weather": parameters}) -> ("get_weather", {"city": "Paris", "days": 3})
     body_lark(0, "get_weather", parameters) -> lark rules, `t0` the body
 

@@ -2,8 +2,8 @@
 network), the full set of eight it was trained on, and a registry of them for one conversation.
 
     tools:                                  # in a task file
-      - fmoe.demo.tools:get_weather
-      - fmoe.demo.tools:convert_units
+      - fmoe.tools.demo:get_weather
+      - fmoe.tools.demo:convert_units
 
     registry = demo_registry(workspace)     # ToolRegistry: the 8 tools, file tools bound to ``workspace``,
                                             # current_time a seeded clock (reproducible runs, as in training)
