@@ -138,7 +138,7 @@ class Agent:
                         settings, self.prefix, grammar=self.grammar(), step=step, on_text=on_text)
 
     # -- tools -----------------------------------------------------------------------------------------------
-    async def _run_calls(self, calls: list[dict]):
+    async def _run_calls(self, calls: list):
         from fmoe.tools.base import ToolResult, cap_output, format_exception
 
         sem = asyncio.Semaphore(max(1, self.max_parallel))
@@ -146,7 +146,7 @@ class Agent:
         async def one(c):
             async with sem:
                 try:
-                    r = await self.registry.acall(c["name"], c["arguments"], timeout=self.tool_timeout)
+                    r = await self.registry.acall(c.name, c.arguments, timeout=self.tool_timeout)
                 except Exception as e:  # noqa: BLE001 - a tool never stops the agent
                     r = ToolResult(f"tool {c['name']!r} failed: {format_exception(e)}", True)
                 if self.max_tool_output is not None:
@@ -156,7 +156,8 @@ class Agent:
                 return r
         return await asyncio.gather(*(one(c) for c in calls))
 
-    def run_calls(self, calls: list[dict]):
+    def run_calls(self, calls: list):
+        """Run ToolCalls concurrently (at most max_parallel at once); ToolResults in the same order."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -221,7 +222,7 @@ class Agent:
                 break
             repeated = False
             for c in ms.calls:
-                key = json.dumps([c["name"], normalize_json(c["arguments"])], sort_keys=True)
+                key = json.dumps([c.name, normalize_json(c.arguments)], sort_keys=True)
                 seen[key] = seen.get(key, 0) + 1
                 repeated |= seen[key] >= REPEAT_LIMIT
             self._add_message(self._assistant_message(ms))
@@ -229,19 +230,19 @@ class Agent:
                 stop_reason = "repeated_call"
                 break
             for c in ms.calls:
-                self._emit("tool_call", step=step, name=c["name"], arguments=c["arguments"])
+                self._emit("tool_call", step=step, name=c.name, arguments=c.arguments)
             results = self.run_calls(ms.calls) if ms.calls else []
             for c, r in zip(ms.calls, results):
-                ts = ToolStep(step, c["name"], c["arguments"], r.content, r.is_error, r.truncated, r.elapsed_s)
+                ts = ToolStep(step, c.name, c.arguments, r.content, r.is_error, r.truncated, r.elapsed_s)
                 steps.append(ts)
                 self._log(ts.to_dict())
                 self._emit("tool_step", step=ts)
                 content = f"Error: {r.content}" if r.is_error and not r.content.startswith("Error") else r.content
-                self._add_message({"role": "tool", "name": c["name"], "content": content})
+                self._add_message({"role": "tool", "name": c.name, "content": content})
             if ms.parse_failure is not None:
                 f = ms.parse_failure
                 msg = (f"Error: the tool call was cut off at max_tokens ({self.max_tokens})."
-                       if f["category"] == "truncated" else f"Error: invalid tool call: {f['message']}")
+                       if f.category == "truncated" else f"Error: invalid tool call: {f.message}")
                 self._add_message({"role": "tool", "content": msg})
         if stop_reason != "final_answer" and stop_reason != "repeated_call":
             stop_reason = "max_steps"
@@ -258,7 +259,7 @@ class Agent:
         if ms.reasoning:
             m["reasoning_content"] = ms.reasoning
         if ms.calls:
-            m["tool_calls"] = [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            m["tool_calls"] = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                                for c in ms.calls]
         return m
 

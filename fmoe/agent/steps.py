@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fmoe.engine.stats import EngineStats
+from fmoe.structured.parser import Failure, ToolCall
 
 
 @dataclass
@@ -21,8 +22,8 @@ class ModelStep:
     text: str                              # the generated assistant turn (decoded, end-of-turn token removed)
     content: str = ""                      # text outside the calls and the thinking block
     reasoning: str = ""                    # the thinking block's text (thinking mode)
-    calls: list[dict] = field(default_factory=list)          # [{name, arguments}]
-    parse_failure: dict | None = None      # {category, message, json_path} (fmoe.structured.parser.Failure)
+    calls: list[ToolCall] = field(default_factory=list)     # parsed, schema-checked calls
+    parse_failure: Failure | None = None   # why the output is not (only) valid calls; None also for "no call"
     tokens: int = 0                        # generated tokens (sampled + forced)
     forced_tokens: int = 0                 # appended by the grammar without sampling
     prompt_tokens: int = 0                 # the whole rendered prompt

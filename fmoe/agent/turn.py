@@ -5,7 +5,7 @@ This is the one turn every front end runs (``fmoe run``, ``fmoe chat``, ``fmoe e
     prefix = PrefixCache(model)                          # engine-state snapshots, reused across turns
     settings = TurnSettings(max_tokens=256, call_format="xml", tool_choice="auto")
     step = run_turn(model, tok, messages, schemas, settings, prefix, grammar=grammar)   # -> ModelStep
-    step.calls                                           # [{name, arguments}], parsed and schema-checked
+    step.calls                                           # [ToolCall(name, arguments)], parsed and schema-checked
 
 Prefix reuse: the engine's state (KV + recurrent) cannot be rolled back, so :class:`PrefixCache` keeps a snapshot of
 the cache at the end of each prompt's prefill, and one of the system + tools block (shared by every conversation of
@@ -149,14 +149,11 @@ def run_turn(model, tok, messages: list[dict], tools: list[dict], settings: Turn
         reasoning = text.split("</think>", 1)[0].replace("<think>", "").strip()
     elif settings.thinking and not finished and not res.calls:
         reasoning = text.replace("<think>", "").strip()
-    failure = None
-    if res.failure is not None and res.failure.category != "no_call":
-        f = res.failure
-        failure = {"category": f.category, "message": f.message, "json_path": f.json_path}
+    failure = res.failure if res.failure is not None and res.failure.category != "no_call" else None
     prefill_passes = -(-gs.prefilled_tokens // gen.prefill_chunk)
     return ModelStep(
         step=step, text=text, content=res.content, reasoning=reasoning,
-        calls=[{"name": c.name, "arguments": c.arguments} for c in res.calls], parse_failure=failure,
+        calls=list(res.calls), parse_failure=failure,
         tokens=gs.generated_tokens, forced_tokens=gs.forced_tokens, prompt_tokens=len(ids),
         prefilled_tokens=prefilled, reused_tokens=reused, prefix_fallback=fallback,
         finish_reason=gs.finish_reason,

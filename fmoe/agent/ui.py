@@ -76,7 +76,7 @@ class AgentUI:
             line += " · " + eng
         if step.parse_failure:
             f = step.parse_failure
-            self.console.print(f"[red]call failed ({f['category']}): {escape(f['message'])}[/red]")
+            self.console.print(f"[red]call failed ({f.category}): {escape(f.message)}[/red]")
         self.console.print(f"[dim]{escape(line)}[/dim]")
 
     def on_tool_call(self, step: int, name: str, arguments: dict) -> None:

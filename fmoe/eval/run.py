@@ -127,7 +127,7 @@ class Acc:
         self.decode_steps += step.decode_passes
         if "<tool_call>" in step.text:
             self.attempts += 1
-            category = step.parse_failure["category"] if step.parse_failure else None
+            category = step.parse_failure.category if step.parse_failure else None
             self.parsed += int(category not in PARSE_FAILS)
             self.valid += int(category not in SCHEMA_FAILS)
 
@@ -188,13 +188,12 @@ def run_case(model, tok, suite: Suite, case: Case, grammar: bool, call_format: s
     for t in turns:
         acc.add_turn(t)
         if t is not first and t.parse_failure:
-            _fail(failures, variant_label, t.parse_failure["category"], case, t.text, t.parse_failure["message"])
+            _fail(failures, variant_label, t.parse_failure.category, case, t.text, t.parse_failure.message)
     rec: dict = {"id": case.id, "kind": case.kind, "output": first.text,
-                 "calls": [c for t in turns for c in t.calls]}
-    calls = [(c["name"], c["arguments"]) for c in first.calls]
+                 "calls": [{"name": c.name, "arguments": c.arguments} for t in turns for c in t.calls]}
+    calls = [(c.name, c.arguments) for c in first.calls]
     if first.parse_failure:
-        _fail(failures, variant_label, first.parse_failure["category"], case, first.text,
-              first.parse_failure["message"])
+        _fail(failures, variant_label, first.parse_failure.category, case, first.text, first.parse_failure.message)
     if case.expect.bfcl is not None or case.expect.calls is not None:
         tool_ok, args_ok, why = score_first_turn(case, calls, agent.schemas)
         acc.scored += 1

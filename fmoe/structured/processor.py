@@ -1,4 +1,5 @@
-"""ToolCallProcessor: DESIGN.md's LogitsProcessor over a compiled tool Grammar, for torch, mlx and numpy logits.
+"""ToolCallProcessor: a LogitsProcessor (fmoe.engine.interfaces) over a compiled tool Grammar, for torch, mlx and
+numpy logits.
 
     proc = ToolCallProcessor(compile_tool_grammar(tools, "xml", tokenizer=tok))
     proc.begin()                  # before the forward pass: the next mask starts on a worker thread

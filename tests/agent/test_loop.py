@@ -18,6 +18,7 @@ import torch
 
 from fmoe.agent.expect import check_expect
 from fmoe.agent.loop import Agent
+from fmoe.structured.parser import ToolCall
 from fmoe.engine.loader import load
 from fmoe.agent.transcript import Transcript, read_transcript
 from fmoe.tools import tool
@@ -119,10 +120,10 @@ def test_required_every_step_calls_and_stops_at_max_steps(tiny):
     schema = pick.parameters
     for s in ms:
         assert s.parse_failure is None and len(s.calls) == 1, s.text
-        assert s.calls[0]["name"] == "pick"
-        jsonschema.validate(s.calls[0]["arguments"], schema)
+        assert s.calls[0].name == "pick"
+        jsonschema.validate(s.calls[0].arguments, schema)
         assert s.forced_tokens > 0
-    assert [t.result for t in ts] == [f"picked {s.calls[0]['arguments']['color']}" for s in ms]
+    assert [t.result for t in ts] == [f"picked {s.calls[0].arguments['color']}" for s in ms]
     # results were fed back as tool messages after assistant messages carrying tool_calls
     roles = [m["role"] for m in r.messages]
     assert roles == ["user", "assistant", "tool", "assistant", "tool"]
@@ -327,7 +328,7 @@ def test_parallel_calls_run_concurrently_with_a_bound(tiny):
     assert [t.result.startswith("slept") for t in r.tool_steps] == [True, True]
     assert [m["role"] for m in r.messages] == ["user", "assistant", "tool", "tool"]
     t0 = time.perf_counter()
-    res = agent.run_calls([{"name": "nap", "arguments": {"which": "a"}}] * 4)
+    res = agent.run_calls([ToolCall("nap", {"which": "a"})] * 4)
     dt = time.perf_counter() - t0
     assert all(x.content == "slept a" for x in res)
     assert 0.75 < dt < 1.5     # two at a time: 2 x 0.4 s (sequential would be 1.6 s, unbounded 0.4 s)

@@ -106,7 +106,7 @@ def test_eval_case_and_run_of_the_same_task_make_the_same_calls(tmp_path):
     acc = Acc()
     rec = run_case(model, tok, suite, suite.cases[0], True, "xml", acc, {}, "4bit")
     [ran] = run_task(loads_task(SAME_TASK_FILE, path=tmp_path / "t.yaml"), model, tok)
-    run_calls = [c for s in ran.model_steps for c in s.calls]
+    run_calls = [{"name": c.name, "arguments": c.arguments} for s in ran.model_steps for c in s.calls]
     assert run_calls and run_calls[0] == {"name": "get_weather", "arguments": {"city": "Madrid", "unit": "fahrenheit"}}
     assert rec["calls"] == run_calls and acc.turns == len(ran.model_steps) and acc.scored == 1
     assert rec["tool_ok"] and rec["args_ok"] and rec["answer"] == ran.answer and rec["answer_ok"]

@@ -360,7 +360,7 @@ def test_outlines_backend_same_checks(small_tok, backend):
         else:
             assert accepts(g, small_tok, render_calls([("bash", {"command": "ls -la /tmp"})], fmt, tools))
             assert accepts(g, small_tok, "I'll look.\n\n" + render_calls([("bash", {"command": "ls"})], fmt, tools))
-            if backend == "llguidance":  # OPEN (GRAMMAR_NOTES.md): outlines rejects the "\n" before a 2nd call
+            if backend == "llguidance":  # OPEN (docs/log/grammar.md): outlines rejects the "\n" before a 2nd call
                 assert accepts(g, small_tok, render_calls([("bash", {"command": "ls"}), ("bash", {"command": "pwd"})], fmt, tools))
             assert not accepts(g, small_tok, render_calls([("bash", {})], fmt, tools))
             assert not accepts(g, small_tok, render_calls([("cat", {"command": "ls"})], fmt, tools))

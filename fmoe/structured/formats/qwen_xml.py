@@ -34,7 +34,7 @@ PARAMETERS_OBJECT_KEYWORDS = {
 
 # Lark rules the region needs besides the per-tool ones: an unconstrained raw value. Lines, then the delimiter:
 # greedy lexemes of one line each (not one lazy lexeme for the whole value), so that llguidance's slicer can skip
-# walking the token trie inside a line, which takes the mask from ~4 ms to ~0.05 ms per token (GRAMMAR_NOTES.md).
+# walking the token trie inside a line, which takes the mask from ~4 ms to ~0.05 ms per token (docs/log/grammar.md, pass 4).
 # A line that reads "</parameter>" followed by a newline is always the delimiter (the lexer keeps the longer
 # match), so a value never contains "\n</parameter>\n", the same rule the lazy form had.
 REGION_LARK: tuple[str, ...] = (
@@ -146,7 +146,7 @@ def _raw_string_terminal(schema: dict, root: dict) -> tuple[str, bool] | None:
     time, so it is left out when some part of the body can never contain a newline (enum/const literals without
     the delimiter, formats), or when the only constraint is a maxLength (minLength 0): a lazy terminal ends at the
     first delimiter whenever the text before it already matches, which `.{0,n}` always does. (It also avoids an
-    llguidance lexer-fuel exhaustion seen with intersected terminals: see GRAMMAR_NOTES.md.)
+    llguidance lexer-fuel exhaustion seen with intersected terminals: see docs/log/grammar.md.)
     """
     schema = resolve_local_ref(schema, root)
     parts: list[str] = []
