@@ -102,7 +102,7 @@ def convert(src: str | Path, dst: str | Path, bits: int | None = None, group_siz
             overwrite: bool = False, progress: bool = True, threads: int | None = None, fsync: bool = True) -> Path:
     """Convert ``src`` to a streaming layout at ``dst``; returns ``dst``."""
     from fmoe.storage.checkpoint import open_checkpoint
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if dst.exists() and not overwrite:
         raise LayoutError(f"{dst} already exists (use --force to replace it)")
     if dst.resolve() == src.resolve():
