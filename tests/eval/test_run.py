@@ -53,8 +53,7 @@ def tiny(tmp_path_factory):
 
 
 def test_small_sweep(tiny, tmp_path, monkeypatch):
-    for var in ("FMOE_CACHE", "FMOE_CACHE_DIR"):   # fmoe.engine.loader.cache_dir()
-        monkeypatch.setenv(var, str(tmp_path / "cache"))
+    monkeypatch.setenv("FMOE_CACHE_DIR", str(tmp_path / "cache"))   # fmoe.paths.cache_dir()
     suite = loads_suite(SUITE, name="tiny.yaml")
     variants = plan_variants([8], [None], [True, False])
     res = run_eval(suite, tiny, variants, tmp_path / "out", progress=False, kl_n=1, kl_max_len=48)
