@@ -1,6 +1,6 @@
-"""Cut the small test subsets in tests/data/ from the full copies in ../shared (run by hand, never by the tests).
+"""Cut the small test subsets in tests/data/ from the maintainers' full copies (run by hand, never by the tests).
 
-    python tests/data/make_subsets.py [SHARED_DIR]      # default: ../shared beside the repository
+    python tests/data/make_subsets.py SRC      # SRC holds reference/qwen3_5/ and extdata/{maskbench,bfcl}/
 
 Whole lines and whole files are copied byte for byte (no re-serialisation); see SOURCES.md for what is taken.
 """
@@ -26,8 +26,8 @@ def first_lines(path: Path, n: int) -> list[bytes]:
     return [ln if ln.endswith(b"\n") else ln + b"\n" for ln in lines]  # a file's last line may lack its newline
 
 
-def main(shared: Path) -> None:
-    ref_src, ref_dst = shared / "reference" / "qwen3_5", HERE / "reference" / "qwen3_5"
+def main(src: Path) -> None:
+    ref_src, ref_dst = src / "reference" / "qwen3_5", HERE / "reference" / "qwen3_5"
     ref_dst.mkdir(parents=True, exist_ok=True)
     for name in REFERENCE_FILES:
         shutil.copyfile(ref_src / name, ref_dst / name)
@@ -36,9 +36,9 @@ def main(shared: Path) -> None:
     mb_dst.mkdir(parents=True, exist_ok=True)
     for split in MASKBENCH_SPLITS:
         name = f"{split}.jsonl"
-        (mb_dst / name).write_bytes(b"".join(first_lines(shared / "extdata" / "maskbench" / name, MASKBENCH_LINES)))
+        (mb_dst / name).write_bytes(b"".join(first_lines(src / "extdata" / "maskbench" / name, MASKBENCH_LINES)))
 
-    bf_src, bf_dst = shared / "extdata" / "bfcl", HERE / "extdata" / "bfcl"
+    bf_src, bf_dst = src / "extdata" / "bfcl", HERE / "extdata" / "bfcl"
     (bf_dst / "possible_answer").mkdir(parents=True, exist_ok=True)
     for split in BFCL_SPLITS:
         name = f"BFCL_v4_{split}.json"
@@ -53,4 +53,6 @@ def main(shared: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[2] / "shared")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/data/make_subsets.py SRC")
+    main(Path(sys.argv[1]))
