@@ -1,0 +1,132 @@
+"""Grouped quantized mat-vec on the GPU (Triton), reading mlx's affine packed layout directly: no dequantized copy.
+
+    y = grouped_qmv(x, w, scales, biases, slots, bits=4, group_size=64)    # y[r] = W[slots[r]] @ x[r]   (float32)
+    y = grouped_qmv(x[None], w, scales, biases, slots, ...)                # one x shared by every row (gate, up)
+
+``w``: ``[S, out, in * bits / 32]`` uint32 words (int32 tensors in torch) of S expert slots (a table the caller fills:
+the VRAM expert cache, or one matrix with S = 1); ``scales``/``biases``: ``[S, out, in / group_size]`` bf16 (or fp32);
+``x``: ``[R, in]`` or ``[1, in]`` activations (bf16 or fp32); ``slots``: ``[R]`` int32. One launch runs every row of a
+layer's routed experts (the K experts of a decode token, or all (token, expert) pairs of a prefill chunk).
+
+Dequantization as mlx: ``w = scale * q + bias`` per group, so a group's contribution is
+``scale * (q . x) + bias * sum(x)``. Codes are a little-endian bit stream: value j sits at bit ``j * bits``. For
+2/4/8 bits a uint32 word holds 32/bits whole values; 3-bit codes cross word boundaries and are read from bytes.
+
+Runs on CUDA; ``TRITON_INTERPRET=1`` runs the same kernel on the CPU (the tests do, where no GPU exists).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+
+
+@triton.jit
+def _qmv_words(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr, n_in: tl.constexpr, x_row_stride,
+               BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """2/4/8 bits: whole values per uint32 word. Value e of word w is element w * EPW + e, so each of the EPW
+    shifts multiplies a [BLOCK_N, WORDS] tile by the strided activations x[w * EPW + e]."""
+    EPW: tl.constexpr = 32 // BITS                     # values per word
+    WORDS: tl.constexpr = BLOCK_K // EPW               # words per row per step
+    WPG: tl.constexpr = GROUP // EPW                   # words per group
+    MASK: tl.constexpr = (1 << BITS) - 1
+    row = tl.program_id(1)
+    slot = tl.load(slot_ptr + row).to(tl.int64)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < n_out
+    words_per_row: tl.constexpr = n_in // EPW
+    groups_per_row: tl.constexpr = n_in // GROUP
+    w_rows = w_ptr + slot * n_out * words_per_row + n.to(tl.int64)[:, None] * words_per_row
+    s_rows = slot * n_out * groups_per_row + n.to(tl.int64)[:, None] * groups_per_row
+    x_row = x_ptr + row.to(tl.int64) * x_row_stride
+    acc = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
+    for w0 in range(0, words_per_row, WORDS):
+        wi = w0 + tl.arange(0, WORDS)
+        words = tl.load(w_rows + wi[None, :], mask=n_ok[:, None], other=0)                 # [BLOCK_N, WORDS]
+        # sum_e q_e * x_e without an int->float conversion per value (a quarter-rate instruction): value e, moved to
+        # the top of a float's mantissa under the exponent of 1.0, is f_e = 1 + q_e / 2^BITS exactly, so
+        # sum_e q_e x_e = 2^BITS * (sum_e f_e x_e - sum_e x_e): one shift, one logic op and one FMA per value
+        fx = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
+        xsum = tl.zeros((WORDS,), dtype=tl.float32)
+        for e in tl.static_range(EPW):
+            if 23 - BITS - e * BITS >= 0:
+                top = words << (23 - BITS - e * BITS)
+            else:
+                top = words >> (e * BITS + BITS - 23)
+            f = ((top & (MASK << (23 - BITS))) | 0x3F800000).to(tl.float32, bitcast=True)
+            xe = tl.load(x_row + wi * EPW + e).to(tl.float32)
+            fx += f * xe[None, :]
+            xsum += xe
+        dot = (fx - xsum[None, :]) * (1 << BITS)
+        gi = wi // WPG
+        sc = tl.load(s_ptr + s_rows + gi[None, :], mask=n_ok[:, None], other=0).to(tl.float32)
+        bi = tl.load(b_ptr + s_rows + gi[None, :], mask=n_ok[:, None], other=0).to(tl.float32)
+        acc += dot * sc + bi * xsum[None, :]
+    tl.store(y_ptr + row.to(tl.int64) * n_out + n, tl.sum(acc, axis=1), mask=n_ok)
+
+
+@triton.jit
+def _qmv_bytes(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr, n_in: tl.constexpr, x_row_stride,
+               BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Any width up to 8 bits: each value read from the two bytes that hold it (3-bit codes cross words)."""
+    row = tl.program_id(1)
+    slot = tl.load(slot_ptr + row).to(tl.int64)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < n_out
+    bytes_per_row: tl.constexpr = n_in * BITS // 8
+    groups_per_row: tl.constexpr = n_in // GROUP
+    b_rows = w_ptr + slot * n_out * bytes_per_row + n.to(tl.int64)[:, None] * bytes_per_row
+    s_rows = slot * n_out * groups_per_row + n.to(tl.int64)[:, None] * groups_per_row
+    x_row = x_ptr + row.to(tl.int64) * x_row_stride
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in range(0, n_in, BLOCK_K):
+        j = k0 + tl.arange(0, BLOCK_K)
+        bit = j * BITS
+        lo = tl.load(b_rows + (bit // 8)[None, :], mask=n_ok[:, None], other=0).to(tl.uint32)
+        hi_ok = (bit // 8 + 1) < bytes_per_row
+        hi = tl.load(b_rows + (bit // 8 + 1)[None, :], mask=n_ok[:, None] & hi_ok[None, :], other=0).to(tl.uint32)
+        q = (((lo | (hi << 8)) >> (bit % 8).to(tl.uint32)[None, :]) & ((1 << BITS) - 1)) | 0x4B000000
+        q = q.to(tl.float32, bitcast=True) - 8388608.0          # exact, without an int->float conversion
+        gi = j // GROUP
+        sc = tl.load(s_ptr + s_rows + gi[None, :], mask=n_ok[:, None], other=0).to(tl.float32)
+        bi = tl.load(b_ptr + s_rows + gi[None, :], mask=n_ok[:, None], other=0).to(tl.float32)
+        x = tl.load(x_row + j).to(tl.float32)
+        acc += (q * sc + bi) * x[None, :]
+    tl.store(y_ptr + row.to(tl.int64) * n_out + n, tl.sum(acc, axis=1), mask=n_ok)
+
+
+def _block_k(n_in: int, group_size: int, bits: int, block_k: int) -> int:
+    """Elements per step: at most ``block_k``, a multiple of the group size that divides the row."""
+    for k in (4096, 2048, 1024, 512, 256, 128, 64, 32):
+        if k <= max(block_k, group_size) and k % group_size == 0 and n_in % k == 0:
+            return k
+    raise ValueError(f"in_features {n_in} is not a multiple of the group size {group_size}")
+
+
+def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor,
+                slots: torch.Tensor, bits: int, group_size: int, out: torch.Tensor | None = None,
+                block_n: int = 16, block_k: int = 256, num_warps: int = 4) -> torch.Tensor:
+    """``y[r] = dequant(w[slots[r]]) @ x[r]`` for every row r (x: [R, in] or [1, in] shared); float32 [R, out]."""
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+    n_slots, n_out, n_words = w.shape
+    n_in = n_words * 32 // bits
+    rows = slots.numel()
+    if x.shape[-1] != n_in or x.shape[0] not in (1, rows):
+        raise ValueError(f"x {tuple(x.shape)} does not match {rows} rows of in_features {n_in}")
+    if scales.shape != (n_slots, n_out, n_in // group_size) or biases.shape != scales.shape:
+        raise ValueError(f"scales/biases {tuple(scales.shape)} do not match w {tuple(w.shape)} at group {group_size}")
+    x = x.contiguous()
+    y = out if out is not None else torch.empty(rows, n_out, dtype=torch.float32, device=x.device)
+    block_k = _block_k(n_in, group_size, bits, block_k)
+    grid = (triton.cdiv(n_out, block_n), rows)
+    stride = 0 if x.shape[0] == 1 else x.stride(0)
+    if bits in (2, 4, 8):
+        _qmv_words[grid](x, w, scales, biases, slots, y, n_out, n_in, stride, BITS=bits, GROUP=group_size,
+                         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+    else:
+        _qmv_bytes[grid](x, w.view(torch.uint8), scales, biases, slots, y, n_out, n_in, stride, BITS=bits,
+                         GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+    return y
