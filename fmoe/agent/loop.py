@@ -25,6 +25,7 @@ from fmoe.agent.expect import check_expect, normalize_json
 from fmoe.agent.steps import FinalAnswer, ModelStep, RunResult, ToolStep
 from fmoe.agent.transcript import Transcript
 from fmoe.agent.turn import PrefixCache, TurnSettings, run_turn
+from fmoe.engine.stats import EngineStats
 
 REPEAT_LIMIT = 3
 
@@ -35,6 +36,7 @@ REPEAT_LIMIT = 3
 class Agent:
     def __init__(self, model, tokenizer, tools=None, *, system: str | None = None, tool_choice: Any = "auto",
                  parallel_tool_calls: bool = True, max_calls: int = 4, max_steps: int = 8, max_tokens: int = 512,
+                 max_call_tokens: int | None = 1024,
                  sampling=None, thinking: bool = False, tool_timeout: float | None = 30.0, max_parallel: int = 4,
                  max_tool_output: int | None = 16 * 1024, grammar_backend: str = "llguidance",
                  constrained: bool = True, call_format: str | None = None, processors: Sequence = (),
@@ -59,12 +61,13 @@ class Agent:
         self.tool_choice = tool_choice
         self.parallel_tool_calls, self.max_calls = parallel_tool_calls, max_calls
         self.max_steps, self.max_tokens = max_steps, max_tokens
+        self.max_call_tokens = max_call_tokens    # a started call may run past max_tokens up to this (TurnSettings)
         self.sampling = sampling or Sampling()
         self.thinking = thinking
         self.tool_timeout, self.max_parallel, self.max_tool_output = tool_timeout, max_parallel, max_tool_output
         self.grammar_backend = grammar_backend
         self.constrained = constrained
-        self.call_format = call_format or detect_call_format(tokenizer.chat_template or "")
+        self.call_format = call_format or detect_call_format(getattr(tokenizer, "chat_template", None) or "")
         self.extra_processors = list(processors)
         self.on_event = on_event
         self.transcript = transcript
@@ -81,6 +84,7 @@ class Agent:
         s = task.sampling
         kw = dict(system=task.system, tool_choice=task.tool_choice, parallel_tool_calls=task.parallel_tool_calls,
                   max_steps=task.max_steps, max_tokens=task.max_tokens,
+                  max_call_tokens=getattr(task, "max_call_tokens", 1024),
                   sampling=Sampling(s.temperature, s.top_p, s.top_k, s.seed, s.min_p), thinking=task.thinking,
                   tool_timeout=task.tool_timeout, max_tool_output=task.max_tool_output)
         kw.update(overrides)
@@ -128,12 +132,17 @@ class Agent:
     # -- one turn --------------------------------------------------------------------------------------------
     def turn(self, messages: list[dict] | None = None, step: int = 1) -> ModelStep:
         """One assistant turn on ``messages`` (default: this conversation's); no tool is run."""
-        settings = TurnSettings(max_tokens=self.max_tokens, sampling=self.sampling, thinking=self.thinking,
+        settings = TurnSettings(max_tokens=self.max_tokens, max_call_tokens=self.max_call_tokens,
+                                sampling=self.sampling, thinking=self.thinking,
                                 call_format=self.call_format, processors=tuple(self.extra_processors))
         on_text = None
         if self.on_event is not None:
             def on_text(delta: str) -> None:
                 self._emit("text", step=step, delta=delta)
+        if getattr(self.model, "is_remote", False):   # an OpenAI-compatible endpoint (fmoe.agent.remote)
+            return self.model.turn(self.messages if messages is None else messages, self.schemas, settings,
+                                   tool_choice=self.tool_choice, parallel_tool_calls=self.parallel_tool_calls,
+                                   step=step, on_text=on_text)
         return run_turn(self.model, self.tok, self.messages if messages is None else messages, self.schemas,
                         settings, self.prefix, grammar=self.grammar(), step=step, on_text=on_text)
 
@@ -201,6 +210,9 @@ class Agent:
         seen: dict[str, int] = {}
         answer, stop_reason = None, "max_steps"
         t0 = time.perf_counter()
+        from fmoe.tools.decorator import abandoned_tool_threads
+
+        self._abandoned_at_start = abandoned_tool_threads()["total"]
         n_model = 0
         for step in range(1, self.max_steps + 1):
             self._emit("step_start", step=step, max_steps=self.max_steps)
@@ -274,9 +286,16 @@ class Agent:
         dec = sum(s.timings.get("decode_s", 0.0) for s in ms)
         pre = sum(s.timings.get("prefill_s", 0.0) for s in ms)
         prefilled = sum(s.prefilled_tokens for s in ms)
-        eng = ms[-1].engine.to_dict() if ms else {}
+        eng = EngineStats.total([s.engine for s in ms]).to_dict()   # this task's windows, not the process's
+        from fmoe.tools.decorator import abandoned_tool_threads
+
+        threads = abandoned_tool_threads()
         return {
             "model_steps": len(ms), "tool_calls": len(ts), "tool_errors": sum(t.is_error for t in ts),
+            # synchronous tools that timed out in this run, and those of any run whose thread still runs
+            "tool_threads_abandoned": threads["total"] - getattr(self, "_abandoned_at_start", 0),
+            "tool_threads_running": len(threads["running"]),
+            "calls_closed_early": sum(s.closed_early for s in ms),
             "generated_tokens": gen, "forced_tokens": sum(s.forced_tokens for s in ms),
             "prompt_tokens": sum(s.prompt_tokens for s in ms), "prefilled_tokens": prefilled,
             "reused_tokens": sum(s.reused_tokens for s in ms),

@@ -31,10 +31,11 @@ class ModelStep:
     reused_tokens: int = 0                 # prompt tokens whose state came from a cached snapshot
     prefix_fallback: bool = False          # the previous prompt was not a prefix of this one: full prefill
     finish_reason: str = ""                # stop | length | grammar
+    closed_early: int = 0                  # calls the grammar steered to their end because the token budget ran out
     decode_passes: int = 0                 # forward passes after the prefill (fast-forwarded tokens share one)
     decode_bytes: int = 0                  # expert bytes read from the streaming layout during those passes
     timings: dict = field(default_factory=dict)   # prefill_s, decode_s, prefill_tok_s, decode_tok_s, step_s
-    engine: EngineStats = field(default_factory=EngineStats)   # model.stats() after the step (cumulative)
+    engine: EngineStats = field(default_factory=EngineStats)   # what the engine did during this step
     prompt_ids: list[int] = field(default_factory=list, repr=False)   # not written to transcripts
     token_ids: list[int] = field(default_factory=list, repr=False)
 

@@ -6,7 +6,9 @@
 
 Fields::
 
-    model: path/to/model          # omitted: the embedded demo model (None here; the runtime substitutes it)
+    model: path/to/model          # omitted: the embedded demo model (None here; the runtime substitutes it);
+                                  # ORG/NAME: from the Hugging Face cache; openai:http://host:8000/v1#NAME: a remote
+    api_key_env: MY_KEY           # remote model: the env var with its API key (default FMOE_API_KEY, OPENAI_API_KEY)
     backend: torch                # torch | mlx
     memory_budget: 2GB            # bytes; an int or a size: B, KB/MB/GB/TB (x1000), KiB/MiB/GiB/TiB and K/M/G/T (x1024)
     experts_per_token: 4
@@ -15,11 +17,14 @@ Fields::
     system: "You are ..."
     task: "What is ...?"          # or tasks: [..] (exactly one of the two)
     tools: [calculator, fmoe.tools.demo:get_weather, {file: my_tools.py}, {name: .., description: .., parameters: ..}]
+    mcp: [{command: mcp-server-time, args: [..], env: {..}}, {url: http://host/mcp, name: web, timeout: 10}]
+                                  # MCP servers (fmoe.tools.mcp): their tools join tools:; started by load_task
     workspace: ./workspace        # root for the file tools (relative to the task file)
     tool_choice: auto             # auto | required | none | {name: lookup}
     parallel_tool_calls: true
     max_steps: 8
     max_tokens: 512
+    max_call_tokens: 1024         # a started tool call may run past max_tokens up to this many tokens
     tool_timeout: 30              # seconds per tool call
     max_tool_output: 16384        # bytes of one tool result given back to the model
     transcript: run.jsonl         # relative to the task file
@@ -37,6 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from fmoe.errors import FmoeError, TaskFileError
+from fmoe.tools.mcp import MCPServerSpec
 from fmoe.units import parse_size
 
 
@@ -81,6 +87,7 @@ ToolSpec = Union[str, dict[str, Any]]
 
 class TaskFile(_Strict):
     model: str | None = None
+    api_key_env: str | None = None
     backend: Literal["torch", "mlx"] = "torch"
     memory_budget: int | None = None
     experts_per_token: int | None = Field(None, ge=1)
@@ -90,11 +97,13 @@ class TaskFile(_Strict):
     task: str | None = None
     tasks: list[str] | None = None
     tools: list[ToolSpec] = Field(default_factory=list)
+    mcp: list[MCPServerSpec] = Field(default_factory=list)
     workspace: str | None = None
     tool_choice: Union[Literal["auto", "required", "none"], ToolChoiceName] = "auto"
     parallel_tool_calls: bool = True
     max_steps: int = Field(8, ge=1)
     max_tokens: int = Field(512, ge=1)
+    max_call_tokens: int = Field(1024, ge=1)
     tool_timeout: float = Field(30.0, gt=0)
     max_tool_output: int = Field(16 * 1024, ge=256)
     transcript: str | None = None
@@ -108,10 +117,22 @@ class TaskFile(_Strict):
     def _size(cls, v: Any) -> Any:
         return None if v is None else parse_size(v)
 
-    @field_validator("tools", mode="before")
+    @field_validator("tools", "mcp", mode="before")
     @classmethod
     def _tools_list(cls, v: Any) -> Any:
         return [] if v is None else v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith("openai:"):
+            from fmoe.agent.remote import parse_remote_spec
+
+            try:
+                parse_remote_spec(v)
+            except FmoeError as e:
+                raise ValueError(str(e)) from None
+        return v
 
     @model_validator(mode="after")
     def _one_task(self) -> "TaskFile":
@@ -146,9 +167,25 @@ class TaskFile(_Strict):
         return self._rel(self.transcript)
 
     @property
+    def is_remote(self) -> bool:
+        """``model:`` names an OpenAI-compatible endpoint (openai:URL#NAME; fmoe.agent.remote)."""
+        return self.model is not None and self.model.startswith("openai:")
+
+    @property
     def model_path(self) -> Path | None:
         """The model as a path against the task file (None: the embedded demo model)."""
         return self._rel(self.model)
+
+    @property
+    def model_ref(self) -> Path | str | None:
+        """What the loader resolves (fmoe.engine.loader.resolve_model): ``model_path``, or ``model:`` as written
+        when it is a Hugging Face id (ORG/NAME) and no such folder is beside the task file."""
+        from fmoe.storage.hf_cache import looks_like_repo_id
+
+        p = self.model_path
+        if p is not None and not p.exists() and looks_like_repo_id(self.model):
+            return self.model
+        return p
 
     @property
     def registry(self):
@@ -165,7 +202,15 @@ class TaskFile(_Strict):
             tools = reg.add_spec(spec, self.base_dir, workspace=self.workspace_path)
             for t in tools:
                 t.max_output = self.max_tool_output
+        if self.mcp:
+            reg.add_mcp(self.mcp, self.base_dir, timeout=self.tool_timeout, max_output=self.max_tool_output)
         return reg
+
+    def close(self) -> None:
+        """Stop what the tools hold (MCP servers); the task's registry is rebuilt if used again."""
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -299,6 +344,7 @@ def loads_task(text: str, *, name: str = "<task>", path: str | Path | None = Non
 
 
 def _resolve_tools(task: TaskFile, name: str, lines: dict[tuple, int]) -> None:
+    from fmoe.structured.grammar import schema_grammar_check
     from fmoe.tools.registry import ToolRegistry
 
     reg = ToolRegistry()
@@ -306,13 +352,50 @@ def _resolve_tools(task: TaskFile, name: str, lines: dict[tuple, int]) -> None:
     if ws is not None and any(_needs_workspace(s) for s in task.tools) and not ws.is_dir():
         raise TaskFileError(f"{name}:{lines.get(('workspace',), 1)}: field 'workspace': "
                             f"directory does not exist: {ws}")
+    call_format = _task_call_format(task)
     for i, spec in enumerate(task.tools):
         try:
             for t in reg.add_spec(spec, task.base_dir, workspace=ws):
                 t.max_output = task.max_tool_output
+                # a schema the grammar cannot enforce is refused now, before any model is loaded
+                schema_grammar_check([t.openai_schema()], call_format)
         except FmoeError as e:
             raise TaskFileError(f"{name}:{lines.get(('tools', i), lines.get(('tools',), 1))}: "
                                 f"field 'tools[{i}]': {e}") from None
+    if task.mcp:
+        try:
+            reg.add_mcp(task.mcp, task.base_dir, timeout=task.tool_timeout, max_output=task.max_tool_output)
+        except FmoeError as e:
+            i = getattr(e, "index", None)
+            where = (lines.get(("mcp", i), 1), f"mcp[{i}]") if i is not None else (lines.get(("mcp",), 1), "mcp")
+            raise TaskFileError(f"{name}:{where[0]}: field '{where[1]}': {e}") from None
+    try:
+        _check_choice(task, reg, name, lines)
+    except TaskFileError:
+        reg.close()
+        raise
+    task._registry = reg
+
+
+def _task_call_format(task: TaskFile) -> str | None:
+    """The call format of the task's model from its chat template (no model load); None when unknown (remote
+    models, Hugging Face ids, folders without a template): the schema check then covers the JSON form only."""
+    from fmoe.structured.formats import detect_call_format_dir
+
+    try:
+        if task.is_remote:
+            return None
+        ref = task.model_ref
+        if ref is None:
+            from fmoe.demo import MODEL_DIR
+
+            ref = Path(MODEL_DIR)
+        return detect_call_format_dir(ref) if isinstance(ref, Path) else None
+    except Exception:  # noqa: BLE001 - only a hint for the schema check
+        return None
+
+
+def _check_choice(task: TaskFile, reg, name: str, lines: dict[tuple, int]) -> None:
     if isinstance(task.tool_choice, ToolChoiceName) and task.tool_choice.name not in reg:
         line = lines.get(("tool_choice", "name"), lines.get(("tool_choice",), 1))
         raise TaskFileError(f"{name}:{line}: field 'tool_choice.name': no tool named "
@@ -320,7 +403,6 @@ def _resolve_tools(task: TaskFile, name: str, lines: dict[tuple, int]) -> None:
     if task.tool_choice == "required" and not len(reg):
         raise TaskFileError(f"{name}:{lines.get(('tool_choice',), 1)}: field 'tool_choice': "
                             f"'required' but no tools are declared")
-    task._registry = reg
 
 
 def _needs_workspace(spec: Any) -> bool:

@@ -30,6 +30,8 @@ class TurnSettings:
     """What one turn generates under: token budget, sampling, thinking, the call format and (with a grammar) the
     tool choice the grammar was compiled for."""
     max_tokens: int = 512
+    max_call_tokens: int | None = 1024    # a started tool call may run past max_tokens up to this many tokens
+                                          # (the grammar then closes it in time: ToolCallProcessor); None = no
     sampling: Any = None                  # fmoe.engine.generate.Sampling; None = greedy
     thinking: bool = False
     call_format: str = "xml"
@@ -102,15 +104,20 @@ def _expert_bytes(model) -> int:
 
 
 def run_turn(model, tok, messages: list[dict], tools: list[dict], settings: TurnSettings, prefix: PrefixCache,
-             *, grammar=None, step: int = 1, on_text: Callable[[str], None] | None = None) -> ModelStep:
+             *, grammar=None, step: int = 1, on_text: Callable[[str], None] | None = None,
+             on_token: Callable[[int], bool | None] | None = None) -> ModelStep:
     """Render ``messages`` with ``tools``, generate one assistant turn (under ``grammar`` when given: a compiled
-    fmoe.structured grammar) and parse its calls."""
+    fmoe.structured grammar) and parse its calls. ``on_token(token_id)`` is called after each generated token (after
+    ``on_text``); returning True ends the turn there (finish_reason "stopped": a server's stop string or a client
+    that went away)."""
     from fmoe.engine.generate import Generation, Sampling
     from fmoe.engine.tokenizer import StreamingDetokenizer
     from fmoe.structured.parser import parse_tool_calls
     from fmoe.structured.processor import ToolCallProcessor
 
     t0 = time.perf_counter()
+    since = getattr(model, "stats_since", None)
+    mark = model.stats() if since is not None else None   # this step's engine window (pinning included)
     prompt = tok.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
                                      enable_thinking=settings.thinking)
     ids = tok.encode(prompt)
@@ -120,14 +127,15 @@ def run_turn(model, tok, messages: list[dict], tools: list[dict], settings: Turn
     cache, reused, fallback = prefix.lookup(ids)
     fresh = pinned_now if (pinned_now and reused == pinned_now) else 0
     reused -= fresh   # the system block computed at this step counts as prefilled, not reused
-    procs = [ToolCallProcessor(grammar)] if grammar is not None else []
+    procs = [ToolCallProcessor(grammar, max_call_tokens=settings.max_call_tokens)] if grammar is not None else []
     gen = Generation(model, ids, max_tokens=settings.max_tokens, sampling=settings.sampling or Sampling(),
                      stop_ids=list(tok.eos_token_ids), processors=[*procs, *settings.processors], cache=cache,
                      vocab_limit=min(tok.vocab_size, model.cfg.vocab_size), fast_forward=settings.fast_forward)
     out: list[int] = []
     detok = StreamingDetokenizer(tok, skip_ids=gen.stop_ids) if on_text is not None else None
     bytes_after_prefill = None
-    for st in gen:
+    steps = iter(gen)
+    for st in steps:
         if not out:  # the cache now holds exactly the prompt: keep it for the next turn
             bytes_after_prefill = _expert_bytes(model)
             if gen.cache.tokens == ids:
@@ -137,6 +145,10 @@ def run_turn(model, tok, messages: list[dict], tools: list[dict], settings: Turn
             delta = detok.add(st.token_id)
             if delta:
                 on_text(delta)
+        if on_token is not None and on_token(st.token_id):
+            steps.close()   # the generator's finally records its stats
+            gen.stats.finish_reason = "stopped"
+            break
     prefix.last_prompt = ids
     gs = gen.stats
     prefilled = gs.prefilled_tokens + fresh
@@ -156,10 +168,10 @@ def run_turn(model, tok, messages: list[dict], tools: list[dict], settings: Turn
         calls=list(res.calls), parse_failure=failure,
         tokens=gs.generated_tokens, forced_tokens=gs.forced_tokens, prompt_tokens=len(ids),
         prefilled_tokens=prefilled, reused_tokens=reused, prefix_fallback=fallback,
-        finish_reason=gs.finish_reason,
+        finish_reason=gs.finish_reason, closed_early=procs[0].closed_early if procs else 0,
         decode_passes=max(0, gs.forward_passes - prefill_passes),
         decode_bytes=(_expert_bytes(model) - bytes_after_prefill) if bytes_after_prefill is not None else 0,
         timings={"prefill_s": prefill_s, "decode_s": gs.decode_s,
                  "prefill_tok_s": prefilled / prefill_s if prefill_s else 0.0,
                  "decode_tok_s": gs.decode_tok_s, "step_s": time.perf_counter() - t0},
-        engine=gs.engine, prompt_ids=ids, token_ids=out)
+        engine=since(mark) if since is not None else gs.engine, prompt_ids=ids, token_ids=out)

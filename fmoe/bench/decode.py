@@ -85,7 +85,70 @@ def _mlx_decode(path: Path, prompt: list[int], n: int) -> tuple[float, list[int]
     return run(n)
 
 
+def profile_decode(path: Path, tokens: int = 16, warm: int = 24, memory_budget: int | None = None,
+                   threads: int | None = None, mem_gbps: float | None = None) -> dict:
+    """Decode time per token of ``path`` (torch CPU float32) split into native kernel time and the rest, against the
+    memory bound (weight bytes the kernels read per token / measured memory read bandwidth).
+
+    ``warm`` tokens are decoded first (same prompt) so that the experts are in RAM (page cache / expert cache).
+    Bytes per token = the packed weights, scales and biases of every quantized matrix the kernels ran (dense
+    float weights such as the router are not counted: the bound is slightly optimistic for us, i.e. conservative).
+    """
+    import torch
+
+    from fmoe.bench.kernels import measure_mem_read
+    from fmoe.engine.generate import Generation
+    from fmoe.engine.model import Model
+    from fmoe.kernels import native, torch_qlinear
+
+    stream = {"memory_budget": memory_budget} if memory_budget else None
+    t0 = time.perf_counter()
+    try:
+        m = Model.load(path, backend="torch", dtype="float32", stream=stream)
+    except Exception:  # noqa: BLE001 -- not the streaming layout: in-memory checkpoint
+        m = Model.load(path, backend="torch", dtype="float32")
+    load_s = time.perf_counter() - t0
+    prompt = np.random.RandomState(0).randint(0, 1000, size=8).tolist()
+    t0 = time.perf_counter()
+    list(Generation(m, prompt, max_tokens=warm))
+    warm_s = time.perf_counter() - t0
+    per_tok, prof = [], []
+    g = Generation(m, prompt, max_tokens=tokens + 1)
+    last = None
+    for i, _ in enumerate(g):  # token 0 comes after the prefill: time tokens 1..n
+        now = time.perf_counter()
+        if last is not None:
+            per_tok.append(now - last)
+            prof.append(torch_qlinear.profile(True))
+        else:
+            torch_qlinear.profile(True)
+        last = time.perf_counter()
+    torch_qlinear.profile(False)
+    best = int(np.argmin(per_tok))
+    med = float(np.median(per_tok))
+    if mem_gbps is None:
+        mem_gbps = measure_mem_read(nbytes=1 << 30, repeats=3, threads=threads or native.threads())["mem_read_gbps"]
+    nbytes = prof[best]["bytes"]
+    res = {"model": str(path), "threads": threads or native.threads(), "kernel_isa": native.kernel_isa(),
+           "load_s": load_s, "warm_tokens": warm, "warm_s": warm_s, "tokens": len(per_tok),
+           "ms_per_token_best": per_tok[best] * 1e3, "ms_per_token_median": med * 1e3,
+           "kernel_ms_best_token": prof[best]["kernel_s"] * 1e3, "rest_ms_best_token": (per_tok[best] -
+                                                                                       prof[best]["kernel_s"]) * 1e3,
+           "kernel_ms_median": float(np.median([p["kernel_s"] for p in prof])) * 1e3,
+           "kernel_calls_per_token": prof[best]["calls"], "weight_bytes_per_token": nbytes,
+           "mem_read_gbps": mem_gbps, "memory_bound_ms": nbytes / (mem_gbps * 1e9) * 1e3}
+    res["ratio_to_memory_bound_best"] = res["memory_bound_ms"] / res["ms_per_token_best"]
+    res["ratio_to_memory_bound_median"] = res["memory_bound_ms"] / res["ms_per_token_median"]
+    res["kernel_gbps_best_token"] = nbytes / max(prof[best]["kernel_s"], 1e-9) / 1e9
+    return res
+
+
 def main(argv=None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--model" in argv or any(a.startswith("--model=") for a in argv):
+        return main_model(argv)
     ap = argparse.ArgumentParser(prog="fmoe bench decode", description=__doc__)
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=32)
@@ -116,4 +179,31 @@ def main(argv=None) -> int:
     else:
         print(f"fmoe {ours:.1f} tok/s · mlx-lm {theirs:.1f} tok/s · {ours / theirs:.1f}x · "
               f"{same}/{args.tokens} greedy tokens agree")
+    return 0
+
+
+def main_model(argv) -> int:
+    ap = argparse.ArgumentParser(prog="fmoe bench decode --model PATH",
+                                 description="per-token decode time in kernels vs the rest, against the memory bound")
+    ap.add_argument("--model", required=True, help="checkpoint directory (e.g. from `fmoe synth`)")
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--warm", type=int, default=24, help="tokens decoded first so that the experts are in RAM")
+    ap.add_argument("--memory-budget-gb", type=float, default=None, help="expert cache budget (streaming layout)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", default=None, help="write decode_profile.json there")
+    a = ap.parse_args(argv)
+    budget = int(a.memory_budget_gb * 1e9) if a.memory_budget_gb else None
+    res = profile_decode(Path(a.model).expanduser(), a.tokens, a.warm, budget)
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "decode_profile.json").write_text(json.dumps(res, indent=2) + "\n")
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['ms_per_token_best']:.1f} ms/token best ({res['ms_per_token_median']:.1f} median): kernels "
+              f"{res['kernel_ms_best_token']:.1f} ms ({res['kernel_calls_per_token']} calls, "
+              f"{res['weight_bytes_per_token'] / 1e6:.0f} MB, {res['kernel_gbps_best_token']:.1f} GB/s), rest "
+              f"{res['rest_ms_best_token']:.1f} ms; memory bound {res['memory_bound_ms']:.1f} ms at "
+              f"{res['mem_read_gbps']:.1f} GB/s -> ratio {res['ratio_to_memory_bound_best']:.2f} "
+              f"({res['kernel_isa']}, {res['threads']} threads)")
     return 0

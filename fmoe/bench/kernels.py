@@ -4,7 +4,7 @@ Measures, in one run and with the same thread count:
 
 * ``mem_read_gbps``: the best of a 1-thread numpy ``sum``, the same split over ``threads`` Python threads and a
   ``threads``-thread ``torch.sum`` over a 1 GiB float32 array (bytes read / time);
-* for bits 2, 3, 4, 8: ``TorchQLinear`` on a 1-row input for the Qwen3.5-397B expert shapes (gate/up: out=1024,
+* for bits 2, 3, 4, 5, 6, 8: ``TorchQLinear`` on a 1-row input for the Qwen3.5-397B expert shapes (gate/up: out=1024,
   in=4096; down: out=4096, in=1024) and out=4096, in=4096.  Throughput = (packed weight + scales + biases bytes) /
   time.  "cold": cycling through enough distinct matrices (``cold_set_mb``, default 256 MB) that they do not fit in
   the last-level cache, the way streamed experts arrive; "hot": the same matrix again and again (cache resident).
@@ -131,6 +131,44 @@ def bench_shapes(shapes, bits: int, group_size: int = 64, cold_set_mb: float = 2
     }
 
 
+def bench_fused(bits: int = 4, group_size: int = 64, k: int = 10, cold_set_mb: float = 256.0, repeats: int = 5,
+                seed: int = 1) -> dict:
+    """A decode step's routed experts of the 397B shape (k experts: gate/up 1024x4096, down 4096x1024): one native
+    call (``FusedExperts``: gate, up, SiLU*mul, down, weighted sum, one parallel region) vs the per-matrix path
+    (3k TorchQLinear calls + torch ops), cold (rotating through ``cold_set_mb`` of distinct experts)."""
+    import torch
+    import torch.nn.functional as F
+
+    from fmoe.kernels.torch_qlinear import FusedExperts, TorchQLinear
+
+    rng = np.random.default_rng(seed)
+    per_expert = sum(n * kk * bits / 8 for n, kk in EXPERT_SHAPES)
+    sets = max(2, int(cold_set_mb * 1e6 // (per_expert * k)))
+    qs = _random_qweights(list(EXPERT_SHAPES) * (k * sets), bits, group_size, rng)
+    layers = [TorchQLinear(q) for q in qs]
+    if layers[0].backend != "native":
+        return {"error": "native kernel unavailable"}
+    experts = [tuple(layers[3 * i:3 * i + 3]) for i in range(k * sets)]
+    groups = [experts[i * k:(i + 1) * k] for i in range(sets)]
+    x = torch.randn(1, EXPERT_SHAPES[0][1])
+    w = [float(v) for v in rng.random(k)]
+    nbytes = sum(m.nbytes for ew in groups[0] for m in ew)
+
+    def fused(g):
+        return FusedExperts.make(g)(x, w)
+
+    def per_matrix(g):
+        out = torch.zeros_like(x)
+        for (gt, up, dn), wi in zip(g, w):
+            out = out + dn(F.silu(gt(x)) * up(x)) * wi
+        return out
+
+    f_s = _best_each([lambda g=g: fused(g) for g in groups], repeats) / sets
+    p_s = _best_each([lambda g=g: per_matrix(g) for g in groups], repeats) / sets
+    return {"experts": k, "bytes_per_call": nbytes, "fused_gbps": nbytes / f_s / 1e9, "fused_ms": f_s * 1e3,
+            "per_matrix_gbps": nbytes / p_s / 1e9, "per_matrix_ms": p_s * 1e3, "cold_sets": sets}
+
+
 def bench_baselines(n: int = 1024, k: int = 4096, group_size: int = 64, cold_set_mb: float = 256.0,
                     repeats: int = 5, seed: int = 0) -> dict:
     """4-bit alternatives on the same shape: torch's int4 CPU kernel (after repacking), the torch dequantize +
@@ -193,7 +231,8 @@ def bench_baselines(n: int = 1024, k: int = 4096, group_size: int = 64, cold_set
     return out
 
 
-def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_list=(2, 3, 4, 8), quick: bool = False,
+def run(json_out: bool = False, threads: int | None = None, group_size: int = 64, bits_list=(2, 3, 4, 5, 6, 8),
+        quick: bool = False,
         lm_head: bool = True, square: bool = True, repeats: int | None = None, cold_set_mb: float | None = None,
         dtype: str = "float32", write_dir: str | os.PathLike | None = None, print_out: bool = True,
         baselines: bool = False) -> dict:
@@ -202,6 +241,21 @@ def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_lis
 
     from fmoe.kernels import native
 
+    threads = threads or native.threads()
+    old_env = os.environ.get("FMOE_THREADS")
+    os.environ["FMOE_THREADS"] = str(threads)  # the native kernels' thread count (native.threads())
+    try:
+        return _run(torch, native, json_out, threads, group_size, bits_list, quick, lm_head, square, repeats,
+                    cold_set_mb, dtype, write_dir, print_out, baselines)
+    finally:
+        if old_env is None:
+            os.environ.pop("FMOE_THREADS", None)
+        else:
+            os.environ["FMOE_THREADS"] = old_env
+
+
+def _run(torch, native, json_out, threads, group_size, bits_list, quick, lm_head, square, repeats, cold_set_mb,
+         dtype, write_dir, print_out, baselines) -> dict:
     torch.set_num_threads(threads)
     load_before = _loadavg()
     repeats = repeats or (3 if quick else 7)
@@ -214,9 +268,13 @@ def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_lis
         "threads": threads,
         "group_size": group_size,
         "dtype": dtype,
-        "kernel": ("native-avx2" if native.has_simd() else "native-scalar") if native.load() else "torch",
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(),
-                    "simd": _simd_flags()},
+        "kernel": f"native-{native.kernel_isa()}" if native.load() else "torch",
+        "kernel_isa": native.kernel_isa(),
+        "command": " ".join(["fmoe bench kernels", *_ARGV]),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "physical_cores": native.physical_cores(),
+                    "machine": platform.machine(), "simd": _simd_flags(),
+                    "cpu_flags": " ".join(sorted(native.cpu_flags())),
+                    "variants_supported": native.supported_isas()},
         "bits": {},
     }
     for bits in bits_list:
@@ -235,6 +293,10 @@ def run(json_out: bool = False, threads: int = 2, group_size: int = 64, bits_lis
         s = bench_shapes([LM_HEAD], 4, group_size, 0.0, max(3, repeats // 2), dtype)
         res["lm_head_4bit"] = {"out": LM_HEAD[0], "in": LM_HEAD[1], "gbps": s["gbps"], "ratio": s["gbps"] / bw,
                                "ms_per_matvec": s["us_per_matvec"] / 1e3}
+    if 4 in bits_list:
+        res["experts_fused_4bit"] = bench_fused(4, group_size, 10, cold_set_mb, repeats)
+        if "fused_gbps" in res["experts_fused_4bit"]:
+            res["experts_fused_4bit"]["ratio"] = res["experts_fused_4bit"]["fused_gbps"] / bw
     res["machine"]["loadavg_1min_before_after"] = [load_before, _loadavg()]
     if baselines:
         res["baselines_4bit_1024x4096"] = bench_baselines(1024, 4096, group_size, cold_set_mb, repeats)
@@ -265,7 +327,7 @@ def _simd_flags() -> str:
             for line in f:
                 if line.startswith("flags"):
                     fl = set(line.split(":", 1)[1].split())
-                    return " ".join(x for x in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni") if x in fl)
+                    return " ".join(x for x in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8") if x in fl)
     except OSError:
         pass
     return ""
@@ -287,9 +349,11 @@ def to_markdown(res: dict) -> str:
     lines = [
         "# Quantized mat-vec (batch 1) vs memory read bandwidth",
         "",
+        f"Command: `{res.get('command', 'fmoe bench kernels')}`", "",
         f"Machine: {res['machine']['cpu']} ({res['machine'].get('simd', '')}), {res['machine']['cores']} cores, "
         f"1-min load average before/after {res['machine'].get('loadavg_1min_before_after')}; threads={res['threads']}; "
-        f"group_size={res['group_size']}; activations {res['dtype']}; kernel `{res['kernel']}`.",
+        f"group_size={res['group_size']}; activations {res['dtype']}; kernel `{res['kernel']}` "
+        f"(variants this CPU runs: {', '.join(res['machine'].get('variants_supported', []))}).",
         "",
         f"Memory read bandwidth: **{bw:.1f} GB/s** = best of numpy sum 1 thread "
         f"{res['mem_read']['numpy_sum_gbps']:.1f}, numpy sum {res['threads']} threads "
@@ -316,6 +380,12 @@ def to_markdown(res: dict) -> str:
         lm = res["lm_head_4bit"]
         lines += ["", f"lm_head-like 4-bit ({lm['out']}x{lm['in']}): {lm['gbps']:.1f} GB/s "
                       f"(ratio {lm['ratio']:.2f}), {lm['ms_per_matvec']:.1f} ms per mat-vec."]
+    if "fused_gbps" in res.get("experts_fused_4bit", {}):
+        fz = res["experts_fused_4bit"]
+        lines += ["", f"A decode step's {fz['experts']} routed experts (4-bit, 397B shape, "
+                      f"{fz['bytes_per_call'] / 1e6:.1f} MB, cold): one native call {fz['fused_gbps']:.1f} GB/s "
+                      f"(ratio {fz['ratio']:.2f}, {fz['fused_ms']:.2f} ms) vs per-matrix calls "
+                      f"{fz['per_matrix_gbps']:.1f} GB/s ({fz['per_matrix_ms']:.2f} ms)."]
     if "baselines_4bit_1024x4096" in res:
         lines += ["", "4-bit alternatives, 1024x4096 (GB/s of mlx-format bytes):", "",
                   "| approach | cold GB/s | hot GB/s | prepare us/matrix |", "|---|---:|---:|---:|"]
@@ -360,18 +430,29 @@ def _print_table(res: dict) -> None:
     for name, e in res.get("baselines_4bit_1024x4096", {}).items():
         c.print(f"baseline {name}: " + (e["error"] if "error" in e else
                 f"cold {e['gbps']:.2f} GB/s, hot {e['hot_gbps']:.2f} GB/s, prepare {e['prepare_us']:.0f} us"))
+    fz = res.get("experts_fused_4bit", {})
+    if "fused_gbps" in fz:
+        c.print(f"{fz['experts']} experts 4-bit in one call: {fz['fused_gbps']:.1f} GB/s (ratio {fz['ratio']:.2f}, "
+                f"{fz['fused_ms']:.2f} ms); per-matrix calls {fz['per_matrix_gbps']:.1f} GB/s "
+                f"({fz['per_matrix_ms']:.2f} ms)")
     if "lm_head_4bit" in res:
         lm = res["lm_head_4bit"]
         c.print(f"lm_head 4-bit {lm['out']}x{lm['in']}: {lm['gbps']:.1f} GB/s (ratio {lm['ratio']:.2f}), "
                 f"{lm['ms_per_matvec']:.1f} ms")
 
 
+_ARGV: list[str] = []
+
+
 def main(argv=None) -> int:
+    import sys
+
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="fmoe bench kernels", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="default: $FMOE_THREADS, else the physical cores")
     p.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128))
-    p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8], choices=(2, 3, 4, 8))
+    p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8], choices=(2, 3, 4, 5, 6, 8))
     p.add_argument("--quick", action="store_true", help="smaller cold set, fewer repeats, no 4096x4096/lm_head")
     p.add_argument("--no-lm-head", action="store_true")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fmoe.storage.expert_store import budget_for_memory, memory_floor, resident_estimate
+from fmoe.storage.osio import open_uncached
+
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 
 
@@ -43,13 +46,43 @@ def parse_size(s: str | int | None) -> int | None:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _drop_cache(files) -> None:
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+def _drop_cache(files) -> bool:
+    """Evict ``files`` from the page cache (False where the OS has no posix_fadvise: the run is then not cold)."""
+    from fmoe.storage.osio import drop_from_page_cache
+    return all([drop_from_page_cache(f) for f in files])
+
+
+class _RssSampler:
+    """Peak of each part of this process's RSS (/proc/self/status RssAnon, RssShmem: the read buffers are shared
+    anonymous mappings, RssFile), sampled every 10 ms on a thread: where the memory went."""
+
+    KEYS = ("VmRSS", "RssAnon", "RssShmem", "RssFile")
+
+    def __init__(self):
+        self.peak = {k: 0 for k in self.KEYS}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True, name="fmoe-rss")
+        self._t.start()
+
+    def sample(self) -> dict:
+        now = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            k = line.split(":", 1)[0]
+            if k in self.KEYS:
+                now[k] = int(line.split()[1]) * 1024
+        for k, v in now.items():
+            self.peak[k] = max(self.peak[k], v)
+        return now
+
+    def _run(self):
+        while not self._stop.wait(0.01):
+            self.sample()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._t.join()
+        self.sample()
+        return {f"peak_{k}": v for k, v in self.peak.items()}
 
 
 def _vm_hwm() -> int:
@@ -68,7 +101,7 @@ def disk_bandwidth(layout, threads: int, seconds: float = 4.0, seed: int = 0, se
     rng = np.random.default_rng(seed)
     layers = layout.layers
     stride = layers[0].stride
-    fds = [os.open(L.file, os.O_RDONLY | os.O_DIRECT) for L in layers]
+    fds = [open_uncached(L.file) for L in layers]
     try:
         def random_reads(qd: int, secs: float) -> float:
             jobs = [(int(rng.integers(0, len(layers))), int(rng.integers(0, layers[0].num_experts)))
@@ -136,7 +169,7 @@ def replay_bandwidth(layout, route: np.ndarray, threads: int) -> float:
     """GB/s of a bare O_DIRECT replay of the reads ``route`` asks for ([tokens, layers, k]), ``threads`` in flight,
     reused buffers: the disk's bound for exactly this access pattern, measured next to the store run."""
     layers = layout.layers
-    fds = [os.open(L.file, os.O_RDONLY | os.O_DIRECT) for L in layers]
+    fds = [open_uncached(L.file) for L in layers]
     jobs = [(l, int(e)) for t in range(route.shape[0]) for l in range(route.shape[1]) for e in route[t, l]]
     lock, it, total = threading.Lock(), iter(jobs), [0]
 
@@ -219,6 +252,7 @@ def _join_cgroup(cg: str | None) -> None:
 def worker(spec: dict) -> dict:
     """Runs in the (capped) child: load non-expert weights, then the store loop."""
     _join_cgroup(spec.get("cgroup"))
+    sampler = _RssSampler()
     from fmoe.storage.stream_layout import open_streaming
     checkpoint = open_streaming(spec["model"])
     held, ne_bytes = [], 0
@@ -256,17 +290,23 @@ def worker(spec: dict) -> dict:
             del ws
         token_s.append(time.perf_counter() - ts)
     wall = time.perf_counter() - t0
+    rss_parts = sampler.stop()
     s = store.stats()
+    est = resident_estimate(checkpoint.layout, s["memory_budget"], spec["io_threads"], k, ne_bytes)
+    est["overhead"] = 100 << 20                      # no torch in this process
+    est["total"] = sum(v for kk, v in est.items() if kk != "total")
     store.close()
     expert_nbytes = checkpoint.layout.layers[0].sizes[0]
     return {"wall_s": wall, "tokens": T, "token_s": token_s, "stats": s, "non_expert_bytes": ne_bytes,
             "non_expert_load_s": t_ne, "rss_after_non_expert": rss_after_ne, "peak_rss_bytes": _vm_hwm(),
+            "rss_parts": rss_parts, "resident_estimate": est,
             "delivered_bytes": T * Lr * k * expert_nbytes, "touched_bytes": touched, "sink": sink}
 
 
 def model_worker(spec: dict) -> dict:
     """Runs in the (capped) child: the real engine decoding greedily with experts streamed from the layout."""
     _join_cgroup(spec.get("cgroup"))
+    sampler = _RssSampler()
     import torch
 
     from fmoe.engine.generate import Generation
@@ -292,6 +332,8 @@ def model_worker(spec: dict) -> dict:
     g = Generation(m, prompt + [7], max_tokens=spec["tokens"], cache=cache)
     toks = [st.token_id for st in g]
     wall = time.perf_counter() - t1
+    peak_rss = _vm_hwm()                          # before anything below allocates
+    rss_parts = sampler.stop()
     s = m.stats()
     cfg = m.cfg
     expert_nbytes = m.checkpoint.layout.layers[0].sizes[0]
@@ -299,7 +341,10 @@ def model_worker(spec: dict) -> dict:
     # bytes a decode step touches in memory: every non-expert weight except the embedding table, + the used experts
     ne_touched = os.path.getsize(m.checkpoint.layout.non_expert_file) - _embed_bytes(m)
     return {"wall_s": wall, "tokens": T, "stats": s.to_dict(), "load_s": load_s, "rss_after_non_expert": rss_after_ne,
-            "peak_rss_bytes": _vm_hwm(), "non_expert_bytes": os.path.getsize(m.checkpoint.layout.non_expert_file),
+            "peak_rss_bytes": peak_rss, "rss_parts": rss_parts,
+            "resident_estimate": resident_estimate(m.checkpoint.layout, s.store.get("memory_budget", 0),
+                                                   spec["io_threads"], m.experts_per_token),
+            "non_expert_bytes": os.path.getsize(m.checkpoint.layout.non_expert_file),
             "delivered_bytes": s.expert_calls * expert_nbytes,
             "touched_bytes": T * ne_touched + s.expert_calls * expert_nbytes,
             "finite": bool(np.isfinite(m.ops.to_numpy(g.model.forward([toks[-1]], cache))).all()),
@@ -307,8 +352,13 @@ def model_worker(spec: dict) -> dict:
 
 
 def _embed_bytes(m) -> int:
-    e = m.checkpoint.load("embed_tokens.weight")
-    return int(e.nbytes)
+    """Stored bytes of the embedding table, from the manifest (loading it again would add to the peak RSS)."""
+    ne = m.checkpoint.layout.non_expert
+    info = ne.get("embed_tokens.weight") or ne.get("embed_tokens")
+    hdr = m.checkpoint._st.header if m.checkpoint._st is not None else None
+    if info is None or hdr is None:
+        return 0
+    return sum(hdr[n]["data_offsets"][1] - hdr[n]["data_offsets"][0] for n in info["stored"] if n in hdr)
 
 
 def ttft(model_dir: str, tokens: int, mode: str = "page-cache", budget: int | None = None, seed: int = 0) -> dict:
@@ -416,11 +466,12 @@ def summarize(res: dict, bw: dict, spec: dict) -> dict:
         "prefetch_used": s["prefetch_used"], "io_wait_s": round(s["io_wait_s"], 3),
         "peak_resident_bytes": s["peak_resident_bytes"], "peak_rss_bytes": res["peak_rss_bytes"],
         "non_expert_bytes": res["non_expert_bytes"], "rss_after_non_expert": res["rss_after_non_expert"],
-        "rss_limit_bytes": int((res["non_expert_bytes"] + s["memory_budget"]) * 1.15),
-        "cgroup_max_usage_bytes": res["cgroup_max_usage_bytes"],
+        # the documented resident formula (fmoe.storage.expert_store.resident_estimate) is the limit
+        "rss_limit_bytes": res["resident_estimate"]["total"], "resident_estimate": res["resident_estimate"],
+        "rss_parts": res.get("rss_parts"),
+        "cgroup_max_usage_bytes": res["cgroup_max_usage_bytes"], "cgroup_failcnt": res.get("cgroup_failcnt"),
     }
-    out["rss_within_limit"] = out["peak_rss_bytes"] <= max(out["rss_limit_bytes"],
-                                                           res["non_expert_bytes"] * 1.15 + (300 << 20))
+    out["rss_within_limit"] = out["peak_rss_bytes"] <= out["rss_limit_bytes"]
     return out
 
 
@@ -437,7 +488,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                         "replays random routing")
     p.add_argument("--memory-cap", type=parse_size, default=None, help="cgroup memory cap of the store process")
     p.add_argument("--budget", type=parse_size, default=None,
-                   help="expert cache budget (default: cap - non-expert - 768 MiB, or 1 GiB without a cap)")
+                   help="expert cache budget (default: the largest that fits under --memory-cap by the resident "
+                        "formula of docs/reference/streaming-format.md, or 1 GiB without a cap)")
     p.add_argument("--mode", choices=("page-cache", "direct", "both"), default="both")
     p.add_argument("--overlap", choices=("on", "off", "both"), default="both",
                    help="prefetch the next layer's experts (oracle routing) while waiting for this one")
@@ -500,7 +552,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget is not None:
         budget = args.budget
     elif args.memory_cap is not None:
-        budget = max(0, args.memory_cap - ne_est - (768 << 20))
+        # the largest budget whose resident estimate (non-expert + budget + pool + held experts + process overhead,
+        # docs/reference/streaming-format.md, Memory) fits under the cap
+        floor = memory_floor(layout, args.io_threads, k, ne_est)
+        if args.memory_cap < floor:
+            raise SystemExit(f"--memory-cap {args.memory_cap / 2**30:.2f} GiB is below what this model needs with "
+                             f"no expert cache at all ({floor / 2**30:.2f} GiB: non-expert weights "
+                             f"{ne_est / 2**30:.2f} GiB + buffers + process)")
+        budget = budget_for_memory(args.memory_cap, layout, args.io_threads, k, ne_est)
     else:
         budget = 1 << 30
     route = routing(args.tokens, layout.num_layers, layout.num_experts, k, args.routing, args.seed)

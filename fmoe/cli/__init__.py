@@ -25,6 +25,7 @@ COMMANDS = {
     "chat": ("fmoe.cli.chat", "interactive chat with tools"),
     "tools": ("fmoe.cli.tools", "list the built-in tools"),
     "eval": ("fmoe.cli.eval", "structured-output reliability sweep"),
+    "serve": ("fmoe.cli.serve", "OpenAI- and Anthropic-compatible HTTP server"),
     "bench": ("fmoe.cli.bench", "benchmarks (kernels, stream, grammar, decode, fastforward)"),
 }
 

@@ -3,6 +3,7 @@
     fmoe eval demo-heldout --bits 2,3,4,8 --grammar on,off --out bench/results/eval --limit 20
     fmoe eval bfcl:/path/to/bfcl:simple_python,multiple --per-split 10 --out out/bfcl
     fmoe eval my_suite.yaml --model path/to/hf-checkpoint --experts-per-token 2,4,8 --out out/k
+    fmoe eval demo-heldout --model openai:http://127.0.0.1:8000/v1#MODEL --out out/remote   # a remote endpoint
 
 SUITE: a suite YAML file, a built-in suite (demo-heldout) or bfcl:DIR[:split,...]. Each bit width is produced from
 --model by `fmoe convert` once and cached under the fmoe cache directory (variants/<hash>-<bits>bit-g<group>).
@@ -75,7 +76,23 @@ def main(argv: list[str] | None = None) -> int:
             suite = load_bfcl_suite(path, splits.split(",") if splits else None, per_split=args.per_split)
         else:
             suite = resolve_suite(args.suite)
-        model = args.model or MODEL_DIR
+        from fmoe.agent.remote import resolve_remote
+
+        remote = resolve_remote(args.model)
+        if remote is not None:   # an OpenAI-compatible endpoint: one variant, "remote"; no KL
+            if not args.quiet:
+                print("fmoe eval: remote model: --bits, --experts-per-token and --grammar do not apply (one variant, "
+                      "'remote'); KL is skipped", file=sys.stderr)
+            from fmoe.eval.run import run_eval_remote
+
+            results = run_eval_remote(suite, remote, args.out, limit=args.limit, progress=not args.quiet)
+            paths = write_report(results, args.out, with_plots=False)
+            print_table(results)
+            print("wrote " + ", ".join(str(p) for p in paths))
+            return 0
+        from fmoe.engine.loader import resolve_model
+
+        model = resolve_model(args.model, bits=16) if args.model else MODEL_DIR   # a directory or ORG/NAME (HF cache)
         if args.model is None and not (MODEL_DIR / "config.json").exists():
             raise FmoeError(f"the embedded demo model is missing ({MODEL_DIR}); pass --model")
         variants = plan_variants(args.bits, args.experts_per_token or [None], args.grammar, cross=args.cross,

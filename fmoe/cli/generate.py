@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "io_wait_s": eng.io_wait_s,
         "prediction_hit_rate": eng.prediction_hit_rate,
         "compute_s": model.compute_s,
+        "kernel_isa": getattr(getattr(model, "ops", None), "kernel_isa", None),
     }
     if args.json:
         print(json.dumps(result))

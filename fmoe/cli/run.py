@@ -53,6 +53,7 @@ def main(argv) -> int:
     from rich.console import Console
 
     from fmoe.agent.loop import run_task
+    from fmoe.agent.remote import RemoteModel, is_remote_spec
     from fmoe.engine.loader import load, resolve_model
     from fmoe.agent.taskfile import load_task
     from fmoe.agent.transcript import Transcript
@@ -60,14 +61,23 @@ def main(argv) -> int:
 
     args = build_parser().parse_args(argv)
     err = Console(stderr=True)
+    tasks: list = []
     try:
-        tasks = [load_task(p) for p in args.tasks]
+        for p in args.tasks:
+            tasks.append(load_task(p))
         models: dict = {}
         all_results = []
         for tf in tasks:
             options = model_options(args, tf)
-            mpath = resolve_model(args.model if args.model is not None else tf.model_path)
-            key = (str(mpath), repr(options))
+            spec = args.model if args.model is not None else tf.model
+            if is_remote_spec(spec):   # an OpenAI-compatible endpoint: no local model to load
+                key = ("remote", spec, tf.api_key_env)
+                if key not in models:
+                    models[key] = (RemoteModel.from_spec(spec, api_key_env=tf.api_key_env), None)
+                mpath = models[key][0].spec
+            else:
+                mpath = resolve_model(args.model if args.model is not None else tf.model_ref)
+                key = (str(mpath), repr(options))
             if key not in models:
                 t0 = time.perf_counter()
                 models[key] = load(mpath, options)
@@ -101,4 +111,7 @@ def main(argv) -> int:
     except FmoeError as e:
         print(f"fmoe run: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        for tf in tasks:   # MCP servers
+            tf.close()
     return 1 if any(r.passed is False for r in all_results) else 0

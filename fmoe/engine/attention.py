@@ -48,10 +48,8 @@ class GatedAttention:
         v = ops.linear(x, self.v_proj).reshape(T, Hkv, D)
         q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
         k, v = ops.swapaxes(k, 0, 1), ops.swapaxes(v, 0, 1)                       # [Hkv, T, D]
-        if state.keys is not None:
-            k = ops.concat([state.keys, k], axis=1)
-            v = ops.concat([state.values, v], axis=1)
-        state.keys, state.values = k, v
+        state.append(ops, k, v)                                                   # in place (cache.py)
+        k, v = state.keys, state.values
         o = ops.attention(ops.swapaxes(q, 0, 1), k, v, self.scale, offset)       # [Hq, T, D]
         o = ops.swapaxes(o, 0, 1).reshape(T, Hq * D) * ops.sigmoid(gate)
         return ops.linear(o, self.o_proj)

@@ -1,18 +1,70 @@
 """Per-sequence state: a KV cache for full-attention layers, conv + recurrent state for Gated DeltaNet layers.
 
-Arrays are never mutated in place (each step makes new ones), so ``snapshot()`` is a cheap shallow copy that later
-steps cannot disturb: the agent keeps one at the end of each prompt and resumes from it on the next turn.
+KV cache: keys and values live in preallocated buffers ``[Hkv, capacity, D]``; a step writes its new positions in
+place, and the buffer grows by chunks (1.5x, at least 256 positions) only when full, so decoding does not re-copy the
+whole cache at every token (before: a concat per step, O(S) bytes copied per token).
+
+Snapshots: ``snapshot()`` is a cheap shallow copy.  The linear-attention state arrays are never mutated in place (each
+step makes new ones).  A KV buffer may be shared by a state and its snapshots: each remembers its own ``length``, the
+buffer remembers how far anyone has written (``filled``); a state may append in place only at the buffer's tip, and
+copies its prefix into a fresh buffer otherwise (copy on divergence), so resuming a snapshot never disturbs another.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+CHUNK = 256
+
+
+class KVBuffer:
+    __slots__ = ("k", "v", "filled", "capacity")
+
+    def __init__(self, k, v, capacity: int):
+        self.k, self.v, self.filled, self.capacity = k, v, 0, capacity
+
+
+def _dtype_name(x) -> str:
+    return str(x.dtype).rsplit(".", 1)[-1]       # torch.bfloat16 / mlx.core.float32 -> "bfloat16" / "float32"
+
 
 @dataclass
 class AttentionState:
-    keys: Any = None      # [Hkv, S, D]
-    values: Any = None
+    buf: KVBuffer | None = None
+    length: int = 0
+    grows: int = 0          # buffer allocations so far (a growth copies the prefix once)
+
+    @property
+    def keys(self):         # [Hkv, S, D] view of the filled part
+        return None if self.buf is None else self.buf.k[:, :self.length]
+
+    @property
+    def values(self):
+        return None if self.buf is None else self.buf.v[:, :self.length]
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.buf is None else self.buf.capacity
+
+    def append(self, ops, k, v) -> None:
+        """Add ``k``/``v`` [Hkv, T, D] after the ``length`` positions held."""
+        T, n = k.shape[1], self.length
+        need = n + T
+        b = self.buf
+        if b is None or b.filled != n or need > b.capacity:
+            cap = max(need, (b.capacity + max(CHUNK, b.capacity // 2)) if b is not None else CHUNK)
+            cap = -(-cap // CHUNK) * CHUNK
+            shape = (k.shape[0], cap, k.shape[2])
+            nb = KVBuffer(ops.zeros(shape, _dtype_name(k)), ops.zeros(shape, _dtype_name(v)), cap)
+            if n:
+                nb.k[:, :n] = b.k[:, :n]
+                nb.v[:, :n] = b.v[:, :n]
+            b = self.buf = nb
+            self.grows += 1
+        b.k[:, n:need] = k
+        b.v[:, n:need] = v
+        b.filled = need
+        self.length = need
 
 
 @dataclass

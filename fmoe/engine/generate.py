@@ -56,7 +56,7 @@ class GenerationStats:
     decode_s: float = 0.0
     finish_reason: str = ""         # stop | length | grammar
     peak_rss_bytes: int = 0
-    engine: EngineStats = field(default_factory=EngineStats)   # model.stats() when the generation ended
+    engine: EngineStats = field(default_factory=EngineStats)   # what the engine did during this generation
 
     @property
     def prefill_tok_s(self) -> float:
@@ -120,6 +120,11 @@ class Generation:
             raise FmoeError("the cache holds tokens that are not a prefix of the prompt")
         if len(self.cache.tokens) == len(self.prompt_ids):
             raise FmoeError("the prompt adds no tokens beyond what the cache holds")
+        limit = getattr(getattr(model, "cfg", None), "max_position_embeddings", None)
+        if limit and len(self.prompt_ids) > limit:
+            from fmoe.engine.model import ContextLengthError
+            raise ContextLengthError(f"the prompt has {len(self.prompt_ids)} tokens, more than the model's context "
+                                     f"of {limit} (max_position_embeddings): shorten it")
 
     def _mask(self, logits):
         for p in self.processors:
@@ -133,6 +138,7 @@ class Generation:
     def __iter__(self) -> Iterator[Step]:
         m, st = self.model, self.stats
         rng = np.random.default_rng(self.sampling.seed)
+        mark = m.stats()                    # st.engine: this run's window, not the model's lifetime
         t0 = time.perf_counter()
         todo = self.prompt_ids[len(self.cache.tokens):]
         st.prefilled_tokens = len(todo)
@@ -144,11 +150,11 @@ class Generation:
         t1 = time.perf_counter()
         try:
             while True:
-                if len(self.tokens) >= self.max_tokens:
-                    st.finish_reason = "length"
-                    return
                 if self.processors and all(p.done() for p in self.processors):
-                    st.finish_reason = "grammar"
+                    st.finish_reason = "grammar"     # before the length check: a call that ends at the limit ended
+                    return
+                if len(self.tokens) >= self._limit():
+                    st.finish_reason = "length"
                     return
                 x = self._mask(logits)
                 if not np.isfinite(x).any():
@@ -163,7 +169,7 @@ class Generation:
                 if self.fast_forward and self.processors:
                     forced = list(self.processors[0].forced())
                     for f in forced:
-                        if len(self.tokens) >= self.max_tokens:
+                        if len(self.tokens) >= self._limit():
                             break
                         self._append(f, True)
                         yield Step(f, True)
@@ -171,8 +177,9 @@ class Generation:
                             st.finish_reason = "stop"
                             return
                         feed.append(f)
-                if len(self.tokens) >= self.max_tokens:
-                    st.finish_reason = "length"
+                if len(self.tokens) >= self._limit():
+                    done = self.processors and all(p.done() for p in self.processors)
+                    st.finish_reason = "grammar" if done else "length"
                     return
                 for p in self.processors:   # e.g. the grammar computes its next mask during the forward pass
                     begin = getattr(p, "begin", None)
@@ -183,7 +190,17 @@ class Generation:
         finally:
             st.decode_s = time.perf_counter() - t1
             st.peak_rss_bytes = peak_rss_bytes()
-            st.engine = m.stats()
+            st.engine = m.stats().since(mark)
+
+    def _limit(self) -> int:
+        """max_tokens, or more while a processor lets a started tool call finish (ToolCallProcessor.token_limit:
+        up to its max_call_tokens)."""
+        lim = self.max_tokens
+        for p in self.processors:
+            f = getattr(p, "token_limit", None)
+            if f is not None:
+                lim = max(lim, f(self.max_tokens))
+        return lim
 
     def _append(self, tok: int, forced: bool) -> None:
         self.tokens.append(tok)

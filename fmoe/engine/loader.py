@@ -39,15 +39,49 @@ class ModelOptions:
         return {"mode": self.io_mode, "verify": self.verify, "memory_budget": self.memory_budget}
 
 
+_KEY_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+_INDEX_FILES = ("model.safetensors.index.json", "manifest.json")
+
+
+def _safetensors_header(p: Path) -> bytes:
+    """The 8-byte length and JSON header of a safetensors file (names, dtypes, shapes, offsets)."""
+    import struct
+
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return head
+        (n,) = struct.unpack("<Q", head)
+        return head + f.read(min(n, 100 << 20))
+
+
 def content_digest(path: Path) -> str:
-    """12 hex digits of sha256 over a checkpoint's config, weights and tokenizer files (the conversion cache key)."""
+    """12 hex digits of sha256 over a checkpoint (the conversion cache key): the whole config, single weights file
+    and tokenizer files, the shard index (or streaming manifest), and for every other weight file (each shard of a
+    sharded checkpoint, each expert file of a streaming layout) its name, size, mtime and a hash of its header.
+    (A single-file checkpoint keys exactly as before shards were covered, so cached variants stay valid.)"""
+    path = Path(path)
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        p = path / name
-        if p.exists():
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+
+    def whole(p: Path) -> None:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+
+    for name in _KEY_FILES:
+        if (path / name).exists():
+            whole(path / name)
+    for name in _INDEX_FILES:
+        if (path / name).exists():
+            h.update(f"\0index {name}\0".encode())
+            whole(path / name)
+    others = sorted(p for pat in ("*.safetensors", "experts/*.bin") for p in path.glob(pat)
+                    if p.name != "model.safetensors")
+    for p in others:
+        st = p.stat()
+        head = _safetensors_header(p) if p.suffix == ".safetensors" else b""
+        h.update(f"\0shard {p.relative_to(path)} {st.st_size} {st.st_mtime_ns}\0".encode())
+        h.update(hashlib.sha256(head).digest())
     return h.hexdigest()[:12]
 
 
@@ -85,13 +119,18 @@ def quantized_variant(src: str | Path, bits: int, group_size: int | None = None,
 
 
 def resolve_model(path: str | Path | None, bits: int = 4, quiet: bool = False) -> Path:
-    """``None`` -> the demo model in the streaming layout at ``bits``; otherwise the directory given (checked)."""
+    """``None`` -> the demo model in the streaming layout at ``bits``; ``ORG/NAME`` (not a path) -> its snapshot in
+    the local Hugging Face cache (fmoe.storage.hf_cache); otherwise the directory given (checked)."""
     if path is None:
         from fmoe.demo import MODEL_DIR
 
         if not (MODEL_DIR / "config.json").exists():
             raise FmoeError(f"the embedded demo model is missing ({MODEL_DIR}); pass a model path instead")
         return quantized_variant(MODEL_DIR, bits, quiet=quiet)
+    from fmoe.storage.hf_cache import looks_like_repo_id, resolve_hf_model
+
+    if looks_like_repo_id(path):   # ORG/NAME: a Hugging Face id, from the local HF cache (offline)
+        return resolve_hf_model(str(path))
     p = Path(path).expanduser()
     if not p.is_dir():
         raise FmoeError(f"model directory not found: {p}")

@@ -21,7 +21,11 @@ from fmoe.storage.config import ModelConfig
 from fmoe.engine.gated_deltanet import GatedDeltaNet
 from fmoe.engine.moe import InMemoryExperts, MoEStats, SparseMoE, StreamedExperts
 from fmoe.engine.stats import EngineStats
-from fmoe.errors import ConfigError
+from fmoe.errors import ConfigError, FmoeError
+
+
+class ContextLengthError(FmoeError, ValueError):
+    """A prompt (with what the cache holds) longer than the model's ``max_position_embeddings``."""
 
 
 class DecoderLayer:
@@ -130,6 +134,13 @@ class Model:
         """Feed ``ids`` (a prompt chunk or one token) after what ``cache`` holds; return the last token's logits
         ([vocab], float32) or, with ``all_logits``, every position's ([T, vocab])."""
         ids = list(ids)
+        if getattr(self, "_closed", False):
+            raise FmoeError("the model is closed")
+        limit = self.cfg.max_position_embeddings
+        if limit and cache.offset + len(ids) > limit:
+            raise ContextLengthError(
+                f"{cache.offset + len(ids)} tokens ({cache.offset} in the cache + {len(ids)} new) exceed the model's "
+                f"context of {limit} tokens (max_position_embeddings): shorten the prompt")
         with self.ops.step_context(len(ids)):
             return self._forward(ids, cache, all_logits)
 
@@ -153,3 +164,26 @@ class Model:
     def stats(self) -> EngineStats:
         """What the engine has done since load (cumulative): fmoe.engine.stats.EngineStats."""
         return EngineStats.collect(self.experts.stats(), self.moe_stats.merge(), self.experts_per_token)
+
+    def stats_since(self, mark: EngineStats) -> EngineStats:
+        """What the engine has done since ``mark`` (an earlier ``stats()``): a per-step or per-task window."""
+        return self.stats().since(mark)
+
+    def close(self) -> None:
+        """Release what the model holds open: the expert store (its I/O threads and file descriptors) and the
+        checkpoint's files.  Idempotent; the model cannot run afterwards."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        close = getattr(self.experts, "close", None)
+        if close is not None:
+            close()
+        close = getattr(self.checkpoint, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

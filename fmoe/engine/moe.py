@@ -26,6 +26,8 @@ class MoEStats:
             "expert_calls": self.expert_calls,
             "prediction_hit_rate": (self.predicted_hits / self.predicted) if self.predicted else None,
             "expert_wait_s": self.fetch_s,
+            "predicted": self.predicted,
+            "predicted_hits": self.predicted_hits,
         }
 
 
@@ -71,17 +73,36 @@ class SparseMoE:
             self.stats.predicted += len(uniq)
             self.stats.predicted_hits += len(self._predicted.intersection(uniq))
             self._predicted = None
+        stacked_fn = getattr(self.experts, "stacked", None)  # the layer's experts stacked (MLX, in memory)
+        stacked = stacked_fn(self.layer) if stacked_fn is not None else None
+        if stacked is not None:  # mlx-lm's SwitchGLU: gather_qmm over the stacked experts, any T
+            self.stats.routed_tokens += T
+            self.stats.expert_calls += len(uniq)
+            out = self._mlp(x, *self.shared) * ops.sigmoid(ops.linear(x, self.shared_gate))
+            return out + ops.switch_glu(x, stacked, ids, weights)
         t0 = time.perf_counter()
         fetched = self.experts.get(self.layer, uniq)
         self.stats.fetch_s += time.perf_counter() - t0
         self.stats.routed_tokens += T
         self.stats.expert_calls += len(uniq)
-        out = self._mlp(x, *self.shared) * ops.sigmoid(ops.linear(x, self.shared_gate))
+        sg = ops.sigmoid(ops.linear(x, self.shared_gate))
         if T == 1:
             wd = {e: float(weights[0, j]) for j, e in enumerate(ids[0].tolist())}
+            ws = [wd[e] for e in uniq]
+            fused = getattr(ops, "fused_experts", None)  # one native call for all experts (torch CPU float32)
+            if fused is not None:
+                y = fused(x, [*fetched, self.shared], [*ws, sg])  # the shared expert too, when it matches
+                if y is None:
+                    y = fused(x, fetched, ws)
+                    if y is not None:
+                        y = y + self._mlp(x, *self.shared) * sg
+                if y is not None:
+                    return y
+            out = self._mlp(x, *self.shared) * sg
             for e, ew in zip(uniq, fetched):
                 out = out + self._mlp(x, *ew) * wd[e]
             return out
+        out = self._mlp(x, *self.shared) * sg
         w_full = np.zeros((T, self.cfg.num_experts), dtype=np.float32)
         np.put_along_axis(w_full, ids, weights, axis=-1)
         for e, ew in zip(uniq, fetched):
@@ -98,6 +119,21 @@ class InMemoryExperts:
     def __init__(self, ops, checkpoint):
         self.ops, self.checkpoint = ops, checkpoint
         self._prepared: dict[tuple[int, int], tuple] = {}
+        self._stacked: dict[int, tuple | None] = {}
+
+    def stacked(self, layer: int):
+        """The layer's experts stacked and prepared once (backends with ``prepare_switch``, i.e. MLX's gather_qmm,
+        on checkpoints that store them stacked and quantized), or None: then experts are applied one by one."""
+        prep = getattr(self.ops, "prepare_switch", None)
+        if prep is None:
+            return None
+        if layer not in self._stacked:
+            p = f"layers.{layer}.mlp.switch_mlp"
+            ck, names = self.checkpoint, ("gate_proj", "up_proj", "down_proj")
+            has = getattr(ck, "has", None)
+            ok = has is not None and all(has(f"{p}.{n}.weight") and has(f"{p}.{n}.scales") for n in names)
+            self._stacked[layer] = prep(tuple(ck.linear(f"{p}.{n}") for n in names)) if ok else None
+        return self._stacked[layer]
 
     def get(self, layer: int, ids):
         out = []
@@ -129,3 +165,6 @@ class StreamedExperts:
 
     def stats(self) -> dict:
         return self.store.stats()
+
+    def close(self) -> None:
+        self.store.close()

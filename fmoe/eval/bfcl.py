@@ -29,7 +29,34 @@ from typing import Any, Iterable
 
 from fmoe.errors import FmoeError
 
-SPLITS = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
+SPLITS = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")   # shipped in tests/data
+# Every single-turn split of BFCL v4 (gorilla bfcl_eval/data/BFCL_v4_<split>.json), checked by the AST checker.
+AST_SPLITS = ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
+              "irrelevance", "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple",
+              "live_irrelevance", "live_relevance", "java", "javascript", "sql")
+# Splits with no call as the right answer / with any call as the right answer (no possible_answer file).
+NO_CALL_SPLITS = ("irrelevance", "live_irrelevance")
+ANY_CALL_SPLITS = ("live_relevance",)
+# Splits this single-turn runner cannot score (state across turns, agentic web/memory tools): skipped with a message.
+SKIPPED_PREFIXES = ("multi_turn", "memory", "web_search", "format_sensitivity")
+
+
+def split_language(split: str) -> str:
+    """BFCL's test language of a split: "java", "javascript" or "python" (sql: python, as BFCL's AST checker)."""
+    if "javascript" in split:
+        return "javascript"
+    if "java" in split:
+        return "java"
+    return "python"
+
+
+def discover_splits(d: Path) -> tuple[list[str], list[str]]:
+    """(splits to run, splits skipped) among the BFCL_v4_*.json files of ``d``."""
+    run, skipped = [], []
+    for f in sorted(d.glob("BFCL_v4_*.json")):
+        s = f.name[len("BFCL_v4_"):-len(".json")]
+        (skipped if s.startswith(SKIPPED_PREFIXES) else run).append(s)
+    return run, skipped
 CATEGORIES = ("wrong_count", "wrong_function", "missing_argument", "unexpected_argument", "wrong_type",
               "wrong_value", "unexpected_call")
 _TYPE_MAP = {"dict": "object", "float": "number", "tuple": "array", "double": "number", "long": "integer",
@@ -83,9 +110,30 @@ def to_json_schema(node: Any, top: bool = False) -> Any:
     return out
 
 
-def to_openai_tool(fn: dict) -> dict:
+def _as_strings(node: Any, lang: str) -> Any:
+    """Java/JavaScript parameters as BFCL gives them to function-calling models: every value a string holding the
+    language's literal (BFCL's language_specific_pre_processing), its type named in the description."""
+    if not isinstance(node, dict):
+        return node
+    out = dict(node)
+    props = node.get("properties")
+    if isinstance(props, dict):
+        out["properties"] = {k: _as_strings(v, lang) for k, v in props.items()}
+        return out
+    t = node.get("type", "any")
+    lang_name = "Java" if lang == "java" else "JavaScript"
+    desc = (node.get("description") or "").rstrip()
+    out = {"type": "string", "description": (desc + " " if desc else "")
+           + f"This is {lang_name} {t} type parameter in string representation."}
+    return out
+
+
+def to_openai_tool(fn: dict, language: str = "python") -> dict:
+    params = fn.get("parameters") or {}
+    if language in ("java", "javascript"):
+        params = _as_strings(dict(params, type="object"), language)
     return {"type": "function", "function": {"name": fn["name"], "description": fn.get("description", ""),
-                                             "parameters": to_json_schema(fn.get("parameters") or {}, top=True)}}
+                                             "parameters": to_json_schema(params, top=True)}}
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -103,24 +151,37 @@ def load_bfcl(path: str | Path, splits: Iterable[str] | None = None) -> list[dic
     d = Path(path).expanduser()
     if not d.is_dir():
         raise BFCLError(f"BFCL directory not found: {d}")
-    splits = list(splits) if splits else [s for s in SPLITS if (d / f"BFCL_v4_{s}.json").exists()]
+    if splits:
+        splits = list(splits)
+    else:
+        splits, skipped = discover_splits(d)
+        if skipped:
+            import sys
+
+            print(f"fmoe eval: BFCL splits skipped (multi-turn or agentic: this runner scores single turns): "
+                  f"{', '.join(skipped)}", file=sys.stderr)
     out = []
     for s in splits:
-        if s not in SPLITS:
-            raise BFCLError(f"unknown BFCL split {s!r} (known: {', '.join(SPLITS)})")
+        if s.startswith(SKIPPED_PREFIXES):
+            raise BFCLError(f"BFCL split {s!r} is multi-turn or agentic: fmoe eval scores single turns only")
         qf = d / f"BFCL_v4_{s}.json"
         if not qf.exists():
-            raise BFCLError(f"{qf} is missing")
+            raise BFCLError(f"{qf} is missing (known splits: {', '.join(AST_SPLITS)})")
         answers = {}
-        if s != "irrelevance":
+        if s not in NO_CALL_SPLITS and s not in ANY_CALL_SPLITS:
             af = d / "possible_answer" / f"BFCL_v4_{s}.json"
             if not af.exists():
                 raise BFCLError(f"{af} is missing")
             answers = {r["id"]: r["ground_truth"] for r in _read_jsonl(af)}
         for r in _read_jsonl(qf):
             turns = r.get("question") or [[]]
+            gt: Any = answers.get(r["id"], [])
+            if s in NO_CALL_SPLITS:
+                gt = []
+            elif s in ANY_CALL_SPLITS:
+                gt = [{"__any__": {}}]
             out.append({"id": r["id"], "split": s, "messages": list(turns[0]), "functions": list(r["function"]),
-                        "ground_truth": answers.get(r["id"], []) if s != "irrelevance" else []})
+                        "ground_truth": gt, "language": split_language(s)})
     return out
 
 
@@ -138,7 +199,8 @@ def load_bfcl_suite(path: str | Path, splits: Iterable[str] | None = None, per_s
         recs = kept
     cases = []
     for r in recs:
-        cases.append({"id": r["id"], "kind": r["split"], "tools": [to_openai_tool(f) for f in r["functions"]],
+        lang = r.get("language", "python")
+        cases.append({"id": r["id"], "kind": r["split"], "tools": [to_openai_tool(f, lang) for f in r["functions"]],
                       "messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]],
                       "expect": {"bfcl": r["ground_truth"]}, "loop": False})
     return Suite.model_validate({"name": f"bfcl:{','.join(sorted({r['split'] for r in recs}))}",
@@ -245,6 +307,10 @@ def check_bfcl(calls: list[tuple[str, dict]], ground_truth: list[dict], function
         if calls:
             return CheckResult(False, "unexpected_call", f"no call is right here, got {len(calls)}")
         return CheckResult(True, None, "", True)
+    if ground_truth == [{"__any__": {}}]:      # relevance: any call of a declared function is right
+        names = {f["name"] for f in functions}
+        ok = bool(calls) and all(n in names for n, _ in calls)
+        return CheckResult(ok, None if ok else "wrong_count", "" if ok else "a call was expected", ok)
     exp_names = sorted(next(iter(g)) for g in ground_truth)
     tool_ok = sorted(n for n, _ in calls) == exp_names
     if len(calls) != len(ground_truth):

@@ -13,7 +13,8 @@ from fmoe.eval.run import METRICS
 
 COLUMNS = (("bits", "bits"), ("experts_per_token", "k"), ("grammar", "grammar"), ("parse_rate", "parse"),
            ("schema_valid_rate", "schema ok"), ("tool_accuracy", "tool"), ("argument_accuracy", "args"),
-           ("answer_accuracy", "answer"), ("tok_s", "tok/s"), ("bytes_per_token", "MB/tok"),
+           ("answer_accuracy", "answer"), ("tok_s", "tok/s"), ("sampled_tok_s", "sampled/s"),
+           ("bytes_per_token", "MB/tok"), ("bytes_per_pass", "MB/pass"),
            ("kl_vs_reference", "KL"))
 PLOT_METRICS = ("parse_rate", "schema_valid_rate", "tool_accuracy", "argument_accuracy", "answer_accuracy",
                 "kl_vs_reference")
@@ -24,9 +25,9 @@ def cell(key: str, v: Any) -> str:
         return "-"
     if key == "grammar":
         return "on" if v else "off"
-    if key == "bytes_per_token":
+    if key in ("bytes_per_token", "bytes_per_pass"):
         return f"{v / 1e6:.2f}"
-    if key == "tok_s":
+    if key in ("tok_s", "sampled_tok_s"):
         return f"{v:.1f}"
     if key == "kl_vs_reference":
         return f"{v:.4f}"
@@ -36,16 +37,19 @@ def cell(key: str, v: Any) -> str:
 
 
 def markdown(results: dict) -> str:
+    ref = results["kl_reference"]
+    kl = (f"KL skipped ({ref['skipped']})" if "skipped" in ref else
+          f"KL reference: {ref['bits']} bits, {ref['experts_per_token']} experts/token, {ref['positions']} positions")
     out = [f"# fmoe eval: {results['suite']}", "",
            f"model `{results['model']}`, backend {results['backend']}, call format {results['call_format']}, "
-           f"{results['cases']} cases; KL reference: {results['kl_reference']['bits']} bits, "
-           f"{results['kl_reference']['experts_per_token']} experts/token, "
-           f"{results['kl_reference']['positions']} positions.", "",
+           f"{results['cases']} cases; {kl}.", "",
            "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in results["variants"]:
         out.append("| " + " | ".join(cell(k, r.get(k)) for k, _ in COLUMNS) + " |")
     out += ["", "parse / schema ok: over turns that attempted a call; tool / args: first turn; answer: cases run "
-                "to a final answer with the tools; MB/tok: expert bytes read per decoded token; KL: mean "
+                "to a final answer with the tools (\"-\": nothing to count); tok/s: generated tokens (grammar-forced "
+                "included) per decode second, sampled/s: sampled ones only; MB/tok: expert bytes read per generated "
+                "token, MB/pass: per decode forward pass (forced tokens share a pass); KL: mean "
                 "KL(reference || variant) per position, teacher-forced.", ""]
     counts = results.get("failure_counts") or {}
     if counts:

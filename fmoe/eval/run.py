@@ -11,8 +11,12 @@ Each case runs through the agent (fmoe.agent.loop.Agent: the same turn, prefix r
     tool_accuracy       first turn: the right tool names (as a multiset; no call where none is right)
     argument_accuracy   first turn: right tools and right arguments (BFCL cases: BFCL's AST checker)
     answer_accuracy     cases run to a final answer with the tools (suite ``loop``): every expected string present
-    tok_s               generated tokens / decode seconds (forced grammar tokens included)
-    bytes_per_token     expert bytes read from the streaming layout per decode forward pass
+    tok_s               generated tokens / decode seconds (forced grammar tokens included: output speed)
+    sampled_tok_s       sampled tokens (generated minus forced) / decode seconds
+    bytes_per_token     expert bytes read from the streaming layout per generated token (forced ones included:
+                        grammar-on and grammar-off rows compare per token of output)
+    bytes_per_pass      the same bytes per decode forward pass (fast-forwarded tokens share one pass)
+    calls_closed_early  calls the grammar steered to their end because the token budget ran out (max_call_tokens)
     kl_vs_reference     mean over positions of KL(reference || variant) of next-token distributions, teacher-forced
                         on the suite's rendered conversations; the reference is the highest bits with the most experts
 """
@@ -32,7 +36,7 @@ from fmoe.eval.suite import Case, Suite
 from fmoe.errors import FmoeError
 
 METRICS = ("parse_rate", "schema_valid_rate", "tool_accuracy", "argument_accuracy", "answer_accuracy", "tok_s",
-           "bytes_per_token", "kl_vs_reference")
+           "sampled_tok_s", "bytes_per_token", "bytes_per_pass", "kl_vs_reference")
 PARSE_FAILS = ("unparsable", "truncated")
 SCHEMA_FAILS = ("unparsable", "truncated", "unknown_tool", "schema_violation")
 
@@ -113,6 +117,8 @@ class Acc:
     looped: int = 0
     answer_ok: int = 0
     gen_tokens: int = 0
+    forced_tokens: int = 0
+    closed_early: int = 0
     decode_s: float = 0.0
     decode_bytes: int = 0
     decode_steps: int = 0
@@ -122,6 +128,8 @@ class Acc:
         """Count one assistant turn (a fmoe.agent.steps.ModelStep)."""
         self.turns += 1
         self.gen_tokens += step.tokens
+        self.forced_tokens += step.forced_tokens
+        self.closed_early += getattr(step, "closed_early", 0)
         self.decode_s += step.timings.get("decode_s", 0.0)
         self.decode_bytes += step.decode_bytes
         self.decode_steps += step.decode_passes
@@ -137,7 +145,11 @@ class Acc:
         return {"parse_rate": r(self.parsed, self.attempts), "schema_valid_rate": r(self.valid, self.attempts),
                 "tool_accuracy": r(self.tool_ok, self.scored), "argument_accuracy": r(self.args_ok, self.scored),
                 "answer_accuracy": r(self.answer_ok, self.looped),
-                "tok_s": r(self.gen_tokens, self.decode_s), "bytes_per_token": r(self.decode_bytes, self.decode_steps),
+                "tok_s": r(self.gen_tokens, self.decode_s),
+                "sampled_tok_s": r(self.gen_tokens - self.forced_tokens, self.decode_s),
+                "bytes_per_token": r(self.decode_bytes, self.gen_tokens),
+                "bytes_per_pass": r(self.decode_bytes, self.decode_steps),
+                "calls_closed_early": self.closed_early, "forced_tokens": self.forced_tokens,
                 "call_attempt_rate": r(self.attempts, self.turns), "turns": self.turns, "cases_scored": self.scored,
                 "cases_looped": self.looped, "generated_tokens": self.gen_tokens}
 
@@ -164,6 +176,7 @@ def case_agent(model, tok, suite: Suite, case: Case, grammar: bool, call_format:
 
     return Agent(model, tok, case_registry(suite, case, workspace), tool_choice=case.tool_choice,
                  max_steps=suite.max_steps if suite.case_loops(case) else 1, max_tokens=suite.max_tokens,
+                 max_call_tokens=suite.max_call_tokens,
                  sampling=Sampling(temperature=0.0), thinking=case.thinking, constrained=grammar,
                  call_format=call_format)
 
@@ -271,6 +284,12 @@ def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], 
     cases = list(suite.cases)[:limit] if limit else list(suite.cases)
     if not variants:
         raise FmoeError("no variants to run")
+    from fmoe.eval.suite import check_suite_schemas
+    from fmoe.structured.formats import detect_call_format_dir
+
+    # unsupported schema keywords are refused before any variant is converted or loaded
+    check_suite_schemas(suite.model_copy(update={"cases": cases}), suite.name,
+                        call_format=suite.call_format if suite.call_format != "auto" else detect_call_format_dir(src))
     dirs = {b: quantized_variant(src, b, quiet=not progress) for b in sorted({v.bits for v in variants})}
     tok = load_tokenizer(dirs[min(dirs)])
     call_format = suite.call_format if suite.call_format != "auto" else detect_call_format(tok.chat_template or "")
@@ -337,3 +356,37 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.3g}"
     return str(x)
+
+
+# --------------------------------------------------------------------------------------------------- remote
+def run_eval_remote(suite: Suite, model, out_dir: str | Path | None = None, limit: int | None = None,
+                    progress: bool = True, log=None) -> dict:
+    """Every case against a remote model (fmoe.agent.remote.RemoteModel: an OpenAI-compatible endpoint). One
+    variant, "remote": bits, experts per token and the grammar do not apply (the endpoint decodes unconstrained;
+    its calls are parsed and schema-checked here, so parse_rate and schema_valid_rate are the remote's own), and
+    kl_vs_reference is null (no local logits): ``kl_reference`` says why."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True) if progress else None)
+    cases = list(suite.cases)[:limit] if limit else list(suite.cases)
+    acc, failures, records = Acc(), {}, []
+    label = "remote"
+    t0 = time.perf_counter()
+    for i, case in enumerate(cases):
+        records.append(run_case(model, None, suite, case, False, "hermes", acc, failures, label))
+        if progress and (i + 1) % 10 == 0:
+            log(f"  {label}: {i + 1}/{len(cases)} cases ({time.perf_counter() - t0:.0f} s)")
+    m = acc.metrics()
+    m["kl_vs_reference"] = None
+    m["bytes_per_token"] = m["bytes_per_pass"] = None
+    entry = {"variant": label, "bits": None, "experts_per_token": None, "grammar": None, **m,
+             "wall_s": round(time.perf_counter() - t0, 2), "cases": len(cases)}
+    log(f"fmoe eval: {label}: " + ", ".join(f"{key}={_fmt(entry[key])}" for key in METRICS))
+    if out_dir is not None:
+        d = Path(out_dir) / "cases"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    counts = failures.pop("_counts", {})
+    return {"suite": suite.name, "model": str(model), "backend": "remote", "call_format": "openai tools",
+            "cases": len(cases), "remote": True,
+            "kl_reference": {"skipped": "remote model: no local logits; bits, experts and grammar variants do not "
+                                        "apply"},
+            "variants": [entry], "failure_counts": counts, "failures": failures}

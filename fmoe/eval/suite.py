@@ -9,6 +9,7 @@ Format::
     description: what it measures
     call_format: auto            # auto (from the chat template) | xml | hermes
     max_tokens: 256              # per assistant turn
+    max_call_tokens: 1024        # a tool call started in a turn may run past max_tokens up to this many tokens
     loop: false                  # run each case to a final answer with the tools (needs expect.answer)
     max_steps: 6                 # assistant turns per case when looping
     tools:                       # optional named tool declarations (OpenAI style), referenced by name in cases
@@ -104,6 +105,7 @@ class Suite(_Strict):
     description: str = ""
     call_format: Literal["auto", "xml", "hermes"] = "auto"
     max_tokens: int = Field(256, ge=1)
+    max_call_tokens: int = Field(1024, ge=1)   # a started call may run past max_tokens up to this many tokens
     loop: bool = False
     max_steps: int = Field(6, ge=1)
     tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -177,7 +179,33 @@ def loads_suite(text: str, name: str = "<suite>") -> Suite:
             if isinstance(t, dict) and "name" not in t and "function" not in t:
                 line = lines.get(("cases", i, "tools", j), 1)
                 raise SuiteError(f"{name}:{line}: field 'cases[{i}].tools[{j}]': a tool declaration needs 'name'")
+    check_suite_schemas(suite, name, lines)
     return suite
+
+
+def check_suite_schemas(suite: Suite, name: str = "<suite>", lines: dict | None = None,
+                        call_format: str | None = None) -> None:
+    """SuiteError naming the case, the tool and the keyword when the grammar could not enforce a tool's schema
+    (fmoe.structured.grammar.schema_grammar_check): at load, before any model is converted or loaded."""
+    from fmoe.structured.grammar import schema_grammar_check
+    from fmoe.structured.schema import UnsupportedSchemaError
+
+    fmt = call_format or (suite.call_format if suite.call_format != "auto" else None)
+    lines = lines or {}
+    seen: set[str] = set()
+    for i, c in enumerate(suite.cases):
+        for j, schema in enumerate(suite.tool_schemas(c)):
+            key = json.dumps(schema, sort_keys=True)
+            if key in seen:
+                continue
+            try:
+                schema_grammar_check([schema], fmt)
+            except UnsupportedSchemaError as e:
+                ref = c.tools[j]
+                fld, line = (f"tools.{ref}", lines.get(("tools", ref), 1)) if isinstance(ref, str) else \
+                    (f"cases[{i}].tools[{j}]", lines.get(("cases", i, "tools", j), lines.get(("cases", i), 1)))
+                raise SuiteError(f"{name}:{line}: field '{fld}': {e}") from None
+            seen.add(key)
 
 
 def resolve_suite(spec: str) -> Suite:

@@ -1,13 +1,23 @@
 """Build (once, cached) and load the native kernels through ctypes: the quantized mat-vec ``qmv.cpp`` (:func:`load`)
 and the logits bitmask ``logits_mask.cpp`` (:func:`load_mask`, the grammar's per-step host cost).
 
-The shared library is compiled with the system C++ compiler (``$CXX`` or ``g++``/``c++``/``clang++``) with
-``-O3 -march=native -pthread -ffp-contract=off`` into ``$FMOE_CACHE_DIR/kernels`` (default ``$XDG_CACHE_HOME/fmoe/kernels`` or
-``~/.cache/fmoe/kernels``), keyed by a hash of the source, compiler, flags and CPU, so it builds once per machine
-(about 2-4 s) and later imports only ``dlopen`` it.  No torch headers and no ninja are needed.
+Each source is compiled once per instruction-set variant with explicit flags (not ``-march=native``), and the best
+variant the CPU supports is loaded (runtime dispatch from the CPU's flags, ``/proc/cpuinfo``):
 
-If no compiler is available or the build fails, :func:`load` / :func:`load_mask` return ``None`` and callers fall
-back to the pure torch path.  Set ``FMOE_NATIVE=0`` to disable the native kernels.
+* ``avx512``: ``-mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512vnni`` (x86 with AVX-512 + VNNI);
+* ``avx2``: ``-mavx2 -mfma -mf16c`` (x86-64-v3);
+* ``generic``: no ISA flags: portable C++ (SSE2 auto-vectorization on x86-64, NEON on aarch64, where it is the
+  baseline; there is no hand-written NEON kernel).
+
+``FMOE_ISA=avx2|avx512|generic`` forces a variant (one the CPU lacks is refused with a warning).  Libraries go to
+``$FMOE_CACHE_DIR/kernels`` (default ``$XDG_CACHE_HOME/fmoe/kernels`` or ``~/.cache/fmoe/kernels``), keyed by a hash
+of the source, compiler, flags and architecture, so each builds once per machine and later imports only ``dlopen``
+it.  No torch headers and no ninja are needed.  A variant that fails to build prints a warning naming the slower
+variant taken; if none builds (or no compiler is found), :func:`load` / :func:`load_mask` return ``None`` (with a
+warning) and callers fall back to the pure torch path.  ``FMOE_NATIVE=0`` disables the native kernels (silently).
+
+Threads: :func:`threads` = ``$FMOE_THREADS``, else the physical cores this process may run on (hyperthreads not
+counted).
 """
 
 from __future__ import annotations
@@ -21,13 +31,26 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 from fmoe.paths import cache_dir as fmoe_cache_dir
 
 _SRC = Path(__file__).with_name("qmv.cpp")
 _MASK_SRC = Path(__file__).with_name("logits_mask.cpp")
-_FLAGS = ["-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
+_BASE_FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
+ISA_FLAGS = {
+    "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "generic": [],
+}
+# /proc/cpuinfo flags each variant needs
+_ISA_NEEDS = {
+    "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
+    "avx2": {"avx2", "fma", "f16c"},
+    "generic": set(),
+}
+ISAS = ("avx512", "avx2", "generic")  # best first
 _lock = threading.Lock()
 
 
@@ -42,42 +65,99 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_signature() -> str:
+def _cpuinfo_line(prefixes=("flags", "Features")) -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
+                if line.startswith(prefixes):
                     return line.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
 
 
-def build(verbose: bool = False, source: Path = _SRC) -> Path:
-    """Compile ``source`` (default ``qmv.cpp``; if not cached) and return the path of the shared library."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it does not exist, e.g. macOS)."""
+    line = _cpuinfo_line()
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
+def cpu_name() -> str:
+    line = _cpuinfo_line(("model name", "Hardware", "CPU part"))
+    return line.split(":", 1)[1].strip() if ":" in line else (platform.processor() or platform.machine())
+
+
+def supported_isas(flags: set[str] | None = None, machine: str | None = None) -> list[str]:
+    """Variants this CPU can run, best first (``generic`` always)."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i686", "x86"):
+        return ["generic"]
+    flags = cpu_flags() if flags is None else flags
+    return [isa for isa in ISAS if _ISA_NEEDS[isa] <= flags]
+
+
+def _wanted_isas() -> list[str]:
+    """Variants to try, in order: $FMOE_ISA (if the CPU supports it) then the supported ones, best first."""
+    ok = supported_isas()
+    forced = os.environ.get("FMOE_ISA", "").strip().lower()
+    if forced:
+        if forced in ok:
+            return ok[ok.index(forced):]
+        warnings.warn(f"FMOE_ISA={forced!r}: not one this CPU runs ({', '.join(ok)}); using {ok[0]}",
+                      RuntimeWarning, stacklevel=3)
+    return ok
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (SMT siblings counted once)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for c in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def threads() -> int:
+    """Threads of the native kernels: ``$FMOE_THREADS``, else the physical cores (see :func:`physical_cores`)."""
+    env = os.environ.get("FMOE_THREADS")
+    if env:
+        return max(1, int(env))
+    global _threads
+    if _threads is None:
+        _threads = physical_cores()
+    return _threads
+
+
+_threads: int | None = None
+
+
+def build(verbose: bool = False, source: Path = _SRC, isa: str | None = None) -> Path:
+    """Compile ``source`` (default ``qmv.cpp``) for ``isa`` (default: the best this CPU runs) if not cached, and
+    return the path of the shared library.  Building a variant the CPU cannot run is allowed (compile tests)."""
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX)")
+    isa = isa or supported_isas()[0]
     src = source.read_bytes()
-    flags = _FLAGS + os.environ.get("FMOE_QMV_CFLAGS", "").split()  # extra flags for experiments
+    flags = _BASE_FLAGS + ISA_FLAGS[isa] + os.environ.get("FMOE_QMV_CFLAGS", "").split()  # extra: experiments
     key = hashlib.sha256(
-        b"\0".join([src, cxx.encode(), " ".join(flags).encode(), _cpu_signature().encode(), platform.machine().encode()])
+        b"\0".join([src, cxx.encode(), " ".join(flags).encode(), platform.machine().encode()])
     ).hexdigest()[:16]
     out_dir = cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    so = out_dir / f"fmoe_{source.stem}_{key}.so"
+    so = out_dir / f"fmoe_{source.stem}_{isa}_{key}.so"
     if so.exists():
         return so
     fd, tmp = tempfile.mkstemp(prefix=so.stem + ".", suffix=".so.tmp", dir=out_dir)
     os.close(fd)
     cmd = [cxx, *flags, str(source), "-o", tmp]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0 and "-march=native" in cmd:  # e.g. compilers without -march=native: portable build
-        cmd = [c for c in cmd if c != "-march=native"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         os.unlink(tmp)
-        raise RuntimeError(f"compiling {source.name} failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
+        raise RuntimeError(f"compiling {source.name} ({isa}) failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
     if verbose:
         print(" ".join(cmd), file=sys.stderr)
     os.replace(tmp, so)  # atomic: concurrent builders race harmlessly
@@ -97,6 +177,10 @@ _SIGNATURES = {
                               _P, _I64, _I64,  # out, N, K
                               _I, _I, _I]),    # bits, group_size, nthreads
         "fmoe_qmv_has_simd": (_I, []),
+        "fmoe_qmv_isa": (ctypes.c_char_p, []),
+        "fmoe_moe_fused": (_I, [_P, _P, _P, _I, _I64,  # ptrs (9 per expert), inter[E], weights[E], E, H
+                                _I, _I, _I,            # scales_bf16, bits, group_size
+                                _P, _P, _I, _I, _I]),  # x, y, accumulate, nthreads, mode
     },
     _MASK_SRC: {
         "fmoe_mask_logits_f32": (_I64, [_P, _I64, _P, _I64]),                       # logits, n, words, nwords
@@ -104,36 +188,62 @@ _SIGNATURES = {
         "fmoe_mask_apply_f32": (_I64, [_P, _P, _I64, _P, _I64, _P, _P, _I64]),
     },
 }
-_loaded: dict[Path, tuple[ctypes.CDLL | None, str | None]] = {}
+_loaded: dict[tuple[Path, str | None], tuple[ctypes.CDLL | None, str | None, str | None]] = {}
 
 
-def _load(source: Path) -> tuple[ctypes.CDLL | None, str | None]:
-    """(library, None) or (None, why): built once, its functions typed from _SIGNATURES; cached per source."""
-    hit = _loaded.get(source)
+def _dlopen(source: Path, isa: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build(source=source, isa=isa)))
+    for name, (res, args) in _SIGNATURES[source].items():
+        f = getattr(lib, name)
+        f.restype, f.argtypes = res, args
+    return lib
+
+
+def _load(source: Path, isa: str | None = None) -> tuple[ctypes.CDLL | None, str | None, str | None]:
+    """(library, isa, None) or (None, None, why), cached per (source, isa).  ``isa=None``: the best variant that
+    builds, with a warning for each one that fails; a given ``isa``: that variant or the error."""
+    hit = _loaded.get((source, isa))
     if hit is not None:
         return hit
     with _lock:
-        if source not in _loaded:
-            try:
-                if os.environ.get("FMOE_NATIVE", "1") in ("0", "false", "no", "off"):
-                    raise RuntimeError("disabled by FMOE_NATIVE=0")
-                lib = ctypes.CDLL(str(build(source=source)))
-                for name, (res, args) in _SIGNATURES[source].items():
-                    f = getattr(lib, name)
-                    f.restype, f.argtypes = res, args
-                _loaded[source] = (lib, None)
-            except Exception as e:  # noqa: BLE001 -- any failure means "use the torch fallback"
-                _loaded[source] = (None, f"{type(e).__name__}: {e}")
-    return _loaded[source]
+        if (source, isa) not in _loaded:
+            if os.environ.get("FMOE_NATIVE", "1") in ("0", "false", "no", "off"):
+                _loaded[(source, isa)] = (None, None, "RuntimeError: disabled by FMOE_NATIVE=0")
+                return _loaded[(source, isa)]
+            tries = [isa] if isa else _wanted_isas()
+            errors = []
+            for i, v in enumerate(tries):
+                try:
+                    _loaded[(source, isa)] = (_dlopen(source, v), v, None)
+                    break
+                except Exception as e:  # noqa: BLE001 -- any failure means "use the next, slower path"
+                    errors.append(f"{v}: {type(e).__name__}: {e}")
+                    if isa is None:
+                        nxt = tries[i + 1] if i + 1 < len(tries) else None
+                        slower = (f"using the slower {nxt} variant" if nxt else
+                                  "using the pure torch path (much slower)")
+                        warnings.warn(f"fmoe: the {v} build of {source.name} failed ({type(e).__name__}: "
+                                      f"{str(e).splitlines()[0]}); {slower}", RuntimeWarning, stacklevel=3)
+            else:
+                _loaded[(source, isa)] = (None, None, "; ".join(errors))
+    return _loaded[(source, isa)]
 
 
-def load() -> ctypes.CDLL | None:
-    """The quantized mat-vec library, or None when unavailable (see :func:`load_error`)."""
-    return _load(_SRC)[0]
+def load(isa: str | None = None) -> ctypes.CDLL | None:
+    """The quantized mat-vec library (the best variant this CPU runs, or ``isa``), or None when unavailable (see
+    :func:`load_error`)."""
+    return _load(_SRC, isa)[0]
 
 
-def load_error() -> str | None:
-    return _load(_SRC)[1]
+def load_error(isa: str | None = None) -> str | None:
+    return _load(_SRC, isa)[2]
+
+
+def kernel_isa() -> str:
+    """The variant the quantized mat-vec runs: "avx512vnni", "avx2", "generic" / "generic-neon", or "torch" when
+    the native kernel is unavailable."""
+    lib = load()
+    return lib.fmoe_qmv_isa().decode() if lib is not None else "torch"
 
 
 def load_mask() -> ctypes.CDLL | None:
@@ -142,7 +252,7 @@ def load_mask() -> ctypes.CDLL | None:
 
 
 def load_mask_error() -> str | None:
-    return _load(_MASK_SRC)[1]
+    return _load(_MASK_SRC)[2]
 
 
 def has_simd() -> bool:

@@ -30,11 +30,33 @@
 #define FMOE_GRAIN 64
 #endif
 
+// ISA variants: native.py compiles this file once per variant with explicit flags (not -march=native) and loads the
+// best one the CPU supports:
+//   avx512: -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512vnni  (the AVX2 code in EVEX form with 32
+//           vector registers, and the int16 multiply-accumulate fused into one VNNI vpdpwssd)
+//   avx2:   -mavx2 -mfma -mf16c
+//   generic: no ISA flags (portable C++; auto-vectorized by the compiler: SSE2 on x86-64, NEON on aarch64)
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define FMOE_AVX2 1
 #else
 #define FMOE_AVX2 0
+#endif
+#if FMOE_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define FMOE_VNNI 1
+// acc + sum of the two int16 x int16 products of each int32 lane (exact: codes are < 2^8, no saturation case)
+#define FMOE_DPWSSD(ACC, A, B) _mm256_dpwssd_epi32((ACC), (A), (B))
+#define FMOE_ISA_NAME "avx512vnni"
+#else
+#define FMOE_VNNI 0
+#define FMOE_DPWSSD(ACC, A, B) _mm256_add_epi32((ACC), _mm256_madd_epi16((A), (B)))
+#if FMOE_AVX2
+#define FMOE_ISA_NAME "avx2"
+#elif defined(__aarch64__)
+#define FMOE_ISA_NAME "generic-neon"
+#else
+#define FMOE_ISA_NAME "generic"
+#endif
 #endif
 
 namespace {
@@ -64,6 +86,8 @@ inline uint32_t code_at(const uint32_t* row, int64_t k, int bits) {
   if (off + bits > 32) v |= static_cast<uint64_t>(row[wi + 1]) << (32 - off);
   return static_cast<uint32_t>(v) & ((1u << bits) - 1u);
 }
+
+inline bool valid_bits(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8; }
 
 // ---------------------------------------------------------------------------------------------------------------
 // A small thread pool with "claimed chunks" semantics: the caller publishes a job (n chunks), workers and the caller
@@ -387,7 +411,7 @@ float row_q8(const uint32_t* row, const void* sc, const void* bi, int64_t gbase,
 // W = codes per 32-bit lane: bits 2 -> 16, 3 -> 8 (24-bit lanes made by a byte shuffle), 4 -> 8, 8 -> 4.
 template <int BITS>
 constexpr int i16_lane_codes() {
-  return BITS == 2 ? 16 : (BITS == 8 ? 4 : 8);
+  return BITS == 2 ? 16 : ((BITS == 3 || BITS == 4) ? 8 : 4);  // 5, 6, 8 bits: 4 codes per lane
 }
 
 template <int BITS>
@@ -456,9 +480,21 @@ inline __m256 comb_lanes(const float* comb, int64_t k0) {
 
 // One block of packed codes in the int16-lane layout both row_i16 kernels multiply: 32 bytes as loaded, or for 3 bits
 // 24 bytes spread so that lane i holds codes 8i..8i+7 (its 24-bit value re-split into 12-bit halves at bits 0 and 16).
+// 6 bits: the same 3-byte lanes hold 4 codes (two per 12-bit half).  5 bits: a block is 20 bytes, lane i holds the
+// 20 bits [20i, 20i+20) (4 codes), re-split into 10-bit halves at bits 0 and 16.
 template <int BITS>
 inline __m256i load_code_block(const uint8_t* p) {
-  if constexpr (BITS == 3) {
+  if constexpr (BITS == 5) {
+    // low 128: bytes 0..15 (lanes 0-3 use bytes 0..9); high 128: bytes 4..19 (lanes 4-7 use bytes 10..19)
+    const __m256i shuf5 = _mm256_setr_epi8(0, 1, 2, -1, 2, 3, 4, -1, 5, 6, 7, -1, 7, 8, 9, -1,  //
+                                           6, 7, 8, -1, 8, 9, 10, -1, 11, 12, 13, -1, 13, 14, 15, -1);
+    const __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 4), (const __m128i*)p);
+    const __m256i t = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_shuffle_epi8(raw, shuf5), _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4)),
+        _mm256_set1_epi32(0xFFFFF));
+    return _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi32(0x3FF)),
+                           _mm256_slli_epi32(_mm256_and_si256(t, _mm256_set1_epi32(0xFFC00)), 6));
+  } else if constexpr (BITS == 3 || BITS == 6) {
     const __m256i shuf3 = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,  //
                                            4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
     const __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
@@ -495,7 +531,7 @@ float row_i16(const uint32_t* row, const void* sc, const void* bi, int64_t gbase
 #define FMOE_I16(J, ACC)                                                                              \
   {                                                                                                   \
     __m256i c = _mm256_and_si256((J) == 0 ? v : _mm256_srli_epi32(v, (J) * BITS), mask);              \
-    ACC = _mm256_add_epi32(ACC, _mm256_madd_epi16(c, _mm256_loadu_si256(xb + (J))));                  \
+    ACC = FMOE_DPWSSD(ACC, c, _mm256_loadu_si256(xb + (J)));                                          \
   }
       FMOE_I16(0, acc0)
       if constexpr (H > 1) FMOE_I16(1, acc1)
@@ -543,10 +579,10 @@ void row_i16_x4(const uint32_t* row, const void* bi, int64_t gbase, const int16_
       const __m256i* x3 = reinterpret_cast<const __m256i*>(xq[3]) + off;
       for (int j = 0; j < H; ++j) {
         const __m256i c = _mm256_and_si256(j == 0 ? v : _mm256_srl_epi32(v, _mm_cvtsi32_si128(j * BITS)), mask);
-        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(c, _mm256_loadu_si256(x0 + j)));
-        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(c, _mm256_loadu_si256(x1 + j)));
-        a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(c, _mm256_loadu_si256(x2 + j)));
-        a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(c, _mm256_loadu_si256(x3 + j)));
+        a0 = FMOE_DPWSSD(a0, c, _mm256_loadu_si256(x0 + j));
+        a1 = FMOE_DPWSSD(a1, c, _mm256_loadu_si256(x1 + j));
+        a2 = FMOE_DPWSSD(a2, c, _mm256_loadu_si256(x2 + j));
+        a3 = FMOE_DPWSSD(a3, c, _mm256_loadu_si256(x3 + j));
       }
     }
     t0 = _mm256_fmadd_ps(comb_lanes<BLOCK, GS>(comb[0], sbi * SB), _mm256_cvtepi32_ps(a0), t0);
@@ -631,6 +667,8 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
                                       x + m * xs, K);
         } else if constexpr (BITS == 8) {
           r = row_q8<GS, BF16>(row, sc, bi, n * gpr, x + m * xs, K);
+        } else if constexpr (BITS == 5 || BITS == 6) {  // float32 activations: portable code
+          r = row_scalar<BF16>(row, sc, bi, n * gpr, x + m * xs, 0, K, BITS, GS);
         } else {
           r = row_fact<BITS, GS, BF16>(row, sc, bi, n * gpr, xp0 + m * xps, xsum0 + m * gps, x + m * xs, K);
         }
@@ -674,7 +712,186 @@ int dispatch_bits(const uint32_t* w, const void* sc, const void* bi, const float
     case 2: return dispatch_gs<2, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
     case 3: return dispatch_gs<3, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
     case 4: return dispatch_gs<4, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 5: return dispatch_gs<5, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 6: return dispatch_gs<6, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
     case 8: return dispatch_gs<8, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+  }
+  return -1;
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------------------------
+// One call for a token's routed experts (decode): y (+)= sum_e w_e * down_e(silu(gate_e x) * up_e x).
+// One parallel region for the whole call: chunk indices [0, nA) are row chunks of the gate and up matrices of all
+// experts, [nA, nA + E) make h_e = silu(g_e) * u_e and prepare it for the down products, [nA + E, nA + E + nC) are
+// row chunks of y (each sums the E experts' down rows, so no reduction across threads).  Chunks are claimed in
+// increasing order, so a chunk of a later phase only ever waits for chunks that running threads already claimed
+// (never for a worker the OS has not scheduled: see Pool).
+
+struct XVec {  // one activation vector prepared for the row products
+  const float* x = nullptr;
+  int mode = 0;  // 0 int16 activations, 1 float32 SIMD, 2 portable scalar
+  std::vector<int16_t> xq;
+  std::vector<float> xsc, xsum, xp;
+};
+
+inline void spin_until(const std::atomic<int64_t>& a, int64_t target) {
+  int spins = 0;
+  while (a.load(std::memory_order_acquire) < target) {
+    if (++spins < 4096) {
+#if FMOE_AVX2
+      _mm_pause();
+#endif
+    } else {
+      std::this_thread::yield();  // the chunk we wait for is running on a thread that lost its CPU
+    }
+  }
+}
+
+struct ExpertPtrs {
+  const uint32_t* w[3];  // gate, up, down
+  const void* s[3];
+  const void* b[3];
+  int64_t inter;
+  float weight;
+};
+
+// Portable row products (any bits / group size): the generic build, and mode 2 everywhere.
+template <bool BF16>
+struct ScalarOps {
+  int bits, gs;
+  void prepare(XVec& v, const float* x, int64_t, int) const {
+    v.x = x;
+    v.mode = 2;
+  }
+  float row(const XVec& v, const uint32_t* w, const void* sc, const void* bi, int64_t n, int64_t K, float*) const {
+    return row_scalar<BF16>(w + n * (K * bits / 32), sc, bi, n * (K / gs), v.x, 0, K, bits, gs);
+  }
+};
+
+#if FMOE_AVX2
+template <int BITS, int GS, bool BF16>
+struct SimdOps {
+  void prepare(XVec& v, const float* x, int64_t K, int mode) const {
+    v.x = x;
+    if (mode == 0)
+      for (int64_t k = 0; k < K; ++k)
+        if (!std::isfinite(x[k])) { mode = 1; break; }
+    v.mode = mode;
+    const int64_t gpr = K / GS;
+    if (mode == 0) {
+      v.xq.resize(static_cast<size_t>(K + 16));
+      v.xsc.resize(static_cast<size_t>(gpr + 8));
+      v.xsum.resize(static_cast<size_t>(gpr + 8));
+      prepare_xq<BITS>(x, v.xq.data(), v.xsc.data(), v.xsum.data(), K, GS);
+    } else if (mode == 1) {
+      v.xp.resize(static_cast<size_t>(K + 16));
+      v.xsum.resize(static_cast<size_t>(gpr + 8));
+      prepare_x<BITS>(x, v.xp.data(), v.xsum.data(), K, GS);
+    }
+  }
+  float row(const XVec& v, const uint32_t* w, const void* sc, const void* bi, int64_t n, int64_t K,
+            float* comb) const {
+    const int64_t gpr = K / GS;
+    const uint32_t* r = w + n * (K * BITS / 32);
+    if (v.mode == 0) {
+      row_comb<BF16>(sc, n * gpr, v.xsc.data(), comb, gpr);
+      return row_i16<BITS, GS, BF16>(r, sc, bi, n * gpr, v.xq.data(), comb, v.xsum.data(), v.x, K);
+    }
+    if (v.mode == 1) {
+      if constexpr (BITS == 8) {
+        return row_q8<GS, BF16>(r, sc, bi, n * gpr, v.x, K);
+      } else if constexpr (BITS == 5 || BITS == 6) {
+        return row_scalar<BF16>(r, sc, bi, n * gpr, v.x, 0, K, BITS, GS);
+      } else {
+        return row_fact<BITS, GS, BF16>(r, sc, bi, n * gpr, v.xp.data(), v.xsum.data(), v.x, K);
+      }
+    }
+    return row_scalar<BF16>(r, sc, bi, n * gpr, v.x, 0, K, BITS, GS);
+  }
+};
+#endif
+
+template <class Ops>
+void moe_fused_run(const Ops& ops, const ExpertPtrs* ex, int E, int64_t H, const float* x, float* y, int accumulate,
+                   int nthreads, int mode) {
+  const int64_t grain = FMOE_GRAIN;
+  struct AChunk {
+    int e, m;
+    int64_t r0, r1;
+  };
+  std::vector<AChunk> achunks;
+  std::vector<int64_t> hoff(static_cast<size_t>(E) + 1, 0);
+  int64_t maxk = H;
+  for (int e = 0; e < E; ++e) {
+    const int64_t I = ex[e].inter;
+    hoff[e + 1] = hoff[e] + I;
+    maxk = std::max(maxk, I);
+    for (int m = 0; m < 2; ++m)
+      for (int64_t r0 = 0; r0 < I; r0 += grain) achunks.push_back({e, m, r0, std::min(I, r0 + grain)});
+  }
+  std::vector<float> g(static_cast<size_t>(hoff[E]) + 16), u(static_cast<size_t>(hoff[E]) + 16);
+  XVec xv;
+  ops.prepare(xv, x, H, mode);
+  std::vector<XVec> hv(static_cast<size_t>(E));
+  const int64_t nA = static_cast<int64_t>(achunks.size()), nB = E, nC = (H + grain - 1) / grain;
+  const size_t comb_size = static_cast<size_t>(maxk / 32 + 8);
+  std::atomic<int64_t> doneA{0}, doneB{0};
+  parallel_chunks(nA + nB + nC, nthreads, [&](int64_t c) {
+    thread_local std::vector<float> comb;
+    if (comb.size() < comb_size) comb.resize(comb_size);
+    if (c < nA) {
+      const AChunk& a = achunks[static_cast<size_t>(c)];
+      const ExpertPtrs& p = ex[a.e];
+      float* out = (a.m == 0 ? g.data() : u.data()) + hoff[a.e];
+      for (int64_t r = a.r0; r < a.r1; ++r) out[r] = ops.row(xv, p.w[a.m], p.s[a.m], p.b[a.m], r, H, comb.data());
+      doneA.fetch_add(1, std::memory_order_acq_rel);
+    } else if (c < nA + nB) {
+      spin_until(doneA, nA);
+      const int e = static_cast<int>(c - nA);
+      const int64_t I = ex[e].inter;
+      const float* gg = g.data() + hoff[e];
+      float* h = u.data() + hoff[e];
+      for (int64_t i = 0; i < I; ++i) h[i] = gg[i] / (1.0f + std::exp(-gg[i])) * h[i];
+      ops.prepare(hv[static_cast<size_t>(e)], h, I, mode);
+      doneB.fetch_add(1, std::memory_order_acq_rel);
+    } else {
+      spin_until(doneB, nB);
+      const int64_t r0 = (c - nA - nB) * grain, r1 = std::min(H, r0 + grain);
+      float acc[FMOE_GRAIN];
+      for (int64_t r = r0; r < r1; ++r) acc[r - r0] = 0.f;
+      for (int e = 0; e < E; ++e) {  // expert by expert: each reads one contiguous block of its down matrix
+        const XVec& hx = hv[static_cast<size_t>(e)];
+        const ExpertPtrs& p = ex[e];
+        for (int64_t r = r0; r < r1; ++r)
+          acc[r - r0] += p.weight * ops.row(hx, p.w[2], p.s[2], p.b[2], r, p.inter, comb.data());
+      }
+      for (int64_t r = r0; r < r1; ++r) y[r] = accumulate ? y[r] + acc[r - r0] : acc[r - r0];
+    }
+  });
+}
+
+#if FMOE_AVX2
+template <int BITS, bool BF16>
+int fused_gs(const ExpertPtrs* ex, int E, int64_t H, const float* x, float* y, int acc, int nt, int mode, int gs) {
+  switch (gs) {
+    case 32: moe_fused_run(SimdOps<BITS, 32, BF16>{}, ex, E, H, x, y, acc, nt, mode); return 0;
+    case 64: moe_fused_run(SimdOps<BITS, 64, BF16>{}, ex, E, H, x, y, acc, nt, mode); return 0;
+    case 128: moe_fused_run(SimdOps<BITS, 128, BF16>{}, ex, E, H, x, y, acc, nt, mode); return 0;
+  }
+  return -2;
+}
+
+template <bool BF16>
+int fused_bits(const ExpertPtrs* ex, int E, int64_t H, const float* x, float* y, int acc, int nt, int mode, int bits,
+               int gs) {
+  switch (bits) {
+    case 2: return fused_gs<2, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
+    case 3: return fused_gs<3, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
+    case 4: return fused_gs<4, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
+    case 5: return fused_gs<5, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
+    case 6: return fused_gs<6, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
+    case 8: return fused_gs<8, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
   }
   return -1;
 }
@@ -689,7 +906,7 @@ extern "C" {
 int fmoe_qmv(const uint32_t* w, const void* scales, const void* biases, int scales_bf16, const float* x, float* y,
              int64_t N, int64_t K, int M, int64_t x_stride, int64_t y_stride, int bits, int group_size, int nthreads,
              int mode) {
-  if (!(bits == 2 || bits == 3 || bits == 4 || bits == 8)) return -1;
+  if (!valid_bits(bits)) return -1;
   if (!(group_size == 32 || group_size == 64 || group_size == 128)) return -2;
   if (K % group_size != 0 || N < 0 || M < 0) return -3;
   if (nthreads < 1) nthreads = 1;
@@ -711,10 +928,13 @@ int fmoe_qmv(const uint32_t* w, const void* scales, const void* biases, int scal
 
 int fmoe_qmv_has_simd(void) { return FMOE_AVX2; }
 
+// Name of the instruction set this library was compiled for ("avx512vnni", "avx2", "generic", "generic-neon").
+const char* fmoe_qmv_isa(void) { return FMOE_ISA_NAME; }
+
 // out[n, k] = scale * q + bias in float32 (the float32 product is rounded, then the sum: same as numpy/mlx float32).
 int fmoe_dequant(const uint32_t* w, const void* scales, const void* biases, int scales_bf16, float* out, int64_t N,
                  int64_t K, int bits, int group_size, int nthreads) {
-  if (!(bits == 2 || bits == 3 || bits == 4 || bits == 8)) return -1;
+  if (!valid_bits(bits)) return -1;
   if (!(group_size == 32 || group_size == 64 || group_size == 128)) return -2;
   if (K % group_size != 0 || K % 8 != 0) return -3;
   if (nthreads < 1) nthreads = 1;
@@ -731,6 +951,14 @@ int fmoe_dequant(const uint32_t* w, const void* scales, const void* biases, int 
       const int64_t k0 = g * group_size;
       // 8 codes at a time: they occupy `bits` consecutive bytes of the LSB-first stream
 #if FMOE_AVX2
+      if (bits == 5 || bits == 6) {  // 8 codes span 5 / 6 bytes: portable code
+        for (int64_t k = k0; k < k0 + group_size; k += 8) {
+          uint64_t v = 0;
+          std::memcpy(&v, rb + k * bits / 8, static_cast<size_t>(bits));
+          for (int e = 0; e < 8; ++e) o[k + e] = sc * static_cast<float>((v >> (bits * e)) & mask) + bi;
+        }
+        continue;
+      }
       const __m256 vs = _mm256_set1_ps(sc), vb = _mm256_set1_ps(bi);
       const __m256i shifts = _mm256_setr_epi32(0, bits, 2 * bits, 3 * bits, 4 * bits, 5 * bits, 6 * bits, 7 * bits);
       const __m256i vm = _mm256_set1_epi32(static_cast<int>(mask));
@@ -756,6 +984,44 @@ int fmoe_dequant(const uint32_t* w, const void* scales, const void* biases, int 
     }
   }
   });
+  return 0;
+}
+
+// A token's routed experts in one call (decode): y = sum_e weights[e] * down_e(silu(gate_e x) * up_e x), or y += that
+// when accumulate != 0.  ptrs: 9 pointers per expert (gate w, s, b, up w, s, b, down w, s, b); inter[e]: that
+// expert's intermediate size (gate/up: [inter, H], down: [H, inter]); all matrices share bits, group size and the
+// scales dtype.  mode: as fmoe_qmv.  Returns 0, or < 0 on unsupported arguments.
+int fmoe_moe_fused(const void* const* ptrs, const int64_t* inter, const float* weights, int E, int64_t H,
+                   int scales_bf16, int bits, int group_size, const float* x, float* y, int accumulate, int nthreads,
+                   int mode) {
+  if (!valid_bits(bits)) return -1;
+  if (!(group_size == 32 || group_size == 64 || group_size == 128)) return -2;
+  if (E < 0 || H <= 0 || H % group_size != 0) return -3;
+  std::vector<ExpertPtrs> ex(static_cast<size_t>(E));
+  for (int e = 0; e < E; ++e) {
+    if (inter[e] <= 0 || inter[e] % group_size != 0) return -3;
+    for (int m = 0; m < 3; ++m) {
+      ex[e].w[m] = static_cast<const uint32_t*>(ptrs[9 * e + 3 * m]);
+      ex[e].s[m] = ptrs[9 * e + 3 * m + 1];
+      ex[e].b[m] = ptrs[9 * e + 3 * m + 2];
+    }
+    ex[e].inter = inter[e];
+    ex[e].weight = weights[e];
+  }
+  if (nthreads < 1) nthreads = 1;
+  if (E == 0) {
+    if (!accumulate) std::memset(y, 0, sizeof(float) * static_cast<size_t>(H));
+    return 0;
+  }
+#if FMOE_AVX2
+  if (mode == 0 || mode == 1)
+    return scales_bf16 ? fused_bits<true>(ex.data(), E, H, x, y, accumulate, nthreads, mode, bits, group_size)
+                       : fused_bits<false>(ex.data(), E, H, x, y, accumulate, nthreads, mode, bits, group_size);
+#endif
+  if (scales_bf16)
+    moe_fused_run(ScalarOps<true>{bits, group_size}, ex.data(), E, H, x, y, accumulate, nthreads, 2);
+  else
+    moe_fused_run(ScalarOps<false>{bits, group_size}, ex.data(), E, H, x, y, accumulate, nthreads, 2);
   return 0;
 }
 

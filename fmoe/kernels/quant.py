@@ -5,8 +5,9 @@ Format (mlx "affine" mode): for every row and every group of ``group_size`` cons
 input dimension into a little-endian bit stream, least-significant bits first, stored as uint32 words:
 
 * bits 2, 4, 8: ``32 // bits`` values per uint32 word, element ``k`` of a word in bits ``[k*bits, (k+1)*bits)``;
-* bits 3: 8 values per 3 bytes (24 bits, LSB first); the byte stream is viewed as uint32, so a value may
-  straddle two uint32 words (this is how mlx packs 3/5/6 bits).
+* bits 3, 5, 6: one LSB-first bit stream over bytes, in units of ``lcm(bits, 8)`` bits (3: 8 values per 3 bytes,
+  5: 8 values per 5 bytes, 6: 4 values per 3 bytes); the byte stream is viewed as uint32, so a value may straddle
+  two uint32 words (this is how mlx packs 3/5/6 bits).
 
 ``scales`` / ``biases`` have shape ``[..., out, in // group_size]``; here they are bf16, held in numpy as uint16
 bit patterns (or float32 when ``scale_dtype="float32"`` is asked for).
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
 
 __all__ = [
@@ -182,6 +183,11 @@ def _nbytes(a: Any) -> int:
 # ----------------------------------------------------------------------------------------------- pack / unpack
 
 
+def _byte_unit(bits: int) -> tuple[int, int]:
+    """(values, bytes) of one packing unit for the widths that do not divide 32: lcm(bits, 8) bits."""
+    return {3: (8, 3), 5: (8, 5), 6: (4, 3)}[bits]
+
+
 def pack(q: np.ndarray, bits: int) -> np.ndarray:
     """Pack unsigned integer codes ``q[..., in]`` (values < 2**bits) into uint32 words ``[..., in*bits//32]``."""
     if bits not in SUPPORTED_BITS:
@@ -189,17 +195,17 @@ def pack(q: np.ndarray, bits: int) -> np.ndarray:
     q = np.asarray(q)
     lead, n = q.shape[:-1], q.shape[-1]
     nwords = packed_in_words(n, bits)
-    if bits == 3:
-        if n % 8:
-            raise ValueError("3-bit packing needs in_features % 8 == 0")
-        v = q.astype(np.uint32).reshape(*lead, n // 8, 8)
-        shifts = (np.arange(8, dtype=np.uint32) * np.uint32(3))
-        word24 = np.bitwise_or.reduce(v << shifts, axis=-1)  # [..., n/8] 24-bit values
-        b = np.empty((*lead, n // 8, 3), dtype=np.uint8)
-        b[..., 0] = word24 & 0xFF
-        b[..., 1] = (word24 >> 8) & 0xFF
-        b[..., 2] = (word24 >> 16) & 0xFF
-        return np.ascontiguousarray(b.reshape(*lead, n * 3 // 8)).view(np.uint32).reshape(*lead, nwords)
+    if bits in (3, 5, 6):
+        vals, nb = _byte_unit(bits)
+        if n % vals:
+            raise ValueError(f"{bits}-bit packing needs in_features % {vals} == 0")
+        v = q.astype(np.uint64).reshape(*lead, n // vals, vals)
+        shifts = np.arange(vals, dtype=np.uint64) * np.uint64(bits)
+        unit = np.bitwise_or.reduce(v << shifts, axis=-1)  # [..., n/vals] values of vals*bits bits
+        b = np.empty((*lead, n // vals, nb), dtype=np.uint8)
+        for i in range(nb):
+            b[..., i] = (unit >> np.uint64(8 * i)) & np.uint64(0xFF)
+        return np.ascontiguousarray(b.reshape(*lead, n * bits // 8)).view(np.uint32).reshape(*lead, nwords)
     epw = 32 // bits
     v = q.astype(np.uint32).reshape(*lead, nwords, epw)
     shifts = np.arange(epw, dtype=np.uint32) * np.uint32(bits)
@@ -217,11 +223,15 @@ def unpack(w: np.ndarray, bits: int) -> np.ndarray:
         raise ValueError(f"packed weight must be uint32, got {w.dtype}")
     lead, nwords = w.shape[:-1], w.shape[-1]
     n = nwords * 32 // bits
-    if bits == 3:
-        b = w.view(np.uint8).reshape(*lead, n // 8, 3).astype(np.uint32)
-        word24 = b[..., 0] | (b[..., 1] << np.uint32(8)) | (b[..., 2] << np.uint32(16))
-        shifts = np.arange(8, dtype=np.uint32) * np.uint32(3)
-        return ((word24[..., None] >> shifts) & np.uint32(7)).astype(np.uint8).reshape(*lead, n)
+    if bits in (3, 5, 6):
+        vals, nb = _byte_unit(bits)
+        b = w.view(np.uint8).reshape(*lead, n // vals, nb).astype(np.uint64)
+        unit = b[..., 0].copy()
+        for i in range(1, nb):
+            unit |= b[..., i] << np.uint64(8 * i)
+        shifts = np.arange(vals, dtype=np.uint64) * np.uint64(bits)
+        mask = np.uint64((1 << bits) - 1)
+        return ((unit[..., None] >> shifts) & mask).astype(np.uint8).reshape(*lead, n)
     epw = 32 // bits
     shifts = np.arange(epw, dtype=np.uint32) * np.uint32(bits)
     mask = np.uint32((1 << bits) - 1)

@@ -3,8 +3,8 @@
 ``TorchQLinear(q, dtype)`` prepares once (zero-copy: it keeps the mlx packed words and bf16 scales/biases as they
 are, no repacking) and ``__call__(x[..., in]) -> [..., out]``:
 
-* CPU, up to ``NATIVE_MAX_ROWS`` rows (decode): the native AVX2 kernel from ``qmv.cpp`` (see ``native.py``),
-  threads = ``torch.get_num_threads()``; the GIL is released during the call.  By default the activations are
+* CPU, up to ``NATIVE_MAX_ROWS`` rows (decode): the native kernel from ``qmv.cpp`` (the AVX-512/AVX2/generic variant
+  the CPU runs, see ``native.py``), threads = ``native.threads()`` (physical cores or ``$FMOE_THREADS``); the GIL is released during the call.  By default the activations are
   quantized per group to int16 (scale = max|x_g| / 32767, i.e. a relative error <= 2^-16 of the group's largest
   |x|, far finer than bf16), products and sums are exact integers (vpmaddwd) and each group is scaled in float32;
   ``exact=True`` (or ``FMOE_QMV_EXACT=1``) keeps float32 activations and float32 FMAs instead (slower).  In both
@@ -20,6 +20,7 @@ correctness comparisons.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Any
 
@@ -29,11 +30,24 @@ import torch
 from . import native
 from .quant import QuantizedWeight, _scales_to_f32, check_bits_group
 
-__all__ = ["TorchQLinear", "dequantize_torch", "to_torch_quantized", "NATIVE_MAX_ROWS"]
+__all__ = ["TorchQLinear", "FusedExperts", "dequantize_torch", "to_torch_quantized", "NATIVE_MAX_ROWS"]
 
 # Up to this many rows the native mat-vec kernel runs (weights decoded once per row of x, from L1); above, the
 # weight is dequantized (native) and multiplied with one float32 GEMM.  Measured crossover: docs/log/kernels.md.
 NATIVE_MAX_ROWS = int(os.environ.get("FMOE_QMV_MAX_ROWS", "64"))
+# While not None, native calls add their time, count and weight bytes here (``fmoe bench decode --model``: time in
+# kernels vs the rest of a token).  Set it with :func:`profile`.
+PROFILE: dict | None = None
+
+
+def profile(on: bool = True) -> dict | None:
+    """Start (reset) or stop counting native kernel time; returns the counters (``kernel_s``, ``calls``, ``bytes``)."""
+    global PROFILE
+    prev = PROFILE
+    PROFILE = {"kernel_s": 0.0, "calls": 0, "bytes": 0} if on else None
+    return prev
+
+
 # Default of TorchQLinear(exact=None): float32 activations in the native kernel instead of int16.
 _EXACT_DEFAULT = os.environ.get("FMOE_QMV_EXACT", "0") not in ("0", "", "false", "no", "off")
 
@@ -102,11 +116,14 @@ def dequantize_torch(q: QuantizedWeight, dtype: torch.dtype = torch.float32) -> 
     lead = tuple(w.shape[:-1])
     nwords = w.shape[-1]
     n = nwords * 32 // bits
-    if bits == 3:
-        by = w.contiguous().view(torch.uint8).reshape(*lead, n // 8, 3).to(torch.int32)
-        v = by[..., 0] | (by[..., 1] << 8) | (by[..., 2] << 16)
-        shifts = torch.arange(0, 24, 3, device=w.device, dtype=torch.int32)
-        codes = (v.unsqueeze(-1) >> shifts) & 7
+    if bits in (3, 5, 6):  # byte units of lcm(bits, 8) bits: 8 values / 3 bytes, 8 / 5, 4 / 3
+        vals, nb = {3: (8, 3), 5: (8, 5), 6: (4, 3)}[bits]
+        by = w.contiguous().view(torch.uint8).reshape(*lead, n // vals, nb).to(torch.int64)
+        v = by[..., 0]
+        for i in range(1, nb):
+            v = v | (by[..., i] << (8 * i))
+        shifts = torch.arange(0, vals * bits, bits, device=w.device, dtype=torch.int64)
+        codes = (v.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
     else:
         shifts = torch.arange(0, 32, bits, device=w.device, dtype=torch.int32)
         codes = (w.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
@@ -209,7 +226,7 @@ class TorchQLinear:
         out = torch.empty((self.out_features, self.in_features), dtype=torch.float32)
         rc = self._lib.fmoe_dequant(self._wp, self._sp, self._bp, self._scales_bf16, out.data_ptr(),
                                     self.out_features, self.in_features, self.bits, self.group_size,
-                                    torch.get_num_threads())
+                                    native.threads())
         if rc != 0:
             raise RuntimeError(f"fmoe_dequant failed with code {rc}")
         return out if dtype == torch.float32 else out.to(dtype)
@@ -230,7 +247,14 @@ class TorchQLinear:
                 x = x.to(torch.float32).contiguous()
             y = torch.empty((*lead, self.out_features), dtype=torch.float32)
             if m:
-                self._run(x, y, m, self.mode)
+                if PROFILE is None:
+                    self._run(x, y, m, self.mode)
+                else:
+                    t0 = time.perf_counter()
+                    self._run(x, y, m, self.mode)
+                    PROFILE["kernel_s"] += time.perf_counter() - t0
+                    PROFILE["calls"] += 1
+                    PROFILE["bytes"] += self.nbytes
             return y if self.dtype == torch.float32 else y.to(self.dtype)
         if self._lib is not None and x.device.type == "cpu":
             # prefill on CPU: native dequantize to float32, one float32 GEMM, cast
@@ -244,7 +268,7 @@ class TorchQLinear:
         rc = self._fn(
             self._wp, self._sp, self._bp, self._scales_bf16, x32.data_ptr(), y.data_ptr(),
             self.out_features, self.in_features, m, self.in_features, self.out_features,
-            self.bits, self.group_size, torch.get_num_threads(), mode,
+            self.bits, self.group_size, native.threads(), mode,
         )  # fmt: skip
         if rc != 0:
             raise RuntimeError(f"fmoe_qmv failed with code {rc}")
@@ -271,3 +295,72 @@ class TorchQLinear:
             f"TorchQLinear(out={self.out_features}, in={self.in_features}, bits={self.bits}, "
             f"group_size={self.group_size}, dtype={self.dtype}, backend={self.backend}, device={self.device})"
         )
+
+
+class FusedExperts:
+    """A token's experts in one native call (decode): ``y = sum_e w_e * down_e(silu(gate_e x) * up_e x)``.
+
+    ``FusedExperts.make(experts)`` takes a list of (gate, up, down) ``TorchQLinear`` and returns None unless all of
+    them run the native kernel on CPU with the same bits, group size, scales dtype and mode, and agree on the
+    hidden size; otherwise callers keep the per-matrix path.  ``__call__(x[H] or [1, H], weights) -> [1, H]``
+    float32 (``out`` given: added to it in place).  One parallel region over the rows of all matrices (see
+    ``fmoe_moe_fused`` in qmv.cpp).
+    """
+
+    __slots__ = ("_fn", "_ptrs", "_inter", "n", "hidden", "bits", "group_size", "_bf16", "_mode", "nbytes", "_keep")
+
+    @classmethod
+    def make(cls, experts) -> FusedExperts | None:
+        lins = [m for ew in experts for m in ew]
+        if not lins or not all(isinstance(m, TorchQLinear) and m._lib is not None for m in lins):
+            return None
+        f = lins[0]
+        key = (f.bits, f.group_size, f._scales_bf16, f.mode)
+        if any((m.bits, m.group_size, m._scales_bf16, m.mode) != key for m in lins):
+            return None
+        H = experts[0][0].in_features
+        for g, u, d in experts:
+            if not (g.in_features == u.in_features == d.out_features == H
+                    and g.out_features == u.out_features == d.in_features):
+                return None
+        return cls(experts, f._lib, key, H)
+
+    def __init__(self, experts, lib, key, hidden: int) -> None:
+        import ctypes
+
+        self._fn = lib.fmoe_moe_fused
+        self.n = len(experts)
+        self.hidden = hidden
+        self.bits, self.group_size, self._bf16, self._mode = key
+        ptrs = [p for ew in experts for m in ew for p in (m._wp, m._sp, m._bp)]
+        self._ptrs = (ctypes.c_void_p * len(ptrs))(*ptrs)
+        self._inter = (ctypes.c_int64 * self.n)(*[ew[0].out_features for ew in experts])
+        self.nbytes = sum(m.nbytes for ew in experts for m in ew)
+        self._keep = experts  # the buffers must outlive the pointers
+
+    def __call__(self, x: torch.Tensor, weights, out: torch.Tensor | None = None) -> torch.Tensor:
+        import ctypes
+
+        x32 = x.reshape(-1)
+        if x32.dtype != torch.float32 or not x32.is_contiguous():
+            x32 = x32.to(torch.float32).contiguous()
+        if x32.numel() != self.hidden:
+            raise ValueError(f"FusedExperts takes one token of {self.hidden}, got shape {tuple(x.shape)}")
+        w = (ctypes.c_float * self.n)(*[float(v) for v in weights])
+        acc = 0
+        if out is not None and out.dtype == torch.float32 and out.is_contiguous() and out.numel() == self.hidden:
+            y, acc = out, 1
+        else:
+            y = torch.empty((1, self.hidden), dtype=torch.float32)
+        t0 = time.perf_counter() if PROFILE is not None else 0.0
+        rc = self._fn(self._ptrs, self._inter, w, self.n, self.hidden, self._bf16, self.bits, self.group_size,
+                      x32.data_ptr(), y.data_ptr(), acc, native.threads(), self._mode)
+        if PROFILE is not None:
+            PROFILE["kernel_s"] += time.perf_counter() - t0
+            PROFILE["calls"] += 1
+            PROFILE["bytes"] += self.nbytes
+        if rc != 0:
+            raise RuntimeError(f"fmoe_moe_fused failed with code {rc}")
+        if out is not None and not acc:
+            return out.add_(y.reshape(out.shape).to(out.dtype))
+        return y

@@ -10,7 +10,7 @@ layer's routed experts (the K experts of a decode token, or all (token, expert) 
 
 Dequantization as mlx: ``w = scale * q + bias`` per group, so a group's contribution is
 ``scale * (q . x) + bias * sum(x)``. Codes are a little-endian bit stream: value j sits at bit ``j * bits``. For
-2/4/8 bits a uint32 word holds 32/bits whole values; 3-bit codes cross word boundaries and are read from bytes.
+2/4/8 bits a uint32 word holds 32/bits whole values; 3/5/6-bit codes cross word boundaries and are read from bytes.
 
 Runs on CUDA; ``TRITON_INTERPRET=1`` runs the same kernel on the CPU (the tests do, where no GPU exists).
 """
@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 
 
 @triton.jit

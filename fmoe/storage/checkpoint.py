@@ -24,7 +24,7 @@ import numpy as np
 from fmoe.storage.config import ModelConfig
 from fmoe.storage.safetensors_file import SafetensorsDir
 from fmoe.errors import CheckpointError
-from fmoe.kernels.quant import QuantizedWeight, bf16_to_f32
+from fmoe.kernels.quant import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, QuantizedWeight, bf16_to_f32
 
 Linear = Union[np.ndarray, QuantizedWeight]
 ExpertWeights = tuple  # (gate_proj, up_proj, down_proj), each a Linear
@@ -116,11 +116,17 @@ class Checkpoint:
         for key in (prefix, "model." + prefix, "language_model.model." + prefix, "model.language_model." + prefix):
             o = q.get(key)
             if isinstance(o, dict) and "bits" in o:
-                return int(o["bits"]), int(o.get("group_size", self.default_group_size))
+                bits, gs = int(o["bits"]), int(o.get("group_size", self.default_group_size))
+                if bits not in SUPPORTED_BITS or gs not in SUPPORTED_GROUP_SIZES:
+                    raise CheckpointError(
+                        f"{self._where(prefix + '.weight')}: config.json quantizes it at {bits} bits, group {gs}; "
+                        f"supported: bits {', '.join(map(str, SUPPORTED_BITS))}, groups "
+                        f"{', '.join(map(str, SUPPORTED_GROUP_SIZES))}")
+                return bits, gs
         gs = self.default_group_size
         in_features = s_shape[-1] * gs
         bits = 32 * w_shape[-1] / in_features
-        if bits not in (2, 3, 4, 5, 6, 8):
+        if bits not in SUPPORTED_BITS:
             raise CheckpointError(f"{self._where(prefix + '.weight')}: cannot derive bit width from shapes "
                                   f"{list(w_shape)} and scales {list(s_shape)} with group size {gs}")
         return int(bits), gs

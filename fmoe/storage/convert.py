@@ -11,7 +11,7 @@
 Free-space check before writing; everything goes to ``DST.tmp-XXXX`` renamed to ``DST`` at the end, so an
 interrupted convert never leaves something that loads.
 
-    fmoe convert SRC DST [--bits 2|3|4|8] [--group-size 32|64|128] [--force] [--threads N]
+    fmoe convert SRC DST [--bits 2|3|4|8] [--group-size 32|64|128] [--force] [--threads N] [--verify]
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fmoe.storage.stream_layout import StreamingWriter, free_space_check, is_streaming_layout
+from fmoe.storage.stream_layout import (StreamingWriter, directory_bytes, free_space_check, is_streaming_layout,
+                                       remove_stale_temps, verify_layout)
 from fmoe.errors import FmoeError, LayoutError
 from fmoe.kernels.quant import QuantizedWeight, dequantize, quantize
 
@@ -99,8 +100,10 @@ def _output_config(raw: dict, bits: int, gs: int, quantized_from_float: bool, re
 
 
 def convert(src: str | Path, dst: str | Path, bits: int | None = None, group_size: int | None = None,
-            overwrite: bool = False, progress: bool = True, threads: int | None = None, fsync: bool = True) -> Path:
-    """Convert ``src`` to a streaming layout at ``dst``; returns ``dst``."""
+            overwrite: bool = False, progress: bool = True, threads: int | None = None, fsync: bool = True,
+            verify: bool = False) -> Path:
+    """Convert ``src`` to a streaming layout at ``dst``; returns ``dst``.  ``verify`` reads the result back and checks
+    every expert and non-expert checksum the manifest records."""
     from fmoe.storage.checkpoint import open_checkpoint
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if dst.exists() and not overwrite:
@@ -119,7 +122,20 @@ def convert(src: str | Path, dst: str | Path, bits: int | None = None, group_siz
     exp_bits = bits if bits is not None else (None if src_quant else 4)
     exp_gs = group_size if group_size is not None else (None if src_quant else 64)
     need = estimate_output_bytes(mc, out_bits, out_gs)
-    free_space_check(dst, need)
+    remove_stale_temps(dst)                   # what an earlier killed convert left: never resumed, removed
+    try:
+        free_space_check(dst, need)
+    except LayoutError:
+        # --force: the old DST is normally kept until the new one is complete (both on disk at once); when only
+        # removing it first makes room, do that (counting the space --force frees) instead of refusing
+        if not (overwrite and dst.is_dir()):
+            raise
+        free_space_check(dst, max(0, need - directory_bytes(dst)))
+        if progress:
+            print(f"fmoe convert: not enough free space to keep {dst} until the new one is complete: removing it "
+                  f"first (--force)", file=sys.stderr)
+        import shutil
+        shutil.rmtree(dst)
     names = checkpoint.non_expert_names()
     cfg = _output_config(mc.raw, out_bits, out_gs, quantized_from_float=not src_quant,
                          requantized=bits is not None or group_size is not None)
@@ -163,6 +179,11 @@ def convert(src: str | Path, dst: str | Path, bits: int | None = None, group_siz
         out = w.finish()
     if hasattr(checkpoint, "close"):
         checkpoint.close()
+    if verify:
+        counts = verify_layout(out)
+        if progress:
+            print(f"verified {out}: {counts['experts']} experts and {counts['non_expert_tensors']} non-expert tensors "
+                  f"match the manifest's checksums", file=sys.stderr)
     if progress:
         dt = time.perf_counter() - t0
         print(f"wrote {out}: {L} layers x {E} experts, {out_bits}-bit group {out_gs}, in {dt:.1f} s",

@@ -42,11 +42,54 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Sequence
 
 from fmoe.errors import ChecksumError, ExpertReadError, LayoutError
+from fmoe.storage import osio
 from fmoe.storage.stream_layout import StreamingLayout
 
 MODES = ("page-cache", "direct")
 POLICIES = ("lru", "lfu")
 _LFU_WINDOW = 32
+
+
+# What a process running the engine holds besides weights and experts: the interpreter and torch (~220 MiB on Linux
+# x86-64), activations, the KV cache of a short context, allocator slack.  Measured: 225 MiB after imports, about
+# 100-250 MiB more while decoding a 397B-shaped model (bench/results/stream-memory-*.json).
+PROCESS_OVERHEAD = 400 << 20
+
+
+def resident_estimate(layout: StreamingLayout, memory_budget: int, io_threads: int = 8, top_k: int | None = None,
+                      non_expert_bytes: int | None = None) -> dict:
+    """Where a streaming process's resident memory goes (bytes), as documented in
+    docs/reference/streaming-format.md (Memory):
+
+    ``non_expert``  the non-expert weights, resident as stored (the size of non_expert.safetensors)
+    ``budget``      the expert cache (``memory_budget``)
+    ``pool``        idle recycled read buffers, at most ``max(io_threads, 2 * top_k)`` expert strides
+    ``held``        experts outside the budget: those a ``get`` returns on top of a full cache, those the caller
+                    still holds, evicted buffers not yet recycled: at most ``3 * top_k`` strides
+    ``overhead``    the process itself (PROCESS_OVERHEAD)
+    ``total``       the sum: peak RSS stays below it
+    """
+    cfg = layout.config_raw.get("text_config", layout.config_raw)
+    k = int(top_k or cfg.get("num_experts_per_tok", 8))
+    stride = max(L.stride for L in layout.layers)
+    ne = os.path.getsize(layout.non_expert_file) if non_expert_bytes is None else int(non_expert_bytes)
+    out = {"non_expert": ne, "budget": int(memory_budget), "pool": max(int(io_threads), 2 * k) * stride,
+           "held": 3 * k * stride, "overhead": PROCESS_OVERHEAD}
+    out["total"] = sum(out.values())
+    return out
+
+
+def budget_for_memory(limit: int, layout: StreamingLayout, io_threads: int = 8, top_k: int | None = None,
+                      non_expert_bytes: int | None = None) -> int:
+    """The largest expert cache budget whose :func:`resident_estimate` fits in ``limit`` bytes (0 when even the
+    non-expert weights and the overhead do not fit: the caller should refuse, see :func:`memory_floor`)."""
+    return max(0, limit - resident_estimate(layout, 0, io_threads, top_k, non_expert_bytes)["total"])
+
+
+def memory_floor(layout: StreamingLayout, io_threads: int = 8, top_k: int | None = None,
+                 non_expert_bytes: int | None = None) -> int:
+    """Resident memory with a zero budget: below this no setting fits."""
+    return resident_estimate(layout, 0, io_threads, top_k, non_expert_bytes)["total"]
 
 
 def _default_direct_budget() -> int:
@@ -99,6 +142,7 @@ class ExpertStore:
         self._cache: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
         self._fds: dict[int, int] = {}
         self._hinted: set[tuple[int, int]] = set()
+        self._hint_missing: dict[tuple[int, int], int] = {}   # bytes not in the page cache when a hint was issued
         self._freq: dict[tuple[int, int], float] = {}
         self._requests = 0
         self._closed = False
@@ -121,7 +165,7 @@ class ExpertStore:
         with self._stats_lock:
             self._s = dict(bytes_read=0, reads=0, cache_hits=0, cache_misses=0, io_wait_s=0.0, read_s=0.0,
                            prefetch_issued=0, prefetch_used=0, prefetch_hits=0, prefetch_dropped=0, evictions=0, gets=0,
-                           buffers_allocated=0, buffers_reused=0)
+                           buffers_allocated=0, buffers_reused=0, disk_bytes=0, page_cache_bytes=0, hint_errors=0)
         if hasattr(self, "_resident"):
             with self._lock:
                 self._peak_resident = self._resident
@@ -140,6 +184,9 @@ class ExpertStore:
         # hits on experts that were in the cache before their prefetch (i.e. not brought in by a prefetch)
         s["cache_hit_rate_excl_prefetch"] = (s["cache_hits"] - s["prefetch_hits"]) / req if req else 0.0
         s["prefetch_hit_rate"] = s["prefetch_used"] / s["prefetch_issued"] if s["prefetch_issued"] else 0.0
+        # page-cache mode: the share of bytes read that the page cache served (mincore before each read)
+        s["page_cache_hit_rate"] = s["page_cache_bytes"] / s["bytes_read"] if s["bytes_read"] else 0.0
+        s["uncached_io"] = osio.uncached_kind() if self.mode == "direct" else None
         s.update(mode=self.mode, memory_budget=self.memory_budget, policy=self.policy, verify=self.verify,
                  io_threads=self.io_threads)
         return s
@@ -153,9 +200,8 @@ class ExpertStore:
                 fd = self._fds.get(layer)
                 if fd is None:
                     path = self.layout.layers[layer].file
-                    flags = os.O_RDONLY | (os.O_DIRECT if self.mode == "direct" else 0)
                     try:
-                        fd = os.open(path, flags)
+                        fd = osio.open_uncached(path) if self.mode == "direct" else os.open(path, os.O_RDONLY)
                     except FileNotFoundError:
                         raise ExpertReadError(f"layer {layer}: expert file {path} is missing", layer=layer,
                                               file=str(path)) from None
@@ -216,6 +262,7 @@ class ExpertStore:
         buf = self._alloc(L.stride)
         mv = memoryview(buf)
         got = 0
+        cached = osio.resident_bytes(fd, off, n) if self.mode == "page-cache" else 0
         try:
             while got < n:
                 try:
@@ -242,6 +289,11 @@ class ExpertStore:
         dt = time.perf_counter() - t0
         with self._stats_lock:
             self._s["bytes_read"] += n
+            # page-cache mode: what was not in the page cache came from the disk, for this read or for the
+            # read-ahead hint issued before it (those pages were missing when the hint went out)
+            missing = min(n, n - (cached or 0) + self._hint_missing.pop(ent.key, 0))
+            self._s["disk_bytes"] += missing
+            self._s["page_cache_bytes"] += n - missing
             self._s["reads"] += 1
             self._s["read_s"] += dt
         return weights
@@ -249,9 +301,16 @@ class ExpertStore:
     def _hint(self, layer: int, e: int) -> None:
         L = self.layout.layers[layer]
         try:
-            os.posix_fadvise(self._fd(layer), L.offsets[e], L.sizes[e], os.POSIX_FADV_WILLNEED)
-        except (OSError, ExpertReadError):
-            pass   # a hint: the get() that follows reports real errors
+            fd = self._fd(layer)
+            cached = osio.resident_bytes(fd, L.offsets[e], L.sizes[e])
+            if osio.advise_willneed(fd, L.offsets[e], L.sizes[e]) and cached is not None:
+                with self._stats_lock:
+                    if len(self._hint_missing) > 64 * self.layout.num_experts:
+                        self._hint_missing.clear()
+                    self._hint_missing[(layer, e)] = L.sizes[e] - cached
+        except Exception:   # a hint: the get() that follows reports real errors; counted, never lost in a future
+            with self._stats_lock:
+                self._s["hint_errors"] += 1
 
     # ------------------------------------------------------------------------------------------------ cache
 

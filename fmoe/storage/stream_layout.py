@@ -413,6 +413,90 @@ def free_space_check(dst: str | Path, need_bytes: int, margin: float = 1.02) -> 
                           f"{free / 1e9:.2f} GB free on {probe}")
 
 
+OWNER_FILE = ".fmoe-writer"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(dst: str | Path) -> list[Path]:
+    """Remove ``DST.tmp-*`` folders that an interrupted (killed) write left beside ``dst``: those whose writer
+    process is gone (or that name no writer).  Returns what was removed."""
+    dst = Path(dst).absolute()
+    removed = []
+    if not dst.parent.is_dir():
+        return removed
+    for t in dst.parent.glob(dst.name + ".tmp-*"):
+        if not t.is_dir():
+            continue
+        try:
+            pid = int((t / OWNER_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = None
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue
+        if pid == os.getpid():
+            continue
+        shutil.rmtree(t, ignore_errors=True)
+        removed.append(t)
+    return removed
+
+
+def directory_bytes(p: str | Path) -> int:
+    total = 0
+    for root, _, files in os.walk(p):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def verify_layout(path: str | Path, progress=None) -> dict:
+    """Read a whole streaming layout back and check every checksum the manifest records: each expert record and
+    each stored non-expert tensor.  Raises ChecksumError / ExpertReadError / LayoutError at the first mismatch
+    (naming it); returns counts."""
+    layout = StreamingLayout(path)
+    ne = 0
+    st = _SafetensorsReader(layout.non_expert_file)
+    try:
+        for name, info in layout.non_expert.items():
+            for st_name, crc in zip(info["stored"], info["crc32"]):
+                a, _ = st.read(st_name)
+                if zlib.crc32(a.view(np.uint8).reshape(-1)) != crc:
+                    raise ChecksumError(f"{layout.non_expert_file}: checksum mismatch in non-expert tensor "
+                                        f"{st_name!r} ({name})", file=str(layout.non_expert_file))
+                ne += 1
+    finally:
+        st.close()
+    experts = 0
+    for L in layout.layers:
+        fd = os.open(L.file, os.O_RDONLY)
+        try:
+            for e, (off, size, crc) in enumerate(zip(L.offsets, L.sizes, L.crcs)):
+                buf = os.pread(fd, size, off)
+                if len(buf) != size:
+                    raise ExpertReadError(f"short read of layer {L.layer} expert {e} in {L.file} at offset {off}",
+                                          layer=L.layer, expert=e, file=str(L.file), offset=off)
+                if zlib.crc32(buf) != crc:
+                    raise ChecksumError(f"checksum mismatch: layer {L.layer} expert {e} in {L.file} at offset "
+                                        f"{off}", layer=L.layer, expert=e, file=str(L.file), offset=off)
+                experts += 1
+        finally:
+            os.close(fd)
+        if progress:
+            progress(L.layer)
+    return {"non_expert_tensors": ne, "experts": experts}
+
+
 class StreamingWriter:
     """Writes a streaming layout under ``DST.tmp-XXXX`` and renames it to ``DST`` in :meth:`finish`.
 
@@ -431,7 +515,9 @@ class StreamingWriter:
         self.fsync = fsync
         self.metadata = dict(metadata or {})
         self.dst.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.dst)
         self.tmp = Path(tempfile.mkdtemp(prefix=self.dst.name + ".tmp-", dir=self.dst.parent))
+        (self.tmp / OWNER_FILE).write_text(f"{os.getpid()}\n")     # so a later run can tell a stale folder
         (self.tmp / EXPERT_DIR).mkdir()
         self._ne_data_path = self.tmp / (NON_EXPERT_FILE + ".data")
         self._ne_data = open(self._ne_data_path, "wb")
@@ -576,6 +662,7 @@ class StreamingWriter:
             "experts": {"num_layers": self.num_layers, "num_experts": self.num_experts,
                         "layers": layers_json},
         }
+        (self.tmp / OWNER_FILE).unlink(missing_ok=True)
         mp = self.tmp / MANIFEST
         with open(mp, "w") as f:      # the manifest is written last: a directory without one never loads
             json.dump(manifest, f, separators=(",", ":"))

@@ -217,9 +217,13 @@ class Grammar:
         self._region_factory = region_factory
         calls_allowed = tool_choice != "none" and region_factory is not None
         may_end = tool_choice in ("auto", "none") or region_factory is None
+        # required / named: the response is the call (OpenAI semantics): after the thinking block (if any) the only
+        # token allowed is <tool_call>, no free text first
+        self.forces_call = calls_allowed and not may_end
         text_ids = ([info.tool_call_id] if calls_allowed else []) + ([info.eos_id] if may_end else [])
+        self._min_call: dict[str, int] | None = None
         self.masks = {
-            _PH_TEXT: info.bitmask(text_ids, normal=True),
+            _PH_TEXT: info.bitmask(text_ids, normal=not self.forces_call),
             _PH_THINK: info.bitmask([info.think_end_id], normal=True),
             _PH_THINK0: info.bitmask([i for i in (info.think_id, info.think_end_id) if i is not None], normal=True),
             _PH_DONE: info.bitmask([], normal=False),
@@ -231,6 +235,47 @@ class Grammar:
 
     def matcher(self) -> "Matcher":
         return Matcher(self)
+
+    def min_call_tokens(self) -> dict[str, int]:
+        """{tool name: tokens of a short complete call of it} (from <tool_call> to the region's end, the closing
+        path of fmoe.structured.closing), for each tool the grammar allows; {} for a backend without one. An upper
+        bound of the schema's own minimum: the token budget of a call is checked against it up front."""
+        if self._min_call is not None:
+            return self._min_call
+        from fmoe.structured.closing import closer_for
+        from fmoe.structured.formats import format_module
+
+        out: dict[str, int] = {}
+        if self._region_factory is None or self.backend != "llguidance":
+            self._min_call = out
+            return out
+        only = self.tool_choice.get("name") if isinstance(self.tool_choice, dict) else None
+        closer = closer_for(self.info)
+        for t in self.tools:
+            name = tool_function(t)["name"]
+            if only is not None and name != only:
+                continue
+            region = self._region_factory()
+            if not region.consume(self.info.tool_call_id):
+                continue
+            head = "\n" + format_module(self.call_format).render_body(name, {}, None)
+            head = head[: head.index(name) + len(name)]
+            ids = self.info.hf.encode(head, add_special_tokens=False).ids
+            if region.m.validate_tokens(ids) != len(ids) or not region.m.consume_tokens(ids):
+                continue
+            path = closer.path(region.m, limit=1 << 16)
+            if path is not None:
+                out[name] = 1 + len(ids) + len(path)
+        self._min_call = out
+        return out
+
+    def check_call_budget(self, max_call_tokens: int) -> None:
+        """GrammarError (with the numbers) when a tool's shortest call does not fit in ``max_call_tokens``."""
+        for name, n in self.min_call_tokens().items():
+            if n > max_call_tokens:
+                raise GrammarError(f"tool {name!r}: its shortest valid call takes {n} tokens, more than the call "
+                                   f"budget max_call_tokens={max_call_tokens}; raise max_call_tokens or simplify "
+                                   f"the schema")
 
 
 class Matcher:
@@ -398,9 +443,26 @@ def _compile_llg_region(tools, call_format, info, parallel_calls, max_calls, onl
     return owner.new, lark
 
 
-def schema_grammar_check(tools: list[dict]) -> None:
-    """Cheap structural check usable at tool registration (no tokenizer): parameters must be an object schema."""
+def schema_grammar_check(tools: list[dict], call_format: CallFormat | None = None) -> None:
+    """The check at tool registration / task-file load (no tokenizer, no model): raises UnsupportedSchemaError
+    naming the tool and the keyword when the grammar could not enforce a tool's schema. ``call_format`` None checks
+    the JSON form every format shares (Hermes arguments); "xml" adds the XML parameter-list rules."""
+    import llguidance
+
     for t in tools:
-        p = tool_parameters(t)
-        if not isinstance(p, dict):
-            raise UnsupportedSchemaError(tool_function(t)["name"], "parameters", "parameters must be a JSON object")
+        name = tool_function(t)["name"]
+        p = tool_function(t).get("parameters")
+        if p is not None and not isinstance(p, dict):
+            raise UnsupportedSchemaError(name, "parameters", "parameters must be a JSON object")
+        for fmt in (["hermes"] if call_format in (None, "hermes") else ["hermes", call_format]):
+            lark, errors = build_call_region_lark([t], fmt, parallel_calls=False, max_calls=1)
+            if errors:
+                e = errors[name]
+                raise UnsupportedSchemaError(name, e.keyword, str(e))
+            bad, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+                llguidance.LLMatcher.grammar_from_lark(lark), None)
+            if bad:
+                msg = "; ".join(messages)
+                first = msg.split("failed to compile JSON schema: ", 1)[-1].strip().splitlines()
+                raise UnsupportedSchemaError(name, _keyword_from_llg_error(msg),
+                                             (first[0].strip() if first else msg)[:300])

@@ -111,7 +111,9 @@ def _ordered(node: dict) -> dict:
 # the tool
 # ---------------------------------------------------------------------------------------------------------------
 async def run_in_daemon_thread(fn: Callable, *args: Any, name: str = "tool", **kwargs: Any) -> Any:
-    """Run a blocking callable in a fresh daemon thread (a hung tool never blocks the loop or interpreter exit)."""
+    """Run a blocking callable in a fresh daemon thread (a hung tool never blocks the loop or interpreter exit).
+    When the caller stops waiting (timeout), a thread still running is counted and listed by
+    abandoned_tool_threads()."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future = loop.create_future()
     ctx = contextvars.copy_context()
@@ -134,8 +136,43 @@ async def run_in_daemon_thread(fn: Callable, *args: Any, name: str = "tool", **k
         except RuntimeError:  # the loop is gone (the caller timed out and left)
             pass
 
-    threading.Thread(target=runner, name=f"fmoe-tool-{name}", daemon=True).start()
-    return await fut
+    t = threading.Thread(target=runner, name=f"fmoe-tool-{name}", daemon=True)
+    t.start()
+    try:
+        return await fut
+    except asyncio.CancelledError:   # the caller gave up (the tool's timeout): a Python thread cannot be killed
+        if t.is_alive():
+            _abandon(name, t)
+        raise
+
+
+_ABANDONED: list[tuple[str, float, threading.Thread]] = []
+_ABANDONED_TOTAL = 0
+_ABANDONED_LOCK = threading.Lock()
+
+
+def _abandon(name: str, t: threading.Thread) -> None:
+    global _ABANDONED_TOTAL
+    import logging
+    import time
+
+    with _ABANDONED_LOCK:
+        _ABANDONED_TOTAL += 1
+        _ABANDONED.append((name, time.monotonic(), t))
+    logging.getLogger("fmoe.tools").warning("tool %r timed out; its thread keeps running in the background "
+                                            "(synchronous Python code cannot be killed)", name)
+
+
+def abandoned_tool_threads() -> dict:
+    """Synchronous tools that timed out: {"total": how many since the process started, "running": [{"tool",
+    "running_s"}] of those whose thread is still running}. The agent reports them in its run stats."""
+    import time
+
+    now = time.monotonic()
+    with _ABANDONED_LOCK:
+        _ABANDONED[:] = [a for a in _ABANDONED if a[2].is_alive()]
+        return {"total": _ABANDONED_TOTAL,
+                "running": [{"tool": n, "running_s": round(now - t0, 3)} for n, t0, _ in _ABANDONED]}
 
 
 class FunctionTool(Tool):

@@ -199,6 +199,7 @@ class ToolRegistry:
     def __init__(self, tools: Iterable[Tool | Callable] = ()):
         self._tools: dict[str, Tool] = {}
         self._origin: dict[str, Tool] = {}   # add_spec: the resolved object each registered copy came from
+        self._closers: list[Callable[[], None]] = []   # on_close: e.g. MCP sessions (fmoe.tools.mcp)
         for t in tools:
             self.add(t)
 
@@ -265,6 +266,32 @@ class ToolRegistry:
 
     def openai_schemas(self) -> list[dict]:
         return [t.openai_schema() for t in self._tools.values()]
+
+    def add_mcp(self, specs: Iterable[Any], base_dir: str | os.PathLike = ".", *, timeout: float | None = None,
+                max_output: int | None = None):
+        """Start MCP servers (fmoe.tools.mcp: task-file ``mcp:`` entries) and add their tools; close() stops them."""
+        from fmoe.tools.base import DEFAULT_MAX_OUTPUT
+        from fmoe.tools.mcp import add_mcp_servers
+
+        return add_mcp_servers(self, list(specs), base_dir, timeout=timeout,
+                               max_output=DEFAULT_MAX_OUTPUT if max_output is None else max_output)
+
+    # -- resources ---------------------------------------------------------------------------------------------
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` at close() (tools holding sessions or processes register their cleanup here)."""
+        self._closers.append(fn)
+
+    def close(self) -> None:
+        """Release what the tools hold (MCP sessions and server processes); idempotent."""
+        closers, self._closers = self._closers, []
+        for fn in reversed(closers):
+            fn()
+
+    def __enter__(self) -> "ToolRegistry":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- calling -----------------------------------------------------------------------------------------------
     async def acall(self, name: str, arguments: dict | str | None = None, *,

@@ -1,7 +1,11 @@
 """Run a program in a subprocess with a timeout, resource limits and an output cap (used by run_python/run_shell).
 
-Not a security boundary: rlimits (CPU seconds, address space, file size, no core dumps), a new session (the whole
-process group is killed on timeout), a minimal environment, no shell. Treat it as a seat belt, not a jail.
+Rlimits (CPU seconds, address space, file size, no core dumps), a new session (the whole process group is killed
+on timeout), a minimal environment, no shell; with ``Limits.confine_to`` (the shell tool) the program is confined by
+Landlock to that folder (read/write) and the system folders (read-only). The limits are applied by a small wrapper
+program that then execs the command (no ``preexec_fn``, which Python documents as deadlock-prone in a threaded
+process); a limit that cannot be applied is reported in the output as ``[sandbox: ...]``. For run_python it is a
+seat belt, not a jail.
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ class Limits:
     file_bytes: int = 16 * 1024 * 1024          # RLIMIT_FSIZE
     max_output: int = 64 * 1024                 # bytes of stdout+stderr kept
     env: dict[str, str] = field(default_factory=dict)
+    confine_to: str | None = None               # Landlock (Linux): the program may read/write only here (plus
+                                                # read-only SYSTEM_DIRS); None: no kernel confinement
+    require_confinement: bool = False           # refuse to run when Landlock cannot be applied
 
 
 @dataclass
@@ -56,24 +63,100 @@ class RunResult:
         return "\n".join([text.rstrip("\n")] + notes if text else notes)
 
 
-def _preexec(limits: Limits):
-    def apply() -> None:  # runs in the child between fork and exec
-        import resource
-
-        def setlim(which: int, value: int) -> None:
+# The child runs this small Python program first (no preexec_fn: Python documents it as unsafe in a threaded
+# process): it applies the resource limits and, when asked, Landlock, then execs the program. A limit that cannot be
+# applied is reported on stderr (which the caller reads with stdout), never swallowed.
+_WRAPPER = r"""
+import ctypes, json, os, resource, sys
+spec = json.loads(sys.argv[1]); argv = sys.argv[2:]
+def note(msg):
+    os.write(2, ("[sandbox: " + msg + "]\n").encode())
+for name, value in spec["rlimits"]:
+    which = getattr(resource, name)
+    try:
+        soft, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(which, (value, value if hard == resource.RLIM_INFINITY else hard))
+    except Exception as e:
+        note("could not set %s=%d: %s" % (name, value, e))
+root = spec.get("landlock")
+if root is not None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        abi = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+        if abi < 1:
+            raise OSError(ctypes.get_errno(), "Landlock is not available: " + os.strerror(ctypes.get_errno()))
+        handled = (1 << 13) - 1
+        if abi >= 2: handled |= 1 << 13
+        if abi >= 3: handled |= 1 << 14
+        if abi >= 5: handled |= 1 << 15
+        attr = (ctypes.c_uint64 * 1)(handled)
+        rs = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(8), ctypes.c_uint32(0))
+        if rs < 0:
+            raise OSError(ctypes.get_errno(), "landlock_create_ruleset: " + os.strerror(ctypes.get_errno()))
+        class Beneath(ctypes.Structure):
+            _pack_ = 1
+            _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+        RX = 1 | 4 | 8
+        FILE_BITS = 1 | 2 | 4 | (1 << 14 if abi >= 3 else 0) | (1 << 15 if abi >= 5 else 0)
+        rules = [(p, RX) for p in spec["read_only"]] + [(root, handled)] + [(p, 2 | 4) for p in spec["devices"]]
+        for path, access in rules:
             try:
-                soft, hard = resource.getrlimit(which)
-                if hard != resource.RLIM_INFINITY:
-                    value = min(value, hard)
-                resource.setrlimit(which, (value, hard if hard != resource.RLIM_INFINITY else value))
-            except (ValueError, OSError):
-                pass
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            if not os.path.isdir(path):
+                access &= FILE_BITS
+            b = Beneath(access & handled, fd)
+            if libc.syscall(445, rs, 1, ctypes.byref(b), ctypes.c_uint32(0)) != 0:
+                raise OSError(ctypes.get_errno(), "landlock_add_rule %s: %s" % (path, os.strerror(ctypes.get_errno())))
+            os.close(fd)
+        if libc.prctl(38, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+        if libc.syscall(446, rs, ctypes.c_uint32(0)) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self: " + os.strerror(ctypes.get_errno()))
+    except OSError as e:
+        note("no kernel confinement (%s); only the argument checks apply" % (e.strerror or e))
+        if spec.get("require_landlock"):
+            sys.exit(126)
+try:
+    os.execv(argv[0], argv)
+except OSError as e:
+    note("cannot run %s: %s" % (argv[0], e.strerror or e))
+    sys.exit(127)
+"""
 
-        setlim(resource.RLIMIT_CPU, int(limits.cpu_s))
-        setlim(resource.RLIMIT_AS, int(limits.memory_bytes))
-        setlim(resource.RLIMIT_FSIZE, int(limits.file_bytes))
-        setlim(resource.RLIMIT_CORE, 0)
-    return apply
+# Read-only (read + execute) places a confined program needs: its binary and shared libraries.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0 when not available: not Linux, or disabled)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        return max(0, int(libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))))
+    except (OSError, AttributeError):
+        return 0
+
+
+def _wrapped(argv: list[str], limits: Limits) -> list[str]:
+    import json
+    import sys
+
+    spec: dict = {"rlimits": [("RLIMIT_CPU", int(limits.cpu_s)), ("RLIMIT_AS", int(limits.memory_bytes)),
+                              ("RLIMIT_FSIZE", int(limits.file_bytes)), ("RLIMIT_CORE", 0)]}
+    if limits.confine_to is not None:
+        spec.update(landlock=str(limits.confine_to), read_only=list(SYSTEM_DIRS) + [os.path.dirname(argv[0])],
+                    devices=["/dev/null", "/dev/zero", "/dev/urandom"], require_landlock=limits.require_confinement)
+    return [sys.executable, "-I", "-S", "-c", _WRAPPER, json.dumps(spec), *argv]
 
 
 def minimal_env(extra: dict[str, str] | None = None, home: str | None = None) -> dict[str, str]:
@@ -86,8 +169,8 @@ def minimal_env(extra: dict[str, str] | None = None, home: str | None = None) ->
 
 
 def run_limited(argv: list[str], *, cwd: str | None, limits: Limits) -> RunResult:
-    proc = subprocess.Popen(argv, cwd=cwd, env=minimal_env(limits.env, home=cwd), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_preexec(limits),
+    proc = subprocess.Popen(_wrapped(argv, limits), cwd=cwd, env=minimal_env(limits.env, home=cwd),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, close_fds=True)
     buf = bytearray()
     state = {"truncated": False}

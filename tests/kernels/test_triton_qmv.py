@@ -40,7 +40,7 @@ def dequantize_scales(a):
     return bf16_to_f32(a) if a.dtype == np.uint16 else a.astype(np.float32)
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_grouped_qmv_matches_dequantize_matmul(bits, group):
     n_out, n_in = (48, 256) if INTERPRET and not CUDA else (1024, 4096)

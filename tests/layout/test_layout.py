@@ -7,7 +7,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "fmoe"
 # a folder may import only folders to its right (and the top-level modules errors, units, paths)
-ORDER = ["cli", "bench", "eval", "agent", "tools", "structured", "engine", "storage", "kernels", "demo"]
+ORDER = ["cli", "server", "bench", "eval", "agent", "tools", "structured", "engine", "storage", "kernels", "demo"]
 
 
 def _imports(path: Path) -> set[str]:
@@ -80,4 +80,4 @@ def test_product_never_imports_training_examples_or_the_repository_bench():
 
 def test_agent_folder_holds_only_the_agent():
     names = {p.stem for p in (PKG / "agent").glob("*.py")} - {"__init__"}
-    assert names == {"loop", "turn", "steps", "transcript", "ui", "taskfile", "expect"}
+    assert names == {"loop", "turn", "steps", "transcript", "ui", "taskfile", "expect", "remote"}

@@ -83,7 +83,8 @@ def test_tool_choice_parallel_and_limits(tok, fmt):
     w = render_calls([("get_weather", {"city": "Rome"})], fmt, TOOLS)
     g = compile_tool_grammar(TOOLS, fmt, tool_choice="required", tokenizer=tok)
     assert not accepts(g, tok, "no call")
-    assert accepts(g, tok, "ok\n\n" + one)
+    assert accepts(g, tok, one)
+    assert not accepts(g, tok, "ok\n\n" + one)   # required: the response is the call, no free text first
     g = compile_tool_grammar(TOOLS, fmt, tool_choice="none", tokenizer=tok)
     assert accepts(g, tok, "no call") and not accepts(g, tok, one)
     g = compile_tool_grammar(TOOLS, fmt, tool_choice={"name": "bash"}, tokenizer=tok)

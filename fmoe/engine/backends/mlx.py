@@ -35,6 +35,7 @@ class MLXQLinear:
 
 class MLXBackend:
     name = "mlx"
+    kernel_isa = "mlx"  # quantized matmuls run in mlx (fmoe generate --json reports it)
 
     def __init__(self, dtype: str = "float32"):
         self.dtype_name = dtype
@@ -63,6 +64,43 @@ class MLXBackend:
         if isinstance(w, mx.array):
             return x @ w.T
         return w(x)
+
+    def prepare_switch(self, stacked):
+        """A layer's experts stacked ([E, out, in] QuantizedWeights for gate, up, down) for :meth:`switch_glu`, or
+        None when they are not all quantized with one bits / group size."""
+        if not all(isinstance(q, QuantizedWeight) for q in stacked):
+            return None
+        if len({(q.bits, q.group_size) for q in stacked}) != 1 or len(stacked[0].weight.shape) != 3:
+            return None
+        return tuple(MLXQLinear(q, self.dtype) for q in stacked)
+
+    def switch_glu(self, x, stacked, ids: np.ndarray, weights: np.ndarray):
+        """``sum_j weights[t, j] * down_e(silu(gate_e x_t) * up_e x_t)`` with e = ids[t, j], for x [T, H], as mlx-lm's
+        SwitchGLU: ``mx.gather_qmm`` over the stacked experts (tokens sorted by expert when there are many)."""
+        gate, up, down = stacked
+        idx = mx.array(np.ascontiguousarray(ids, dtype=np.uint32))
+        xe = mx.expand_dims(x, (-2, -3))  # [T, 1, 1, H]
+        do_sort = idx.size >= 64
+        inv = None
+        sidx = idx
+        if do_sort:
+            k = idx.shape[-1]
+            flat = idx.flatten()
+            order = mx.argsort(flat)
+            inv = mx.argsort(order)
+            xe, sidx = xe.flatten(0, -3)[order // k], flat[order]
+
+        def qmm(a, lin):
+            return mx.gather_qmm(a, lin.w, lin.scales, lin.biases, rhs_indices=sidx, transpose=True,
+                                 group_size=lin.group_size, bits=lin.bits, sorted_indices=do_sort)
+
+        h = self.silu(qmm(xe, gate)) * qmm(xe, up)
+        y = qmm(h, down)
+        if do_sort:
+            y = mx.unflatten(y[inv], 0, idx.shape)
+        y = y.squeeze(-2)  # [T, k, H]
+        w = mx.array(np.ascontiguousarray(weights, dtype=np.float32)).astype(y.dtype)
+        return (y * w[..., None]).sum(axis=-2)
 
     def prepare_embedding(self, w: Any):
         return self.prepare_linear(w)

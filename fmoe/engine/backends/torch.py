@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from fmoe.errors import BackendError
 from fmoe.kernels.quant import QuantizedWeight
 
+# FMOE_FUSED=0: decode applies experts one matrix at a time (A/B of the one-call path)
+_FUSED = os.environ.get("FMOE_FUSED", "1") not in ("0", "false", "no", "off")
 _DT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
 
 
@@ -45,6 +47,16 @@ class TorchBackend:
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads())
 
+    @property
+    def kernel_isa(self) -> str:
+        """What runs the quantized matmuls: the native variant ("avx512vnni", "avx2", "generic", ...), "torch"
+        without native kernels, or "cuda"."""
+        if self.device.type != "cpu":
+            return self.device.type
+        from fmoe.kernels import native
+
+        return native.kernel_isa()
+
     # --- creation / conversion
     def asarray(self, a: np.ndarray, dtype: str | None = None) -> torch.Tensor:
         a = np.ascontiguousarray(a)
@@ -77,6 +89,19 @@ class TorchBackend:
         if isinstance(w, torch.Tensor):
             return F.linear(x, w)
         return w(x)
+
+    def fused_experts(self, x: torch.Tensor, experts, weights):
+        """Decode (one token): ``sum_e weights[e] * down_e(silu(gate_e x) * up_e x)`` in one native call, or None
+        when it does not apply (not CPU float32, or the experts are not native quantized linears of one bits /
+        group size): the caller then applies the experts one matrix at a time."""
+        if self.device.type != "cpu" or self.dtype != torch.float32 or x.dtype != torch.float32 or not _FUSED:
+            return None
+        from fmoe.kernels.torch_qlinear import FusedExperts
+
+        f = FusedExperts.make(experts)
+        if f is None:
+            return None
+        return f(x, [float(w) for w in weights]).reshape(x.shape)
 
     def prepare_embedding(self, w: Any) -> Any:
         return w if isinstance(w, QuantizedWeight) else self.asarray(np.asarray(w, dtype=np.float32))

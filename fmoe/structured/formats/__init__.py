@@ -22,6 +22,7 @@ from fmoe.structured.formats.base import TOOL_CALL, TOOL_CALL_END, MalformedCall
 from fmoe.structured.schema import SchemaFeatureError, parameters_by_name, tool_function, tool_parameters
 
 __all__ = ["CallFormat", "FORMATS", "TOOL_CALL", "TOOL_CALL_END", "MalformedCall", "detect_call_format",
+           "detect_call_format_dir",
            "format_module", "render_call", "render_calls", "build_call_region_lark"]
 
 CallFormat = Literal["hermes", "xml"]
@@ -33,6 +34,29 @@ def detect_call_format(chat_template: str) -> CallFormat:
     if chat_template and ("<function=" in chat_template or "<parameter=" in chat_template):
         return "xml"
     return "hermes"
+
+
+def detect_call_format_dir(model_dir) -> CallFormat | None:
+    """The call format of a model folder's chat template (tokenizer_config.json, chat_template.jinja or
+    chat_template.json), without loading anything else; None when the folder has no template."""
+    import json
+    from pathlib import Path
+
+    d = Path(model_dir)
+    texts: list[str] = []
+    try:
+        if (d / "chat_template.jinja").is_file():
+            texts.append((d / "chat_template.jinja").read_text(encoding="utf-8"))
+        for f in ("tokenizer_config.json", "chat_template.json"):
+            if (d / f).is_file():
+                t = json.loads((d / f).read_text(encoding="utf-8")).get("chat_template")
+                if isinstance(t, list):
+                    t = " ".join(x.get("template", "") for x in t if isinstance(x, dict))
+                if isinstance(t, str):
+                    texts.append(t)
+    except (OSError, ValueError):
+        return None
+    return detect_call_format("\n".join(texts)) if texts else None
 
 
 def format_module(call_format: str) -> ModuleType:
