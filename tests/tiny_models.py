@@ -37,6 +37,12 @@ SHAPES = {
 }
 # the demo model's choice: input and output embeddings tied (no lm_head tensor in the checkpoint)
 SHAPES["qwen3_5_tied"] = dict(SHAPES["qwen3_5_a"], tie_word_embeddings=True)
+# for the streaming layout: every 4th layer full attention (what mlx-lm supports), group 64 divides every input size
+SHAPES["stream"] = dict(
+    hidden_size=128, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=32,
+    num_experts=6, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=64,
+    vocab_size=384)
 NEXT_SHAPE = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                   linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
                   num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,

@@ -14,6 +14,10 @@ split names or computes appears in training. Example ``i`` of split ``s`` depend
 
     python -m training.datagen --split train --n 1000 --seed 1234 --out train.jsonl.gz
     python -m training.datagen --split heldout --n 200 --seed 1234 --out training/heldout.jsonl
+    python -m training.datagen --split test --n 200 --out training/test.jsonl   # seed 20261201, deduplicated
+
+The ``test`` split is the held-out split's distribution (pools, kinds, phrasings) from its own stream and seed
+(``TEST_STREAM``, ``TEST_SEED``), minus candidates whose prompt occurs in heldout.jsonl or a training sample.
 
 Each JSONL record: ``{"id", "kind", "tools": [names], "messages": [...], "enable_thinking", "workspace": {path:
 text}, "time_seed" (of the seeded current_time stand-in), "expected": [[{"name", "arguments"}...] per assistant step...], "check": [substrings of the final answer]}``.
@@ -29,7 +33,6 @@ import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import zlib
 from functools import lru_cache
@@ -45,7 +48,12 @@ DATA_VERSION = "demo-data-v5"
 # built-in eval suite (fmoe/eval/suites/demo_heldout.yaml, made from heldout.jsonl) stays current.
 HELDOUT_STREAM = "demo-data-v2"
 DEFAULT_SEED = 1234
-SPLITS = ("train", "heldout")
+# The test split (issue 16): the held-out split's generator, pools and kind weights, but its own random stream and
+# seed, so its conversations are new; used for nothing but the final report (the held-out split chose between runs).
+# ``generate_test`` drops candidates whose prompt occurs in training/heldout.jsonl or in a training sample.
+TEST_STREAM = "demo-test-v1"
+TEST_SEED = 20261201
+SPLITS = ("train", "heldout", "test")
 from fmoe.demo import MODEL_DIR  # noqa: E402
 from fmoe.tools.demo import TOOL_NAMES  # noqa: E402
 FILE_TOOLS = ("list_files", "read_file", "write_file", "search_files")
@@ -368,10 +376,10 @@ class Gen:
     """Per-example random source with split-aware value pickers."""
 
     def __init__(self, seed: int, split: str, index: int):
-        self.split = split
-        stream = HELDOUT_STREAM if split == "heldout" else DATA_VERSION
+        stream = {"heldout": HELDOUT_STREAM, "test": TEST_STREAM}.get(split, DATA_VERSION)
         self.r = random.Random(f"{stream}/{seed}/{split}/{index}")
-        self.p = pools(split)
+        self.split = "heldout" if split == "test" else split  # the test split draws as the held-out split does
+        self.p = pools(self.split)
 
     def ok(self, text: str) -> bool:
         return heldout_class(text) == (self.split == "heldout")
@@ -1060,7 +1068,7 @@ def make_example(seed: int, split: str, index: int) -> dict:
 
 def _make_example(seed: int, split: str, index: int, attempt: int) -> dict:
     g = Gen(seed, split, index * 1000 + attempt)
-    train = split == "train"
+    train = g.split == "train"
     kind = g.r.choices(KINDS, TRAIN_KIND_WEIGHTS if train else KIND_WEIGHTS)[0]
     ws = make_workspace(g)
     time_seed = g.r.randint(0, 10**9)
@@ -1211,15 +1219,96 @@ def _gen_chunk(args):
     return generate(seed, split, n, start)
 
 
-def generate_parallel(seed: int, split: str, n: int, workers: int | None = None, chunk: int = 500) -> list[dict]:
+def generate_parallel(seed: int, split: str, n: int, workers: int | None = None, chunk: int = 500,
+                      start: int = 0) -> list[dict]:
     import multiprocessing as mp  # noqa: PLC0415
 
-    jobs = [(seed, split, s, min(chunk, n - s)) for s in range(0, n, chunk)]
+    jobs = [(seed, split, start + s, min(chunk, n - s)) for s in range(0, n, chunk)]
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(jobs) == 1:
         return [r for j in jobs for r in _gen_chunk(j)]
     with mp.get_context("fork").Pool(workers) as pool:
         return [r for part in pool.map(_gen_chunk, jobs) for r in part]
+
+
+def prompt_key(r: dict) -> str:
+    """A record's prompt: its messages up to and including the last user turn (what an eval case is given)."""
+    msgs = r["messages"]
+    last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+    return json.dumps(msgs[:last_user + 1], sort_keys=True, ensure_ascii=False)
+
+
+def user_key(r: dict) -> str:
+    """The text of a record's last user turn alone (a looser duplicate check than ``prompt_key``)."""
+    return [m for m in r["messages"] if m["role"] == "user"][-1]["content"]
+
+
+def conversation_key(r: dict) -> str:
+    return json.dumps(r["messages"], sort_keys=True, ensure_ascii=False)
+
+
+def heldout_suite_records() -> list[dict]:
+    """The cases of the built-in suite ``demo-heldout`` as records (messages = prompt + reference). The suite file
+    was written from an earlier heldout.jsonl (commit 7369002) and never regenerated, so the engine evals chose runs
+    on these cases while the training runs' held-out losses used training/heldout.jsonl: the test split avoids both."""
+    import yaml  # noqa: PLC0415
+
+    from fmoe.eval.suite import BUILTIN  # noqa: PLC0415
+
+    data = yaml.safe_load(Path(BUILTIN["demo-heldout"]).read_text(encoding="utf-8"))
+    return [{"id": c["id"], "kind": c.get("kind"), "messages": list(c["messages"]) + list(c.get("reference") or [])}
+            for c in data["cases"]]
+
+
+def generate_test(n: int = 200, seed: int = TEST_SEED, heldout: list[dict] | None = None,
+                  train: list[dict] | None = None, heldout_suite: list[dict] | None = None, batch: int = 50,
+                  workers: int | None = 1) -> tuple[list[dict], dict]:
+    """The test split: the first ``n`` examples of split ``test`` (indices 0, 1, ...) whose prompt (``prompt_key``)
+    occurs neither in ``heldout`` (default: training/heldout.jsonl), nor in ``heldout_suite`` (default: the cases of
+    the built-in suite demo-heldout), nor in ``train`` (a training sample), nor earlier in the test split. Returns
+    the records (ids keep their generator index) and the duplicate counts."""
+    from training import HELDOUT_PATH  # noqa: PLC0415
+
+    heldout = read_jsonl(HELDOUT_PATH) if heldout is None else heldout
+    heldout_suite = heldout_suite_records() if heldout_suite is None else heldout_suite
+    train = train or []
+    keys = {name: ({prompt_key(r) for r in recs}, {user_key(r) for r in recs}, {conversation_key(r) for r in recs})
+            for name, recs in (("heldout", heldout), ("heldout_suite", heldout_suite), ("train", train))}
+    stats = {"seed": seed, "stream": TEST_STREAM, "candidates": 0, "kept": 0, "train_sample": len(train),
+             "heldout": len(heldout), "heldout_suite": len(heldout_suite), "dropped_kinds": {}}
+    for name in keys:
+        stats.update({f"prompt_in_{name}": 0, f"user_text_in_{name}": 0, f"conversation_in_{name}": 0})
+    stats["prompt_repeated_in_test"] = 0
+    seen: set[str] = set()
+    out: list[dict] = []
+    start = 0
+    while len(out) < n:
+        cands = generate_parallel(seed, "test", batch, workers, chunk=-(-batch // max(1, workers or 1)),
+                                  start=start)
+        start += batch
+        for r in cands:
+            if len(out) >= n:
+                break
+            stats["candidates"] += 1
+            pk, uk, ck = prompt_key(r), user_key(r), conversation_key(r)
+            drop = False
+            for name, (pks, uks, cks) in keys.items():
+                stats[f"user_text_in_{name}"] += uk in uks
+                stats[f"conversation_in_{name}"] += ck in cks
+                if pk in pks:
+                    stats[f"prompt_in_{name}"] += 1
+                    drop = True
+            if pk in seen:
+                stats["prompt_repeated_in_test"] += 1
+                drop = True
+            seen.add(pk)
+            if drop:
+                stats["dropped_kinds"][r["kind"]] = stats["dropped_kinds"].get(r["kind"], 0) + 1
+            else:
+                out.append(r)
+    stats["kept"] = len(out)
+    stats["kinds"] = {k: sum(r["kind"] == k for r in out) for k in KINDS}
+    return out, stats
 
 
 def write_jsonl(records: list[dict], path: str | Path) -> None:
@@ -1241,12 +1330,27 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--split", choices=SPLITS, default="train")
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    ap.add_argument("--seed", type=int, default=None, help=f"default {DEFAULT_SEED}; {TEST_SEED} for --split test")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--schemas-out", default=None, help="also write the tool schemas used (JSON)")
+    ap.add_argument("--train-seeds", default=f"{DEFAULT_SEED}",
+                    help="--split test: training seeds whose first --train-sample records the test prompts must avoid")
+    ap.add_argument("--train-sample", type=int, default=2000, help="--split test: training records per seed")
+    ap.add_argument("--stats-out", default=None, help="--split test: write the duplicate counts (JSON)")
     a = ap.parse_args(argv)
-    recs = generate_parallel(a.seed, a.split, a.n, a.workers)
+    if a.seed is None:
+        a.seed = TEST_SEED if a.split == "test" else DEFAULT_SEED
+    extra: dict = {}
+    if a.split == "test":
+        train = [r for s in a.train_seeds.split(",") if s.strip()
+                 for r in generate_parallel(int(s), "train", a.train_sample, a.workers)]
+        recs, extra = generate_test(a.n, a.seed, train=train, workers=a.workers or os.cpu_count() or 1)
+        extra["train_seeds"] = [int(s) for s in a.train_seeds.split(",") if s.strip()]
+        if a.stats_out:
+            Path(a.stats_out).write_text(json.dumps(extra, indent=1) + "\n", encoding="utf-8")
+    else:
+        recs = generate_parallel(a.seed, a.split, a.n, a.workers)
     write_jsonl(recs, a.out)
     if a.schemas_out:
         Path(a.schemas_out).write_text(json.dumps(tool_schemas(), indent=1, ensure_ascii=False), encoding="utf-8")
@@ -1254,7 +1358,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in recs:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
     print(json.dumps({"n": len(recs), "split": a.split, "seed": a.seed, "data_version": DATA_VERSION,
-                      "kinds": kinds}))
+                      "kinds": kinds, **({"dedup": extra} if extra else {})}))
 
 
 if __name__ == "__main__":

@@ -135,10 +135,9 @@ class Agent:
         settings = TurnSettings(max_tokens=self.max_tokens, max_call_tokens=self.max_call_tokens,
                                 sampling=self.sampling, thinking=self.thinking,
                                 call_format=self.call_format, processors=tuple(self.extra_processors))
-        on_text = None
-        if self.on_event is not None:
-            def on_text(delta: str) -> None:
-                self._emit("text", step=step, delta=delta)
+        def emit_text(delta: str) -> None:
+            self._emit("text", step=step, delta=delta)
+        on_text = emit_text if self.on_event is not None else None
         if getattr(self.model, "is_remote", False):   # an OpenAI-compatible endpoint (fmoe.agent.remote)
             return self.model.turn(self.messages if messages is None else messages, self.schemas, settings,
                                    tool_choice=self.tool_choice, parallel_tool_calls=self.parallel_tool_calls,

@@ -3,7 +3,7 @@
 This is the one turn every front end runs (``fmoe run``, ``fmoe chat``, ``fmoe eval``, the Python API):
 
     prefix = PrefixCache(model)                          # engine-state snapshots, reused across turns
-    settings = TurnSettings(max_tokens=256, call_format="xml", tool_choice="auto")
+    settings = TurnSettings(max_tokens=256, call_format="xml")
     step = run_turn(model, tok, messages, schemas, settings, prefix, grammar=grammar)   # -> ModelStep
     step.calls                                           # [ToolCall(name, arguments)], parsed and schema-checked
 

@@ -98,7 +98,7 @@ def run(bits_list=(2, 3, 4, 8)) -> dict:
 
 
 def markdown(res: dict) -> str:
-    out = [f"# GPU grouped quantized mat-vec vs HBM bandwidth (`fmoe bench kernels --device cuda`)", "",
+    out = ["# GPU grouped quantized mat-vec vs HBM bandwidth (`fmoe bench kernels --device cuda`)", "",
            f"{res['device']}, {res['when']}; HBM bandwidth of a 2 GiB device copy in the same run: "
            f"{res['hbm_copy_bytes_per_s'] / 1e12:.2f} TB/s.", "",
            "| bits | out x in | rows | time (us) | TB/s | of HBM | block_n, block_k, warps |",

@@ -94,8 +94,6 @@ def profile_decode(path: Path, tokens: int = 16, warm: int = 24, memory_budget: 
     Bytes per token = the packed weights, scales and biases of every quantized matrix the kernels ran (dense
     float weights such as the router are not counted: the bound is slightly optimistic for us, i.e. conservative).
     """
-    import torch
-
     from fmoe.bench.kernels import measure_mem_read
     from fmoe.engine.generate import Generation
     from fmoe.engine.model import Model

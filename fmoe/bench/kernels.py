@@ -448,7 +448,16 @@ def main(argv=None) -> int:
     import sys
 
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    known, rest = device.parse_known_args(_ARGV)
+    if known.device == "cuda":   # the GPU grouped mat-vec (fmoe/bench/cuda_kernels.py)
+        from fmoe.bench import cuda_kernels
+
+        return cuda_kernels.main(rest)
+    _ARGV[:] = rest
     p = argparse.ArgumentParser(prog="fmoe bench kernels", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the GPU grouped mat-vec")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--threads", type=int, default=None, help="default: $FMOE_THREADS, else the physical cores")
     p.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128))

@@ -34,14 +34,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fmoe.tools.demo import TOOL_NAMES as DEMO_TOOL_NAMES
 from fmoe.errors import FmoeError
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-BUILTIN = {"demo-heldout": SUITES_DIR / "demo_heldout.yaml"}
+BUILTIN = {"demo-heldout": SUITES_DIR / "demo_heldout.yaml", "demo-test": SUITES_DIR / "demo_test.yaml"}
 
 
 class SuiteError(FmoeError):

@@ -26,7 +26,7 @@ import numpy as np
 
 from fmoe.storage.stream_layout import (StreamingWriter, directory_bytes, free_space_check, is_streaming_layout,
                                        remove_stale_temps, verify_layout)
-from fmoe.errors import FmoeError, LayoutError
+from fmoe.errors import LayoutError
 from fmoe.kernels.quant import QuantizedWeight, dequantize, quantize
 
 ROUTER_BITS = 8

@@ -23,7 +23,7 @@ import numpy as np
 
 from fmoe.errors import FmoeError
 from fmoe.structured.formats import CallFormat, build_call_region_lark
-from fmoe.structured.schema import UnsupportedSchemaError, tool_function, tool_parameters
+from fmoe.structured.schema import UnsupportedSchemaError, tool_function
 
 __all__ = ["UnsupportedSchemaError", "GrammarError", "TokenizerInfo", "Grammar", "Matcher", "compile_tool_grammar",
            "tokenizer_info"]

@@ -11,19 +11,7 @@ from fmoe.storage.stream_layout import is_streaming_layout, open_streaming
 from fmoe.kernels.quant import QuantizedWeight, dequantize, quantize
 
 tiny_models = pytest.importorskip("tiny_models")
-# every 4th layer full attention (what mlx-lm supports), group size 64 divides every input size
-tiny_models.SHAPES.setdefault("_stream", dict(
-    hidden_size=128, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=32,
-    num_experts=6, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=64,
-    vocab_size=384))
 
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hf") / "hf"
-    tiny_models.build_hf(d, "_stream", seed=3)
-    return d
 
 
 @pytest.fixture(scope="module")

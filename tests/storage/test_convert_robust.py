@@ -17,20 +17,6 @@ from fmoe.storage import convert as convert_mod
 from fmoe.storage.checkpoint import open_checkpoint
 from fmoe.storage.stream_layout import OWNER_FILE, is_streaming_layout, verify_layout
 
-tiny_models = pytest.importorskip("tiny_models")
-tiny_models.SHAPES.setdefault("_stream", dict(
-    hidden_size=128, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=32,
-    num_experts=6, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=64,
-    vocab_size=384))
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hf") / "hf"
-    tiny_models.build_hf(d, "_stream", seed=3)
-    return d
-
 
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
