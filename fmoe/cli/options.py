@@ -39,6 +39,8 @@ def add_model_options(p: argparse.ArgumentParser, *, model_help: str = "default:
         g.add_argument("--experts-per-token", type=int, default=None,
                        help="active experts per token (default: the model's config)")
     g.add_argument("--memory-budget", default=None, help="expert cache budget of a streamed model, e.g. 2GB")
+    g.add_argument("--gpu-memory-budget", default=None,
+                   help="with --device cuda: VRAM for experts of a streamed model, e.g. 24GB (default: 60%% of free)")
     g.add_argument("--io-mode", default=None, choices=["page-cache", "direct"],
                    help="how a streamed model reads experts (default page-cache)")
     g.add_argument("--verify", action="store_true", help="verify expert checksums on every read")
@@ -60,4 +62,5 @@ def model_options(args: argparse.Namespace, task=None) -> ModelOptions:
         io_mode=args.io_mode or base.io_mode,
         verify=bool(args.verify),
         prediction=(args.prediction or "on") == "on",
+        gpu_memory_budget=parse_size(args.gpu_memory_budget) if getattr(args, "gpu_memory_budget", None) else None,
     )

@@ -25,7 +25,8 @@ from fmoe.paths import cache_dir
 @dataclass
 class ModelOptions:
     """How to run a checkpoint: backend, compute dtype, device, experts per token, and (streaming layout only) the
-    expert cache budget in bytes, the read mode, checksums on every read and expert prediction."""
+    expert cache budget in bytes, the read mode, checksums on every read, expert prediction and (CUDA) the bytes of
+    experts kept in VRAM."""
     backend: str = "torch"
     dtype: str = "float32"
     device: str | None = None
@@ -34,6 +35,7 @@ class ModelOptions:
     io_mode: str = "page-cache"
     verify: bool = False
     prediction: bool = True
+    gpu_memory_budget: int | None = None
 
     def stream(self) -> dict:
         return {"mode": self.io_mode, "verify": self.verify, "memory_budget": self.memory_budget}
@@ -148,7 +150,8 @@ def load_model(path: str | Path, options: ModelOptions | None = None):
     if not streaming and not (p / "config.json").exists():
         raise FmoeError(f"no model at {p} (config.json missing)")
     return Model.load(p, backend=o.backend, dtype=o.dtype, device=o.device, experts_per_token=o.experts_per_token,
-                      stream=o.stream() if streaming else None, predict_experts=o.prediction if streaming else False)
+                      stream=o.stream() if streaming else None, predict_experts=o.prediction if streaming else False,
+                      gpu_memory_budget=o.gpu_memory_budget if streaming else None)
 
 
 def load_tokenizer(path: str | Path, model=None):

@@ -75,9 +75,26 @@ class DecoderLayer:
         return x + self.moe(ops.rms_norm(x, self.post_norm, eps))
 
 
+def _device_budget(ops, budget: int | None) -> int:
+    """VRAM for experts on a CUDA backend: ``budget`` if given, else 60% of the free device memory at load (the rest
+    for the non-expert weights, KV cache and activations); 0 (no device tier) on other devices."""
+    device = getattr(ops, "device", None)
+    if getattr(device, "type", None) != "cuda":
+        if budget:
+            raise ConfigError("--gpu-memory-budget needs --device cuda")
+        return 0
+    if budget is not None:
+        return int(budget)
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free * 0.6)
+
+
 class Model:
     def __init__(self, checkpoint, backend: str = "torch", dtype: str = "float32", device: str | None = None,
-                 experts_per_token: int | None = None, expert_source=None, predict_experts: bool = False):
+                 experts_per_token: int | None = None, expert_source=None, predict_experts: bool = False,
+                 gpu_memory_budget: int | None = None):
         self.checkpoint = checkpoint
         self.cfg: ModelConfig = checkpoint.config
         self.ops = get_backend(backend, dtype, device)
@@ -86,7 +103,7 @@ class Model:
         if expert_source is None:
             self.experts = InMemoryExperts(ops, checkpoint)
         else:
-            self.experts = StreamedExperts(ops, expert_source)
+            self.experts = StreamedExperts(ops, expert_source, _device_budget(ops, gpu_memory_budget))
         emb = checkpoint.load("embed_tokens.weight")
         self.embed = ops.prepare_embedding(emb)
         self.norm = ops.asarray(checkpoint.load("norm.weight"), "float32")
@@ -102,9 +119,11 @@ class Model:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "torch", dtype: str = "float32", device: str | None = None,
-             experts_per_token: int | None = None, stream: dict | None = None, predict_experts: bool | None = None):
+             experts_per_token: int | None = None, stream: dict | None = None, predict_experts: bool | None = None,
+             gpu_memory_budget: int | None = None):
         """Open a checkpoint directory. ``stream`` (streaming layout only) holds ExpertStore options:
-        ``mode`` ('page-cache' | 'direct'), ``memory_budget`` (bytes), ``verify``, ``io_threads``."""
+        ``mode`` ('page-cache' | 'direct'), ``memory_budget`` (bytes), ``verify``, ``io_threads``.
+        ``gpu_memory_budget`` (CUDA, streaming layout): bytes of experts kept in VRAM (default: see _device_budget)."""
         checkpoint = open_checkpoint(path)
         source = None
         if hasattr(checkpoint, "expert_source"):
@@ -113,7 +132,8 @@ class Model:
                 predict_experts = True
         elif stream:
             raise ConfigError(f"{path}: streaming options need the streaming layout (run `fmoe convert` first)")
-        return cls(checkpoint, backend, dtype, device, experts_per_token, source, bool(predict_experts))
+        return cls(checkpoint, backend, dtype, device, experts_per_token, source, bool(predict_experts),
+                   gpu_memory_budget)
 
     def set_experts_per_token(self, k: int) -> None:
         if not 1 <= k <= self.cfg.num_experts:

@@ -8,6 +8,7 @@ starts reading the experts the router is likely to pick while attention computes
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,19 +153,63 @@ class InMemoryExperts:
 
 
 class StreamedExperts:
-    """Experts read by an ExpertStore (fmoe.storage.expert_store) and prepared for the backend on each use."""
+    """Experts read by an ExpertStore (fmoe.storage.expert_store) and prepared for the backend. With a device budget
+    (``device_cache_bytes``: the CUDA backend's VRAM tier) prepared experts stay on the device, least recently used
+    evicted first, so that a hit costs neither a host read nor a host-to-device copy."""
 
-    def __init__(self, ops, store):
+    def __init__(self, ops, store, device_cache_bytes: int | None = None):
         self.ops, self.store = ops, store
+        self.device_budget = device_cache_bytes or 0
+        self._device: OrderedDict[tuple[int, int], tuple[tuple, int]] = OrderedDict()
+        self._device_bytes = 0
+        self._device_hits = self._device_misses = self._device_evictions = 0
 
     def get(self, layer: int, ids):
-        return [tuple(self.ops.prepare_linear(w) for w in ew) for ew in self.store.get(layer, ids)]
+        if not self.device_budget:
+            return [tuple(self.ops.prepare_linear(w) for w in ew) for ew in self.store.get(layer, ids)]
+        out: list = [None] * len(ids)
+        missing = []
+        for i, e in enumerate(ids):
+            hit = self._device.get((layer, e))
+            if hit is None:
+                missing.append(i)
+            else:
+                self._device.move_to_end((layer, e))
+                out[i] = hit[0]
+        self._device_hits += len(ids) - len(missing)
+        self._device_misses += len(missing)
+        if missing:
+            for i, ew in zip(missing, self.store.get(layer, [ids[i] for i in missing])):
+                nbytes = sum(w.nbytes for w in ew)
+                out[i] = tuple(self.ops.prepare_linear(w) for w in ew)
+                self._keep((layer, ids[i]), out[i], nbytes)
+        return out
+
+    def _keep(self, key, prepared, nbytes: int) -> None:
+        if key in self._device or nbytes > self.device_budget:
+            return
+        while self._device_bytes + nbytes > self.device_budget and self._device:
+            _, (_, freed) = self._device.popitem(last=False)
+            self._device_bytes -= freed
+            self._device_evictions += 1
+        self._device[key] = (prepared, nbytes)
+        self._device_bytes += nbytes
 
     def prefetch(self, layer: int, ids) -> None:
-        self.store.prefetch(layer, ids)
+        if self.device_budget:
+            ids = [e for e in ids if (layer, e) not in self._device]
+        if ids:
+            self.store.prefetch(layer, ids)
 
     def stats(self) -> dict:
-        return self.store.stats()
+        s = self.store.stats()
+        if self.device_budget:
+            n = self._device_hits + self._device_misses
+            s.update(device_cache_budget=self.device_budget, device_resident_bytes=self._device_bytes,
+                     device_cache_hits=self._device_hits, device_cache_misses=self._device_misses,
+                     device_cache_evictions=self._device_evictions,
+                     device_cache_hit_rate=self._device_hits / n if n else None)
+        return s
 
     def close(self) -> None:
         self.store.close()

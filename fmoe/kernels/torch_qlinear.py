@@ -103,6 +103,29 @@ def to_torch_quantized(q: QuantizedWeight, device: torch.device | str | None = N
     return QuantizedWeight(w, s, b, q.bits, q.group_size)
 
 
+GPU_QMV_MAX_ROWS = 8   # CUDA: up to this many rows run the grouped mat-vec (fmoe/kernels/triton_qmv.py)
+_GPU_QMV: list = []    # the triton_qmv module, or None when Triton is unavailable (decided once)
+_ZERO_SLOTS: dict = {}
+
+
+def _gpu_qmv():
+    if not _GPU_QMV:
+        try:
+            from fmoe.kernels import triton_qmv
+        except Exception as e:  # noqa: BLE001 - no Triton (or a broken one): the dequantize + matmul path
+            warnings.warn(f"GPU mat-vec kernel unavailable ({e}); CUDA decode dequantizes each matrix instead")
+            triton_qmv = None
+        _GPU_QMV.append(triton_qmv)
+    return _GPU_QMV[0]
+
+
+def _zero_slots(rows: int, device) -> torch.Tensor:
+    key = (rows, str(device))
+    if key not in _ZERO_SLOTS:
+        _ZERO_SLOTS[key] = torch.zeros(rows, dtype=torch.int32, device=device)
+    return _ZERO_SLOTS[key]
+
+
 def dequantize_torch(q: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``scale * q + bias`` computed in float32 with torch ops on q's device, returned as ``dtype``.
 
@@ -261,6 +284,13 @@ class TorchQLinear:
             y = x.reshape(-1, self.in_features).to(torch.float32) @ self.dequantize(torch.float32).t()
             y = y.reshape(*lead, self.out_features)
             return y if self.dtype == torch.float32 else y.to(self.dtype)
+        if x.device.type == "cuda" and m <= GPU_QMV_MAX_ROWS:
+            qmv = _gpu_qmv()
+            if qmv is not None:   # decode on the GPU: the grouped mat-vec reads the packed weight, no dense copy
+                q = self.q
+                y = qmv.grouped_qmv(x.reshape(m, self.in_features), q.weight[None], q.scales[None], q.biases[None],
+                                    _zero_slots(m, x.device), self.bits, self.group_size)
+                return y.reshape(*lead, self.out_features).to(self.dtype)
         wd = dequantize_torch(self.q, self.dtype)
         return x.to(device=wd.device, dtype=self.dtype) @ wd.t()
 

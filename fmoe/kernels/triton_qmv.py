@@ -107,7 +107,7 @@ def _block_k(n_in: int, group_size: int, bits: int, block_k: int) -> int:
 
 def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor,
                 slots: torch.Tensor, bits: int, group_size: int, out: torch.Tensor | None = None,
-                block_n: int = 16, block_k: int = 256, num_warps: int = 4) -> torch.Tensor:
+                block_n: int = 8, block_k: int = 1024, num_warps: int = 2) -> torch.Tensor:
     """``y[r] = dequant(w[slots[r]]) @ x[r]`` for every row r (x: [R, in] or [1, in] shared); float32 [R, out]."""
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
@@ -119,6 +119,7 @@ def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: 
     if scales.shape != (n_slots, n_out, n_in // group_size) or biases.shape != scales.shape:
         raise ValueError(f"scales/biases {tuple(scales.shape)} do not match w {tuple(w.shape)} at group {group_size}")
     x = x.contiguous()
+    scales, biases = scales.contiguous(), biases.contiguous()
     y = out if out is not None else torch.empty(rows, n_out, dtype=torch.float32, device=x.device)
     block_k = _block_k(n_in, group_size, bits, block_k)
     grid = (triton.cdiv(n_out, block_n), rows)
