@@ -52,7 +52,13 @@ class AttentionState:
         need = n + T
         b = self.buf
         if b is None or b.filled != n or need > b.capacity:
-            cap = max(need, (b.capacity + max(CHUNK, b.capacity // 2)) if b is not None else CHUNK)
+            if b is not None and b.filled == n:
+                # appending at the tip of a full buffer: grow geometrically (1.5x, at least CHUNK)
+                cap = max(need, b.capacity + max(CHUNK, b.capacity // 2))
+            else:
+                # a fresh state, or a copy on divergence (a resumed snapshot): size from what is needed, not from the
+                # old buffer's capacity, so a chain of resumed turns does not grow the buffer 1.5x per turn
+                cap = max(need, CHUNK)
             cap = -(-cap // CHUNK) * CHUNK
             shape = (k.shape[0], cap, k.shape[2])
             nb = KVBuffer(ops.zeros(shape, _dtype_name(k)), ops.zeros(shape, _dtype_name(v)), cap)
