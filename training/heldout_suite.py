@@ -40,6 +40,7 @@ def heldout_to_suite(jsonl: str | Path, name: str = "demo-heldout", description:
             "id": r["id"], "kind": r.get("kind", "case"), "tools": list(r.get("tools", [])),
             "messages": msgs[:last_user + 1], "reference": msgs[last_user + 1:],
             "workspace": r.get("workspace") or {}, "thinking": bool(r.get("enable_thinking", False)),
+            **({"time_seed": r["time_seed"]} if r.get("time_seed") else {}),   # the seeded clock of current_time
             "expect": {"calls": r.get("expected") or [], "answer": list(r.get("check") or [])},
         })
     return {"name": name, "description": description or SPLITS["heldout"][2], "call_format": "auto",

@@ -156,7 +156,7 @@ class Agent:
                 try:
                     r = await self.registry.acall(c.name, c.arguments, timeout=self.tool_timeout)
                 except Exception as e:  # noqa: BLE001 - a tool never stops the agent
-                    r = ToolResult(f"tool {c['name']!r} failed: {format_exception(e)}", True)
+                    r = ToolResult(f"tool {c.name!r} failed: {format_exception(e)}", True)
                 if self.max_tool_output is not None:
                     text, cut = cap_output(r.content, self.max_tool_output)
                     if cut:

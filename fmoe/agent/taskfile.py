@@ -203,7 +203,8 @@ class TaskFile(_Strict):
             for t in tools:
                 t.max_output = self.max_tool_output
         if self.mcp:
-            reg.add_mcp(self.mcp, self.base_dir, timeout=self.tool_timeout, max_output=self.max_tool_output)
+            reg.add_mcp(self.mcp, self.base_dir, timeout=self.tool_timeout, max_output=self.max_tool_output,
+                        call_format=_task_call_format(self))
         return reg
 
     def close(self) -> None:
@@ -364,7 +365,8 @@ def _resolve_tools(task: TaskFile, name: str, lines: dict[tuple, int]) -> None:
                                 f"field 'tools[{i}]': {e}") from None
     if task.mcp:
         try:
-            reg.add_mcp(task.mcp, task.base_dir, timeout=task.tool_timeout, max_output=task.max_tool_output)
+            reg.add_mcp(task.mcp, task.base_dir, timeout=task.tool_timeout, max_output=task.max_tool_output,
+                        call_format=call_format)
         except FmoeError as e:
             i = getattr(e, "index", None)
             where = (lines.get(("mcp", i), 1), f"mcp[{i}]") if i is not None else (lines.get(("mcp",), 1), "mcp")

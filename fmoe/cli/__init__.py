@@ -3,10 +3,10 @@
     fmoe generate --prompt "Hi" [--model PATH]        fmoe.cli.generate
     fmoe run TASK.yaml                                 fmoe.cli.run
     fmoe chat --tools calculator,files                 fmoe.cli.chat
-    fmoe tools list                                    fmoe.cli.tools
+    fmoe tools list [TASK.yaml]                        fmoe.cli.tools
     fmoe eval SUITE --out DIR                          fmoe.cli.eval
     fmoe convert SRC DST / fmoe synth DST              fmoe.cli.convert, fmoe.cli.synth
-    fmoe bench kernels|stream|grammar|decode|fastforward   fmoe.cli.bench
+    fmoe bench kernels|stream|grammar|decode|fastforward|serve   fmoe.cli.bench
 
 The options shared by every command that loads a model are declared once, in fmoe.cli.options.
 """
@@ -23,10 +23,10 @@ COMMANDS = {
     "synth": ("fmoe.cli.synth", "write a random-weight model at a real model's dimensions"),
     "run": ("fmoe.cli.run", "run agent task files"),
     "chat": ("fmoe.cli.chat", "interactive chat with tools"),
-    "tools": ("fmoe.cli.tools", "list the built-in tools"),
+    "tools": ("fmoe.cli.tools", "list the built-in tools, or a task file's tools"),
     "eval": ("fmoe.cli.eval", "structured-output reliability sweep"),
     "serve": ("fmoe.cli.serve", "OpenAI- and Anthropic-compatible HTTP server"),
-    "bench": ("fmoe.cli.bench", "benchmarks (kernels, stream, grammar, decode, fastforward)"),
+    "bench": ("fmoe.cli.bench", "benchmarks (kernels, stream, grammar, decode, fastforward, serve)"),
 }
 
 

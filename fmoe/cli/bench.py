@@ -2,7 +2,7 @@
 
     fmoe bench kernels --json          # quantized matvec vs memory read bandwidth
     fmoe bench stream --layers 8       # streamed decode vs the disk/memory bound
-    fmoe bench grammar | decode | fastforward
+    fmoe bench grammar | decode | fastforward | serve
 
 Results go to bench/results/ (each benchmark's --out); ``fmoe bench NAME --help`` lists its options.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("kernels", "stream", "grammar", "decode", "fastforward")
+BENCHES = ("kernels", "stream", "grammar", "decode", "fastforward", "serve")
 
 
 def main(argv: list[str] | None = None) -> int:

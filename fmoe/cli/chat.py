@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from fmoe.cli.options import add_model_options, model_options
-from fmoe.errors import FmoeError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,43 +42,39 @@ def main(argv) -> int:
 
     args = build_parser().parse_args(argv)
     console = Console()
-    try:
-        reg = ToolRegistry()
-        ws = Path(args.workspace).resolve()
-        for spec in [s.strip() for s in args.tools.split(",") if s.strip()]:
-            reg.add_spec(spec, Path.cwd(), workspace=ws)
-        path = resolve_model(args.model)
-        model, tok = load(path, model_options(args))
-        ui = None if args.quiet else AgentUI(console)
-        with Transcript(args.transcript) as tr:
-            agent = Agent(model, tok, reg, system=args.system or None, tool_choice=args.tool_choice,
-                          max_steps=args.max_steps, max_tokens=args.max_tokens,
-                          sampling=Sampling(temperature=args.temperature), thinking=args.thinking,
-                          tool_timeout=args.tool_timeout, on_event=ui, transcript=tr)
-            interactive = sys.stdin.isatty()
-            if not args.quiet:
-                console.print(f"[dim]model {path} · tools: {', '.join(reg.names()) or 'none'} · "
-                              f"/exit to quit, /reset for a new conversation[/dim]")
-            while True:
-                if interactive:
-                    console.print("[bold]you>[/bold] ", end="")
-                line = sys.stdin.readline()
-                if not line:
-                    break
-                line = line.strip()
-                if not line:
-                    continue
-                if line in ("/exit", "/quit"):
-                    break
-                if line == "/reset":
-                    agent.reset()
-                    continue
-                r = agent.chat(line)
-                if ui is not None:
-                    ui.summary(r)
-                else:
-                    print(r.answer if r.answer is not None else f"(no answer: {r.stop_reason})", flush=True)
-    except FmoeError as e:
-        print(f"fmoe chat: error: {e}", file=sys.stderr)
-        return 2
+    reg = ToolRegistry()
+    ws = Path(args.workspace).resolve()
+    for spec in [s.strip() for s in args.tools.split(",") if s.strip()]:
+        reg.add_spec(spec, Path.cwd(), workspace=ws)
+    path = resolve_model(args.model)
+    model, tok = load(path, model_options(args))
+    ui = None if args.quiet else AgentUI(console)
+    with Transcript(args.transcript) as tr:
+        agent = Agent(model, tok, reg, system=args.system or None, tool_choice=args.tool_choice,
+                      max_steps=args.max_steps, max_tokens=args.max_tokens,
+                      sampling=Sampling(temperature=args.temperature), thinking=args.thinking,
+                      tool_timeout=args.tool_timeout, on_event=ui, transcript=tr)
+        interactive = sys.stdin.isatty()
+        if not args.quiet:
+            console.print(f"[dim]model {path} · tools: {', '.join(reg.names()) or 'none'} · "
+                          f"/exit to quit, /reset for a new conversation[/dim]")
+        while True:
+            if interactive:
+                console.print("[bold]you>[/bold] ", end="")
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/exit", "/quit"):
+                break
+            if line == "/reset":
+                agent.reset()
+                continue
+            r = agent.chat(line)
+            if ui is not None:
+                ui.summary(r)
+            else:
+                print(r.answer if r.answer is not None else f"(no answer: {r.stop_reason})", flush=True)
     return 0

@@ -1,5 +1,5 @@
-"""``fmoe convert SRC DST [--bits 2|3|4|8] [--group-size 32|64|128] [--force] [--threads N]``: a Hugging Face bf16 or
-mlx-lm checkpoint (or a streaming layout) -> the streaming layout (fmoe.storage.convert does the work).
+"""``fmoe convert SRC DST [--bits 2|3|4|5|6|8] [--group-size 32|64|128] [--force] [--threads N]``: a Hugging Face
+bf16 or mlx-lm checkpoint (or a streaming layout) -> the streaming layout (fmoe.storage.convert does the work).
 
     fmoe convert ~/models/Qwen3.5-397B-A17B ~/models/q397-stream --bits 4 --verify
 """

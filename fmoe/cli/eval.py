@@ -61,52 +61,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from fmoe.eval.report import print_table, write_report
-        from fmoe.eval.run import plan_variants, run_eval
-        from fmoe.eval.suite import resolve_suite
-        from fmoe.demo import MODEL_DIR
+    from fmoe.agent.remote import resolve_remote
+    from fmoe.demo import MODEL_DIR
+    from fmoe.eval.report import print_table, write_report
+    from fmoe.eval.run import plan_variants, run_eval
+    from fmoe.eval.suite import resolve_suite
 
-        if args.suite.startswith("bfcl:") and args.per_split:
-            from fmoe.eval.bfcl import load_bfcl_suite
-            from pathlib import Path
+    suite = resolve_suite(args.suite, per_split=args.per_split)
+    remote = resolve_remote(args.model)
+    if remote is not None:   # an OpenAI-compatible endpoint: one variant, "remote"; no KL
+        if not args.quiet:
+            print("fmoe eval: remote model: --bits, --experts-per-token and --grammar do not apply (one variant, "
+                  "'remote'); KL is skipped", file=sys.stderr)
+        from fmoe.eval.run import run_eval_remote
 
-            rest = args.suite[5:]
-            path, _, splits = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
-            suite = load_bfcl_suite(path, splits.split(",") if splits else None, per_split=args.per_split)
-        else:
-            suite = resolve_suite(args.suite)
-        from fmoe.agent.remote import resolve_remote
+        results = run_eval_remote(suite, remote, args.out, limit=args.limit, progress=not args.quiet)
+        paths = write_report(results, args.out, with_plots=False)
+        print_table(results)
+        print("wrote " + ", ".join(str(p) for p in paths))
+        return 0
+    from fmoe.engine.loader import resolve_model
 
-        remote = resolve_remote(args.model)
-        if remote is not None:   # an OpenAI-compatible endpoint: one variant, "remote"; no KL
-            if not args.quiet:
-                print("fmoe eval: remote model: --bits, --experts-per-token and --grammar do not apply (one variant, "
-                      "'remote'); KL is skipped", file=sys.stderr)
-            from fmoe.eval.run import run_eval_remote
-
-            results = run_eval_remote(suite, remote, args.out, limit=args.limit, progress=not args.quiet)
-            paths = write_report(results, args.out, with_plots=False)
-            print_table(results)
-            print("wrote " + ", ".join(str(p) for p in paths))
-            return 0
-        from fmoe.engine.loader import resolve_model
-
-        model = resolve_model(args.model, bits=16) if args.model else MODEL_DIR   # a directory or ORG/NAME (HF cache)
-        if args.model is None and not (MODEL_DIR / "config.json").exists():
-            raise FmoeError(f"the embedded demo model is missing ({MODEL_DIR}); pass --model")
-        variants = plan_variants(args.bits, args.experts_per_token or [None], args.grammar, cross=args.cross,
-                                 cross_bits=args.cross_bits)
-        results = run_eval(suite, model, variants, args.out, limit=args.limit, options=model_options(args),
-                           progress=not args.quiet, kl_n=args.kl_texts)
-        paths = write_report(results, args.out, with_plots=not args.no_plots)
-    except FmoeError as e:
-        print(f"fmoe eval: error: {e}", file=sys.stderr)
-        return 2
+    model = resolve_model(args.model, bits=16) if args.model else MODEL_DIR   # a directory or ORG/NAME (HF cache)
+    if args.model is None and not (MODEL_DIR / "config.json").exists():
+        raise FmoeError(f"the embedded demo model is missing ({MODEL_DIR}); pass --model")
+    variants = plan_variants(args.bits, args.experts_per_token or [None], args.grammar, cross=args.cross,
+                             cross_bits=args.cross_bits)
+    results = run_eval(suite, model, variants, args.out, limit=args.limit, options=model_options(args),
+                       progress=not args.quiet, kl_n=args.kl_texts)
+    paths = write_report(results, args.out, with_plots=not args.no_plots)
     print_table(results)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fmoe.cli import main as fmoe_main   # the dispatcher: FmoeError -> "fmoe eval: error: ...", exit 2
+
+    sys.exit(fmoe_main(["eval", *sys.argv[1:]]))

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.max_tokens < 0:
+        raise FmoeError(f"--max-tokens must be >= 0, got {args.max_tokens}")
     from rich.console import Console
 
     from fmoe.engine.generate import Generation, Sampling

@@ -51,16 +51,19 @@ def add_model_options(p: argparse.ArgumentParser, *, model_help: str = "default:
 def model_options(args: argparse.Namespace, task=None) -> ModelOptions:
     """ModelOptions from the parsed options; a task file (fmoe.agent.taskfile.TaskFile) fills the unset ones."""
     base = ModelOptions()
+    # `is not None`, not `or`: 0 is a value (--experts-per-token 0 reaches the range check and is refused;
+    # --memory-budget 0 keeps no expert cache, in either io mode) and must not fall back to the task file or default
     epk = getattr(args, "experts_per_token", None)
-    budget = parse_size(args.memory_budget) if args.memory_budget else None
+    budget = parse_size(args.memory_budget) if args.memory_budget is not None else None
+    gpu_budget = getattr(args, "gpu_memory_budget", None)
     return ModelOptions(
         backend=args.backend or (task.backend if task is not None else base.backend),
         dtype=args.dtype or base.dtype,
         device=args.device,
-        experts_per_token=epk or (task.experts_per_token if task is not None else None),
-        memory_budget=budget or (task.memory_budget if task is not None else None),
+        experts_per_token=epk if epk is not None else (task.experts_per_token if task is not None else None),
+        memory_budget=budget if budget is not None else (task.memory_budget if task is not None else None),
         io_mode=args.io_mode or base.io_mode,
         verify=bool(args.verify),
         prediction=(args.prediction or "on") == "on",
-        gpu_memory_budget=parse_size(args.gpu_memory_budget) if getattr(args, "gpu_memory_budget", None) else None,
+        gpu_memory_budget=parse_size(gpu_budget) if gpu_budget is not None else None,
     )

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 from fmoe.cli.options import add_model_options, model_options
-from fmoe.errors import FmoeError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,10 +106,7 @@ def main(argv) -> int:
             all_results.extend(results)
         if args.json and len(all_results) > 1:
             print(json.dumps(_merge_results(all_results), ensure_ascii=False, default=str), flush=True)
-    except FmoeError as e:
-        print(f"fmoe run: error: {e}", file=sys.stderr)
-        return 2
-    finally:
+    finally:   # an FmoeError goes on to the dispatcher (fmoe.cli): "fmoe run: error: ...", exit 2
         for tf in tasks:   # MCP servers
             tf.close()
     return 1 if any(r.passed is False for r in all_results) else 0

@@ -1,8 +1,9 @@
 """``fmoe serve [--model PATH] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-queue 8] [model options]``
 
 An OpenAI- and Anthropic-compatible HTTP server on one engine (fmoe.server): /v1/chat/completions, /v1/models,
-/v1/messages, /health. Binds to 127.0.0.1 unless --host says otherwise; with --api-key (or $FMOE_API_KEY) every /v1
-route needs ``Authorization: Bearer KEY`` or ``x-api-key: KEY``.
+/v1/messages, /v1/messages/count_tokens, /health. Binds to 127.0.0.1 unless --host says otherwise; with --api-key
+(or $FMOE_API_KEY) every /v1 route needs ``Authorization: Bearer KEY`` or ``x-api-key: KEY``; without one, only
+application/json bodies and loopback (or IP-address) Host headers are served.
 """
 from __future__ import annotations
 

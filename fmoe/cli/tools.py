@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from fmoe.errors import FmoeError
 
 ALIASES = {"time"}   # same tool as current_time
 
@@ -61,10 +59,7 @@ def main(argv) -> int:
             tools, task = task_tools(args.task)
         else:
             tools = builtin_tools(Path(args.workspace).resolve())
-    except FmoeError as e:
-        print(f"fmoe tools: error: {e}", file=sys.stderr)
-        return 2
-    finally:
+    finally:   # an FmoeError goes on to the dispatcher (fmoe.cli): "fmoe tools: error: ...", exit 2
         if task is not None:
             task.close()   # MCP servers: listed, not kept
     if args.json:

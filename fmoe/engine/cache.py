@@ -7,7 +7,8 @@ whole cache at every token (before: a concat per step, O(S) bytes copied per tok
 Snapshots: ``snapshot()`` is a cheap shallow copy.  The linear-attention state arrays are never mutated in place (each
 step makes new ones).  A KV buffer may be shared by a state and its snapshots: each remembers its own ``length``, the
 buffer remembers how far anyone has written (``filled``); a state may append in place only at the buffer's tip, and
-copies its prefix into a fresh buffer otherwise (copy on divergence), so resuming a snapshot never disturbs another.
+copies its prefix into a fresh buffer otherwise (copy on divergence, sized from the positions needed rounded up to a
+chunk, not from the old buffer's capacity), so resuming a snapshot never disturbs another.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ and per-run stats.
 """
 from __future__ import annotations
 
+import numbers
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,9 @@ class Sampling:
     def __post_init__(self):
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
             raise FmoeError(f"invalid sampling settings: {self}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)
+                                      or self.seed < 0):
+            raise FmoeError(f"invalid sampling seed: {self.seed!r} (seed must be None or a whole number >= 0)")
 
 
 @dataclass

@@ -14,12 +14,19 @@ content hash, so every engine path (quantized kernels, expert streaming) runs on
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from fmoe.errors import FmoeError
 from fmoe.paths import cache_dir
+
+try:
+    import fcntl
+except ImportError:         # Windows: no flock; concurrent first-time conversions are not serialized there
+    fcntl = None
 
 
 @dataclass
@@ -113,11 +120,35 @@ def quantized_variant(src: str | Path, bits: int, group_size: int | None = None,
     dst = cache_dir("variants", f"{content_digest(src)}-{bits}bit-g{group_size}")
     if (dst / "manifest.json").exists():
         return dst
-    if not quiet:
-        print(f"fmoe: converting {src} to the {bits}-bit streaming layout (once) -> {dst}", file=sys.stderr)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    convert(src, dst, bits=bits, group_size=group_size, progress=not quiet, overwrite=dst.exists())
+    # two first-time loads (two processes) must not both convert: the second finish() would rename the first's
+    # finished folder away and remove it under a reader.  Whoever gets the lock converts; the others wait for it and
+    # find the manifest when they get the lock.
+    with _exclusive_lock(dst.with_name(dst.name + ".lock")):
+        if (dst / "manifest.json").exists():
+            return dst
+        if not quiet:
+            print(f"fmoe: converting {src} to the {bits}-bit streaming layout (once) -> {dst}", file=sys.stderr)
+        convert(src, dst, bits=bits, group_size=group_size, progress=not quiet, overwrite=dst.exists())
     return dst
+
+
+@contextmanager
+def _exclusive_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` body; blocks until it is free.
+    Where ``fcntl`` is missing (Windows) this does not lock."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def resolve_model(path: str | Path | None, bits: int = 4, quiet: bool = False) -> Path:

@@ -113,7 +113,7 @@ class Model:
         self.layers = [DecoderLayer(ops, cfg, i, checkpoint, self.experts, self.moe_stats)
                        for i in range(cfg.num_hidden_layers)]
         self.rope = RoPE(ops, cfg)
-        self.set_experts_per_token(experts_per_token or cfg.num_experts_per_tok)
+        self.set_experts_per_token(cfg.num_experts_per_tok if experts_per_token is None else experts_per_token)
         self.set_prediction(predict_experts)
         self.compute_s = 0.0
 

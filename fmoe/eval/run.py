@@ -48,7 +48,7 @@ class Variant:
     grammar: bool
 
     def label(self, default_k: int | None = None) -> str:
-        k = self.experts_per_token or default_k
+        k = default_k if self.experts_per_token is None else self.experts_per_token
         return f"{self.bits}bit-k{k}-{'grammar' if self.grammar else 'free'}"
 
 
@@ -156,12 +156,12 @@ class Acc:
 
 def case_registry(suite: Suite, case: Case, workspace: str):
     """The case's tools as a ToolRegistry, in the case's order: the demo model's tools for real (file tools in
-    ``workspace``, a seeded clock), declared-only tools answering their validated arguments (SchemaTool)."""
+    ``workspace``, the clock seeded with the case's time_seed), declared-only tools answering their validated arguments (SchemaTool)."""
     from fmoe.tools.demo import TOOL_NAMES, demo_registry
     from fmoe.tools.registry import ToolRegistry
     from fmoe.tools.schema_tools import SchemaTool
 
-    demo = demo_registry(workspace)
+    demo = demo_registry(workspace, time_seed=case.time_seed)
     reg = ToolRegistry()
     for spec, schema in zip(case.tools, suite.tool_schemas(case)):
         by_name = isinstance(spec, str) and spec not in suite.tools and spec in TOOL_NAMES
@@ -297,9 +297,10 @@ def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], 
     default_k, n_experts = checkpoint.config.num_experts_per_tok, checkpoint.config.num_experts
     if hasattr(checkpoint, "close"):
         checkpoint.close()
-    ks = {v.experts_per_token or default_k for v in variants}
-    if max(ks) > n_experts:
-        raise FmoeError(f"experts per token {max(ks)} > the model's {n_experts} experts")
+    ks = {default_k if v.experts_per_token is None else v.experts_per_token for v in variants}
+    if max(ks) > n_experts or min(ks) < 1:
+        raise FmoeError(f"--experts-per-token: each value must be in 1..{n_experts} (the model's experts), "
+                        f"got {sorted(ks)}")
     vocab = tok.vocab_size
     texts = kl_texts(suite, tok, cases, kl_n, kl_max_len)
     ref_bits, ref_k = max(v.bits for v in variants), max(ks)
@@ -318,7 +319,7 @@ def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], 
             ref_lp = logprobs(model, texts, vocab)
         kl_cache: dict[int, float] = {}
         for v in vs:
-            k = v.experts_per_token or default_k
+            k = default_k if v.experts_per_token is None else v.experts_per_token
             model.set_experts_per_token(k)
             if k not in kl_cache:
                 kl_cache[k] = 0.0 if (bits, k) == (ref_bits, ref_k) else mean_kl(ref_lp, logprobs(model, texts, vocab))
@@ -341,7 +342,8 @@ def run_eval(suite: Suite, model_path: str | Path, variants: Sequence[Variant], 
                 d.mkdir(parents=True, exist_ok=True)
                 (d / f"{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         del model
-    order = [Variant(v.bits, v.experts_per_token or default_k, v.grammar).label() for v in variants]
+    order = [Variant(v.bits, default_k if v.experts_per_token is None else v.experts_per_token, v.grammar).label()
+             for v in variants]
     results.sort(key=lambda r: order.index(r["variant"]))
     counts = failures.pop("_counts", {})
     return {"suite": suite.name, "model": str(src), "backend": options.backend, "call_format": call_format,

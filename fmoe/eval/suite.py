@@ -22,6 +22,7 @@ Format::
         messages: [{role: user, content: "What is 2+2?"}]    # the prompt (ends before the turn to predict)
         reference: [...]         # optional: the reference continuation (assistant/tool messages), for the KL text
         workspace: {notes.txt: "..."}        # files for the file tools when looping
+        time_seed: 0             # the demo current_time tool's seeded clock (reproducible answers)
         expect:
           calls: [[{name: calculator, arguments: {expression: "2+2"}}]]   # per assistant turn; [] = no call
           answer: ["4"]          # strings that must all appear in the final answer (case-insensitive)
@@ -88,6 +89,7 @@ class Case(_Strict):
     reference: list[Message] = Field(default_factory=list)
     workspace: dict[str, str] = Field(default_factory=dict)
     thinking: bool = False
+    time_seed: int = Field(0, ge=0)            # the demo tools' seeded clock (current_time) for this case
     expect: Expect = Field(default_factory=Expect)
     loop: bool | None = None                   # None: the suite's setting
 
@@ -207,14 +209,15 @@ def check_suite_schemas(suite: Suite, name: str = "<suite>", lines: dict | None 
             seen.add(key)
 
 
-def resolve_suite(spec: str) -> Suite:
-    """A built-in name, a YAML path, or ``bfcl:DIR[:split,split]``."""
+def resolve_suite(spec: str, per_split: int | None = None) -> Suite:
+    """A built-in name, a YAML path, or ``bfcl:DIR[:split,split]`` (``per_split``: the first N cases of each BFCL
+    split; not used by the other kinds)."""
     if spec.startswith("bfcl:"):
         from fmoe.eval.bfcl import load_bfcl_suite
 
         rest = spec[len("bfcl:"):]
         path, _, splits = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
-        return load_bfcl_suite(path, splits.split(",") if splits else None)
+        return load_bfcl_suite(path, splits.split(",") if splits else None, per_split=per_split)
     if spec in BUILTIN:
         p = BUILTIN[spec]
         if not p.exists():

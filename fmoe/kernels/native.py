@@ -122,9 +122,13 @@ def physical_cores() -> int:
 
 def threads() -> int:
     """Threads of the native kernels: ``$FMOE_THREADS``, else the physical cores (see :func:`physical_cores`)."""
-    env = os.environ.get("FMOE_THREADS")
+    env = os.environ.get("FMOE_THREADS", "").strip()
     if env:
-        return max(1, int(env))
+        try:
+            return max(1, int(env))
+        except ValueError:
+            from fmoe.errors import ConfigError
+            raise ConfigError(f"FMOE_THREADS must be a whole number of threads, got {env!r}") from None
     global _threads
     if _threads is None:
         _threads = physical_cores()

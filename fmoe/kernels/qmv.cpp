@@ -4,10 +4,16 @@
 //
 // w: uint32 [N, K * bits / 32] (LSB-first bit stream along k; 3-bit = 8 codes per 3 bytes), scales/biases
 // [N, K / gs] as bf16 bit patterns (uint16) or float32.  x: float32 rows [M, K] (row stride x_stride), y: float32
-// rows [M, N] (row stride y_stride).  All arithmetic is float32 (dequantized weight = fma(q, s, b), then fma with x).
+// rows [M, N] (row stride y_stride).  Arithmetic by `mode` (fmoe_qmv):
+//   0 (the default): int16 activations: x quantized per group to int16, exact int32 products and sums with the codes,
+//     each group's sum scaled in float32 (see "Fast path: int16 activations" below; non-finite x falls back to 1);
+//   1 (exact): float32 activations and float32 FMAs (dequantized weight = fma(q, s, b), then fma with x);
+//   2: portable scalar float32.
 //
-// Built at first use by fmoe/kernels/native.py with `-O3 -march=native -pthread -ffp-contract=off`; plain C ABI, called via ctypes.
-// AVX2+FMA path (x86-64-v3) with a portable scalar fallback (and scalar tails when K is not a block multiple).
+// Built at first use by fmoe/kernels/native.py, once per ISA variant with explicit flags (not -march=native):
+// `-O3 -pthread -std=c++17 -fno-math-errno -ffp-contract=off` plus the variant's flags (list below); plain C ABI,
+// called via ctypes.  SIMD paths (AVX2+FMA, and AVX-512/VNNI forms of them) with a portable scalar fallback (and
+// scalar tails when K is not a block multiple); without AVX2 (the generic variant) every mode runs the scalar code.
 
 #include <cstdint>
 #include <cstring>

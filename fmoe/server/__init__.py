@@ -10,9 +10,11 @@
     from fmoe.server.run import BackgroundServer                                 # in Python (tests, notebooks)
     with BackgroundServer(model, tok, port=0) as srv: ...                        # srv.url
 
-Routes: POST /v1/chat/completions, GET /v1/models, POST /v1/messages, GET /health. One turn runs at a time on the
-single engine; up to --max-queue requests wait (then 429 with Retry-After). Tool calls and response_format JSON are
-generated under the grammar (valid by construction). Modules: app.py (routes, key, errors), engine.py (queue, worker,
-prefix cache), openai_api.py, anthropic_api.py (translation both ways), stream.py (content vs calls while
-streaming), http.py (request plumbing), errors.py, run.py (uvicorn). Reference: docs/reference/server.md.
+Routes: POST /v1/chat/completions, GET /v1/models, POST /v1/messages, POST /v1/messages/count_tokens, GET /health.
+One turn runs at a time on the single engine; up to --max-queue requests wait (then 429 with Retry-After). Without
+--api-key, POST bodies must be application/json (415) and the Host header a loopback name or an IP address (403).
+Tool calls and response_format JSON are generated under the grammar (valid by construction). Modules: app.py
+(routes, key, Host check, errors), engine.py (queue, worker, prefix cache, token budget), openai_api.py,
+anthropic_api.py (translation both ways), stream.py (content vs calls while streaming), http.py (request plumbing,
+the tool check of both APIs), errors.py, run.py (uvicorn). Reference: docs/reference/server.md.
 """

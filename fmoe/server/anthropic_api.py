@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 
 from fmoe.server.engine import RequestError, TurnRequest, TurnResult
 from fmoe.server.errors import ApiError, error_body
-from fmoe.server.http import new_id, parse_model, read_json, start_job, wait_result
+from fmoe.server.http import check_tools, new_id, parse_model, read_json, start_job, wait_result
 
 STOP = {"stop": "end_turn", "stop_sequence": "stop_sequence", "length": "max_tokens", "tool_calls": "tool_use",
         "cancelled": "end_turn"}
@@ -126,16 +126,11 @@ def to_tools(tools: list[dict] | None) -> list[dict]:
                            f"{where}.type")
         if not isinstance(t.get("name"), str) or not t["name"]:
             raise ApiError(400, "a tool needs a name", f"{where}.name")
-        schema = t.get("input_schema")
-        if not isinstance(schema, dict):
+        if "input_schema" not in t:
             raise ApiError(400, "a tool needs an input_schema object", f"{where}.input_schema")
         out.append({"type": "function", "function": {"name": t["name"], "description": t.get("description") or "",
-                                                     "parameters": schema}})
-    names = [t["function"]["name"] for t in out]
-    for i, n in enumerate(names):
-        if n in names[:i]:
-            raise ApiError(400, f"duplicate tool name {n!r}", f"tools.[{i}].name")
-    return out
+                                                     "parameters": t["input_schema"]}})
+    return check_tools(out, "tools.[{i}].name", "tools.[{i}].input_schema")
 
 
 def to_tool_choice(choice: dict | None, tools: list[dict]) -> tuple[Any, bool]:
@@ -169,9 +164,16 @@ def to_turn(req: MessagesRequest) -> TurnRequest:
 
 
 # ----------------------------------------------------------------------------------------------- responses
-def usage(r: TurnResult) -> dict:
-    return {"input_tokens": r.prompt_tokens - r.cached_tokens, "output_tokens": r.completion_tokens,
-            "cache_read_input_tokens": r.cached_tokens, "cache_creation_input_tokens": 0}
+def usage(prompt_tokens: int, cached_tokens: int, output_tokens: int) -> dict:
+    """Anthropic's definition, the same in a response, message_start and message_delta: ``input_tokens`` are the
+    prompt tokens computed for this request (not read from the cache), ``cache_read_input_tokens`` those whose engine
+    state was reused; the prompt is their sum."""
+    return {"input_tokens": prompt_tokens - cached_tokens, "output_tokens": output_tokens,
+            "cache_read_input_tokens": cached_tokens, "cache_creation_input_tokens": 0}
+
+
+def result_usage(r: TurnResult) -> dict:
+    return usage(r.prompt_tokens, r.cached_tokens, r.completion_tokens)
 
 
 def message(r: TurnResult, model: str) -> dict:
@@ -181,7 +183,7 @@ def message(r: TurnResult, model: str) -> dict:
     for c in r.calls:
         content.append({"type": "tool_use", "id": new_id("toolu_"), "name": c.name, "input": c.arguments})
     return {"id": new_id("msg_"), "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": STOP[r.finish], "stop_sequence": r.stop_sequence, "usage": usage(r)}
+            "stop_reason": STOP[r.finish], "stop_sequence": r.stop_sequence, "usage": result_usage(r)}
 
 
 def _event(kind: str, data: dict) -> ServerSentEvent:
@@ -189,13 +191,25 @@ def _event(kind: str, data: dict) -> ServerSentEvent:
 
 
 async def _events(job, model: str):
-    index, text_open = 0, False
-    try:
-        yield _event("message_start", {"message": {
+    index, text_open, started = 0, False, False
+
+    def start(cached: int) -> ServerSentEvent:
+        return _event("message_start", {"message": {
             "id": new_id("msg_"), "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": job.turn.prompt_tokens, "output_tokens": 0}}})
+            "stop_reason": None, "stop_sequence": None, "usage": usage(job.turn.prompt_tokens, cached, 0)}})
+
+    try:
         async for kind, value in job.events():
+            # message_start waits for the engine's "start" (the reused prompt tokens, known before prefill), so
+            # its usage is the one message_delta reports
+            if kind == "start":
+                if not started:
+                    started = True
+                    yield start(value)
+                continue
+            if not started and kind != "error":
+                started = True
+                yield start(value.cached_tokens if kind == "done" else 0)
             if kind == "text":
                 if not text_open:
                     yield _event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
@@ -221,7 +235,7 @@ async def _events(job, model: str):
             elif kind == "done":
                 yield _event("message_delta", {"delta": {"stop_reason": STOP[value.finish],
                                                          "stop_sequence": value.stop_sequence},
-                                               "usage": usage(value)})
+                                               "usage": result_usage(value)})
                 yield _event("message_stop", {})
     finally:
         job.cancel()    # a no-op after "done"; stops the turn when the client went away mid-stream
@@ -245,13 +259,14 @@ async def messages(request: Request):
 
 
 async def count_tokens(request: Request):
-    """The prompt's token count (Claude Code asks before it sends); max_tokens is not needed here."""
+    """The prompt's token count (Claude Code asks before it sends; max_tokens is not needed here): the request
+    rendered with the chat template and encoded, nothing more. A prompt longer than the context is counted, not
+    refused, and no grammar is compiled."""
     body = await read_json(request)
     body.setdefault("max_tokens", 1)
     turn = to_turn(parse_model(MessagesRequest, body))
     try:
-        prepared = await run_in_threadpool(request.app.state.engine.prepare, turn)
+        n = await run_in_threadpool(request.app.state.engine.count_tokens, turn)
     except RequestError as e:
-        param = e.param.replace(".function.parameters", ".input_schema") if e.param else e.param
-        raise ApiError(400, e.message, param, e.code) from None
-    return JSONResponse({"input_tokens": prepared.prompt_tokens})
+        raise ApiError(400, e.message, e.param, e.code) from None
+    return JSONResponse({"input_tokens": n})

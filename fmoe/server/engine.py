@@ -4,14 +4,19 @@ at a time, through fmoe.agent.turn.run_turn with a server-wide PrefixCache.
     engine = ServerEngine(model, tok, name="fmoe-demo", max_queue=8)
     engine.start()
     turn = engine.prepare(TurnRequest(messages, tools, tool_choice="auto"))   # RequestError: a 400 naming the field
+    engine.count_tokens(TurnRequest(messages, tools))   # the prompt's tokens only (no context check, no grammar)
     job = engine.submit(turn, loop)                  # QueueFull when max_queue requests already wait (-> 429)
-    async for kind, value in job.events():           # ("text", delta) ("call", ToolCall) ("done", TurnResult)
-        ...                                          # ("error", exception)
+    async for kind, value in job.events():           # ("start", cached_tokens) once the prompt's reused prefix
+        ...                                          # is known, ("text", delta) ("call", ToolCall),
+                                                     # ("done", TurnResult) or ("error", exception)
     job.cancel()                                     # the client went away: the turn stops at its next token
 
 Prefix reuse: the PrefixCache keeps snapshots of the engine state at the end of recent prompts (any conversation)
 and the pinned system + tools block, so a conversation's next request prefills only its new tokens; the reused count
-is ``TurnResult.cached_tokens``. Grammars (tools x tool choice, or a response JSON Schema) are compiled once and kept.
+is ``TurnResult.cached_tokens``. Token budget: ``prepare`` clips max_tokens and the call budget (max_call_tokens)
+so that the prompt plus everything the turn may generate (a call started at the last token of max_tokens runs up to
+max_call_tokens more) fits in the model's context. Grammars (tools x tool choice, or a response JSON Schema) are
+compiled once and kept.
 """
 from __future__ import annotations
 
@@ -83,6 +88,27 @@ class TurnResult:
     queued_s: float = 0.0
 
 
+class _ServerPrefixCache(PrefixCache):
+    """The server's PrefixCache: tells the running job how many prompt tokens are reused as soon as run_turn has
+    looked them up (before prefill), so a stream can report its usage up front (Anthropic's message_start)."""
+
+    job: "Job | None" = None
+    _pinned_now = 0
+
+    def pin_system_prefix(self, tok, messages, tools, thinking, ids) -> int:
+        self._pinned_now = super().pin_system_prefix(tok, messages, tools, thinking, ids)
+        return self._pinned_now
+
+    def lookup(self, ids):
+        cache, reused, fallback = super().lookup(ids)
+        if self.job is not None:
+            # as run_turn counts ModelStep.reused_tokens: a system block pinned by this very turn was computed now
+            fresh = self._pinned_now if (self._pinned_now and reused == self._pinned_now) else 0
+            self.job.put("start", reused - fresh)
+        self._pinned_now = 0
+        return cache, reused, fallback
+
+
 class Job:
     def __init__(self, turn: PreparedTurn, loop: asyncio.AbstractEventLoop):
         self.turn, self.loop = turn, loop
@@ -118,15 +144,16 @@ class Job:
 class ServerEngine:
     def __init__(self, model, tok, *, name: str = "fmoe", max_queue: int = 8, max_tokens: int = 4096,
                  temperature: float = 0.0, prefix_snapshots: int = 8, context: int | None = None,
-                 max_calls: int = 4):
+                 max_calls: int = 4, max_call_tokens: int | None = None):
         from fmoe.structured.formats import detect_call_format
 
         self.model, self.tok, self.name = model, tok, name
         self.max_queue, self.default_max_tokens, self.default_temperature = max_queue, max_tokens, temperature
         self.max_calls = max_calls
+        self.max_call_tokens = max_call_tokens or TurnSettings().max_call_tokens
         self.context = context or getattr(model.cfg, "max_position_embeddings", None) or 32768
         self.call_format = detect_call_format(tok.chat_template or "")
-        self.prefix = PrefixCache(model, max_snapshots=prefix_snapshots)
+        self.prefix = _ServerPrefixCache(model, max_snapshots=prefix_snapshots)
         self._queue: queue.Queue = queue.Queue()
         self._grammars: OrderedDict = OrderedDict()
         self._glock = threading.Lock()
@@ -153,7 +180,10 @@ class ServerEngine:
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize()
+        """Jobs waiting in the queue, not counting those whose client went away (the worker skips them)."""
+        with self._queue.mutex:
+            jobs = list(self._queue.queue)
+        return sum(1 for j in jobs if j is not None and not j.cancelled.is_set())
 
     def status(self) -> dict:
         return {"model": self.name, "running": self.running is not None, "waiting": self.waiting,
@@ -186,12 +216,8 @@ class ServerEngine:
                 self._grammars.popitem(last=False)
         return g
 
-    def prepare(self, r: TurnRequest) -> PreparedTurn:
-        """Check a request against the model (template, context length, schemas) before it waits in the queue."""
-        from fmoe.engine.generate import Sampling
+    def _prompt_ids(self, r: TurnRequest) -> list[int]:
         from fmoe.errors import FmoeError
-        from fmoe.structured.grammar import GrammarError
-        from fmoe.structured.schema import UnsupportedSchemaError
 
         try:
             prompt = self.tok.apply_chat_template(r.messages, tools=r.tools or None, add_generation_prompt=True,
@@ -199,34 +225,77 @@ class ServerEngine:
         except FmoeError as e:
             raise RequestError(f"the messages cannot be rendered with the model's chat template: {e}",
                                "messages") from None
-        n = len(self.tok.encode(prompt))
+        return self.tok.encode(prompt)
+
+    def count_tokens(self, r: TurnRequest) -> int:
+        """The prompt's tokens as ``prepare`` counts them (rendered and encoded only: no context check, no grammar)."""
+        return len(self._prompt_ids(r))
+
+    def budget(self, r: TurnRequest, prompt_tokens: int) -> tuple[int, int | None]:
+        """(max_tokens, max_call_tokens) of a turn: the request's max_tokens (or the server's default), clipped so
+        that the prompt plus all the turn may generate fits in the context. When a call can start, a call started at
+        the last token of max_tokens may run max_call_tokens more (ToolCallProcessor.token_limit), so
+        max_tokens - 1 + max_call_tokens must fit; when both do not, the call keeps at least half of the room left
+        (or max_call_tokens, when that is less) and max_tokens the rest. max_call_tokens is None when no call can
+        start (no tools, tool_choice none, response_format)."""
+        left = self.context - prompt_tokens
+        max_tokens = min(r.max_tokens or self.default_max_tokens, left)
+        if r.response_schema is not None or not r.tools or r.tool_choice == "none":
+            return max_tokens, None
+        call = min(self.max_call_tokens, left)
+        if max_tokens - 1 + call > left:
+            call = max(left - max_tokens + 1, min(call, (left + 1) // 2))
+            max_tokens = left - call + 1
+        return max_tokens, call
+
+    def prepare(self, r: TurnRequest) -> PreparedTurn:
+        """Check a request against the model (template, context length, schemas, the call budget, sampling) before
+        it waits in the queue: what the worker would fail on is a RequestError (400) here."""
+        from fmoe.engine.generate import Sampling
+        from fmoe.errors import FmoeError
+        from fmoe.structured.grammar import GrammarError
+        from fmoe.structured.schema import UnsupportedSchemaError
+
+        n = len(self._prompt_ids(r))
         if n >= self.context:
             raise RequestError(f"the prompt has {n} tokens; this model's context is {self.context} tokens",
                                "messages", "context_length_exceeded")
+        names = [(t.get("function") or {}).get("name") for t in r.tools]
         try:
             grammar = self.grammar(r)
         except UnsupportedSchemaError as e:
-            names = [(t.get("function") or {}).get("name") for t in r.tools]
             param = ("response_format" if r.response_schema is not None else
                      f"tools.[{names.index(e.tool)}].function.parameters" if e.tool in names else "tools")
             raise RequestError(str(e), param, "unsupported_schema") from None
         except GrammarError as e:
             raise RequestError(str(e), "tool_choice" if "tool_choice" in str(e) else "tools") from None
+        max_tokens, max_call_tokens = self.budget(r, n)
+        if max_call_tokens is not None:
+            try:   # what ToolCallProcessor checks when the turn starts (a GrammarError there would be a 500)
+                grammar.check_call_budget(max_call_tokens)
+            except GrammarError as e:
+                name = next((x for x in names if f"tool {x!r}:" in str(e)), None)
+                param = f"tools.[{names.index(name)}].function.parameters" if name is not None else "tools"
+                raise RequestError(f"{e} (the call budget is what the {self.context}-token context leaves after "
+                                   f"the {n}-token prompt, at most {self.max_call_tokens})", param,
+                                   "context_length_exceeded" if max_call_tokens < self.max_call_tokens
+                                   else "unsupported_schema") from None
         temperature = self.default_temperature if r.temperature is None else r.temperature
         seed = r.seed if r.seed is not None else (secrets.randbits(32) if temperature > 0 else 0)
         try:
             sampling = Sampling(temperature=temperature, top_p=r.top_p, top_k=r.top_k, seed=seed)
         except FmoeError as e:
-            raise RequestError(str(e), "temperature") from None
-        max_tokens = min(r.max_tokens or self.default_max_tokens, self.context - n)
-        settings = TurnSettings(max_tokens=max_tokens, sampling=sampling, thinking=False,
-                                call_format=self.call_format)
+            raise RequestError(str(e), "seed" if "seed" in str(e) and r.seed is not None else "temperature") \
+                from None
+        settings = TurnSettings(max_tokens=max_tokens, max_call_tokens=max_call_tokens, sampling=sampling,
+                                thinking=False, call_format=self.call_format)
         return PreparedTurn(r, grammar, settings, n)
 
     def submit(self, turn: PreparedTurn, loop: asyncio.AbstractEventLoop) -> Job:
         with self._slock:
-            if self._queue.qsize() >= self.max_queue:
-                raise QueueFull(max(1, round(self.turn_s * (self._queue.qsize() + 1))))
+            waiting = self.waiting            # live jobs only: a cancelled one is skipped by the worker
+            if waiting >= self.max_queue:
+                raise QueueFull(max(1, round(self.turn_s * (waiting + 1))))
             job = Job(turn, loop)
             self._queue.put(job)
         return job
@@ -269,8 +338,12 @@ class ServerEngine:
         def on_token(_token_id: int) -> bool:
             return split.stopped or job.cancelled.is_set()
 
-        step = run_turn(self.model, self.tok, r.messages, r.tools, t.settings, self.prefix, grammar=t.grammar,
-                        on_text=on_text, on_token=on_token)
+        self.prefix.job = job
+        try:
+            step = run_turn(self.model, self.tok, r.messages, r.tools, t.settings, self.prefix, grammar=t.grammar,
+                            on_text=on_text, on_token=on_token)
+        finally:
+            self.prefix.job = None
         for kind, value in split.finish():
             job.put(kind, value)
         calls = list(step.calls)

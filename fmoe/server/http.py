@@ -1,8 +1,9 @@
 """What both API modules do with an HTTP request: read its JSON, validate it, queue its turn, wait for the result
 (cancelling the turn when the client goes away), and make ids.
 
-    body = await read_json(request)                         # ApiError 400 on invalid JSON
+    body = await read_json(request)                         # ApiError 415 unless application/json, 400 on invalid JSON
     req = parse_model(ChatRequest, body)                    # ApiError 400 naming the field ("messages.[0].role")
+    tools = check_tools(tools, "tools.[{i}].name", "tools.[{i}].input_schema")   # schemas and names, both APIs
     job = await start_job(request, turn_request)            # ApiError 400 (engine.prepare) / 429 (queue full)
     result = await wait_result(request, job)                # None when the client disconnected (turn cancelled)
     new_id("call_")                                         # "call_" + 24 random letters and digits
@@ -14,6 +15,8 @@ import json
 import secrets
 import string
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -34,6 +37,12 @@ def param_path(loc) -> str:
 
 
 async def read_json(request: Request) -> dict:
+    """The JSON object of a POST body. Only ``Content-Type: application/json`` is read (415 otherwise): a web page
+    can send text/plain or a form to 127.0.0.1 without a CORS preflight, but not application/json."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, f"the request body must be sent with Content-Type: application/json (got "
+                            f"{media or 'none'!r})", code="unsupported_media_type")
     raw = await request.body()
     try:
         body = json.loads(raw)
@@ -42,6 +51,30 @@ async def read_json(request: Request) -> dict:
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     return body
+
+
+def check_tools(tools: list[dict], name_param: str, schema_param: str) -> list[dict]:
+    """The one check of both APIs' tools (OpenAI-shaped ``{"type": "function", "function": {name, parameters}}``
+    after translation): each ``parameters`` is a JSON Schema object valid against the Draft 2020-12 meta-schema (as
+    fmoe.tools.schema_tools.SchemaTool checks it), and no name repeats. ``name_param`` / ``schema_param`` name the
+    fields in the request's own API ("tools.[{i}].function.parameters", "tools.[{i}].input_schema")."""
+    seen: set[str] = set()
+    for i, t in enumerate(tools):
+        f = t["function"]
+        schema = f["parameters"]
+        if not isinstance(schema, dict):
+            raise ApiError(400, f"tool {f['name']!r}: the parameters must be a JSON Schema object",
+                           schema_param.format(i=i), "invalid_value")
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as e:
+            at = "/".join(str(p) for p in e.absolute_path) or "(root)"
+            raise ApiError(400, f"tool {f['name']!r}: the parameters are not a valid JSON Schema at {at}: "
+                                f"{e.message}", schema_param.format(i=i), "invalid_value") from None
+        if f["name"] in seen:
+            raise ApiError(400, f"duplicate tool name {f['name']!r}", name_param.format(i=i), "invalid_value")
+        seen.add(f["name"])
+    return tools
 
 
 def parse_model(cls: type[BaseModel], body: dict) -> BaseModel:

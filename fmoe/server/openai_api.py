@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 
 from fmoe.server.engine import TurnRequest, TurnResult
 from fmoe.server.errors import ApiError, error_body
-from fmoe.server.http import new_id, parse_model, read_json, start_job, wait_result
+from fmoe.server.http import check_tools, new_id, parse_model, read_json, start_job, wait_result
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length", "tool_calls": "tool_calls",
@@ -44,7 +44,7 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0)
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: dict | None = None
@@ -147,16 +147,9 @@ def to_tools(tools: list[dict] | None) -> list[dict]:
         if not isinstance(f.get("name"), str) or not f["name"]:
             raise ApiError(400, "a tool needs function.name", f"{where}.function.name", "missing_required_parameter")
         params = f.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(params, dict):
-            raise ApiError(400, "function.parameters must be a JSON Schema object", f"{where}.function.parameters",
-                           "invalid_value")
         fn = {"name": f["name"], "description": f.get("description") or "", "parameters": params}
         out.append({"type": "function", "function": fn})
-    names = [t["function"]["name"] for t in out]
-    for i, n in enumerate(names):
-        if n in names[:i]:
-            raise ApiError(400, f"duplicate tool name {n!r}", f"tools.[{i}].function.name", "invalid_value")
-    return out
+    return check_tools(out, "tools.[{i}].function.name", "tools.[{i}].function.parameters")
 
 
 def to_tool_choice(choice: Any, tools: list[dict]) -> Any:

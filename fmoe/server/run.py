@@ -26,7 +26,7 @@ def serve(model, tok, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
 
     engine = ServerEngine(model, tok, **engine_options).start()
     try:
-        uvicorn.Server(_config(create_app(engine, api_key), host, port, log_level)).run()
+        uvicorn.Server(_config(create_app(engine, api_key, host), host, port, log_level)).run()
     finally:
         engine.stop()
 
@@ -39,7 +39,7 @@ class BackgroundServer:
         import uvicorn
 
         self.engine = ServerEngine(model, tok, **engine_options)
-        self.app = create_app(self.engine, api_key)
+        self.app = create_app(self.engine, api_key, host)
         self.server = uvicorn.Server(_config(self.app, host, port, log_level))
         self.host, self.port = host, port
         self.thread = threading.Thread(target=self.server.run, name="fmoe-server", daemon=True)

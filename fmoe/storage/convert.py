@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmoe.storage.progress import byte_progress
 from fmoe.storage.stream_layout import (StreamingWriter, directory_bytes, free_space_check, is_streaming_layout,
                                        remove_stale_temps, verify_layout)
 from fmoe.errors import LayoutError
@@ -143,8 +144,7 @@ def convert(src: str | Path, dst: str | Path, bits: int | None = None, group_siz
     t0 = time.perf_counter()
     meta = {"created_by": "fmoe convert", "source": str(src.resolve()),
             "source_kind": "streaming" if is_streaming_layout(src) else ("quantized" if src_quant else "float")}
-    from fmoe.storage.synth import _progress
-    with _progress(progress) as prog, ThreadPoolExecutor(nthreads, thread_name_prefix="fmoe-convert") as pool, \
+    with byte_progress(progress) as prog, ThreadPoolExecutor(nthreads, thread_name_prefix="fmoe-convert") as pool, \
             StreamingWriter(dst, cfg, overwrite=overwrite, fsync=fsync, tokenizer_dir=src, metadata=meta) as w:
         task = prog.add_task(f"convert -> {dst.name}", total=need) if prog else None
         last = 0

@@ -32,6 +32,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,6 +307,7 @@ class StreamingCheckpoint:
                               f"{self.config.num_hidden_layers} x {self.config.num_experts}")
         self._st: _SafetensorsReader | None = None
         self._fds: dict[int, int] = {}
+        self._fds_lock = threading.Lock()
 
     # -- interface shared with the checkpoint readers
     @property
@@ -350,14 +352,29 @@ class StreamingCheckpoint:
             return a.astype(np.float32, copy=False)
         return a
 
+    def _layer_fd(self, layer: int, e: int, file: Path, off: int) -> int:
+        with self._fds_lock:        # convert reads experts from a thread pool: one fd per layer file, never two
+            fd = self._fds.get(layer)
+            if fd is None:
+                try:
+                    fd = self._fds[layer] = os.open(file, os.O_RDONLY)
+                except OSError as ex:
+                    raise ExpertReadError(f"cannot open the expert file of layer {layer} (expert {e}) {file} "
+                                          f"(offset {off}): {ex.strerror or ex}", layer=layer, expert=e,
+                                          file=str(file), offset=off) from ex
+            return fd
+
     def expert(self, layer: int, e: int) -> tuple[QuantizedWeight, QuantizedWeight, QuantizedWeight]:
         L = self.layout.layers[layer]
-        fd = self._fds.get(layer)
-        if fd is None:
-            fd = self._fds[layer] = os.open(L.file, os.O_RDONLY)
         off, size = L.offsets[e], L.sizes[e]
+        fd = self._layer_fd(layer, e, L.file, off)
         buf = bytearray(size)
-        got = os.preadv(fd, [buf], off)
+        try:
+            got = os.preadv(fd, [buf], off)
+        except OSError as ex:
+            raise ExpertReadError(f"read error of layer {layer} expert {e}: {size} bytes from {L.file} at offset "
+                                  f"{off}: {ex.strerror or ex}", layer=layer, expert=e, file=str(L.file),
+                                  offset=off) from ex
         if got != size:
             raise ExpertReadError(f"short read of layer {layer} expert {e}: {got} of {size} bytes from {L.file} "
                                   f"at offset {off}", layer=layer, expert=e, file=str(L.file), offset=off)
@@ -376,9 +393,10 @@ class StreamingCheckpoint:
         if self._st is not None:
             self._st.close()
             self._st = None
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        with self._fds_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
     def __enter__(self):
         return self

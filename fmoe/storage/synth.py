@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmoe.storage.progress import byte_progress
 from fmoe.storage.stream_layout import (ALIGN, ARRAY_ALIGN, StreamingWriter, _round_up, free_space_check)
 from fmoe.errors import FmoeError
 from fmoe.kernels.quant import QuantizedWeight, f32_to_bf16
@@ -205,7 +206,7 @@ def synth(dst: str | Path, like: str = "qwen3.5-397b-a17b", layers: int | None =
     L, E = cfg["num_hidden_layers"], cfg["num_experts"]
     H, I = cfg["hidden_size"], cfg["moe_intermediate_size"]
     t0 = time.perf_counter()
-    with _progress(progress) as prog, \
+    with byte_progress(progress) as prog, \
             StreamingWriter(dst, cfg, overwrite=overwrite, fsync=fsync, tokenizer_dir=tokenizer_dir,
                             metadata={"created_by": "fmoe synth", "like": cfg["fmoe_synthetic"]["like"]}) as w:
         task = prog.add_task(f"synth {Path(dst).name}", total=ex_b + ne_b) if prog else None
@@ -231,20 +232,3 @@ def synth(dst: str | Path, like: str = "qwen3.5-397b-a17b", layers: int | None =
         print(f"wrote {out}: {L} layers x {E} experts, {bits}-bit, {(ex_b + ne_b) / 1e9:.2f} GB in {dt:.1f} s "
               f"({(ex_b + ne_b) / 1e9 / max(dt, 1e-9):.2f} GB/s)", file=sys.stderr)
     return out
-
-
-class _NoProgress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NoProgress()
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn,
-                               TextColumn)
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), transient=False)

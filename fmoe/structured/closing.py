@@ -82,11 +82,9 @@ class Closer:
                 return out
             nxt = self.next_tokens(c)
             if not nxt:
-                self.why = ("empty", out)
                 return None
             for t in nxt:
                 if not c.consume_token(t) or c.is_error():
-                    self.why = ("rejected", out, nxt, c.get_error())
                     return None
                 out.append(t)
                 if t == self.eos:

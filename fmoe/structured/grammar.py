@@ -26,7 +26,7 @@ from fmoe.structured.formats import CallFormat, build_call_region_lark
 from fmoe.structured.schema import UnsupportedSchemaError, tool_function
 
 __all__ = ["UnsupportedSchemaError", "GrammarError", "TokenizerInfo", "Grammar", "Matcher", "compile_tool_grammar",
-           "tokenizer_info"]
+           "tokenizer_info", "schema_grammar_check", "llg_compile", "LLGProto", "keyword_from_llg_error"]
 
 
 class GrammarError(FmoeError):
@@ -111,7 +111,7 @@ def tokenizer_info(tokenizer, vocab_size: int | None = None) -> TokenizerInfo:
 
 
 # ------------------------------------------------------------------------------------------------------ backends
-class _LLGProto:
+class LLGProto:
     """The compiled call-region matcher that regions deep_copy. llguidance shares one lexer between a matcher and
     its copies; after a copy rejects a token inside an intersected raw-value lexeme (XML string with minLength or a
     pattern), that shared lexer can be left unusable ("lexer error: too many expressions constructed" at the first
@@ -124,7 +124,7 @@ class _LLGProto:
 
     def new(self):
         if self.tainted:
-            proto, err = _llg_compile(self.lark, self.info)
+            proto, err = llg_compile(self.lark, self.info)
             if proto is None:
                 raise GrammarError(f"llguidance could not recompile the tool grammar: {err[:300]}")
             self.proto, self.tainted = proto, False
@@ -134,7 +134,7 @@ class _LLGProto:
 class _LLGRegion:
     """llguidance matcher of the call region."""
 
-    def __init__(self, owner: _LLGProto):
+    def __init__(self, owner: LLGProto):
         self._owner = owner
         self.m = owner.proto.deep_copy()
 
@@ -163,7 +163,8 @@ class _LLGRegion:
 _UNIMPL = re.compile(r'Unimplemented keys: \["?([^"\]]+)')
 
 
-def _keyword_from_llg_error(msg: str) -> str:
+def keyword_from_llg_error(msg: str) -> str:
+    """The JSON Schema keyword an llguidance compile error is about ("schema" when none is recognised)."""
     m = _UNIMPL.search(msg)
     if m:
         return m.group(1)
@@ -194,7 +195,8 @@ def _llg_limits():
     return _LIMITS
 
 
-def _llg_compile(lark: str, info: TokenizerInfo):
+def llg_compile(lark: str, info: TokenizerInfo):
+    """(llguidance matcher of ``lark`` on the tokenizer of ``info``, "") or (None, the compile error)."""
     import llguidance
 
     m = llguidance.LLMatcher(info.llg(), lark, log_level=0, limits=_llg_limits())
@@ -295,6 +297,12 @@ class Matcher:
     # phase helpers
     def in_call_region(self) -> bool:
         return self.phase == _PH_CALLS
+
+    def start_in_region(self) -> None:
+        """Enter the backend grammar now, with no free text and no ``<tool_call>`` first (a whole turn constrained to
+        the backend grammar: fmoe.structured.response_format)."""
+        self.region = self.g._region_factory()
+        self.phase = _PH_CALLS
 
     def mask(self) -> np.ndarray:
         if self.phase == _PH_CALLS and self.error is None:
@@ -425,7 +433,7 @@ def _compile_llg_region(tools, call_format, info, parallel_calls, max_calls, onl
     if errors:
         name, e = next(iter(errors.items()))
         raise UnsupportedSchemaError(name, e.keyword, str(e))
-    proto, err = _llg_compile(lark, info)
+    proto, err = llg_compile(lark, info)
     if proto is None:
         # find the tool responsible: compile each alone
         for t in tools:
@@ -435,11 +443,11 @@ def _compile_llg_region(tools, call_format, info, parallel_calls, max_calls, onl
             one, _ = build_call_region_lark([t], call_format, parallel_calls=False, max_calls=1,
                                             tool_call=f"<[{info.tool_call_id}]>",
                                             tool_call_end=f"<[{info.tool_call_end_id}]>")
-            ok, e1 = _llg_compile(one, info)
+            ok, e1 = llg_compile(one, info)
             if ok is None:
-                raise UnsupportedSchemaError(name, _keyword_from_llg_error(e1), e1.strip().splitlines()[0][:300])
+                raise UnsupportedSchemaError(name, keyword_from_llg_error(e1), e1.strip().splitlines()[0][:300])
         raise GrammarError(f"llguidance could not compile the tool grammar: {err[:500]}")
-    owner = _LLGProto(lark, info, proto)
+    owner = LLGProto(lark, info, proto)
     return owner.new, lark
 
 
@@ -464,5 +472,5 @@ def schema_grammar_check(tools: list[dict], call_format: CallFormat | None = Non
             if bad:
                 msg = "; ".join(messages)
                 first = msg.split("failed to compile JSON schema: ", 1)[-1].strip().splitlines()
-                raise UnsupportedSchemaError(name, _keyword_from_llg_error(msg),
+                raise UnsupportedSchemaError(name, keyword_from_llg_error(msg),
                                              (first[0].strip() if first else msg)[:300])

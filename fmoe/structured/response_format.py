@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fmoe.structured.grammar import (_PH_CALLS, Grammar, GrammarError, Matcher, _keyword_from_llg_error, _llg_compile,
-                                     _LLGProto, tokenizer_info)
+from fmoe.structured.grammar import (Grammar, GrammarError, LLGProto, Matcher, keyword_from_llg_error, llg_compile,
+                                     tokenizer_info)
 from fmoe.structured.schema import SchemaFeatureError, UnsupportedSchemaError, json_schema_lark
 
 __all__ = ["compile_response_grammar", "response_lark"]
@@ -32,8 +32,7 @@ class _ResponseMatcher(Matcher):
 
     def reset(self) -> None:
         super().reset()
-        self.region = self.g._region_factory()
-        self.phase = _PH_CALLS
+        self.start_in_region()
 
 
 class ResponseGrammar(Grammar):
@@ -53,9 +52,9 @@ def compile_response_grammar(schema: Any, *, tokenizer, vocab_size: int | None =
         lark = response_lark(schema)
     except SchemaFeatureError as e:
         raise UnsupportedSchemaError(name, e.keyword, str(e)) from None
-    proto, err = _llg_compile(lark, info)
+    proto, err = llg_compile(lark, info)
     if proto is None:
-        raise UnsupportedSchemaError(name, _keyword_from_llg_error(err), err.strip().splitlines()[0][:300])
-    owner = _LLGProto(lark, info, proto)
+        raise UnsupportedSchemaError(name, keyword_from_llg_error(err), err.strip().splitlines()[0][:300])
+    owner = LLGProto(lark, info, proto)
     return ResponseGrammar(info=info, backend="llguidance", region_factory=owner.new, thinking=False,
                            tool_choice="none", call_format="hermes", tools=[], source=lark)

@@ -17,8 +17,9 @@ A task file's ``mcp:`` list names the servers (stdio: a command; or streamable H
     registry.close()                                       # (or manager.close()): sessions closed, servers stopped
 
 Every server's session runs on one background event-loop thread (the SDK is async; the agent calls tools from its
-own short-lived loops). A tool's input schema is checked at load against what the grammar can enforce
-(llguidance's JSON Schema support): an unsupported keyword is an error naming the server, the tool and the keyword.
+own short-lived loops). A tool's input schema is checked at load against what the grammar can enforce in the
+model's call format (fmoe.structured.grammar.schema_grammar_check): an unsupported keyword is an error naming the
+server, the tool and the keyword.
 Tools whose names clash with another tool (a built-in, a task tool, another server's) are named ``server__tool``.
 Calls have a timeout; an ``isError`` result, a timeout or a crashed server comes back to the model as an error
 result (a crashed stdio server is restarted at the next call, at most ``restarts`` times) and the run goes on.
@@ -409,38 +410,6 @@ class MCPTool(SchemaTool):
         return text
 
 
-# ---------------------------------------------------------------------------------------------------- schemas
-def check_schema(server: str, tool: str, parameters: Any) -> None:
-    """Raise UnsupportedSchemaError (naming the server, the tool and the keyword) when the grammar cannot enforce
-    ``parameters``: the structural check of fmoe.structured.grammar plus llguidance's JSON Schema support."""
-    from fmoe.structured.formats import hermes
-    from fmoe.structured.grammar import _keyword_from_llg_error, schema_grammar_check
-    from fmoe.structured.schema import SchemaFeatureError, UnsupportedSchemaError
-
-    def fail(keyword: str, message: str):
-        err = UnsupportedSchemaError(tool, keyword, message)
-        err.args = (f"MCP server {server!r}: {err}",)
-        raise err
-
-    tools = [{"type": "function", "function": {"name": tool, "parameters": parameters}}]
-    try:
-        schema_grammar_check(tools)
-    except UnsupportedSchemaError as e:
-        fail(e.keyword, str(e).split(": ", 2)[-1])
-    try:
-        rules = hermes.body_lark(0, tool, parameters)
-    except SchemaFeatureError as e:
-        fail(e.keyword, str(e))
-    import llguidance
-
-    grammar = llguidance.LLMatcher.grammar_from_lark("%llguidance {}\nstart: t0\n" + "\n".join(rules) + "\n")
-    is_err, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, None)
-    if is_err:
-        msg = "; ".join(messages)
-        first = msg.split("failed to compile JSON schema: ", 1)[-1].strip().splitlines()
-        fail(_keyword_from_llg_error(msg), " ".join(ln.strip() for ln in first[:3] if ln.strip())[:300])
-
-
 def _tool_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)[:64] or "tool"
 
@@ -483,10 +452,12 @@ class MCPManager:
             self.close()
             raise error
 
-    def tools(self, taken: set[str], *, timeout: float | None = None,
-              max_output: int | None = DEFAULT_MAX_OUTPUT) -> list[MCPTool]:
-        """MCPTools of every server (schemas checked); names that clash with ``taken`` or with each other become
-        ``server__tool``."""
+    def tools(self, taken: set[str], *, timeout: float | None = None, max_output: int | None = DEFAULT_MAX_OUTPUT,
+              call_format: str | None = None) -> list[MCPTool]:
+        """MCPTools of every server; names that clash with ``taken`` or with each other become ``server__tool``.
+        Each input schema is checked against what the grammar can enforce in ``call_format`` (the model's: "hermes"
+        or "xml"; None checks the JSON form only) by fmoe.structured.grammar.schema_grammar_check."""
+        from fmoe.structured.grammar import schema_grammar_check
         from fmoe.structured.schema import UnsupportedSchemaError
 
         chosen: list[tuple[MCPServer, Any]] = []
@@ -514,11 +485,13 @@ class MCPManager:
                                      srv.index)
             params = dict(t.input_schema or {"type": "object", "properties": {}})
             try:
-                check_schema(srv.name, t.name, params)
+                schema_grammar_check([{"type": "function", "function": {"name": t.name, "parameters": params}}],
+                                     call_format)
                 tool = MCPTool(srv, t.name, name, t.description or getattr(t, "title", None) or "", params,
                                timeout=srv.spec.timeout if srv.spec.timeout is not None else timeout,
                                max_output=max_output)
             except UnsupportedSchemaError as e:
+                e.args = (f"MCP server {srv.name!r}: {e}",)
                 e.index = srv.index
                 raise
             except ToolDefinitionError as e:
@@ -555,9 +528,10 @@ def _close_all() -> None:
 
 
 def add_mcp_servers(registry, specs: list, base_dir: str | os.PathLike = ".", *, timeout: float | None = None,
-                    max_output: int | None = DEFAULT_MAX_OUTPUT) -> MCPManager:
+                    max_output: int | None = DEFAULT_MAX_OUTPUT, call_format: str | None = None) -> MCPManager:
     """Start the servers of ``specs`` (MCPServerSpec or dicts), add their tools to ``registry`` and have
-    ``registry.close()`` close them. Raises MCPServerError / UnsupportedSchemaError (with ``.index``: the spec)."""
+    ``registry.close()`` close them. Schemas are checked for ``call_format`` (the model's; None: the JSON form).
+    Raises MCPServerError / UnsupportedSchemaError (with ``.index``: the spec)."""
     try:
         import mcp  # noqa: F401
     except ImportError:
@@ -567,7 +541,8 @@ def add_mcp_servers(registry, specs: list, base_dir: str | os.PathLike = ".", *,
     manager = MCPManager(parsed, base_dir)
     manager.start()
     try:
-        for t in manager.tools(set(registry.names()), timeout=timeout, max_output=max_output):
+        for t in manager.tools(set(registry.names()), timeout=timeout, max_output=max_output,
+                               call_format=call_format):
             registry.add(t)
     except BaseException:
         manager.close()

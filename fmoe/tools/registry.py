@@ -268,13 +268,15 @@ class ToolRegistry:
         return [t.openai_schema() for t in self._tools.values()]
 
     def add_mcp(self, specs: Iterable[Any], base_dir: str | os.PathLike = ".", *, timeout: float | None = None,
-                max_output: int | None = None):
-        """Start MCP servers (fmoe.tools.mcp: task-file ``mcp:`` entries) and add their tools; close() stops them."""
+                max_output: int | None = None, call_format: str | None = None):
+        """Start MCP servers (fmoe.tools.mcp: task-file ``mcp:`` entries) and add their tools; close() stops them.
+        Their schemas are checked for ``call_format`` (the model's "hermes" / "xml"; None: the JSON form only)."""
         from fmoe.tools.base import DEFAULT_MAX_OUTPUT
         from fmoe.tools.mcp import add_mcp_servers
 
         return add_mcp_servers(self, list(specs), base_dir, timeout=timeout,
-                               max_output=DEFAULT_MAX_OUTPUT if max_output is None else max_output)
+                               max_output=DEFAULT_MAX_OUTPUT if max_output is None else max_output,
+                               call_format=call_format)
 
     # -- resources ---------------------------------------------------------------------------------------------
     def on_close(self, fn: Callable[[], None]) -> None:

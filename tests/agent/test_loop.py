@@ -187,6 +187,22 @@ def test_failing_tools_do_not_stop_the_agent(tiny, fn, needle):
         assert time.perf_counter() - t0 < 4.5
 
 
+def test_registry_exception_is_an_error_result(tiny, monkeypatch):
+    """An exception outside the Tool's own handling (here: the registry's acall raises) is an error tool message for
+    the model; the run goes on."""
+    agent = make_agent(tiny, [pick], tool_choice="required", max_steps=2)
+
+    async def broken(name, arguments=None, *, timeout=None):
+        raise RuntimeError("registry exploded")
+    monkeypatch.setattr(agent.registry, "acall", broken)
+    r = agent.run("pick a color")
+    assert len(r.model_steps) == 2 and r.stop_reason == "max_steps"
+    t = r.tool_steps[0]
+    assert t.is_error and "tool 'pick' failed" in t.result and "registry exploded" in t.result
+    tool_msgs = [m for m in r.messages if m["role"] == "tool"]
+    assert len(tool_msgs) == 2 and "registry exploded" in tool_msgs[0]["content"]
+
+
 def test_repeated_identical_call_stops(tiny):
     agent = make_agent(tiny, [only_red], tool_choice="required", max_steps=6)
     r = agent.run("red")
@@ -259,6 +275,23 @@ def test_cli_run_json(tiny, tmp_path, capsys):
     assert rc == (0 if obj["passed"] else 1)
     assert {"generated_tokens", "decode_tok_s", "prefilled_tokens", "reused_tokens", "engine"} <= set(obj["stats"])
     assert [json.loads(x)["type"] for x in (tmp_path / "out.jsonl").read_text().splitlines()][0] == "task"
+
+
+def test_cli_errors_go_to_the_dispatcher(tmp_path, capsys):
+    """The commands leave FmoeError to fmoe.cli.main: one "fmoe CMD: error: ..." line on stderr, exit status 2."""
+    from fmoe.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: hi\nmax_steps: nope\n")
+    cases = [(["run", str(bad)], "fmoe run: error: "), (["tools", "list", str(bad)], "fmoe tools: error: "),
+             (["eval", "no-such-suite", "--out", str(tmp_path / "o")], "fmoe eval: error: no suite"),
+             (["chat", "--tools", "no_such_tool"], "fmoe chat: error: ")]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(needle) and err.count("error:") == 1, (argv, err)
+        if argv[0] in ("run", "tools"):
+            assert "bad.yaml:2: field 'max_steps'" in err, err
 
 
 def test_cli_run_several_tasks(tiny, tmp_path, capsys):

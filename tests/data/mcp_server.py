@@ -15,6 +15,8 @@ Tools:
     echo_env(name)          the value of an environment variable of the server process (env: of the task file)
     bad_schema(code)        a parameter with a regex llguidance cannot compile (look-ahead): rejected at load
                             (only listed when MCP_TEST_BAD_SCHEMA=1)
+    either(a, b)            a top-level anyOf (a or b required): fine as Hermes JSON, not enforceable as an XML
+                            parameter list, so refused at load for XML models (only listed when MCP_TEST_ANYOF_SCHEMA=1)
 """
 from __future__ import annotations
 
@@ -90,6 +92,15 @@ if os.environ.get("MCP_TEST_BAD_SCHEMA") == "1":
     # pydantic cannot compile this pattern either: set the schema by hand
     mcp._tool_manager.get_tool("bad_schema").parameters = {
         "type": "object", "properties": {"code": {"type": "string", "pattern": "^(?=A)[A-Z]+$"}}, "required": ["code"]}
+
+if os.environ.get("MCP_TEST_ANYOF_SCHEMA") == "1":
+    @mcp.tool(description="A tool whose parameters object has a top-level anyOf.")
+    def either(a: str = "", b: str = "") -> str:
+        return a or b
+
+    mcp._tool_manager.get_tool("either").parameters = {
+        "type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+        "anyOf": [{"required": ["a"]}, {"required": ["b"]}]}
 
 # The calculator's parameters exactly as fmoe's built-in declares them (no pydantic titles), so the demo model sees
 # the tool it was trained on.

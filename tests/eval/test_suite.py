@@ -53,3 +53,13 @@ def test_builtin_heldout_suite():
 def test_unknown_suite():
     with pytest.raises(SuiteError):
         resolve_suite("no-such-suite")
+
+
+def test_resolve_bfcl_spec_per_split():
+    """``bfcl:DIR[:split,...]`` parsed once (here), with per_split (fmoe eval --per-split)."""
+    from pathlib import Path
+
+    bfcl = Path(__file__).resolve().parents[1] / "data" / "extdata" / "bfcl"
+    s = resolve_suite(f"bfcl:{bfcl}:simple_python,irrelevance", per_split=3)
+    assert len(s.cases) == 6
+    assert len(resolve_suite(f"bfcl:{bfcl}:simple_python").cases) > 3   # no per_split: every case of the split

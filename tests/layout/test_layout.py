@@ -7,7 +7,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "fmoe"
 # a folder may import only folders to its right (and the top-level modules errors, units, paths)
-ORDER = ["cli", "server", "bench", "eval", "agent", "tools", "structured", "engine", "storage", "kernels", "demo"]
+ORDER = ["cli", "bench", "server", "eval", "agent", "tools", "structured", "engine", "storage", "kernels", "demo"]
 
 
 def _imports(path: Path) -> set[str]:

@@ -2,6 +2,8 @@
 the tool_result round trip, tool_choice, system prompts."""
 from __future__ import annotations
 
+import json
+
 from tests.server.conftest import QUESTION, anthropic_tools
 
 
@@ -75,3 +77,43 @@ def test_count_tokens_matches_the_prompt(aclient):
     n = aclient.messages.count_tokens(model="fmoe-demo", messages=messages, tools=anthropic_tools()).input_tokens
     m = aclient.messages.create(model="fmoe-demo", max_tokens=64, messages=messages, tools=anthropic_tools())
     assert n > 0 and n == m.usage.input_tokens + m.usage.cache_read_input_tokens
+
+
+def test_count_tokens_of_a_prompt_longer_than_the_context(aclient, server):
+    """count_tokens only renders and encodes: a prompt the model cannot take is counted, not refused."""
+    n = aclient.messages.count_tokens(model="fmoe-demo", messages=[{"role": "user", "content": "word " * 5000}],
+                                      tools=anthropic_tools()).input_tokens
+    assert n > server.engine.context
+
+
+def _sse(url, body) -> list[dict]:
+    from tests.server.rawhttp import connect
+
+    conn = connect(url)
+    conn.request("POST", "/v1/messages", body=json.dumps({**body, "stream": True}),
+                 headers={"content-type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200
+    events = [json.loads(line[5:]) for line in r.read().decode().splitlines() if line.startswith("data:")]
+    conn.close()
+    return events
+
+
+def test_streamed_usage_is_one_definition(server):
+    """message_start and message_delta agree (input_tokens: not read from the cache; cache_read_input_tokens:
+    reused), and both agree with a plain response to the same request."""
+    from tests.server.rawhttp import post
+
+    body = {"model": "fmoe-demo", "max_tokens": 64, "tools": anthropic_tools(),
+            "messages": [{"role": "user", "content": "What is 4321 * 8765?"}]}
+    _sse(server.url, body)                                # the next identical request reuses this prompt
+    events = _sse(server.url, body)
+    start = next(e for e in events if e["type"] == "message_start")["message"]["usage"]
+    delta = next(e for e in events if e["type"] == "message_delta")["usage"]
+    assert start["cache_read_input_tokens"] > 0
+    for k in ("input_tokens", "cache_read_input_tokens"):
+        assert start[k] == delta[k], (start, delta)
+    status, _, m = post(server.url, "/v1/messages", body)
+    assert status == 200
+    assert {k: m["usage"][k] for k in ("input_tokens", "cache_read_input_tokens")} == \
+        {k: delta[k] for k in ("input_tokens", "cache_read_input_tokens")}

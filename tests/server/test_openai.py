@@ -96,9 +96,11 @@ def test_tool_choice_none(client):
 
 
 def test_stop_string(client):
+    full = ask(client, QUESTION, tools=demo_tools(), tool_choice="none", max_tokens=60).choices[0].message.content
+    assert "\n" in full.strip()          # without the stop string the text goes on past it: the stop is not natural
     r = ask(client, QUESTION, tools=demo_tools(), tool_choice="none", max_tokens=60, stop=["\n"])
     assert r.choices[0].finish_reason == "stop" and "\n" not in r.choices[0].message.content
-    assert r.choices[0].message.content
+    assert r.choices[0].message.content and full.startswith(r.choices[0].message.content + "\n")
 
 
 def test_response_format_json_schema(client):

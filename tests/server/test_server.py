@@ -1,5 +1,6 @@
 """The server around the engine: concurrent clients, the bounded queue (429), bad requests (400 naming the field),
-the API key, and a client that disconnects mid-stream."""
+the API key, what a keyless server refuses (non-JSON bodies: 415, foreign Host headers: 403), and a client that
+disconnects mid-stream."""
 from __future__ import annotations
 
 import json
@@ -88,6 +89,19 @@ def test_full_queue_answers_429(demo):
       "tool_calls": [{"id": "c", "type": "function", "function": {"name": "t", "arguments": "{oops"}}]}]},
      "messages.[1].tool_calls.[0].function.arguments"),
     (chat("word " * 5000), "messages"),
+    (chat(seed=-1, temperature=1), "seed"),
+    (chat(tools=[{"type": "function", "function": {"name": "t", "parameters": {"properties": "x"}}}]),
+     "tools.[0].function.parameters"),
+    (chat(tools=[{"type": "function", "function": {"name": "t", "parameters": {"type": "object", "required": 3}}}]),
+     "tools.[0].function.parameters"),
+    (chat(tools=[{"type": "function", "function": {"name": "t", "parameters": True}}]),
+     "tools.[0].function.parameters"),
+    (chat(tools=[*demo_tools(), demo_tools()[0]]), f"tools.[{len(demo_tools())}].function.name"),
+    (chat(tools=[{"type": "function", "function": {"name": "big", "parameters": {
+        "type": "object", "properties": {f"property_number_{i:03d}_with_a_rather_long_name": {"type": "string"}
+                                         for i in range(40)},
+        "required": [f"property_number_{i:03d}_with_a_rather_long_name" for i in range(40)]}}}]),
+     "tools.[0].function.parameters"),     # its shortest call does not fit the call budget (max_call_tokens)
 ])
 def test_bad_requests_answer_400_naming_the_field(server, body, param):
     if isinstance(body, dict) and body.get("messages") is None:
@@ -124,6 +138,48 @@ def test_anthropic_errors_in_anthropic_shape(server):
         {"role": "user", "content": "x"}], "tools": [{"name": "t", "input_schema": {
             "type": "object", "properties": {"a": {"not": {}}}}}]})
     assert status == 400 and "tools.[0].input_schema" in err["error"]["message"]
+    status, _, err = post(server.url, "/v1/messages", {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "x"}], "tools": [{"name": "t", "input_schema": {"properties": "x"}}]})
+    assert status == 400 and err["error"]["message"].startswith("tools.[0].input_schema: "), err
+    assert "not a valid JSON Schema" in err["error"]["message"]
+    status, _, err = post(server.url, "/v1/messages", {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "x"}], "tools": [{"name": "t", "input_schema": {"type": "object"}},
+                                                     {"name": "t", "input_schema": {"type": "object"}}]})
+    assert status == 400 and err["error"]["message"].startswith("tools.[1].name: duplicate tool name"), err
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/messages", "/v1/messages/count_tokens"])
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_post_bodies_must_be_json(server, path, ctype):
+    """A web page can POST text/plain or a form to 127.0.0.1 without a CORS preflight; never application/json."""
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    conn = connect(server.url)
+    conn.request("POST", path, body=json.dumps(body), headers={"content-type": ctype} if ctype else {})
+    r = conn.getresponse()
+    err = json.loads(r.read())
+    conn.close()
+    assert r.status == 415, err
+    if path.startswith("/v1/messages"):
+        assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
+        assert "application/json" in err["error"]["message"]
+    else:
+        assert err["error"]["code"] == "unsupported_media_type" and "application/json" in err["error"]["message"]
+    status, _, _ = post(server.url, path, body, {"content-type": "application/json; charset=utf-8"})
+    assert status == 200
+
+
+def test_keyless_server_refuses_foreign_host_headers(server):
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends Host: evil.example."""
+    port = server.port
+    status, _, err = get(server.url, "/health", {"Host": f"evil.example:{port}"})
+    assert status == 403 and err["error"]["code"] == "invalid_host", err
+    status, _, err = post(server.url, CHAT, chat(), {"Host": "evil.example"})
+    assert status == 403 and "Host" in err["error"]["message"]
+    status, _, err = post(server.url, "/v1/messages", {"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "hi"}]}, {"Host": "evil.example"})
+    assert status == 403 and err["type"] == "error" and err["error"]["type"] == "permission_error"
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert get(server.url, "/health", {"Host": host})[0] == 200
 
 
 def test_unknown_route_and_method_are_json(server):
@@ -142,6 +198,7 @@ def test_api_key(demo):
     model, tok = demo
     with BackgroundServer(model, tok, port=0, api_key="sekret") as srv:
         assert get(srv.url, "/health")[0] == 200                      # health needs no key
+        assert get(srv.url, "/health", {"Host": "fmoe.example.com"})[0] == 200   # the key guards: any Host
         assert get(srv.url, "/v1/models")[0] == 401
         status, _, err = get(srv.url, "/v1/models", {"Authorization": "Bearer wrong"})
         assert status == 401 and err["error"]["code"] == "invalid_api_key"

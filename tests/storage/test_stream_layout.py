@@ -188,3 +188,74 @@ def test_free_space_check(tmp_path):
     from fmoe.storage.stream_layout import free_space_check
     with pytest.raises(LayoutError, match="free space"):
         free_space_check(tmp_path / "x", 1 << 60)
+
+
+def test_expert_read_errors_name_layer_expert_file_and_offset(tmp_path, monkeypatch):
+    """StreamingCheckpoint.expert: a missing expert file, a truncated one and an I/O error while reading are each an
+    ExpertReadError naming the layer, the expert, the file and the byte offset (before: a bare FileNotFoundError /
+    OSError)."""
+    import errno
+
+    from fmoe.errors import ExpertReadError
+
+    path, _, _ = _build(tmp_path / "m", layers=2, experts=4)
+    ck = open_streaming(path)
+    L1 = ck.layout.layers[1]
+    os.unlink(L1.file)                                       # deleted
+    with pytest.raises(ExpertReadError) as ei:
+        ck.expert(1, 2)
+    x = ei.value
+    assert (x.layer, x.expert, x.file, x.offset) == (1, 2, str(L1.file), L1.offsets[2])
+    assert "layer 1" in str(x) and "expert 2" in str(x) and str(L1.file) in str(x)
+
+    L0 = ck.layout.layers[0]
+    os.truncate(L0.file, L0.offsets[3] + 1)                  # truncated inside expert 3
+    ck.expert(0, 0)
+    with pytest.raises(ExpertReadError) as ei:
+        ck.expert(0, 3)
+    assert (ei.value.layer, ei.value.expert, ei.value.file, ei.value.offset) == (0, 3, str(L0.file), L0.offsets[3])
+
+    def eio(*a):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", eio)
+    with pytest.raises(ExpertReadError) as ei:
+        ck.expert(0, 1)
+    assert (ei.value.layer, ei.value.expert, ei.value.offset) == (0, 1, L0.offsets[1])
+    assert "Input/output error" in str(ei.value) and str(L0.file) in str(ei.value)
+    monkeypatch.undo()
+    ck.close()
+
+
+def test_expert_reads_from_many_threads_open_one_fd_per_layer(tmp_path, monkeypatch):
+    """StreamingCheckpoint.expert is called from convert's thread pool: concurrent first reads of a layer open its
+    file once (before: check-then-open raced, and the losing fds leaked)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, written, _ = _build(tmp_path / "m", layers=2, experts=4)
+    ck = open_streaming(path)
+    opened, real_open = [], os.open
+
+    def slow_open(p, *a, **k):
+        fd = real_open(p, *a, **k)
+        if str(p).endswith(".bin"):
+            opened.append(fd)
+            time.sleep(0.05)                              # widen the window between the check and the store
+        return fd
+
+    monkeypatch.setattr(os, "open", slow_open)
+    start = threading.Barrier(8)
+
+    def read(i):
+        start.wait()
+        return ck.expert(i % 2, i % 4)
+
+    with ThreadPoolExecutor(8) as pool:
+        out = list(pool.map(read, range(8)))
+    monkeypatch.undo()
+    assert len(opened) == 2 and sorted(ck._fds.values()) == sorted(opened)
+    for i, (g, _, _) in enumerate(out):
+        assert _same(g, written[(i % 2, i % 4)][0])
+    ck.close()

@@ -237,6 +237,36 @@ def test_task_file_unsupported_schema(tmp_path):
         task.close()
 
 
+def test_schema_checked_in_the_models_call_format(tmp_path):
+    """A top-level anyOf is fine as Hermes JSON but cannot be enforced as an XML parameter list: refused at load for
+    an XML model (the demo model's format), not at the first turn."""
+    from fmoe.agent.taskfile import _task_call_format, load_task
+    from fmoe.structured.schema import UnsupportedSchemaError
+
+    spec = stdio(name="anyof", env={"MCP_TEST_ANYOF_SCHEMA": "1"}, tools=["either"])
+    with ToolRegistry() as r:
+        r.add_mcp([spec], REPO, call_format="hermes")
+        assert r.names() == ["either"]
+    with pytest.raises(UnsupportedSchemaError) as e:
+        ToolRegistry().add_mcp([spec], REPO, call_format="xml")
+    assert e.value.keyword == "anyOf" and e.value.index == 0
+    assert str(e.value).startswith("MCP server 'anyof': tool 'either': JSON Schema keyword 'anyOf'")
+    body = f"""\
+        task: hi
+        mcp:
+          - command: {PY}
+            args: [{SERVER}]
+            env: {{MCP_TEST_ANYOF_SCHEMA: 1}}
+            name: anyof
+        """
+    p = write_task(tmp_path, body)
+    assert _task_call_format(load_task(p, resolve_tools=False)) == "xml"   # no model: the demo model (Qwen3.5)
+    with pytest.raises(TaskFileError) as e:
+        load_task(p)
+    assert ("task.yaml:3: field 'mcp[0]': MCP server 'anyof': tool 'either': JSON Schema keyword 'anyOf' cannot be "
+            "enforced") in str(e.value), str(e.value)
+
+
 def test_tools_list_task_file(tmp_path, capsys, monkeypatch):
     from fmoe.cli.tools import main
 

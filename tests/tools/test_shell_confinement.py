@@ -53,18 +53,35 @@ def ws(tmp_path):
     return root
 
 
+@pytest.mark.parametrize("confine", [True, False], ids=["landlock", "arguments-only"])
 @pytest.mark.parametrize("command", ESCAPES)
-def test_shell_escapes_are_refused(ws, command):
-    sh = shell_tool(cwd=ws, timeout=5)
+def test_shell_escapes_are_refused(ws, command, confine, monkeypatch):
+    """Every escape is refused with kernel confinement (where the kernel has Landlock) and by the argument checks
+    alone (confine=False: what protects the workspace where Landlock is missing, e.g. macOS): then the program never
+    runs at all."""
+    import fmoe.tools.builtin_shell as builtin_shell
+
+    ran = []
+    real = builtin_shell.run_limited
+
+    def spy(argv, **kw):
+        ran.append(argv)
+        return real(argv, **kw)
+
+    monkeypatch.setattr(builtin_shell, "run_limited", spy)
+    sh = shell_tool(cwd=ws, timeout=5, confine=confine)
     r = sh.call({"command": command})
     assert r.is_error, (command, r.content)
+    if not confine:
+        assert ran == [], (command, r.content)   # refused before anything ran
     assert "root:" not in r.content and "secret" not in r.content
     assert not os.path.exists("/tmp/fmoe-escape-sort")
     assert not (ws / "out.txt").exists()
 
 
-def test_shell_inside_the_workspace_still_works(ws):
-    sh = shell_tool(cwd=ws, timeout=5)
+@pytest.mark.parametrize("confine", [True, False], ids=["landlock", "arguments-only"])
+def test_shell_inside_the_workspace_still_works(ws, confine):
+    sh = shell_tool(cwd=ws, timeout=5, confine=confine)
     assert sh.call({"command": "sort notes.txt"}).content.split() == ["a", "a", "b"]
     assert sh.call({"command": "uniq notes.txt"}).content.split() == ["b", "a"]
     assert "notes.txt" in sh.call({"command": "grep -r a ."}).content
