@@ -271,7 +271,7 @@ def _run(torch, native, json_out, threads, group_size, bits_list, quick, lm_head
         "kernel": f"native-{native.kernel_isa()}" if native.load() else "torch",
         "kernel_isa": native.kernel_isa(),
         "command": " ".join(["fmoe bench kernels", *_ARGV]),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "physical_cores": native.physical_cores(),
+        "machine": {"cpu": native.cpu_name(), "cores": os.cpu_count(), "physical_cores": native.physical_cores(),
                     "machine": platform.machine(), "simd": _simd_flags(),
                     "cpu_flags": " ".join(sorted(native.cpu_flags())),
                     "variants_supported": native.supported_isas()},
@@ -331,17 +331,6 @@ def _simd_flags() -> str:
     except OSError:
         pass
     return ""
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def to_markdown(res: dict) -> str:

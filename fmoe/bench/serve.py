@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fmoe.errors import FmoeError
+from fmoe.kernels.native import cpu_name
 
 PAIRS = [(12, 34), (56, 78), (99, 11), (123, 456), (7, 8), (31, 41), (250, 4), (1000, 3)]
 
@@ -39,17 +40,6 @@ def demo_tools() -> list[dict]:
     tools = dict(tool_schemas())
     tools["calculator"] = calculator.openai_schema()
     return list(tools.values())
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _loadavg() -> float | None:
@@ -162,7 +152,7 @@ def main(argv=None) -> int:
     res = {"command": " ".join(["fmoe", "bench", "serve", *argv]),
            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "model": name + (" (4-bit streaming layout)" if args.model is None else ""), "tools": len(tools),
-           "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "system": f"{platform.system()} "
+           "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "system": f"{platform.system()} "
                        f"{platform.machine()}, Python {platform.python_version()}",
                        "loadavg_1min_before_after": [load_before, _loadavg()]},
            **res}
