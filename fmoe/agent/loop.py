@@ -22,10 +22,9 @@ import time
 from typing import Any, Callable, Sequence
 
 from fmoe.agent.expect import check_expect, normalize_json
-from fmoe.agent.steps import FinalAnswer, ModelStep, RunResult, ToolStep
+from fmoe.agent.steps import FinalAnswer, ModelStep, RunResult, RunStats, ToolStep
 from fmoe.agent.transcript import Transcript
 from fmoe.agent.turn import PrefixCache, TurnSettings, run_turn
-from fmoe.engine.stats import EngineStats
 
 REPEAT_LIMIT = 3
 
@@ -278,32 +277,12 @@ class Agent:
         self.messages.append(m)
         self._log({"type": "message", "message": m})
 
-    def _aggregate(self, steps: list, wall_s: float) -> dict:
-        ms = [s for s in steps if isinstance(s, ModelStep)]
-        ts = [s for s in steps if isinstance(s, ToolStep)]
-        gen = sum(s.tokens for s in ms)
-        dec = sum(s.timings.get("decode_s", 0.0) for s in ms)
-        pre = sum(s.timings.get("prefill_s", 0.0) for s in ms)
-        prefilled = sum(s.prefilled_tokens for s in ms)
-        eng = EngineStats.total([s.engine for s in ms]).to_dict()   # this task's windows, not the process's
+    def _aggregate(self, steps: list, wall_s: float) -> RunStats:
         from fmoe.tools.decorator import abandoned_tool_threads
 
         threads = abandoned_tool_threads()
-        return {
-            "model_steps": len(ms), "tool_calls": len(ts), "tool_errors": sum(t.is_error for t in ts),
-            # synchronous tools that timed out in this run, and those of any run whose thread still runs
-            "tool_threads_abandoned": threads["total"] - getattr(self, "_abandoned_at_start", 0),
-            "tool_threads_running": len(threads["running"]),
-            "calls_closed_early": sum(s.closed_early for s in ms),
-            "generated_tokens": gen, "forced_tokens": sum(s.forced_tokens for s in ms),
-            "prompt_tokens": sum(s.prompt_tokens for s in ms), "prefilled_tokens": prefilled,
-            "reused_tokens": sum(s.reused_tokens for s in ms),
-            "prefix_fallbacks": sum(s.prefix_fallback for s in ms),
-            "decode_s": dec, "prefill_s": pre, "tool_s": sum(t.elapsed_s for t in ts), "wall_s": wall_s,
-            "decode_tok_s": gen / dec if dec else 0.0, "prefill_tok_s": prefilled / pre if pre else 0.0,
-            "engine": {k: eng.get(k) for k in ("bytes_read", "cache_hit_rate", "io_wait_s", "prediction_hit_rate",
-                                               "experts_per_token", "mode") if k in eng},
-        }
+        return RunStats.of_steps(steps, wall_s, abandoned=threads["total"] - getattr(self, "_abandoned_at_start", 0),
+                                 running=len(threads["running"]))
 
 
 def run_task(task, model, tokenizer, *, on_event=None, transcript: Transcript | None = None,
@@ -318,7 +297,7 @@ def run_task(task, model, tokenizer, *, on_event=None, transcript: Transcript | 
             r.expect = check_expect(task.expect, r.tool_calls, r.answer)
         if transcript is not None:
             transcript.write({"type": "result", "task": prompt, "answer": r.answer, "stop_reason": r.stop_reason,
-                              "stats": r.stats, "expect": r.expect})
+                              "stats": r.stats.to_dict(), "expect": r.expect})
         results.append(r)
         if on_result is not None:
             on_result(r)

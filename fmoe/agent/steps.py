@@ -5,11 +5,12 @@ its result, and the final answer. Every record has ``to_dict()`` (JSON-ready) fo
                 timings and engine stats
     ToolStep    one tool call and its result
     FinalAnswer why and how the run ended
-    RunResult   everything about one task: answer, steps, tool calls, messages, aggregate stats, expect verdict
+    RunStats    the totals of a run: steps, tokens, times, the engine's windows
+    RunResult   everything about one task: answer, steps, tool calls, messages, RunStats, expect verdict
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fmoe.engine.stats import EngineStats
@@ -84,13 +85,77 @@ class FinalAnswer:
 
 
 @dataclass
+class RunStats:
+    """The totals of one run (or, with :meth:`total`, of several): steps, tokens, times and the engine's windows."""
+    model_steps: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    tool_threads_abandoned: int = 0        # synchronous tools that timed out in this run (their threads go on)
+    tool_threads_running: int = 0          # such threads of any run still running at its end
+    calls_closed_early: int = 0
+    generated_tokens: int = 0
+    forced_tokens: int = 0
+    prompt_tokens: int = 0
+    prefilled_tokens: int = 0
+    reused_tokens: int = 0
+    prefix_fallbacks: int = 0
+    decode_s: float = 0.0
+    prefill_s: float = 0.0
+    tool_s: float = 0.0
+    wall_s: float = 0.0
+    engine: EngineStats = field(default_factory=EngineStats)
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.generated_tokens / self.decode_s if self.decode_s else 0.0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prefilled_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @classmethod
+    def of_steps(cls, steps: list, wall_s: float, abandoned: int = 0, running: int = 0) -> "RunStats":
+        ms = [s for s in steps if isinstance(s, ModelStep)]
+        ts = [s for s in steps if isinstance(s, ToolStep)]
+        return cls(model_steps=len(ms), tool_calls=len(ts), tool_errors=sum(t.is_error for t in ts),
+                   tool_threads_abandoned=abandoned, tool_threads_running=running,
+                   calls_closed_early=sum(s.closed_early for s in ms), generated_tokens=sum(s.tokens for s in ms),
+                   forced_tokens=sum(s.forced_tokens for s in ms), prompt_tokens=sum(s.prompt_tokens for s in ms),
+                   prefilled_tokens=sum(s.prefilled_tokens for s in ms),
+                   reused_tokens=sum(s.reused_tokens for s in ms),
+                   prefix_fallbacks=sum(s.prefix_fallback for s in ms),
+                   decode_s=sum(s.timings.get("decode_s", 0.0) for s in ms),
+                   prefill_s=sum(s.timings.get("prefill_s", 0.0) for s in ms),
+                   tool_s=sum(t.elapsed_s for t in ts), wall_s=wall_s,
+                   engine=EngineStats.total([s.engine for s in ms]))   # this run's windows, not the process's
+
+    @classmethod
+    def total(cls, runs: list["RunStats"]) -> "RunStats":
+        out = cls(engine=EngineStats.total([r.engine for r in runs]))
+        for r in runs:
+            for f in fields(cls):
+                if f.name not in ("engine", "tool_threads_running"):
+                    setattr(out, f.name, getattr(out, f.name) + getattr(r, f.name))
+        out.tool_threads_running = runs[-1].tool_threads_running if runs else 0
+        return out
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "engine"}
+        d.update(decode_tok_s=self.decode_tok_s, prefill_tok_s=self.prefill_tok_s)
+        eng = self.engine.to_dict()
+        d["engine"] = {k: eng.get(k) for k in ("bytes_read", "cache_hit_rate", "io_wait_s", "prediction_hit_rate",
+                                               "experts_per_token", "mode") if k in eng}
+        return d
+
+
+@dataclass
 class RunResult:
     task: str
     answer: str | None
     stop_reason: str
     steps: list = field(default_factory=list)          # ModelStep | ToolStep, in order
     messages: list[dict] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
+    stats: RunStats = field(default_factory=RunStats)
     expect: dict | None = None                         # verdict of the task's expect (see loop.check_expect)
 
     @property
@@ -117,7 +182,7 @@ class RunResult:
             "stop_reason": self.stop_reason,
             "steps": len(self.model_steps),
             "tool_calls": self.tool_calls,
-            "stats": self.stats,
+            "stats": self.stats.to_dict(),
             "step_details": [s.to_dict() for s in self.model_steps],
         }
         if self.expect is not None:

@@ -105,10 +105,10 @@ class AgentUI:
     # -- summaries -------------------------------------------------------------------------------------------
     def summary(self, result) -> None:
         s = result.stats
-        line = (f"{s['model_steps']} steps · {s['tool_calls']} tool calls ({s['tool_errors']} errors) · "
-                f"{s['generated_tokens']} tok @ {s['decode_tok_s']:.1f} tok/s · prefilled {s['prefilled_tokens']}"
-                f" / reused {s['reused_tokens']} prompt tokens · {s['wall_s']:.1f}s")
-        eng = engine_line(s.get("engine", {}))
+        line = (f"{s.model_steps} steps · {s.tool_calls} tool calls ({s.tool_errors} errors) · "
+                f"{s.generated_tokens} tok @ {s.decode_tok_s:.1f} tok/s · prefilled {s.prefilled_tokens}"
+                f" / reused {s.reused_tokens} prompt tokens · {s.wall_s:.1f}s")
+        eng = engine_line(s.engine.to_dict())
         if eng:
             line += " · " + eng
         self.console.print(f"[dim]{escape(line)}[/dim]")

@@ -28,16 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _merge_results(results: list) -> dict:
-    stats: dict = {}
-    for r in results:
-        for k, v in r.stats.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                stats[k] = stats.get(k, 0) + v
-    dec = stats.get("decode_s", 0.0)
-    stats["decode_tok_s"] = stats.get("generated_tokens", 0) / dec if dec else 0.0
-    pre = stats.get("prefill_s", 0.0)
-    stats["prefill_tok_s"] = stats.get("prefilled_tokens", 0) / pre if pre else 0.0
-    stats["engine"] = results[-1].stats.get("engine", {}) if results else {}
+    from fmoe.agent.steps import RunStats
+
+    stats = RunStats.total([r.stats for r in results]).to_dict()
     verdicts = [r.passed for r in results if r.passed is not None]
     out = {"tasks": [r.to_dict() for r in results], "answer": results[-1].answer if results else None,
            "steps": sum(len(r.model_steps) for r in results),

@@ -167,7 +167,7 @@ def test_agent_against_endpoint(endpoint):
     step = r.model_steps[0]
     assert step.tokens == 10 and step.prompt_tokens == 100 and step.parse_failure is None
     assert step.text == '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1234 * 5678"}}\n</tool_call>'
-    assert r.stats["generated_tokens"] == 20 and r.stats["tool_calls"] == 1
+    assert r.stats.generated_tokens == 20 and r.stats.tool_calls == 1
 
 
 @pytest.mark.parametrize("arguments,category,fragment", [
