@@ -1,0 +1,1 @@
+"""Benchmarks behind `fmoe bench NAME`: each reports a ratio measured within one run (results in bench/results/)."""
