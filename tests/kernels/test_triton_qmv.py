@@ -55,3 +55,17 @@ def test_grouped_qmv_matches_dequantize_matmul(bits, group):
     y1 = grouped_qmv(torch.from_numpy(x[:1]).to(DEVICE), w, s, b, torch.from_numpy(slots).to(DEVICE), bits, group)
     ref1 = np.einsum("roi,i->ro", dense[slots], x[0])
     np.testing.assert_allclose(y1.cpu().numpy(), ref1, rtol=2e-3, atol=2e-3 * np.abs(ref1).max())
+
+
+@pytest.mark.skipif(not CUDA, reason="the direct launch path exists on CUDA only")
+def test_repeated_launches_take_the_direct_path_and_agree():
+    from fmoe.kernels import triton_qmv
+
+    w, s, b, dense = _table(4, 64, 1024, 4096)
+    x = torch.randn(3, 4096, device=DEVICE)
+    slots = torch.tensor([2, 0, 1], dtype=torch.int32, device=DEVICE)
+    ref = np.einsum("roi,ri->ro", dense[slots.cpu().numpy()], x.cpu().numpy())
+    outs = [grouped_qmv(x, w, s, b, slots, 4, 64).cpu().numpy() for _ in range(4)]   # JIT, checked, direct, direct
+    for y in outs:
+        np.testing.assert_allclose(y, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    assert triton_qmv._FAST["on"] and any(checked for _, checked in triton_qmv._COMPILED.values())
