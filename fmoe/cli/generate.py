@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         "prediction_hit_rate": eng.prediction_hit_rate,
         "compute_s": model.compute_s,
         "kernel_isa": getattr(getattr(model, "ops", None), "kernel_isa", None),
+        # the VRAM expert tier (CUDA, streamed models): hit rate and bytes resident, None elsewhere
+        "vram_hit_rate": eng.store.get("device_cache_hit_rate"),
+        "vram_resident_bytes": eng.store.get("device_resident_bytes"),
     }
     if args.json:
         print(json.dumps(result))
@@ -98,5 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             hit = eng.cache_hit_rate
             line += (f" · read {eng.bytes_read / 2**20:.0f} MiB, cache hit {hit:.0%}" if hit is not None else "")
             line += f" · I/O wait {eng.io_wait_s:.2f}s"
+        if result["vram_hit_rate"] is not None:
+            line += (f" · VRAM tier hit {result['vram_hit_rate']:.0%} "
+                     f"({result['vram_resident_bytes'] / 2**30:.1f} GiB resident)")
         console.print(f"[dim]{line}[/dim]")
     return 0

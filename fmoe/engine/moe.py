@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fmoe.errors import ConfigError
+
 
 @dataclass
 class MoEStats:
@@ -181,7 +183,14 @@ class StreamedExperts:
         if missing:
             for i, ew in zip(missing, self.store.get(layer, [ids[i] for i in missing])):
                 nbytes = sum(w.nbytes for w in ew)
-                out[i] = tuple(self.ops.prepare_linear(w) for w in ew)
+                try:
+                    out[i] = tuple(self.ops.prepare_linear(w) for w in ew)
+                except Exception as e:  # noqa: BLE001 - only the device running out of memory is translated
+                    if type(e).__name__ != "OutOfMemoryError":
+                        raise
+                    raise ConfigError(
+                        f"the GPU ran out of memory with {self._device_bytes / 2**30:.2f} GiB of experts in VRAM "
+                        f"(budget {self.device_budget / 2**30:.2f} GiB): lower --gpu-memory-budget") from None
                 self._keep((layer, ids[i]), out[i], nbytes)
         return out
 

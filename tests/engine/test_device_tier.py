@@ -45,3 +45,21 @@ def test_device_tier_same_logits_and_lru(streamed, experts):
         assert s["device_cache_evictions"] > 0
     plain.close()
     tiered.close()
+
+
+def test_device_out_of_memory_names_the_budget_to_lower(streamed, monkeypatch):
+    import torch
+
+    from fmoe.errors import FmoeError
+
+    m = Model.load(streamed, stream={"mode": "page-cache"})
+    m.experts = StreamedExperts(m.ops, m.experts.store, device_cache_bytes=1 << 30)
+    for layer in m.layers:
+        layer.moe.experts = m.experts
+
+    def oom(w):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
+    monkeypatch.setattr(m.ops, "prepare_linear", oom)
+    with pytest.raises(FmoeError, match=r"budget 1\.00 GiB\): lower --gpu-memory-budget"):
+        m.forward([5, 6, 7], m.new_cache())
+    m.close()
