@@ -15,6 +15,7 @@ re-rendered earlier turns differently) the step records ``prefix_fallback``.
 """
 from __future__ import annotations
 
+import json
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class PrefixCache:
         except TypeError:
             self.pinned = []
         self.last_prompt: list[int] | None = None
+        self._blocks: dict[str, list[int]] = {}    # (system, tools, thinking) -> the block's token ids
 
     def reset(self) -> None:
         """A new conversation: the pinned system snapshots stay, the prompt snapshots go."""
@@ -61,13 +63,7 @@ class PrefixCache:
     def pin_system_prefix(self, tok, messages: list[dict], tools: list[dict], thinking: bool, ids: list[int]) -> int:
         """Snapshot the system + tools block of ``ids`` once; returns how many tokens it computed now (0 when a
         snapshot of it existed or the prompt has no such block)."""
-        system = [m for m in messages[:1] if m.get("role") == "system"]
-        text = tok.apply_chat_template([*system, {"role": "user", "content": "x"}], tools=tools or None,
-                                       add_generation_prompt=False, enable_thinking=thinking)
-        cut = text.find("<|im_start|>user")
-        if cut <= 0:
-            return 0
-        pre = tok.encode(text[:cut])
+        pre = self._system_block(tok, messages, tools, thinking)
         if not pre or len(pre) >= len(ids) or ids[:len(pre)] != pre:
             return 0
         if any(s.tokens == pre for s in self.pinned):
@@ -78,6 +74,22 @@ class PrefixCache:
         self.pinned.append(cache)
         del self.pinned[:-8]
         return len(pre)
+
+    def _system_block(self, tok, messages: list[dict], tools: list[dict], thinking: bool) -> list[int]:
+        """The token ids of the system + tools block the chat template renders before the first user turn (empty
+        when there is none), rendered and encoded once per distinct system message, tool list and thinking mode."""
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        key = json.dumps([system, tools, thinking], sort_keys=True, default=str)
+        pre = self._blocks.get(key)
+        if pre is None:
+            text = tok.apply_chat_template([*system, {"role": "user", "content": "x"}], tools=tools or None,
+                                           add_generation_prompt=False, enable_thinking=thinking)
+            cut = text.find("<|im_start|>user")
+            pre = tok.encode(text[:cut]) if cut > 0 else []
+            if len(self._blocks) >= 32:
+                self._blocks.clear()
+            self._blocks[key] = pre
+        return pre
 
     def lookup(self, ids: list[int]):
         """(cache or None, reused tokens, fallback): the longest snapshot that is a prefix of ``ids``, copied."""
@@ -105,11 +117,13 @@ def _expert_bytes(model) -> int:
 
 def run_turn(model, tok, messages: list[dict], tools: list[dict], settings: TurnSettings, prefix: PrefixCache,
              *, grammar=None, step: int = 1, on_text: Callable[[str], None] | None = None,
-             on_token: Callable[[int], bool | None] | None = None) -> ModelStep:
+             on_token: Callable[[int], bool | None] | None = None,
+             on_prefix: Callable[[int], None] | None = None) -> ModelStep:
     """Render ``messages`` with ``tools``, generate one assistant turn (under ``grammar`` when given: a compiled
-    fmoe.structured grammar) and parse its calls. ``on_token(token_id)`` is called after each generated token (after
-    ``on_text``); returning True ends the turn there (finish_reason "stopped": a server's stop string or a client
-    that went away)."""
+    fmoe.structured grammar) and parse its calls. ``on_prefix(reused_tokens)`` is called once the reused prefix is
+    known, before the prefill (a server reports its usage up front). ``on_token(token_id)`` is called after each
+    generated token (after ``on_text``); returning True ends the turn there (finish_reason "stopped": a server's
+    stop string or a client that went away)."""
     from fmoe.engine.generate import Generation, Sampling
     from fmoe.engine.tokenizer import StreamingDetokenizer
     from fmoe.structured.parser import parse_tool_calls
@@ -127,6 +141,8 @@ def run_turn(model, tok, messages: list[dict], tools: list[dict], settings: Turn
     cache, reused, fallback = prefix.lookup(ids)
     fresh = pinned_now if (pinned_now and reused == pinned_now) else 0
     reused -= fresh   # the system block computed at this step counts as prefilled, not reused
+    if on_prefix is not None:
+        on_prefix(reused)
     procs = [ToolCallProcessor(grammar, max_call_tokens=settings.max_call_tokens)] if grammar is not None else []
     gen = Generation(model, ids, max_tokens=settings.max_tokens, sampling=settings.sampling or Sampling(),
                      stop_ids=list(tok.eos_token_ids), processors=[*procs, *settings.processors], cache=cache,

@@ -88,27 +88,6 @@ class TurnResult:
     queued_s: float = 0.0
 
 
-class _ServerPrefixCache(PrefixCache):
-    """The server's PrefixCache: tells the running job how many prompt tokens are reused as soon as run_turn has
-    looked them up (before prefill), so a stream can report its usage up front (Anthropic's message_start)."""
-
-    job: "Job | None" = None
-    _pinned_now = 0
-
-    def pin_system_prefix(self, tok, messages, tools, thinking, ids) -> int:
-        self._pinned_now = super().pin_system_prefix(tok, messages, tools, thinking, ids)
-        return self._pinned_now
-
-    def lookup(self, ids):
-        cache, reused, fallback = super().lookup(ids)
-        if self.job is not None:
-            # as run_turn counts ModelStep.reused_tokens: a system block pinned by this very turn was computed now
-            fresh = self._pinned_now if (self._pinned_now and reused == self._pinned_now) else 0
-            self.job.put("start", reused - fresh)
-        self._pinned_now = 0
-        return cache, reused, fallback
-
-
 class Job:
     def __init__(self, turn: PreparedTurn, loop: asyncio.AbstractEventLoop):
         self.turn, self.loop = turn, loop
@@ -153,7 +132,7 @@ class ServerEngine:
         self.max_call_tokens = max_call_tokens or TurnSettings().max_call_tokens
         self.context = context or getattr(model.cfg, "max_position_embeddings", None) or 32768
         self.call_format = detect_call_format(tok.chat_template or "")
-        self.prefix = _ServerPrefixCache(model, max_snapshots=prefix_snapshots)
+        self.prefix = PrefixCache(model, max_snapshots=prefix_snapshots)
         self._queue: queue.Queue = queue.Queue()
         self._grammars: OrderedDict = OrderedDict()
         self._glock = threading.Lock()
@@ -338,12 +317,8 @@ class ServerEngine:
         def on_token(_token_id: int) -> bool:
             return split.stopped or job.cancelled.is_set()
 
-        self.prefix.job = job
-        try:
-            step = run_turn(self.model, self.tok, r.messages, r.tools, t.settings, self.prefix, grammar=t.grammar,
-                            on_text=on_text, on_token=on_token)
-        finally:
-            self.prefix.job = None
+        step = run_turn(self.model, self.tok, r.messages, r.tools, t.settings, self.prefix, grammar=t.grammar,
+                        on_text=on_text, on_token=on_token, on_prefix=lambda reused: job.put("start", reused))
         for kind, value in split.finish():
             job.put(kind, value)
         calls = list(step.calls)

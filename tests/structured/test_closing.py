@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fmoe.bench import grammar as bench_grammar
 from fmoe.bench.grammar import SPLITS, load_split, tool_for_schema
 from fmoe.engine.generate import Generation, Sampling
 from fmoe.engine.stats import EngineStats
@@ -17,21 +16,8 @@ from fmoe.structured.closing import closer_for
 from fmoe.structured.grammar import GrammarError, UnsupportedSchemaError, compile_tool_grammar, schema_grammar_check
 from fmoe.structured.parser import parse_tool_calls
 from fmoe.structured.processor import ToolCallProcessor
-from fmoe.structured.qwen_vocab import qwen35_tokenizer
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "extdata" / "maskbench"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _data():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench_grammar, "DATA_DIR", DATA)
-        yield
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return qwen35_tokenizer()
 
 
 def _schemas(per_split: int):

@@ -12,17 +12,12 @@ import torch
 from fmoe.structured.formats import detect_call_format, render_call, render_calls
 from fmoe.structured.processor import ToolCallProcessor
 from fmoe.structured.grammar import GrammarError, UnsupportedSchemaError, compile_tool_grammar
-from fmoe.structured.qwen_vocab import CHECK_IDS, CHECK_TEXT, QWEN35_PADDED_VOCAB, qwen35_tokenizer
+from fmoe.structured.qwen_vocab import CHECK_IDS, CHECK_TEXT, QWEN35_PADDED_VOCAB
 from fmoe.structured.parser import parse_tool_calls
 from fmoe.errors import FmoeError
 
 
 REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "qwen3_5"  # tests/data/SOURCES.md
-
-
-@pytest.fixture(scope="session")
-def tok():
-    return qwen35_tokenizer()
 
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {

@@ -6,13 +6,11 @@ each split, tests/data/SOURCES.md); FMOE_MASKBENCH_FULL=1 lifts the caps on them
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fmoe.structured.grammar import UnsupportedSchemaError, compile_tool_grammar
-from fmoe.structured.qwen_vocab import qwen35_tokenizer
 from fmoe.structured.parser import parse_tool_calls
 from fmoe.bench.grammar import (SPLITS, close_token_ids, load_split, run_maskbench_split, sample_under_mask,
                                 tool_for_schema)
@@ -20,22 +18,6 @@ from fmoe.bench.grammar import (SPLITS, close_token_ids, load_split, run_maskben
 FULL = os.environ.get("FMOE_MASKBENCH_FULL") == "1"
 CAP = None if FULL else 2  # instances per schema in CI; every schema of every split is compiled
 SAMPLE_SCHEMAS = None if FULL else 16  # schemas per split for the sampling property test in CI
-DATA = Path(__file__).resolve().parents[1] / "data" / "extdata" / "maskbench"   # <split>.jsonl
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _maskbench_subset():
-    """load_split reads fmoe.bench.grammar.DATA_DIR (--data): the subset in tests/data."""
-    from fmoe.bench import grammar as bench_grammar
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench_grammar, "DATA_DIR", DATA)
-        yield
-
-
-@pytest.fixture(scope="session")
-def tok():
-    return qwen35_tokenizer()
 
 
 @pytest.mark.parametrize("fmt", ["hermes", "xml"])
