@@ -48,8 +48,11 @@ class GatedAttention:
         v = ops.linear(x, self.v_proj).reshape(T, Hkv, D)
         q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
         k, v = ops.swapaxes(k, 0, 1), ops.swapaxes(v, 0, 1)                       # [Hkv, T, D]
-        state.append(ops, k, v)                                                   # in place (cache.py)
-        k, v = state.keys, state.values
-        o = ops.attention(ops.swapaxes(q, 0, 1), k, v, self.scale, offset)       # [Hq, T, D]
+        if isinstance(offset, int):
+            state.append(ops, k, v)                                               # in place (cache.py)
+            o = ops.attention(ops.swapaxes(q, 0, 1), state.keys, state.values, self.scale, offset)   # [Hq, T, D]
+        else:   # a captured decode step (fmoe/engine/cuda_graph.py): position and mask are device tensors
+            state.write_at(offset.pos, k, v)
+            o = ops.attention_masked(ops.swapaxes(q, 0, 1), state.buf.k, state.buf.v, self.scale, offset.mask)
         o = ops.swapaxes(o, 0, 1).reshape(T, Hq * D) * ops.sigmoid(gate)
         return ops.linear(o, self.o_proj)

@@ -4,7 +4,10 @@ KV cache: keys and values live in preallocated buffers ``[Hkv, capacity, D]``; a
 place, and the buffer grows by chunks (1.5x, at least 256 positions) only when full, so decoding does not re-copy the
 whole cache at every token (before: a concat per step, O(S) bytes copied per token).
 
-Snapshots: ``snapshot()`` is a cheap shallow copy.  The linear-attention state arrays are never mutated in place (each
+Static states: a captured CUDA decode step (fmoe/engine/cuda_graph.py) works on fixed tensors and updates them in
+place (``static=True``); a snapshot of such a state copies its tensors, so that it stays what it was.
+
+Snapshots: ``snapshot()`` is a cheap shallow copy (of states that are not static).  The linear-attention state arrays are never mutated in place (each
 step makes new ones).  A KV buffer may be shared by a state and its snapshots: each remembers its own ``length``, the
 buffer remembers how far anyone has written (``filled``); a state may append in place only at the buffer's tip, and
 copies its prefix into a fresh buffer otherwise (copy on divergence, sized from the positions needed rounded up to a
@@ -34,6 +37,7 @@ class AttentionState:
     buf: KVBuffer | None = None
     length: int = 0
     grows: int = 0          # buffer allocations so far (a growth copies the prefix once)
+    static: bool = False    # the buffer belongs to a captured decode step: written in place at a device position
 
     @property
     def keys(self):         # [Hkv, S, D] view of the filled part
@@ -73,11 +77,31 @@ class AttentionState:
         b.filled = need
         self.length = need
 
+    def write_at(self, pos, k, v) -> None:
+        """Captured decode: write one position's ``k``/``v`` [Hkv, 1, D] at ``pos`` (an int64 device tensor [1]);
+        the caller advances ``length`` after the replay."""
+        self.buf.k.index_copy_(1, pos, k)
+        self.buf.v.index_copy_(1, pos, v)
+
+    def detached(self) -> "AttentionState":
+        """A copy owning its own buffer (of a static state, for a snapshot)."""
+        if self.buf is None:
+            return AttentionState(None, self.length, self.grows)
+        cap = max(CHUNK, -(-self.length // CHUNK) * CHUNK)
+        nb = KVBuffer(self.buf.k[:, :cap].clone(), self.buf.v[:, :cap].clone(), cap)
+        nb.filled = self.length
+        return AttentionState(nb, self.length, self.grows)
+
 
 @dataclass
 class LinearState:
     conv: Any = None      # [K-1, C] last pre-conv inputs
     recurrent: Any = None  # [Hv, dk, dv] float32
+    static: bool = False  # the tensors belong to a captured decode step: updated in place
+
+    def detached(self) -> "LinearState":
+        return LinearState(None if self.conv is None else self.conv.clone(),
+                           None if self.recurrent is None else self.recurrent.clone())
 
 
 @dataclass
@@ -94,4 +118,4 @@ class ModelCache:
         return cls([AttentionState() if t == "full_attention" else LinearState() for t in layer_types])
 
     def snapshot(self) -> "ModelCache":
-        return ModelCache([type(s)(**vars(s)) for s in self.layers], list(self.tokens))
+        return ModelCache([s.detached() if s.static else type(s)(**vars(s)) for s in self.layers], list(self.tokens))

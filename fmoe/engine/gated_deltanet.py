@@ -25,7 +25,10 @@ class GatedDeltaNet:
         ops, T, K = self.ops, qkv.shape[0], self.K
         prev = state.conv if state.conv is not None else ops.zeros((K - 1, qkv.shape[1]), self.ops.dtype_name)
         xin = ops.concat([prev, qkv], axis=0)                                 # [T+K-1, C]
-        state.conv = xin[T:]
+        if state.static:
+            state.conv.copy_(xin[T:])         # a captured decode step's fixed tensor (fmoe/engine/cuda_graph.py)
+        else:
+            state.conv = xin[T:]
         out = xin[0:T] * self.conv_w[:, 0]
         for j in range(1, K):
             out = out + xin[j:j + T] * self.conv_w[:, j]
@@ -53,6 +56,9 @@ class GatedDeltaNet:
             o, S = delta_rule.chunked(q, k, v, g, beta, S)
         else:
             o, S = delta_rule.recurrent(ops, q, k, v, g, beta, S)
-        state.recurrent = S
+        if state.static:
+            state.recurrent.copy_(S)
+        else:
+            state.recurrent = S
         o = ops.astype(ops.rms_norm(o, self.norm, self.cfg.rms_norm_eps), "float32") * ops.silu(f32(z))
         return ops.linear(ops.astype(o, ops.dtype_name).reshape(T, Hv * dv), self.out_proj)

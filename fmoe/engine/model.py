@@ -7,6 +7,7 @@ final norm and lm_head, written once against the backend interface (fmoe/engine/
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -75,20 +76,19 @@ class DecoderLayer:
         return x + self.moe(ops.rms_norm(x, self.post_norm, eps))
 
 
-def _device_budget(ops, budget: int | None) -> int:
-    """VRAM for experts on a CUDA backend: ``budget`` if given, else 60% of the free device memory at load (the rest
-    for the non-expert weights, KV cache and activations); 0 (no device tier) on other devices."""
-    device = getattr(ops, "device", None)
-    if getattr(device, "type", None) != "cuda":
-        if budget:
-            raise ConfigError("--gpu-memory-budget needs --device cuda")
-        return 0
-    if budget is not None:
-        return int(budget)
-    import torch
+def _expert_provider(ops, checkpoint, source, gpu_memory_budget: int | None):
+    """Where the layers get their experts: on CUDA with quantized experts, the VRAM tier over the store or the
+    in-memory checkpoint (fmoe.engine.device_experts); otherwise the store (streaming layout) or the checkpoint."""
+    on_cuda = getattr(getattr(ops, "device", None), "type", None) == "cuda"
+    if gpu_memory_budget and not on_cuda:
+        raise ConfigError("--gpu-memory-budget needs --device cuda")
+    if on_cuda:
+        from fmoe.engine.device_experts import CheckpointExperts, DeviceExperts
 
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(free * 0.6)
+        host = source if source is not None else CheckpointExperts(checkpoint)
+        if DeviceExperts.supports(host, checkpoint.config):
+            return DeviceExperts(ops, host, checkpoint.config, gpu_memory_budget)
+    return InMemoryExperts(ops, checkpoint) if source is None else StreamedExperts(ops, source)
 
 
 class Model:
@@ -100,10 +100,7 @@ class Model:
         self.ops = get_backend(backend, dtype, device)
         ops, cfg = self.ops, self.cfg
         self.moe_stats = MoEStats()
-        if expert_source is None:
-            self.experts = InMemoryExperts(ops, checkpoint)
-        else:
-            self.experts = StreamedExperts(ops, expert_source, _device_budget(ops, gpu_memory_budget))
+        self.experts = _expert_provider(ops, checkpoint, expert_source, gpu_memory_budget)
         emb = checkpoint.load("embed_tokens.weight")
         self.embed = ops.prepare_embedding(emb)
         self.norm = ops.asarray(checkpoint.load("norm.weight"), "float32")
@@ -114,8 +111,12 @@ class Model:
                        for i in range(cfg.num_hidden_layers)]
         self.rope = RoPE(ops, cfg)
         self.set_experts_per_token(cfg.num_experts_per_tok if experts_per_token is None else experts_per_token)
-        self.set_prediction(predict_experts)
         self.compute_s = 0.0
+        self._graph = None          # fmoe.engine.cuda_graph.DecodeGraph once used; False when capture failed
+        preload = getattr(self.experts, "preload_if_fits", None)
+        if preload is not None and preload():
+            predict_experts = False     # every expert in VRAM: nothing to predict
+        self.set_prediction(predict_experts)
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "torch", dtype: str = "float32", device: str | None = None,
@@ -123,13 +124,14 @@ class Model:
              gpu_memory_budget: int | None = None):
         """Open a checkpoint directory. ``stream`` (streaming layout only) holds ExpertStore options:
         ``mode`` ('page-cache' | 'direct'), ``memory_budget`` (bytes), ``verify``, ``io_threads``.
-        ``gpu_memory_budget`` (CUDA, streaming layout): bytes of experts kept in VRAM (default: see _device_budget)."""
+        ``gpu_memory_budget`` (CUDA, streaming layout): bytes of experts kept in VRAM
+        (default: the free VRAM once the other weights are loaded, less a margin: fmoe.engine.device_experts)."""
         checkpoint = open_checkpoint(path)
         source = None
         if hasattr(checkpoint, "expert_source"):
             source = checkpoint.expert_source(**(stream or {}))
-            if predict_experts is None:
-                predict_experts = True
+            if predict_experts is None:     # CUDA: the prediction's host sync would cost more than it saves
+                predict_experts = not str(device or "").startswith("cuda")
         elif stream:
             raise ConfigError(f"{path}: streaming options need the streaming layout (run `fmoe convert` first)")
         return cls(checkpoint, backend, dtype, device, experts_per_token, source, bool(predict_experts),
@@ -147,6 +149,12 @@ class Model:
         for layer in self.layers:
             layer.predict = on
 
+    def set_route_override(self, fn) -> None:
+        """Benchmarks: ``fn(layer, T) -> expert ids [T, k]`` replaces the router's choice (its softmax still weighs
+        the chosen experts); None restores the router."""
+        for layer in self.layers:
+            layer.moe.route_override = fn
+
     def new_cache(self) -> ModelCache:
         return ModelCache.empty(self.cfg.layer_types)
 
@@ -161,8 +169,24 @@ class Model:
             raise ContextLengthError(
                 f"{cache.offset + len(ids)} tokens ({cache.offset} in the cache + {len(ids)} new) exceed the model's "
                 f"context of {limit} tokens (max_position_embeddings): shorten the prompt")
+        if len(ids) == 1 and not all_logits and self._graph_eligible():
+            from fmoe.engine.cuda_graph import try_graph_step
+
+            t0 = time.perf_counter()
+            logits = try_graph_step(self, cache, ids[0])
+            if logits is not None:
+                self.ops.sync()
+                self.compute_s += time.perf_counter() - t0
+                return logits
         with self.ops.step_context(len(ids)):
             return self._forward(ids, cache, all_logits)
+
+    def _graph_eligible(self) -> bool:
+        """One-token steps replay a CUDA graph when every expert is in VRAM and nothing needs the host."""
+        return (self._graph is not False and getattr(self.experts, "complete", False)
+                and getattr(self.ops.device, "type", None) == "cuda"
+                and os.environ.get("FMOE_CUDA_GRAPH", "1") != "0"
+                and all(layer.moe.route_override is None and not layer.predict for layer in self.layers))
 
     def _forward(self, ids: list[int], cache: ModelCache, all_logits: bool):
         t0 = time.perf_counter()
@@ -170,16 +194,37 @@ class Model:
         T, offset = len(ids), cache.offset
         x = ops.embedding(self.embed, ids)
         cos, sin = self.rope.tables(offset, T)
-        for layer, state in zip(self.layers, cache.layers):
-            x = layer(x, state, self.rope, cos, sin, offset)
-        if not all_logits:
-            x = x[T - 1:]
-        x = ops.rms_norm(x, self.norm, self.cfg.rms_norm_eps)
-        logits = ops.astype(ops.linear(x, self.lm_head), "float32")
+        logits = self.run_layers(x, cache, cos, sin, offset, all_logits)
         cache.tokens.extend(ids)
         ops.sync()
         self.compute_s += time.perf_counter() - t0
         return logits if all_logits else logits[0]
+
+    def run_layers(self, x, cache: ModelCache, cos, sin, offset, all_logits: bool = False):
+        """Embeddings ``x`` [T, hidden] through every layer, the final norm and lm_head: float32 logits of the last
+        position ([1, vocab]) or of all. ``offset``: the first position (an int), or a captured step's
+        DevicePosition (fmoe/engine/cuda_graph.py)."""
+        ops = self.ops
+        for layer, state in zip(self.layers, cache.layers):
+            x = layer(x, state, self.rope, cos, sin, offset)
+        if not all_logits:
+            x = x[x.shape[0] - 1:]
+        x = ops.rms_norm(x, self.norm, self.cfg.rms_norm_eps)
+        return ops.astype(ops.linear(x, self.lm_head), "float32")
+
+    def count_replayed_step(self) -> None:
+        """A replayed CUDA graph step: count what the eager step would have (routed tokens, expert lookups)."""
+        for layer in self.layers:
+            layer.moe.count(1, layer.moe.top_k)
+        self.experts.count_replayed(sum(layer.moe.top_k for layer in self.layers))
+
+    def save_counters(self) -> tuple:
+        return (vars(self.moe_stats).copy(), getattr(self.experts, "hits", 0))
+
+    def restore_counters(self, saved: tuple) -> None:
+        vars(self.moe_stats).update(saved[0])
+        if hasattr(self.experts, "hits"):
+            self.experts.hits = saved[1]
 
     def stats(self) -> EngineStats:
         """What the engine has done since load (cumulative): fmoe.engine.stats.EngineStats."""

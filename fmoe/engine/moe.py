@@ -8,7 +8,6 @@ starts reading the experts the router is likely to pick while attention computes
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +51,10 @@ class SparseMoE:
         self.stats = stats
         self.top_k = cfg.num_experts_per_tok
         self._predicted: set[int] | None = None
+        self.route_override = None      # bench only: fn(layer, T) -> expert ids [T, k] instead of the router's top-k
+        register = getattr(experts, "register_shared", None)
+        if register is not None:
+            register(layer, self.shared)
 
     def _mlp(self, x, gate, up, down):
         ops = self.ops
@@ -59,6 +62,40 @@ class SparseMoE:
 
     def _probs(self, x) -> np.ndarray:
         return self.ops.to_numpy(self.ops.softmax(self.ops.linear(x, self.router), axis=-1))
+
+    def _route(self, x):
+        probs = self._probs(x)
+        if self.route_override is None:
+            return route(probs, self.top_k, self.cfg.norm_topk_prob)
+        ids = np.asarray(self.route_override(self.layer, x.shape[0]), dtype=np.int64)
+        weights = np.take_along_axis(probs, ids, axis=-1)
+        if self.cfg.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdims=True)
+        return ids, weights.astype(np.float32)
+
+    def _decode_on_device(self, x):
+        """One token with the GPU expert tier: routing stays on the device (top-k there), the routed experts and the
+        shared expert run in one grouped launch per matrix kind (fmoe.engine.device_experts)."""
+        ops = self.ops
+        probs = ops.softmax(ops.linear(x, self.router), axis=-1)[0]        # [E] float32
+        if self.route_override is None:
+            weights, ids = ops.topk(probs, self.top_k)
+        else:
+            ids = ops.asarray(np.asarray(self.route_override(self.layer, 1), dtype=np.int64)[0], "int64")
+            weights = probs[ids]
+        if self.cfg.norm_topk_prob:
+            weights = weights / weights.sum()
+        sg = ops.sigmoid(ops.linear(x, self.shared_gate))
+        y, with_shared = self.experts.moe_decode(self.layer, x, ids, weights, sg)
+        self.count(1, self.top_k)
+        self._predicted = None
+        if not with_shared:
+            y = y + self._mlp(x, *self.shared) * sg
+        return y
+
+    def count(self, tokens: int, experts: int) -> None:
+        self.stats.routed_tokens += tokens
+        self.stats.expert_calls += experts
 
     def predict(self, x_normed) -> None:
         """Prefetch the experts the router picks for ``x_normed`` (an earlier hidden state)."""
@@ -70,7 +107,9 @@ class SparseMoE:
     def __call__(self, x):
         ops = self.ops
         T = x.shape[0]
-        ids, weights = route(self._probs(x), self.top_k, self.cfg.norm_topk_prob)
+        if T == 1 and hasattr(self.experts, "moe_decode"):
+            return self._decode_on_device(x)
+        ids, weights = self._route(x)
         uniq = sorted(set(ids.ravel().tolist()))
         if self._predicted is not None:
             self.stats.predicted += len(uniq)
@@ -79,15 +118,13 @@ class SparseMoE:
         stacked_fn = getattr(self.experts, "stacked", None)  # the layer's experts stacked (MLX, in memory)
         stacked = stacked_fn(self.layer) if stacked_fn is not None else None
         if stacked is not None:  # mlx-lm's SwitchGLU: gather_qmm over the stacked experts, any T
-            self.stats.routed_tokens += T
-            self.stats.expert_calls += len(uniq)
+            self.count(T, len(uniq))
             out = self._mlp(x, *self.shared) * ops.sigmoid(ops.linear(x, self.shared_gate))
             return out + ops.switch_glu(x, stacked, ids, weights)
         t0 = time.perf_counter()
         fetched = self.experts.get(self.layer, uniq)
         self.stats.fetch_s += time.perf_counter() - t0
-        self.stats.routed_tokens += T
-        self.stats.expert_calls += len(uniq)
+        self.count(T, len(uniq))
         sg = ops.sigmoid(ops.linear(x, self.shared_gate))
         if T == 1:
             wd = {e: float(weights[0, j]) for j, e in enumerate(ids[0].tolist())}
@@ -155,70 +192,20 @@ class InMemoryExperts:
 
 
 class StreamedExperts:
-    """Experts read by an ExpertStore (fmoe.storage.expert_store) and prepared for the backend. With a device budget
-    (``device_cache_bytes``: the CUDA backend's VRAM tier) prepared experts stay on the device, least recently used
-    evicted first, so that a hit costs neither a host read nor a host-to-device copy."""
+    """Experts read by an ExpertStore (fmoe.storage.expert_store) and prepared for the backend on each use (the
+    store's cache, or the page cache, is the memory tier; on CUDA fmoe.engine.device_experts adds the VRAM tier)."""
 
-    def __init__(self, ops, store, device_cache_bytes: int | None = None):
+    def __init__(self, ops, store):
         self.ops, self.store = ops, store
-        self.device_budget = device_cache_bytes or 0
-        self._device: OrderedDict[tuple[int, int], tuple[tuple, int]] = OrderedDict()
-        self._device_bytes = 0
-        self._device_hits = self._device_misses = self._device_evictions = 0
 
     def get(self, layer: int, ids):
-        if not self.device_budget:
-            return [tuple(self.ops.prepare_linear(w) for w in ew) for ew in self.store.get(layer, ids)]
-        out: list = [None] * len(ids)
-        missing = []
-        for i, e in enumerate(ids):
-            hit = self._device.get((layer, e))
-            if hit is None:
-                missing.append(i)
-            else:
-                self._device.move_to_end((layer, e))
-                out[i] = hit[0]
-        self._device_hits += len(ids) - len(missing)
-        self._device_misses += len(missing)
-        if missing:
-            for i, ew in zip(missing, self.store.get(layer, [ids[i] for i in missing])):
-                nbytes = sum(w.nbytes for w in ew)
-                try:
-                    out[i] = tuple(self.ops.prepare_linear(w) for w in ew)
-                except Exception as e:  # noqa: BLE001 - only the device running out of memory is translated
-                    if type(e).__name__ != "OutOfMemoryError":
-                        raise
-                    raise ConfigError(
-                        f"the GPU ran out of memory with {self._device_bytes / 2**30:.2f} GiB of experts in VRAM "
-                        f"(budget {self.device_budget / 2**30:.2f} GiB): lower --gpu-memory-budget") from None
-                self._keep((layer, ids[i]), out[i], nbytes)
-        return out
-
-    def _keep(self, key, prepared, nbytes: int) -> None:
-        if key in self._device or nbytes > self.device_budget:
-            return
-        while self._device_bytes + nbytes > self.device_budget and self._device:
-            _, (_, freed) = self._device.popitem(last=False)
-            self._device_bytes -= freed
-            self._device_evictions += 1
-        self._device[key] = (prepared, nbytes)
-        self._device_bytes += nbytes
+        return [tuple(self.ops.prepare_linear(w) for w in ew) for ew in self.store.get(layer, ids)]
 
     def prefetch(self, layer: int, ids) -> None:
-        if self.device_budget:
-            ids = [e for e in ids if (layer, e) not in self._device]
-        if ids:
-            self.store.prefetch(layer, ids)
+        self.store.prefetch(layer, ids)
 
     def stats(self) -> dict:
-        s = self.store.stats()
-        if self.device_budget:
-            n = self._device_hits + self._device_misses
-            s.update(device_cache_budget=self.device_budget, device_resident_bytes=self._device_bytes,
-                     device_cache_hits=self._device_hits, device_cache_misses=self._device_misses,
-                     device_cache_evictions=self._device_evictions,
-                     device_cache_hit_rate=self._device_hits / n if n else None)
-        return s
+        return self.store.stats()
 
     def close(self) -> None:
         self.store.close()

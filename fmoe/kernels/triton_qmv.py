@@ -4,7 +4,9 @@
     y = grouped_qmv(x[None], w, scales, biases, slots, ...)                # one x shared by every row (gate, up)
 
 ``w``: ``[S, out, in * bits / 32]`` uint32 words (int32 tensors in torch) of S expert slots (a table the caller fills:
-the VRAM expert cache, or one matrix with S = 1); ``scales``/``biases``: ``[S, out, in / group_size]`` bf16 (or fp32);
+the VRAM expert cache, or one matrix with S = 1); ``scales``/``biases``: ``[S, out, in / group_size]`` bf16 (or fp32).
+Each slot's matrix is contiguous, but slots may sit at any stride: the VRAM tier keeps one byte region per expert
+(fmoe/engine/device_experts.py) and passes strided views of it;
 ``x``: ``[R, in]`` or ``[1, in]`` activations (bf16 or fp32); ``slots``: ``[R]`` int32. One launch runs every row of a
 layer's routed experts (the K experts of a decode token, or all (token, expert) pairs of a prefill chunk).
 
@@ -28,6 +30,7 @@ SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 
 @triton.jit
 def _qmv_words(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr, n_in: tl.constexpr, x_row_stride,
+               w_slot_stride, s_slot_stride,
                BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """2/4/8 bits: whole values per uint32 word. Value e of word w is element w * EPW + e, so each of the EPW
     shifts multiplies a [BLOCK_N, WORDS] tile by the strided activations x[w * EPW + e]."""
@@ -41,8 +44,8 @@ def _qmv_words(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr,
     n_ok = n < n_out
     words_per_row: tl.constexpr = n_in // EPW
     groups_per_row: tl.constexpr = n_in // GROUP
-    w_rows = w_ptr + slot * n_out * words_per_row + n.to(tl.int64)[:, None] * words_per_row
-    s_rows = slot * n_out * groups_per_row + n.to(tl.int64)[:, None] * groups_per_row
+    w_rows = w_ptr + slot * w_slot_stride + n.to(tl.int64)[:, None] * words_per_row
+    s_rows = slot * s_slot_stride + n.to(tl.int64)[:, None] * groups_per_row
     x_row = x_ptr + row.to(tl.int64) * x_row_stride
     acc = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
     for w0 in range(0, words_per_row, WORDS):
@@ -72,6 +75,7 @@ def _qmv_words(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr,
 
 @triton.jit
 def _qmv_bytes(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr, n_in: tl.constexpr, x_row_stride,
+               w_slot_stride, s_slot_stride,
                BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Any width up to 8 bits: each value read from the two bytes that hold it (3-bit codes cross words)."""
     row = tl.program_id(1)
@@ -80,8 +84,8 @@ def _qmv_bytes(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr,
     n_ok = n < n_out
     bytes_per_row: tl.constexpr = n_in * BITS // 8
     groups_per_row: tl.constexpr = n_in // GROUP
-    b_rows = w_ptr + slot * n_out * bytes_per_row + n.to(tl.int64)[:, None] * bytes_per_row
-    s_rows = slot * n_out * groups_per_row + n.to(tl.int64)[:, None] * groups_per_row
+    b_rows = w_ptr + slot * w_slot_stride + n.to(tl.int64)[:, None] * bytes_per_row
+    s_rows = slot * s_slot_stride + n.to(tl.int64)[:, None] * groups_per_row
     x_row = x_ptr + row.to(tl.int64) * x_row_stride
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, n_in, BLOCK_K):
@@ -121,14 +125,21 @@ def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: 
         raise ValueError(f"x {tuple(x.shape)} does not match {rows} rows of in_features {n_in}")
     if scales.shape != (n_slots, n_out, n_in // group_size) or biases.shape != scales.shape:
         raise ValueError(f"scales/biases {tuple(scales.shape)} do not match w {tuple(w.shape)} at group {group_size}")
+    for name, t in (("w", w), ("scales", scales), ("biases", biases)):
+        if t.stride(2) != 1 or t.stride(1) != t.shape[2]:
+            raise ValueError(f"{name}: each slot's matrix must be contiguous (strides {tuple(t.stride())})")
+    if scales.stride(0) != biases.stride(0):
+        raise ValueError("scales and biases must share one slot stride")
     x = x.contiguous()
-    scales, biases = scales.contiguous(), biases.contiguous()
     y = out if out is not None else torch.empty(rows, n_out, dtype=torch.float32, device=x.device)
     block_k = _block_k(n_in, group_size, bits, block_k)
     grid = (triton.cdiv(n_out, block_n), rows)
     stride = 0 if x.shape[0] == 1 else x.stride(0)
-    kernel, packed = (_qmv_words, w) if bits in (2, 4, 8) else (_qmv_bytes, w.view(torch.uint8))
-    args = (x, packed, scales, biases, slots, y, n_out, n_in, stride)
+    if bits in (2, 4, 8):
+        kernel, packed, w_slot_stride = _qmv_words, w, w.stride(0)
+    else:
+        kernel, packed, w_slot_stride = _qmv_bytes, w.view(torch.uint8), w.stride(0) * 4
+    args = (x, packed, scales, biases, slots, y, n_out, n_in, stride, w_slot_stride, scales.stride(0))
     meta = dict(BITS=bits, GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
     _launch(kernel, grid, args, meta)
     return y
@@ -147,15 +158,19 @@ def _launch(kernel, grid, args, meta) -> None:
         kernel[grid](*args, **meta)
         return
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    stride = args[-1]
+    ints = args[8:]        # what Triton specialises integer arguments on: divisibility by 16, equal to 1
     key = (kernel.fn.__name__, tuple(sorted(meta.items())), args[6], args[7], tuple(a.dtype for a in tensors),
-           tuple(a.data_ptr() % 16 == 0 for a in tensors), stride % 16 == 0, stride == 1, args[0].device.index)
+           tuple(a.data_ptr() % 16 == 0 for a in tensors), tuple((i % 16 == 0, i == 1) for i in ints),
+           args[0].device.index)
     entry = _COMPILED.get(key)
     if entry is None:
         compiled = kernel[grid](*args, **meta)           # compiles (or finds) and launches through the JIT
         _COMPILED[key] = [compiled, False]
         return
     compiled, checked = entry
+    if not checked and torch.cuda.is_current_stream_capturing():
+        kernel[grid](*args, **meta)                      # the one-time check syncs: not inside a CUDA graph capture
+        return
     constexprs = (meta["BITS"], meta["GROUP"], meta["BLOCK_N"], meta["BLOCK_K"])
     try:
         stream = torch.cuda.current_stream(args[0].device).cuda_stream

@@ -155,6 +155,7 @@ class ExpertStore:
         self._pool_lock = threading.Lock()
         self._free: list = []
         self._retired: deque = deque()
+        self._allocator = None
         self.reset_stats()
         self._resident = 0
         self._peak_resident = 0
@@ -191,6 +192,13 @@ class ExpertStore:
                  io_threads=self.io_threads)
         return s
 
+    def set_allocator(self, allocate) -> None:
+        """Read buffers allocated from now on come from ``allocate(nbytes)`` (a page-aligned, writable object with
+        the buffer protocol, e.g. a pinned torch tensor's ``.numpy()``); idle buffers from before are dropped."""
+        with self._pool_lock:
+            self._allocator = allocate
+            self._free.clear()
+
     # ------------------------------------------------------------------------------------------------ I/O
 
     def _fd(self, layer: int) -> int:
@@ -223,7 +231,9 @@ class ExpertStore:
             else:
                 b, reused = None, False
         if b is None:
-            b = mmap.mmap(-1, nbytes)                    # anonymous: page aligned, zero filled
+            # anonymous (page aligned, zero filled), or the caller's allocator: the CUDA tier reads into pinned
+            # host memory, so that the host-to-GPU copy of a miss is an asynchronous DMA from the read buffer itself
+            b = self._allocator(nbytes) if self._allocator is not None else mmap.mmap(-1, nbytes)
         with self._stats_lock:
             self._s["buffers_reused" if reused else "buffers_allocated"] += 1
         return b

@@ -1,10 +1,15 @@
-"""The device tier of streamed experts (fmoe.engine.moe.StreamedExperts with a byte budget: VRAM on CUDA), checked on
-the CPU backend: the same logits as without it, hits served without a store read, LRU eviction within the budget."""
+"""The GPU expert tier (fmoe.engine.device_experts.DeviceExperts), checked on the CPU with the torch reference of the
+grouped mat-vec (the same slot pools, LRU and copy path as on CUDA; the Triton kernel itself is tested in
+tests/kernels/test_triton_qmv.py and the whole CUDA path in tests/engine/test_cuda.py): the same logits as the
+plain engine, hits served without a store read, LRU eviction within the budget, the shared expert in the pool,
+a budget too small for one token or for the GPU named in the error."""
 import numpy as np
 import pytest
+import torch
 
+from fmoe.engine.device_experts import DeviceExperts, _Pool
 from fmoe.engine.model import Model
-from fmoe.engine.moe import StreamedExperts
+from fmoe.errors import FmoeError
 from fmoe.storage.convert import convert
 
 
@@ -24,42 +29,88 @@ def _logits(model, ids):
     return np.concatenate(out)
 
 
+def _tiered(path, budget):
+    """The CPU model with its experts served by a DeviceExperts tier of ``budget`` bytes (as Model wires it on
+    CUDA)."""
+    m = Model.load(path, stream={"mode": "page-cache"}, predict_experts=False)
+    tier = DeviceExperts(m.ops, m.experts.store, m.cfg, budget)
+    m.experts = tier
+    for layer in m.layers:
+        layer.moe.experts = tier
+        tier.register_shared(layer.i, layer.moe.shared)
+    return m, tier
+
+
 @pytest.mark.parametrize("experts", [1, 3, 1000])
 def test_device_tier_same_logits_and_lru(streamed, experts):
     ids = [int(x) for x in np.random.default_rng(0).integers(3, 300, size=20)]
-    plain = Model.load(streamed, stream={"mode": "page-cache"})
+    plain = Model.load(streamed, stream={"mode": "page-cache"}, predict_experts=False)
     ref = _logits(plain, ids)
-    tiered = Model.load(streamed, stream={"mode": "page-cache"})
-    one = tiered.checkpoint.layout.layers[0].sizes[0]
-    tiered.experts = StreamedExperts(tiered.ops, tiered.experts.store, device_cache_bytes=experts * one)
-    for layer in tiered.layers:
-        layer.moe.experts = tiered.experts
+    one = plain.checkpoint.layout.layers[0].stride
+    tiered, tier = _tiered(streamed, experts * one)
+    if experts >= 1000:
+        assert tier.preload_if_fits() and tier.complete        # every expert resident: slots looked up on the device
     got = _logits(tiered, ids)
-    np.testing.assert_array_equal(got, ref)
+    # the reference grouped mat-vec (float32 dequantize + matmul) against the native kernel (int16 activations)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-3 * np.abs(ref).max())
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
     s = tiered.experts.stats()
-    assert s["device_resident_bytes"] <= experts * one
-    if experts >= 1000:   # everything fits: each (layer, expert) is read from the store once
-        assert s["device_cache_evictions"] == 0 and s["device_cache_misses"] == len(tiered.experts._device)
-        assert s["reads"] == s["device_cache_misses"] and s["device_cache_hits"] > 0
+    k, L, E = tiered.cfg.num_experts_per_tok, tiered.cfg.num_hidden_layers, tiered.cfg.num_experts
+    assert s["device_cache_budget"] == max(experts, k) * one if experts < 1000 else L * E * one
+    assert s["device_resident_bytes"] <= s["device_cache_budget"]
+    assert s["device_shared_pooled"] == L          # the tiny model's shared expert has the routed experts' shape
+    if experts >= 1000:
+        assert s["device_cache_evictions"] == 0 and s["device_cache_misses"] == 0 and s["device_cache_hits"] > 0
+        assert s["reads"] == L * E                  # each expert read from the store once, at preload
     else:
         assert s["device_cache_evictions"] > 0
+        assert s["reads"] == s["device_cache_misses"]           # a miss is read once, slotted or not
+        copied = s["device_cache_misses"] - s["device_overflows"]   # prefill misses beyond the pool run apart
+        assert s["device_bytes_copied"] == copied * plain.checkpoint.layout.layers[0].sizes[0]
     plain.close()
     tiered.close()
 
 
-def test_device_out_of_memory_names_the_budget_to_lower(streamed, monkeypatch):
-    import torch
+def test_route_override_takes_the_given_experts(streamed):
+    m, tier = _tiered(streamed, 1000 * 4096 * 64)
+    E, k = m.cfg.num_experts, m.cfg.num_experts_per_tok
+    m.set_route_override(lambda layer, T: np.tile(np.arange(E - k, E), (T, 1)))
+    cache = m.new_cache()
+    m.forward([5, 6], cache)
+    m.forward([7], cache)
+    used = {e for (layer, e) in tier._lru}
+    assert used == set(range(E - k, E))
+    m.close()
 
-    from fmoe.errors import FmoeError
 
-    m = Model.load(streamed, stream={"mode": "page-cache"})
-    m.experts = StreamedExperts(m.ops, m.experts.store, device_cache_bytes=1 << 30)
-    for layer in m.layers:
-        layer.moe.experts = m.experts
+def test_too_small_for_one_token_or_for_the_gpu_names_the_budget(streamed, monkeypatch):
+    m, tier = _tiered(streamed, 0)
+    m.set_experts_per_token(m.cfg.num_experts)          # more experts than the minimal pool (k slots) holds
+    with pytest.raises(FmoeError, match="raise --gpu-memory-budget or lower the experts per token"):
+        m.forward([5], m.new_cache())
+    m.close()
 
-    def oom(w):
+    m, tier = _tiered(streamed, 1 << 30)
+
+    def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
-    monkeypatch.setattr(m.ops, "prepare_linear", oom)
+    monkeypatch.setattr(_Pool, "__init__", oom)
     with pytest.raises(FmoeError, match=r"budget 1\.00 GiB\): lower --gpu-memory-budget"):
         m.forward([5, 6, 7], m.new_cache())
     m.close()
+
+
+def test_snapshot_of_a_static_state_is_a_copy():
+    from fmoe.engine.cache import AttentionState, KVBuffer, LinearState, ModelCache
+
+    buf = KVBuffer(torch.zeros(1, 512, 4), torch.zeros(1, 512, 4), 512)
+    buf.k[:, :3] = 1.0
+    buf.filled = 3
+    lin = LinearState(torch.ones(3, 8), torch.ones(2, 4, 4), static=True)
+    cache = ModelCache([AttentionState(buf, 3, static=True), lin], [1, 2, 3])
+    snap = cache.snapshot()
+    lin.recurrent.mul_(5)                                # the live state is updated in place
+    buf.k[:, 3] = 9.0
+    assert torch.equal(snap.layers[1].recurrent, torch.ones(2, 4, 4)) and not snap.layers[1].static
+    assert snap.layers[0].buf is not buf and snap.layers[0].length == 3
+    assert float(snap.layers[0].buf.k[:, 3].abs().sum()) == 0.0 and float(snap.layers[0].buf.k[:, :3].min()) == 1

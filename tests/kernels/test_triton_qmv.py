@@ -69,3 +69,34 @@ def test_repeated_launches_take_the_direct_path_and_agree():
     for y in outs:
         np.testing.assert_allclose(y, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
     assert triton_qmv._FAST["on"] and any(checked for _, checked in triton_qmv._COMPILED.values())
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_slots_at_a_stride_as_the_vram_tier_keeps_them(bits):
+    """Each slot's matrices inside one byte region per expert (fmoe/engine/device_experts.py): strided views, the
+    same result as contiguous tables and as the torch reference (fmoe/kernels/grouped_qmv.py)."""
+    from fmoe.kernels.grouped_qmv import grouped_qmv_torch
+
+    n_out, n_in, group = (48, 256, 64) if INTERPRET and not CUDA else (512, 2048, 64)
+    w, s, b, dense = _table(bits, group, n_out, n_in)
+    S = w.shape[0]
+    parts = [w, s, b]
+    offs, off = [], 256
+    for t in parts:
+        offs.append(off)
+        off += t[0].numel() * t.element_size() + 320         # gaps between arrays, as in a template
+    region = torch.zeros((S, off + 4096), dtype=torch.uint8, device=DEVICE)
+    views = []
+    for t, o in zip(parts, offs):
+        n = t[0].numel() * t.element_size()
+        v = region[:, o:o + n].view(t.dtype).view(S, *t.shape[1:])
+        v.copy_(t)
+        views.append(v)
+    assert views[0].stride(0) != views[0][0].numel()
+    x = torch.from_numpy(np.random.default_rng(2).standard_normal((1, n_in)).astype(np.float32)).to(DEVICE)
+    slots = torch.tensor([1, 2, 0, 1], dtype=torch.int32, device=DEVICE)
+    y = grouped_qmv(x, *views, slots, bits, group)
+    ref = np.einsum("roi,i->ro", dense[slots.cpu().numpy()], x[0].cpu().numpy())
+    np.testing.assert_allclose(y.cpu().numpy(), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    y_torch = grouped_qmv_torch(x, *views, slots, bits, group)
+    np.testing.assert_allclose(y_torch.cpu().numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

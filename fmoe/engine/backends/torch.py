@@ -104,15 +104,29 @@ class TorchBackend:
         return f(x, [float(w) for w in weights]).reshape(x.shape)
 
     def prepare_embedding(self, w: Any) -> Any:
-        return w if isinstance(w, QuantizedWeight) else self.asarray(np.asarray(w, dtype=np.float32))
+        if isinstance(w, QuantizedWeight):
+            if self.device.type == "cpu":
+                return w
+            from fmoe.kernels.torch_qlinear import to_torch_quantized
+            return to_torch_quantized(w, self.device)       # rows dequantized on the device (no host round trip)
+        return self.asarray(np.asarray(w, dtype=np.float32))
 
     def repeat(self, x, r: int, axis: int):
         return x.repeat_interleave(r, dim=axis)
 
-    def embedding(self, table: Any, ids: Sequence[int]) -> torch.Tensor:
-        idx = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+    def embedding(self, table: Any, ids) -> torch.Tensor:
+        """Rows ``ids`` (a sequence, or an int64 tensor on the device) of a dense or quantized table."""
+        if isinstance(ids, torch.Tensor):
+            idx = ids
+        else:
+            idx = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
         if isinstance(table, torch.Tensor):
             return table[idx]
+        if isinstance(table.weight, torch.Tensor):
+            from fmoe.kernels.torch_qlinear import dequantize_torch
+            rows = QuantizedWeight(table.weight[idx], table.scales[idx], table.biases[idx], table.bits,
+                                   table.group_size)
+            return dequantize_torch(rows, self.dtype)
         # quantized table (mlx-community quantizes embed_tokens): dequantize the rows asked for
         from fmoe.kernels.quant import dequantize
         q, sel = table.numpy(), np.asarray(ids)
@@ -140,6 +154,10 @@ class TorchBackend:
     def sqrt(self, x):
         return torch.sqrt(x)
 
+    def topk(self, x, k: int):
+        """(values, indices) of the k largest of a 1-D ``x``, largest first (on the device: no host sync)."""
+        return torch.topk(x, k)
+
     def softmax(self, x, axis: int = -1):
         return torch.softmax(x.float(), dim=axis)
 
@@ -163,6 +181,14 @@ class TorchBackend:
             mask = j <= i
         return F.scaled_dot_product_attention(q[None].float(), k[None].float(), v[None].float(),
                                               attn_mask=mask, scale=scale)[0].to(q.dtype)
+
+    def attention_masked(self, q, k, v, scale: float, mask):
+        """One query position over a whole KV buffer: q [H, 1, D], k/v [Hkv, C, D], mask [C] bool (the positions
+        written so far); GQA without repeating the buffer. For captured decode steps (fixed shapes)."""
+        o = F.scaled_dot_product_attention(q[None].float(), k[None].float(), v[None].float(),
+                                           attn_mask=mask[None, None, None, :], scale=scale,
+                                           enable_gqa=k.shape[0] != q.shape[0])      # float32, as ``attention``
+        return o[0].to(q.dtype)
 
     def index_add(self, out, idx: np.ndarray, y):
         return out.index_add_(0, torch.as_tensor(idx, device=out.device), y.to(out.dtype))

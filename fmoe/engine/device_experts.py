@@ -1,0 +1,366 @@
+"""The GPU expert tier: experts kept in VRAM, one byte region per expert in a slot pool, run by the grouped quantized
+mat-vec (fmoe/kernels/grouped_qmv.py) with one launch per matrix kind for all of a token's experts.
+
+    experts = DeviceExperts(ops, host, cfg, budget_bytes)   # host: an ExpertStore, or CheckpointExperts (in memory)
+    y, with_shared = experts.moe_decode(layer, x, ids, weights, shared_weight)   # one token's routed experts
+    prepared = experts.get(layer, [3, 17])      # prefill: (gate, up, down) TorchQLinear views of the slots
+    experts.preload_if_fits()                   # every expert into VRAM when the budget holds them all
+
+Tiers: VRAM (this pool, least recently used evicted first, ``budget_bytes``; default: the free device memory once
+the non-expert weights are loaded, less a margin) -> host RAM (the store's cache, or the page cache) -> disk. A
+slot holds an expert's region exactly as the streaming layout stores it (the layer's ExpertTemplate: 9 arrays at
+fixed offsets), so a miss is one copy: the store reads it into a pinned buffer (``ExpertStore.set_allocator``) and
+the copy to the slot is an asynchronous DMA on the compute stream; the buffer is held until the copy's event has
+completed. The shared expert of each layer gets a permanent slot when its arrays have the routed experts' shapes
+(Qwen3.5: the same size), so it runs in the same launches.
+
+When every expert is resident (``complete``, after ``preload_if_fits``), the slots of a token's experts are looked
+up on the GPU (``slot_map``), so a decode step has no host synchronisation at all (what fmoe/engine/cuda_graph.py
+captures); otherwise decode reads the router's choice once per layer (one sync) and copies the misses in.
+"""
+from __future__ import annotations
+
+import ctypes
+from collections import OrderedDict, deque
+
+import numpy as np
+import torch
+
+from fmoe.errors import ConfigError
+from fmoe.kernels.grouped_qmv import grouped_qmv
+from fmoe.kernels.quant import QuantizedWeight
+from fmoe.storage.stream_layout import ExpertTemplate
+
+_TORCH_DTYPE = {"uint32": torch.int32, "int32": torch.int32, "uint16": torch.bfloat16, "int16": torch.bfloat16,
+                "float32": torch.float32, "float16": torch.float16}
+MARGIN = 2 << 30          # VRAM left free by the default budget (activations, KV cache, allocator slack)
+
+
+class CheckpointExperts:
+    """An in-memory checkpoint as the host tier: ``get(layer, ids)`` -> quantized (gate, up, down) per expert."""
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+
+    def get(self, layer: int, ids):
+        return [tuple(self.checkpoint.expert(layer, e)) for e in ids]
+
+    def prefetch(self, layer: int, ids) -> None:
+        pass
+
+    def template(self, layer: int) -> ExpertTemplate | None:
+        ew = self.checkpoint.expert(layer, 0)
+        if not all(isinstance(q, QuantizedWeight) for q in ew):
+            return None
+        return ExpertTemplate.from_weights(*ew)
+
+    def stats(self) -> dict:
+        return {"mode": "in-memory", "bytes_read": 0, "cache_hit_rate": None, "io_wait_s": 0.0}
+
+
+def host_template(host, layer: int) -> ExpertTemplate | None:
+    """The expert template of ``layer`` on an ExpertStore (its layout) or a CheckpointExperts (None: not quantized)."""
+    layout = getattr(host, "layout", None)
+    return layout.layers[layer].template if layout is not None else host.template(layer)
+
+
+class _Pool:
+    """S slots of one template's expert regions: a [S, stride] byte tensor and a typed strided view per array."""
+
+    def __init__(self, template: ExpertTemplate, slots: int, device):
+        self.template, self.slots = template, slots
+        self.data = torch.empty((slots, template.stride), dtype=torch.uint8, device=device)
+        self.views = {}
+        for a in template.arrays:
+            dt = _TORCH_DTYPE[a.dtype]
+            n = a.nbytes
+            v = self.data[:, a.offset:a.offset + n].view(dt)
+            self.views[a.name] = v.view(slots, *a.shape)
+        self.quant = template.quant
+
+    def matrix(self, proj: str):
+        """(w, scales, biases, bits, group_size) of ``proj`` over all slots."""
+        bits, gs = self.quant[proj]
+        return self.views[f"{proj}.weight"], self.views[f"{proj}.scales"], self.views[f"{proj}.biases"], bits, gs
+
+    def prepared(self, slot: int, dtype):
+        from fmoe.kernels.torch_qlinear import TorchQLinear
+
+        out = []
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            w, s, b, bits, gs = self.matrix(proj)
+            out.append(TorchQLinear(QuantizedWeight(w[slot], s[slot], b[slot], bits, gs), dtype=dtype))
+        return tuple(out)
+
+
+def _region(ew, template: ExpertTemplate):
+    """The expert's bytes as one numpy array when its 9 arrays sit at the template's offsets of one buffer (what the
+    ExpertStore returns: views into its read buffer), else None."""
+    arrays = [a for q in ew for a in (q.weight, q.scales, q.biases)]
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return None
+    start = arrays[0].__array_interface__["data"][0] - template.arrays[0].offset
+    for a, spec in zip(arrays, template.arrays):
+        if a.__array_interface__["data"][0] != start + spec.offset or not a.flags.c_contiguous:
+            return None
+    return np.ctypeslib.as_array((ctypes.c_uint8 * template.nbytes).from_address(start))
+
+
+class DeviceExperts:
+    def __init__(self, ops, host, cfg, budget_bytes: int | None = None):
+        self.ops, self.host, self.cfg = ops, host, cfg
+        self.device = ops.device
+        self.requested_budget = budget_bytes
+        self.L, self.E = cfg.num_hidden_layers, cfg.num_experts
+        self.templates = [host_template(host, i) for i in range(self.L)]
+        self.pools: dict[int, _Pool] | None = None       # by template index
+        self.layer_pool: list[int] = []
+        self.slot_host = np.full((self.L, self.E), -1, dtype=np.int64)
+        self.slot_map: torch.Tensor | None = None        # [L, E] int32 on the device, valid when complete
+        self._lru: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._free: dict[int, list[int]] = {}
+        self._shared: dict[int, tuple] = {}               # layer -> the shared expert's prepared linears
+        self.shared_slot: dict[int, torch.Tensor] = {}     # layer -> [1] int32 slot of its shared expert
+        self._inflight: deque = deque()                    # (event, host buffers) of copies not yet known complete
+        self.complete = False
+        self.hits = self.misses = self.evictions = self.bytes_copied = self.overflows = 0
+        if self.device.type == "cuda" and hasattr(host, "set_allocator"):
+            host.set_allocator(_pinned)
+
+    @staticmethod
+    def supports(host, cfg) -> bool:
+        """Quantized experts of templates the kernels read (every layer's): the tier applies."""
+        try:
+            return all(host_template(host, i) is not None for i in range(cfg.num_hidden_layers))
+        except Exception:  # noqa: BLE001 - a source that cannot say: the per-matrix path
+            return False
+
+    # ------------------------------------------------------------------------------------------ pools
+
+    def register_shared(self, layer: int, shared: tuple) -> None:
+        """The layer's shared expert (prepared TorchQLinear gate, up, down): pooled if it matches the template."""
+        self._shared[layer] = shared
+
+    def _pools(self) -> dict[int, _Pool]:
+        if self.pools is not None:
+            return self.pools
+        kinds: list[ExpertTemplate] = []
+        for t in self.templates:
+            if not any(t.same_as(k) for k in kinds):
+                kinds.append(t)
+        self.layer_pool = [next(i for i, k in enumerate(kinds) if t.same_as(k)) for t in self.templates]
+        budget = self.requested_budget
+        if budget is None:
+            if self.device.type != "cuda":
+                raise ConfigError("the device expert tier needs a byte budget off CUDA")
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = max(0, free - MARGIN)
+        k = max(self.cfg.num_experts_per_tok, 1)
+        self.pools = {}
+        for i, t in enumerate(kinds):
+            layers = [j for j, p in enumerate(self.layer_pool) if p == i]
+            share = budget * len(layers) // self.L
+            routed = min(len(layers) * self.E, max(share // t.stride, k))
+            shared = [j for j in layers if self._shared_fits(j, t)]
+            try:
+                pool = _Pool(t, routed + len(shared), self.device)
+            except torch.OutOfMemoryError:
+                raise ConfigError(f"the GPU has no room for {routed} experts of {t.stride / 2**20:.2f} MiB "
+                                  f"(budget {budget / 2**30:.2f} GiB): lower --gpu-memory-budget") from None
+            self.pools[i] = pool
+            self._free[i] = list(range(routed - 1, -1, -1))
+            for n, j in enumerate(shared):
+                slot = routed + n
+                self._copy_linears(pool, slot, self._shared[j])
+                self.shared_slot[j] = torch.tensor([slot], dtype=torch.int32, device=self.device)
+        return self.pools
+
+    def _shared_fits(self, layer: int, t: ExpertTemplate) -> bool:
+        lins = self._shared.get(layer)
+        if lins is None or len(lins) != 3 or not all(hasattr(m, "q") and m.q is not None for m in lins):
+            return False
+        specs = {a.name: a for a in t.arrays}
+        for proj, m in zip(("gate_proj", "up_proj", "down_proj"), lins):
+            if (m.bits, m.group_size) != t.quant[proj]:
+                return False
+            for part in ("weight", "scales", "biases"):
+                a, spec = getattr(m.q, part), specs[f"{proj}.{part}"]
+                if tuple(a.shape) != spec.shape or a.dtype != _TORCH_DTYPE[spec.dtype]:
+                    return False
+        return True
+
+    def _copy_linears(self, pool: _Pool, slot: int, lins) -> None:
+        for proj, m in zip(("gate_proj", "up_proj", "down_proj"), lins):
+            for part in ("weight", "scales", "biases"):
+                pool.views[f"{proj}.{part}"][slot].copy_(getattr(m.q, part).to(self.device))
+
+    @property
+    def capacity_bytes(self) -> int:
+        pools = self._pools()
+        return sum((p.slots - sum(1 for j in self.shared_slot if self.layer_pool[j] == i)) * p.template.stride
+                   for i, p in pools.items())
+
+    # ------------------------------------------------------------------------------------------ residency
+
+    def _retire_copies(self) -> None:
+        while self._inflight and self._inflight[0][0].query():
+            self._inflight.popleft()
+
+    def _ensure(self, layer: int, ids, overflow: dict | None = None) -> list:
+        """Slots of ``ids`` of ``layer``, copying the misses in (LRU eviction, never of an expert of this call).
+        A miss that finds no slot: with an ``overflow`` dict its host weights go there (slot None), the caller
+        prepares it apart; without, an error naming the budget."""
+        pools = self._pools()
+        pi = self.layer_pool[layer]
+        pool, free = pools[pi], self._free[pi]
+        out: list = [None] * len(ids)
+        missing = []
+        for n, e in enumerate(ids):
+            s = int(self.slot_host[layer, e])
+            if s >= 0:
+                out[n] = s
+                self._lru.move_to_end((layer, e))
+            else:
+                missing.append(n)
+        self.hits += len(ids) - len(missing)
+        self.misses += len(missing)
+        if not missing:
+            return out
+        self._retire_copies()
+        keep = {(layer, e) for e in ids}
+        ws = self.host.get(layer, [ids[n] for n in missing])
+        held = []
+        for n, ew in zip(missing, ws):
+            slot = self._take_slot(pi, free, keep)
+            if slot is None:
+                if overflow is not None:
+                    overflow[ids[n]] = ew
+                    self.overflows += 1
+                    continue
+                raise ConfigError(f"the GPU expert tier holds {pool.slots} experts of layer {layer}'s kind, fewer "
+                                  f"than one token needs ({len(ids)}): raise --gpu-memory-budget or lower the "
+                                  "experts per token")
+            region = _region(ew, pool.template)
+            if region is not None:
+                pool.data[slot, :region.nbytes].copy_(torch.from_numpy(region), non_blocking=True)
+                held.append(ew)
+            else:
+                for proj, q in zip(("gate_proj", "up_proj", "down_proj"), ew):
+                    for part in ("weight", "scales", "biases"):
+                        src = np.ascontiguousarray(getattr(q, part))
+                        src = src.view(np.int32) if src.dtype == np.uint32 else src
+                        t = torch.from_numpy(src.view(np.int16)).view(torch.bfloat16) if src.dtype in (
+                            np.uint16, np.int16) else torch.from_numpy(src)
+                        pool.views[f"{proj}.{part}"][slot].copy_(t)
+            self.bytes_copied += pool.template.nbytes
+            self.slot_host[layer, ids[n]] = slot
+            self._lru[(layer, ids[n])] = slot
+            out[n] = slot
+        if held and self.device.type == "cuda":
+            ev = torch.cuda.Event()
+            ev.record()
+            self._inflight.append((ev, held))
+        return out
+
+    def _take_slot(self, pi: int, free: list, keep: set):
+        if free:
+            return free.pop()
+        for key in self._lru:                      # least recently used first
+            if key not in keep and self.layer_pool[key[0]] == pi:
+                slot = self._lru.pop(key)
+                self.slot_host[key] = -1
+                self.evictions += 1
+                return slot
+        return None
+
+    def preload_if_fits(self) -> bool:
+        """Read every expert into VRAM when the pools hold them all; then decoding needs no host sync."""
+        pools = self._pools()
+        for pi in pools:
+            if len(self._free[pi]) + sum(1 for k in self._lru if self.layer_pool[k[0]] == pi) < \
+                    self.layer_pool.count(pi) * self.E:
+                return False
+        for layer in range(self.L):
+            for a in range(0, self.E, 64):
+                self._ensure(layer, list(range(a, min(self.E, a + 64))))
+        self.slot_map = torch.as_tensor(self.slot_host.astype(np.int32), device=self.device)
+        self.complete = True
+        self.hits = self.misses = 0
+        return True
+
+    # ------------------------------------------------------------------------------------------ compute
+
+    def moe_decode(self, layer: int, x, ids, weights, shared_weight):
+        """One token: ``sum_k weights[k] * expert_k(x)`` (+ ``shared_weight * shared(x)`` when the shared expert is
+        pooled) with ids/weights [K] on the device. Returns (y [1, H] in x's dtype, whether the shared is in y)."""
+        pools = self._pools()
+        pool = pools[self.layer_pool[layer]]
+        K = ids.shape[0]
+        if self.complete:
+            slots = self.slot_map[layer].index_select(0, ids)
+            self.hits += K
+        else:
+            host_ids = [int(e) for e in ids.tolist()]                  # the one host sync of this layer
+            slots = torch.as_tensor(self._ensure(layer, host_ids), dtype=torch.int32).to(self.device,
+                                                                                         non_blocking=True)
+        shared = self.shared_slot.get(layer)
+        w = weights.to(torch.float32)
+        if shared is not None:
+            slots = torch.cat([slots, shared])
+            w = torch.cat([w, shared_weight.reshape(1).to(torch.float32)])
+
+        def rows(inp, proj):
+            w, s, b, bits, gs = pool.matrix(proj)
+            return grouped_qmv(inp, w, s, b, slots, bits, gs)
+
+        h = torch.nn.functional.silu(rows(x, "gate_proj")) * rows(x, "up_proj")     # [R, I] float32
+        d = rows(h, "down_proj")                                                     # [R, H]
+        y = (d * w[:, None]).sum(0, keepdim=True)
+        return y.to(x.dtype), shared is not None
+
+    def get(self, layer: int, ids):
+        """Prefill: prepared (gate, up, down) per expert, views of their slots (or prepared apart when the pool
+        cannot hold all of this call's experts)."""
+        extra: dict = {}
+        slots = self._ensure(layer, list(ids), overflow=extra)
+        pool = self._pools()[self.layer_pool[layer]]
+        dtype = self.ops.dtype
+        out = []
+        for e, s in zip(ids, slots):
+            if s is None:
+                out.append(tuple(self.ops.prepare_linear(w) for w in extra[e]))
+            else:
+                out.append(pool.prepared(s, dtype))
+        return out
+
+    def count_replayed(self, experts: int) -> None:
+        """A captured decode step replayed: ``experts`` lookups, all hits (the graph runs only when complete)."""
+        self.hits += experts
+
+    def prefetch(self, layer: int, ids) -> None:
+        missing = [e for e in ids if self.slot_host[layer, e] < 0]
+        if missing:
+            self.host.prefetch(layer, missing)
+
+    def stats(self) -> dict:
+        s = dict(self.host.stats())
+        n = self.hits + self.misses
+        resident = sum(self.pools[self.layer_pool[k[0]]].template.nbytes for k in self._lru) if self.pools else 0
+        s.update(device_cache_budget=self.capacity_bytes if self.pools is not None else self.requested_budget,
+                 device_resident_bytes=resident, device_cache_hits=self.hits, device_cache_misses=self.misses,
+                 device_cache_evictions=self.evictions, device_cache_hit_rate=self.hits / n if n else None,
+                 device_bytes_copied=self.bytes_copied, device_overflows=self.overflows,
+                 device_complete=self.complete,
+                 device_shared_pooled=len(self.shared_slot))
+        return s
+
+    def close(self) -> None:
+        self._inflight.clear()
+        close = getattr(self.host, "close", None)
+        if close is not None:
+            close()
+
+
+def _pinned(nbytes: int):
+    """A page-locked host buffer for the store's reads (numpy view of a pinned torch tensor, which it keeps alive)."""
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()
