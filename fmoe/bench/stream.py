@@ -13,6 +13,7 @@ With ``--touch on`` the loop also reads every returned weight once (a stand-in f
 and the bound adds ``bytes touched / mem_read_gbps``.
 
     fmoe bench stream [--layers N] [--experts E] [--bits B] [--memory-cap SIZE] [--overlap on|off] [--json]
+    fmoe bench stream --device cuda [--gpu-memory-budget 24GB] [--cold] ...    # GPU engine: fmoe/bench/stream_cuda.py
 """
 from __future__ import annotations
 
@@ -494,7 +495,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--overlap", choices=("on", "off", "both"), default="both",
                    help="prefetch the next layer's experts (oracle routing) while waiting for this one")
     p.add_argument("--policy", choices=("lru", "lfu", "both"), default="lru")
-    p.add_argument("--routing", choices=("uniform", "zipf"), default="uniform")
+    p.add_argument("--routing", choices=("uniform", "zipf", "router"), default="uniform",
+                   help="expert ids per token and layer: uniform or Zipf random; router (--device cuda only): the "
+                        "model's own router")
     p.add_argument("--touch", choices=("on", "off"), default="off")
     p.add_argument("--io-threads", type=int, default=8)
     p.add_argument("--verify", action="store_true")
@@ -507,12 +510,27 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--ttft-tokens", type=int, default=None,
                    help="only measure time to first token of a prompt this long, batched vs token-by-token "
                         "(on --model-dir, or the synthetic model)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the engine decodes on the GPU with experts in tiers (VRAM, host RAM, disk) against a "
+                        "tiered bound measured in the same run (fmoe/bench/stream_cuda.py)")
+    p.add_argument("--gpu-memory-budget", type=parse_size, default=None,
+                   help="--device cuda: VRAM for experts of a WHOLE 60-layer model (default 24GB); a model of L < 60 "
+                        "layers uses B * L/60")
+    p.add_argument("--cold", action="store_true",
+                   help="--device cuda: drop the model's files from the page cache before the timed tokens")
+    p.add_argument("--warmup", type=int, default=4, help="--device cuda: untimed decode tokens before the timed ones")
     p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not args._worker:
+        from fmoe.bench import stream_cuda
+        return stream_cuda.main(args, parser)
+    if args.gpu_memory_budget is not None or args.cold or args.routing == "router":
+        parser.error("--gpu-memory-budget, --cold and --routing router apply with --device cuda only")
     if args._worker:
         spec = json.loads(Path(args._worker[0]).read_text())
         fn = model_worker if spec.get("engine") == "model" else worker

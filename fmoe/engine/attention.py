@@ -34,18 +34,19 @@ class RoPE:
 class GatedAttention:
     def __init__(self, ops, cfg: ModelConfig, weights: dict):
         self.ops, self.cfg = ops, cfg
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (weights[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        self.qkv, self.o_proj = weights["qkv"], weights["o_proj"]       # qkv: fmoe.engine.projections.Projections
         self.q_norm, self.k_norm = weights["q_norm"], weights["k_norm"]
         self.scale = cfg.head_dim ** -0.5
 
     def __call__(self, x, state: AttentionState, rope: RoPE, cos, sin, offset: int):
         ops, cfg = self.ops, self.cfg
         T, D, Hq, Hkv = x.shape[0], cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
-        qg = ops.linear(x, self.q_proj).reshape(T, Hq, 2 * D)
+        qg, k, v = self.qkv(x)
+        qg = qg.reshape(T, Hq, 2 * D)
         q, gate = qg[..., :D], qg[..., D:].reshape(T, Hq * D)
         q = ops.rms_norm(q, self.q_norm, cfg.rms_norm_eps)
-        k = ops.rms_norm(ops.linear(x, self.k_proj).reshape(T, Hkv, D), self.k_norm, cfg.rms_norm_eps)
-        v = ops.linear(x, self.v_proj).reshape(T, Hkv, D)
+        k = ops.rms_norm(k.reshape(T, Hkv, D), self.k_norm, cfg.rms_norm_eps)
+        v = v.reshape(T, Hkv, D)
         q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
         k, v = ops.swapaxes(k, 0, 1), ops.swapaxes(v, 0, 1)                       # [Hkv, T, D]
         if isinstance(offset, int):

@@ -12,8 +12,7 @@ class GatedDeltaNet:
 
     def __init__(self, ops, cfg: ModelConfig, weights: dict):
         self.ops, self.cfg = ops, cfg
-        self.in_proj_qkv, self.in_proj_z = weights["in_proj_qkv"], weights["in_proj_z"]
-        self.in_proj_b, self.in_proj_a, self.out_proj = weights["in_proj_b"], weights["in_proj_a"], weights["out_proj"]
+        self.in_proj, self.out_proj = weights["in_proj"], weights["out_proj"]   # in_proj: qkv, z, b, a (Projections)
         self.conv_w = weights["conv1d"]                         # [C, K]
         self.neg_A = -ops.exp(weights["A_log"])                   # float32 [Hv]
         self.dt_bias, self.norm = weights["dt_bias"], weights["norm"]
@@ -37,10 +36,9 @@ class GatedDeltaNet:
     def __call__(self, x, state: LinearState):
         ops, T = self.ops, x.shape[0]
         Hk, Hv, dk, dv = self.Hk, self.Hv, self.dk, self.dv
-        mixed = self._conv(ops.linear(x, self.in_proj_qkv), state)
-        z = ops.linear(x, self.in_proj_z).reshape(T, Hv, dv)
-        b = ops.linear(x, self.in_proj_b)
-        a = ops.linear(x, self.in_proj_a)
+        qkv, z, b, a = self.in_proj(x)
+        mixed = self._conv(qkv, state)
+        z = z.reshape(T, Hv, dv)
         f32 = lambda t: ops.astype(t, "float32")
         q = f32(mixed[:, :Hk * dk]).reshape(T, Hk, dk)
         k = f32(mixed[:, Hk * dk:2 * Hk * dk]).reshape(T, Hk, dk)

@@ -21,6 +21,7 @@ from fmoe.storage.checkpoint import open_checkpoint
 from fmoe.storage.config import ModelConfig
 from fmoe.engine.gated_deltanet import GatedDeltaNet
 from fmoe.engine.moe import InMemoryExperts, MoEStats, SparseMoE, StreamedExperts
+from fmoe.engine.projections import Projections
 from fmoe.engine.stats import EngineStats
 from fmoe.errors import ConfigError, FmoeError
 
@@ -45,19 +46,22 @@ class DecoderLayer:
         self.is_attention = cfg.is_full_attention(i)
         if self.is_attention:
             a = f"{p}.self_attn"
-            weights = {n: linear(f"{a}.{n}") for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+            weights = {"qkv": Projections(ops, [checkpoint.load(f"{a}.{n}") for n in ("q_proj", "k_proj", "v_proj")]),
+                       "o_proj": linear(f"{a}.o_proj")}
             weights["q_norm"], weights["k_norm"] = vector(f"{a}.q_norm.weight"), vector(f"{a}.k_norm.weight")
             self.mixer = GatedAttention(ops, cfg, weights)
         else:
             a = f"{p}.linear_attn"
-            weights = {n: linear(f"{a}.{n}")
-                       for n in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")}
+            weights = {"in_proj": Projections(ops, [checkpoint.load(f"{a}.{n}")
+                                                    for n in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")]),
+                       "out_proj": linear(f"{a}.out_proj")}
             weights["conv1d"] = ops.asarray(np.asarray(checkpoint.load(f"{a}.conv1d.weight"), dtype=np.float32))
             weights["A_log"], weights["dt_bias"] = vector(f"{a}.A_log"), vector(f"{a}.dt_bias")
             weights["norm"] = vector(f"{a}.norm.weight")
             self.mixer = GatedDeltaNet(ops, cfg, weights)
         m = f"{p}.mlp"
-        moe_weights = {"gate": linear(f"{m}.gate"), "shared_expert_gate": linear(f"{m}.shared_expert_gate")}
+        moe_weights = {"gates": Projections(ops, [checkpoint.load(f"{m}.gate"),
+                                                  checkpoint.load(f"{m}.shared_expert_gate")])}
         for n in ("gate_proj", "up_proj", "down_proj"):
             moe_weights[f"shared_{n}"] = linear(f"{m}.shared_expert.{n}")
         self.moe = SparseMoE(ops, cfg, i, moe_weights, experts, stats)

@@ -45,7 +45,9 @@ def route(probs: np.ndarray, k: int, renormalise: bool):
 class SparseMoE:
     def __init__(self, ops, cfg, layer: int, weights: dict, experts, stats: MoEStats):
         self.ops, self.cfg, self.layer = ops, cfg, layer
-        self.router, self.shared_gate = weights["gate"], weights["shared_expert_gate"]
+        # the router and the shared-expert gate read the same input: one matrix (fmoe.engine.projections) when given
+        self.gates = weights.get("gates") or (lambda x: [ops.linear(x, weights["gate"]),
+                                                        ops.linear(x, weights["shared_expert_gate"])])
         self.shared = (weights["shared_gate_proj"], weights["shared_up_proj"], weights["shared_down_proj"])
         self.experts = experts          # provider: get(layer, ids) -> prepared (gate, up, down); prefetch(layer, ids)
         self.stats = stats
@@ -61,13 +63,13 @@ class SparseMoE:
         return ops.linear(ops.silu(ops.linear(x, gate)) * ops.linear(x, up), down)
 
     def _probs(self, x) -> np.ndarray:
-        return self.ops.to_numpy(self.ops.softmax(self.ops.linear(x, self.router), axis=-1))
+        return self.ops.to_numpy(self.ops.softmax(self.gates(x)[0], axis=-1))
 
-    def _route(self, x):
-        probs = self._probs(x)
+    def _route(self, router_logits):
+        probs = self.ops.to_numpy(self.ops.softmax(router_logits, axis=-1))
         if self.route_override is None:
             return route(probs, self.top_k, self.cfg.norm_topk_prob)
-        ids = np.asarray(self.route_override(self.layer, x.shape[0]), dtype=np.int64)
+        ids = np.asarray(self.route_override(self.layer, router_logits.shape[0]), dtype=np.int64)
         weights = np.take_along_axis(probs, ids, axis=-1)
         if self.cfg.norm_topk_prob:
             weights = weights / weights.sum(-1, keepdims=True)
@@ -77,7 +79,8 @@ class SparseMoE:
         """One token with the GPU expert tier: routing stays on the device (top-k there), the routed experts and the
         shared expert run in one grouped launch per matrix kind (fmoe.engine.device_experts)."""
         ops = self.ops
-        probs = ops.softmax(ops.linear(x, self.router), axis=-1)[0]        # [E] float32
+        router_logits, shared_logit = self.gates(x)
+        probs = ops.softmax(router_logits, axis=-1)[0]                     # [E] float32
         if self.route_override is None:
             weights, ids = ops.topk(probs, self.top_k)
         else:
@@ -85,7 +88,7 @@ class SparseMoE:
             weights = probs[ids]
         if self.cfg.norm_topk_prob:
             weights = weights / weights.sum()
-        sg = ops.sigmoid(ops.linear(x, self.shared_gate))
+        sg = ops.sigmoid(shared_logit)
         y, with_shared = self.experts.moe_decode(self.layer, x, ids, weights, sg)
         self.count(1, self.top_k)
         self._predicted = None
@@ -109,7 +112,9 @@ class SparseMoE:
         T = x.shape[0]
         if T == 1 and hasattr(self.experts, "moe_decode"):
             return self._decode_on_device(x)
-        ids, weights = self._route(x)
+        router_logits, shared_logit = self.gates(x)
+        sg = ops.sigmoid(shared_logit)
+        ids, weights = self._route(router_logits)
         uniq = sorted(set(ids.ravel().tolist()))
         if self._predicted is not None:
             self.stats.predicted += len(uniq)
@@ -119,13 +124,12 @@ class SparseMoE:
         stacked = stacked_fn(self.layer) if stacked_fn is not None else None
         if stacked is not None:  # mlx-lm's SwitchGLU: gather_qmm over the stacked experts, any T
             self.count(T, len(uniq))
-            out = self._mlp(x, *self.shared) * ops.sigmoid(ops.linear(x, self.shared_gate))
+            out = self._mlp(x, *self.shared) * sg
             return out + ops.switch_glu(x, stacked, ids, weights)
         t0 = time.perf_counter()
         fetched = self.experts.get(self.layer, uniq)
         self.stats.fetch_s += time.perf_counter() - t0
         self.count(T, len(uniq))
-        sg = ops.sigmoid(ops.linear(x, self.shared_gate))
         if T == 1:
             wd = {e: float(weights[0, j]) for j, e in enumerate(ids[0].tolist())}
             ws = [wd[e] for e in uniq]
