@@ -100,3 +100,4 @@ def test_slots_at_a_stride_as_the_vram_tier_keeps_them(bits):
     np.testing.assert_allclose(y.cpu().numpy(), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
     y_torch = grouped_qmv_torch(x, *views, slots, bits, group)
     np.testing.assert_allclose(y_torch.cpu().numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+

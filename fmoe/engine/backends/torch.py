@@ -29,6 +29,20 @@ def cpu_threads() -> int:
     return 1 if n <= 2 else n
 
 
+_TRITON_NORM: list = []
+
+
+def _triton_norm():
+    """fmoe.kernels.triton_norm, or None without a working Triton (decided once)."""
+    if not _TRITON_NORM:
+        try:
+            from fmoe.kernels import triton_norm
+        except Exception:  # noqa: BLE001 - no Triton: the torch ops
+            triton_norm = None
+        _TRITON_NORM.append(triton_norm)
+    return _TRITON_NORM[0]
+
+
 class TorchBackend:
     name = "torch"
 
@@ -135,6 +149,10 @@ class TorchBackend:
 
     # --- math
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        if x.is_cuda:
+            fused = _triton_norm()
+            if fused is not None:       # one kernel instead of six (fmoe/kernels/triton_norm.py)
+                return fused.rms_norm(x, w, eps)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         return (y * w.float()).to(x.dtype)
