@@ -34,9 +34,17 @@ class GatedDeltaNet:
         return ops.silu(out)
 
     def __call__(self, x, state: LinearState):
-        ops, T = self.ops, x.shape[0]
-        Hk, Hv, dk, dv = self.Hk, self.Hv, self.dk, self.dv
         qkv, z, b, a = self.in_proj(x)
+        step = getattr(self.ops, "gated_delta_step", None)     # one token on CUDA: three fused kernels
+        o = step(qkv, z, b, a, state, self) if x.shape[0] == 1 and step is not None else None
+        if o is None:
+            o = self.mix(qkv, z, b, a, state)
+        return self.ops.linear(o, self.out_proj)
+
+    def mix(self, qkv, z, b, a, state: LinearState):
+        """The projections of T tokens -> the gated, normalised output [T, Hv*dv] (before out_proj); state updated."""
+        ops, T = self.ops, qkv.shape[0]
+        Hk, Hv, dk, dv = self.Hk, self.Hv, self.dk, self.dv
         mixed = self._conv(qkv, state)
         z = z.reshape(T, Hv, dv)
         f32 = lambda t: ops.astype(t, "float32")
@@ -59,4 +67,4 @@ class GatedDeltaNet:
         else:
             state.recurrent = S
         o = ops.astype(ops.rms_norm(o, self.norm, self.cfg.rms_norm_eps), "float32") * ops.silu(f32(z))
-        return ops.linear(ops.astype(o, ops.dtype_name).reshape(T, Hv * dv), self.out_proj)
+        return ops.astype(o, ops.dtype_name).reshape(T, Hv * dv)

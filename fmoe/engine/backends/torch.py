@@ -30,6 +30,19 @@ def cpu_threads() -> int:
 
 
 _TRITON_NORM: list = []
+_TRITON_DELTANET: list = []
+# FMOE_FUSED_DELTANET=0: CUDA decode runs Gated DeltaNet as torch ops (A/B of fmoe/kernels/triton_deltanet.py)
+_FUSED_DELTANET = os.environ.get("FMOE_FUSED_DELTANET", "1") not in ("0", "false", "no", "off")
+
+
+def _triton_deltanet():
+    if not _TRITON_DELTANET:
+        try:
+            from fmoe.kernels import triton_deltanet
+        except Exception:  # noqa: BLE001 - no Triton: the torch ops
+            triton_deltanet = None
+        _TRITON_DELTANET.append(triton_deltanet)
+    return _TRITON_DELTANET[0]
 
 
 def _triton_norm():
@@ -116,6 +129,25 @@ class TorchBackend:
         if f is None:
             return None
         return f(x, [float(w) for w in weights]).reshape(x.shape)
+
+    def gated_delta_step(self, qkv, z, b, a, state, layer):
+        """One token of a Gated DeltaNet layer on CUDA in three fused kernels (fmoe/kernels/triton_deltanet.py): the
+        output before out_proj, the state advanced (in place when it is a captured step's fixed state, else new
+        tensors, so snapshots keep theirs); None where it does not apply (CPU, no Triton)."""
+        if self.device.type != "cuda" or not _FUSED_DELTANET:
+            return None
+        kernels = _triton_deltanet()
+        if kernels is None:
+            return None
+        C, K = qkv.shape[-1], layer.K
+        conv = state.conv.contiguous() if state.conv is not None else self.zeros((K - 1, C), self.dtype_name)
+        S = state.recurrent.contiguous() if state.recurrent is not None else self.zeros((layer.Hv, layer.dk, layer.dv))
+        conv_out, S_out = (conv, S) if state.static else (torch.empty_like(conv), torch.empty_like(S))
+        o = kernels.decode_step(qkv, z, b, a, conv, layer.conv_w, S, layer.neg_A, layer.dt_bias, layer.norm,
+                                layer.cfg.rms_norm_eps, (layer.Hk, layer.Hv, layer.dk, layer.dv), conv_out, S_out)
+        if not state.static:
+            state.conv, state.recurrent = conv_out, S_out
+        return o
 
     def prepare_embedding(self, w: Any) -> Any:
         if isinstance(w, QuantizedWeight):
