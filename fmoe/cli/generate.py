@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         # the VRAM expert tier (CUDA, streamed models): hit rate and bytes resident, None elsewhere
         "vram_hit_rate": eng.store.get("device_cache_hit_rate"),
         "vram_resident_bytes": eng.store.get("device_resident_bytes"),
+        "cuda_graph": bool(getattr(model, "_graph", None)),      # decode steps replayed a captured CUDA graph
     }
     if args.json:
         print(json.dumps(result))
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             line += f" · I/O wait {eng.io_wait_s:.2f}s"
         if result["vram_hit_rate"] is not None:
             line += (f" · VRAM tier hit {result['vram_hit_rate']:.0%} "
-                     f"({result['vram_resident_bytes'] / 2**30:.1f} GiB resident)")
+                     f"({result['vram_resident_bytes'] / 2**30:.1f} GiB resident"
+                     f"{', decode replays a CUDA graph' if result['cuda_graph'] else ''})")
         console.print(f"[dim]{line}[/dim]")
     return 0

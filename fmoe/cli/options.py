@@ -40,7 +40,9 @@ def add_model_options(p: argparse.ArgumentParser, *, model_help: str = "default:
                        help="active experts per token (default: the model's config)")
     g.add_argument("--memory-budget", default=None, help="expert cache budget of a streamed model, e.g. 2GB")
     g.add_argument("--gpu-memory-budget", default=None,
-                   help="with --device cuda: VRAM for experts of a streamed model, e.g. 24GB (default: 60%% of free)")
+                   help="with --device cuda: VRAM for quantized experts, e.g. 24GB (default: the free VRAM once the "
+                        "other weights are loaded, less 2 GiB; when every expert fits they are all loaded and decode "
+                        "replays CUDA graphs)")
     g.add_argument("--io-mode", default=None, choices=["page-cache", "direct"],
                    help="how a streamed model reads experts (default page-cache)")
     g.add_argument("--verify", action="store_true", help="verify expert checksums on every read")

@@ -182,7 +182,7 @@ def load_model(path: str | Path, options: ModelOptions | None = None):
         raise FmoeError(f"no model at {p} (config.json missing)")
     return Model.load(p, backend=o.backend, dtype=o.dtype, device=o.device, experts_per_token=o.experts_per_token,
                       stream=o.stream() if streaming else None, predict_experts=o.prediction if streaming else False,
-                      gpu_memory_budget=o.gpu_memory_budget if streaming else None)
+                      gpu_memory_budget=o.gpu_memory_budget)
 
 
 def load_tokenizer(path: str | Path, model=None):

@@ -92,6 +92,9 @@ def _expert_provider(ops, checkpoint, source, gpu_memory_budget: int | None):
         host = source if source is not None else CheckpointExperts(checkpoint)
         if DeviceExperts.supports(host, checkpoint.config):
             return DeviceExperts(ops, host, checkpoint.config, gpu_memory_budget)
+        if gpu_memory_budget is not None:
+            raise ConfigError("--gpu-memory-budget applies to quantized experts (a streaming layout or an mlx "
+                              "quantized checkpoint); this checkpoint's experts are dense: they all go to the GPU")
     return InMemoryExperts(ops, checkpoint) if source is None else StreamedExperts(ops, source)
 
 
