@@ -6,7 +6,9 @@
 // [N, K / gs] as bf16 bit patterns (uint16) or float32.  x: float32 rows [M, K] (row stride x_stride), y: float32
 // rows [M, N] (row stride y_stride).  Arithmetic by `mode` (fmoe_qmv):
 //   0 (the default): int16 activations: x quantized per group to int16, exact int32 products and sums with the codes,
-//     each group's sum scaled in float32 (see "Fast path: int16 activations" below; non-finite x falls back to 1);
+//     each group's sum scaled in float32 (see "Fast path: int16 activations" below; non-finite x falls back to 1).
+//     2 bits use a 15-bit variant (|x16| <= 32639) split into two signed bytes for vpmaddubsw (see row_b);
+//     the AVX-512 build sums those bytes with VNNI vpdpbusd (same integer sums, same results);
 //   1 (exact): float32 activations and float32 FMAs (dequantized weight = fma(q, s, b), then fma with x);
 //   2: portable scalar float32.
 //
@@ -22,14 +24,16 @@
 #include <cmath>
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 
-// Software prefetch distance in bytes along a row's packed words (0 = off: measured no better than the hardware
-// prefetcher on Zen 3; 512 was slower).
+// Software prefetch distance in bytes along a row's packed words (0 = off).  One prefetch per 64-byte line, 2 KB ahead
+// (into the next rows: the hardware prefetcher stops at 4 KB pages): 4-bit cold 1 thread 13.2 -> 14.0-14.7 GB/s on
+// Zen 3 (1 KB: 13.4-14.5, 4 KB: 12.6-13.5; the earlier prefetch of every 32-byte block, 512 ahead, was slower).
 #ifndef FMOE_PF
-#define FMOE_PF 0
+#define FMOE_PF 2048
 #endif
 // Rows per work chunk handed to a thread.
 #ifndef FMOE_GRAIN
@@ -114,18 +118,21 @@ class Pool {
       return;
     }
     ensure_workers(nworkers);
+    uint64_t gen;
+    bool wake;
     {
       std::lock_guard<std::mutex> lk(mu_);
       fn_ = fn;
       ctx_ = ctx;
       nchunks_.store(nchunks, std::memory_order_relaxed);
-      active_workers_ = nworkers;
+      active_workers_.store(nworkers, std::memory_order_relaxed);
       done_.store(0, std::memory_order_relaxed);
-      gen_ += 1;
-      claim_.store(gen_ << 32, std::memory_order_release);  // high: generation, low: next chunk
+      gen = gen_.load(std::memory_order_relaxed) + 1;
+      claim_.store(gen << 32, std::memory_order_release);  // high: generation, low: next chunk
+      gen_.store(gen, std::memory_order_release);          // spinning workers start here
+      wake = sleepers_ > 0;
     }
-    cv_.notify_all();
-    const uint64_t gen = gen_;
+    if (wake) cv_.notify_all();
     int64_t mine = 0;
     for (;;) {
       const int64_t c = claim(gen);
@@ -145,7 +152,7 @@ class Pool {
   ~Pool() {
     {
       std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
+      stop_.store(true);
     }
     cv_.notify_all();
     for (auto& t : threads_) t.detach();  // process exit: do not join threads blocked in the OS
@@ -170,21 +177,45 @@ class Pool {
     }
   }
 
+  // A worker that finished a job spins (FMOE_SPIN_US, default 300 us) for the next one before it sleeps: decode
+  // calls come back to back (tens of us apart), and a sleeping worker takes a futex wake-up (10-50 us on a busy VM)
+  // to start, which cost ~30 us of a 100 us mat-vec.
   void worker(int id) {
     uint64_t seen = 0;
     for (;;) {
+      uint64_t gen = gen_.load(std::memory_order_acquire);
+      if (gen == seen || id >= active_workers_.load(std::memory_order_relaxed)) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int spins = 0;; ++spins) {
+#if FMOE_AVX2
+          _mm_pause();
+#else
+          std::this_thread::yield();
+#endif
+          gen = gen_.load(std::memory_order_acquire);
+          if ((gen != seen && id < active_workers_.load(std::memory_order_relaxed)) || stop_.load()) break;
+          if ((spins & 63) == 63 && std::chrono::steady_clock::now() - t0 > spin_) {
+            std::unique_lock<std::mutex> lk(mu_);
+            ++sleepers_;
+            cv_.wait(lk, [&] {
+              return stop_.load() || (gen_.load() != seen && id < active_workers_.load(std::memory_order_relaxed));
+            });
+            --sleepers_;
+            gen = gen_.load();
+            break;
+          }
+        }
+        if (stop_.load()) return;
+      }
       Fn fn;
       void* ctx;
-      uint64_t gen;
       {
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return stop_ || (gen_ != seen && id < active_workers_); });
-        if (stop_) return;
-        seen = gen_;
-        gen = gen_;
+        std::lock_guard<std::mutex> lk(mu_);  // fn_/ctx_ of generation `gen` (a newer one: claim() then refuses)
+        gen = gen_.load();
         fn = fn_;
         ctx = ctx_;
       }
+      seen = gen;
       int64_t mine = 0;
       for (;;) {
         const int64_t c = claim(gen);
@@ -196,17 +227,24 @@ class Pool {
     }
   }
 
+  static std::chrono::microseconds spin_time() {
+    const char* e = std::getenv("FMOE_SPIN_US");
+    return std::chrono::microseconds(e ? std::max(0L, std::atol(e)) : 300L);
+  }
+
   std::mutex call_mu_, mu_;
   std::condition_variable cv_;
   std::vector<std::thread> threads_;
   std::atomic<uint64_t> claim_{0};
   std::atomic<int64_t> done_{0};
-  uint64_t gen_ = 0;
+  std::atomic<uint64_t> gen_{0};
   Fn fn_ = nullptr;
   void* ctx_ = nullptr;
   std::atomic<int64_t> nchunks_{0};
-  int active_workers_ = 0;
-  bool stop_ = false;
+  std::atomic<int> active_workers_{0};
+  std::atomic<bool> stop_{false};
+  int sleepers_ = 0;  // guarded by mu_
+  const std::chrono::microseconds spin_ = spin_time();
 };
 
 Pool& pool() {
@@ -420,29 +458,111 @@ constexpr int i16_lane_codes() {
   return BITS == 2 ? 16 : ((BITS == 3 || BITS == 4) ? 8 : 4);  // 5, 6, 8 bits: 4 codes per lane
 }
 
+// 2 bits (and 4 bits with FMOE_SPLIT_BYTES=2) use the "split int16" byte layout instead (see row_b): the 15-bit activation x16 = 256*hi + lo is
+// stored as two signed bytes and multiplied with unsigned code bytes by vpmaddubsw.
+// Which widths use it: 2 bits (1 thread on Zen 3, hot 124 -> 120 us, cold 143 -> 139 us per 1024x4096).  4 bits works
+// too (FMOE_SPLIT_BYTES=2 selects it, tested) but measured 2-3% slower than the int16 layout on Zen 3 (hot 138 vs
+// 141 us), so it is off; with VNNI (vpdpbusd) it needs fewer instructions than vpdpwssd and may pay on AVX-512 hosts
+// (not measured: no such host here).  0: int16 layout for every width.
+#ifndef FMOE_SPLIT_BYTES
+#define FMOE_SPLIT_BYTES 1
+#endif
 template <int BITS>
-void prepare_xq(const float* x, int16_t* xq, float* xscale, float* xsum, int64_t K, int gs) {
-  constexpr int W = i16_lane_codes<BITS>();
-  constexpr int H = W / 2;
-  constexpr int BLOCK = 8 * W;
+constexpr bool split_bytes() {
+  return (FMOE_SPLIT_BYTES >= 1 && BITS == 2) || (FMOE_SPLIT_BYTES >= 2 && BITS == 4);
+}
+
+// Split-int16 activations (bits 2 and 4; see split_bytes): x16 = rint(x / xs_g), xs_g = max|x_g| / 32639, so that x16 = 256*hi + lo
+// with hi, lo both in [-128, 127] (lo = the low byte of x16 read as signed, hi = (x16 - lo) / 256).  Block b (32 bytes
+// of codes = BLOCK = 32 * T codes, T = 8 / BITS codes per byte; byte j holds codes T*j .. T*j + T-1, LSB first) has
+// 2 * BLOCK bytes of x: for t = 0..T-1, 32 bytes hi then 32 bytes lo, byte j of either = code T*j + t.
+inline bool all_finite(const float* x, int64_t K) {
+  const __m256i e = _mm256_set1_epi32(0x7f800000);
+  __m256i bad = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i*)(x + k)), e);
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(v, e));
+  }
+  if (!_mm256_testz_si256(bad, bad)) return false;
+  for (; k < K; ++k)
+    if (!std::isfinite(x[k])) return false;
+  return true;
+}
+
+// x16 = rint(x * qmax / max|x_g|) per group g (AVX2; round to nearest even, the MXCSR default, as nearbyint), with
+// xscale[g] = max|x_g| / qmax and xsum[g] = the group's float32 sum of x.  Returns q (a per-thread buffer of K).
+inline int16_t* quantize_groups(const float* x, float* xscale, float* xsum, int64_t K, int gs, float qmax) {
+  thread_local std::vector<int16_t> qv;
+  if (qv.size() < static_cast<size_t>(K)) qv.resize(static_cast<size_t>(K));
+  int16_t* q = qv.data();
   const int64_t G = K / gs;
-  std::vector<int16_t> q(static_cast<size_t>(K));
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   for (int64_t g = 0; g < G; ++g) {
     const float* xg = x + g * gs;
-    float mx = 0.f, sum = 0.f;
-    for (int k = 0; k < gs; ++k) {
+    int k = 0;
+    __m256 vmx = _mm256_setzero_ps(), vsum = _mm256_setzero_ps();
+    for (; k + 8 <= gs; k += 8) {
+      const __m256 v = _mm256_loadu_ps(xg + k);
+      vmx = _mm256_max_ps(vmx, _mm256_and_ps(v, absmask));
+      vsum = _mm256_add_ps(vsum, v);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmx);
+    float mx = 0.f;
+    for (int i = 0; i < 8; ++i) mx = std::fmax(mx, lanes[i]);
+    float sum = hsum(vsum);
+    for (; k < gs; ++k) {
       mx = std::fmax(mx, std::fabs(xg[k]));
       sum += xg[k];
     }
-    const float sc = mx / 32767.0f;
-    const float inv = mx > 0.f ? 32767.0f / mx : 0.f;
-    for (int k = 0; k < gs; ++k) q[g * gs + k] = static_cast<int16_t>(std::nearbyint(xg[k] * inv));
-    xscale[g] = sc;
+    const float inv = mx > 0.f ? qmax / mx : 0.f;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    k = 0;
+    for (; k + 16 <= gs; k += 16) {  // |x * inv| <= qmax (+ rounding), packs saturates at 32767 anyway
+      const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + k), vinv));
+      const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + k + 8), vinv));
+      _mm256_storeu_si256((__m256i*)(q + g * gs + k), _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8));
+    }
+    for (; k < gs; ++k) q[g * gs + k] = static_cast<int16_t>(std::nearbyint(xg[k] * inv));
+    xscale[g] = mx / qmax;
     xsum[g] = sum;
   }
+  return q;
+}
+
+template <int BITS>
+void prepare_xb(const float* x, int8_t* xb, float* xscale, float* xsum, int64_t K, int gs) {
+  constexpr int T = 8 / BITS;
+  constexpr int BLOCK = 32 * T;
+  const int16_t* q = quantize_groups(x, xscale, xsum, K, gs, 32639.0f);
   const int64_t nblocks = K / BLOCK;
   for (int64_t b = 0; b < nblocks; ++b) {
-    const int16_t* qs = q.data() + b * BLOCK;
+    const int16_t* qs = q + b * BLOCK;
+    int8_t* xd = xb + b * 2 * BLOCK;
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < 32; ++j) {
+        const int v = qs[T * j + t];
+        const int lo = static_cast<int8_t>(static_cast<uint8_t>(v & 0xff));
+        xd[t * 64 + j] = static_cast<int8_t>((v - lo) >> 8);
+        xd[t * 64 + 32 + j] = static_cast<int8_t>(lo);
+      }
+  }
+}
+
+template <int BITS>
+void prepare_xq(const float* x, int16_t* xq, float* xscale, float* xsum, int64_t K, int gs) {
+  if constexpr (split_bytes<BITS>()) {
+    prepare_xb<BITS>(x, reinterpret_cast<int8_t*>(xq), xscale, xsum, K, gs);
+    return;
+  }
+  constexpr int W = i16_lane_codes<BITS>();
+  constexpr int H = W / 2;
+  constexpr int BLOCK = 8 * W;
+  const int16_t* q = quantize_groups(x, xscale, xsum, K, gs, 32767.0f);
+  const int64_t nblocks = K / BLOCK;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int16_t* qs = q + b * BLOCK;
     int16_t* qd = xq + b * BLOCK;
     for (int j = 0; j < H; ++j)
       for (int i = 0; i < 8; ++i) {
@@ -512,9 +632,90 @@ inline __m256i load_code_block(const uint8_t* p) {
   }
 }
 
+// Split-int16 row kernel (bits 2 and 4; see split_bytes), R rows of x against one weight row (R = 1: decode; R = 4: prefill, the
+// same arithmetic per row, so 4-row results are bit-identical to single rows).  Per 32-byte block: T code vectors
+// (one code per byte: shift within 16-bit lanes + AND), each multiplied with the hi and the lo bytes of x by
+// vpmaddubsw (u8 x s8 -> int16 pair sums, exact: |sum| <= 2 * 15 * 128); the int16 sums of a group stay below 2^15
+// (4 bits: 15360 at group 128; 2 bits: 3072), then 256 * hi + lo is formed by two vpmaddwd into int32 and scaled
+// in float32 as in row_i16.  Per 64 codes at 4 bits: 3 unpack ops, 4 vpmaddubsw, 2 adds, 2 vpmaddwd + 1 add,
+// convert, FMA (vs 7 + 4 + 3 + 2 for the int16 layout); per 128 codes at 2 bits 7 + 8 + 6 + 3 + 2 (vs 15 + 8 + 7 + 4).
+// Fewer instructions did not make the 4-bit loop faster on Zen 3 (both ~5-6 cycles per 64 codes from L1), see
+// docs/log/kernels.md.
+template <int BITS, int GS, bool BF16, int R>
+inline void row_b(const uint32_t* row, const void* bi, int64_t gbase, const int8_t* const* xb,
+                  const float* const* comb, const float* const* xsum, int64_t K, float* out) {
+  constexpr int T = 8 / BITS;
+  constexpr int BLOCK = 32 * T;
+  constexpr int SB = BLOCK > GS ? BLOCK : GS;
+  constexpr int BPG = SB / BLOCK;
+  const __m256i m8 = _mm256_set1_epi8(static_cast<char>((1 << BITS) - 1));
+  const __m256i k256 = _mm256_set1_epi16(256), k1 = _mm256_set1_epi16(1);
+  const int64_t nsb = K / SB;
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
+  __m256 tot[R][2];
+  for (int r = 0; r < R; ++r) tot[r][0] = tot[r][1] = _mm256_setzero_ps();
+  for (int64_t sbi = 0; sbi < nsb; ++sbi) {
+    __m256i ph[R], pl[R];
+    for (int bb = 0; bb < BPG; ++bb) {
+      const int64_t blk = sbi * BPG + bb;
+      const uint8_t* p = bytes + blk * 32;
+      if constexpr (FMOE_PF > 0)
+        if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, _MM_HINT_T0);
+      const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+      for (int t = 0; t < T; ++t) {
+        const __m256i c = _mm256_and_si256(t == 0 ? v : _mm256_srli_epi16(v, BITS * t), m8);
+        for (int r = 0; r < R; ++r) {
+          const __m256i* xv = reinterpret_cast<const __m256i*>(xb[r] + blk * 2 * BLOCK) + 2 * t;
+#if FMOE_VNNI
+          // vpdpbusd: the same u8 x s8 products, summed 4 at a time straight into int32 (no int16 stage)
+          if (bb == 0 && t == 0) ph[r] = pl[r] = _mm256_setzero_si256();
+          ph[r] = _mm256_dpbusd_epi32(ph[r], c, _mm256_loadu_si256(xv));
+          pl[r] = _mm256_dpbusd_epi32(pl[r], c, _mm256_loadu_si256(xv + 1));
+#else
+          const __m256i h = _mm256_maddubs_epi16(c, _mm256_loadu_si256(xv));
+          const __m256i l = _mm256_maddubs_epi16(c, _mm256_loadu_si256(xv + 1));
+          if (bb == 0 && t == 0) {
+            ph[r] = h;
+            pl[r] = l;
+          } else {
+            ph[r] = _mm256_add_epi16(ph[r], h);
+            pl[r] = _mm256_add_epi16(pl[r], l);
+          }
+#endif
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {  // two accumulators (even / odd groups): the FMA latency is not the bound
+#if FMOE_VNNI
+      (void)k1;
+      (void)k256;
+      const __m256i i32 = _mm256_add_epi32(_mm256_slli_epi32(ph[r], 8), pl[r]);  // exact, the same sums as AVX2
+#else
+      const __m256i i32 = _mm256_add_epi32(_mm256_madd_epi16(ph[r], k256), _mm256_madd_epi16(pl[r], k1));
+#endif
+      const __m256 f = _mm256_cvtepi32_ps(i32), cl = comb_lanes<BLOCK, GS>(comb[r], sbi * SB);
+      if (sbi & 1)
+        tot[r][1] = _mm256_fmadd_ps(cl, f, tot[r][1]);
+      else
+        tot[r][0] = _mm256_fmadd_ps(cl, f, tot[r][0]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    out[r] = hsum(_mm256_add_ps(tot[r][0], tot[r][1])) + bias_dot<BF16>(bi, gbase, xsum[r], K / GS);
+}
+
 template <int BITS, int GS, bool BF16>
 float row_i16(const uint32_t* row, const void* sc, const void* bi, int64_t gbase, const int16_t* xq,
               const float* comb, const float* xsum, const float* x, int64_t K) {
+  if constexpr (split_bytes<BITS>()) {
+    constexpr int SB = 32 * 8 / BITS > GS ? 32 * 8 / BITS : GS;
+    const int8_t* xb = reinterpret_cast<const int8_t*>(xq);
+    float r;
+    row_b<BITS, GS, BF16, 1>(row, bi, gbase, &xb, &comb, &xsum, K, &r);
+    for (int64_t k = K / SB * SB; k < K; ++k)  // tail (K not a multiple of the block): scale part only, exact x
+      r += static_cast<float>(code_at(row, k, BITS)) * load_scale<BF16>(sc, gbase + k / GS) * x[k];
+    return r;
+  }
   constexpr int W = i16_lane_codes<BITS>();
   constexpr int H = W / 2;
   constexpr int BLOCK = 8 * W;
@@ -532,7 +733,8 @@ float row_i16(const uint32_t* row, const void* sc, const void* bi, int64_t gbase
       const int64_t blk = sbi * BPG + bb;
       const uint8_t* p = bytes + blk * BLOCK_BYTES;
       const __m256i v = load_code_block<BITS>(p);
-      if constexpr (FMOE_PF > 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, _MM_HINT_T0);
+      if constexpr (FMOE_PF > 0)  // about one prefetch per 64-byte line
+        if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, _MM_HINT_T0);
       const __m256i* xb = reinterpret_cast<const __m256i*>(xq + blk * BLOCK);
 #define FMOE_I16(J, ACC)                                                                              \
   {                                                                                                   \
@@ -560,6 +762,12 @@ float row_i16(const uint32_t* row, const void* sc, const void* bi, int64_t gbase
 template <int BITS, int GS, bool BF16>
 void row_i16_x4(const uint32_t* row, const void* bi, int64_t gbase, const int16_t* const* xq,
                 const float* const* comb, const float* const* xsum, int64_t K, float* out) {
+  if constexpr (split_bytes<BITS>()) {
+    const int8_t* xb[4];
+    for (int r = 0; r < 4; ++r) xb[r] = reinterpret_cast<const int8_t*>(xq[r]);
+    row_b<BITS, GS, BF16, 4>(row, bi, gbase, xb, comb, xsum, K, out);
+    return;
+  }
   constexpr int W = i16_lane_codes<BITS>();
   constexpr int H = W / 2;
   constexpr int BLOCK = 8 * W;
@@ -610,8 +818,7 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
   if (mode == 0) {
     // non-finite activations cannot be scaled to int16: use the float path for those
     for (int m = 0; m < M && mode == 0; ++m)
-      for (int64_t k = 0; k < K; ++k)
-        if (!std::isfinite(x[m * xs + k])) { mode = 1; break; }
+      if (!all_finite(x + m * xs, K)) mode = 1;
   }
   std::vector<float> xp_all, xsum_all(static_cast<size_t>(M) * gps), xsc_all;
   std::vector<int16_t> xq_all;
@@ -781,8 +988,7 @@ struct SimdOps {
   void prepare(XVec& v, const float* x, int64_t K, int mode) const {
     v.x = x;
     if (mode == 0)
-      for (int64_t k = 0; k < K; ++k)
-        if (!std::isfinite(x[k])) { mode = 1; break; }
+      if (!all_finite(x, K)) mode = 1;
     v.mode = mode;
     const int64_t gpr = K / GS;
     if (mode == 0) {
