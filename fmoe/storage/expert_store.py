@@ -156,6 +156,7 @@ class ExpertStore:
         self._free: list = []
         self._retired: deque = deque()
         self._allocator = None
+        self._maps: dict[int, mmap.mmap] = {}           # layer -> read-only mapping (zero-copy page-cache hits)
         self.reset_stats()
         self._resident = 0
         self._peak_resident = 0
@@ -166,7 +167,8 @@ class ExpertStore:
         with self._stats_lock:
             self._s = dict(bytes_read=0, reads=0, cache_hits=0, cache_misses=0, io_wait_s=0.0, read_s=0.0,
                            prefetch_issued=0, prefetch_used=0, prefetch_hits=0, prefetch_dropped=0, evictions=0, gets=0,
-                           buffers_allocated=0, buffers_reused=0, disk_bytes=0, page_cache_bytes=0, hint_errors=0)
+                           buffers_allocated=0, buffers_reused=0, disk_bytes=0, page_cache_bytes=0, hint_errors=0,
+                           zero_copy_reads=0)
         if hasattr(self, "_resident"):
             with self._lock:
                 self._peak_resident = self._resident
@@ -269,10 +271,12 @@ class ExpertStore:
         where = f"layer {layer} expert {e} ({L.file}, offset {off}, {n} bytes)"
         t0 = time.perf_counter()
         fd = self._fd(layer)
+        cached = osio.resident_bytes(fd, off, n) if self.mode == "page-cache" else 0
+        if cached == n and self._zero_copy():
+            return self._mapped(ent, fd, off, size, where, t0)
         buf = self._alloc(L.stride)
         mv = memoryview(buf)
         got = 0
-        cached = osio.resident_bytes(fd, off, n) if self.mode == "page-cache" else 0
         try:
             while got < n:
                 try:
@@ -423,6 +427,36 @@ class ExpertStore:
                 self._s["prefetch_issued"] += issued
                 self._s["prefetch_dropped"] += dropped
 
+    def _zero_copy(self) -> bool:
+        """Page-cache mode with no engine cache and the store's own buffers: an expert wholly in the page cache is
+        served as views of a read-only mapping of its file, with no copy (measured on a 2-core machine: the copy of
+        each expert by ``pread`` took a quarter of a decode token)."""
+        return self.mode == "page-cache" and self.memory_budget == 0 and self._allocator is None
+
+    def _mapped(self, ent: _Entry, fd: int, off: int, size: int, where: str, t0: float):
+        layer = ent.key[0]
+        m = self._maps.get(layer)
+        if m is None:
+            with self._lock:
+                m = self._maps.get(layer)
+                if m is None:
+                    m = self._maps[layer] = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        L = self.layout.layers[layer]
+        if self.verify:
+            crc = zlib.crc32(memoryview(m)[off:off + size])
+            if crc != L.crcs[ent.key[1]]:
+                raise ChecksumError(f"checksum mismatch in {where}: crc32 {crc:08x}, manifest "
+                                    f"{L.crcs[ent.key[1]]:08x}", layer=layer, expert=ent.key[1], file=str(L.file),
+                                    offset=off)
+        weights = L.template.views(m, base=off)
+        with self._stats_lock:
+            self._s["bytes_read"] += size
+            self._s["page_cache_bytes"] += size
+            self._s["reads"] += 1
+            self._s["zero_copy_reads"] += 1
+            self._s["read_s"] += time.perf_counter() - t0
+        return weights
+
     def get(self, layer: int, experts: Sequence[int]):
         """Blocking: ``[(gate, up, down), ...]`` for ``experts`` of ``layer``, in the same order."""
         keys = self._check(layer, experts)
@@ -507,6 +541,7 @@ class ExpertStore:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+            self._maps.clear()      # a mapping lives on while views into it do (closing it would invalidate them)
 
     def __enter__(self):
         return self

@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 
+from fmoe.storage import osio
+
 from fmoe.storage import synth as synth_mod
 from fmoe.storage.expert_store import ExpertStore
 from fmoe.storage.stream_layout import open_streaming
@@ -86,6 +88,14 @@ def test_one_read_per_expert_and_zero_copy(ck, monkeypatch):
     L = ck.layout.layers[1]
     for mode in ("page-cache", "direct"):
         calls.clear()
+        if mode == "page-cache":                            # not in the page cache: read (resident: mapped, below)
+            os.sync()
+            osio.drop_from_page_cache(L.file)
+            fd = os.open(L.file, os.O_RDONLY)
+            left = osio.resident_bytes(fd, 0, os.path.getsize(L.file))
+            os.close(fd)
+            if left:
+                pytest.skip(f"the page cache kept {left} bytes of {L.file} after DONTNEED")
         with ck.expert_source(mode=mode, memory_budget=0) as store:
             got = store.get(1, [0, 5, 7, 5])
         assert len(calls) == 3                              # duplicates read once, one read per expert
@@ -99,6 +109,30 @@ def test_one_read_per_expert_and_zero_copy(ck, monkeypatch):
             assert arr.ctypes.data == base + spec.offset and arr.ctypes.data % 64 == 0
             assert not arr.flags.owndata
         assert got[1] is got[3] or _same(got[1], got[3])
+
+
+def test_page_cache_hits_are_views_of_the_file_mapping(ck, monkeypatch):
+    """Page-cache mode, no engine cache: an expert wholly in the page cache is not copied: its arrays are views of a
+    read-only mapping of the layer file, at the expert's offset (counted as zero-copy reads served by the page
+    cache); the same bytes as a read."""
+    L = ck.layout.layers[2]
+    with ck.expert_source(mode="page-cache", memory_budget=0) as store:
+        read = store.get(2, [4])[0]                         # whatever the page cache held: now it holds this
+        read = [np.array(a) for q in read for a in (q.weight, q.scales, q.biases)]
+        calls = []
+        monkeypatch.setattr(os, "preadv", lambda *a: calls.append(a) or 0)
+        store.reset_stats()
+        got = store.get(2, [4, 6])
+        s = store.stats()
+    assert not calls and s["zero_copy_reads"] == 2 and s["page_cache_bytes"] == s["bytes_read"] == 2 * L.sizes[4]
+    g = got[0][0]
+    assert not g.weight.flags.writeable
+    start = g.weight.ctypes.data - L.offsets[4] - L.template.arrays[0].offset
+    assert start % 4096 == 0                                # the mapping's start: page aligned
+    arrays = [a for q in got[0] for a in (q.weight, q.scales, q.biases)]
+    for arr, spec, ref in zip(arrays, L.template.arrays, read):
+        assert arr.ctypes.data == start + L.offsets[4] + spec.offset
+        np.testing.assert_array_equal(arr, ref)
 
 
 @pytest.mark.parametrize("mode", ["page-cache", "direct"])
@@ -234,6 +268,8 @@ def test_io_error_and_short_read_from_reader(ck, monkeypatch, mode):
         return real(fd, bufs, off, *a)
 
     monkeypatch.setattr(os, "preadv", faulty)
+    # the read path: an expert wholly in the page cache would be mapped, not read
+    monkeypatch.setattr(osio, "resident_bytes", lambda fd, off, n: 0)
     with ck.expert_source(mode=mode, memory_budget=0) as store:
         with pytest.raises(ExpertReadError, match="I/O error") as ei:
             store.get(2, [4, 5, 6])
@@ -267,8 +303,9 @@ def test_bad_arguments(ck):
 
 
 @pytest.mark.parametrize("mode", ["page-cache", "direct"])
-def test_buffers_recycled_but_never_while_held(ck, mode):
+def test_buffers_recycled_but_never_while_held(ck, mode, monkeypatch):
     stride = ck.layout.layers[0].stride
+    monkeypatch.setattr(osio, "resident_bytes", lambda fd, off, n: 0)     # read into buffers, never mapped
     with ck.expert_source(mode=mode, memory_budget=0 if mode == "page-cache" else 2 * stride) as store:
         held = store.get(0, [1, 2])
         snapshot = [[np.array(getattr(q, p)) for q in t for p in ("weight", "scales", "biases")] for t in held]
