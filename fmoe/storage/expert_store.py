@@ -41,6 +41,8 @@ from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Sequence
 
+import numpy as np
+
 from fmoe.errors import ChecksumError, ExpertReadError, LayoutError
 from fmoe.storage import osio
 from fmoe.storage.stream_layout import StreamingLayout
@@ -156,7 +158,8 @@ class ExpertStore:
         self._free: list = []
         self._retired: deque = deque()
         self._allocator = None
-        self._maps: dict[int, mmap.mmap] = {}           # layer -> read-only mapping (zero-copy page-cache hits)
+        self._maps: dict[int, tuple] = {}               # layer -> (read-only mapping, address): zero-copy hits
+        self._map_lock = threading.Lock()
         self.reset_stats()
         self._resident = 0
         self._peak_resident = 0
@@ -384,15 +387,47 @@ class ExpertStore:
             with self._stats_lock:
                 self._s["evictions"] += evicted
 
-    def _add_locked(self, key, prefetched: bool) -> _Entry:
+    def _add_locked(self, key, prefetched: bool, deferred: list | None = None) -> _Entry:
         L = self.layout.layers[key[0]]
         ent = _Entry(key, L.stride, prefetched)
         self._cache[key] = ent
         self._resident += ent.nbytes
         if self._resident > self._peak_resident:
             self._peak_resident = self._resident
-        ent.future = self._pool.submit(self._read, ent)
+        if deferred is not None:        # resolved by the caller once the lock is released (_start_deferred)
+            ent.future = Future()
+            deferred.append(ent)
+        else:
+            ent.future = self._pool.submit(self._read, ent)
         return ent
+
+    def _start_deferred(self, entries: list) -> None:
+        """Zero-copy mode: map the experts already in the page cache here (no hand-off to an I/O thread), send the
+        others to the I/O threads as reads."""
+        for ent in entries:
+            layer, e = ent.key
+            L = self.layout.layers[layer]
+            off, size = L.offsets[e], L.sizes[e]
+            try:
+                fd = self._fd(layer)
+                base = self._map(layer, fd)[1]
+                hit = osio.pages_resident(base + off, size, samples=4)
+                if hit is None:
+                    hit = osio.resident_bytes(fd, off, size) == size
+                if hit:
+                    where = f"layer {layer} expert {e} ({L.file}, offset {off}, {size} bytes)"
+                    ent.future.set_result(self._mapped(ent, fd, off, size, where, time.perf_counter()))
+                    continue
+            except Exception as ex:  # noqa: BLE001 - reported by get() like a failed read
+                ent.future.set_exception(ex)
+                continue
+            self._pool.submit(self._read_into, ent, ent.future)
+
+    def _read_into(self, ent: _Entry, fut: Future) -> None:
+        try:
+            fut.set_result(self._read(ent))
+        except BaseException as ex:  # noqa: BLE001 - the future carries it to get()
+            fut.set_exception(ex)
 
     # ------------------------------------------------------------------------------------------------ API
 
@@ -433,14 +468,20 @@ class ExpertStore:
         each expert by ``pread`` took a quarter of a decode token)."""
         return self.mode == "page-cache" and self.memory_budget == 0 and self._allocator is None
 
+    def _map(self, layer: int, fd: int):
+        """(read-only mapping of the layer's file, its address), made once."""
+        got = self._maps.get(layer)
+        if got is None:
+            with self._map_lock:
+                got = self._maps.get(layer)
+                if got is None:
+                    m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+                    got = self._maps[layer] = (m, np.frombuffer(m, np.uint8).ctypes.data)
+        return got
+
     def _mapped(self, ent: _Entry, fd: int, off: int, size: int, where: str, t0: float):
         layer = ent.key[0]
-        m = self._maps.get(layer)
-        if m is None:
-            with self._lock:
-                m = self._maps.get(layer)
-                if m is None:
-                    m = self._maps[layer] = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        m = self._map(layer, fd)[0]
         L = self.layout.layers[layer]
         if self.verify:
             crc = zlib.crc32(memoryview(m)[off:off + size])
@@ -462,6 +503,7 @@ class ExpertStore:
         keys = self._check(layer, experts)
         hits = misses = pused = phits = 0
         entries: list[_Entry] = []
+        deferred: list | None = [] if self._zero_copy() else None
         with self._lock:
             self._recycle_locked()
             uniq: dict[tuple[int, int], _Entry] = {}
@@ -475,7 +517,7 @@ class ExpertStore:
                         if key in self._hinted:
                             self._hinted.discard(key)
                             pused += 1
-                        ent = self._add_locked(key, prefetched=False)
+                        ent = self._add_locked(key, prefetched=False, deferred=deferred)
                     else:
                         hits += 1
                         self._cache.move_to_end(key)
@@ -486,6 +528,8 @@ class ExpertStore:
                     ent.pins += 1
                     uniq[key] = ent
                 entries.append(ent)
+        if deferred:
+            self._start_deferred(deferred)
         t0 = time.perf_counter()
         results, error = [], None
         for ent in entries:

@@ -98,6 +98,26 @@ def _load_libc():
     return _libc
 
 
+def pages_resident(addr: int, length: int, samples: int = 16) -> bool | None:
+    """Whether ``samples`` pages spread over [addr, addr + length) of an existing file mapping are all in the page
+    cache (``mincore`` of one page each: about 1 us, where a whole 7 MB expert costs ~150 us), or None where that
+    cannot be asked. A sample, not a proof: a page missed between samples is read by the page fault that touches it."""
+    lib = _load_libc()
+    if not lib or length <= 0:
+        return None
+    first = addr - addr % _PAGE
+    last = (addr + length - 1) - (addr + length - 1) % _PAGE
+    n = (last - first) // _PAGE
+    vec = ctypes.create_string_buffer(1)
+    for i in range(samples):
+        page = first + (n * i // max(1, samples - 1)) * _PAGE
+        if lib.mincore(page, _PAGE, vec) != 0:
+            return None
+        if not vec.raw[0] & 1:
+            return False
+    return True
+
+
 def resident_bytes(fd: int, offset: int, length: int) -> int | None:
     """How many bytes of [offset, offset + length) of ``fd``'s file are in the page cache now (``mincore`` over a
     temporary read-only mapping; touches no page), or None where that cannot be asked."""

@@ -270,6 +270,7 @@ def test_io_error_and_short_read_from_reader(ck, monkeypatch, mode):
     monkeypatch.setattr(os, "preadv", faulty)
     # the read path: an expert wholly in the page cache would be mapped, not read
     monkeypatch.setattr(osio, "resident_bytes", lambda fd, off, n: 0)
+    monkeypatch.setattr(osio, "pages_resident", lambda addr, n, samples=16: False)
     with ck.expert_source(mode=mode, memory_budget=0) as store:
         with pytest.raises(ExpertReadError, match="I/O error") as ei:
             store.get(2, [4, 5, 6])
@@ -306,6 +307,7 @@ def test_bad_arguments(ck):
 def test_buffers_recycled_but_never_while_held(ck, mode, monkeypatch):
     stride = ck.layout.layers[0].stride
     monkeypatch.setattr(osio, "resident_bytes", lambda fd, off, n: 0)     # read into buffers, never mapped
+    monkeypatch.setattr(osio, "pages_resident", lambda addr, n, samples=16: False)
     with ck.expert_source(mode=mode, memory_budget=0 if mode == "page-cache" else 2 * stride) as store:
         held = store.get(0, [1, 2])
         snapshot = [[np.array(getattr(q, p)) for q in t for p in ("weight", "scales", "biases")] for t in held]

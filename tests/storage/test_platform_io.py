@@ -97,3 +97,27 @@ def test_page_cache_reads_split_disk_and_cache(model):
         st.get(1, [0])
         s = st.stats()
         assert s["disk_bytes"] == s["bytes_read"] and s["page_cache_hit_rate"] == 0
+
+
+def test_pages_resident_samples_a_mapping(tmp_path):
+    """``pages_resident``: True for a file just written and read (in the page cache), False once it is evicted,
+    agreeing with the full ``resident_bytes`` count; None for nothing to ask about."""
+    import mmap as mmap_mod
+
+    f = tmp_path / "data.bin"
+    f.write_bytes(np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8).tobytes())
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.read(fd, 8 << 20)
+        m = mmap_mod.mmap(fd, 0, prot=mmap_mod.PROT_READ)
+        addr = np.frombuffer(m, np.uint8).ctypes.data
+        assert osio.pages_resident(addr + 4096, 6 << 20) is True
+        assert osio.pages_resident(addr, 0) is None
+        os.fsync(fd)
+        osio.drop_from_page_cache(f)
+        full = osio.resident_bytes(fd, 0, 8 << 20)
+        if full:
+            pytest.skip(f"the page cache kept {full} bytes after DONTNEED")
+        assert osio.pages_resident(addr + 4096, 6 << 20) is False
+    finally:
+        os.close(fd)
