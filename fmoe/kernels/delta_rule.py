@@ -14,6 +14,11 @@ from typing import Any
 def recurrent(ops, q, k, v, g, beta, S):
     """q, k [T, H, dk]; v [T, H, dv]; g (log decay), beta [T, H]; S [H, dk, dv] -> (o [T, H, dv], S)."""
     T = q.shape[0]
+    step = getattr(ops, "delta_step", None)      # one token, torch CPU float32: one native call (qmv.cpp)
+    if T == 1 and step is not None:
+        got = step(q, k, v, g, beta, S)
+        if got is not None:
+            return got
     outs = []
     for t in range(T):
         S = S * ops.exp(g[t])[:, None, None]

@@ -1140,6 +1140,45 @@ int fmoe_qmv(const uint32_t* w, const void* scales, const void* biases, int scal
 
 int fmoe_qmv_has_simd(void) { return FMOE_AVX2; }
 
+// The gated delta rule for one token on the CPU (float32): fmoe/kernels/delta_rule.py's ``recurrent`` for T = 1,
+// reading each head's state twice and writing it once instead of the ~8 whole-state passes of the torch ops.  Per
+// head h: S_h = e^{g_h} S_h;  S_h += k_h (beta_h (v_h - S_h^T k_h))^T;  o_h = S_h^T q_h.  q, k [H, dk] (normalised,
+// one row per head), v, o [H, dv], S and S_out [H, dk, dv] row-major (S_out may be S: in place).  Heads run in
+// parallel on the kernel pool.  Returns 0, or -1 on bad sizes.
+int fmoe_delta_step(const float* q, const float* k, const float* v, const float* g, const float* beta,
+                    const float* S, float* S_out, float* o, int H, int dk, int dv, int nthreads) {
+  if (H <= 0 || dk <= 0 || dv <= 0 || dv > 4096) return -1;
+  parallel_chunks(H, nthreads < 1 ? 1 : nthreads, [&](int64_t h) {
+    const float* qh = q + h * dk;
+    const float* kh = k + h * dk;
+    float kv[4096], oh[4096];
+    const float decay = std::exp(g[h]);
+    const float* Sh = S + h * static_cast<int64_t>(dk) * dv;
+    float* Oh = S_out + h * static_cast<int64_t>(dk) * dv;
+    for (int j = 0; j < dv; ++j) { kv[j] = 0.f; oh[j] = 0.f; }
+    for (int i = 0; i < dk; ++i) {                       // kv = (e^g S)^T k
+      const float ki = kh[i] * decay;
+      const float* row = Sh + static_cast<int64_t>(i) * dv;
+      for (int j = 0; j < dv; ++j) kv[j] += ki * row[j];
+    }
+    const float* vh = v + h * static_cast<int64_t>(dv);
+    for (int j = 0; j < dv; ++j) kv[j] = (vh[j] - kv[j]) * beta[h];   // delta
+    for (int i = 0; i < dk; ++i) {                       // S = e^g S + k delta^T;  o = S^T q
+      const float ki = kh[i], qi = qh[i];
+      const float* row = Sh + static_cast<int64_t>(i) * dv;
+      float* out = Oh + static_cast<int64_t>(i) * dv;
+      for (int j = 0; j < dv; ++j) {
+        const float sv = row[j] * decay + ki * kv[j];
+        out[j] = sv;
+        oh[j] += qi * sv;
+      }
+    }
+    float* oo = o + h * static_cast<int64_t>(dv);
+    for (int j = 0; j < dv; ++j) oo[j] = oh[j];
+  });
+  return 0;
+}
+
 // Name of the instruction set this library was compiled for ("avx512vnni", "avx2", "generic", "generic-neon").
 const char* fmoe_qmv_isa(void) { return FMOE_ISA_NAME; }
 

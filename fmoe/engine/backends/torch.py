@@ -130,6 +130,29 @@ class TorchBackend:
             return None
         return f(x, [float(w) for w in weights]).reshape(x.shape)
 
+    def delta_step(self, q, k, v, g, beta, S):
+        """The gated delta rule for one token in one native call (``fmoe_delta_step``, heads in parallel):
+        (o [1, H, dv], new S), a new tensor (S itself is never written: snapshots may hold it); None where it does
+        not apply (not CPU float32, no native kernels)."""
+        if self.device.type != "cpu" or S.dtype != torch.float32 or q.dtype != torch.float32 or not _FUSED:
+            return None
+        from fmoe.kernels import native
+
+        lib = native.load()
+        if lib is None:
+            return None
+        H, dk = q.shape[1], q.shape[2]
+        dv = v.shape[2]
+        q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
+        S = S.contiguous()
+        S_out = torch.empty_like(S)
+        o = torch.empty((1, H, dv), dtype=torch.float32)
+        rc = lib.fmoe_delta_step(q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), beta.data_ptr(),
+                                 S.data_ptr(), S_out.data_ptr(), o.data_ptr(), H, dk, dv, native.threads())
+        if rc != 0:
+            return None
+        return o, S_out
+
     def gated_delta_step(self, qkv, z, b, a, state, layer):
         """One token of a Gated DeltaNet layer on CUDA in three fused kernels (fmoe/kernels/triton_deltanet.py): the
         output before out_proj, the state advanced (in place when it is a captured step's fixed state, else new
