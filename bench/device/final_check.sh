@@ -11,14 +11,14 @@ export PYTHONPATH=/tmp/site:$PWD FMOE_CACHE_DIR=/tmp/fmoe-cache
     --no-tokenizer > "$OUT/synth.txt" 2>&1; echo "synth rc=$?" >> "$OUT/synth.txt" ) &
 SYN=$!
 echo "+ pytest tests/engine/test_cuda.py tests/kernels/test_triton_*.py -k 'graph or page-cache-None or direct-1 or triton'" > "$OUT/report.txt"
-timeout 110 python3 -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py tests/kernels/test_triton_qmv.py \
+timeout 85 python3 -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py tests/kernels/test_triton_qmv.py \
     tests/kernels/test_triton_norm.py tests/kernels/test_triton_deltanet.py \
     -k "graph or page-cache-None or direct-1 or qmv or norm or decode_step" 2>&1 | tail -4 >> "$OUT/report.txt"
 wait $SYN; cat "$OUT/synth.txt" >> "$OUT/report.txt"
 export CUDA_VISIBLE_DEVICES=""
 { lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-200; } >> "$OUT/report.txt"
-echo "+ FMOE_THREADS=16 fmoe bench decode --model /tmp/s12 --tokens 8 --warm 6 --json" >> "$OUT/report.txt"
-FMOE_THREADS=16 timeout 75 python3 -m fmoe bench decode --model /tmp/s12 --tokens 8 --warm 6 --json >> "$OUT/report.txt" 2>&1
+echo "+ FMOE_THREADS=16 fmoe bench decode --model /tmp/s12 --tokens 6 --warm 4 --json" >> "$OUT/report.txt"
+FMOE_THREADS=16 timeout 55 python3 -m fmoe bench decode --model /tmp/s12 --tokens 6 --warm 4 --json >> "$OUT/report.txt" 2>&1
 echo "+ fmoe bench kernels --threads 16 --bits 4 --quick --json" >> "$OUT/report.txt"
-timeout 45 python3 -m fmoe bench kernels --threads 16 --bits 4 --quick --json >> "$OUT/report.txt" 2>&1
+timeout 30 python3 -m fmoe bench kernels --threads 16 --bits 4 --quick --json >> "$OUT/report.txt" 2>&1
 cat "$OUT/report.txt"
