@@ -428,10 +428,12 @@ class ExpertStore:
             off, size = L.offsets[e], L.sizes[e]
             try:
                 fd = self._fd(layer)
-                base = self._map(layer, fd)[1]
-                hit = osio.pages_resident(base + off, size, samples=4)
-                if hit is None:
-                    hit = osio.resident_bytes(fd, off, size) == size
+                m, base = self._map(layer, fd)
+                hit = off + size <= len(m)            # a file cut short: the read path names the short read
+                if hit:
+                    hit = osio.pages_resident(base + off, size, samples=4)
+                    if hit is None:
+                        hit = osio.resident_bytes(fd, off, size) == size
                 if hit:
                     where = f"layer {layer} expert {e} ({L.file}, offset {off}, {size} bytes)"
                     ent.future.set_result(self._mapped(ent, fd, off, size, where, time.perf_counter()))
