@@ -7,8 +7,8 @@ whole cache at every token (before: a concat per step, O(S) bytes copied per tok
 Static states: a captured CUDA decode step (fmoe/engine/cuda_graph.py) works on fixed tensors and updates them in
 place (``static=True``); a snapshot of such a state copies its tensors, so that it stays what it was.
 
-Snapshots: ``snapshot()`` is a cheap shallow copy (of states that are not static).  The linear-attention state arrays are never mutated in place (each
-step makes new ones).  A KV buffer may be shared by a state and its snapshots: each remembers its own ``length``, the
+Snapshots: ``snapshot()`` is a cheap shallow copy (of states that are not static).  The linear-attention state
+arrays of a state that is not static are never mutated in place (each step makes new ones).  A KV buffer may be shared by a state and its snapshots: each remembers its own ``length``, the
 buffer remembers how far anyone has written (``filled``); a state may append in place only at the buffer's tip, and
 copies its prefix into a fresh buffer otherwise (copy on divergence, sized from the positions needed rounded up to a
 chunk, not from the old buffer's capacity), so resuming a snapshot never disturbs another.

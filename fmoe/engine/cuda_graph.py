@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fmoe.engine.cache import CHUNK, AttentionState, KVBuffer, LinearState
+from fmoe.engine.cache import CHUNK, AttentionState, KVBuffer
 
 
 @dataclass
@@ -170,4 +170,4 @@ def try_graph_step(model, cache, token: int):
         return None
 
 
-__all__ = ["DecodeGraph", "DevicePosition", "try_graph_step", "LinearState"]
+__all__ = ["DecodeGraph", "DevicePosition", "try_graph_step"]

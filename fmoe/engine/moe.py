@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fmoe.errors import ConfigError
-
 
 @dataclass
 class MoEStats:
