@@ -3,7 +3,9 @@ from an expert provider, plus a sigmoid-gated shared expert.
 
 A chunk of T tokens is routed at once: each needed expert is fetched once and applied to all of its tokens
 (batched prefill). Before the attention of a layer runs, the model may call ``predict`` so that the provider
-starts reading the experts the router is likely to pick while attention computes (overlap).
+starts reading the experts the router is likely to pick while attention computes (overlap). One token with the
+CUDA expert tier (a provider with ``moe_decode``, fmoe/engine/device_experts.py) keeps routing on the GPU: top-k
+there, and the routed and shared experts in grouped launches.
 """
 from __future__ import annotations
 
