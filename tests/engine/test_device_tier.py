@@ -114,3 +114,34 @@ def test_snapshot_of_a_static_state_is_a_copy():
     assert torch.equal(snap.layers[1].recurrent, torch.ones(2, 4, 4)) and not snap.layers[1].static
     assert snap.layers[0].buf is not buf and snap.layers[0].length == 3
     assert float(snap.layers[0].buf.k[:, 3].abs().sum()) == 0.0 and float(snap.layers[0].buf.k[:, :3].min()) == 1
+
+
+def test_in_memory_quantized_checkpoint_through_the_tier(tmp_path):
+    """An mlx-lm quantized checkpoint (experts stacked per tensor, not one region each) as the tier's host source
+    (CheckpointExperts): the template is built from the first expert, each expert is copied array by array, and
+    decoding gives the plain in-memory engine's logits."""
+    pytest.importorskip("mlx_lm")
+    import tiny_models
+
+    from fmoe.engine.device_experts import CheckpointExperts
+
+    tiny_models.build_hf(tmp_path / "hf", "stream", seed=4)
+    tiny_models.to_release_layout(tmp_path / "hf", tmp_path / "release")
+    tiny_models.mlx_convert(tmp_path / "release", tmp_path / "q4", 4)
+    plain = Model.load(tmp_path / "q4")
+    ids = [int(x) for x in np.random.default_rng(1).integers(3, 300, size=16)]
+    ref = _logits(plain, ids)
+    m = Model.load(tmp_path / "q4")
+    host = CheckpointExperts(m.checkpoint)
+    assert DeviceExperts.supports(host, m.cfg)
+    one = host.template(0).stride
+    tier = DeviceExperts(m.ops, host, m.cfg, 3 * one)
+    m.experts = tier
+    for layer in m.layers:
+        layer.moe.experts = tier
+        tier.register_shared(layer.i, layer.moe.shared)
+    got = _logits(m, ids)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-3 * np.abs(ref).max())
+    s = tier.stats()
+    assert s["device_cache_misses"] > 0 and s["device_cache_evictions"] > 0
+    assert s["device_shared_pooled"] == m.cfg.num_hidden_layers      # mlx-lm quantizes the shared expert alike
