@@ -10,6 +10,7 @@ there, and the routed and shared experts in grouped launches.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,14 +197,35 @@ class InMemoryExperts:
 
 
 class StreamedExperts:
-    """Experts read by an ExpertStore (fmoe.storage.expert_store) and prepared for the backend on each use (the
-    store's cache, or the page cache, is the memory tier; on CUDA fmoe.engine.device_experts adds the VRAM tier)."""
+    """Experts read by an ExpertStore (fmoe.storage.expert_store) and prepared for the backend on use (the store's
+    cache, or the page cache, is the memory tier; on CUDA fmoe.engine.device_experts adds the VRAM tier). Experts the
+    store serves as views of its file mappings (zero-copy page-cache hits) sit at a fixed address, so what was
+    prepared from them is kept (up to ``KEEP_PREPARED`` experts, least recently used dropped); others are prepared
+    on every use."""
+
+    KEEP_PREPARED = 8192
 
     def __init__(self, ops, store):
         self.ops, self.store = ops, store
+        self._prepared: OrderedDict[tuple[int, int], tuple[int, tuple]] = OrderedDict()
 
     def get(self, layer: int, ids):
-        return [tuple(self.ops.prepare_linear(w) for w in ew) for ew in self.store.get(layer, ids)]
+        out = []
+        is_mapped = getattr(self.store, "is_mapped", None)
+        for e, ew in zip(ids, self.store.get(layer, ids)):
+            addr = ew[0].weight.__array_interface__["data"][0] if is_mapped is not None else None
+            hit = self._prepared.get((layer, e))
+            if hit is not None and hit[0] == addr:
+                self._prepared.move_to_end((layer, e))
+                out.append(hit[1])
+                continue
+            prepared = tuple(self.ops.prepare_linear(w) for w in ew)
+            if addr is not None and is_mapped(layer, ew[0].weight):
+                self._prepared[(layer, e)] = (addr, prepared)
+                if len(self._prepared) > self.KEEP_PREPARED:
+                    self._prepared.popitem(last=False)
+            out.append(prepared)
+        return out
 
     def prefetch(self, layer: int, ids) -> None:
         self.store.prefetch(layer, ids)

@@ -499,6 +499,15 @@ class ExpertStore:
                     got = self._maps[layer] = (m, np.frombuffer(m, np.uint8).ctypes.data)
         return got
 
+    def is_mapped(self, layer: int, array) -> bool:
+        """Whether ``array`` (from ``get``) is a view of the layer file's mapping: its address then always holds that
+        expert, so what was prepared from it may be kept (fmoe.engine.moe.StreamedExperts does)."""
+        got = self._maps.get(layer)
+        if got is None:
+            return False
+        addr = array.__array_interface__["data"][0]
+        return got[1] <= addr < got[1] + len(got[0])
+
     def _mapped(self, ent: _Entry, fd: int, off: int, size: int, where: str, t0: float):
         layer = ent.key[0]
         m = self._map(layer, fd)[0]
