@@ -507,10 +507,11 @@ inline int16_t* quantize_groups(const float* x, float* xscale, float* xsum, int6
       vmx = _mm256_max_ps(vmx, _mm256_and_ps(v, absmask));
       vsum = _mm256_add_ps(vsum, v);
     }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, vmx);
-    float mx = 0.f;
-    for (int i = 0; i < 8; ++i) mx = std::fmax(mx, lanes[i]);
+    // horizontal max (x is finite here: the callers check all_finite first)
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    float mx = _mm_cvtss_f32(m);
     float sum = hsum(vsum);
     for (; k < gs; ++k) {
       mx = std::fmax(mx, std::fabs(xg[k]));
@@ -561,7 +562,30 @@ void prepare_xq(const float* x, int16_t* xq, float* xscale, float* xsum, int64_t
   constexpr int BLOCK = 8 * W;
   const int16_t* q = quantize_groups(x, xscale, xsum, K, gs, 32767.0f);
   const int64_t nblocks = K / BLOCK;
-  for (int64_t b = 0; b < nblocks; ++b) {
+  int64_t b0 = 0;
+  if constexpr (BITS == 4) {
+    // the same permutation with shuffles: output vector j holds q[4l + j] in 16-bit lane l (l = 0..15)
+    const __m256i sh = _mm256_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15,  //
+                                        0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15);
+    for (; b0 < nblocks; ++b0) {
+      const __m256i* qs = reinterpret_cast<const __m256i*>(q + b0 * 64);
+      // per 128-bit half: dword j = (q[8h + j], q[8h + 4 + j]) for the half's 8 values starting at 8h
+      const __m256i A = _mm256_shuffle_epi8(_mm256_loadu_si256(qs), sh);
+      const __m256i B = _mm256_shuffle_epi8(_mm256_loadu_si256(qs + 1), sh);
+      const __m256i C = _mm256_shuffle_epi8(_mm256_loadu_si256(qs + 2), sh);
+      const __m256i D = _mm256_shuffle_epi8(_mm256_loadu_si256(qs + 3), sh);
+      const __m256i P0 = _mm256_permute2x128_si256(A, C, 0x20), P1 = _mm256_permute2x128_si256(A, C, 0x31);
+      const __m256i P2 = _mm256_permute2x128_si256(B, D, 0x20), P3 = _mm256_permute2x128_si256(B, D, 0x31);
+      const __m256i t0 = _mm256_unpacklo_epi32(P0, P1), t1 = _mm256_unpackhi_epi32(P0, P1);
+      const __m256i t2 = _mm256_unpacklo_epi32(P2, P3), t3 = _mm256_unpackhi_epi32(P2, P3);
+      __m256i* qd = reinterpret_cast<__m256i*>(xq + b0 * 64);
+      _mm256_storeu_si256(qd + 0, _mm256_unpacklo_epi64(t0, t2));
+      _mm256_storeu_si256(qd + 1, _mm256_unpackhi_epi64(t0, t2));
+      _mm256_storeu_si256(qd + 2, _mm256_unpacklo_epi64(t1, t3));
+      _mm256_storeu_si256(qd + 3, _mm256_unpackhi_epi64(t1, t3));
+    }
+  }
+  for (int64_t b = b0; b < nblocks; ++b) {
     const int16_t* qs = q + b * BLOCK;
     int16_t* qd = xq + b * BLOCK;
     for (int j = 0; j < H; ++j)
@@ -808,6 +832,119 @@ void row_i16_x4(const uint32_t* row, const void* bi, int64_t gbase, const int16_
   for (int r = 0; r < 4; ++r) out[r] = hsum(tt[r]) + bias_dot<BF16>(bi, gbase, xsum[r], K / GS);
 }
 
+// 4 bits, group size 64 or 128 (the int16 layout of row_i16): the float step deferred to 8 groups at a time.  Each
+// group's int32 lane sums (exact, as in row_i16) stay in registers; 8 groups are reduced horizontally at once
+// (unpack + add twice, then one cross-half add) into one vector holding the 8 groups' sums, converted once and scaled by
+// the 8 groups' s_g * xs_g in one FMA, the bias term sum_g b_g * xsum_g taken in the same pass (no row_comb /
+// bias_dot passes over the row's scales).  Per 64 codes: 3 shifts (16-bit lanes: the top nibble needs no AND),
+// 3 ANDs, 4 vpmaddwd, 3 adds, plus ~2.6 ops of the 8-group reduction; the per-group convert + broadcast + FMA is
+// gone.  Zen 3, one row from L1: 5.7-6.2 cycles per 64 codes (row_i16: 6.1-6.4); see docs/log/kernels.md.
+// R rows of x against one weight row (R = 4: prefill), the same arithmetic per row: bit-identical to R = 1.
+template <int BITS, int GS>
+constexpr bool defer_groups() {
+  return BITS == 4 && GS >= 64 && !split_bytes<BITS>();
+}
+
+// bf16 or float32 values a[i .. i+8) as 8 floats
+template <bool BF16>
+inline __m256 load8_scales(const void* a, int64_t i) {
+  if constexpr (BF16) {
+    const __m128i h = _mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(a) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_loadu_ps(static_cast<const float*>(a) + i);
+  }
+}
+
+#if defined(__GNUC__)
+#define FMOE_INLINE __attribute__((always_inline))
+#else
+#define FMOE_INLINE
+#endif
+template <int GS, bool BF16, int R>
+inline void row4_defer(const uint32_t* row, const void* sc, const void* bi, int64_t gbase, const int16_t* const* xq,
+                       const float* const* xsc, const float* const* xsum, int64_t K, float* out) {
+  constexpr int BPG = GS / 64;  // 32-byte blocks per group
+  const __m256i m4 = _mm256_set1_epi16(0x000F);
+  const int64_t G = K / GS;
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
+  __m256 ft[R], bt[R];
+  for (int r = 0; r < R; ++r) ft[r] = bt[r] = _mm256_setzero_ps();
+  // int32 lane sums of group g for each row of x
+  auto group = [&](int64_t g, __m256i* a) FMOE_INLINE {
+    for (int bb = 0; bb < BPG; ++bb) {
+      const int64_t blk = g * BPG + bb;
+      const uint8_t* p = bytes + blk * 32;
+      if constexpr (FMOE_PF > 0)
+        if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, _MM_HINT_T0);
+      const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+      const __m256i c0 = _mm256_and_si256(v, m4);
+      const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+      const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 8), m4);
+      const __m256i c3 = _mm256_srli_epi16(v, 12);
+      for (int r = 0; r < R; ++r) {
+        const __m256i* xb = reinterpret_cast<const __m256i*>(xq[r] + blk * 64);
+#if FMOE_VNNI
+        __m256i s = bb == 0 ? _mm256_madd_epi16(c0, _mm256_loadu_si256(xb)) : FMOE_DPWSSD(a[r], c0, _mm256_loadu_si256(xb));
+        s = FMOE_DPWSSD(s, c1, _mm256_loadu_si256(xb + 1));
+        s = FMOE_DPWSSD(s, c2, _mm256_loadu_si256(xb + 2));
+        a[r] = FMOE_DPWSSD(s, c3, _mm256_loadu_si256(xb + 3));
+#else
+        const __m256i s = _mm256_add_epi32(
+            _mm256_add_epi32(_mm256_madd_epi16(c0, _mm256_loadu_si256(xb)), _mm256_madd_epi16(c1, _mm256_loadu_si256(xb + 1))),
+            _mm256_add_epi32(_mm256_madd_epi16(c2, _mm256_loadu_si256(xb + 2)), _mm256_madd_epi16(c3, _mm256_loadu_si256(xb + 3))));
+        a[r] = bb == 0 ? s : _mm256_add_epi32(a[r], s);
+#endif
+      }
+    }
+  };
+  // groups g .. g+3 (n valid; the others count as zero): per 128-bit half [sum g, g+1, g+2, g+3] of that half's lanes
+  auto quad = [&](int64_t g, int n, __m256i* q) FMOE_INLINE {
+    __m256i a0[R], a1[R], h[R];
+    group(g, a0);
+    if (n > 1) group(g + 1, a1); else for (int r = 0; r < R; ++r) a1[r] = _mm256_setzero_si256();
+    // (vphaddd runs at 1 per 2 cycles on Zen 3; unpack + add: 3 ops at 1-2 per cycle each)
+    for (int r = 0; r < R; ++r)  // per half [a0_0+a0_2, a1_0+a1_2, a0_1+a0_3, a1_1+a1_3]
+      h[r] = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[r], a1[r]), _mm256_unpackhi_epi32(a0[r], a1[r]));
+    if (n > 2) group(g + 2, a0); else for (int r = 0; r < R; ++r) a0[r] = _mm256_setzero_si256();
+    if (n > 3) group(g + 3, a1); else for (int r = 0; r < R; ++r) a1[r] = _mm256_setzero_si256();
+    for (int r = 0; r < R; ++r) {
+      const __m256i t = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[r], a1[r]), _mm256_unpackhi_epi32(a0[r], a1[r]));
+      q[r] = _mm256_add_epi32(_mm256_unpacklo_epi64(h[r], t), _mm256_unpackhi_epi64(h[r], t));
+    }
+  };
+  auto scale8 = [&](int64_t g, const __m256i* q0, const __m256i* q1, __m256 s, __m256 b) FMOE_INLINE {
+    for (int r = 0; r < R; ++r) {
+      // [q0 lo | q1 hi] + [q0 hi | q1 lo] = the 8 groups' full sums
+      const __m256i t = _mm256_add_epi32(_mm256_blend_epi32(q0[r], q1[r], 0xF0), _mm256_permute2x128_si256(q0[r], q1[r], 0x21));
+      const __m256 comb = _mm256_mul_ps(s, _mm256_loadu_ps(xsc[r] + g));
+      ft[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), comb, ft[r]);
+      bt[r] = _mm256_fmadd_ps(b, _mm256_loadu_ps(xsum[r] + g), bt[r]);
+    }
+  };
+  int64_t g = 0;
+  for (; g + 8 <= G; g += 8) {
+    __m256i q0[R], q1[R];
+    quad(g, 4, q0);
+    quad(g + 4, 4, q1);
+    scale8(g, q0, q1, load8_scales<BF16>(sc, gbase + g), load8_scales<BF16>(bi, gbase + g));
+  }
+  if (g < G) {  // the last G % 8 groups: the same steps with zeros for the missing groups
+    const int n = static_cast<int>(G - g);
+    __m256i q0[R], q1[R];
+    quad(g, std::min(n, 4), q0);
+    if (n > 4) quad(g + 4, n - 4, q1); else for (int r = 0; r < R; ++r) q1[r] = _mm256_setzero_si256();
+    alignas(32) float s[8] = {0}, b[8] = {0};
+    for (int i = 0; i < n; ++i) {
+      s[i] = load_scale<BF16>(sc, gbase + g + i);
+      b[i] = load_scale<BF16>(bi, gbase + g + i);
+    }
+    // xsc / xsum have 8 floats of padding past the last group (read, then multiplied by zero scales)
+    scale8(g, q0, q1, _mm256_load_ps(s), _mm256_load_ps(b));
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(_mm256_add_ps(ft[r], bt[r]));
+}
+
 // mode 0: int16 activations (fast); mode 1: float32 activations (exact fp32 arithmetic).
 template <int BITS, int GS, bool BF16>
 void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, int64_t K,
@@ -861,6 +998,17 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
           const float* cbs[4];
           const float* xss[4];
           float out4[4];
+          if constexpr (defer_groups<BITS, GS>()) {
+            const float* xcs[4];
+            for (int r = 0; r < 4; ++r) {
+              xqs[r] = xq0 + (m0 + r) * xps;
+              xcs[r] = xsc0 + (m0 + r) * gps;
+              xss[r] = xsum0 + (m0 + r) * gps;
+            }
+            row4_defer<GS, BF16, 4>(row, sc, bi, n * gpr, xqs, xcs, xss, K, out4);
+            for (int r = 0; r < 4; ++r) y[(m0 + r) * ys + n] = out4[r];
+            continue;
+          }
           for (int r = 0; r < 4; ++r) {
             float* cb = comb.data() + r * (gpr + 8);
             row_comb<BF16>(sc, n * gpr, xsc0 + (m0 + r) * gps, cb, gpr);
@@ -874,7 +1022,11 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
       }
       for (int m = m0; m < M; ++m) {
         float r;
-        if (mode == 0) {
+        if (mode == 0 && defer_groups<BITS, GS>()) {
+          const int16_t* xqm = xq0 + m * xps;
+          const float *xcm = xsc0 + m * gps, *xsm = xsum0 + m * gps;
+          row4_defer<GS, BF16, 1>(row, sc, bi, n * gpr, &xqm, &xcm, &xsm, K, &r);
+        } else if (mode == 0) {
           row_comb<BF16>(sc, n * gpr, xsc0 + m * gps, comb.data(), gpr);
           r = row_i16<BITS, GS, BF16>(row, sc, bi, n * gpr, xq0 + m * xps, comb.data(), xsum0 + m * gps,
                                       x + m * xs, K);
@@ -1006,6 +1158,13 @@ struct SimdOps {
             float* comb) const {
     const int64_t gpr = K / GS;
     const uint32_t* r = w + n * (K * BITS / 32);
+    if (v.mode == 0 && defer_groups<BITS, GS>()) {
+      const int16_t* xqm = v.xq.data();
+      const float *xcm = v.xsc.data(), *xsm = v.xsum.data();
+      float out;
+      row4_defer<GS, BF16, 1>(r, sc, bi, n * gpr, &xqm, &xcm, &xsm, K, &out);
+      return out;
+    }
     if (v.mode == 0) {
       row_comb<BF16>(sc, n * gpr, v.xsc.data(), comb, gpr);
       return row_i16<BITS, GS, BF16>(r, sc, bi, n * gpr, v.xq.data(), comb, v.xsum.data(), v.x, K);
