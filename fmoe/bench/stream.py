@@ -626,6 +626,11 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "runs": runs,
     }
+    return finish(result, args, model)
+
+
+def finish(result: dict, args, model) -> int:
+    """Write the result (``--out``), print it (``--json``), delete the synthetic model (``--cleanup``)."""
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     if args.json:

@@ -430,14 +430,9 @@ def main(args, parser) -> int:
             log(summary_lines(res, bw))
     result["loadavg_start"] = [round(x, 2) for x in load_start]
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    if args.json:
-        print(json.dumps(result, indent=2))
-    if args.cleanup:
-        import shutil
-        shutil.rmtree(model, ignore_errors=True)
-    return 0
+    from fmoe.bench.stream import finish
+
+    return finish(result, args, model)
 
 
 def summary_lines(res: dict, bw: dict) -> str:

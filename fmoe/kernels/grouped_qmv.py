@@ -10,30 +10,15 @@ contiguous at any slot stride; ``x`` [R, in] or [1, in] (shared by every row); `
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
+from fmoe.kernels import gpu
 from fmoe.kernels.quant import QuantizedWeight
-
-_TRITON: list = []
-
-
-def _triton():
-    if not _TRITON:
-        try:
-            from fmoe.kernels import triton_qmv
-        except Exception as e:  # noqa: BLE001 - no Triton (or a broken one): the torch path
-            warnings.warn(f"Triton grouped mat-vec unavailable ({e}); the GPU expert tier dequantizes instead")
-            triton_qmv = None
-        _TRITON.append(triton_qmv)
-    return _TRITON[0]
-
 
 def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, slots: torch.Tensor,
                 bits: int, group_size: int) -> torch.Tensor:
     if x.is_cuda:
-        kernel = _triton()
+        kernel = gpu.kernels("triton_qmv")
         if kernel is not None:
             return kernel.grouped_qmv(x, w, scales, biases, slots, bits, group_size)
     return grouped_qmv_torch(x, w, scales, biases, slots, bits, group_size)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import native
+from . import gpu, native
 from .quant import QuantizedWeight, _scales_to_f32, check_bits_group
 
 __all__ = ["TorchQLinear", "FusedExperts", "dequantize_torch", "to_torch_quantized", "NATIVE_MAX_ROWS"]
@@ -104,19 +104,7 @@ def to_torch_quantized(q: QuantizedWeight, device: torch.device | str | None = N
 
 
 GPU_QMV_MAX_ROWS = 8   # CUDA: up to this many rows run the grouped mat-vec (fmoe/kernels/triton_qmv.py)
-_GPU_QMV: list = []    # the triton_qmv module, or None when Triton is unavailable (decided once)
 _ZERO_SLOTS: dict = {}
-
-
-def _gpu_qmv():
-    if not _GPU_QMV:
-        try:
-            from fmoe.kernels import triton_qmv
-        except Exception as e:  # noqa: BLE001 - no Triton (or a broken one): the dequantize + matmul path
-            warnings.warn(f"GPU mat-vec kernel unavailable ({e}); CUDA decode dequantizes each matrix instead")
-            triton_qmv = None
-        _GPU_QMV.append(triton_qmv)
-    return _GPU_QMV[0]
 
 
 def _zero_slots(rows: int, device) -> torch.Tensor:
@@ -285,7 +273,7 @@ class TorchQLinear:
             y = y.reshape(*lead, self.out_features)
             return y if self.dtype == torch.float32 else y.to(self.dtype)
         if x.device.type == "cuda" and m <= GPU_QMV_MAX_ROWS:
-            qmv = _gpu_qmv()
+            qmv = gpu.kernels("triton_qmv")
             if qmv is not None:   # decode on the GPU: the grouped mat-vec reads the packed weight, no dense copy
                 q = self.q
                 y = qmv.grouped_qmv(x.reshape(m, self.in_features), q.weight[None], q.scales[None], q.biases[None],

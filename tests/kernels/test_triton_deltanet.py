@@ -2,26 +2,13 @@
 (fmoe/engine/gated_deltanet.py ``mix``) on a tiny model's linear-attention layer: the output and both states, over
 several steps from an empty state, in place and into new tensors. On CUDA, or in Triton's interpreter with
 FMOE_TRITON_INTERPRET=1 (CI has no Triton: skipped)."""
-import os
-
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("FMOE_TRITON_INTERPRET") == "1"
-if not CUDA and not INTERPRET:
-    pytest.skip("no GPU (set FMOE_TRITON_INTERPRET=1 to run the kernels in Triton's interpreter)",
-                allow_module_level=True)
-if INTERPRET and not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
+from triton_env import CUDA, DEVICE, INTERPRET, torch  # noqa: F401  (skips without GPU or interpreter)
 
 from fmoe.engine.cache import LinearState  # noqa: E402
 from fmoe.engine.model import Model  # noqa: E402
 from fmoe.kernels.triton_deltanet import decode_step  # noqa: E402
-
-DEVICE = "cuda" if CUDA else "cpu"
 
 
 @pytest.fixture(scope="module")

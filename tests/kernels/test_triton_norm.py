@@ -1,25 +1,12 @@
 """The fused GPU RMSNorm (fmoe/kernels/triton_norm.py) against the torch backend's ops, on contiguous and strided
 rows (attention's q is a slice of the q/gate projection). On CUDA, or in Triton's interpreter with
 FMOE_TRITON_INTERPRET=1 (CI has no Triton: skipped)."""
-import os
-
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("FMOE_TRITON_INTERPRET") == "1"
-if not CUDA and not INTERPRET:
-    pytest.skip("no GPU (set FMOE_TRITON_INTERPRET=1 to run the kernel in Triton's interpreter)",
-                allow_module_level=True)
-if INTERPRET and not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
+from triton_env import CUDA, DEVICE, INTERPRET, torch  # noqa: F401  (skips without GPU or interpreter)
 
 from fmoe.engine.backends.torch import TorchBackend  # noqa: E402
 from fmoe.kernels.triton_norm import rms_norm  # noqa: E402
-
-DEVICE = "cuda" if CUDA else "cpu"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

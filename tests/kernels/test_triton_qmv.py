@@ -1,25 +1,12 @@
 """The GPU grouped mat-vec (fmoe/kernels/triton_qmv.py) against the reference dequantize + matmul, for every bit
 width and group size, on a table of expert slots. On CUDA where a GPU exists; otherwise in Triton's interpreter when
 FMOE_TRITON_INTERPRET=1 (slow; Triton is not installed by CI, which has torch's CPU wheel: then it skips)."""
-import os
-
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("FMOE_TRITON_INTERPRET") == "1"
-if not CUDA and not INTERPRET:
-    pytest.skip("no GPU (set FMOE_TRITON_INTERPRET=1 to run the kernel in Triton's interpreter)",
-                allow_module_level=True)
-if INTERPRET and not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"      # read when the kernels are decorated: before the import below
-pytest.importorskip("triton")
+from triton_env import CUDA, DEVICE, INTERPRET, torch  # noqa: F401  (skips without GPU or interpreter)
 
 from fmoe.kernels.quant import dequantize, quantize  # noqa: E402
 from fmoe.kernels.triton_qmv import grouped_qmv  # noqa: E402
-
-DEVICE = "cuda" if CUDA else "cpu"
 
 
 def _table(bits, group, n_out, n_in, slots=3, seed=0):

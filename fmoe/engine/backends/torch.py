@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fmoe.errors import BackendError
+from fmoe.kernels import gpu
 from fmoe.kernels.quant import QuantizedWeight
 
 # FMOE_FUSED=0: decode applies experts one matrix at a time (A/B of the one-call path)
@@ -29,31 +30,8 @@ def cpu_threads() -> int:
     return 1 if n <= 2 else n
 
 
-_TRITON_NORM: list = []
-_TRITON_DELTANET: list = []
 # FMOE_FUSED_DELTANET=0: CUDA decode runs Gated DeltaNet as torch ops (A/B of fmoe/kernels/triton_deltanet.py)
 _FUSED_DELTANET = os.environ.get("FMOE_FUSED_DELTANET", "1") not in ("0", "false", "no", "off")
-
-
-def _triton_deltanet():
-    if not _TRITON_DELTANET:
-        try:
-            from fmoe.kernels import triton_deltanet
-        except Exception:  # noqa: BLE001 - no Triton: the torch ops
-            triton_deltanet = None
-        _TRITON_DELTANET.append(triton_deltanet)
-    return _TRITON_DELTANET[0]
-
-
-def _triton_norm():
-    """fmoe.kernels.triton_norm, or None without a working Triton (decided once)."""
-    if not _TRITON_NORM:
-        try:
-            from fmoe.kernels import triton_norm
-        except Exception:  # noqa: BLE001 - no Triton: the torch ops
-            triton_norm = None
-        _TRITON_NORM.append(triton_norm)
-    return _TRITON_NORM[0]
 
 
 class TorchBackend:
@@ -159,7 +137,7 @@ class TorchBackend:
         tensors, so snapshots keep theirs); None where it does not apply (CPU, no Triton)."""
         if self.device.type != "cuda" or not _FUSED_DELTANET:
             return None
-        kernels = _triton_deltanet()
+        kernels = gpu.kernels("triton_deltanet")
         if kernels is None:
             return None
         C, K = qkv.shape[-1], layer.K
@@ -205,7 +183,7 @@ class TorchBackend:
     # --- math
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         if x.is_cuda:
-            fused = _triton_norm()
+            fused = gpu.kernels("triton_norm")
             if fused is not None:       # one kernel instead of six (fmoe/kernels/triton_norm.py)
                 return fused.rms_norm(x, w, eps)
         xf = x.float()
