@@ -38,7 +38,7 @@ from fmoe.paths import cache_dir as fmoe_cache_dir
 
 _SRC = Path(__file__).with_name("qmv.cpp")
 _MASK_SRC = Path(__file__).with_name("logits_mask.cpp")
-_BASE_FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
+_BASE_FLAGS = ["-O2", "-pthread", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
 ISA_FLAGS = {
     "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
