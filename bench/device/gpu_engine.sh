@@ -4,10 +4,7 @@
 # the VRAM expert tier at three budgets. Wheels the image lacks (pytest, rich) are carried:
 #   run(kind="nvidia-h200", carry=["runs/whl_gpu"], command="bash bench/device/gpu_engine.sh")
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site runs/whl_gpu/*.whl
-export PYTHONPATH=/tmp/site:$PWD FMOE_CACHE_DIR=/tmp/fmoe-cache
+. bench/device/setup.sh
 ( python3 -m fmoe synth /tmp/s12 --like qwen3.5-397b-a17b --layers 12 --experts 64 --bits 4 --force --no-progress \
     --no-tokenizer > "$OUT/synth.txt" 2>&1; echo "synth rc=$?" >> "$OUT/synth.txt" ) &
 SYNTH=$!

@@ -7,10 +7,7 @@
 # Steps run in that order under a deadline so that what finished comes back.
 #   run(kind="nvidia-h200", carry=["runs/whl_gpu"], command="bash bench/device/gpu_final.sh")
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site runs/whl_gpu/*.whl
-export PYTHONPATH=/tmp/site:$PWD FMOE_CACHE_DIR=/tmp/fmoe-cache
+. bench/device/setup.sh
 DEADLINE=${DEADLINE:-540}
 left() { echo $((DEADLINE - SECONDS)); }
 say() { echo "+ $*" | tee -a "$OUT/commands.txt"; }

@@ -4,10 +4,7 @@
 # CUDA graphs, and the VRAM tier at the 24 GB-scaled budget (4.8 GB) and at its minimum (one token's experts).
 #   run(kind="nvidia-h200", carry=["runs/whl_gpu"], command="bash bench/device/gpu_graph.sh")
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site runs/whl_gpu/*.whl
-export PYTHONPATH=/tmp/site:$PWD FMOE_CACHE_DIR=/tmp/fmoe-cache
+. bench/device/setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 lscpu | grep -E "Model name|^CPU\(s\)" >> "$OUT/gpu.txt"
 ( python3 -m fmoe synth /tmp/s12 --like qwen3.5-397b-a17b --layers 12 --experts 64 --bits 4 --force --no-progress \

@@ -4,10 +4,7 @@
 #   pip download --python-version 3.12 --only-binary=:all: pytest pluggy iniconfig packaging -d runs/whl_gpu
 #   run(kind="nvidia-h200", carry=["runs/whl_gpu"], command="bash bench/device/gpu_kernels.sh")
 set -euo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site runs/whl_gpu/*.whl
-export PYTHONPATH=/tmp/site:$PWD
+. bench/device/setup.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_triton_qmv.py 2>&1 | tail -5 | tee "$OUT/test_triton_qmv.txt"

@@ -12,11 +12,8 @@
 #   run(kind="nvidia-h200", carry=["runs/whl_gpu"], command="STEP=c bash bench/device/gpu_stream.sh")
 # Each step writes its JSON (--out) and the human summary under $OUT; every command is echoed before it runs.
 set -uo pipefail
-export PYTHONUNBUFFERED=1
+. bench/device/setup.sh
 STEP=${STEP:-${1:-all}}
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site runs/whl_gpu/*.whl 2>/dev/null
-export PYTHONPATH=/tmp/site:$PWD FMOE_CACHE_DIR=/tmp/fmoe-cache
 C_LAYERS=${C_LAYERS:-60}; C_EXPERTS=${C_EXPERTS:-64}      # overridable for a dry run of the script elsewhere
 A_LAYERS=${A_LAYERS:-12}; A_EXPERTS=${A_EXPERTS:-512}
 M60=/tmp/s${C_LAYERS}x${C_EXPERTS}
@@ -78,29 +75,20 @@ step_c() {
     say "rm -rf $M60"; rm -rf "$M60"
 }
 
-step_a1() {
-    env_info a
+step_a_topk() {  # step_a_topk K: the 12 x 512 model, VRAM budget scaled from 24 and 80 GB, uniform and zipf
+    local k=$1
     rm -rf "$M60"
     synth "$M12" "$A_LAYERS" "$A_EXPERTS" || return 1
-    warm_page_cache "$M12"
     for B in 24GB 80GB; do
         for R in uniform zipf; do
-            bench "a_L${A_LAYERS}E${A_EXPERTS}_top10_${R}_vram${B}" 150 --model-dir "$M12" --mode page-cache --top-k 10 --routing "$R" \
-                --gpu-memory-budget "$B"
+            bench "a_L${A_LAYERS}E${A_EXPERTS}_top${k}_${R}_vram${B}" 150 --model-dir "$M12" --mode page-cache --top-k "$k" \
+                --routing "$R" --gpu-memory-budget "$B"
         done
     done
 }
 
-step_a2() {
-    rm -rf "$M60"
-    synth "$M12" "$A_LAYERS" "$A_EXPERTS" || return 1
-    for B in 24GB 80GB; do
-        for R in uniform zipf; do
-            bench "a_L${A_LAYERS}E${A_EXPERTS}_top4_${R}_vram${B}" 150 --model-dir "$M12" --mode page-cache --top-k 4 --routing "$R" \
-                --gpu-memory-budget "$B"
-        done
-    done
-}
+step_a1() { env_info a; rm -rf "$M60"; synth "$M12" "$A_LAYERS" "$A_EXPERTS" && warm_page_cache "$M12" && step_a_topk 10; }
+step_a2() { step_a_topk 4; }
 
 step_b() {
     env_info b

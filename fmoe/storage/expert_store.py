@@ -293,8 +293,6 @@ class ExpertStore:
         t0 = time.perf_counter()
         fd = self._fd(layer)
         cached = osio.resident_bytes(fd, off, n) if self.mode == "page-cache" else 0
-        if cached == n and self._zero_copy():
-            return self._mapped(ent, fd, off, size, where, t0)
         buf = self._alloc(L.stride)
         mv = memoryview(buf)
         got = 0
@@ -429,12 +427,9 @@ class ExpertStore:
             try:
                 fd = self._fd(layer)
                 m, base = self._map(layer, fd)
-                hit = off + size <= len(m)            # a file cut short: the read path names the short read
-                if hit:
-                    hit = osio.pages_resident(base + off, size, samples=4)
-                    if hit is None:
-                        hit = osio.resident_bytes(fd, off, size) == size
-                if hit:
+                # a file cut short takes the read path (it names the short read); where mincore is missing
+                # (pages_resident None) nothing is mapped
+                if off + size <= len(m) and osio.pages_resident(base + off, size, samples=4) is True:
                     where = f"layer {layer} expert {e} ({L.file}, offset {off}, {size} bytes)"
                     ent.future.set_result(self._mapped(ent, fd, off, size, where, time.perf_counter()))
                     continue
