@@ -324,6 +324,8 @@ def summarize_run(raw: dict, spec: dict, bw: dict) -> dict:
         "h2d_bytes": delta.get("device_bytes_copied"),
         "device_resident_bytes": after.get("device_resident_bytes"),
         "device_cache_evictions": delta.get("device_cache_evictions"),
+        "page_cache_dma": {"layers": after.get("device_dma_layers"), "pinned_bytes": after.get("device_dma_pinned_bytes"),
+                           "register_s": after.get("device_dma_register_s")},
         "store": {k: delta.get(k) for k in ("bytes_read", "reads", "cache_hits", "cache_misses", "disk_bytes",
                                              "page_cache_bytes", "io_wait_s", "evictions")},
         "expert_wait_s": r(raw["expert_wait_s"]), "gpu_peak_allocated_bytes": raw["gpu_peak_allocated_bytes"],
@@ -452,6 +454,10 @@ def summary_lines(res: dict, bw: dict) -> str:
         f"  tiers (share of {t['expert_uses']} expert uses): VRAM {pct(res['vram_hit_rate'])}, host RAM "
         f"{pct(res['host_hit_rate'])}, disk {pct(res['disk_rate'])}; VRAM resident "
         f"{(res['device_resident_bytes'] or 0) / 1e9:.2f} GB of {res['gpu_memory_budget'] / 1e9:.2f} GB",
+        f"  host-to-GPU copies straight from the page cache (registered mappings): "
+        f"{res['page_cache_dma']['layers'] or 0} of {L} layer files, "
+        f"{(res['page_cache_dma']['pinned_bytes'] or 0) / 1e9:.1f} GB, registered in "
+        f"{res['page_cache_dma']['register_s'] or 0:.1f} s",
         f"  bound, serial sum (the headline): {ms(b['serial_s']):.2f} ms/token = VRAM {ms(b['vram_s']):.2f} "
         f"({res['vram_bytes'] / T / 1e9:.3f} GB/token at {bw['hbm_gbps']:.0f} GB/s, incl. "
         f"{res['non_expert_read_bytes_per_token'] / 1e9:.3f} GB non-expert) + host {ms(b['host_s']):.2f} "

@@ -9,9 +9,11 @@ mat-vec (fmoe/kernels/grouped_qmv.py) with one launch per matrix kind for all of
 Tiers: VRAM (this pool, least recently used evicted first, ``budget_bytes``; default: the free device memory once
 the non-expert weights are loaded, less a margin) -> host RAM (the store's cache, or the page cache) -> disk. A
 slot holds an expert's region exactly as the streaming layout stores it (the layer's ExpertTemplate: 9 arrays at
-fixed offsets), so a miss is one copy: the store reads it into a pinned buffer (``ExpertStore.set_allocator``) and
-the copy to the slot is an asynchronous DMA on the compute stream; the buffer is held until the copy's event has
-completed. The shared expert of each layer gets a permanent slot when its arrays have the routed experts' shapes
+fixed offsets), so a miss is one copy: an asynchronous DMA on the compute stream, from a pinned buffer the store read
+it into (``ExpertStore.set_allocator``), or, in page-cache mode, from the page cache itself: a layer file wholly in
+the page cache has its read-only mapping registered with CUDA (fmoe/engine/cuda_host.py), within a pin budget (half
+the RAM; ``FMOE_PIN_PAGE_CACHE`` sets it, 0 turns it off), and its experts are then copied straight from the file's
+pages (``ExpertStore.serve_mapped``), with no CPU copy. The source is held until the copy's event has completed. The shared expert of each layer gets a permanent slot when its arrays have the routed experts' shapes
 (Qwen3.5: the same size), so it runs in the same launches.
 
 When every expert is resident (``complete``, after ``preload_if_fits``), the slots of a token's experts are looked
@@ -21,19 +23,39 @@ captures); otherwise decode reads the router's choice once per layer (one sync) 
 from __future__ import annotations
 
 import ctypes
+import mmap
+import os
+import time
+import warnings
 from collections import OrderedDict, deque
 
 import numpy as np
 import torch
 
+from fmoe.engine import cuda_host
 from fmoe.errors import ConfigError
 from fmoe.kernels.grouped_qmv import grouped_qmv
 from fmoe.kernels.quant import QuantizedWeight
 from fmoe.storage.stream_layout import ExpertTemplate
+from fmoe.units import parse_size
 
 _TORCH_DTYPE = {"uint32": torch.int32, "int32": torch.int32, "uint16": torch.bfloat16, "int16": torch.bfloat16,
                 "float32": torch.float32, "float16": torch.float16}
 MARGIN = 2 << 30          # VRAM left free by the default budget (activations, KV cache, allocator slack)
+PIN_RECHECK_S = 2.0       # a layer file not wholly in the page cache is looked at again after this long
+PIN_RESIDENT = 0.98       # the share of a layer file in the page cache that makes it worth registering
+
+
+def pin_budget() -> int:
+    """Bytes of page cache the VRAM tier may register for DMA: ``FMOE_PIN_PAGE_CACHE`` (a size; 0: none), else half
+    the physical memory (registered pages cannot be reclaimed while the model runs)."""
+    env = os.environ.get("FMOE_PIN_PAGE_CACHE")
+    if env is not None:
+        try:
+            return parse_size(env)
+        except ValueError as ex:
+            raise ConfigError(f"FMOE_PIN_PAGE_CACHE: {ex}") from None
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 class CheckpointExperts:
@@ -124,8 +146,15 @@ class DeviceExperts:
         self._inflight: deque = deque()                    # (event, host buffers) of copies not yet known complete
         self.complete = False
         self.hits = self.misses = self.evictions = self.bytes_copied = self.overflows = 0
+        self._registered: dict[int, tuple] = {}           # layer -> (mapping, address, bytes, uint8 tensor of it)
+        self._pin_checked: dict[int, tuple] = {}          # layer -> (next look, the wait after it)
+        self.pinned_bytes, self.register_s = 0, 0.0
+        self.pin_budget = 0
         if self.device.type == "cuda" and hasattr(host, "set_allocator"):
             host.set_allocator(_pinned)
+            if getattr(host, "mode", None) == "page-cache" and host.memory_budget == 0 and \
+                    cuda_host.read_only_supported(self.device.index or 0):
+                self.pin_budget = pin_budget()
 
     @staticmethod
     def supports(host, cfg) -> bool:
@@ -228,30 +257,28 @@ class DeviceExperts:
             return out
         self._retire_copies()
         keep = {(layer, e) for e in ids}
-        ws = self.host.get(layer, [ids[n] for n in missing])
+        if self.pin_budget and layer not in self._registered:
+            self._register_file(layer)
+        want = [ids[n] for n in missing]
+        mapped = self._registered.get(layer)
+        if mapped is not None and not getattr(self.host, "verify", False):
+            # the file's pages are locked: copy each expert straight from its span of the mapping
+            nb = pool.template.nbytes
+            ws = [mapped[3][off:off + nb] for off, _ in self.host.mapped_spans(layer, want)]
+        else:
+            ws = self.host.get(layer, want)
         held = []
         for n, ew in zip(missing, ws):
             slot = self._take_slot(pi, free, keep)
             if slot is None:
                 if overflow is not None:
-                    overflow[ids[n]] = ew
+                    overflow[ids[n]] = ew if not torch.is_tensor(ew) else self.host.get(layer, [ids[n]])[0]
                     self.overflows += 1
                     continue
                 raise ConfigError(f"the GPU expert tier holds {pool.slots} experts of layer {layer}'s kind, fewer "
                                   f"than one token needs ({len(ids)}): raise --gpu-memory-budget or lower the "
                                   "experts per token")
-            region = _region(ew, pool.template)
-            if region is not None:
-                pool.data[slot, :region.nbytes].copy_(torch.from_numpy(region), non_blocking=True)
-                held.append(ew)
-            else:
-                for proj, q in zip(("gate_proj", "up_proj", "down_proj"), ew):
-                    for part in ("weight", "scales", "biases"):
-                        src = np.ascontiguousarray(getattr(q, part))
-                        src = src.view(np.int32) if src.dtype == np.uint32 else src
-                        t = torch.from_numpy(src.view(np.int16)).view(torch.bfloat16) if src.dtype in (
-                            np.uint16, np.int16) else torch.from_numpy(src)
-                        pool.views[f"{proj}.{part}"][slot].copy_(t)
+            self._copy_in(pool, slot, ew, held)
             self.bytes_copied += pool.template.nbytes
             self.slot_host[layer, ids[n]] = slot
             self._lru[(layer, ids[n])] = slot
@@ -261,6 +288,53 @@ class DeviceExperts:
             ev.record()
             self._inflight.append((ev, held))
         return out
+
+    @staticmethod
+    def _copy_in(pool: _Pool, slot: int, ew, held: list) -> None:
+        """Copy one expert into ``slot``: from a span of a registered mapping (a uint8 tensor) or its whole region
+        in a host buffer (held in ``held`` until the copy completes), both asynchronous; or array by array."""
+        if torch.is_tensor(ew):
+            pool.data[slot, :ew.shape[0]].copy_(ew, non_blocking=True)
+            return
+        region = _region(ew, pool.template)
+        if region is not None:
+            pool.data[slot, :region.nbytes].copy_(torch.from_numpy(region), non_blocking=True)
+            held.append(ew)
+            return
+        for proj, q in zip(("gate_proj", "up_proj", "down_proj"), ew):
+            for part in ("weight", "scales", "biases"):
+                src = np.ascontiguousarray(getattr(q, part))
+                src = src.view(np.int32) if src.dtype == np.uint32 else src
+                t = torch.from_numpy(src.view(np.int16)).view(torch.bfloat16) if src.dtype in (
+                    np.uint16, np.int16) else torch.from_numpy(src)
+                pool.views[f"{proj}.{part}"][slot].copy_(t)
+
+    def _register_file(self, layer: int) -> None:
+        """Register the layer file's mapping for DMA once it is wholly in the page cache and the pin budget holds
+        it; then the store serves its cached experts as views of the mapping. A file left out is looked at again
+        after PIN_RECHECK_S, then twice as long each time (up to 64x)."""
+        now = time.monotonic()
+        due, wait = self._pin_checked.get(layer, (now, PIN_RECHECK_S))
+        if now < due:
+            return
+        self._pin_checked[layer] = (now + wait, min(2 * wait, 64 * PIN_RECHECK_S))    # backs off while refused
+        m, address = self.host.mapping(layer)
+        nbytes = -(-len(m) // mmap.PAGESIZE) * mmap.PAGESIZE
+        if self.pinned_bytes + nbytes > self.pin_budget or (self.host.file_resident(layer) or 0.0) < PIN_RESIDENT:
+            return
+        t0 = time.perf_counter()
+        if not cuda_host.register(address, nbytes, read_only=True):
+            warnings.warn(f"CUDA refused to register the page cache of {self.host.layout.layers[layer].file} "
+                          f"({nbytes / 2**30:.2f} GiB) for DMA: experts are copied through pinned buffers")
+            self.pin_budget = 0
+            return
+        self.register_s += time.perf_counter() - t0
+        with warnings.catch_warnings():             # read-only memory: torch warns that it cannot be written
+            warnings.simplefilter("ignore")
+            whole = torch.from_numpy(np.frombuffer(m, np.uint8))
+        self._registered[layer] = (m, address, nbytes, whole)
+        self.pinned_bytes += nbytes
+        self.host.serve_mapped(layer)
 
     def _take_slot(self, pi: int, free: list, keep: set):
         if free:
@@ -290,6 +364,15 @@ class DeviceExperts:
 
     # ------------------------------------------------------------------------------------------ compute
 
+    def to_device(self, values, dtype: str = "int32"):
+        """Small host integers (a list or array) as a device tensor of ``dtype`` ("int32"/"int64"), through pinned
+        memory so that the copy is asynchronous (from pageable memory the driver may first wait for the stream:
+        here, for the expert copies just queued)."""
+        t = torch.as_tensor(np.asarray(values), dtype=getattr(torch, dtype))
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     def moe_decode(self, layer: int, x, ids, weights, shared_weight):
         """One token: ``sum_k weights[k] * expert_k(x)`` (+ ``shared_weight * shared(x)`` when the shared expert is
         pooled) with ids/weights [K] on the device. Returns (y [1, H] in x's dtype, whether the shared is in y)."""
@@ -301,8 +384,7 @@ class DeviceExperts:
             self.hits += K
         else:
             host_ids = [int(e) for e in ids.tolist()]                  # the one host sync of this layer
-            slots = torch.as_tensor(self._ensure(layer, host_ids), dtype=torch.int32).to(self.device,
-                                                                                         non_blocking=True)
+            slots = self.to_device(self._ensure(layer, host_ids))
         shared = self.shared_slot.get(layer)
         w = weights.to(torch.float32)
         if shared is not None:
@@ -351,11 +433,18 @@ class DeviceExperts:
                  device_cache_evictions=self.evictions, device_cache_hit_rate=self.hits / n if n else None,
                  device_bytes_copied=self.bytes_copied, device_overflows=self.overflows,
                  device_complete=self.complete,
-                 device_shared_pooled=len(self.shared_slot))
+                 device_shared_pooled=len(self.shared_slot),
+                 device_dma_layers=len(self._registered), device_dma_pinned_bytes=self.pinned_bytes,
+                 device_dma_register_s=round(self.register_s, 3))
         return s
 
     def close(self) -> None:
+        if self._registered and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         self._inflight.clear()
+        for _m, address, _n, _whole in self._registered.values():
+            cuda_host.unregister(address)
+        self._registered.clear()
         close = getattr(self.host, "close", None)
         if close is not None:
             close()

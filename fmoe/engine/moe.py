@@ -84,8 +84,8 @@ class SparseMoE:
         probs = ops.softmax(router_logits, axis=-1)[0]                     # [E] float32
         if self.route_override is None:
             weights, ids = ops.topk(probs, self.top_k)
-        else:
-            ids = ops.asarray(np.asarray(self.route_override(self.layer, 1), dtype=np.int64)[0], "int64")
+        else:   # replayed ids go to the device and are read back like the router's own (the same host sync)
+            ids = self.experts.to_device(np.asarray(self.route_override(self.layer, 1), dtype=np.int64)[0], "int64")
             weights = probs[ids]
         if self.cfg.norm_topk_prob:
             weights = weights / weights.sum()

@@ -176,6 +176,7 @@ class ExpertStore:
         self._retired: deque = deque()
         self._allocator = None
         self._maps: dict[int, tuple] = {}               # layer -> (read-only mapping, address): zero-copy hits
+        self._mapped_layers: set[int] = set()          # layers served from their mapping despite an allocator
         self._map_lock = threading.Lock()
         self._populated: set[tuple[int, int]] = set()
         self.reset_stats()
@@ -477,11 +478,53 @@ class ExpertStore:
                 self._s["prefetch_issued"] += issued
                 self._s["prefetch_dropped"] += dropped
 
-    def _zero_copy(self) -> bool:
-        """Page-cache mode with no engine cache and the store's own buffers: an expert wholly in the page cache is
-        served as views of a read-only mapping of its file, with no copy (measured on a 2-core machine: the copy of
-        each expert by ``pread`` took a quarter of a decode token)."""
-        return self.mode == "page-cache" and self.memory_budget == 0 and self._allocator is None
+    def _zero_copy(self, layer: int) -> bool:
+        """Page-cache mode with no engine cache and the store's own buffers (or a layer given to ``serve_mapped``):
+        an expert wholly in the page cache is served as views of a read-only mapping of its file, with no copy
+        (measured on a 2-core machine: the copy of each expert by ``pread`` took a quarter of a decode token)."""
+        return self.mode == "page-cache" and self.memory_budget == 0 and (
+            self._allocator is None or layer in self._mapped_layers)
+
+    def mapping(self, layer: int) -> tuple[mmap.mmap, int]:
+        """(the layer file's read-only mapping, its address): made once, shared with the zero-copy hits."""
+        return self._map(layer, self._fd(layer))
+
+    def file_resident(self, layer: int) -> float | None:
+        """The share of the layer's file in the page cache now (``mincore``), or None where that cannot be asked."""
+        fd = self._fd(layer)
+        size = os.fstat(fd).st_size
+        got = osio.resident_bytes(fd, 0, size)
+        return None if got is None else (got / size if size else 1.0)
+
+    def serve_mapped(self, layer: int) -> None:
+        """From now on serve ``layer``'s experts that are in the page cache as views of its mapping, even with an
+        allocator set: the CUDA tier calls it once it has registered the mapping for DMA (its pages are then as
+        good as a pinned buffer); the others are still read into the allocator's buffers."""
+        if self.mode != "page-cache":
+            raise ValueError(f"serve_mapped needs page-cache mode (this store is {self.mode!r})")
+        self.mapping(layer)
+        self._mapped_layers.add(layer)
+
+    def mapped_spans(self, layer: int, experts: Sequence[int]) -> list[tuple[int, int]]:
+        """(offset, size) of each expert in the layer's mapping, counted as zero-copy reads served by the page cache
+        (as ``get`` counts them), for a caller that copies them straight from a mapping it has locked in memory: the
+        CUDA tier, for a layer it registered (``serve_mapped``). No residency check, no checksum (``verify``: use
+        ``get``)."""
+        if layer not in self._mapped_layers:
+            raise ValueError(f"layer {layer} is not served from its mapping (serve_mapped)")
+        L = self.layout.layers[layer]
+        self._check(layer, experts)
+        spans = [(L.offsets[e], L.sizes[e]) for e in experts]
+        n = sum(size for _, size in spans)
+        with self._stats_lock:
+            s = self._s
+            s["bytes_read"] += n
+            s["page_cache_bytes"] += n
+            s["reads"] += len(spans)
+            s["zero_copy_reads"] += len(spans)
+            s["cache_misses"] += len(spans)
+            s["gets"] += 1
+        return spans
 
     def _map(self, layer: int, fd: int):
         """(read-only mapping of the layer's file, its address), made once."""
@@ -530,7 +573,7 @@ class ExpertStore:
         keys = self._check(layer, experts)
         hits = misses = pused = phits = 0
         entries: list[_Entry] = []
-        deferred: list | None = [] if self._zero_copy() else None
+        deferred: list | None = [] if self._zero_copy(layer) else None
         with self._lock:
             self._recycle_locked()
             uniq: dict[tuple[int, int], _Entry] = {}

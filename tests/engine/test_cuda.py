@@ -90,6 +90,34 @@ def test_cuda_matches_cpu(request, which, mode, experts_in_vram):
         m.close()
 
 
+def test_page_cache_dma_matches_pinned_copies(streamed, monkeypatch):
+    """Page-cache mode with no engine cache and a VRAM tier of one token's experts: the layer files (just written, so
+    in the page cache) are registered with CUDA and every miss is copied straight from the file's pages; the logits
+    are the same bits as with the registration turned off (misses read into pinned buffers), and match the CPU."""
+    ids = _prompt("streamed", streamed)
+    stream = {"mode": "page-cache", "memory_budget": 0}
+    cpu16 = Model.load(streamed, backend="torch", dtype="bfloat16", stream=stream)
+    _, ref_tokens = _greedy(cpu16, ids)
+    runs = {}
+    for pin in ("", "0"):
+        if pin:
+            monkeypatch.setenv("FMOE_PIN_PAGE_CACHE", pin)
+        else:
+            monkeypatch.delenv("FMOE_PIN_PAGE_CACHE", raising=False)
+        gpu = Model.load(streamed, backend="torch", dtype="bfloat16", device="cuda", stream=stream,
+                         gpu_memory_budget=1)        # one token's experts
+        runs[pin] = _greedy(gpu, ids) + (gpu.experts.stats(),)
+        gpu.close()
+    (dma, dma_tokens, s), (pinned, pinned_tokens, s0) = runs[""], runs["0"]
+    layers = cpu16.checkpoint.config.num_hidden_layers
+    assert s["device_dma_layers"] == layers and s["device_dma_pinned_bytes"] > 0 and s["zero_copy_reads"] > 0
+    assert s0["device_dma_layers"] == 0 and s0["zero_copy_reads"] == 0
+    assert s["device_cache_misses"] == s0["device_cache_misses"] > 0
+    np.testing.assert_array_equal(dma, pinned)
+    assert dma_tokens == pinned_tokens == ref_tokens
+    cpu16.close()
+
+
 def _decode(model, prompt, n, cache=None):
     cache = cache if cache is not None else model.new_cache()
     rows = [model.ops.to_numpy(model.forward(prompt, cache)).astype(np.float32)]

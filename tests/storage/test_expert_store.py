@@ -135,6 +135,47 @@ def test_page_cache_hits_are_views_of_the_file_mapping(ck, monkeypatch):
         np.testing.assert_array_equal(arr, ref)
 
 
+def test_serve_mapped_with_an_allocator(ck):
+    """With an allocator set (the CUDA tier's pinned buffers) experts are read into its buffers; once a layer is given
+    to ``serve_mapped`` (its mapping registered for DMA), its page-cache-resident experts are views of the mapping
+    and only the other layers still use the allocator."""
+    import mmap as mmap_mod
+    handed = []
+
+    def allocate(n):
+        b = mmap_mod.mmap(-1, n)
+        handed.append(np.frombuffer(b, np.uint8).ctypes.data)
+        return b
+
+    L = ck.layout.layers[1]
+    with ck.expert_source(mode="page-cache", memory_budget=0) as store:
+        store.set_allocator(allocate)
+        want = [np.array(a) for q in store.get(1, [3])[0] for a in (q.weight, q.scales, q.biases)]
+        assert len(handed) == 1 and store.stats()["zero_copy_reads"] == 0
+        with open(L.file, "rb") as f:                       # the whole file into the page cache
+            f.read()
+        assert store.file_resident(1) == pytest.approx(1.0, abs=0.02)
+        m, address = store.mapping(1)
+        assert len(m) == os.path.getsize(L.file)
+        store.serve_mapped(1)
+        got = store.get(1, [3])[0]
+        arrays = [a for q in got for a in (q.weight, q.scales, q.biases)]
+        assert arrays[0].ctypes.data == address + L.offsets[3] + L.template.arrays[0].offset
+        for a, ref in zip(arrays, want):
+            np.testing.assert_array_equal(a, ref)
+        assert len(handed) == 1 and store.stats()["zero_copy_reads"] == 1
+        assert store.mapped_spans(1, [3, 5]) == [(L.offsets[3], L.sizes[3]), (L.offsets[5], L.sizes[5])]
+        assert store.stats()["zero_copy_reads"] == 3
+        with pytest.raises(ValueError, match="layer 2"):
+            store.mapped_spans(2, [3])
+        other = store.get(2, [3])[0][0].weight              # another layer: still read into the allocator's buffers
+        assert other.ctypes.data - ck.layout.layers[2].template.arrays[0].offset in handed
+        assert store.stats()["zero_copy_reads"] == 3 and not store.is_mapped(2, other)
+    with ck.expert_source(mode="direct", memory_budget=0) as store:
+        with pytest.raises(ValueError, match="page-cache"):
+            store.serve_mapped(1)
+
+
 @pytest.mark.parametrize("mode", ["page-cache", "direct"])
 def test_prefetch_then_get_counts_prefetch_hits(ck, mode):
     stride = ck.layout.layers[0].stride
