@@ -32,6 +32,7 @@ bench() {  # bench NAME LIMIT ARGS...
 }
 A="--model-dir /tmp/a12 --mode page-cache --tokens 12 --warmup 4"
 bench a_L12E512_top10_uniform_vram24GB_dma 100 $A --top-k 10 --routing uniform --gpu-memory-budget 24GB
+FMOE_CUDA_GRAPH=0 bench a_L12E512_top10_uniform_vram24GB_dma_eager 90 $A --top-k 10 --routing uniform --gpu-memory-budget 24GB
 bench a_L12E512_top10_zipf_vram24GB_dma 90 $A --top-k 10 --routing zipf --gpu-memory-budget 24GB
 bench a_L12E512_top4_uniform_vram24GB_dma 90 $A --top-k 4 --routing uniform --gpu-memory-budget 24GB
 bench a_L12E512_top10_uniform_vram80GB_dma 90 $A --top-k 10 --routing uniform --gpu-memory-budget 80GB

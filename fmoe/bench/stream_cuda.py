@@ -256,6 +256,8 @@ def run_one(model_dir: str, spec: dict, route: np.ndarray | None, bw: dict) -> d
             tok = int(logits.argmax())
             times.append(time.perf_counter() - t0)
         after, window = dict(m.experts.stats()), m.stats_since(mark)
+        graph = getattr(m, "_graph", None)
+        decode_graph = type(graph).__name__ if graph else "eager"      # DecodeGraph / SegmentedGraph / eager
         finite = bool(torch.isfinite(logits).all()) if logits is not None else None
         peak_alloc = torch.cuda.max_memory_allocated()
     finally:
@@ -269,7 +271,7 @@ def run_one(model_dir: str, spec: dict, route: np.ndarray | None, bw: dict) -> d
                expert_nbytes=expert_nbytes, non_expert_bytes=ne_file, embed_bytes=embed,
                embed_not_read_bytes=embed_not_read, gpu_allocated_after_load_bytes=gpu_after_load,
                page_cache_dropped=dropped, finite=finite, gpu_peak_allocated_bytes=peak_alloc,
-               route_wrapped=replay.wrapped if replay is not None else None)
+               route_wrapped=replay.wrapped if replay is not None else None, decode_graph=decode_graph)
     return summarize_run(raw, spec, bw)
 
 
@@ -329,7 +331,7 @@ def summarize_run(raw: dict, spec: dict, bw: dict) -> dict:
         "store": {k: delta.get(k) for k in ("bytes_read", "reads", "cache_hits", "cache_misses", "disk_bytes",
                                              "page_cache_bytes", "io_wait_s", "evictions")},
         "expert_wait_s": r(raw["expert_wait_s"]), "gpu_peak_allocated_bytes": raw["gpu_peak_allocated_bytes"],
-        "route_wrapped": raw["route_wrapped"], "finite": raw["finite"],
+        "route_wrapped": raw["route_wrapped"], "finite": raw["finite"], "decode_graph": raw.get("decode_graph"),
     }
 
 
@@ -450,7 +452,8 @@ def summary_lines(res: dict, bw: dict) -> str:
     lines = [
         f"{res['mode']} {res['policy']}{' cold' if res['cold'] else ''}, top-{res['top_k']}, {res['routing']} routing: "
         f"{res['tok_s']:.2f} tok/s ({T} timed tokens after {res['warmup_tokens']} warm-up: median "
-        f"{res['ms_per_token_median']:.1f} ms/token, mean {res['ms_per_token_mean']:.1f})",
+        f"{res['ms_per_token_median']:.1f} ms/token, mean {res['ms_per_token_mean']:.1f}; decode: "
+        f"{res.get('decode_graph') or 'eager'})",
         f"  tiers (share of {t['expert_uses']} expert uses): VRAM {pct(res['vram_hit_rate'])}, host RAM "
         f"{pct(res['host_hit_rate'])}, disk {pct(res['disk_rate'])}; VRAM resident "
         f"{(res['device_resident_bytes'] or 0) / 1e9:.2f} GB of {res['gpu_memory_budget'] / 1e9:.2f} GB",

@@ -2,7 +2,7 @@
 mat-vec (fmoe/kernels/grouped_qmv.py) with one launch per matrix kind for all of a token's experts.
 
     experts = DeviceExperts(ops, host, cfg, budget_bytes)   # host: an ExpertStore, or CheckpointExperts (in memory)
-    y, with_shared = experts.moe_decode(layer, x, ids, weights, shared_weight)   # one token's routed experts
+    y, with_shared = experts.moe_decode(layer, x, probs, k, renorm, shared_weight)   # one token: top-k of probs
     prepared = experts.get(layer, [3, 17])      # prefill: (gate, up, down) TorchQLinear views of the slots
     experts.preload_if_fits()                   # every expert into VRAM when the budget holds them all
 
@@ -145,6 +145,7 @@ class DeviceExperts:
         self.shared_slot: dict[int, torch.Tensor] = {}     # layer -> [1] int32 slot of its shared expert
         self._inflight: deque = deque()                    # (event, host buffers) of copies not yet known complete
         self.complete = False
+        self.segments = None                               # a SegmentedGraph while it captures (cuda_graph.py)
         self.hits = self.misses = self.evictions = self.bytes_copied = self.overflows = 0
         self._registered: dict[int, tuple] = {}           # layer -> (mapping, address, bytes, uint8 tensor of it)
         self._pin_checked: dict[int, tuple] = {}          # layer -> (next look, the wait after it)
@@ -364,6 +365,15 @@ class DeviceExperts:
 
     # ------------------------------------------------------------------------------------------ compute
 
+    def host_ids(self, ids, known=None) -> list[int]:
+        """The ids a token routed to, on the host: read back from the device (the one host sync of a layer), or
+        ``known`` (replayed routing) after waiting for the stream as that read would have."""
+        if known is None:
+            return [int(e) for e in ids.tolist()]
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        return [int(e) for e in known]
+
     def to_device(self, values, dtype: str = "int32"):
         """Small host integers (a list or array) as a device tensor of ``dtype`` ("int32"/"int64"), through pinned
         memory so that the copy is asynchronous (from pageable memory the driver may first wait for the stream:
@@ -373,18 +383,30 @@ class DeviceExperts:
             return t.to(self.device)
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    def moe_decode(self, layer: int, x, ids, weights, shared_weight):
-        """One token: ``sum_k weights[k] * expert_k(x)`` (+ ``shared_weight * shared(x)`` when the shared expert is
-        pooled) with ids/weights [K] on the device. Returns (y [1, H] in x's dtype, whether the shared is in y)."""
-        pools = self._pools()
-        pool = pools[self.layer_pool[layer]]
-        K = ids.shape[0]
-        if self.complete:
-            slots = self.slot_map[layer].index_select(0, ids)
-            self.hits += K
+    def moe_decode(self, layer: int, x, probs, k: int, renorm: bool, shared_weight, pick=None):
+        """One token's routed experts from the router's probabilities ``probs`` [E] (float32, on the device): the top
+        ``k``, or the ids ``pick()`` returns on the host (a benchmark's replayed routing), their weights renormalised
+        when ``renorm``; ``sum_k w_k * expert_k(x)`` (+ ``shared_weight * shared(x)`` when the shared expert is
+        pooled). Returns (y [1, H] in x's dtype, whether the shared expert is in y)."""
+        pool = self._pools()[self.layer_pool[layer]]
+        if self.segments is not None:          # capturing a segmented step: fmoe/engine/cuda_graph.py
+            ids, weights, slots = self.segments.boundary(self, layer, probs, k, renorm, pick)
         else:
-            host_ids = [int(e) for e in ids.tolist()]                  # the one host sync of this layer
-            slots = self.to_device(self._ensure(layer, host_ids))
+            if pick is None:
+                weights, ids = torch.topk(probs, k)
+                host_ids = None
+            else:
+                host_ids = [int(e) for e in pick()]
+                ids = self.to_device(host_ids, "int64")
+                weights = probs[ids]
+            if renorm:
+                weights = weights / weights.sum()
+            if self.complete:
+                slots = self.slot_map[layer].index_select(0, ids)
+                self.hits += k
+            else:
+                host_ids = self.host_ids(ids, host_ids)
+                slots = self.to_device(self._ensure(layer, host_ids))
         shared = self.shared_slot.get(layer)
         w = weights.to(torch.float32)
         if shared is not None:

@@ -189,11 +189,14 @@ class Model:
             return self._forward(ids, cache, all_logits)
 
     def _graph_eligible(self) -> bool:
-        """One-token steps replay a CUDA graph when every expert is in VRAM and nothing needs the host."""
-        return (self._graph is not False and getattr(self.experts, "complete", False)
-                and getattr(self.ops.device, "type", None) == "cuda"
-                and os.environ.get("FMOE_CUDA_GRAPH", "1") != "0"
-                and all(layer.moe.route_override is None and not layer.predict for layer in self.layers))
+        """One-token steps replay CUDA graphs on the GPU expert tier: one graph for the whole step when every expert
+        is in VRAM and nothing needs the host, else one graph per stretch between two layers' routed experts
+        (fmoe/engine/cuda_graph.py)."""
+        if (self._graph is False or not hasattr(self.experts, "moe_decode")
+                or getattr(self.ops.device, "type", None) != "cuda"
+                or os.environ.get("FMOE_CUDA_GRAPH", "1") == "0" or any(layer.predict for layer in self.layers)):
+            return False
+        return not self.experts.complete or all(layer.moe.route_override is None for layer in self.layers)
 
     def _forward(self, ids: list[int], cache: ModelCache, all_logits: bool):
         t0 = time.perf_counter()
@@ -219,19 +222,22 @@ class Model:
         x = ops.rms_norm(x, self.norm, self.cfg.rms_norm_eps)
         return ops.astype(ops.linear(x, self.lm_head), "float32")
 
-    def count_replayed_step(self) -> None:
-        """A replayed CUDA graph step: count what the eager step would have (routed tokens, expert lookups)."""
+    def count_replayed_step(self, lookups: bool = True) -> None:
+        """A replayed CUDA graph step: count what the eager step would have (routed tokens, and the expert lookups
+        unless the replay made them itself)."""
         for layer in self.layers:
             layer.moe.count(1, layer.moe.top_k)
-        self.experts.count_replayed(sum(layer.moe.top_k for layer in self.layers))
+        if lookups:
+            self.experts.count_replayed(sum(layer.moe.top_k for layer in self.layers))
 
     def save_counters(self) -> tuple:
-        return (vars(self.moe_stats).copy(), getattr(self.experts, "hits", 0))
+        return (vars(self.moe_stats).copy(), getattr(self.experts, "hits", 0), getattr(self.experts, "misses", 0))
 
     def restore_counters(self, saved: tuple) -> None:
+        """Counters back to ``save_counters``' (a graph capture's warm-up steps are not the model's tokens)."""
         vars(self.moe_stats).update(saved[0])
         if hasattr(self.experts, "hits"):
-            self.experts.hits = saved[1]
+            self.experts.hits, self.experts.misses = saved[1], saved[2]
 
     def stats(self) -> EngineStats:
         """What the engine has done since load (cumulative): fmoe.engine.stats.EngineStats."""

@@ -82,15 +82,10 @@ class SparseMoE:
         ops = self.ops
         router_logits, shared_logit = self.gates(x)
         probs = ops.softmax(router_logits, axis=-1)[0]                     # [E] float32
-        if self.route_override is None:
-            weights, ids = ops.topk(probs, self.top_k)
-        else:   # replayed ids go to the device and are read back like the router's own (the same host sync)
-            ids = self.experts.to_device(np.asarray(self.route_override(self.layer, 1), dtype=np.int64)[0], "int64")
-            weights = probs[ids]
-        if self.cfg.norm_topk_prob:
-            weights = weights / weights.sum()
+        pick = None if self.route_override is None else \
+            (lambda: np.asarray(self.route_override(self.layer, 1), dtype=np.int64)[0])
         sg = ops.sigmoid(shared_logit)
-        y, with_shared = self.experts.moe_decode(self.layer, x, ids, weights, sg)
+        y, with_shared = self.experts.moe_decode(self.layer, x, probs, self.top_k, self.cfg.norm_topk_prob, sg, pick)
         self.count(1, self.top_k)
         self._predicted = None
         if not with_shared:

@@ -160,6 +160,41 @@ def test_graph_replay_matches_eager_across_capacity_growth(streamed, monkeypatch
         m.close()
 
 
+@pytest.mark.parametrize("replayed", [False, True])
+def test_segmented_graph_matches_eager_with_tiered_experts(streamed, monkeypatch, replayed):
+    """Experts in tiers (a VRAM tier of one token's experts, misses copied from the page cache): the step replays one
+    graph per stretch between two layers' experts (SegmentedGraph) and gives the eager step's logits and lookups,
+    with the router's choice and with replayed routing (Model.set_route_override)."""
+    from fmoe.bench.stream_cuda import RouteReplay
+    from fmoe.engine.cuda_graph import SegmentedGraph
+
+    rng = np.random.default_rng(4)
+    ids = [int(x) for x in rng.integers(3, 300, size=9)]
+    seq = [int(x) for x in rng.integers(3, 300, size=40)]
+    runs = {}
+    for graphs in ("1", "0"):
+        monkeypatch.setenv("FMOE_CUDA_GRAPH", graphs)
+        m = Model.load(streamed, backend="torch", dtype="bfloat16", device="cuda",
+                       stream={"mode": "page-cache", "memory_budget": 0}, gpu_memory_budget=1)
+        if replayed:
+            E, k, L = m.cfg.num_experts, m.experts_per_token, m.cfg.num_hidden_layers
+            r = np.random.default_rng(5)
+            m.set_route_override(RouteReplay(np.stack([[r.choice(E, k, replace=False) for _ in range(L)]
+                                                       for _ in range(len(ids) + len(seq))])))
+        assert not m.experts.complete and m._graph_eligible() == (graphs == "1")
+        runs[graphs] = (_forced(m, ids, seq), m.stats(), m._graph, m.cfg.num_hidden_layers)
+        m.close()
+    (got, s, graph, layers), (ref, e, _, _) = runs["1"], runs["0"]
+    assert isinstance(graph, SegmentedGraph) and graph.captures == 1
+    assert len(graph.graphs) == len(graph.cuts) + 1 == layers + 1
+    rel = np.abs(got - ref).max(-1) / np.abs(ref).max(-1)
+    assert rel.max() <= 1e-2, (rel.max(), int(rel.argmax()))
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.97
+    assert s.expert_calls == e.expert_calls
+    lookups = [x.store["device_cache_hits"] + x.store["device_cache_misses"] for x in (s, e)]
+    assert lookups[0] == lookups[1] > 0 and s.store["device_cache_misses"] > 0
+
+
 def test_graph_snapshot_resume_and_two_caches(demo):
     """Snapshots of a graph-held cache stay what they were; switching caches hands the graph's tensors over."""
     m = Model.load(demo, backend="torch", dtype="bfloat16", device="cuda", stream={"mode": "page-cache"})
