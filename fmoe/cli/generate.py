@@ -16,6 +16,10 @@ import time
 from fmoe.cli.options import add_model_options, model_options
 from fmoe.errors import FmoeError
 
+# what the graphs of fmoe/engine/cuda_graph.py replay, in generate's summary line
+_GRAPH_WORDS = {"DecodeGraph": "one CUDA graph a step",
+                "SegmentedGraph": "one CUDA graph per stretch between two layers' experts"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     g = argparse.ArgumentParser(prog="fmoe generate", description="Generate text from a prompt.")
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         # the VRAM expert tier (CUDA, streamed models): hit rate and bytes resident, None elsewhere
         "vram_hit_rate": eng.store.get("device_cache_hit_rate"),
         "vram_resident_bytes": eng.store.get("device_resident_bytes"),
-        "cuda_graph": bool(getattr(model, "_graph", None)),      # decode steps replayed a captured CUDA graph
+        "cuda_graph": bool(getattr(model, "_graph", None)),      # decode steps replayed captured CUDA graphs
+        "cuda_graph_kind": type(model._graph).__name__ if getattr(model, "_graph", None) else None,
     }
     if args.json:
         print(json.dumps(result))
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if result["vram_hit_rate"] is not None:
             line += (f" · VRAM tier hit {result['vram_hit_rate']:.0%} "
                      f"({result['vram_resident_bytes'] / 2**30:.1f} GiB resident"
-                     f"{', decode replays a CUDA graph' if result['cuda_graph'] else ''})")
+                     f"{', decode replays ' + _GRAPH_WORDS.get(result['cuda_graph_kind'], 'CUDA graphs') if result['cuda_graph'] else ''}"
+                     ")")
         console.print(f"[dim]{line}[/dim]")
     return 0
