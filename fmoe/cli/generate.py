@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             line += (f" · read {eng.bytes_read / 2**20:.0f} MiB, cache hit {hit:.0%}" if hit is not None else "")
             line += f" · I/O wait {eng.io_wait_s:.2f}s"
         if result["vram_hit_rate"] is not None:
+            graphs = _GRAPH_WORDS.get(result["cuda_graph_kind"], "CUDA graphs") if result["cuda_graph"] else None
             line += (f" · VRAM tier hit {result['vram_hit_rate']:.0%} "
                      f"({result['vram_resident_bytes'] / 2**30:.1f} GiB resident"
-                     f"{', decode replays ' + _GRAPH_WORDS.get(result['cuda_graph_kind'], 'CUDA graphs') if result['cuda_graph'] else ''}"
-                     ")")
+                     + (f", decode replays {graphs})" if graphs else ")"))
         console.print(f"[dim]{line}[/dim]")
     return 0
