@@ -36,6 +36,13 @@ class MoEStats:
 
 def route(probs: np.ndarray, k: int, renormalise: bool):
     """probs [T, E] float32 -> (ids [T, k], weights [T, k]) by descending probability."""
+    if probs.shape[0] == 1:     # decode: the same steps on the row (1-D numpy calls cost less), the same values
+        p = probs[0]
+        top = np.argsort(-p, kind="stable")[:k]
+        w = p[top]
+        if renormalise:
+            w = w / w.sum()
+        return top[None], w.astype(np.float32)[None]
     ids = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     weights = np.take_along_axis(probs, ids, axis=-1)
     if renormalise:
@@ -98,8 +105,14 @@ class SparseMoE:
 
     def predict(self, x_normed) -> None:
         """Prefetch the experts the router picks for ``x_normed`` (an earlier hidden state)."""
-        ids, _ = route(self._probs(x_normed), self.top_k, False)
-        uniq = sorted(set(ids.ravel().tolist()))
+        topk = getattr(self.ops, "topk", None)
+        if x_normed.shape[0] == 1 and topk is not None:
+            # decode: the k largest router logits in one op (the softmax keeps their order; on an exact tie of
+            # probabilities the hint may name the other expert)
+            uniq = sorted(topk(self.gates(x_normed)[0][0], self.top_k)[1].tolist())
+        else:
+            ids, _ = route(self._probs(x_normed), self.top_k, False)
+            uniq = sorted(set(ids.ravel().tolist()))
         self._predicted = set(uniq)
         self.experts.prefetch(self.layer, uniq)
 

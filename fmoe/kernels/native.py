@@ -184,7 +184,7 @@ _SIGNATURES = {
         "fmoe_qmv_isa": (ctypes.c_char_p, []),
         "fmoe_delta_step": (_I, [_P, _P, _P, _P, _P,   # q, k, v, g, beta
                                  _P, _P, _P,           # S, S_out, o
-                                 _I, _I, _I, _I]),     # H, dk, dv, nthreads
+                                 _I, _I, _I, _I, _I]),  # H, Hk, dk, dv, nthreads
         "fmoe_moe_fused": (_I, [_P, _P, _P, _I, _I64,  # ptrs (9 per expert), inter[E], weights[E], E, H
                                 _I, _I, _I,            # scales_bf16, bits, group_size
                                 _P, _P, _I, _I, _I]),  # x, y, accumulate, nthreads, mode

@@ -213,6 +213,7 @@ class TorchQLinear:
             self._scales_bf16 = int(s.dtype == torch.bfloat16)
         if self._lib is not None:
             self._fn = self._lib.fmoe_qmv
+        self._nbytes: int | None = None     # the weight's bytes, counted once (the profile adds them per call)
 
     @property
     def q(self) -> QuantizedWeight:
@@ -227,7 +228,9 @@ class TorchQLinear:
 
     @property
     def nbytes(self) -> int:
-        return self._src.nbytes
+        if self._nbytes is None:
+            self._nbytes = self._src.nbytes
+        return self._nbytes
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The dense weight [out, in] (float32 arithmetic, bit-identical to quant.dequantize), as ``dtype``."""
@@ -325,7 +328,7 @@ class FusedExperts:
     ``fmoe_moe_fused`` in qmv.cpp).
     """
 
-    __slots__ = ("_fn", "_ptrs", "_inter", "n", "hidden", "bits", "group_size", "_bf16", "_mode", "nbytes", "_keep")
+    __slots__ = ("_fn", "_ptrs", "_inter", "n", "hidden", "bits", "group_size", "_bf16", "_mode", "_nbytes", "_keep")
 
     @classmethod
     def make(cls, experts) -> FusedExperts | None:
@@ -353,8 +356,15 @@ class FusedExperts:
         ptrs = [p for ew in experts for m in ew for p in (m._wp, m._sp, m._bp)]
         self._ptrs = (ctypes.c_void_p * len(ptrs))(*ptrs)
         self._inter = (ctypes.c_int64 * self.n)(*[ew[0].out_features for ew in experts])
-        self.nbytes = sum(m.nbytes for ew in experts for m in ew)
+        self._nbytes: int | None = None
         self._keep = experts  # the buffers must outlive the pointers
+
+    @property
+    def nbytes(self) -> int:
+        """The experts' weight bytes (counted when asked: only the profile reads them)."""
+        if self._nbytes is None:
+            self._nbytes = sum(m.nbytes for ew in self._keep for m in ew)
+        return self._nbytes
 
     def __call__(self, x: torch.Tensor, weights, out: torch.Tensor | None = None) -> torch.Tensor:
         import ctypes

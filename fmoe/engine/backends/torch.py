@@ -106,7 +106,7 @@ class TorchBackend:
         f = FusedExperts.make(experts)
         if f is None:
             return None
-        return f(x, [float(w) for w in weights]).reshape(x.shape)
+        return f(x, weights).reshape(x.shape)
 
     def delta_step(self, q, k, v, g, beta, S):
         """The gated delta rule for one token in one native call (``fmoe_delta_step``, heads in parallel):
@@ -126,15 +126,18 @@ class TorchBackend:
         S_out = torch.empty_like(S)
         o = torch.empty((1, H, dv), dtype=torch.float32)
         rc = lib.fmoe_delta_step(q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), beta.data_ptr(),
-                                 S.data_ptr(), S_out.data_ptr(), o.data_ptr(), H, dk, dv, native.threads())
+                                 S.data_ptr(), S_out.data_ptr(), o.data_ptr(), H, H, dk, dv, native.threads())
         if rc != 0:
             return None
         return o, S_out
 
     def gated_delta_step(self, qkv, z, b, a, state, layer):
-        """One token of a Gated DeltaNet layer on CUDA in three fused kernels (fmoe/kernels/triton_deltanet.py): the
-        output before out_proj, the state advanced (in place when it is a captured step's fixed state, else new
-        tensors, so snapshots keep theirs); None where it does not apply (CPU, no Triton)."""
+        """One token of a Gated DeltaNet layer: the output before out_proj ([1, Hv*dv]), the state advanced (in place
+        when it is a captured step's fixed state, else new tensors, so snapshots keep theirs). On CUDA three fused
+        kernels (fmoe/kernels/triton_deltanet.py); on the CPU (float32) :meth:`_gated_delta_step_cpu`. None where
+        neither applies (no Triton, no native kernels, not float32): the layer then runs its torch ops."""
+        if self.device.type == "cpu":
+            return self._gated_delta_step_cpu(qkv, z, b, a, state, layer)
         if self.device.type != "cuda" or not _FUSED_DELTANET:
             return None
         kernels = gpu.kernels("triton_deltanet")
@@ -149,6 +152,46 @@ class TorchBackend:
         if not state.static:
             state.conv, state.recurrent = conv_out, S_out
         return o
+
+    def _gated_delta_step_cpu(self, qkv, z, b, a, state, layer):
+        """GatedDeltaNet.mix for one float32 token in about 25 torch ops instead of 65, with the same float32
+        operations in the same order, so the same bits (tests/engine/test_model.py): the depthwise conv as one
+        product and one sum over its K taps (the sum over the outer axis adds the taps in order, as the loop did), q
+        and k normalised together, the key heads' repeat done by the native delta step (it reads key head
+        h / (Hv / Hk)), the output norm in one op. Each small op costs tens of us here, after the mat-vecs have
+        streamed the weights through the caches."""
+        Hk, Hv, dk, dv, K = layer.Hk, layer.Hv, layer.dk, layer.dv, layer.K
+        if qkv.dtype != torch.float32 or state.static or not _FUSED or Hv % Hk or dv > 4096:
+            return None
+        from fmoe.kernels import native
+
+        lib = native.load()
+        if lib is None:
+            return None
+        wt = getattr(layer, "_conv_taps", None)             # conv weight [C, K] as taps [K, C], made once
+        if wt is None:
+            wt = layer._conv_taps = layer.conv_w.t().contiguous()
+        prev = state.conv if state.conv is not None else torch.zeros((K - 1, qkv.shape[-1]), dtype=torch.float32)
+        xin = torch.cat([prev, qkv])                                           # [K, C]
+        state.conv = xin[1:]
+        mixed = F.silu((xin * wt).sum(0))                                       # [C]
+        nq = Hk * dk
+        qk = mixed[:2 * nq].view(2 * Hk, dk)
+        qk = qk / torch.sqrt((qk * qk).sum(-1, keepdim=True) + 1e-6)
+        q = qk[:Hk] * (dk ** -0.5)
+        g = layer.neg_A * F.softplus(a + layer.dt_bias)                        # [1, Hv] log decay
+        beta = torch.sigmoid(b)
+        S = state.recurrent if state.recurrent is not None else torch.zeros((Hv, dk, dv), dtype=torch.float32)
+        S_out = torch.empty_like(S)
+        o = torch.empty((1, Hv, dv), dtype=torch.float32)
+        rc = lib.fmoe_delta_step(q.data_ptr(), qk[Hk:].data_ptr(), mixed[2 * nq:].data_ptr(), g.data_ptr(),
+                                 beta.data_ptr(), S.data_ptr(), S_out.data_ptr(), o.data_ptr(), Hv, Hk, dk, dv,
+                                 native.threads())
+        if rc != 0:
+            raise RuntimeError(f"fmoe_delta_step failed with code {rc}")
+        state.recurrent = S_out
+        o = F.rms_norm(o, (dv,), layer.norm, layer.cfg.rms_norm_eps) * F.silu(z.view(1, Hv, dv))
+        return o.view(1, Hv * dv)
 
     def prepare_embedding(self, w: Any) -> Any:
         if isinstance(w, QuantizedWeight):
@@ -186,6 +229,11 @@ class TorchBackend:
             fused = gpu.kernels("triton_norm")
             if fused is not None:       # one kernel instead of six (fmoe/kernels/triton_norm.py)
                 return fused.rms_norm(x, w, eps)
+        elif x.dtype == torch.float32 and w.dtype == torch.float32:
+            # CPU: one op instead of six, the same float32 steps and bits (x * rsqrt(mean(x^2) + eps) * w; checked
+            # against the composite form below over norm sizes 33-4096, 1-300 rows, 1-2 threads): decode makes ~5
+            # norms a layer, and each small op after the kernels have streamed the weights costs tens of us
+            return F.rms_norm(x, (x.shape[-1],), w, eps)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         return (y * w.float()).to(x.dtype)
@@ -211,6 +259,10 @@ class TorchBackend:
 
     def softmax(self, x, axis: int = -1):
         return torch.softmax(x.float(), dim=axis)
+
+    def split_last(self, x, sizes):
+        """Views of consecutive column blocks of ``x`` (sizes along the last axis), in one op."""
+        return list(torch.split(x, sizes, dim=-1))
 
     def concat(self, xs, axis: int):
         return torch.cat(list(xs), dim=axis)
