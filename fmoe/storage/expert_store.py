@@ -50,6 +50,7 @@ from fmoe.storage.stream_layout import StreamingLayout
 MODES = ("page-cache", "direct")
 POLICIES = ("lru", "lfu")
 _LFU_WINDOW = 32
+MAPPED_VIEWS = 8192       # zero-copy experts whose views are kept (a 397B-shaped layer has 512)
 
 
 # What a process running the engine holds besides weights and experts: the interpreter and torch (~220 MiB on Linux
@@ -179,6 +180,7 @@ class ExpertStore:
         self._mapped_layers: set[int] = set()          # layers served from their mapping despite an allocator
         self._map_lock = threading.Lock()
         self._populated: set[tuple[int, int]] = set()
+        self._views: OrderedDict[tuple[int, int], tuple] = OrderedDict()   # mapped experts' views, most recent last
         self.reset_stats()
         self._resident = 0
         self._peak_resident = 0
@@ -546,6 +548,52 @@ class ExpertStore:
         addr = array.__array_interface__["data"][0]
         return got[1] <= addr < got[1] + len(got[0])
 
+    def _get_mapped(self, layer: int, keys: list) -> list | None:
+        """Zero-copy ``get`` when every expert asked for is in the page cache (the common case of a warm model): the
+        views of the mapping, kept per expert (the mapping never moves; at most MAPPED_VIEWS), with no cache entry,
+        future or eviction pass (about 46 us an expert on the 2-core machine). None when one is not resident: the
+        general path then reads it. The same counters as that path's zero-copy hits."""
+        L = self.layout.layers[layer]
+        m, base = self._map(layer, self._fd(layer))
+        uniq = list(dict.fromkeys(keys))
+        for _, e in uniq:
+            off, size = L.offsets[e], L.sizes[e]
+            if off + size > len(m) or osio.pages_resident(base + off, size, samples=4) is not True:
+                return None
+        t0 = time.perf_counter()
+        used = 0
+        found = {}
+        with self._lock:
+            for key in uniq:
+                self._touch_freq(key)
+                if key in self._hinted:
+                    self._hinted.discard(key)
+                    used += 1
+                w = self._views.get(key)
+                if w is None:
+                    off = L.offsets[key[1]]
+                    if key not in self._populated:
+                        _populate(m, off, L.sizes[key[1]])
+                        self._populated.add(key)
+                    w = self._views[key] = tuple(L.template.views(m, base=off))
+                    if len(self._views) > MAPPED_VIEWS:
+                        self._views.popitem(last=False)
+                else:
+                    self._views.move_to_end(key)
+                found[key] = w
+        n = sum(L.sizes[e] for _, e in uniq)
+        with self._stats_lock:
+            s = self._s
+            s["bytes_read"] += n
+            s["page_cache_bytes"] += n
+            s["reads"] += len(uniq)
+            s["zero_copy_reads"] += len(uniq)
+            s["cache_misses"] += len(uniq)
+            s["prefetch_used"] += used
+            s["gets"] += 1
+            s["read_s"] += time.perf_counter() - t0
+        return [found[key] for key in keys]
+
     def _mapped(self, ent: _Entry, fd: int, off: int, size: int, where: str, t0: float):
         layer = ent.key[0]
         m = self._map(layer, fd)[0]
@@ -571,6 +619,10 @@ class ExpertStore:
     def get(self, layer: int, experts: Sequence[int]):
         """Blocking: ``[(gate, up, down), ...]`` for ``experts`` of ``layer``, in the same order."""
         keys = self._check(layer, experts)
+        if not self.verify and self._zero_copy(layer):
+            got = self._get_mapped(layer, keys)
+            if got is not None:
+                return got
         hits = misses = pused = phits = 0
         entries: list[_Entry] = []
         deferred: list | None = [] if self._zero_copy(layer) else None
