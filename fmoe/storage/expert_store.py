@@ -459,7 +459,7 @@ class ExpertStore:
                 if key in self._cache:
                     continue
                 need = self.layout.layers[layer].stride
-                if self._resident + need > self.memory_budget:
+                if self.memory_budget and self._resident + need > self.memory_budget:   # (no cache: no pass)
                     self._evict_locked(self.memory_budget - need, keep_prefetched=True)
                 if self._resident + need <= self.memory_budget:
                     self._add_locked(key, prefetched=True)
