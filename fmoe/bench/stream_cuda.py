@@ -23,9 +23,13 @@ Per run (one model load per mode/policy):
 
 Routing: the router's choice is replaced by ids pre-generated per token per layer by ``fmoe.bench.stream.routing``
 (``--routing uniform|zipf``, ``--seed``), through ``Model.set_route_override`` (the weights stay the router's softmax
-over those ids); ``--routing router`` keeps the model's own router (on a synthetic model: whatever its random router
-picks; the only choice under which the engine may replay a CUDA graph, since an override needs the host). The
-router-based expert prediction is off in this mode (it would not follow the override).
+over those ids; each layer's ids are read back from the GPU like the router's own); ``--routing router`` keeps the
+model's own router (on a synthetic model: whatever its random router picks). With every expert in VRAM only the
+router lets a step replay as one CUDA graph; with experts in tiers both replay segmented graphs. The router-based
+expert prediction is off in this mode (it would not follow the override).
+
+``--cold`` drops the model's files from the page cache after the warm-up; it turns off the CUDA registration of the
+page cache (``FMOE_PIN_PAGE_CACHE=0``), whose locked pages could not be dropped.
 """
 from __future__ import annotations
 
@@ -421,6 +425,9 @@ def main(args, parser) -> int:
                       "weights read each token; bound_experts_only leaves them out",
         "runs": [],
     }
+    if args.cold:   # registered (page-locked) page cache cannot be dropped: a cold run reads through pinned buffers
+        os.environ["FMOE_PIN_PAGE_CACHE"] = "0"
+        result["page_cache_registration"] = "off (--cold: FMOE_PIN_PAGE_CACHE=0, locked pages cannot be dropped)"
     for mode in modes:
         for pol in policies:
             budget = (args.budget if args.budget is not None else 1 << 30) if mode == "direct" else 0
