@@ -46,8 +46,9 @@ def add_model_options(p: argparse.ArgumentParser, *, model_help: str = "default:
     g.add_argument("--io-mode", default=None, choices=["page-cache", "direct"],
                    help="how a streamed model reads experts (default page-cache)")
     g.add_argument("--verify", action="store_true", help="verify expert checksums on every read")
-    g.add_argument("--prediction", default=None, choices=["on", "off"],
-                   help="prefetch the experts the next router is likely to pick (default on)")
+    g.add_argument("--prediction", default=None, choices=["on", "off", "auto"],
+                   help="prefetch the experts the next router is likely to pick (default auto: while experts are "
+                        "read from the disk)")
 
 
 def model_options(args: argparse.Namespace, task=None) -> ModelOptions:
@@ -66,6 +67,6 @@ def model_options(args: argparse.Namespace, task=None) -> ModelOptions:
         memory_budget=budget if budget is not None else (task.memory_budget if task is not None else None),
         io_mode=args.io_mode or base.io_mode,
         verify=bool(args.verify),
-        prediction=(args.prediction or "on") == "on",
+        prediction={"on": True, "off": False}.get(args.prediction or "auto", "auto"),
         gpu_memory_budget=parse_size(gpu_budget) if gpu_budget is not None else None,
     )

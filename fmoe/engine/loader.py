@@ -32,8 +32,9 @@ except ImportError:         # Windows: no flock; concurrent first-time conversio
 @dataclass
 class ModelOptions:
     """How to run a checkpoint: backend, compute dtype, device, experts per token, and (streaming layout only) the
-    expert cache budget in bytes, the read mode, checksums on every read, expert prediction and (CUDA) the bytes of
-    experts kept in VRAM."""
+    expert cache budget in bytes, the read mode, checksums on every read, expert prediction ("auto": on while experts
+    come from the disk, fmoe.engine.model.Model.set_prediction; True / False) and (CUDA) the bytes of experts kept in
+    VRAM."""
     backend: str = "torch"
     dtype: str = "float32"
     device: str | None = None
@@ -41,7 +42,7 @@ class ModelOptions:
     memory_budget: int | None = None
     io_mode: str = "page-cache"
     verify: bool = False
-    prediction: bool = True
+    prediction: bool | str = "auto"
     gpu_memory_budget: int | None = None
 
     def stream(self) -> dict:

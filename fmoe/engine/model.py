@@ -25,6 +25,8 @@ from fmoe.engine.projections import Projections
 from fmoe.engine.stats import EngineStats
 from fmoe.errors import ConfigError, FmoeError
 
+PREDICTION_WINDOW = 8       # one-token steps between two looks of "auto" prediction at the store's disk reads
+
 
 class ContextLengthError(FmoeError, ValueError):
     """A prompt (with what the cache holds) longer than the model's ``max_position_embeddings``."""
@@ -137,12 +139,14 @@ class Model:
         source = None
         if hasattr(checkpoint, "expert_source"):
             source = checkpoint.expert_source(**(stream or {}))
-            if predict_experts is None:     # CUDA: the prediction's host sync would cost more than it saves
-                predict_experts = not str(device or "").startswith("cuda")
+            if predict_experts in (None, "auto") and str(device or "").startswith("cuda"):
+                predict_experts = False     # CUDA: the prediction's host sync would cost more than it saves
+            elif predict_experts is None:
+                predict_experts = "auto"
         elif stream:
             raise ConfigError(f"{path}: streaming options need the streaming layout (run `fmoe convert` first)")
-        return cls(checkpoint, backend, dtype, device, experts_per_token, source, bool(predict_experts),
-                   gpu_memory_budget)
+        return cls(checkpoint, backend, dtype, device, experts_per_token, source,
+                   predict_experts if predict_experts == "auto" else bool(predict_experts), gpu_memory_budget)
 
     def set_experts_per_token(self, k: int) -> None:
         if not 1 <= k <= self.cfg.num_experts:
@@ -151,10 +155,24 @@ class Model:
         for layer in self.layers:
             layer.moe.top_k = k
 
-    def set_prediction(self, on: bool) -> None:
+    def set_prediction(self, on: bool | str) -> None:
+        """Expert prediction (each layer prefetches what its router is likely to pick, from the hidden state before
+        attention): True, False, or "auto": on while the store reads experts from the disk, off while every expert
+        comes from memory (a warm model in RAM, where it would cost a router product per layer for nothing); looked
+        at every PREDICTION_WINDOW one-token steps from the store's disk_bytes counter."""
         self.predict_experts = on
+        self._auto_prediction = on == "auto"
+        self._auto_steps, self._auto_disk = 0, None
         for layer in self.layers:
-            layer.predict = on
+            layer.predict = bool(on)
+
+    def _retune_prediction(self) -> None:
+        disk = int(self.experts.stats().get("disk_bytes", 0) or 0)
+        if self._auto_disk is not None:
+            on = disk > self._auto_disk
+            for layer in self.layers:
+                layer.predict = on
+        self._auto_disk = disk
 
     def set_route_override(self, fn) -> None:
         """Benchmarks: ``fn(layer, T) -> expert ids [T, k]`` replaces the router's choice (its softmax still weighs
@@ -208,6 +226,10 @@ class Model:
         cache.tokens.extend(ids)
         ops.sync()
         self.compute_s += time.perf_counter() - t0
+        if self._auto_prediction and T == 1:
+            self._auto_steps += 1
+            if self._auto_steps % PREDICTION_WINDOW == 0:
+                self._retune_prediction()
         return logits if all_logits else logits[0]
 
     def run_layers(self, x, cache: ModelCache, cos, sin, offset, all_logits: bool = False):

@@ -584,8 +584,11 @@ class ExpertStore:
         n = sum(L.sizes[e] for _, e in uniq)
         with self._stats_lock:
             s = self._s
+            # what a read-ahead hint brought in was read from the disk for this get (as _read counts it)
+            hinted = min(n, sum(self._hint_missing.pop(key, 0) for key in uniq))
             s["bytes_read"] += n
-            s["page_cache_bytes"] += n
+            s["disk_bytes"] += hinted
+            s["page_cache_bytes"] += n - hinted
             s["reads"] += len(uniq)
             s["zero_copy_reads"] += len(uniq)
             s["cache_misses"] += len(uniq)
@@ -609,8 +612,10 @@ class ExpertStore:
             self._populated.add(ent.key)
         weights = L.template.views(m, base=off)
         with self._stats_lock:
+            hinted = min(size, self._hint_missing.pop(ent.key, 0))
             self._s["bytes_read"] += size
-            self._s["page_cache_bytes"] += size
+            self._s["disk_bytes"] += hinted
+            self._s["page_cache_bytes"] += size - hinted
             self._s["reads"] += 1
             self._s["zero_copy_reads"] += 1
             self._s["read_s"] += time.perf_counter() - t0
