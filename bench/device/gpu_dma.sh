@@ -6,10 +6,6 @@
 #   run(kind="nvidia-h200", carry=["runs/whl_gpu"], command="bash bench/device/gpu_dma.sh")
 set -uo pipefail
 . bench/device/setup.sh
-DEADLINE=${DEADLINE:-560}
-left() { echo $((DEADLINE - SECONDS)); }
-R="$OUT/report.txt"      # one report (the device returns few files): commands, machine, tests, each run's summary
-say() { echo "+ $*" | tee -a "$R"; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; lscpu | grep -E "Model name|^CPU\(s\)"; free -g | head -2; } \
     >> "$R" 2>&1
 say "fmoe synth /tmp/a12 --like qwen3.5-397b-a17b --layers 12 --experts 512 --bits 4 --no-tokenizer --no-progress --force"
@@ -21,15 +17,6 @@ TESTS=${TESTS:-tests/engine/test_cuda.py tests/kernels/test_triton_qmv.py tests/
 say "pytest $TESTS"
 timeout 200 python3 -m pytest -q -p no:cacheprovider $TESTS 2>&1 | tail -15 | tee -a "$R" | tail -3
 wait $SYN; cat /tmp/synth_a12.txt | tee -a "$R"
-bench() {  # bench NAME LIMIT ARGS...
-    local name=$1 lim=$2; shift 2
-    if [ "$(left)" -lt 40 ]; then echo "skipped $name: deadline" | tee -a "$R"; return; fi
-    [ "$lim" -gt "$(left)" ] && lim=$(left)
-    say "fmoe bench stream --device cuda --io-threads 8 --out $name.json $*"
-    timeout "$lim" python3 -m fmoe bench stream --device cuda --io-threads 8 --out "$OUT/$name.json" "$@" \
-        > "/tmp/$name.txt" 2>&1
-    echo "[$name rc=$? at $SECONDS s]" | tee -a "$R"; tail -9 "/tmp/$name.txt" | tee -a "$R"
-}
 A="--model-dir /tmp/a12 --mode page-cache --tokens 12 --warmup 4"
 bench a_L12E512_top10_uniform_vram24GB_dma 100 $A --top-k 10 --routing uniform --gpu-memory-budget 24GB
 FMOE_CUDA_GRAPH=0 bench a_L12E512_top10_uniform_vram24GB_dma_eager 90 $A --top-k 10 --routing uniform --gpu-memory-budget 24GB

@@ -7,10 +7,8 @@
 # Steps run in that order under a deadline so that what finished comes back.
 #   run(kind="nvidia-h200", carry=["runs/whl_gpu"], command="bash bench/device/gpu_final.sh")
 set -uo pipefail
-. bench/device/setup.sh
 DEADLINE=${DEADLINE:-540}
-left() { echo $((DEADLINE - SECONDS)); }
-say() { echo "+ $*" | tee -a "$OUT/commands.txt"; }
+. bench/device/setup.sh
 { nvidia-smi --query-gpu=name,memory.total --format=csv; lscpu | grep -E "Model name|^CPU\(s\)"; free -g | head -2; } \
     > "$OUT/machine.txt" 2>&1
 say "fmoe synth /tmp/c60 --like qwen3.5-397b-a17b --layers 60 --experts 64 --bits 4 --no-tokenizer --no-progress --force"
@@ -22,15 +20,6 @@ timeout 170 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_triton_d
     tests/kernels/test_triton_norm.py tests/engine/test_cuda.py -k "graph or deltanet or qmv or norm or page-cache-None-demo" \
     2>&1 | tail -6 | tee "$OUT/tests_cuda.txt"
 wait $SYN; cat "$OUT/synth_c60.txt"
-bench() {  # bench NAME LIMIT ARGS...
-    local name=$1 lim=$2; shift 2
-    if [ "$(left)" -lt 40 ]; then echo "skipped $name: deadline" | tee -a "$OUT/steps.txt"; return; fi
-    [ "$lim" -gt "$(left)" ] && lim=$(left)
-    say "fmoe bench stream --device cuda --io-threads 8 --out $name.json $*"
-    timeout "$lim" python3 -m fmoe bench stream --device cuda --io-threads 8 --out "$OUT/$name.json" "$@" \
-        > "$OUT/$name.txt" 2>&1
-    echo "[$name rc=$? at $SECONDS s]" | tee -a "$OUT/steps.txt"; tail -12 "$OUT/$name.txt"
-}
 bench c_L60E64_top10_router_allvram 150 --model-dir /tmp/c60 --mode page-cache --top-k 10 --routing router \
     --gpu-memory-budget 40GB --tokens 32 --warmup 4
 FMOE_FUSED_DELTANET=0 bench c_L60E64_top10_router_allvram_no_fused_deltanet 120 --model-dir /tmp/c60 --mode page-cache \

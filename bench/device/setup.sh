@@ -6,3 +6,18 @@ if ls runs/whl_gpu/*.whl > /dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site runs/whl_gpu/*.whl 2>/dev/null
 fi
 export PYTHONPATH=/tmp/site:$PWD FMOE_CACHE_DIR=${FMOE_CACHE_DIR:-/tmp/fmoe-cache}
+# One report for a call's commands and results (the device returns only a few files), and the shared steps.
+R=${R:-$OUT/report.txt}
+DEADLINE=${DEADLINE:-560}
+say() { echo "+ $*" | tee -a "$R"; }
+left() { echo $((DEADLINE - SECONDS)); }
+bench() {  # bench NAME LIMIT_S ARGS...: one `fmoe bench stream --device cuda` run (skipped near the deadline); its
+           # JSON in $OUT, its summary in the report
+    local name=$1 lim=$2; shift 2
+    if [ "$(left)" -lt 40 ]; then echo "skipped $name: deadline" | tee -a "$R"; return; fi
+    [ "$lim" -gt "$(left)" ] && lim=$(left)
+    say "fmoe bench stream --device cuda --io-threads 8 --out $name.json $*"
+    timeout "$lim" python3 -m fmoe bench stream --device cuda --io-threads 8 --out "$OUT/$name.json" "$@" \
+        > "/tmp/$name.txt" 2>&1
+    echo "[$name rc=$? at $SECONDS s]" | tee -a "$R"; tail -9 "/tmp/$name.txt" | tee -a "$R"
+}
