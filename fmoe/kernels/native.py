@@ -185,6 +185,12 @@ _SIGNATURES = {
         "fmoe_delta_step": (_I, [_P, _P, _P, _P, _P,   # q, k, v, g, beta
                                  _P, _P, _P,           # S, S_out, o
                                  _I, _I, _I, _I, _I]),  # H, Hk, dk, dv, nthreads
+        "fmoe_gdn_step": (_I, [_P, _P, _P, _P,         # qkv, z, b, a
+                               _P, _P, _P,             # conv (or NULL), conv_out, conv taps [K, C]
+                               _P, _P,                 # S (or NULL), S_out
+                               _P, _P, _P, ctypes.c_float,  # neg_A, dt_bias, norm weight, eps
+                               _P,                     # y
+                               _I, _I, _I, _I, _I, _I]),  # Hk, Hv, dk, dv, K, nthreads
         "fmoe_moe_fused": (_I, [_P, _P, _P, _I, _I64,  # ptrs (9 per expert), inter[E], weights[E], E, H
                                 _I, _I, _I,            # scales_bf16, bits, group_size
                                 _P, _P, _I, _I, _I]),  # x, y, accumulate, nthreads, mode

@@ -1274,6 +1274,156 @@ int fused_bits(const ExpertPtrs* ex, int E, int64_t H, const float* x, float* y,
 }
 #endif
 
+// ---------------------------------------------------------------------------------------------------------------
+// Gated DeltaNet decode (one token, float32): the delta rule for one head, and the fused layer step around it.
+
+// One head of the gated delta rule (see fmoe_delta_step): kv, oh [dv] 32-byte aligned scratch; oh ends as o_h.
+// stream (AVX2, Oh 32-byte aligned, dv % 8 == 0): the new state leaves by non-temporal stores (the same values).
+// The AVX2 form vectorizes over j: each element sees the same float32 multiplies and adds in the same order as the
+// scalar loops (no FMA), so the results are the same bits. (The -O2 build left these loops scalar: a cold 64x128x128
+// state took 0.85-2.0 ms on 2 Zen cores, 0.40-0.48 ms vectorized; in a 397B-shaped decode token the three DeltaNet
+// layers' steps went from 2.9 to 1.35 ms.)
+inline void delta_head(const float* qh, const float* kh, const float* vh, float decay, float beta, const float* Sh,
+                       float* Oh, float* kv, float* oh, int dk, int dv, bool stream = false) {
+  for (int j = 0; j < dv; ++j) { kv[j] = 0.f; oh[j] = 0.f; }
+  const int dv8 = FMOE_AVX2 ? dv - dv % 8 : 0;
+  for (int i = 0; i < dk; ++i) {                       // kv = (e^g S)^T k
+    const float ki = kh[i] * decay;
+    const float* row = Sh + static_cast<int64_t>(i) * dv;
+#if FMOE_AVX2
+    const __m256 vk = _mm256_set1_ps(ki);
+    for (int j = 0; j < dv8; j += 8) {
+      if constexpr (FMOE_PF > 0)  // about one prefetch per 64-byte line, FMOE_PF bytes ahead (as the mat-vecs)
+        if ((j & 15) == 0) _mm_prefetch(reinterpret_cast<const char*>(row + j) + FMOE_PF, _MM_HINT_T0);
+      _mm256_store_ps(kv + j, _mm256_add_ps(_mm256_load_ps(kv + j), _mm256_mul_ps(vk, _mm256_loadu_ps(row + j))));
+    }
+#endif
+    for (int j = dv8; j < dv; ++j) kv[j] += ki * row[j];
+  }
+  for (int j = 0; j < dv; ++j) kv[j] = (vh[j] - kv[j]) * beta;   // delta
+  for (int i = 0; i < dk; ++i) {                       // S = e^g S + k delta^T;  o = S^T q
+    const float ki = kh[i], qi = qh[i];
+    const float* row = Sh + static_cast<int64_t>(i) * dv;
+    float* out = Oh + static_cast<int64_t>(i) * dv;
+#if FMOE_AVX2
+    const __m256 vd = _mm256_set1_ps(decay), vk = _mm256_set1_ps(ki), vq = _mm256_set1_ps(qi);
+    for (int j = 0; j < dv8; j += 8) {
+      const __m256 sv = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(row + j), vd),
+                                      _mm256_mul_ps(vk, _mm256_load_ps(kv + j)));
+      if (stream)
+        _mm256_stream_ps(out + j, sv);
+      else
+        _mm256_storeu_ps(out + j, sv);
+      _mm256_store_ps(oh + j, _mm256_add_ps(_mm256_load_ps(oh + j), _mm256_mul_ps(vq, sv)));
+    }
+#endif
+    for (int j = dv8; j < dv; ++j) {
+      const float sv = row[j] * decay + ki * kv[j];
+      out[j] = sv;
+      oh[j] += qi * sv;
+    }
+  }
+#if FMOE_AVX2
+  if (stream) _mm_sfence();
+#endif
+}
+
+#if FMOE_AVX2
+// e^x for 8 floats: Cephes' expf (x - n ln2 in two parts, degree-5 polynomial, 2^n from the exponent bits), within
+// ~2 ulp of expf; inputs clamped to [-87.34, 88.38] so 2^n stays a normal float (no inf, no denormals).
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365447f)), _mm256_set1_ps(88.3762626647949f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+inline __m256 silu8(__m256 x) {
+  return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+inline float silu1(float x) { return x / (1.f + std::exp(-x)); }
+
+// Channels [c0, c0 + n) of the depthwise causal conv + SiLU for one token: out[c] = silu(sum_j xin[j][c] * w[j][c])
+// over the K taps, xin = the K-1 kept inputs (conv [K-1, C]) then this token's (x [C]); w as taps [K, C]; the taps
+// added in order, as GatedDeltaNet._conv. Returns sum(out^2) over the range (the L2 norm of a q / k head).
+inline float conv_silu(const float* conv, const float* x, const float* w, int64_t C, int K, int64_t c0, int n,
+                       float* out) {
+  int j0 = 0;
+  float ss = 0.f;
+#if FMOE_AVX2
+  __m256 vss = _mm256_setzero_ps();
+  for (; j0 + 8 <= n; j0 += 8) {
+    const int64_t c = c0 + j0;
+    __m256 acc = _mm256_mul_ps(_mm256_loadu_ps((K > 1 ? conv : x) + c), _mm256_loadu_ps(w + c));
+    for (int t = 1; t < K; ++t)
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps((t < K - 1 ? conv + t * C : x) + c),
+                                             _mm256_loadu_ps(w + t * C + c)));
+    acc = silu8(acc);
+    _mm256_storeu_ps(out + j0, acc);
+    vss = _mm256_add_ps(vss, _mm256_mul_ps(acc, acc));
+  }
+  ss = hsum8(vss);
+#endif
+  for (; j0 < n; ++j0) {
+    const int64_t c = c0 + j0;
+    float acc = (K > 1 ? conv : x)[c] * w[c];
+    for (int t = 1; t < K; ++t) acc = acc + (t < K - 1 ? conv + t * C : x)[c] * w[t * C + c];
+    out[j0] = silu1(acc);
+    ss += out[j0] * out[j0];
+  }
+  return ss;
+}
+
+// The kept conv inputs advanced by one token for channels [c0, c0 + n): rows 1.. of conv, then x.
+inline void conv_shift(const float* conv, const float* x, int64_t C, int K, int64_t c0, int n, float* conv_out) {
+  for (int t = 0; t < K - 1; ++t)
+    std::memcpy(conv_out + t * C + c0, (t + 1 < K - 1 ? conv + (t + 1) * C : x) + c0, sizeof(float) * n);
+}
+
+// Gated RMSNorm of one head's output: y = o * rsqrt(mean(o^2) + eps) * w * silu(z).
+inline void gated_norm(const float* oh, const float* z, const float* w, float eps, int dv, float* y) {
+  int j = 0;
+  float ss = 0.f;
+#if FMOE_AVX2
+  __m256 vss = _mm256_setzero_ps();
+  for (; j + 8 <= dv; j += 8) {
+    const __m256 v = _mm256_loadu_ps(oh + j);
+    vss = _mm256_add_ps(vss, _mm256_mul_ps(v, v));
+  }
+  ss = hsum8(vss);
+#endif
+  for (; j < dv; ++j) ss += oh[j] * oh[j];
+  const float r = 1.f / std::sqrt(ss / static_cast<float>(dv) + eps);
+  j = 0;
+#if FMOE_AVX2
+  const __m256 vr = _mm256_set1_ps(r);
+  for (; j + 8 <= dv; j += 8) {
+    const __m256 n = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(oh + j), vr), _mm256_loadu_ps(w + j));
+    _mm256_storeu_ps(y + j, _mm256_mul_ps(n, silu8(_mm256_loadu_ps(z + j))));
+  }
+#endif
+  for (; j < dv; ++j) y[j] = oh[j] * r * w[j] * silu1(z[j]);
+}
+
 }  // namespace
 
 extern "C" {
@@ -1316,55 +1466,81 @@ int fmoe_delta_step(const float* q, const float* k, const float* v, const float*
   if (H <= 0 || Hk <= 0 || H % Hk != 0 || dk <= 0 || dv <= 0 || dv > 4096) return -1;
   const int rep = H / Hk;
   parallel_chunks(H, nthreads < 1 ? 1 : nthreads, [&](int64_t h) {
-    const float* qh = q + (h / rep) * dk;
-    const float* kh = k + (h / rep) * dk;
     alignas(32) float kv[4096];
     alignas(32) float oh[4096];
-    const float decay = std::exp(g[h]);
-    const float* Sh = S + h * static_cast<int64_t>(dk) * dv;
-    float* Oh = S_out + h * static_cast<int64_t>(dk) * dv;
-    for (int j = 0; j < dv; ++j) { kv[j] = 0.f; oh[j] = 0.f; }
-    // The AVX2 form vectorizes over j: each element sees the same float32 multiplies and adds in the same order as
-    // the scalar loops (no FMA), so the results are the same bits. (The -O2 build left these loops scalar: a cold
-    // 64x128x128 state took 0.85-2.0 ms on 2 Zen cores, 0.40-0.48 ms vectorized; in a 397B-shaped decode token
-    // the three DeltaNet layers' steps went from 2.9 to 1.35 ms.)
-    const int dv8 = FMOE_AVX2 ? dv - dv % 8 : 0;
-    for (int i = 0; i < dk; ++i) {                       // kv = (e^g S)^T k
-      const float ki = kh[i] * decay;
-      const float* row = Sh + static_cast<int64_t>(i) * dv;
-#if FMOE_AVX2
-      const __m256 vk = _mm256_set1_ps(ki);
-      for (int j = 0; j < dv8; j += 8) {
-        if constexpr (FMOE_PF > 0)  // about one prefetch per 64-byte line, FMOE_PF bytes ahead (as the mat-vecs)
-          if ((j & 15) == 0) _mm_prefetch(reinterpret_cast<const char*>(row + j) + FMOE_PF, _MM_HINT_T0);
-        _mm256_store_ps(kv + j, _mm256_add_ps(_mm256_load_ps(kv + j), _mm256_mul_ps(vk, _mm256_loadu_ps(row + j))));
+    const int64_t hs = h * static_cast<int64_t>(dk) * dv;
+    delta_head(q + (h / rep) * dk, k + (h / rep) * dk, v + h * static_cast<int64_t>(dv), std::exp(g[h]), beta[h],
+               S + hs, S_out + hs, kv, oh, dk, dv);
+    std::memcpy(o + h * static_cast<int64_t>(dv), oh, sizeof(float) * dv);
+  });
+  return 0;
+}
+
+// One token of a Gated DeltaNet layer (float32, CPU) in one call: GatedDeltaNet.mix for T = 1 after the input
+// projections, before out_proj.  Inputs: qkv [C] (C = 2 Hk dk + Hv dv: q, k, v channels), z [Hv dv], b, a [Hv];
+// conv [K-1, C] the kept conv inputs (NULL: zeros), conv_w as taps [K, C], S [Hv, dk, dv] (NULL: zeros), neg_A =
+// -exp(A_log), dt_bias [Hv], norm_w [dv].  Per value head h (key head h / (Hv / Hk)), heads in parallel on the pool:
+//   q, k, v = silu(depthwise causal conv);  q = q / sqrt(|q|^2 + 1e-6) * dk^-1/2;  k = k / sqrt(|k|^2 + 1e-6);
+//   g = neg_A softplus(a + dt_bias);  beta = sigmoid(b);  the delta rule (fmoe_delta_step);
+//   y_h = rms_norm(o_h) * norm_w * silu(z_h).
+// Writes y [Hv dv], conv_out [K-1, C] and S_out (each may alias its input: in place).  A key head's q, k are
+// recomputed by each of its value heads (2 dk channels, against dk dv state elements), so one parallel pass with no
+// barrier does it all.  exp / log1p / sigmoid / silu are float32 approximations (a few ulp from torch's).  Returns 0,
+// or -1 on bad sizes.
+int fmoe_gdn_step(const float* qkv, const float* z, const float* b, const float* a, const float* conv,
+                  float* conv_out, const float* conv_w, const float* S, float* S_out, const float* neg_A,
+                  const float* dt_bias, const float* norm_w, float eps, float* y, int Hk, int Hv, int dk, int dv,
+                  int K, int nthreads) {
+  if (Hk <= 0 || Hv <= 0 || Hv % Hk != 0 || dk <= 0 || dk > 4096 || dv <= 0 || dv > 4096 || K < 1) return -1;
+  const int rep = Hv / Hk;
+  const int64_t nq = static_cast<int64_t>(Hk) * dk, C = 2 * nq + static_cast<int64_t>(Hv) * dv;
+  const int64_t hs = static_cast<int64_t>(dk) * dv;
+  // in place: the heads read the old kept inputs of channels that others shift, so they read a copy
+  std::vector<float> conv_copy, zeros;
+  if (K > 1 && conv == nullptr) {
+    zeros.assign(static_cast<size_t>((K - 1) * C), 0.f);
+    conv = zeros.data();
+  } else if (K > 1 && conv == conv_out) {
+    conv_copy.assign(conv, conv + (K - 1) * C);
+    conv = conv_copy.data();
+  }
+  std::vector<float> S0;
+  if (S == nullptr) {
+    S0.assign(static_cast<size_t>(Hv * hs), 0.f);
+    S = S0.data();
+  }
+  const float qscale = 1.f / std::sqrt(static_cast<float>(dk));
+  // A new state of 1 MiB or more goes to memory with non-temporal stores: nothing reads it before the next token,
+  // by which time the expert weights have streamed through the caches, and skipping the read-for-ownership of its
+  // lines saved ~10% of the step (2 Zen 3 cores, 64x128x128 state from DRAM: median 0.50 -> 0.43 ms).
+  const bool stream = FMOE_AVX2 && S_out != S && dv % 8 == 0 && (reinterpret_cast<uintptr_t>(S_out) & 31) == 0 &&
+                      Hv * hs * static_cast<int64_t>(sizeof(float)) >= (int64_t{1} << 20);
+  parallel_chunks(Hv, nthreads < 1 ? 1 : nthreads, [&](int64_t h) {
+    alignas(32) float qh[4096];
+    alignas(32) float kh[4096];
+    alignas(32) float vh[4096];
+    alignas(32) float kv[4096];
+    alignas(32) float oh[4096];
+    const int64_t cq = (h / rep) * dk, ck = nq + cq, cv = 2 * nq + h * dv;
+    const float sq = conv_silu(conv, qkv, conv_w, C, K, cq, dk, qh);
+    const float sk = conv_silu(conv, qkv, conv_w, C, K, ck, dk, kh);
+    conv_silu(conv, qkv, conv_w, C, K, cv, dv, vh);
+    if (K > 1) {
+      if (h % rep == 0) {
+        conv_shift(conv, qkv, C, K, cq, dk, conv_out);
+        conv_shift(conv, qkv, C, K, ck, dk, conv_out);
       }
-#endif
-      for (int j = dv8; j < dv; ++j) kv[j] += ki * row[j];
+      conv_shift(conv, qkv, C, K, cv, dv, conv_out);
     }
-    const float* vh = v + h * static_cast<int64_t>(dv);
-    for (int j = 0; j < dv; ++j) kv[j] = (vh[j] - kv[j]) * beta[h];   // delta
-    for (int i = 0; i < dk; ++i) {                       // S = e^g S + k delta^T;  o = S^T q
-      const float ki = kh[i], qi = qh[i];
-      const float* row = Sh + static_cast<int64_t>(i) * dv;
-      float* out = Oh + static_cast<int64_t>(i) * dv;
-#if FMOE_AVX2
-      const __m256 vd = _mm256_set1_ps(decay), vk = _mm256_set1_ps(ki), vq = _mm256_set1_ps(qi);
-      for (int j = 0; j < dv8; j += 8) {
-        const __m256 sv = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(row + j), vd),
-                                        _mm256_mul_ps(vk, _mm256_load_ps(kv + j)));
-        _mm256_storeu_ps(out + j, sv);
-        _mm256_store_ps(oh + j, _mm256_add_ps(_mm256_load_ps(oh + j), _mm256_mul_ps(vq, sv)));
-      }
-#endif
-      for (int j = dv8; j < dv; ++j) {
-        const float sv = row[j] * decay + ki * kv[j];
-        out[j] = sv;
-        oh[j] += qi * sv;
-      }
-    }
-    float* oo = o + h * static_cast<int64_t>(dv);
-    for (int j = 0; j < dv; ++j) oo[j] = oh[j];
+    const float rq = std::sqrt(sq + 1e-6f), rk = std::sqrt(sk + 1e-6f);
+    for (int i = 0; i < dk; ++i) qh[i] = qh[i] / rq * qscale;
+    for (int i = 0; i < dk; ++i) kh[i] = kh[i] / rk;
+    const float x = a[h] + dt_bias[h];
+    const float sp = x > 20.f ? x : std::log1p(std::exp(x));       // torch softplus (beta 1, threshold 20)
+    const float decay = std::exp(neg_A[h] * sp);
+    const float bt = 1.f / (1.f + std::exp(-b[h]));
+    delta_head(qh, kh, vh, decay, bt, S + h * hs, S_out + h * hs, kv, oh, dk, dv, stream);
+    gated_norm(oh, z + h * static_cast<int64_t>(dv), norm_w, eps, dv, y + h * static_cast<int64_t>(dv));
   });
   return 0;
 }

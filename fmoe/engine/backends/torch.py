@@ -30,12 +30,14 @@ def cpu_threads() -> int:
     return 1 if n <= 2 else n
 
 
-# FMOE_FUSED_DELTANET=0: CUDA decode runs Gated DeltaNet as torch ops (A/B of fmoe/kernels/triton_deltanet.py)
+# FMOE_FUSED_DELTANET=0: decode runs Gated DeltaNet as torch ops: A/B of fmoe/kernels/triton_deltanet.py on CUDA, and
+# on the CPU of the native one-call step (fmoe_gdn_step) against the ~25 torch ops that give the layer's own bits
 _FUSED_DELTANET = os.environ.get("FMOE_FUSED_DELTANET", "1") not in ("0", "false", "no", "off")
 
 
 class TorchBackend:
     name = "torch"
+    fused_deltanet = _FUSED_DELTANET    # per instance in tests: the one-call CPU step or its torch ops
 
     def __init__(self, dtype: str = "float32", device: str | None = None):
         self.dtype_name = dtype
@@ -134,11 +136,14 @@ class TorchBackend:
     def gated_delta_step(self, qkv, z, b, a, state, layer):
         """One token of a Gated DeltaNet layer: the output before out_proj ([1, Hv*dv]), the state advanced (in place
         when it is a captured step's fixed state, else new tensors, so snapshots keep theirs). On CUDA three fused
-        kernels (fmoe/kernels/triton_deltanet.py); on the CPU (float32) :meth:`_gated_delta_step_cpu`. None where
+        kernels (fmoe/kernels/triton_deltanet.py); on the CPU (float32) one native call
+        (:meth:`_gated_delta_step_native`), or with ``fused_deltanet`` off :meth:`_gated_delta_step_cpu`. None where
         neither applies (no Triton, no native kernels, not float32): the layer then runs its torch ops."""
         if self.device.type == "cpu":
+            if self.fused_deltanet:
+                return self._gated_delta_step_native(qkv, z, b, a, state, layer)
             return self._gated_delta_step_cpu(qkv, z, b, a, state, layer)
-        if self.device.type != "cuda" or not _FUSED_DELTANET:
+        if self.device.type != "cuda" or not self.fused_deltanet:
             return None
         kernels = gpu.kernels("triton_deltanet")
         if kernels is None:
@@ -152,6 +157,58 @@ class TorchBackend:
         if not state.static:
             state.conv, state.recurrent = conv_out, S_out
         return o
+
+    def _gated_delta_step_native(self, qkv, z, b, a, state, layer):
+        """GatedDeltaNet.mix for one float32 token in one native call (``fmoe_gdn_step``: conv, norms, gates, delta
+        rule and gated norm, value heads in parallel), where the ~25 torch ops of :meth:`_gated_delta_step_cpu`
+        cost 30-150 us each after the mat-vecs have streamed the weights through the caches. Not the same bits as
+        the torch ops (its exp and silu are float32 approximations; tests/kernels/test_delta_step.py bounds the
+        difference). The state is written in place when it is a captured step's fixed tensors, else into new ones
+        (a snapshot shares the tensors it was taken from)."""
+        Hk, Hv, dk, dv, K = layer.Hk, layer.Hv, layer.dk, layer.dv, layer.K
+        if qkv.dtype != torch.float32 or not _FUSED or Hv % Hk or dk > 4096 or dv > 4096:
+            return None
+        from fmoe.kernels import native
+
+        lib = native.load()
+        if lib is None:
+            return None
+        prm = getattr(layer, "_gdn_params", None)    # made once: conv taps [K, C] and contiguous float32 parameters
+        if prm is None:
+            ps = (layer.conv_w.t(), layer.neg_A, layer.dt_bias, layer.norm)
+            if any(not isinstance(p, torch.Tensor) or p.dtype != torch.float32 for p in ps):
+                return None
+            prm = layer._gdn_params = tuple(p.contiguous().view(-1) for p in ps)
+        taps, neg_A, dt_bias, norm = prm
+        C = qkv.shape[-1]
+        if (C != 2 * Hk * dk + Hv * dv or z.numel() != Hv * dv or a.numel() != Hv or b.numel() != Hv
+                or norm.numel() != dv or taps.numel() != K * C):
+            return None
+        conv, S = state.conv, state.recurrent
+        for t, n in ((conv, (K - 1) * C), (S, Hv * dk * dv)):
+            if t is not None and (t.dtype != torch.float32 or t.numel() != n or t.device.type != "cpu"):
+                return None
+        if state.static:
+            if conv is None or S is None or not (conv.is_contiguous() and S.is_contiguous()):
+                return None
+            conv_out, S_out = conv, S
+        else:
+            conv = conv.contiguous() if conv is not None else None
+            S = S.contiguous() if S is not None else None
+            conv_out = torch.empty((K - 1, C), dtype=torch.float32)
+            S_out = torch.empty((Hv, dk, dv), dtype=torch.float32)
+        qkv, z, b, a = (t.contiguous() for t in (qkv, z, b, a))
+        y = torch.empty((1, Hv * dv), dtype=torch.float32)
+        rc = lib.fmoe_gdn_step(qkv.data_ptr(), z.data_ptr(), b.data_ptr(), a.data_ptr(),
+                               None if conv is None else conv.data_ptr(), conv_out.data_ptr(), taps.data_ptr(),
+                               None if S is None else S.data_ptr(), S_out.data_ptr(), neg_A.data_ptr(),
+                               dt_bias.data_ptr(), norm.data_ptr(), layer.cfg.rms_norm_eps, y.data_ptr(),
+                               Hk, Hv, dk, dv, K, native.threads())
+        if rc != 0:
+            raise RuntimeError(f"fmoe_gdn_step failed with code {rc}")
+        if not state.static:
+            state.conv, state.recurrent = conv_out, S_out
+        return y
 
     def _gated_delta_step_cpu(self, qkv, z, b, a, state, layer):
         """GatedDeltaNet.mix for one float32 token in about 25 torch ops instead of 65, with the same float32
