@@ -6,18 +6,20 @@
 # synthesized, (b) cold from disk, and (a) top-10 uniform once more.
 #   run(kind="nvidia-h200", carry=["runs/whl_gpu", "runs/before_session"], command="bash bench/device/session6_final.sh")
 set -uo pipefail
+# The two trees run from /tmp: `python3 -m` puts the current directory ahead of PYTHONPATH (the first runs of these
+# scripts, from the repository root, ran the current code under both labels).
 . bench/device/setup.sh
 { lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-220; free -g | head -2; nvidia-smi --query-gpu=name --format=csv; } >> "$R" 2>&1
 say "fmoe synth /tmp/s12 --like qwen3.5-397b-a17b --layers 12 --experts 64 --bits 4 --force --no-progress --no-tokenizer"
 timeout 80 python3 -m fmoe synth /tmp/s12 --like qwen3.5-397b-a17b --layers 12 --experts 64 --bits 4 --force \
     --no-progress --no-tokenizer 2>&1 | tail -1 >> "$R"
 NEW=/tmp/site:$PWD; OLD=/tmp/site:$PWD/runs/before_session
-for P in $NEW $OLD; do PYTHONPATH=$P CUDA_VISIBLE_DEVICES="" python3 -c "from fmoe.kernels import native; print('variant', native.kernel_isa())" >> "$R" 2>&1; done
+for P in $NEW $OLD; do (cd /tmp && PYTHONPATH=$P CUDA_VISIBLE_DEVICES="" python3 -c "from fmoe.kernels import native; print('variant', native.kernel_isa())" >> "$R" 2>&1); done
 dec() {   # dec LABEL PYTHONPATH ENV...
     local label=$1 p=$2; shift 2
     say "$* FMOE_THREADS=16 fmoe bench decode --model /tmp/s12 --tokens 8 --warm 24 --json   # $label, load $(cut -d' ' -f1 /proc/loadavg)"
-    env "$@" PYTHONPATH=$p CUDA_VISIBLE_DEVICES="" FMOE_THREADS=16 timeout 60 python3 -m fmoe bench decode \
-        --model /tmp/s12 --tokens 8 --warm 24 --json 2>&1 | tail -1 >> "$R"
+    (cd /tmp && env "$@" PYTHONPATH=$p CUDA_VISIBLE_DEVICES="" FMOE_THREADS=16 timeout 60 python3 -m fmoe bench \
+        decode --model /tmp/s12 --tokens 8 --warm 24 --json 2>&1 | tail -1 >> "$R")
 }
 dec "this session" $NEW
 dec "session start" $OLD
