@@ -45,6 +45,9 @@
 #ifndef FMOE_GRAIN
 #define FMOE_GRAIN 64
 #endif
+#ifndef FMOE_CHUNK_BYTES  // 4-bit mat-vec chunks: rows of about this many weight bytes (see qmv_avx2)
+#define FMOE_CHUNK_BYTES 131072
+#endif
 
 // ISA variants: native.py compiles this file once per variant with explicit flags (not -march=native) and loads the
 // best one the CPU supports:
@@ -297,6 +300,7 @@ constexpr bool top_by_shift(int j) {
 
 template <int BITS>
 void prepare_x(const float* x, float* xp, float* xsum, int64_t K, int gs) {
+  if (K <= 0) return;  // (inlined into moe_fused_run, g++ 12 otherwise warns of a memcpy of K = -16 floats)
   constexpr int W = lane_codes<BITS>();
   constexpr int BLOCK = 8 * W;
   const int64_t nblocks = K / BLOCK;
@@ -867,89 +871,149 @@ inline __m256 load8_scales(const void* a, int64_t i) {
 #else
 #define FMOE_INLINE
 #endif
-template <int GS, bool BF16, int R>
-inline void row4_defer(const uint32_t* row, const void* sc, const void* bi, int64_t gbase, const int16_t* const* xq,
-                       const float* const* xsc, const float* const* xsum, int64_t K, float* out) {
+// -O2 leaves the small loops over rows below rolled: the NW = 2 accumulators then went through the stack (35%
+// slower); unrolled, R = 4 (prefill) also got faster (1 thread, hot, 4 x rows: 1024x4096 528-575 -> 495-498 us,
+// 4096x1024 568 -> 516-527 us)
+#if defined(__clang__)
+#define FMOE_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define FMOE_UNROLL _Pragma("GCC unroll 8")
+#else
+#define FMOE_UNROLL
+#endif
+// NW weight rows (rows[w], groups from gbase[w]; NW > 1: consecutive rows of one matrix, rows[w] = rows[0] + w
+// rows) per pass: NW = 2 in decode gives the scheduler two independent chains and overlaps one row's tail (the
+// 8-group reduction, the horizontal sum) with the other's loop; out[w * R + r].  Every (w, r) product does the same
+// arithmetic in the same order as NW = 1, so the results are bit-identical (tested).
+template <int GS, bool BF16, int R, int NW = 1>
+inline void row4_defer(const uint32_t* const* rows, const void* sc, const void* bi, const int64_t* gbase,
+                       const int16_t* const* xq, const float* const* xsc, const float* const* xsum, int64_t K,
+                       float* out) {
   constexpr int BPG = GS / 64;  // 32-byte blocks per group
+  constexpr int P = NW * R;     // products per pass, index w * R + r
   const __m256i m4 = _mm256_set1_epi16(0x000F);
   const int64_t G = K / GS;
-  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row);
-  __m256 ft[R], bt[R];
-  for (int r = 0; r < R; ++r) ft[r] = bt[r] = _mm256_setzero_ps();
-  // int32 lane sums of group g for each row of x
+  const uint8_t* bytes[NW];
+  FMOE_UNROLL
+  for (int w = 0; w < NW; ++w) bytes[w] = reinterpret_cast<const uint8_t*>(rows[w]);
+  __m256 ft[P], bt[P];
+  FMOE_UNROLL
+  for (int i = 0; i < P; ++i) ft[i] = bt[i] = _mm256_setzero_ps();
+  // int32 lane sums of group g for each (weight row, x row)
   auto group = [&](int64_t g, __m256i* a) FMOE_INLINE {
+    FMOE_UNROLL
     for (int bb = 0; bb < BPG; ++bb) {
       const int64_t blk = g * BPG + bb;
-      const uint8_t* p = bytes + blk * 32;
-      if constexpr (FMOE_PF > 0)
-        if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, FMOE_PF_HINT);
-      const __m256i v = _mm256_loadu_si256((const __m256i*)p);
-      const __m256i c0 = _mm256_and_si256(v, m4);
-      const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-      const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 8), m4);
-      const __m256i c3 = _mm256_srli_epi16(v, 12);
-      for (int r = 0; r < R; ++r) {
-        const __m256i* xb = reinterpret_cast<const __m256i*>(xq[r] + blk * 64);
+      // row by row, each x block loaded again (L1 loads are cheap here): holding both rows' codes and x in
+      // registers at once spilled the accumulators to the stack
+      FMOE_UNROLL
+      for (int w = 0; w < NW; ++w) {
+        const uint8_t* p = bytes[w] + blk * 32;
+        if constexpr (FMOE_PF > 0) {
+          if constexpr (NW == 1) {
+            if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, FMOE_PF_HINT);
+          } else if (w == 0) {
+            // one sequential stream over the NW contiguous rows: with a prefetch per row, 2 KB ahead of each, the
+            // pairs were slower than single rows when cold (4096x1024, 2 threads 21.1-23.7 vs 22.6-26.1 GB/s)
+            _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * 32 * NW, FMOE_PF_HINT);
+          }
+        }
+        const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+        const __m256i c0 = _mm256_and_si256(v, m4);
+        const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 8), m4);
+        const __m256i c3 = _mm256_srli_epi16(v, 12);
+        FMOE_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const __m256i* xb = reinterpret_cast<const __m256i*>(xq[r] + blk * 64);
+          __m256i& acc = a[w * R + r];
 #if FMOE_VNNI
-        __m256i s = bb == 0 ? _mm256_madd_epi16(c0, _mm256_loadu_si256(xb)) : FMOE_DPWSSD(a[r], c0, _mm256_loadu_si256(xb));
-        s = FMOE_DPWSSD(s, c1, _mm256_loadu_si256(xb + 1));
-        s = FMOE_DPWSSD(s, c2, _mm256_loadu_si256(xb + 2));
-        a[r] = FMOE_DPWSSD(s, c3, _mm256_loadu_si256(xb + 3));
+          __m256i s = bb == 0 ? _mm256_madd_epi16(c0, _mm256_loadu_si256(xb)) : FMOE_DPWSSD(acc, c0, _mm256_loadu_si256(xb));
+          s = FMOE_DPWSSD(s, c1, _mm256_loadu_si256(xb + 1));
+          s = FMOE_DPWSSD(s, c2, _mm256_loadu_si256(xb + 2));
+          acc = FMOE_DPWSSD(s, c3, _mm256_loadu_si256(xb + 3));
 #else
-        const __m256i s = _mm256_add_epi32(
-            _mm256_add_epi32(_mm256_madd_epi16(c0, _mm256_loadu_si256(xb)), _mm256_madd_epi16(c1, _mm256_loadu_si256(xb + 1))),
-            _mm256_add_epi32(_mm256_madd_epi16(c2, _mm256_loadu_si256(xb + 2)), _mm256_madd_epi16(c3, _mm256_loadu_si256(xb + 3))));
-        a[r] = bb == 0 ? s : _mm256_add_epi32(a[r], s);
+          const __m256i s = _mm256_add_epi32(
+              _mm256_add_epi32(_mm256_madd_epi16(c0, _mm256_loadu_si256(xb)), _mm256_madd_epi16(c1, _mm256_loadu_si256(xb + 1))),
+              _mm256_add_epi32(_mm256_madd_epi16(c2, _mm256_loadu_si256(xb + 2)), _mm256_madd_epi16(c3, _mm256_loadu_si256(xb + 3))));
+          acc = bb == 0 ? s : _mm256_add_epi32(acc, s);
 #endif
+        }
       }
     }
   };
   // groups g .. g+3 (n valid; the others count as zero): per 128-bit half [sum g, g+1, g+2, g+3] of that half's lanes
   auto quad = [&](int64_t g, int n, __m256i* q) FMOE_INLINE {
-    __m256i a0[R], a1[R], h[R];
+    __m256i a0[P], a1[P], h[P];
     group(g, a0);
-    if (n > 1) group(g + 1, a1); else for (int r = 0; r < R; ++r) a1[r] = _mm256_setzero_si256();
+    if (n > 1) group(g + 1, a1); else for (int i = 0; i < P; ++i) a1[i] = _mm256_setzero_si256();
     // (vphaddd runs at 1 per 2 cycles on Zen 3; unpack + add: 3 ops at 1-2 per cycle each)
-    for (int r = 0; r < R; ++r)  // per half [a0_0+a0_2, a1_0+a1_2, a0_1+a0_3, a1_1+a1_3]
-      h[r] = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[r], a1[r]), _mm256_unpackhi_epi32(a0[r], a1[r]));
-    if (n > 2) group(g + 2, a0); else for (int r = 0; r < R; ++r) a0[r] = _mm256_setzero_si256();
-    if (n > 3) group(g + 3, a1); else for (int r = 0; r < R; ++r) a1[r] = _mm256_setzero_si256();
-    for (int r = 0; r < R; ++r) {
-      const __m256i t = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[r], a1[r]), _mm256_unpackhi_epi32(a0[r], a1[r]));
-      q[r] = _mm256_add_epi32(_mm256_unpacklo_epi64(h[r], t), _mm256_unpackhi_epi64(h[r], t));
+    FMOE_UNROLL
+    for (int i = 0; i < P; ++i)  // per half [a0_0+a0_2, a1_0+a1_2, a0_1+a0_3, a1_1+a1_3]
+      h[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[i], a1[i]), _mm256_unpackhi_epi32(a0[i], a1[i]));
+    if (n > 2) group(g + 2, a0); else for (int i = 0; i < P; ++i) a0[i] = _mm256_setzero_si256();
+    if (n > 3) group(g + 3, a1); else for (int i = 0; i < P; ++i) a1[i] = _mm256_setzero_si256();
+    FMOE_UNROLL
+    for (int i = 0; i < P; ++i) {
+      const __m256i t = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[i], a1[i]), _mm256_unpackhi_epi32(a0[i], a1[i]));
+      q[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(h[i], t), _mm256_unpackhi_epi64(h[i], t));
     }
   };
-  auto scale8 = [&](int64_t g, const __m256i* q0, const __m256i* q1, __m256 s, __m256 b) FMOE_INLINE {
-    for (int r = 0; r < R; ++r) {
-      // [q0 lo | q1 hi] + [q0 hi | q1 lo] = the 8 groups' full sums
-      const __m256i t = _mm256_add_epi32(_mm256_blend_epi32(q0[r], q1[r], 0xF0), _mm256_permute2x128_si256(q0[r], q1[r], 0x21));
-      const __m256 comb = _mm256_mul_ps(s, _mm256_loadu_ps(xsc[r] + g));
-      ft[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), comb, ft[r]);
-      bt[r] = _mm256_fmadd_ps(b, _mm256_loadu_ps(xsum[r] + g), bt[r]);
-    }
+  auto scale8 = [&](int64_t g, const __m256i* q0, const __m256i* q1, const __m256* s, const __m256* b) FMOE_INLINE {
+    FMOE_UNROLL
+    for (int w = 0; w < NW; ++w)
+      FMOE_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const int i = w * R + r;
+        // [q0 lo | q1 hi] + [q0 hi | q1 lo] = the 8 groups' full sums
+        const __m256i t = _mm256_add_epi32(_mm256_blend_epi32(q0[i], q1[i], 0xF0), _mm256_permute2x128_si256(q0[i], q1[i], 0x21));
+        const __m256 comb = _mm256_mul_ps(s[w], _mm256_loadu_ps(xsc[r] + g));
+        ft[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), comb, ft[i]);
+        bt[i] = _mm256_fmadd_ps(b[w], _mm256_loadu_ps(xsum[r] + g), bt[i]);
+      }
   };
   int64_t g = 0;
   for (; g + 8 <= G; g += 8) {
-    __m256i q0[R], q1[R];
+    __m256i q0[P], q1[P];
     quad(g, 4, q0);
     quad(g + 4, 4, q1);
-    scale8(g, q0, q1, load8_scales<BF16>(sc, gbase + g), load8_scales<BF16>(bi, gbase + g));
+    __m256 s[NW], b[NW];
+    FMOE_UNROLL
+    for (int w = 0; w < NW; ++w) {
+      s[w] = load8_scales<BF16>(sc, gbase[w] + g);
+      b[w] = load8_scales<BF16>(bi, gbase[w] + g);
+    }
+    scale8(g, q0, q1, s, b);
   }
   if (g < G) {  // the last G % 8 groups: the same steps with zeros for the missing groups
     const int n = static_cast<int>(G - g);
-    __m256i q0[R], q1[R];
+    __m256i q0[P], q1[P];
     quad(g, std::min(n, 4), q0);
-    if (n > 4) quad(g + 4, n - 4, q1); else for (int r = 0; r < R; ++r) q1[r] = _mm256_setzero_si256();
-    alignas(32) float s[8] = {0}, b[8] = {0};
-    for (int i = 0; i < n; ++i) {
-      s[i] = load_scale<BF16>(sc, gbase + g + i);
-      b[i] = load_scale<BF16>(bi, gbase + g + i);
+    if (n > 4) quad(g + 4, n - 4, q1); else for (int i = 0; i < P; ++i) q1[i] = _mm256_setzero_si256();
+    __m256 s[NW], b[NW];
+    FMOE_UNROLL
+    for (int w = 0; w < NW; ++w) {
+      alignas(32) float sv[8] = {0}, bv[8] = {0};
+      for (int i = 0; i < n; ++i) {
+        sv[i] = load_scale<BF16>(sc, gbase[w] + g + i);
+        bv[i] = load_scale<BF16>(bi, gbase[w] + g + i);
+      }
+      s[w] = _mm256_load_ps(sv);
+      b[w] = _mm256_load_ps(bv);
     }
     // xsc / xsum have 8 floats of padding past the last group (read, then multiplied by zero scales)
-    scale8(g, q0, q1, _mm256_load_ps(s), _mm256_load_ps(b));
+    scale8(g, q0, q1, s, b);
   }
-  for (int r = 0; r < R; ++r) out[r] = hsum(_mm256_add_ps(ft[r], bt[r]));
+  FMOE_UNROLL
+  for (int i = 0; i < P; ++i) out[i] = hsum(_mm256_add_ps(ft[i], bt[i]));
 }
+
+// Decode rows of at most this many codes go two weight rows per pass (row4_defer NW = 2).  4096x1024, Zen 3:
+// 1 thread hot 14.8 -> 16.7 GB/s, cold 13.9 -> 14.8, 2 threads cold 25.4 -> 25.7 (median of 6).  Longer rows lose:
+// 2048x2048 cold 1 thread 16.0 -> 14.0, 2 threads 28.5 -> 22.6; 1024x4096 hot 120 -> 126 us.
+#ifndef FMOE_PAIR_MAXK
+#define FMOE_PAIR_MAXK 1024
+#endif
 
 // mode 0: int16 activations (fast); mode 1: float32 activations (exact fp32 arithmetic).
 template <int BITS, int GS, bool BF16>
@@ -980,7 +1044,16 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
   const int16_t* xq0 = xq_all.data();
   const float* xsc0 = xsc_all.data();
   const float* xsum0 = xsum_all.data();
-  const int64_t grain = FMOE_GRAIN;
+  // 4 bits: chunks of about FMOE_CHUNK_BYTES of weights, at least FMOE_GRAIN rows, and at least 4 per thread while
+  // FMOE_GRAIN allows (load balance when a thread is descheduled).  2 threads, cold, 4096x1024 (512-byte rows):
+  // 64-row chunks (32 KB) 20.3-22.8 GB/s, 256-row (128 KB) 25.5-26.2 (1024x4096 is at 128 KB already).  Only
+  // measured for 4 bits; slower kernels spend longer per chunk (2 bits ~5 GB/s per core: ~25 us per 128 KB), which
+  // a late second thread pays at the end, and one bench series had 2 bits lower with it (within this VM's noise).
+  int64_t grain = FMOE_GRAIN;
+  if constexpr (BITS == 4) {
+    grain = std::max<int64_t>(grain, (FMOE_CHUNK_BYTES + wpr * 4 - 1) / (wpr * 4));
+    grain = std::min(grain, std::max<int64_t>(FMOE_GRAIN, N / (4 * std::max(nthreads, 1))));
+  }
   const int64_t nchunks = (N + grain - 1) / grain;
   constexpr int SB_I16 = (8 * i16_lane_codes<BITS>()) > GS ? 8 * i16_lane_codes<BITS>() : GS;
   const bool tail_free = (K % SB_I16) == 0;
@@ -994,7 +1067,18 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
     const int64_t n1 = (c + 1) * grain < N ? (c + 1) * grain : N;
     if (mode == 0 && M >= 4 && comb.size() < static_cast<size_t>(4 * (gpr + 8)))
       comb.resize(static_cast<size_t>(4 * (gpr + 8)));
-    for (int64_t n = c * grain; n < n1; ++n) {
+    int64_t n = c * grain;
+    if constexpr (defer_groups<BITS, GS>())
+      if (mode == 0 && M == 1 && K <= FMOE_PAIR_MAXK)  // decode: two weight rows per pass (see row4_defer)
+        for (; n + 2 <= n1; n += 2) {
+          const uint32_t* rows2[2] = {w + n * wpr, w + (n + 1) * wpr};
+          const int64_t gb2[2] = {n * gpr, (n + 1) * gpr};
+          float out2[2];
+          row4_defer<GS, BF16, 1, 2>(rows2, sc, bi, gb2, &xq0, &xsc0, &xsum0, K, out2);
+          y[n] = out2[0];
+          y[n + 1] = out2[1];
+        }
+    for (; n < n1; ++n) {
       const uint32_t* row = w + n * wpr;
       int m0 = 0;
       if (mode == 0 && tail_free) {
@@ -1011,7 +1095,8 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
               xcs[r] = xsc0 + (m0 + r) * gps;
               xss[r] = xsum0 + (m0 + r) * gps;
             }
-            row4_defer<GS, BF16, 4>(row, sc, bi, n * gpr, xqs, xcs, xss, K, out4);
+            const int64_t gb = n * gpr;
+            row4_defer<GS, BF16, 4>(&row, sc, bi, &gb, xqs, xcs, xss, K, out4);
             for (int r = 0; r < 4; ++r) y[(m0 + r) * ys + n] = out4[r];
             continue;
           }
@@ -1031,7 +1116,8 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
         if (mode == 0 && defer_groups<BITS, GS>()) {
           const int16_t* xqm = xq0 + m * xps;
           const float *xcm = xsc0 + m * gps, *xsm = xsum0 + m * gps;
-          row4_defer<GS, BF16, 1>(row, sc, bi, n * gpr, &xqm, &xcm, &xsm, K, &r);
+          const int64_t gb = n * gpr;
+          row4_defer<GS, BF16, 1>(&row, sc, bi, &gb, &xqm, &xcm, &xsm, K, &r);
         } else if (mode == 0) {
           row_comb<BF16>(sc, n * gpr, xsc0 + m * gps, comb.data(), gpr);
           r = row_i16<BITS, GS, BF16>(row, sc, bi, n * gpr, xq0 + m * xps, comb.data(), xsum0 + m * gps,
@@ -1138,6 +1224,11 @@ struct ScalarOps {
   float row(const XVec& v, const uint32_t* w, const void* sc, const void* bi, int64_t n, int64_t K, float*) const {
     return row_scalar<BF16>(w + n * (K * bits / 32), sc, bi, n * (K / gs), v.x, 0, K, bits, gs);
   }
+  // out[n - n0] for the rows n0 .. n1
+  void rows(const XVec& v, const uint32_t* w, const void* sc, const void* bi, int64_t n0, int64_t n1, int64_t K,
+            float* comb, float* out) const {
+    for (int64_t n = n0; n < n1; ++n) out[n - n0] = row(v, w, sc, bi, n, K, comb);
+  }
 };
 
 #if FMOE_AVX2
@@ -1168,7 +1259,8 @@ struct SimdOps {
       const int16_t* xqm = v.xq.data();
       const float *xcm = v.xsc.data(), *xsm = v.xsum.data();
       float out;
-      row4_defer<GS, BF16, 1>(r, sc, bi, n * gpr, &xqm, &xcm, &xsm, K, &out);
+      const int64_t gb = n * gpr;
+      row4_defer<GS, BF16, 1>(&r, sc, bi, &gb, &xqm, &xcm, &xsm, K, &out);
       return out;
     }
     if (v.mode == 0) {
@@ -1185,6 +1277,23 @@ struct SimdOps {
       }
     }
     return row_scalar<BF16>(r, sc, bi, n * gpr, v.x, 0, K, BITS, GS);
+  }
+  // out[n - n0] for the rows n0 .. n1: pairs of rows where qmv_avx2 pairs them (the experts' down rows, K = 1024)
+  void rows(const XVec& v, const uint32_t* w, const void* sc, const void* bi, int64_t n0, int64_t n1, int64_t K,
+            float* comb, float* out) const {
+    int64_t n = n0;
+    if constexpr (defer_groups<BITS, GS>())
+      if (v.mode == 0 && K <= FMOE_PAIR_MAXK) {
+        const int64_t wpr = K * BITS / 32, gpr = K / GS;
+        const int16_t* xqm = v.xq.data();
+        const float *xcm = v.xsc.data(), *xsm = v.xsum.data();
+        for (; n + 2 <= n1; n += 2) {
+          const uint32_t* rows2[2] = {w + n * wpr, w + (n + 1) * wpr};
+          const int64_t gb2[2] = {n * gpr, (n + 1) * gpr};
+          row4_defer<GS, BF16, 1, 2>(rows2, sc, bi, gb2, &xqm, &xcm, &xsm, K, out + (n - n0));
+        }
+      }
+    for (; n < n1; ++n) out[n - n0] = row(v, w, sc, bi, n, K, comb);
   }
 };
 #endif
@@ -1221,7 +1330,7 @@ void moe_fused_run(const Ops& ops, const ExpertPtrs* ex, int E, int64_t H, const
       const AChunk& a = achunks[static_cast<size_t>(c)];
       const ExpertPtrs& p = ex[a.e];
       float* out = (a.m == 0 ? g.data() : u.data()) + hoff[a.e];
-      for (int64_t r = a.r0; r < a.r1; ++r) out[r] = ops.row(xv, p.w[a.m], p.s[a.m], p.b[a.m], r, H, comb.data());
+      ops.rows(xv, p.w[a.m], p.s[a.m], p.b[a.m], a.r0, a.r1, H, comb.data(), out + a.r0);
       doneA.fetch_add(1, std::memory_order_acq_rel);
     } else if (c < nA + nB) {
       spin_until(doneA, nA);
@@ -1235,13 +1344,13 @@ void moe_fused_run(const Ops& ops, const ExpertPtrs* ex, int E, int64_t H, const
     } else {
       spin_until(doneB, nB);
       const int64_t r0 = (c - nA - nB) * grain, r1 = std::min(H, r0 + grain);
-      float acc[FMOE_GRAIN];
+      float acc[FMOE_GRAIN], part[FMOE_GRAIN];
       for (int64_t r = r0; r < r1; ++r) acc[r - r0] = 0.f;
       for (int e = 0; e < E; ++e) {  // expert by expert: each reads one contiguous block of its down matrix
         const XVec& hx = hv[static_cast<size_t>(e)];
         const ExpertPtrs& p = ex[e];
-        for (int64_t r = r0; r < r1; ++r)
-          acc[r - r0] += p.weight * ops.row(hx, p.w[2], p.s[2], p.b[2], r, p.inter, comb.data());
+        ops.rows(hx, p.w[2], p.s[2], p.b[2], r0, r1, p.inter, comb.data(), part);
+        for (int64_t r = r0; r < r1; ++r) acc[r - r0] += p.weight * part[r - r0];
       }
       for (int64_t r = r0; r < r1; ++r) y[r] = accumulate ? y[r] + acc[r - r0] : acc[r - r0];
     }

@@ -305,6 +305,27 @@ def test_isa_variants_match_reference(isa, bits):
     assert native.load(isa).fmoe_qmv_isa().decode().startswith({"avx512": "avx512", "avx2": "avx2"}.get(isa, "gen"))
 
 
+@pytest.mark.skipif(native.load() is None, reason=f"native kernel unavailable: {native.load_error()}")
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", ("1", "2"))
+def test_paired_decode_rows_equal_single_rows(isa, threads, monkeypatch):
+    """Decode (one x row) with short rows goes two weight rows per pass: same bits as each row on its own, for
+    odd row counts, chunk boundaries (256-row chunks at K = 1024) and both scale dtypes."""
+    monkeypatch.setenv("FMOE_THREADS", threads)
+    rng = np.random.default_rng(90)
+    for group_size, inp, out, scale_dtype in ((64, 1024, 517, "bfloat16"), (128, 512, 37, "float32"),
+                                              (64, 320, 9, "bfloat16"), (64, 2048, 5, "bfloat16")):
+        q = quantize(_weights(rng, out=out, inp=inp, group_size=group_size), 4, group_size, scale_dtype)
+        x = torch.randn(1, inp)
+        full = _variant_layer(q, isa)._native(x, mode=0)
+        single = torch.cat([
+            _variant_layer(QuantizedWeight(q.weight[n : n + 1], q.scales[n : n + 1], q.biases[n : n + 1], 4,
+                                           group_size), isa)._native(x, mode=0)
+            for n in range(out)
+        ], dim=1)
+        assert torch.equal(full, single), (isa, group_size, inp)
+
+
 @pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler")
 def test_every_x86_variant_builds():
     """AVX-512 + VNNI must at least compile where the CPU cannot run it (g++ accepts the -m flags)."""
