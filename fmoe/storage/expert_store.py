@@ -562,40 +562,51 @@ class ExpertStore:
                 return None
         t0 = time.perf_counter()
         used = 0
-        found = {}
         with self._lock:
             for key in uniq:
                 self._touch_freq(key)
                 if key in self._hinted:
                     self._hinted.discard(key)
                     used += 1
-                w = self._views.get(key)
-                if w is None:
-                    off = L.offsets[key[1]]
-                    if key not in self._populated:
-                        _populate(m, off, L.sizes[key[1]])
-                        self._populated.add(key)
-                    w = self._views[key] = tuple(L.template.views(m, base=off))
-                    if len(self._views) > MAPPED_VIEWS:
-                        self._views.popitem(last=False)
-                else:
-                    self._views.move_to_end(key)
-                found[key] = w
-        n = sum(L.sizes[e] for _, e in uniq)
+        found = {key: self._mapped_views(key, m) for key in uniq}
+        self._count_mapped(uniq, t0)
+        with self._stats_lock:
+            self._s["cache_misses"] += len(uniq)
+            self._s["prefetch_used"] += used
+            self._s["gets"] += 1
+        return [found[key] for key in keys]
+
+    def _mapped_views(self, key: tuple[int, int], m: mmap.mmap) -> tuple:
+        """The expert's (gate, up, down) as views of its layer file's mapping, kept (the mapping never moves; at most
+        MAPPED_VIEWS); the first time, its page tables filled in one call."""
+        L = self.layout.layers[key[0]]
+        with self._lock:
+            w = self._views.get(key)
+            if w is not None:
+                self._views.move_to_end(key)
+                return w
+            off = L.offsets[key[1]]
+            if key not in self._populated:
+                _populate(m, off, L.sizes[key[1]])
+                self._populated.add(key)
+            w = self._views[key] = tuple(L.template.views(m, base=off))
+            if len(self._views) > MAPPED_VIEWS:
+                self._views.popitem(last=False)
+            return w
+
+    def _count_mapped(self, keys: list, t0: float) -> None:
+        """Counters of zero-copy reads: bytes served by the page cache, except what a read-ahead hint had to bring
+        in from the disk for them (as ``_read`` counts it)."""
+        n = sum(self.layout.layers[layer].sizes[e] for layer, e in keys)
         with self._stats_lock:
             s = self._s
-            # what a read-ahead hint brought in was read from the disk for this get (as _read counts it)
-            hinted = min(n, sum(self._hint_missing.pop(key, 0) for key in uniq))
+            hinted = min(n, sum(self._hint_missing.pop(key, 0) for key in keys))
             s["bytes_read"] += n
             s["disk_bytes"] += hinted
             s["page_cache_bytes"] += n - hinted
-            s["reads"] += len(uniq)
-            s["zero_copy_reads"] += len(uniq)
-            s["cache_misses"] += len(uniq)
-            s["prefetch_used"] += used
-            s["gets"] += 1
+            s["reads"] += len(keys)
+            s["zero_copy_reads"] += len(keys)
             s["read_s"] += time.perf_counter() - t0
-        return [found[key] for key in keys]
 
     def _mapped(self, ent: _Entry, fd: int, off: int, size: int, where: str, t0: float):
         layer = ent.key[0]
@@ -607,18 +618,8 @@ class ExpertStore:
                 raise ChecksumError(f"checksum mismatch in {where}: crc32 {crc:08x}, manifest "
                                     f"{L.crcs[ent.key[1]]:08x}", layer=layer, expert=ent.key[1], file=str(L.file),
                                     offset=off)
-        if ent.key not in self._populated:      # once per expert: afterwards its page-table entries stay
-            _populate(m, off, size)
-            self._populated.add(ent.key)
-        weights = L.template.views(m, base=off)
-        with self._stats_lock:
-            hinted = min(size, self._hint_missing.pop(ent.key, 0))
-            self._s["bytes_read"] += size
-            self._s["disk_bytes"] += hinted
-            self._s["page_cache_bytes"] += size - hinted
-            self._s["reads"] += 1
-            self._s["zero_copy_reads"] += 1
-            self._s["read_s"] += time.perf_counter() - t0
+        weights = self._mapped_views(ent.key, m)
+        self._count_mapped([ent.key], t0)
         return weights
 
     def get(self, layer: int, experts: Sequence[int]):
