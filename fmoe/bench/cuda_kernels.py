@@ -1,12 +1,17 @@
-"""`fmoe bench kernels --device cuda`: the GPU grouped quantized mat-vec (fmoe/kernels/triton_qmv.py) against the HBM
-bandwidth measured in the same run.
+"""`fmoe bench kernels --device cuda`: the GPU grouped quantized mat-vecs against the HBM bandwidth measured in the
+same run: the CUDA C++ kernel the engine uses (fmoe/kernels/cuda_qmv.py) and the Triton kernel (its peer and
+fallback, fmoe/kernels/triton_qmv.py).
 
-    fmoe bench kernels --device cuda [--bits 2 3 4 8] [--json] [--write DIR]
+    fmoe bench kernels --device cuda [--bits 2 4 8] [--sweep] [--json] [--write DIR]
 
-For each bit width, on the 397B expert shapes (gate/up 1024 x 4096, down 4096 x 1024, group 64) in a table of 64
-expert slots: the decode call of one token (K = 10 rows, distinct slots) and a saturating call (64 rows). Bytes read
-= the rows' packed weights + scales + biases + activations; the fraction is (bytes / time) / HBM bandwidth, where
-the bandwidth is that of a 2 GiB device-to-device copy (read + write bytes / time) timed in the same run.
+For each bit width, on the 397B expert shapes (gate/up 1024 x 4096, down 4096 x 1024, group 64): the decode call of
+one token (10 rows, distinct slots: the model's top-10), a saturating call (64 rows), and the engine's decode pair,
+gate and up in one launch (``gate+up``). Activations as the engine has them: bf16 into gate/up, float32 into down.
+Each timing replays a CUDA graph of launches that cycle through disjoint slot sets of a table several times the L2
+(no launch reads what an earlier one left in L2; no Python launch overhead: the engine replays graphs too).
+Bytes read = the rows' packed weights + scales + biases + activations + outputs; the fraction is (bytes / time) /
+HBM bandwidth, where the bandwidth is that of a 2 GiB device-to-device copy (read + write bytes / time) in the same
+run. ``--sweep`` also times every (rows per warp, warps) of the CUDA kernel and reports the best.
 """
 from __future__ import annotations
 
@@ -17,22 +22,29 @@ import time
 from pathlib import Path
 
 
-def _time_cuda(fn, iters: int = 100, warmup: int = 10) -> float:
-    """Median seconds per call over CUDA-event-timed batches."""
+def _time_graph(launches, reps: int = 20) -> float:
+    """Seconds per launch: ``launches`` (callables, each one kernel launch) captured in one CUDA graph, replayed
+    ``reps`` times after warm-up; the median of 5 timed batches."""
     import torch
 
-    for _ in range(warmup):
-        fn()
+    for f in launches:                       # build / compile before capture
+        f()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in launches:
+            f()
+    g.replay()
     torch.cuda.synchronize()
     times = []
     for _ in range(5):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(iters):
-            fn()
+        for _ in range(reps):
+            g.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / iters)
+        times.append(start.elapsed_time(end) / 1e3 / reps / len(launches))
     return sorted(times)[len(times) // 2]
 
 
@@ -42,57 +54,115 @@ def hbm_bandwidth(nbytes: int = 2 << 30) -> float:
 
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    t = _time_cuda(lambda: dst.copy_(src), iters=10, warmup=2)
-    return 2 * nbytes / t
+    for _ in range(2):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    end.synchronize()
+    return 2 * nbytes * 10 / (start.elapsed_time(end) / 1e3)
 
 
-CONFIGS = [(bn, bk, nw) for bn in (4, 8, 16, 32) for bk in (512, 1024, 2048) for nw in (1, 2, 4)]
-
-
-def measure(bits: int, n_out: int, n_in: int, rows: int, group: int = 64, slots: int = 64, configs=None) -> dict:
+def _tables(bits: int, n_out: int, n_in: int, slots: int, group: int, kinds: int):
     import torch
 
-    from fmoe.kernels.triton_qmv import grouped_qmv
-
     words = n_in * bits // 32
-    w = torch.randint(-2**31, 2**31 - 1, (slots, n_out, words), dtype=torch.int32, device="cuda")
-    s = (torch.rand(slots, n_out, n_in // group, device="cuda") * 0.01).to(torch.bfloat16)
-    b = (torch.rand(slots, n_out, n_in // group, device="cuda") * 0.01).to(torch.bfloat16)
-    x = torch.randn(rows, n_in, device="cuda", dtype=torch.bfloat16)
-    sl = torch.randperm(slots, device="cuda")[:rows].to(torch.int32)
+    out = []
+    for _ in range(kinds):
+        w = torch.randint(-2**31, 2**31 - 1, (slots, n_out, words), dtype=torch.int32, device="cuda")
+        s = (torch.rand(slots, n_out, n_in // group, device="cuda") * 0.01).to(torch.bfloat16)
+        b = (torch.rand(slots, n_out, n_in // group, device="cuda") * 0.01).to(torch.bfloat16)
+        out.append((w, s, b))
+    return out
+
+
+def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int = 64, config=None) -> dict:
+    """One row of the table: ``kernel`` "cuda", "triton" or "cuda gate+up"."""
+    import torch
+
+    from fmoe.kernels import cuda_qmv, triton_qmv
+
+    gate_up = kernel == "cuda gate+up"
+    per_slot = n_out * (n_in * bits // 8 + 2 * 2 * n_in // group) * (2 if gate_up else 1)
+    slots = max(2 * rows, -(-(400 << 20) // per_slot))           # >= 400 MB of weights: several times the L2
+    slots = rows * (slots // rows)
+    tables = _tables(bits, n_out, n_in, slots, group, 2 if gate_up else 1)
+    x_dtype = torch.bfloat16 if n_in > n_out or gate_up else torch.float32   # gate/up: bf16 hidden; down: float32 h
+    x = torch.randn(1 if gate_up else rows, n_in, device="cuda").to(x_dtype)
+    perm = torch.randperm(slots, device="cuda").to(torch.int32)
+    sets = [perm[i:i + rows].contiguous() for i in range(0, slots, rows)]
     y = torch.empty(rows, n_out, dtype=torch.float32, device="cuda")
-    per_row = n_out * words * 4 + 2 * n_out * (n_in // group) * 2
-    nbytes = rows * per_row + x.numel() * 2 + y.numel() * 4
-    best = None
-    for cfg in configs or CONFIGS:
-        bn, bk, nw = cfg
-        t = _time_cuda(lambda: grouped_qmv(x, w, s, b, sl, bits, group, out=y, block_n=bn, block_k=bk, num_warps=nw),
-                       iters=30, warmup=3)
-        if best is None or t < best[1]:
-            best = (cfg, t)
-    cfg = best[0]
-    t = _time_cuda(lambda: grouped_qmv(x, w, s, b, sl, bits, group, out=y, block_n=cfg[0], block_k=cfg[1],
-                                       num_warps=cfg[2]))
-    return {"bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group, "config": list(cfg),
-            "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t}
+    (w, s, b) = tables[0]
+    if kernel == "triton":
+        def one(sl):
+            return lambda: triton_qmv.grouped_qmv(x, w, s, b, sl, bits, group, out=y)
+    elif gate_up:
+        (wu, su, bu) = tables[1]
+
+        def one(sl):
+            return lambda: cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, sl, bits, group, out=y,
+                                                    rows_per_warp=config and config[0], warps=config and config[1])
+    else:
+        def one(sl):
+            return lambda: cuda_qmv.grouped_qmv(x, w, s, b, sl, bits, group, out=y, rows_per_warp=config and config[0],
+                                                warps=config and config[1])
+    t = _time_graph([one(sl) for sl in sets])
+    nbytes = rows * per_slot + x.numel() * x.element_size() + y.numel() * 4
+    res = {"kernel": kernel, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group,
+           "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots}
+    if kernel != "triton":
+        res["config"] = list(config) if config else list(cuda_qmv.launch_config(n_in, bits, rows, gate_up))
+    return res
 
 
-def run(bits_list=(2, 3, 4, 8)) -> dict:
+SHAPES = ((1024, 4096), (4096, 1024))
+SWEEP = [(rpw, nw) for rpw in (1, 2, 4, 8) for nw in (4, 8)]
+
+
+def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
     import torch
 
     if not torch.cuda.is_available():
         raise SystemExit("fmoe bench kernels --device cuda: no CUDA device")
     bw = hbm_bandwidth()
     rows = []
+
+    def add(m):
+        m["fraction_of_hbm"] = m["bytes_per_s"] / bw
+        rows.append(m)
+        print(f"{m['kernel']:>13} {m['bits']}-bit {m['shape'][0]}x{m['shape'][1]} rows {m['rows']}: "
+              f"{m['seconds'] * 1e6:.1f} us, {m['bytes_per_s'] / 1e12:.2f} TB/s = {m['fraction_of_hbm']:.2f} of HBM "
+              f"{m.get('config', '')}", file=sys.stderr)
+        return m
+
+    from fmoe.kernels.cuda_qmv import BITS
+
     for bits in bits_list:
-        for (n_out, n_in) in ((1024, 4096), (4096, 1024)):
+        if bits not in BITS:                  # 3/5/6 bits: the Triton kernel only
+            for (n_out, n_in) in SHAPES:
+                for r in (10, 64):
+                    add(measure("triton", bits, n_out, n_in, r))
+            continue
+        for (n_out, n_in) in SHAPES:
             for r in (10, 64):
-                m = measure(bits, n_out, n_in, r)
-                m["fraction_of_hbm"] = m["bytes_per_s"] / bw
-                rows.append(m)
-                print(f"{bits}-bit {n_out}x{n_in} rows {r}: {m['seconds'] * 1e6:.1f} us, "
-                      f"{m['bytes_per_s'] / 1e12:.2f} TB/s = {m['fraction_of_hbm']:.2f} of HBM "
-                      f"(block_n, block_k, warps {m['config']})", file=sys.stderr)
+                if sweep:
+                    best = min((measure("cuda", bits, n_out, n_in, r, config=c) for c in SWEEP),
+                               key=lambda m: m["seconds"])
+                    best["swept"] = True
+                    add(best)
+                add(measure("cuda", bits, n_out, n_in, r))
+                if triton:
+                    add(measure("triton", bits, n_out, n_in, r))
+        for r in (10,):
+            if sweep:
+                best = min((measure("cuda gate+up", bits, *SHAPES[0], r, config=c) for c in SWEEP if c[0] <= 4),
+                           key=lambda m: m["seconds"])
+                best["swept"] = True
+                add(best)
+            add(measure("cuda gate+up", bits, *SHAPES[0], r))
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
@@ -100,26 +170,29 @@ def run(bits_list=(2, 3, 4, 8)) -> dict:
 def markdown(res: dict) -> str:
     out = ["# GPU grouped quantized mat-vec vs HBM bandwidth (`fmoe bench kernels --device cuda`)", "",
            f"{res['device']}, {res['when']}; HBM bandwidth of a 2 GiB device copy in the same run: "
-           f"{res['hbm_copy_bytes_per_s'] / 1e12:.2f} TB/s.", "",
-           "| bits | out x in | rows | time (us) | TB/s | of HBM | block_n, block_k, warps |",
-           "|---|---|---|---|---|---|---|"]
+           f"{res['hbm_copy_bytes_per_s'] / 1e12:.2f} TB/s. Times: CUDA graphs cycling through disjoint slot sets "
+           "(no L2 reuse between launches).", "",
+           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | rows/warp, warps |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        out.append(f"| {r['bits']} | {r['shape'][0]} x {r['shape'][1]} | {r['rows']} | {r['seconds'] * 1e6:.1f} | "
-                   f"{r['bytes_per_s'] / 1e12:.2f} | {r['fraction_of_hbm']:.2f} | {r['config']} |")
+        cfg = r.get("config", "")
+        if r.get("swept"):
+            cfg = f"{cfg} (best of sweep)"
+        out.append(f"| {r['kernel']} | {r['bits']} | {r['shape'][0]} x {r['shape'][1]} | {r['rows']} | "
+                   f"{r['seconds'] * 1e6:.1f} | {r['bytes_per_s'] / 1e12:.2f} | {r['fraction_of_hbm']:.2f} | {cfg} |")
     return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="fmoe bench kernels --device cuda")
-    ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8])
+    ap.add_argument("--bits", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--sweep", action="store_true", help="also time every launch configuration of the CUDA kernel")
+    ap.add_argument("--no-triton", action="store_true", help="skip the Triton kernel (the peer)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--write", default=None, help="write cuda_kernels.json/.md into this folder")
     a = ap.parse_args(argv)
-    res = run(a.bits)
-    if a.json:
-        print(json.dumps(res, indent=1))
-    else:
-        print(markdown(res))
+    res = run(a.bits, a.sweep, not a.no_triton)
+    print(json.dumps(res, indent=1) if a.json else markdown(res))
     if a.write:
         d = Path(a.write)
         d.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """The GPU expert tier: experts kept in VRAM, one byte region per expert in a slot pool, run by the grouped quantized
-mat-vec (fmoe/kernels/grouped_qmv.py) with one launch per matrix kind for all of a token's experts.
+mat-vec (fmoe/kernels/grouped_qmv.py): two launches for all of a token's experts, gate and up with silu(gate) * up in
+one, then the down projection.
 
     experts = DeviceExperts(ops, host, cfg, budget_bytes)   # host: an ExpertStore, or CheckpointExperts (in memory)
     y, with_shared = experts.moe_decode(layer, x, probs, k, renorm, shared_weight)   # one token: top-k of probs
@@ -34,7 +35,7 @@ import torch
 
 from fmoe.engine import cuda_host
 from fmoe.errors import ConfigError
-from fmoe.kernels.grouped_qmv import grouped_qmv
+from fmoe.kernels.grouped_qmv import grouped_gate_up, grouped_qmv
 from fmoe.kernels.quant import QuantizedWeight
 from fmoe.storage.stream_layout import ExpertTemplate
 from fmoe.units import parse_size
@@ -417,7 +418,11 @@ class DeviceExperts:
             w, s, b, bits, gs = pool.matrix(proj)
             return grouped_qmv(inp, w, s, b, slots, bits, gs)
 
-        h = torch.nn.functional.silu(rows(x, "gate_proj")) * rows(x, "up_proj")     # [R, I] float32
+        gate, up = pool.matrix("gate_proj"), pool.matrix("up_proj")
+        if gate[3:] == up[3:]:      # one launch: silu(gate) * up (fmoe/kernels/grouped_qmv.py)
+            h = grouped_gate_up(x, gate[:3], up[:3], slots, *gate[3:])                # [R, I] float32
+        else:
+            h = torch.nn.functional.silu(rows(x, "gate_proj")) * rows(x, "up_proj")
         d = rows(h, "down_proj")                                                     # [R, H]
         y = (d * w[:, None]).sum(0, keepdim=True)
         return y.to(x.dtype), shared is not None

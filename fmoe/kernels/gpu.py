@@ -1,4 +1,5 @@
-"""The GPU kernel modules (Triton), imported once each, or None where Triton is missing or broken.
+"""The GPU kernel modules (Triton; the CUDA C++ mat-vec built by NVRTC), imported once each, or None where they
+cannot be imported (no Triton, or a broken one).
 
     qmv = gpu.kernels("triton_qmv")          # fmoe.kernels.triton_qmv, or None (then callers take the torch path)
 
@@ -11,6 +12,7 @@ import warnings
 
 _LOADED: dict = {}
 _FALLBACK = {
+    "cuda_qmv": "the Triton grouped mat-vec runs instead",
     "triton_qmv": "quantized mat-vecs on the GPU dequantize each matrix instead",
     "triton_norm": "RMSNorm runs as torch ops",
     "triton_deltanet": "Gated DeltaNet decode runs as torch ops",

@@ -1,0 +1,127 @@
+"""Grouped quantized mat-vec on NVIDIA GPUs as a CUDA C++ kernel (fmoe/kernels/cuda_qmv.cu, built at run time by
+NVRTC: fmoe/kernels/nvrtc.py), reading mlx's affine packed layout directly: no dequantized copy.
+
+    y = grouped_qmv(x, w, scales, biases, slots, bits=4, group_size=64)          # y[r] = W[slots[r]] @ x[r]   (float32)
+    h = grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, bits=4, group_size=64)  # silu(G[s] @ x) * (U[s] @ x), one pass
+    if supports(x, w, scales, bits, group_size): ...                            # else the Triton kernel (triton_qmv.py)
+
+Shapes and layout as fmoe/kernels/triton_qmv.py: ``w`` [S, out, in*bits/32] int32 words, ``scales``/``biases``
+[S, out, in/group_size] bf16 or float32, each slot's matrix contiguous at any slot stride (the VRAM tier's expert
+regions); ``x`` [R, in] or [1, in] (one x shared by every row), bf16 or float32; ``slots`` [R] int32.
+Bit widths 2, 4 and 8 (whole codes per 32-bit word, 16-byte rows); 3/5/6 bits stay on the Triton kernel, as do rows
+longer than 8 chunks per lane (4-bit: in > 8192). ``grouped_gate_up`` reads a token's gate and up matrices in one
+launch and writes silu(gate) * up, which is the first half of an expert; the engine's decode calls it and then
+``grouped_qmv`` on the down projection (fmoe/engine/device_experts.py).
+
+Launch configuration (rows per warp, warps per block): :func:`launch_config`, from `fmoe bench kernels --device cuda
+--sweep` on the H200 (bench/results/cuda_kernels.md).
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from fmoe.kernels import nvrtc
+
+BITS = (2, 4, 8)
+MAX_CHUNKS_PER_LANE = 8
+_PROGRAM = nvrtc.Program(nvrtc.source_file("cuda_qmv.cu").read_text(), "cuda_qmv")
+
+
+class _Args(ctypes.Structure):
+    """QmvArgs of cuda_qmv.cu, field for field."""
+    _fields_ = [("x", ctypes.c_void_p), ("x_stride", ctypes.c_longlong), ("w", ctypes.c_void_p),
+                ("s", ctypes.c_void_p), ("b", ctypes.c_void_p), ("w2", ctypes.c_void_p), ("s2", ctypes.c_void_p),
+                ("b2", ctypes.c_void_p), ("w_slot_stride", ctypes.c_longlong), ("s_slot_stride", ctypes.c_longlong),
+                ("slots", ctypes.c_void_p), ("y", ctypes.c_void_p), ("n_out", ctypes.c_int), ("n_in", ctypes.c_int)]
+
+
+_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def _chunks(n_in: int, bits: int) -> int:
+    """16-byte chunks per row."""
+    return n_in * bits // 128
+
+
+def supports(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int) -> bool:
+    """Whether this kernel runs these operands (else the caller takes the Triton kernel)."""
+    if bits not in BITS or not x.is_cuda or scales.dtype not in _DTYPE_CODE or w.dtype != torch.int32:
+        return False
+    n_in = w.shape[2] * 32 // bits
+    values_per_chunk = 128 // bits
+    if n_in % values_per_chunk or n_in % group_size or group_size % 32:
+        return False
+    if -(-_chunks(n_in, bits) // 32) > MAX_CHUNKS_PER_LANE:
+        return False
+    return w.data_ptr() % 16 == 0 and (w.stride(0) * 4) % 16 == 0
+
+
+def launch_config(n_in: int, bits: int, rows: int, gate_up: bool) -> tuple[int, int]:
+    """(rows per warp, warps per block)."""
+    per_lane = -(-_chunks(n_in, bits) // 32)
+    if gate_up:
+        return (2, 4) if per_lane <= 4 else (1, 4)
+    if per_lane <= 1:
+        return 4, 4
+    return (2, 4) if per_lane <= 4 else (1, 4)
+
+
+def _check(x, w, scales, biases, slots, bits: int, group_size: int) -> tuple[int, int, int]:
+    n_slots, n_out, n_words = w.shape
+    n_in = n_words * 32 // bits
+    rows = slots.numel()
+    if x.shape[-1] != n_in or x.dim() != 2 or x.shape[0] not in (1, rows):
+        raise ValueError(f"x {tuple(x.shape)} does not match {rows} rows of in_features {n_in}")
+    if scales.shape != (n_slots, n_out, n_in // group_size) or biases.shape != scales.shape:
+        raise ValueError(f"scales/biases {tuple(scales.shape)} do not match w {tuple(w.shape)} at group {group_size}")
+    for name, t in (("w", w), ("scales", scales), ("biases", biases)):
+        if t.stride(2) != 1 or t.stride(1) != t.shape[2]:
+            raise ValueError(f"{name}: each slot's matrix must be contiguous (strides {tuple(t.stride())})")
+    if scales.stride(0) != biases.stride(0) or scales.dtype != biases.dtype:
+        raise ValueError("scales and biases must share one slot stride and dtype")
+    if slots.dtype != torch.int32 or not slots.is_contiguous():
+        raise ValueError(f"slots must be a contiguous int32 tensor, got {slots.dtype}")
+    return n_out, n_in, rows
+
+
+def _launch(x, mats, slots, bits: int, group_size: int, out, rows_per_warp, warps, gate_up: bool) -> torch.Tensor:
+    (w, s, b), up = mats[0], (mats[1] if gate_up else mats[0])
+    n_out, n_in, rows = _check(x, w, s, b, slots, bits, group_size)
+    if gate_up:
+        _check(x, *up, slots, bits, group_size)
+        if up[0].shape != w.shape or up[0].stride(0) != w.stride(0) or up[1].stride(0) != s.stride(0) \
+                or up[1].dtype != s.dtype:
+            raise ValueError("gate and up must share shapes, slot strides and dtypes")
+    if x.dtype not in _DTYPE_CODE or x.stride(1) != 1:
+        x = x.to(torch.float32).contiguous()
+    if x.data_ptr() % 16 or (x.shape[0] > 1 and x.stride(0) * x.element_size() % 16):
+        x = x.clone(memory_format=torch.contiguous_format)          # the kernel reads x in 16-byte loads
+    cfg = launch_config(n_in, bits, rows, gate_up)
+    rpw, nw = rows_per_warp or cfg[0], warps or cfg[1]
+    per_lane = -(-_chunks(n_in, bits) // 32)
+    y = out if out is not None else torch.empty(rows, n_out, dtype=torch.float32, device=x.device)
+    sub = min(group_size, 128 // bits)
+    expr = (f"fmoe_qmv<{bits}, {group_size}, {_DTYPE_CODE[x.dtype]}, {_DTYPE_CODE[s.dtype]}, {rpw}, {per_lane}, "
+            f"{1 if gate_up else 0}>")
+    fn = _PROGRAM.function(expr, x.device.index if x.device.index is not None else torch.cuda.current_device())
+    args = _Args(x.data_ptr(), 0 if x.shape[0] == 1 else x.stride(0), w.data_ptr(), s.data_ptr(), b.data_ptr(),
+                 up[0].data_ptr(), up[1].data_ptr(), up[2].data_ptr(), w.stride(0), s.stride(0), slots.data_ptr(),
+                 y.data_ptr(), n_out, n_in)
+    per_block = nw * rpw
+    fn.launch(((n_out + per_block - 1) // per_block, rows, 1), (32 * nw, 1, 1), (n_in + n_in // sub) * 4,
+              torch.cuda.current_stream(x.device).cuda_stream, [args])
+    return y
+
+
+def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, rows_per_warp=None,
+                warps=None) -> torch.Tensor:
+    """``y[r] = dequant(w[slots[r]]) @ x[r]`` for every row r (x: [R, in] or [1, in] shared); float32 [R, out]."""
+    return _launch(x, [(w, scales, biases)], slots, bits, group_size, out, rows_per_warp, warps, False)
+
+
+def grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, bits: int, group_size: int, out=None, rows_per_warp=None,
+                    warps=None) -> torch.Tensor:
+    """``silu(G[slots[r]] @ x[r]) * (U[slots[r]] @ x[r])`` for every row r; float32 [R, out]."""
+    return _launch(x, [(wg, sg, bg), (wu, su, bu)], slots, bits, group_size, out, rows_per_warp, warps, True)
