@@ -11,7 +11,7 @@ Each timing replays a CUDA graph of launches that cycle through disjoint slot se
 (no launch reads what an earlier one left in L2; no Python launch overhead: the engine replays graphs too).
 Bytes read = the rows' packed weights + scales + biases + activations + outputs; the fraction is (bytes / time) /
 HBM bandwidth, where the bandwidth is that of a 2 GiB device-to-device copy (read + write bytes / time) in the same
-run. ``--sweep`` also times every (rows per warp, warps) of the CUDA kernel and reports the best.
+run. ``--sweep`` also times every (rows per warp, warps, batches per warp) of the CUDA kernel and reports the best.
 """
 from __future__ import annotations
 
@@ -103,12 +103,10 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
         (wu, su, bu) = tables[1]
 
         def one(sl):
-            return lambda: cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, sl, bits, group, out=y,
-                                                    rows_per_warp=config and config[0], warps=config and config[1])
+            return lambda: cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, sl, bits, group, out=y, config=config)
     else:
         def one(sl):
-            return lambda: cuda_qmv.grouped_qmv(x, w, s, b, sl, bits, group, out=y, rows_per_warp=config and config[0],
-                                                warps=config and config[1])
+            return lambda: cuda_qmv.grouped_qmv(x, w, s, b, sl, bits, group, out=y, config=config)
     t = _time_graph([one(sl) for sl in sets])
     nbytes = rows * per_slot + x.numel() * x.element_size() + y.numel() * 4
     res = {"kernel": kernel, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group,
@@ -119,7 +117,17 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
 
 
 SHAPES = ((1024, 4096), (4096, 1024))
-SWEEP = [(rpw, nw) for rpw in (1, 2, 4, 8) for nw in (4, 8)]
+SWEEP = [(rpw, nw, nb) for rpw in (1, 2, 4) for nw in (4, 8) for nb in (1, 2, 4)]
+
+
+def _best(kernel: str, bits: int, n_out: int, n_in: int, rows: int, configs) -> dict:
+    """The fastest configuration of ``configs``; every one's time printed."""
+    ms = [measure(kernel, bits, n_out, n_in, rows, config=c) for c in configs]
+    print(f"sweep {kernel} {bits}-bit {n_out}x{n_in} rows {rows}: " +
+          ", ".join(f"{m['config']} {m['seconds'] * 1e6:.1f}" for m in ms), file=sys.stderr)
+    best = min(ms, key=lambda m: m["seconds"])
+    best["swept"] = True
+    return best
 
 
 def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
@@ -149,19 +157,13 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
         for (n_out, n_in) in SHAPES:
             for r in (10, 64):
                 if sweep:
-                    best = min((measure("cuda", bits, n_out, n_in, r, config=c) for c in SWEEP),
-                               key=lambda m: m["seconds"])
-                    best["swept"] = True
-                    add(best)
+                    add(_best("cuda", bits, n_out, n_in, r, SWEEP))
                 add(measure("cuda", bits, n_out, n_in, r))
                 if triton:
                     add(measure("triton", bits, n_out, n_in, r))
         for r in (10,):
             if sweep:
-                best = min((measure("cuda gate+up", bits, *SHAPES[0], r, config=c) for c in SWEEP if c[0] <= 4),
-                           key=lambda m: m["seconds"])
-                best["swept"] = True
-                add(best)
+                add(_best("cuda gate+up", bits, *SHAPES[0], r, [c for c in SWEEP if c[0] <= 2]))
             add(measure("cuda gate+up", bits, *SHAPES[0], r))
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -172,7 +174,7 @@ def markdown(res: dict) -> str:
            f"{res['device']}, {res['when']}; HBM bandwidth of a 2 GiB device copy in the same run: "
            f"{res['hbm_copy_bytes_per_s'] / 1e12:.2f} TB/s. Times: CUDA graphs cycling through disjoint slot sets "
            "(no L2 reuse between launches).", "",
-           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | rows/warp, warps |",
+           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | rows/warp, warps, batches |",
            "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         cfg = r.get("config", "")

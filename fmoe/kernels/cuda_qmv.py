@@ -13,7 +13,7 @@ longer than 8 chunks per lane (4-bit: in > 8192). ``grouped_gate_up`` reads a to
 launch and writes silu(gate) * up, which is the first half of an expert; the engine's decode calls it and then
 ``grouped_qmv`` on the down projection (fmoe/engine/device_experts.py).
 
-Launch configuration (rows per warp, warps per block): :func:`launch_config`, from `fmoe bench kernels --device cuda
+Launch configuration (rows per warp and batch, warps per block, batches per warp): :func:`launch_config`, from `fmoe bench kernels --device cuda
 --sweep` on the H200 (bench/results/cuda_kernels.md).
 """
 from __future__ import annotations
@@ -58,14 +58,16 @@ def supports(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bits: int, 
     return w.data_ptr() % 16 == 0 and (w.stride(0) * 4) % 16 == 0
 
 
-def launch_config(n_in: int, bits: int, rows: int, gate_up: bool) -> tuple[int, int]:
-    """(rows per warp, warps per block)."""
+def launch_config(n_in: int, bits: int, rows: int, gate_up: bool) -> tuple[int, int, int]:
+    """(rows per warp and batch, warps per block, batches per warp): the fastest or within 3% of it for both 10 and
+    64 rows in the H200 sweep (bench/results/session7/call4_sweep.txt); one batch per warp throughout, as a second
+    batch in flight gained nothing at decode sizes."""
     per_lane = -(-_chunks(n_in, bits) // 32)
     if gate_up:
-        return (2, 4) if per_lane <= 4 else (1, 4)
-    if per_lane <= 1:
-        return 4, 4
-    return (2, 4) if per_lane <= 4 else (1, 4)
+        return 1, 8, 1
+    if per_lane <= 2:
+        return 4, 8, 1
+    return (2, 8, 1) if per_lane <= 4 else (1, 8, 1)
 
 
 def _check(x, w, scales, biases, slots, bits: int, group_size: int) -> tuple[int, int, int]:
@@ -86,7 +88,7 @@ def _check(x, w, scales, biases, slots, bits: int, group_size: int) -> tuple[int
     return n_out, n_in, rows
 
 
-def _launch(x, mats, slots, bits: int, group_size: int, out, rows_per_warp, warps, gate_up: bool) -> torch.Tensor:
+def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bool) -> torch.Tensor:
     (w, s, b), up = mats[0], (mats[1] if gate_up else mats[0])
     n_out, n_in, rows = _check(x, w, s, b, slots, bits, group_size)
     if gate_up:
@@ -98,30 +100,29 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, rows_per_warp, warp
         x = x.to(torch.float32).contiguous()
     if x.data_ptr() % 16 or (x.shape[0] > 1 and x.stride(0) * x.element_size() % 16):
         x = x.clone(memory_format=torch.contiguous_format)          # the kernel reads x in 16-byte loads
-    cfg = launch_config(n_in, bits, rows, gate_up)
-    rpw, nw = rows_per_warp or cfg[0], warps or cfg[1]
+    rpw, nw, nb = config or launch_config(n_in, bits, rows, gate_up)
     per_lane = -(-_chunks(n_in, bits) // 32)
     y = out if out is not None else torch.empty(rows, n_out, dtype=torch.float32, device=x.device)
     sub = min(group_size, 128 // bits)
     expr = (f"fmoe_qmv<{bits}, {group_size}, {_DTYPE_CODE[x.dtype]}, {_DTYPE_CODE[s.dtype]}, {rpw}, {per_lane}, "
-            f"{1 if gate_up else 0}>")
+            f"{1 if gate_up else 0}, {nb}>")
     fn = _PROGRAM.function(expr, x.device.index if x.device.index is not None else torch.cuda.current_device())
     args = _Args(x.data_ptr(), 0 if x.shape[0] == 1 else x.stride(0), w.data_ptr(), s.data_ptr(), b.data_ptr(),
                  up[0].data_ptr(), up[1].data_ptr(), up[2].data_ptr(), w.stride(0), s.stride(0), slots.data_ptr(),
                  y.data_ptr(), n_out, n_in)
-    per_block = nw * rpw
+    per_block = nw * rpw * nb
     fn.launch(((n_out + per_block - 1) // per_block, rows, 1), (32 * nw, 1, 1), (n_in + n_in // sub) * 4,
               torch.cuda.current_stream(x.device).cuda_stream, [args])
     return y
 
 
-def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, rows_per_warp=None,
-                warps=None) -> torch.Tensor:
-    """``y[r] = dequant(w[slots[r]]) @ x[r]`` for every row r (x: [R, in] or [1, in] shared); float32 [R, out]."""
-    return _launch(x, [(w, scales, biases)], slots, bits, group_size, out, rows_per_warp, warps, False)
+def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, config=None) -> torch.Tensor:
+    """``y[r] = dequant(w[slots[r]]) @ x[r]`` for every row r (x: [R, in] or [1, in] shared); float32 [R, out].
+    ``config``: (rows per warp, warps, batches per warp), else :func:`launch_config`."""
+    return _launch(x, [(w, scales, biases)], slots, bits, group_size, out, config, False)
 
 
-def grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, bits: int, group_size: int, out=None, rows_per_warp=None,
-                    warps=None) -> torch.Tensor:
+def grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, bits: int, group_size: int, out=None,
+                    config=None) -> torch.Tensor:
     """``silu(G[slots[r]] @ x[r]) * (U[slots[r]] @ x[r])`` for every row r; float32 [R, out]."""
-    return _launch(x, [(wg, sg, bg), (wu, su, bu)], slots, bits, group_size, out, rows_per_warp, warps, True)
+    return _launch(x, [(wg, sg, bg), (wu, su, bu)], slots, bits, group_size, out, config, True)

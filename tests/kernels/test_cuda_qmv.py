@@ -59,10 +59,11 @@ def test_rows_that_leave_lanes_idle(n_in):
     x = torch.randn(3, n_in, device="cuda")
     slots = torch.tensor([1, 1, 0], dtype=torch.int32, device="cuda")
     ref = np.einsum("roi,ri->ro", dense[slots.cpu().numpy()], x.cpu().numpy())
-    for rpw in (1, 2, 4):
-        for warps in (1, 4, 8):
-            y = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, rows_per_warp=rpw, warps=warps)
-            _close(y.cpu().numpy(), ref)
+    for rpw in (1, 4):
+        for warps in (1, 8):
+            for nb in (1, 4):
+                y = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, config=(rpw, warps, nb))
+                _close(y.cpu().numpy(), ref)
 
 
 @needs_gpu
@@ -78,8 +79,8 @@ def test_gate_up_in_one_pass(bits):
     g, u = np.einsum("roi,i->ro", dg[idx], xf), np.einsum("roi,i->ro", du[idx], xf)
     with np.errstate(over="ignore"):
         ref = g / (1 + np.exp(-g)) * u
-    for rpw in (1, 2):
-        h = cuda_qmv.grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, bits, 64, rows_per_warp=rpw)
+    for cfg in ((1, 8, 2), (2, 4, 1), (1, 4, 4)):
+        h = cuda_qmv.grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, bits, 64, config=cfg)
         _close(h.cpu().numpy(), ref)
 
 
@@ -175,10 +176,10 @@ def test_every_configuration_compiles_with_nvrtc():
         pytest.skip(str(e))
     for bits in (2, 4, 8):
         for n_in, gate_up in ((4096, True), (4096, False), (1024, False)):
-            rpw, _ = cuda_qmv.launch_config(n_in, bits, 10, gate_up)
+            rpw, _, nb = cuda_qmv.launch_config(n_in, bits, 10, gate_up)
             per_lane = -(-(n_in * bits // 128) // 32)
             for x_t, s_t in ((1, 1), (0, 0)):
-                expr = f"fmoe_qmv<{bits}, 64, {x_t}, {s_t}, {rpw}, {per_lane}, {int(gate_up)}>"
+                expr = f"fmoe_qmv<{bits}, 64, {x_t}, {s_t}, {rpw}, {per_lane}, {int(gate_up)}, {nb}>"
                 for arch in ("sm_90", "sm_80"):
                     cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, arch)
                     assert cubin[:4] == b"\x7fELF" and name.startswith("_Z8fmoe_qmv")
