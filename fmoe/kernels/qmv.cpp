@@ -78,6 +78,22 @@
 #endif
 #endif
 
+#if defined(__GNUC__)
+#define FMOE_INLINE __attribute__((always_inline))
+#else
+#define FMOE_INLINE
+#endif
+// -O2 leaves the small loops over rows below rolled: the NW = 2 accumulators then went through the stack (35%
+// slower); unrolled, R = 4 (prefill) also got faster (1 thread, hot, 4 x rows: 1024x4096 528-575 -> 495-498 us,
+// 4096x1024 568 -> 516-527 us)
+#if defined(__clang__)
+#define FMOE_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define FMOE_UNROLL _Pragma("GCC unroll 8")
+#else
+#define FMOE_UNROLL
+#endif
+
 namespace {
 
 inline float bf16_to_float(uint16_t h) {
@@ -548,7 +564,42 @@ void prepare_xb(const float* x, int8_t* xb, float* xscale, float* xsum, int64_t 
   constexpr int BLOCK = 32 * T;
   const int16_t* q = quantize_groups(x, xscale, xsum, K, gs, 32639.0f);
   const int64_t nblocks = K / BLOCK;
-  for (int64_t b = 0; b < nblocks; ++b) {
+  int64_t b0 = 0;
+  if constexpr (T == 4) {
+    // 2 bits, the same layout with shuffles (the scalar loop below took ~4.5 us of a 1024x4096 call at K = 4096).
+    // Per chunk c of 32 values: X = [q 0..7 | q 16..23], Y = [q 8..15 | q 24..31] (16-bit), so that a byte pack puts
+    // q 0..15 in the low lane and q 16..31 in the high lane; a byte shuffle then gathers dword t = values 4i + t of
+    // its lane, a dword permute pairs the lanes (qword t = the chunk's 8 bytes of step t), and a 4x4 qword transpose
+    // over the 4 chunks of the block makes step t's 32 bytes.
+    const __m256i gather4 = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,  //
+                                             0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i pair = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (; b0 < nblocks; ++b0) {
+      const __m256i* qs = reinterpret_cast<const __m256i*>(q + b0 * BLOCK);
+      __m256i H[4], L[4];
+      for (int c = 0; c < 4; ++c) {
+        const __m256i A = _mm256_loadu_si256(qs + 2 * c), B = _mm256_loadu_si256(qs + 2 * c + 1);
+        const __m256i X = _mm256_permute2x128_si256(A, B, 0x20), Y = _mm256_permute2x128_si256(A, B, 0x31);
+        // lo = the low byte as signed, hi = (v - lo) / 256 (exact: |x16| <= 32639)
+        const __m256i lx = _mm256_srai_epi16(_mm256_slli_epi16(X, 8), 8), ly = _mm256_srai_epi16(_mm256_slli_epi16(Y, 8), 8);
+        const __m256i hx = _mm256_srai_epi16(_mm256_sub_epi16(X, lx), 8), hy = _mm256_srai_epi16(_mm256_sub_epi16(Y, ly), 8);
+        H[c] = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_packs_epi16(hx, hy), gather4), pair);
+        L[c] = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_packs_epi16(lx, ly), gather4), pair);
+      }
+      __m256i* xd = reinterpret_cast<__m256i*>(xb + b0 * 2 * BLOCK);
+      const __m256i* src[2] = {H, L};
+      for (int h = 0; h < 2; ++h) {
+        const __m256i* V = src[h];
+        const __m256i lo01 = _mm256_unpacklo_epi64(V[0], V[1]), hi01 = _mm256_unpackhi_epi64(V[0], V[1]);
+        const __m256i lo23 = _mm256_unpacklo_epi64(V[2], V[3]), hi23 = _mm256_unpackhi_epi64(V[2], V[3]);
+        _mm256_storeu_si256(xd + 0 * 2 + h, _mm256_permute2x128_si256(lo01, lo23, 0x20));  // step 0
+        _mm256_storeu_si256(xd + 1 * 2 + h, _mm256_permute2x128_si256(hi01, hi23, 0x20));  // step 1
+        _mm256_storeu_si256(xd + 2 * 2 + h, _mm256_permute2x128_si256(lo01, lo23, 0x31));  // step 2
+        _mm256_storeu_si256(xd + 3 * 2 + h, _mm256_permute2x128_si256(hi01, hi23, 0x31));  // step 3
+      }
+    }
+  }
+  for (int64_t b = b0; b < nblocks; ++b) {
     const int16_t* qs = q + b * BLOCK;
     int8_t* xd = xb + b * 2 * BLOCK;
     for (int t = 0; t < T; ++t)
@@ -573,7 +624,7 @@ void prepare_xq(const float* x, int16_t* xq, float* xscale, float* xsum, int64_t
   const int16_t* q = quantize_groups(x, xscale, xsum, K, gs, 32767.0f);
   const int64_t nblocks = K / BLOCK;
   int64_t b0 = 0;
-  if constexpr (BITS == 4) {
+  if constexpr (BITS == 4 || BITS == 3) {  // (3 bits: the same W = 8, H = 4 layout)
     // the same permutation with shuffles: output vector j holds q[4l + j] in 16-bit lane l (l = 0..15)
     const __m256i sh = _mm256_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15,  //
                                         0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15);
@@ -696,8 +747,10 @@ inline void row_b(const uint32_t* row, const void* bi, int64_t gbase, const int8
       if constexpr (FMOE_PF > 0)
         if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, FMOE_PF_HINT);
       const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+      FMOE_UNROLL
       for (int t = 0; t < T; ++t) {
         const __m256i c = _mm256_and_si256(t == 0 ? v : _mm256_srli_epi16(v, BITS * t), m8);
+        FMOE_UNROLL
         for (int r = 0; r < R; ++r) {
           const __m256i* xv = reinterpret_cast<const __m256i*>(xb[r] + blk * 2 * BLOCK) + 2 * t;
 #if FMOE_VNNI
@@ -719,6 +772,7 @@ inline void row_b(const uint32_t* row, const void* bi, int64_t gbase, const int8
         }
       }
     }
+    FMOE_UNROLL
     for (int r = 0; r < R; ++r) {  // two accumulators (even / odd groups): the FMA latency is not the bound
 #if FMOE_VNNI
       (void)k1;
@@ -850,9 +904,21 @@ void row_i16_x4(const uint32_t* row, const void* bi, int64_t gbase, const int16_
 // 3 ANDs, 4 vpmaddwd, 3 adds, plus ~2.6 ops of the 8-group reduction; the per-group convert + broadcast + FMA is
 // gone.  Zen 3, one row from L1: 5.7-6.2 cycles per 64 codes (row_i16: 6.1-6.4); see docs/log/kernels.md.
 // R rows of x against one weight row (R = 4: prefill), the same arithmetic per row: bit-identical to R = 1.
+// 3 bits use the same scheme (row_defer): a 24-byte block of 64 codes is spread by one byte shuffle so that dword
+// lane i holds bytes (3i, 3i+1 | 3i+1, 3i+2) of its 3-byte triple, i.e. codes 8i..8i+3 at bits 0,3,6,9 of the low
+// 16 bits and codes 8i+4..8i+7 at bits 4,7,10,13 of the high 16 bits; a vpmullw by (16, 1) aligns the low half to the
+// high one, and step j is then (v >> 4+3j) & 7 in 16-bit lanes (the top code needs no AND): per 64 codes 1 shuffle +
+// 1 multiply + 4 shifts + 3 ANDs, vs 5 + 4 + 4 for load_code_block + row_i16 and a per-group convert + FMA.  The
+// int16 x layout is the same as 4 bits' (W = 8, H = 4).
+// 2 bits at group size 64 (split-byte layout, see row_b) defer too (row2_defer), when K is a multiple of 128 (whole
+// 32-byte blocks: defer_k).
 template <int BITS, int GS>
 constexpr bool defer_groups() {
-  return BITS == 4 && GS >= 64 && !split_bytes<BITS>();
+  return ((BITS == 4 || BITS == 3) && GS >= 64 && !split_bytes<BITS>()) || (BITS == 2 && GS == 64 && split_bytes<2>());
+}
+template <int BITS>
+inline bool defer_k(int64_t K) {
+  return BITS != 2 || K % 128 == 0;
 }
 
 // bf16 or float32 values a[i .. i+8) as 8 floats
@@ -866,32 +932,22 @@ inline __m256 load8_scales(const void* a, int64_t i) {
   }
 }
 
-#if defined(__GNUC__)
-#define FMOE_INLINE __attribute__((always_inline))
-#else
-#define FMOE_INLINE
-#endif
-// -O2 leaves the small loops over rows below rolled: the NW = 2 accumulators then went through the stack (35%
-// slower); unrolled, R = 4 (prefill) also got faster (1 thread, hot, 4 x rows: 1024x4096 528-575 -> 495-498 us,
-// 4096x1024 568 -> 516-527 us)
-#if defined(__clang__)
-#define FMOE_UNROLL _Pragma("unroll")
-#elif defined(__GNUC__)
-#define FMOE_UNROLL _Pragma("GCC unroll 8")
-#else
-#define FMOE_UNROLL
-#endif
 // NW weight rows (rows[w], groups from gbase[w]; NW > 1: consecutive rows of one matrix, rows[w] = rows[0] + w
 // rows) per pass: NW = 2 in decode gives the scheduler two independent chains and overlaps one row's tail (the
 // 8-group reduction, the horizontal sum) with the other's loop; out[w * R + r].  Every (w, r) product does the same
 // arithmetic in the same order as NW = 1, so the results are bit-identical (tested).
-template <int GS, bool BF16, int R, int NW = 1>
-inline void row4_defer(const uint32_t* const* rows, const void* sc, const void* bi, const int64_t* gbase,
-                       const int16_t* const* xq, const float* const* xsc, const float* const* xsum, int64_t K,
-                       float* out) {
-  constexpr int BPG = GS / 64;  // 32-byte blocks per group
+template <int BITS, int GS, bool BF16, int R, int NW = 1>
+inline void row_defer34(const uint32_t* const* rows, const void* sc, const void* bi, const int64_t* gbase,
+                      const int16_t* const* xq, const float* const* xsc, const float* const* xsum, int64_t K,
+                      float* out) {
+  // (instantiated for other widths by a runtime-guarded call in qmv_avx2, never run: see defer_groups)
+  constexpr int BB = 8 * BITS;  // bytes per block of 64 codes: 32 (4 bits) or 24 (3 bits)
+  constexpr int BPG = GS / 64;  // blocks per group
   constexpr int P = NW * R;     // products per pass, index w * R + r
-  const __m256i m4 = _mm256_set1_epi16(0x000F);
+  const __m256i m4 = _mm256_set1_epi16(BITS == 4 ? 0x000F : 0x0007);
+  const __m256i shuf3 = _mm256_setr_epi8(0, 1, 1, 2, 3, 4, 4, 5, 6, 7, 7, 8, 9, 10, 10, 11,  //
+                                         4, 5, 5, 6, 7, 8, 8, 9, 10, 11, 11, 12, 13, 14, 14, 15);
+  const __m256i mul3 = _mm256_set1_epi32(0x00010010);  // (16, 1) per dword: low half << 4
   const int64_t G = K / GS;
   const uint8_t* bytes[NW];
   FMOE_UNROLL
@@ -908,21 +964,31 @@ inline void row4_defer(const uint32_t* const* rows, const void* sc, const void* 
       // registers at once spilled the accumulators to the stack
       FMOE_UNROLL
       for (int w = 0; w < NW; ++w) {
-        const uint8_t* p = bytes[w] + blk * 32;
+        const uint8_t* p = bytes[w] + blk * BB;
         if constexpr (FMOE_PF > 0) {
           if constexpr (NW == 1) {
             if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, FMOE_PF_HINT);
           } else if (w == 0) {
             // one sequential stream over the NW contiguous rows: with a prefetch per row, 2 KB ahead of each, the
             // pairs were slower than single rows when cold (4096x1024, 2 threads 21.1-23.7 vs 22.6-26.1 GB/s)
-            _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * 32 * NW, FMOE_PF_HINT);
+            _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * BB * NW, FMOE_PF_HINT);
           }
         }
-        const __m256i v = _mm256_loadu_si256((const __m256i*)p);
-        const __m256i c0 = _mm256_and_si256(v, m4);
-        const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 8), m4);
-        const __m256i c3 = _mm256_srli_epi16(v, 12);
+        __m256i c0, c1, c2, c3;
+        if constexpr (BITS == 4) {
+          const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+          c0 = _mm256_and_si256(v, m4);
+          c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+          c2 = _mm256_and_si256(_mm256_srli_epi16(v, 8), m4);
+          c3 = _mm256_srli_epi16(v, 12);
+        } else {  // 24 bytes: low half bytes 0..15, high half bytes 8..23 (lanes 4-7 use 12..23); see defer_groups
+          const __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
+          const __m256i v = _mm256_mullo_epi16(_mm256_shuffle_epi8(raw, shuf3), mul3);
+          c0 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+          c1 = _mm256_and_si256(_mm256_srli_epi16(v, 7), m4);
+          c2 = _mm256_and_si256(_mm256_srli_epi16(v, 10), m4);
+          c3 = _mm256_srli_epi16(v, 13);
+        }
         FMOE_UNROLL
         for (int r = 0; r < R; ++r) {
           const __m256i* xb = reinterpret_cast<const __m256i*>(xq[r] + blk * 64);
@@ -1008,7 +1074,146 @@ inline void row4_defer(const uint32_t* const* rows, const void* sc, const void* 
   for (int i = 0; i < P; ++i) out[i] = hsum(_mm256_add_ps(ft[i], bt[i]));
 }
 
-// Decode rows of at most this many codes go two weight rows per pass (row4_defer NW = 2).  4096x1024, Zen 3:
+// 2 bits, group size 64, split-byte x layout (row_b's arithmetic per 32-byte block: the same exact int16 / int32
+// sums), with the float step deferred as in row_defer34: a block holds 128 codes = groups 2b (dword lanes 0-3) and
+// 2b+1 (lanes 4-7), so the unpack + add reduction of 4 blocks gives per 128-bit half [b0, b1, b2, b3] = groups
+// [0, 2, 4, 6 | 1, 3, 5, 7] of the 8 (one vpermd puts them in order), converted once and scaled by the 8 groups'
+// s_g * xs_g in one FMA, the bias term in the same pass (no row_comb / bias_dot passes, no per-block convert +
+// broadcast + FMA).  K a multiple of 128 (defer_k).  Same (w, r) arithmetic for every NW / R: bit-identical.
+template <bool BF16, int R, int NW = 1>
+inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* bi, const int64_t* gbase,
+                       const int8_t* const* xb, const float* const* xsc, const float* const* xsum, int64_t K,
+                       float* out) {
+  constexpr int P = NW * R;
+  const __m256i m8 = _mm256_set1_epi8(3);
+  const __m256i k256 = _mm256_set1_epi16(256), k1 = _mm256_set1_epi16(1);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const int64_t G = K / 64;
+  const uint8_t* bytes[NW];
+  FMOE_UNROLL
+  for (int w = 0; w < NW; ++w) bytes[w] = reinterpret_cast<const uint8_t*>(rows[w]);
+  __m256 ft[P], bt[P];
+  FMOE_UNROLL
+  for (int i = 0; i < P; ++i) ft[i] = bt[i] = _mm256_setzero_ps();
+  // int32 lane sums of block blk (groups 2 blk, 2 blk + 1) for each (weight row, x row)
+  auto block = [&](int64_t blk, __m256i* a) FMOE_INLINE {
+    FMOE_UNROLL
+    for (int w = 0; w < NW; ++w) {
+      const uint8_t* p = bytes[w] + blk * 32;
+      if constexpr (FMOE_PF > 0) {
+        if constexpr (NW == 1) {
+          if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, FMOE_PF_HINT);
+        } else if (w == 0) {  // one stream over the NW contiguous rows (see row_defer34)
+          _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * 32 * NW, FMOE_PF_HINT);
+        }
+      }
+      const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+      __m256i ph[R], pl[R];
+      FMOE_UNROLL
+      for (int t = 0; t < 4; ++t) {
+        const __m256i c = _mm256_and_si256(t == 0 ? v : _mm256_srli_epi16(v, 2 * t), m8);
+        FMOE_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const __m256i* xv = reinterpret_cast<const __m256i*>(xb[r] + blk * 256) + 2 * t;
+#if FMOE_VNNI
+          if (t == 0) ph[r] = pl[r] = _mm256_setzero_si256();
+          ph[r] = _mm256_dpbusd_epi32(ph[r], c, _mm256_loadu_si256(xv));
+          pl[r] = _mm256_dpbusd_epi32(pl[r], c, _mm256_loadu_si256(xv + 1));
+#else
+          const __m256i h = _mm256_maddubs_epi16(c, _mm256_loadu_si256(xv));
+          const __m256i l = _mm256_maddubs_epi16(c, _mm256_loadu_si256(xv + 1));
+          ph[r] = t == 0 ? h : _mm256_add_epi16(ph[r], h);
+          pl[r] = t == 0 ? l : _mm256_add_epi16(pl[r], l);
+#endif
+        }
+      }
+      FMOE_UNROLL
+      for (int r = 0; r < R; ++r) {
+#if FMOE_VNNI
+        a[w * R + r] = _mm256_add_epi32(_mm256_slli_epi32(ph[r], 8), pl[r]);
+#else
+        a[w * R + r] = _mm256_add_epi32(_mm256_madd_epi16(ph[r], k256), _mm256_madd_epi16(pl[r], k1));
+#endif
+      }
+    }
+  };
+  // groups g .. g+7 (nb of the 4 blocks valid, the others zero) -> the 8 groups' sums in order
+  auto oct = [&](int64_t g, int nb, __m256i* q) FMOE_INLINE {
+    __m256i a0[P], a1[P], h[P];
+    const int64_t b = g / 2;
+    block(b, a0);
+    if (nb > 1) block(b + 1, a1); else for (int i = 0; i < P; ++i) a1[i] = _mm256_setzero_si256();
+    FMOE_UNROLL
+    for (int i = 0; i < P; ++i)
+      h[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[i], a1[i]), _mm256_unpackhi_epi32(a0[i], a1[i]));
+    if (nb > 2) block(b + 2, a0); else for (int i = 0; i < P; ++i) a0[i] = _mm256_setzero_si256();
+    if (nb > 3) block(b + 3, a1); else for (int i = 0; i < P; ++i) a1[i] = _mm256_setzero_si256();
+    FMOE_UNROLL
+    for (int i = 0; i < P; ++i) {
+      const __m256i t = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[i], a1[i]), _mm256_unpackhi_epi32(a0[i], a1[i]));
+      q[i] = _mm256_permutevar8x32_epi32(_mm256_add_epi32(_mm256_unpacklo_epi64(h[i], t), _mm256_unpackhi_epi64(h[i], t)), order);
+    }
+  };
+  auto scale8 = [&](int64_t g, const __m256i* q, const __m256* s, const __m256* bb) FMOE_INLINE {
+    FMOE_UNROLL
+    for (int w = 0; w < NW; ++w)
+      FMOE_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const int i = w * R + r;
+        const __m256 comb = _mm256_mul_ps(s[w], _mm256_loadu_ps(xsc[r] + g));
+        ft[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[i]), comb, ft[i]);
+        bt[i] = _mm256_fmadd_ps(bb[w], _mm256_loadu_ps(xsum[r] + g), bt[i]);
+      }
+  };
+  int64_t g = 0;
+  for (; g + 8 <= G; g += 8) {
+    __m256i q[P];
+    oct(g, 4, q);
+    __m256 s[NW], b[NW];
+    FMOE_UNROLL
+    for (int w = 0; w < NW; ++w) {
+      s[w] = load8_scales<BF16>(sc, gbase[w] + g);
+      b[w] = load8_scales<BF16>(bi, gbase[w] + g);
+    }
+    scale8(g, q, s, b);
+  }
+  if (g < G) {  // the last G % 8 groups (an even number: K % 128 == 0), zeros for the missing ones
+    const int n = static_cast<int>(G - g);
+    __m256i q[P];
+    oct(g, n / 2, q);
+    __m256 s[NW], b[NW];
+    FMOE_UNROLL
+    for (int w = 0; w < NW; ++w) {
+      alignas(32) float sv[8] = {0}, bv[8] = {0};
+      for (int i = 0; i < n; ++i) {
+        sv[i] = load_scale<BF16>(sc, gbase[w] + g + i);
+        bv[i] = load_scale<BF16>(bi, gbase[w] + g + i);
+      }
+      s[w] = _mm256_load_ps(sv);
+      b[w] = _mm256_load_ps(bv);
+    }
+    scale8(g, q, s, b);  // (xsc / xsum: 8 floats of padding past the last group)
+  }
+  FMOE_UNROLL
+  for (int i = 0; i < P; ++i) out[i] = hsum(_mm256_add_ps(ft[i], bt[i]));
+}
+
+// The deferred-group kernel of each width (see defer_groups): 2 bits row2_defer (xq holds its split bytes), 3 and 4
+// bits row_defer34.
+template <int BITS, int GS, bool BF16, int R, int NW = 1>
+inline void row_defer(const uint32_t* const* rows, const void* sc, const void* bi, const int64_t* gbase,
+                      const int16_t* const* xq, const float* const* xsc, const float* const* xsum, int64_t K,
+                      float* out) {
+  if constexpr (BITS == 2) {
+    const int8_t* xb[R];
+    for (int r = 0; r < R; ++r) xb[r] = reinterpret_cast<const int8_t*>(xq[r]);
+    row2_defer<BF16, R, NW>(rows, sc, bi, gbase, xb, xsc, xsum, K, out);
+  } else {
+    row_defer34<BITS, GS, BF16, R, NW>(rows, sc, bi, gbase, xq, xsc, xsum, K, out);
+  }
+}
+
+// Decode rows of at most this many codes go two weight rows per pass (row_defer NW = 2).  4096x1024, Zen 3:
 // 1 thread hot 14.8 -> 16.7 GB/s, cold 13.9 -> 14.8, 2 threads cold 25.4 -> 25.7 (median of 6).  Longer rows lose:
 // 2048x2048 cold 1 thread 16.0 -> 14.0, 2 threads 28.5 -> 22.6; 1024x4096 hot 120 -> 126 us.
 #ifndef FMOE_PAIR_MAXK
@@ -1069,12 +1274,12 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
       comb.resize(static_cast<size_t>(4 * (gpr + 8)));
     int64_t n = c * grain;
     if constexpr (defer_groups<BITS, GS>())
-      if (mode == 0 && M == 1 && K <= FMOE_PAIR_MAXK)  // decode: two weight rows per pass (see row4_defer)
+      if (mode == 0 && M == 1 && K <= FMOE_PAIR_MAXK && defer_k<BITS>(K))  // decode: two weight rows per pass (see row_defer)
         for (; n + 2 <= n1; n += 2) {
           const uint32_t* rows2[2] = {w + n * wpr, w + (n + 1) * wpr};
           const int64_t gb2[2] = {n * gpr, (n + 1) * gpr};
           float out2[2];
-          row4_defer<GS, BF16, 1, 2>(rows2, sc, bi, gb2, &xq0, &xsc0, &xsum0, K, out2);
+          row_defer<BITS, GS, BF16, 1, 2>(rows2, sc, bi, gb2, &xq0, &xsc0, &xsum0, K, out2);
           y[n] = out2[0];
           y[n + 1] = out2[1];
         }
@@ -1096,7 +1301,7 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
               xss[r] = xsum0 + (m0 + r) * gps;
             }
             const int64_t gb = n * gpr;
-            row4_defer<GS, BF16, 4>(&row, sc, bi, &gb, xqs, xcs, xss, K, out4);
+            row_defer<BITS, GS, BF16, 4>(&row, sc, bi, &gb, xqs, xcs, xss, K, out4);
             for (int r = 0; r < 4; ++r) y[(m0 + r) * ys + n] = out4[r];
             continue;
           }
@@ -1113,11 +1318,11 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
       }
       for (int m = m0; m < M; ++m) {
         float r;
-        if (mode == 0 && defer_groups<BITS, GS>()) {
+        if (mode == 0 && defer_groups<BITS, GS>() && defer_k<BITS>(K)) {
           const int16_t* xqm = xq0 + m * xps;
           const float *xcm = xsc0 + m * gps, *xsm = xsum0 + m * gps;
           const int64_t gb = n * gpr;
-          row4_defer<GS, BF16, 1>(&row, sc, bi, &gb, &xqm, &xcm, &xsm, K, &r);
+          row_defer<BITS, GS, BF16, 1>(&row, sc, bi, &gb, &xqm, &xcm, &xsm, K, &r);
         } else if (mode == 0) {
           row_comb<BF16>(sc, n * gpr, xsc0 + m * gps, comb.data(), gpr);
           r = row_i16<BITS, GS, BF16>(row, sc, bi, n * gpr, xq0 + m * xps, comb.data(), xsum0 + m * gps,
@@ -1255,12 +1460,12 @@ struct SimdOps {
             float* comb) const {
     const int64_t gpr = K / GS;
     const uint32_t* r = w + n * (K * BITS / 32);
-    if (v.mode == 0 && defer_groups<BITS, GS>()) {
+    if (v.mode == 0 && defer_groups<BITS, GS>() && defer_k<BITS>(K)) {
       const int16_t* xqm = v.xq.data();
       const float *xcm = v.xsc.data(), *xsm = v.xsum.data();
       float out;
       const int64_t gb = n * gpr;
-      row4_defer<GS, BF16, 1>(&r, sc, bi, &gb, &xqm, &xcm, &xsm, K, &out);
+      row_defer<BITS, GS, BF16, 1>(&r, sc, bi, &gb, &xqm, &xcm, &xsm, K, &out);
       return out;
     }
     if (v.mode == 0) {
@@ -1283,14 +1488,14 @@ struct SimdOps {
             float* comb, float* out) const {
     int64_t n = n0;
     if constexpr (defer_groups<BITS, GS>())
-      if (v.mode == 0 && K <= FMOE_PAIR_MAXK) {
+      if (v.mode == 0 && K <= FMOE_PAIR_MAXK && defer_k<BITS>(K)) {
         const int64_t wpr = K * BITS / 32, gpr = K / GS;
         const int16_t* xqm = v.xq.data();
         const float *xcm = v.xsc.data(), *xsm = v.xsum.data();
         for (; n + 2 <= n1; n += 2) {
           const uint32_t* rows2[2] = {w + n * wpr, w + (n + 1) * wpr};
           const int64_t gb2[2] = {n * gpr, (n + 1) * gpr};
-          row4_defer<GS, BF16, 1, 2>(rows2, sc, bi, gb2, &xqm, &xcm, &xsm, K, out + (n - n0));
+          row_defer<BITS, GS, BF16, 1, 2>(rows2, sc, bi, gb2, &xqm, &xcm, &xsm, K, out + (n - n0));
         }
       }
     for (; n < n1; ++n) out[n - n0] = row(v, w, sc, bi, n, K, comb);

@@ -473,3 +473,37 @@ def test_mlx_switch_glu_matches_per_expert():
                 xt = mx.array(x[t:t + 1])
                 ref[t] += w[t, j] * np.array(d(ops.silu(g(xt)) * u(xt)))[0]
         assert _rel(y, ref) <= 1e-5, T
+
+
+@pytest.mark.skipif(native.load() is None, reason=f"native kernel unavailable: {native.load_error()}")
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", (2, 3, 4))
+def test_low_bit_decode_paths_match_reference(isa, bits, monkeypatch):
+    """The 2/3/4-bit int16-activation paths (3 and 4 bits: deferred group sums, two weight rows per pass for K <=
+    1024, 3 bits decoding 24-byte blocks by shuffle + multiply; 2 bits: split bytes, unrolled) against the reference
+    dequantize + matmul, for group counts that are not a multiple of 8 (the partial 8-group tail), odd row counts
+    (a single row after the pairs), K above the pairing limit, both scale dtypes and 1 or 2 threads; decode rows
+    bit-identical to each weight row alone and prefill rows (four x rows per pass) bit-identical to single x rows."""
+    rng = np.random.default_rng(130 + bits)
+    cases = ((64, 832, 37, "bfloat16"), (128, 640, 9, "float32"), (64, 1216, 11, "bfloat16"),
+             (64, 704, 5, "float32"), (32, 544, 7, "bfloat16"), (128, 1024, 258, "bfloat16"))
+    for threads in ("1", "2"):
+        monkeypatch.setenv("FMOE_THREADS", threads)
+        for group_size, inp, out, scale_dtype in cases:
+            q = quantize(_weights(rng, out=out, inp=inp, group_size=group_size), bits, group_size, scale_dtype)
+            layer = _variant_layer(q, isa)
+            x = torch.randn(6, inp)
+            x[1] *= 1e-3  # a small-magnitude row next to normal ones
+            ref = (x @ torch.from_numpy(dequantize(q)).t()).numpy()
+            y = layer._native(x, mode=0)
+            assert _rel(y.numpy(), ref) <= 1e-3, (isa, bits, group_size, inp)
+            for m in range(6):
+                ym = layer._native(x[m : m + 1], mode=0)
+                assert torch.equal(ym, y[m : m + 1]), (isa, bits, group_size, inp, m)
+                assert _rel(ym.numpy(), ref[m : m + 1]) <= 1e-3, (isa, bits, group_size, inp, m)
+            single = torch.cat([
+                _variant_layer(QuantizedWeight(q.weight[n : n + 1], q.scales[n : n + 1], q.biases[n : n + 1], bits,
+                                               group_size), isa)._native(x[:1], mode=0)
+                for n in range(out)
+            ], dim=1)
+            assert torch.equal(layer._native(x[:1], mode=0), single), (isa, bits, group_size, inp)
