@@ -121,7 +121,26 @@ def physical_cores() -> int:
 
 
 def threads() -> int:
-    """Threads of the native kernels: ``$FMOE_THREADS``, else the physical cores (see :func:`physical_cores`)."""
+    """Threads of the native kernels: ``$FMOE_THREADS``, else the physical cores (see :func:`physical_cores`).
+
+    Read on every call (a changed ``$FMOE_THREADS`` applies to the next kernel call).  Each mat-vec asks, so the
+    common case is cheap: the raw environment entry is looked up in ``os.environ``'s own dict and, while it is the
+    same object as last time, the parsed value is reused (``os.environ.get`` alone took ~1 us, a tenth of a small
+    mat-vec call's Python overhead)."""
+    global _threads_memo
+    data = getattr(os.environ, "_data", None) if _THREADS_KEY is not None else None
+    if data is not None:
+        raw = data.get(_THREADS_KEY)
+        memo = _threads_memo
+        if memo is not None and memo[0] is raw:
+            return memo[1]
+        n = _threads_from_env()
+        _threads_memo = (raw, n)  # only after a good parse: a bad value raises on every call, as before
+        return n
+    return _threads_from_env()
+
+
+def _threads_from_env() -> int:
     env = os.environ.get("FMOE_THREADS", "").strip()
     if env:
         try:
@@ -136,6 +155,13 @@ def threads() -> int:
 
 
 _threads: int | None = None
+# threads()'s fast path: os.environ's key for FMOE_THREADS (None where os.environ is not the usual mapping) and the
+# last (raw entry, result) pair
+try:
+    _THREADS_KEY = os.environ.encodekey("FMOE_THREADS")  # type: ignore[attr-defined]
+except Exception:  # noqa: BLE001 -- no encodekey: always the plain os.environ.get path
+    _THREADS_KEY = None
+_threads_memo: tuple | None = None
 
 
 def build(verbose: bool = False, source: Path = _SRC, isa: str | None = None) -> Path:

@@ -8,10 +8,15 @@ are, no repacking) and ``__call__(x[..., in]) -> [..., out]``:
   quantized per group to int16 (scale = max|x_g| / 32767, i.e. a relative error <= 2^-16 of the group's largest
   |x|, far finer than bf16), products and sums are exact integers (vpmaddwd) and each group is scaled in float32;
   ``exact=True`` (or ``FMOE_QMV_EXACT=1``) keeps float32 activations and float32 FMAs instead (slower).  In both
-  cases the result is float32, cast to ``dtype``; bf16 activations are widened first.
+  cases the result is float32, cast to ``dtype``; bf16 activations are widened first.  The Python + ctypes work
+  around the kernel is ~3.7 us a call on the 2-core EPYC (was ~8.7 us; ``bench/device/cpu_call_overhead.py``):
+  the layer's constant arguments are ctypes objects made once, and a fresh float32 output is made per call.
 * CPU, more rows (prefill): native dequantize to float32 (bit-identical to ``quant.dequantize``), one float32
   GEMM, result cast to ``dtype``.
-* CUDA tensors, or no C++ compiler: dequantize with torch ops (on the tensors' device) to ``dtype``, one matmul.
+* CUDA tensors of up to ``GPU_QMV_MAX_ROWS`` rows (decode): the grouped mat-vec on the packed weight
+  (fmoe/kernels/grouped_qmv.py: the CUDA C++ kernel, else Triton).
+* Larger CUDA inputs, or no C++ compiler: dequantize with torch ops (on the tensors' device) to ``dtype``, one
+  matmul.
 
 ``TorchQLinear.reference(x)`` is the pure torch path (dequantize in float32, float32 matmul) kept for
 correctness comparisons.
@@ -19,6 +24,7 @@ correctness comparisons.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 import warnings
@@ -50,6 +56,22 @@ def profile(on: bool = True) -> dict | None:
 
 # Default of TorchQLinear(exact=None): float32 activations in the native kernel instead of int16.
 _EXACT_DEFAULT = os.environ.get("FMOE_QMV_EXACT", "0") not in ("0", "", "false", "no", "off")
+
+_F32 = torch.float32
+_VP = ctypes.c_void_p
+# the decode path's result cast (Tensor.bfloat16(y) is ~1.5 us faster than y.to(torch.bfloat16); same values)
+_CAST = {torch.bfloat16: torch.Tensor.bfloat16, torch.float16: torch.Tensor.half}
+_QMV_PROTO = ctypes.CFUNCTYPE(ctypes.c_int)
+
+
+def _raw_qmv(fn):
+    """The C function behind the ctypes function ``fn`` as a pointer without argtypes: the caller passes ctypes
+    objects (c_void_p, c_int64) for the pointer and 64-bit parameters and Python ints only for the C ``int`` ones
+    (see native._SIGNATURES["fmoe_qmv"]), so each argument goes to libffi as it is, with no ``from_param``
+    conversion (that conversion was ~1 us of a call).  The GIL is released during the call, as with ``fn``."""
+    raw = _QMV_PROTO(ctypes.cast(fn, ctypes.c_void_p).value)
+    raw._keep = fn  # the library stays loaded while the pointer is in use
+    return raw
 
 
 def _np_to_torch(a: np.ndarray) -> torch.Tensor:
@@ -103,7 +125,7 @@ def to_torch_quantized(q: QuantizedWeight, device: torch.device | str | None = N
     return QuantizedWeight(w, s, b, q.bits, q.group_size)
 
 
-GPU_QMV_MAX_ROWS = 8   # CUDA: up to this many rows run the grouped mat-vec (fmoe/kernels/triton_qmv.py)
+GPU_QMV_MAX_ROWS = 8   # CUDA: up to this many rows run the grouped mat-vec (fmoe/kernels/grouped_qmv.py)
 _ZERO_SLOTS: dict = {}
 
 
@@ -211,9 +233,25 @@ class TorchQLinear:
             self._q_torch = QuantizedWeight(w, s, b, q.bits, q.group_size)
             self._src = self._q_torch
             self._scales_bf16 = int(s.dtype == torch.bfloat16)
-        if self._lib is not None:
-            self._fn = self._lib.fmoe_qmv
         self._nbytes: int | None = None     # the weight's bytes, counted once (the profile adds them per call)
+        self._qmv = None
+        if self._lib is not None:
+            # everything constant per layer, converted to ctypes once (see _fn and __call__)
+            N, K = ctypes.c_int64(self.out_features), ctypes.c_int64(self.in_features)
+            self._cargs = (_VP(self._wp), _VP(self._sp), _VP(self._bp), self._scales_bf16, N, K,
+                           self.bits, self.group_size)
+            self._fn = self._lib.fmoe_qmv
+
+    @property
+    def _fn(self):
+        """``fmoe_qmv`` of the library this layer calls (with argtypes); setting it (tests: another ISA variant)
+        also sets the prototype-free pointer to the same function that the calls use (``_qmv``)."""
+        return self.__dict__.get("_fn_declared")
+
+    @_fn.setter
+    def _fn(self, fn) -> None:
+        self.__dict__["_fn_declared"] = fn
+        self._qmv = None if fn is None else _raw_qmv(fn)
 
     @property
     def q(self) -> QuantizedWeight:
@@ -252,45 +290,67 @@ class TorchQLinear:
             raise ValueError(f"x last dim must be in_features={self.in_features}, got shape {tuple(x.shape)}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.in_features:
+        # The decode path is a few us of Python around a kernel of tens of us (a 2 MB matrix on 16 cores), so it
+        # keeps to the cheapest calls: constants converted once (_cargs), no argtypes conversion (_qmv), the output
+        # made by new_empty with int arguments (a shape tuple or a dtype keyword costs ~1 us more each).
+        K = self.in_features
+        shape = x.shape if isinstance(x, torch.Tensor) else ()
+        nd = len(shape)
+        if not nd or shape[-1] != K:
             self._check_x(x)
-        lead = x.shape[:-1]
-        m = x.numel() // self.in_features
-        if self._lib is not None and m <= NATIVE_MAX_ROWS and x.device.type == "cpu":
-            if x.dtype != torch.float32 or not x.is_contiguous():
-                x = x.to(torch.float32).contiguous()
-            y = torch.empty((*lead, self.out_features), dtype=torch.float32)
+        m = shape[0] if nd == 2 else x.numel() // K
+        if self._lib is not None and m <= NATIVE_MAX_ROWS and x.is_cpu:
+            if x.dtype is not _F32 or not x.is_contiguous():
+                x = x.float().contiguous()
+            if nd == 2:
+                y = x.new_empty(shape[0], self.out_features)    # x is float32 on the CPU: so is y
+            elif nd == 1:
+                y = x.new_empty(self.out_features)
+            else:
+                y = x.new_empty(*shape[:-1], self.out_features)
             if m:
+                w, s, b, bf16, n64, k64, bits, gs = self._cargs
                 if PROFILE is None:
-                    self._run(x, y, m, self.mode)
+                    rc = self._qmv(w, s, b, bf16, _VP(x.data_ptr()), _VP(y.data_ptr()), n64, k64, m, k64, n64,
+                                   bits, gs, native.threads(), self.mode)
                 else:
                     t0 = time.perf_counter()
-                    self._run(x, y, m, self.mode)
-                    PROFILE["kernel_s"] += time.perf_counter() - t0
-                    PROFILE["calls"] += 1
-                    PROFILE["bytes"] += self.nbytes
-            return y if self.dtype == torch.float32 else y.to(self.dtype)
+                    rc = self._qmv(w, s, b, bf16, _VP(x.data_ptr()), _VP(y.data_ptr()), n64, k64, m, k64, n64,
+                                   bits, gs, native.threads(), self.mode)
+                    if rc == 0:
+                        PROFILE["kernel_s"] += time.perf_counter() - t0
+                        PROFILE["calls"] += 1
+                        PROFILE["bytes"] += self.nbytes
+                if rc != 0:
+                    raise RuntimeError(f"fmoe_qmv failed with code {rc}")
+            dtype = self.dtype
+            if dtype is _F32:
+                return y
+            cast = _CAST.get(dtype)
+            return cast(y) if cast is not None else y.to(dtype)
+        lead = x.shape[:-1]
         if self._lib is not None and x.device.type == "cpu":
             # prefill on CPU: native dequantize to float32, one float32 GEMM, cast
             y = x.reshape(-1, self.in_features).to(torch.float32) @ self.dequantize(torch.float32).t()
             y = y.reshape(*lead, self.out_features)
             return y if self.dtype == torch.float32 else y.to(self.dtype)
         if x.device.type == "cuda" and m <= GPU_QMV_MAX_ROWS:
-            qmv = gpu.kernels("triton_qmv")
-            if qmv is not None:   # decode on the GPU: the grouped mat-vec reads the packed weight, no dense copy
+            if gpu.kernels("cuda_qmv") is not None or gpu.kernels("triton_qmv") is not None:
+                # decode on the GPU: the grouped mat-vec (CUDA C++ or Triton) reads the packed weight, no dense copy
+                from .grouped_qmv import grouped_qmv
+
                 q = self.q
-                y = qmv.grouped_qmv(x.reshape(m, self.in_features), q.weight[None], q.scales[None], q.biases[None],
-                                    _zero_slots(m, x.device), self.bits, self.group_size)
+                y = grouped_qmv(x.reshape(m, self.in_features), q.weight[None], q.scales[None], q.biases[None],
+                                _zero_slots(m, x.device), self.bits, self.group_size)
                 return y.reshape(*lead, self.out_features).to(self.dtype)
         wd = dequantize_torch(self.q, self.dtype)
         return x.to(device=wd.device, dtype=self.dtype) @ wd.t()
 
     def _run(self, x32: torch.Tensor, y: torch.Tensor, m: int, mode: int) -> None:
-        rc = self._fn(
-            self._wp, self._sp, self._bp, self._scales_bf16, x32.data_ptr(), y.data_ptr(),
-            self.out_features, self.in_features, m, self.in_features, self.out_features,
-            self.bits, self.group_size, native.threads(), mode,
-        )  # fmt: skip
+        """fmoe_qmv on a contiguous float32 x32 [m, in] into a contiguous float32 y [m, out]."""
+        w, s, b, bf16, n64, k64, bits, gs = self._cargs
+        rc = self._qmv(w, s, b, bf16, _VP(x32.data_ptr()), _VP(y.data_ptr()), n64, k64, m, k64, n64, bits, gs,
+                       native.threads(), mode)
         if rc != 0:
             raise RuntimeError(f"fmoe_qmv failed with code {rc}")
 
