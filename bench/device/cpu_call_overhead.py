@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fmoe.bench.kernels import _random_qweights, measure_mem_read  # noqa: E402
+from fmoe.bench.kernels import _random_qweights, best_times, measure_mem_read  # noqa: E402
 from fmoe.kernels import native  # noqa: E402
 from fmoe.kernels import torch_qlinear as tq  # noqa: E402
 from fmoe.kernels.torch_qlinear import TorchQLinear  # noqa: E402
@@ -162,18 +162,12 @@ def _best_each_alternated(ways: dict, repeats: int) -> dict:
     for fns in ways.values():
         for f in fns[: min(len(fns), 4)]:
             f()
-    best = {k: [float("inf")] * len(fns) for k, fns in ways.items()}
-    pc = time.perf_counter
-    for _ in range(repeats):
-        for k, fns in ways.items():
-            b = best[k]
-            for i, f in enumerate(fns):
-                t0 = pc()
-                f()
-                dt = pc() - t0
-                if dt < b[i]:
-                    b[i] = dt
-    return {k: sum(b) for k, b in best.items()}
+    flat = [f for fns in ways.values() for f in fns]
+    best, out, i = best_times(flat, repeats), {}, 0
+    for k, fns in ways.items():
+        out[k] = sum(best[i:i + len(fns)])
+        i += len(fns)
+    return out
 
 
 def measure_matvec(name: str, shape, cold_set_mb: float, repeats: int, seed: int) -> dict:

@@ -42,6 +42,11 @@ def _best_each(fns, repeats: int) -> float:
     """
     for f in fns[: min(len(fns), 4)]:
         f()
+    return sum(best_times(fns, repeats))
+
+
+def best_times(fns, repeats: int) -> list[float]:
+    """Per call of ``fns``: the best of ``repeats`` timings, the whole sequence run in order each repeat."""
     best = [float("inf")] * len(fns)
     pc = time.perf_counter
     for _ in range(repeats):
@@ -51,7 +56,7 @@ def _best_each(fns, repeats: int) -> float:
             dt = pc() - t0
             if dt < best[i]:
                 best[i] = dt
-    return sum(best)
+    return best
 
 
 def measure_mem_read(nbytes: int = 1 << 30, repeats: int = 5, threads: int = 2, chunk: int = 32 << 20) -> dict:

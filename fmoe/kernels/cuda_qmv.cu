@@ -105,24 +105,16 @@ template <int BITS, int GROUP, int RPW, int IT, int NM, int MODE>
 __device__ __forceinline__ void run_batch(const Batch<BITS, GROUP, RPW, IT, NM>& bt, const QmvArgs& a, const float* xs,
                                           const float* xsum, int r, int n0, int lane, int nchunks, float unscale) {
     typedef Batch<BITS, GROUP, RPW, IT, NM> B;
-    constexpr int EPW = B::EPW, VPC = B::VPC, SUB = B::SUB, NSUB = B::NSUB, WPS = SUB / EPW;
+    constexpr int EPW = B::EPW, SUB = B::SUB, NSUB = B::NSUB, WPS = SUB / EPW;
     constexpr u32 MASK = (1u << BITS) - 1;
-    float acc[NM][RPW];
-#pragma unroll
-    for (int m = 0; m < NM; ++m)
-#pragma unroll
-        for (int rr = 0; rr < RPW; ++rr) acc[m][rr] = 0.f;
+    float acc[NM][RPW] = {};
 #pragma unroll
     for (int it = 0; it < IT; ++it) {
         const int c = lane + 32 * it;
         if (c < nchunks) {
 #pragma unroll
             for (int t = 0; t < NSUB; ++t) {
-                float d[NM][RPW];
-#pragma unroll
-                for (int m = 0; m < NM; ++m)
-#pragma unroll
-                    for (int rr = 0; rr < RPW; ++rr) d[m][rr] = 0.f;
+                float d[NM][RPW] = {};
 #pragma unroll
                 for (int k = 0; k < WPS; ++k) {
                     const int kw = t * WPS + k;                         // word of the chunk

@@ -23,6 +23,7 @@ import ctypes
 import torch
 
 from fmoe.kernels import nvrtc
+from fmoe.kernels.slot_table import check_operands
 
 BITS = (2, 4, 8)
 MAX_CHUNKS_PER_LANE = 8
@@ -70,29 +71,11 @@ def launch_config(n_in: int, bits: int, rows: int, gate_up: bool) -> tuple[int, 
     return (2, 8, 1) if per_lane <= 4 else (1, 8, 1)
 
 
-def _check(x, w, scales, biases, slots, bits: int, group_size: int) -> tuple[int, int, int]:
-    n_slots, n_out, n_words = w.shape
-    n_in = n_words * 32 // bits
-    rows = slots.numel()
-    if x.shape[-1] != n_in or x.dim() != 2 or x.shape[0] not in (1, rows):
-        raise ValueError(f"x {tuple(x.shape)} does not match {rows} rows of in_features {n_in}")
-    if scales.shape != (n_slots, n_out, n_in // group_size) or biases.shape != scales.shape:
-        raise ValueError(f"scales/biases {tuple(scales.shape)} do not match w {tuple(w.shape)} at group {group_size}")
-    for name, t in (("w", w), ("scales", scales), ("biases", biases)):
-        if t.stride(2) != 1 or t.stride(1) != t.shape[2]:
-            raise ValueError(f"{name}: each slot's matrix must be contiguous (strides {tuple(t.stride())})")
-    if scales.stride(0) != biases.stride(0) or scales.dtype != biases.dtype:
-        raise ValueError("scales and biases must share one slot stride and dtype")
-    if slots.dtype != torch.int32 or not slots.is_contiguous():
-        raise ValueError(f"slots must be a contiguous int32 tensor, got {slots.dtype}")
-    return n_out, n_in, rows
-
-
 def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bool) -> torch.Tensor:
     (w, s, b), up = mats[0], (mats[1] if gate_up else mats[0])
-    n_out, n_in, rows = _check(x, w, s, b, slots, bits, group_size)
+    n_out, n_in, rows = check_operands(x, w, s, b, slots, bits, group_size)
     if gate_up:
-        _check(x, *up, slots, bits, group_size)
+        check_operands(x, *up, slots, bits, group_size)
         if up[0].shape != w.shape or up[0].stride(0) != w.stride(0) or up[1].stride(0) != s.stride(0) \
                 or up[1].dtype != s.dtype:
             raise ValueError("gate and up must share shapes, slot strides and dtypes")

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fmoe.kernels.slot_table import check_operands
+
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 
 
@@ -130,18 +132,7 @@ def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: 
     Launch configuration: :func:`launch_config` unless given."""
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
-    n_slots, n_out, n_words = w.shape
-    n_in = n_words * 32 // bits
-    rows = slots.numel()
-    if x.shape[-1] != n_in or x.shape[0] not in (1, rows):
-        raise ValueError(f"x {tuple(x.shape)} does not match {rows} rows of in_features {n_in}")
-    if scales.shape != (n_slots, n_out, n_in // group_size) or biases.shape != scales.shape:
-        raise ValueError(f"scales/biases {tuple(scales.shape)} do not match w {tuple(w.shape)} at group {group_size}")
-    for name, t in (("w", w), ("scales", scales), ("biases", biases)):
-        if t.stride(2) != 1 or t.stride(1) != t.shape[2]:
-            raise ValueError(f"{name}: each slot's matrix must be contiguous (strides {tuple(t.stride())})")
-    if scales.stride(0) != biases.stride(0):
-        raise ValueError("scales and biases must share one slot stride")
+    n_out, n_in, rows = check_operands(x, w, scales, biases, slots, bits, group_size)
     if block_n is None or block_k is None or num_warps is None:
         cfg = launch_config(n_in, rows)
         block_n, block_k, num_warps = block_n or cfg[0], block_k or cfg[1], num_warps or cfg[2]

@@ -183,3 +183,23 @@ def test_every_configuration_compiles_with_nvrtc():
                 for arch in ("sm_90", "sm_80"):
                     cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, arch)
                     assert cubin[:4] == b"\x7fELF" and name.startswith("_Z8fmoe_qmv")
+
+
+def test_bad_operands_are_errors_that_name_them():
+    """fmoe/kernels/slot_table.py, the checks both GPU kernels run before a launch (no GPU needed)."""
+    from fmoe.kernels.slot_table import check_operands
+
+    w, s, b, _ = _table(4, 64, 32, 256, device="cpu")
+    slots = torch.tensor([0, 2], dtype=torch.int32)
+    assert check_operands(torch.zeros(2, 256), w, s, b, slots, 4, 64) == (32, 256, 2)
+    assert check_operands(torch.zeros(1, 256), w, s, b, slots, 4, 64) == (32, 256, 2)
+    for x, args, match in (
+        (torch.zeros(3, 256), (w, s, b, slots), "does not match 2 rows"),
+        (torch.zeros(2, 128), (w, s, b, slots), "in_features 256"),
+        (torch.zeros(2, 256), (w, s[:, :, :2], b, slots), "scales/biases"),
+        (torch.zeros(2, 256), (w, s, b.float(), slots), "one slot stride and dtype"),
+        (torch.zeros(2, 256), (w.transpose(1, 2).contiguous().transpose(1, 2), s, b, slots), "w: each slot"),
+        (torch.zeros(2, 256), (w, s, b, slots.long()), "int32"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            check_operands(x, *args, 4, 64)
