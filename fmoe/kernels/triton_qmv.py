@@ -114,12 +114,20 @@ def _block_k(n_in: int, group_size: int, bits: int, block_k: int) -> int:
     raise ValueError(f"in_features {n_in} is not a multiple of the group size {group_size}")
 
 
-def launch_config(n_in: int, rows: int) -> tuple[int, int, int]:
-    """(block_n, block_k, num_warps), from a sweep of 60 configurations on the H200 timed inside CUDA graphs
-    (bench/results/cuda_kernels_sweep.json, 4-bit, the 397B decode shapes): short rows (the experts' down
-    projection, in = 1024) take 16 output rows per program; longer rows 4 rows and 2048 inputs per step, one warp
-    for a single row (lm_head, the fused input projections), two for a token's experts. 15-20% faster than the
-    previous fixed (8, 1024, 2) on every shape."""
+def launch_config(n_in: int, rows: int, bits: int = 4) -> tuple[int, int, int]:
+    """(block_n, block_k, num_warps). 2/4/8 bits (the word kernel), from a sweep of 60 configurations on the H200
+    timed inside CUDA graphs (bench/results/cuda_kernels_sweep.json, 4-bit, the 397B decode shapes): short rows (the
+    experts' down projection, in = 1024) take 16 output rows per program; longer rows 4 rows and 2048 inputs per
+    step, one warp for a single row (lm_head, the fused input projections), two for a token's experts. 15-20% faster
+    than the previous fixed (8, 1024, 2) on every shape.
+
+    3/5/6 bits (the byte kernel, whose accumulator is a whole [block_n, block_k] tile): 4 rows x 256 inputs on 4
+    warps, 72 registers and no spills when ptxas compiles it for sm_90a; the word kernel's tiles spilled 0.3-15 KB
+    a thread there (255 registers at 16 x 256, 7.7 KB of spills at 4 x 2048), and the H200 timed 1.2-9.5 ms a launch
+    at 3 bits (bench/results/cuda_kernels.md). This configuration is chosen from the register counts alone: its time
+    on a GPU is not measured yet."""
+    if bits not in (2, 4, 8):
+        return 4, 256, 4
     if n_in <= 1024:
         return 16, 1024, 2
     return 4, 2048, 1 if rows == 1 else 2
@@ -134,7 +142,7 @@ def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: 
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
     n_out, n_in, rows = check_operands(x, w, scales, biases, slots, bits, group_size)
     if block_n is None or block_k is None or num_warps is None:
-        cfg = launch_config(n_in, rows)
+        cfg = launch_config(n_in, rows, bits)
         block_n, block_k, num_warps = block_n or cfg[0], block_k or cfg[1], num_warps or cfg[2]
     x = x.contiguous()
     y = out if out is not None else torch.empty(rows, n_out, dtype=torch.float32, device=x.device)
