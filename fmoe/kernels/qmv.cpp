@@ -134,7 +134,14 @@ class Pool {
  public:
   using Fn = void (*)(void* ctx, int64_t chunk);
 
-  void run(Fn fn, void* ctx, int64_t nchunks, int nthreads) {
+  // split: each of the P participating threads (the caller and nthreads - 1 workers) starts on its own contiguous
+  // range of about nchunks / P chunks, claims them in order, then takes what is left of the others' ranges from their
+  // ends.  Each thread then reads one sequential stream of rows (the prefetches run on into its next chunk, the
+  // hardware prefetcher keeps its stream), where with one shared counter two threads alternated chunks and each
+  // stream restarted at every chunk: 2 threads cold, 4096x1024 (16 KB chunks at 2 bits): 2 bits 14.0 -> 17.5 GB/s,
+  // 4 bits 23.1 -> 29.0.  A descheduled thread still never holds up the product (its range is taken from the end).
+  // Not for callers whose chunks wait on lower-numbered chunks (moe_fused_run): those need the increasing order.
+  void run(Fn fn, void* ctx, int64_t nchunks, int nthreads, bool split = false) {
     if (nchunks <= 0) return;
     const int nworkers = static_cast<int>(std::min<int64_t>(nthreads, nchunks)) - 1;
     std::unique_lock<std::mutex> call(call_mu_, std::try_to_lock);
@@ -143,6 +150,7 @@ class Pool {
       return;
     }
     ensure_workers(nworkers);
+    if (nworkers + 1 > kMaxParts || nchunks >= (int64_t{1} << kRangeBits)) split = false;
     uint64_t gen;
     bool wake;
     {
@@ -153,6 +161,12 @@ class Pool {
       active_workers_.store(nworkers, std::memory_order_relaxed);
       done_.store(0, std::memory_order_relaxed);
       gen = gen_.load(std::memory_order_relaxed) + 1;
+      split_.store(split ? nworkers + 1 : 0, std::memory_order_relaxed);
+      if (split) {
+        const int P = nworkers + 1;
+        for (int p = 0; p < P; ++p)
+          parts_[p].v.store(pack(gen, nchunks * p / P, nchunks * (p + 1) / P), std::memory_order_relaxed);
+      }
       claim_.store(gen << 32, std::memory_order_release);  // high: generation, low: next chunk
       gen_.store(gen, std::memory_order_release);          // spinning workers start here
       wake = sleepers_ > 0;
@@ -160,7 +174,7 @@ class Pool {
     if (wake) cv_.notify_all();
     int64_t mine = 0;
     for (;;) {
-      const int64_t c = claim(gen);
+      const int64_t c = split ? claim_split(gen, 0, nworkers + 1) : claim(gen);
       if (c < 0) break;
       fn(ctx, c);
       ++mine;
@@ -184,6 +198,35 @@ class Pool {
   }
 
  private:
+  // split mode: per participant a word of generation (kGenBits, low bits of gen) | first | end of its range
+  static constexpr int kMaxParts = 256, kRangeBits = 22, kGenBits = 64 - 2 * kRangeBits;
+  static constexpr uint64_t kRangeMask = (uint64_t{1} << kRangeBits) - 1;
+  static uint64_t pack(uint64_t gen, int64_t lo, int64_t hi) {
+    return (gen << (2 * kRangeBits)) | (static_cast<uint64_t>(lo) << kRangeBits) | static_cast<uint64_t>(hi);
+  }
+  // Participant p's next chunk of generation `gen` (P participants): the front of its own range, else the back of
+  // another's; -1 when none is left (or the generation is over).
+  int64_t claim_split(uint64_t gen, int p, int P) {
+    const uint64_t gtag = gen & ((uint64_t{1} << kGenBits) - 1);
+    for (int i = 0; i < P; ++i) {
+      const int q = (p + i) % P;
+      std::atomic<uint64_t>& a = parts_[q].v;
+      uint64_t cur = a.load(std::memory_order_acquire);
+      for (;;) {
+        if ((cur >> (2 * kRangeBits)) != gtag) return -1;
+        const int64_t lo = static_cast<int64_t>((cur >> kRangeBits) & kRangeMask);
+        const int64_t hi = static_cast<int64_t>(cur & kRangeMask);
+        if (lo >= hi) break;
+        if (i == 0) {
+          if (a.compare_exchange_weak(cur, pack(gen, lo + 1, hi), std::memory_order_acq_rel)) return lo;
+        } else {
+          if (a.compare_exchange_weak(cur, pack(gen, lo, hi - 1), std::memory_order_acq_rel)) return hi - 1;
+        }
+      }
+    }
+    return -1;
+  }
+
   // Next chunk of generation `gen`, or -1 when none is left (or the generation is over).
   int64_t claim(uint64_t gen) {
     uint64_t cur = claim_.load(std::memory_order_acquire);
@@ -234,16 +277,18 @@ class Pool {
       }
       Fn fn;
       void* ctx;
+      int split;
       {
         std::lock_guard<std::mutex> lk(mu_);  // fn_/ctx_ of generation `gen` (a newer one: claim() then refuses)
         gen = gen_.load();
         fn = fn_;
         ctx = ctx_;
+        split = split_.load(std::memory_order_relaxed);
       }
       seen = gen;
       int64_t mine = 0;
       for (;;) {
-        const int64_t c = claim(gen);
+        const int64_t c = split ? claim_split(gen, id + 1, split) : claim(gen);
         if (c < 0) break;
         fn(ctx, c);
         ++mine;
@@ -267,6 +312,11 @@ class Pool {
   void* ctx_ = nullptr;
   std::atomic<int64_t> nchunks_{0};
   std::atomic<int> active_workers_{0};
+  std::atomic<int> split_{0};  // split mode: the number of participants; 0: one shared counter (claim)
+  struct alignas(64) Part {
+    std::atomic<uint64_t> v{0};
+  };
+  Part parts_[kMaxParts];
   std::atomic<bool> stop_{false};
   int sleepers_ = 0;  // guarded by mu_
   const std::chrono::microseconds spin_ = spin_time();
@@ -277,11 +327,12 @@ Pool& pool() {
   return *p;
 }
 
-// Run body(chunk) for chunk in [0, nchunks) on up to nthreads threads (the caller included).
+// Run body(chunk) for chunk in [0, nchunks) on up to nthreads threads (the caller included).  split: each thread
+// starts on its own contiguous range of chunks (see Pool::run); otherwise chunks are claimed in increasing order.
 template <typename Body>
-void parallel_chunks(int64_t nchunks, int nthreads, Body&& body) {
+void parallel_chunks(int64_t nchunks, int nthreads, Body&& body, bool split = false) {
   auto tramp = [](void* ctx, int64_t c) { (*static_cast<Body*>(ctx))(c); };
-  pool().run(tramp, static_cast<void*>(&body), nchunks, nthreads);
+  pool().run(tramp, static_cast<void*>(&body), nchunks, nthreads, split);
 }
 
 template <bool BF16>
@@ -968,10 +1019,11 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
         if constexpr (FMOE_PF > 0) {
           if constexpr (NW == 1) {
             if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, FMOE_PF_HINT);
-          } else if (w == 0) {
+          } else if (w * 64 < BB * NW) {
             // one sequential stream over the NW contiguous rows: with a prefetch per row, 2 KB ahead of each, the
-            // pairs were slower than single rows when cold (4096x1024, 2 threads 21.1-23.7 vs 22.6-26.1 GB/s)
-            _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * BB * NW, FMOE_PF_HINT);
+            // pairs were slower than single rows when cold (4096x1024, 2 threads 21.1-23.7 vs 22.6-26.1 GB/s);
+            // a line per 64 bytes of it (NW = 4: two per block)
+            _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * BB * NW + w * 64, FMOE_PF_HINT);
           }
         }
         __m256i c0, c1, c2, c3;
@@ -1103,8 +1155,8 @@ inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* 
       if constexpr (FMOE_PF > 0) {
         if constexpr (NW == 1) {
           if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, FMOE_PF_HINT);
-        } else if (w == 0) {  // one stream over the NW contiguous rows (see row_defer34)
-          _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * 32 * NW, FMOE_PF_HINT);
+        } else if (w * 64 < 32 * NW) {  // one stream over the NW contiguous rows (see row_defer34)
+          _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * 32 * NW + w * 64, FMOE_PF_HINT);
         }
       }
       const __m256i v = _mm256_loadu_si256((const __m256i*)p);
@@ -1219,6 +1271,13 @@ inline void row_defer(const uint32_t* const* rows, const void* sc, const void* b
 #ifndef FMOE_PAIR_MAXK
 #define FMOE_PAIR_MAXK 1024
 #endif
+// 2 and 3 bits: four weight rows per pass in those decode rows (then pairs, then single rows for the rest; the same
+// arithmetic per row, bit-identical).  4096x1024, 1 thread, hot: 2 bits 143-144 -> 113-116 us, 3 bits 191 ->
+// 175-179 us; 4 bits got slower (149-151 -> 157-162 us), so it keeps pairs.
+template <int BITS>
+constexpr bool quad_rows() {
+  return BITS == 2 || BITS == 3;
+}
 
 // mode 0: int16 activations (fast); mode 1: float32 activations (exact fp32 arithmetic).
 template <int BITS, int GS, bool BF16>
@@ -1274,7 +1333,13 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
       comb.resize(static_cast<size_t>(4 * (gpr + 8)));
     int64_t n = c * grain;
     if constexpr (defer_groups<BITS, GS>())
-      if (mode == 0 && M == 1 && K <= FMOE_PAIR_MAXK && defer_k<BITS>(K))  // decode: two weight rows per pass (see row_defer)
+      if (mode == 0 && M == 1 && K <= FMOE_PAIR_MAXK && defer_k<BITS>(K)) {  // decode: 4 / 2 weight rows per pass (see row_defer)
+        if constexpr (quad_rows<BITS>())
+          for (; n + 4 <= n1; n += 4) {
+            const uint32_t* rows4[4] = {w + n * wpr, w + (n + 1) * wpr, w + (n + 2) * wpr, w + (n + 3) * wpr};
+            const int64_t gb4[4] = {n * gpr, (n + 1) * gpr, (n + 2) * gpr, (n + 3) * gpr};
+            row_defer<BITS, GS, BF16, 1, 4>(rows4, sc, bi, gb4, &xq0, &xsc0, &xsum0, K, y + n);
+          }
         for (; n + 2 <= n1; n += 2) {
           const uint32_t* rows2[2] = {w + n * wpr, w + (n + 1) * wpr};
           const int64_t gb2[2] = {n * gpr, (n + 1) * gpr};
@@ -1283,6 +1348,7 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
           y[n] = out2[0];
           y[n + 1] = out2[1];
         }
+      }
     for (; n < n1; ++n) {
       const uint32_t* row = w + n * wpr;
       int m0 = 0;
@@ -1337,7 +1403,7 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
         y[m * ys + n] = r;
       }
     }
-  });
+  }, /*split=*/true);
 }
 
 #endif  // FMOE_AVX2
@@ -1483,7 +1549,7 @@ struct SimdOps {
     }
     return row_scalar<BF16>(r, sc, bi, n * gpr, v.x, 0, K, BITS, GS);
   }
-  // out[n - n0] for the rows n0 .. n1: pairs of rows where qmv_avx2 pairs them (the experts' down rows, K = 1024)
+  // out[n - n0] for the rows n0 .. n1: 4 / 2 rows per pass where qmv_avx2 does that (the experts' down rows, K = 1024)
   void rows(const XVec& v, const uint32_t* w, const void* sc, const void* bi, int64_t n0, int64_t n1, int64_t K,
             float* comb, float* out) const {
     int64_t n = n0;
@@ -1492,6 +1558,12 @@ struct SimdOps {
         const int64_t wpr = K * BITS / 32, gpr = K / GS;
         const int16_t* xqm = v.xq.data();
         const float *xcm = v.xsc.data(), *xsm = v.xsum.data();
+        if constexpr (quad_rows<BITS>())
+          for (; n + 4 <= n1; n += 4) {
+            const uint32_t* rows4[4] = {w + n * wpr, w + (n + 1) * wpr, w + (n + 2) * wpr, w + (n + 3) * wpr};
+            const int64_t gb4[4] = {n * gpr, (n + 1) * gpr, (n + 2) * gpr, (n + 3) * gpr};
+            row_defer<BITS, GS, BF16, 1, 4>(rows4, sc, bi, gb4, &xqm, &xcm, &xsm, K, out + (n - n0));
+          }
         for (; n + 2 <= n1; n += 2) {
           const uint32_t* rows2[2] = {w + n * wpr, w + (n + 1) * wpr};
           const int64_t gb2[2] = {n * gpr, (n + 1) * gpr};

@@ -507,3 +507,36 @@ def test_low_bit_decode_paths_match_reference(isa, bits, monkeypatch):
                 for n in range(out)
             ], dim=1)
             assert torch.equal(layer._native(x[:1], mode=0), single), (isa, bits, group_size, inp)
+
+
+@pytest.mark.skipif(native.load() is None, reason=f"native kernel unavailable: {native.load_error()}")
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", (2, 3, 4, 8))
+def test_split_chunks_and_row_quads_bit_identical(isa, bits, monkeypatch):
+    """Decode mat-vecs hand each thread its own contiguous range of row chunks (taken from the ends by the other
+    thread once its own range is done), and 2/3-bit rows of K <= 1024 go four weight rows per pass (then pairs, then
+    single rows): 2 threads bit-identical to 1 thread, every row bit-identical to that weight row alone (row counts
+    of every remainder mod 4, rows around the 64-row chunk boundaries and at the end), and against dequantize +
+    matmul."""
+    rng = np.random.default_rng(170 + bits)
+    for group_size, inp, out, scale_dtype in ((64, 256, 1031, "bfloat16"), (64, 1024, 130, "float32"),
+                                              (128, 512, 66, "bfloat16"), (64, 128, 5, "bfloat16"),
+                                              (64, 192, 8, "float32"), (32, 96, 4099, "float32")):
+        q = quantize(_weights(rng, out=out, inp=inp, group_size=group_size), bits, group_size, scale_dtype)
+        layer = _variant_layer(q, isa)
+        x = torch.from_numpy(rng.standard_normal((1, inp)).astype(np.float32))
+        ref = (x @ torch.from_numpy(dequantize(q)).t()).numpy()
+        ys = {}
+        for threads in ("1", "2"):
+            monkeypatch.setenv("FMOE_THREADS", threads)
+            for _ in range(3):  # repeated: which thread takes which chunk varies from call to call
+                y = layer._native(x, mode=0)
+                assert ys.setdefault(threads, y) is y or torch.equal(y, ys[threads]), (isa, bits, inp, out)
+        assert torch.equal(ys["1"], ys["2"]), (isa, bits, group_size, inp, out)
+        assert _rel(ys["1"].numpy(), ref) <= 1e-3, (isa, bits, group_size, inp, out)
+        rows = sorted({n for n in (*range(0, 9), *range(60, 70), *range(124, 132), *range(out - 7, out))
+                       if 0 <= n < out})
+        for n in rows:
+            single = _variant_layer(QuantizedWeight(q.weight[n : n + 1], q.scales[n : n + 1], q.biases[n : n + 1],
+                                                    bits, group_size), isa)._native(x, mode=0)
+            assert torch.equal(single[0, 0], ys["2"][0, n]), (isa, bits, group_size, inp, out, n)
