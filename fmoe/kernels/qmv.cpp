@@ -987,6 +987,43 @@ inline __m256 load8_scales(const void* a, int64_t i) {
 // rows) per pass: NW = 2 in decode gives the scheduler two independent chains and overlaps one row's tail (the
 // 8-group reduction, the horizontal sum) with the other's loop; out[w * R + r].  Every (w, r) product does the same
 // arithmetic in the same order as NW = 1, so the results are bit-identical (tested).
+// s[w], b[w]: the scales and biases of groups g .. g + 7 of each of the NW weight rows (rows at gbase[w]); n < 8:
+// the first n groups, zeros for the rest (a row's last G % 8 groups)
+template <bool BF16, int NW>
+FMOE_INLINE inline void group_scales(const void* sc, const void* bi, const int64_t* gbase, int64_t g, int n,
+                                     __m256* s, __m256* b) {
+  FMOE_UNROLL
+  for (int w = 0; w < NW; ++w) {
+    if (n == 8) {
+      s[w] = load8_scales<BF16>(sc, gbase[w] + g);
+      b[w] = load8_scales<BF16>(bi, gbase[w] + g);
+      continue;
+    }
+    alignas(32) float sv[8] = {0}, bv[8] = {0};
+    for (int i = 0; i < n; ++i) {
+      sv[i] = load_scale<BF16>(sc, gbase[w] + g + i);
+      bv[i] = load_scale<BF16>(bi, gbase[w] + g + i);
+    }
+    s[w] = _mm256_load_ps(sv);
+    b[w] = _mm256_load_ps(bv);
+  }
+}
+
+// Software prefetch FMOE_PF bytes ahead in the weight stream, for block blk (BB bytes) of weight row w of NW
+// contiguous rows read together. One row: a line every other 32-byte block. Several: one sequential stream over the
+// NW rows, a line per 64 bytes of it (with a prefetch per row, 2 KB ahead of each, pairs were slower than single
+// rows when cold: 4096x1024, 2 threads 21.1-23.7 vs 22.6-26.1 GB/s).
+template <int NW, int BB>
+FMOE_INLINE inline void prefetch_block(const uint8_t* const* bytes, int64_t blk, int w) {
+  if constexpr (FMOE_PF > 0) {
+    if constexpr (NW == 1) {
+      if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(bytes[0] + blk * BB) + FMOE_PF, FMOE_PF_HINT);
+    } else if (w * 64 < BB * NW) {
+      _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * BB * NW + w * 64, FMOE_PF_HINT);
+    }
+  }
+}
+
 template <int BITS, int GS, bool BF16, int R, int NW = 1>
 inline void row_defer34(const uint32_t* const* rows, const void* sc, const void* bi, const int64_t* gbase,
                       const int16_t* const* xq, const float* const* xsc, const float* const* xsum, int64_t K,
@@ -1003,9 +1040,7 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
   const uint8_t* bytes[NW];
   FMOE_UNROLL
   for (int w = 0; w < NW; ++w) bytes[w] = reinterpret_cast<const uint8_t*>(rows[w]);
-  __m256 ft[P], bt[P];
-  FMOE_UNROLL
-  for (int i = 0; i < P; ++i) ft[i] = bt[i] = _mm256_setzero_ps();
+  __m256 ft[P] = {}, bt[P] = {};  // zeros
   // int32 lane sums of group g for each (weight row, x row)
   auto group = [&](int64_t g, __m256i* a) FMOE_INLINE {
     FMOE_UNROLL
@@ -1016,16 +1051,7 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
       FMOE_UNROLL
       for (int w = 0; w < NW; ++w) {
         const uint8_t* p = bytes[w] + blk * BB;
-        if constexpr (FMOE_PF > 0) {
-          if constexpr (NW == 1) {
-            if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, FMOE_PF_HINT);
-          } else if (w * 64 < BB * NW) {
-            // one sequential stream over the NW contiguous rows: with a prefetch per row, 2 KB ahead of each, the
-            // pairs were slower than single rows when cold (4096x1024, 2 threads 21.1-23.7 vs 22.6-26.1 GB/s);
-            // a line per 64 bytes of it (NW = 4: two per block)
-            _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * BB * NW + w * 64, FMOE_PF_HINT);
-          }
-        }
+        prefetch_block<NW, BB>(bytes, blk, w);
         __m256i c0, c1, c2, c3;
         if constexpr (BITS == 4) {
           const __m256i v = _mm256_loadu_si256((const __m256i*)p);
@@ -1096,11 +1122,7 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
     quad(g, 4, q0);
     quad(g + 4, 4, q1);
     __m256 s[NW], b[NW];
-    FMOE_UNROLL
-    for (int w = 0; w < NW; ++w) {
-      s[w] = load8_scales<BF16>(sc, gbase[w] + g);
-      b[w] = load8_scales<BF16>(bi, gbase[w] + g);
-    }
+    group_scales<BF16, NW>(sc, bi, gbase, g, 8, s, b);
     scale8(g, q0, q1, s, b);
   }
   if (g < G) {  // the last G % 8 groups: the same steps with zeros for the missing groups
@@ -1109,16 +1131,7 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
     quad(g, std::min(n, 4), q0);
     if (n > 4) quad(g + 4, n - 4, q1); else for (int i = 0; i < P; ++i) q1[i] = _mm256_setzero_si256();
     __m256 s[NW], b[NW];
-    FMOE_UNROLL
-    for (int w = 0; w < NW; ++w) {
-      alignas(32) float sv[8] = {0}, bv[8] = {0};
-      for (int i = 0; i < n; ++i) {
-        sv[i] = load_scale<BF16>(sc, gbase[w] + g + i);
-        bv[i] = load_scale<BF16>(bi, gbase[w] + g + i);
-      }
-      s[w] = _mm256_load_ps(sv);
-      b[w] = _mm256_load_ps(bv);
-    }
+    group_scales<BF16, NW>(sc, bi, gbase, g, n, s, b);
     // xsc / xsum have 8 floats of padding past the last group (read, then multiplied by zero scales)
     scale8(g, q0, q1, s, b);
   }
@@ -1144,21 +1157,13 @@ inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* 
   const uint8_t* bytes[NW];
   FMOE_UNROLL
   for (int w = 0; w < NW; ++w) bytes[w] = reinterpret_cast<const uint8_t*>(rows[w]);
-  __m256 ft[P], bt[P];
-  FMOE_UNROLL
-  for (int i = 0; i < P; ++i) ft[i] = bt[i] = _mm256_setzero_ps();
+  __m256 ft[P] = {}, bt[P] = {};  // zeros
   // int32 lane sums of block blk (groups 2 blk, 2 blk + 1) for each (weight row, x row)
   auto block = [&](int64_t blk, __m256i* a) FMOE_INLINE {
     FMOE_UNROLL
     for (int w = 0; w < NW; ++w) {
       const uint8_t* p = bytes[w] + blk * 32;
-      if constexpr (FMOE_PF > 0) {
-        if constexpr (NW == 1) {
-          if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + FMOE_PF, FMOE_PF_HINT);
-        } else if (w * 64 < 32 * NW) {  // one stream over the NW contiguous rows (see row_defer34)
-          _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * 32 * NW + w * 64, FMOE_PF_HINT);
-        }
-      }
+      prefetch_block<NW, 32>(bytes, blk, w);
       const __m256i v = _mm256_loadu_si256((const __m256i*)p);
       __m256i ph[R], pl[R];
       FMOE_UNROLL
@@ -1222,11 +1227,7 @@ inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* 
     __m256i q[P];
     oct(g, 4, q);
     __m256 s[NW], b[NW];
-    FMOE_UNROLL
-    for (int w = 0; w < NW; ++w) {
-      s[w] = load8_scales<BF16>(sc, gbase[w] + g);
-      b[w] = load8_scales<BF16>(bi, gbase[w] + g);
-    }
+    group_scales<BF16, NW>(sc, bi, gbase, g, 8, s, b);
     scale8(g, q, s, b);
   }
   if (g < G) {  // the last G % 8 groups (an even number: K % 128 == 0), zeros for the missing ones
@@ -1234,16 +1235,7 @@ inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* 
     __m256i q[P];
     oct(g, n / 2, q);
     __m256 s[NW], b[NW];
-    FMOE_UNROLL
-    for (int w = 0; w < NW; ++w) {
-      alignas(32) float sv[8] = {0}, bv[8] = {0};
-      for (int i = 0; i < n; ++i) {
-        sv[i] = load_scale<BF16>(sc, gbase[w] + g + i);
-        bv[i] = load_scale<BF16>(bi, gbase[w] + g + i);
-      }
-      s[w] = _mm256_load_ps(sv);
-      b[w] = _mm256_load_ps(bv);
-    }
+    group_scales<BF16, NW>(sc, bi, gbase, g, n, s, b);
     scale8(g, q, s, b);  // (xsc / xsum: 8 floats of padding past the last group)
   }
   FMOE_UNROLL
