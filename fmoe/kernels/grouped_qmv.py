@@ -75,7 +75,7 @@ def grouped_gate_up(x: torch.Tensor, gate, up, slots: torch.Tensor, bits: int, g
 
     if x.is_cuda:
         cuda = _cuda_kernel(x, gate[0], gate[1], bits, group_size)
-        if cuda is not None:
+        if cuda is not None and cuda.supports(x, up[0], up[1], bits, group_size):     # both 16-byte aligned
             return _guard(lambda: cuda.grouped_gate_up(x, *gate, *up, slots, bits, group_size), apart)
     return apart()
 
