@@ -185,7 +185,7 @@ class Program:
             name_path.write_text(lowered)
         cu = _cuda()
         with torch.cuda.device(device_index):
-            torch.cuda.current_stream().cuda_stream          # the runtime has made the primary context current
+            torch.cuda.current_stream().cuda_stream          # torch initialises CUDA (cuInit) if it has not yet
             dev, ctx = ctypes.c_int(), ctypes.c_void_p()
             _check_cu(cu.cuDeviceGet(ctypes.byref(dev), device_index), "cuDeviceGet")
             _check_cu(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
