@@ -309,20 +309,14 @@ class TorchQLinear:
             else:
                 y = x.new_empty(*shape[:-1], self.out_features)
             if m:
-                w, s, b, bf16, n64, k64, bits, gs = self._cargs
                 if PROFILE is None:
-                    rc = self._qmv(w, s, b, bf16, _VP(x.data_ptr()), _VP(y.data_ptr()), n64, k64, m, k64, n64,
-                                   bits, gs, native.threads(), self.mode)
+                    self._run(x, y, m, self.mode)
                 else:
                     t0 = time.perf_counter()
-                    rc = self._qmv(w, s, b, bf16, _VP(x.data_ptr()), _VP(y.data_ptr()), n64, k64, m, k64, n64,
-                                   bits, gs, native.threads(), self.mode)
-                    if rc == 0:
-                        PROFILE["kernel_s"] += time.perf_counter() - t0
-                        PROFILE["calls"] += 1
-                        PROFILE["bytes"] += self.nbytes
-                if rc != 0:
-                    raise RuntimeError(f"fmoe_qmv failed with code {rc}")
+                    self._run(x, y, m, self.mode)
+                    PROFILE["kernel_s"] += time.perf_counter() - t0
+                    PROFILE["calls"] += 1
+                    PROFILE["bytes"] += self.nbytes
             dtype = self.dtype
             if dtype is _F32:
                 return y
