@@ -16,6 +16,20 @@
 // `-O3 -pthread -std=c++17 -fno-math-errno -ffp-contract=off` plus the variant's flags (list below); plain C ABI,
 // called via ctypes.  SIMD paths (AVX2+FMA, and AVX-512/VNNI forms of them) with a portable scalar fallback (and
 // scalar tails when K is not a block multiple); without AVX2 (the generic variant) every mode runs the scalar code.
+//
+// Parts: the SIMD variants build as FMOE_PARTS objects compiled in parallel (-DFMOE_PARTS=P -DFMOE_PART=i) and linked
+// into one library.  Part i generates the code of the bit widths whose index in (2, 3, 4, 5, 6, 8) is i modulo P
+// (qmv_width_B / fused_width_B: nearly all of the build's time is these instances), part 0 also everything else and
+// the C API; the thread pool and ExpertPtrs are shared by all parts (namespace fmoe_native).  Without those macros
+// the file is one whole library, as before.
+
+#ifndef FMOE_PARTS
+#define FMOE_PARTS 1
+#endif
+#ifndef FMOE_PART
+#define FMOE_PART 0
+#endif
+#define FMOE_OWNS(index) ((index) % FMOE_PARTS == FMOE_PART)
 
 #include <cstdint>
 #include <cstring>
@@ -125,6 +139,10 @@ inline uint32_t code_at(const uint32_t* row, int64_t k, int bits) {
 inline bool valid_bits(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8; }
 
 // ---------------------------------------------------------------------------------------------------------------
+}  // namespace
+
+namespace fmoe_native {
+
 // A small thread pool with "claimed chunks" semantics: the caller publishes a job (n chunks), workers and the caller
 // claim chunks from an atomic counter, and the caller waits only for chunks that were actually claimed.  Unlike an
 // OpenMP fork/join, a worker that the OS has not scheduled yet (a busy 2-core machine, I/O threads) never holds up
@@ -322,10 +340,16 @@ class Pool {
   const std::chrono::microseconds spin_ = spin_time();
 };
 
-Pool& pool() {
+inline Pool& pool() {  // one pool for all parts (an inline function's static: one instance in the library)
   static Pool* p = new Pool();  // leaked on purpose: no destructor ordering issues at exit
   return *p;
 }
+
+}  // namespace fmoe_native
+
+namespace {
+
+using fmoe_native::pool;
 
 // Run body(chunk) for chunk in [0, nchunks) on up to nthreads threads (the caller included).  split: each thread
 // starts on its own contiguous range of chunks (see Pool::run); otherwise chunks are claimed in increasing order.
@@ -1425,16 +1449,37 @@ int dispatch_gs(const uint32_t* w, const void* sc, const void* bi, const float* 
   return -2;
 }
 
+}  // namespace
+
+// One bit width's SIMD mat-vec and fused experts, each defined in the part that owns the width (see "Parts" above)
+namespace fmoe_native {
+struct ExpertPtrs;
+#define FMOE_WIDTH_DECL(B)                                                                                             \
+  int qmv_width_##B(bool bf16, const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, \
+                    int64_t K, int M, int64_t xs, int64_t ys, int gs, int nt, int mode);                               \
+  int fused_width_##B(bool bf16, const ExpertPtrs* ex, int E, int64_t H, const float* x, float* y, int acc, int nt,  \
+                      int mode, int gs);
+FMOE_WIDTH_DECL(2)
+FMOE_WIDTH_DECL(3)
+FMOE_WIDTH_DECL(4)
+FMOE_WIDTH_DECL(5)
+FMOE_WIDTH_DECL(6)
+FMOE_WIDTH_DECL(8)
+}  // namespace fmoe_native
+
+namespace {
+
 template <bool BF16>
 int dispatch_bits(const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, int64_t K,
                   int M, int64_t xs, int64_t ys, int bits, int gs, int nt, int mode) {
+  using namespace fmoe_native;
   switch (bits) {
-    case 2: return dispatch_gs<2, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
-    case 3: return dispatch_gs<3, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
-    case 4: return dispatch_gs<4, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
-    case 5: return dispatch_gs<5, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
-    case 6: return dispatch_gs<6, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
-    case 8: return dispatch_gs<8, BF16>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 2: return qmv_width_2(BF16, w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 3: return qmv_width_3(BF16, w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 4: return qmv_width_4(BF16, w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 5: return qmv_width_5(BF16, w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 6: return qmv_width_6(BF16, w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
+    case 8: return qmv_width_8(BF16, w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);
   }
   return -1;
 }
@@ -1468,6 +1513,9 @@ inline void spin_until(const std::atomic<int64_t>& a, int64_t target) {
   }
 }
 
+}  // namespace
+
+namespace fmoe_native {
 struct ExpertPtrs {
   const uint32_t* w[3];  // gate, up, down
   const void* s[3];
@@ -1475,6 +1523,11 @@ struct ExpertPtrs {
   int64_t inter;
   float weight;
 };
+}  // namespace fmoe_native
+
+namespace {
+
+using fmoe_native::ExpertPtrs;
 
 // Portable row products (any bits / group size): the generic build, and mode 2 everywhere.
 template <bool BF16>
@@ -1640,16 +1693,53 @@ int fused_gs(const ExpertPtrs* ex, int E, int64_t H, const float* x, float* y, i
 template <bool BF16>
 int fused_bits(const ExpertPtrs* ex, int E, int64_t H, const float* x, float* y, int acc, int nt, int mode, int bits,
                int gs) {
+  using namespace fmoe_native;
   switch (bits) {
-    case 2: return fused_gs<2, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
-    case 3: return fused_gs<3, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
-    case 4: return fused_gs<4, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
-    case 5: return fused_gs<5, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
-    case 6: return fused_gs<6, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
-    case 8: return fused_gs<8, BF16>(ex, E, H, x, y, acc, nt, mode, gs);
+    case 2: return fused_width_2(BF16, ex, E, H, x, y, acc, nt, mode, gs);
+    case 3: return fused_width_3(BF16, ex, E, H, x, y, acc, nt, mode, gs);
+    case 4: return fused_width_4(BF16, ex, E, H, x, y, acc, nt, mode, gs);
+    case 5: return fused_width_5(BF16, ex, E, H, x, y, acc, nt, mode, gs);
+    case 6: return fused_width_6(BF16, ex, E, H, x, y, acc, nt, mode, gs);
+    case 8: return fused_width_8(BF16, ex, E, H, x, y, acc, nt, mode, gs);
   }
   return -1;
 }
+
+}  // namespace
+
+// the widths this part owns (index in 2, 3, 4, 5, 6, 8 modulo FMOE_PARTS == FMOE_PART)
+namespace fmoe_native {
+#define FMOE_WIDTH_DEF(B)                                                                                              \
+  int qmv_width_##B(bool bf16, const uint32_t* w, const void* sc, const void* bi, const float* x, float* y, int64_t N, \
+                    int64_t K, int M, int64_t xs, int64_t ys, int gs, int nt, int mode) {                              \
+    return bf16 ? dispatch_gs<B, true>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode)                                 \
+                : dispatch_gs<B, false>(w, sc, bi, x, y, N, K, M, xs, ys, gs, nt, mode);                               \
+  }                                                                                                                    \
+  int fused_width_##B(bool bf16, const ExpertPtrs* ex, int E, int64_t H, const float* x, float* y, int acc, int nt,  \
+                      int mode, int gs) {                                                                              \
+    return bf16 ? fused_gs<B, true>(ex, E, H, x, y, acc, nt, mode, gs) : fused_gs<B, false>(ex, E, H, x, y, acc, nt, mode, gs); \
+  }
+#if FMOE_OWNS(0)
+FMOE_WIDTH_DEF(2)
+#endif
+#if FMOE_OWNS(1)
+FMOE_WIDTH_DEF(3)
+#endif
+#if FMOE_OWNS(2)
+FMOE_WIDTH_DEF(4)
+#endif
+#if FMOE_OWNS(3)
+FMOE_WIDTH_DEF(5)
+#endif
+#if FMOE_OWNS(4)
+FMOE_WIDTH_DEF(6)
+#endif
+#if FMOE_OWNS(5)
+FMOE_WIDTH_DEF(8)
+#endif
+}  // namespace fmoe_native
+
+namespace {
 #endif
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1804,6 +1894,7 @@ inline void gated_norm(const float* oh, const float* z, const float* w, float ep
 
 }  // namespace
 
+#if FMOE_PART == 0
 extern "C" {
 
 // Returns 0 on success, <0 on unsupported arguments.  mode: 0 = fast (SIMD, int16 activations), 1 = exact
@@ -2021,3 +2112,4 @@ int fmoe_moe_fused(const void* const* ptrs, const int64_t* inter, const float* w
 }
 
 }  // extern "C"
+#endif  // FMOE_PART == 0
