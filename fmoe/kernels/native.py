@@ -202,7 +202,11 @@ def build_parts() -> int:
     (the 3-bit instances alone are 14 s, so more than 3 parts gains little). ``$FMOE_BUILD_PARTS`` overrides (1-6)."""
     env = os.environ.get("FMOE_BUILD_PARTS", "").strip()
     if env:
-        return max(1, min(6, int(env)))
+        if not env.isdigit() or not 1 <= int(env) <= 6:
+            from fmoe.errors import ConfigError
+
+            raise ConfigError(f"FMOE_BUILD_PARTS must be a whole number from 1 to 6, got {env!r}")
+        return int(env)
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -540,3 +540,48 @@ def test_split_chunks_and_row_quads_bit_identical(isa, bits, monkeypatch):
             single = _variant_layer(QuantizedWeight(q.weight[n : n + 1], q.scales[n : n + 1], q.biases[n : n + 1],
                                                     bits, group_size), isa)._native(x, mode=0)
             assert torch.equal(single[0, 0], ys["2"][0, n]), (isa, bits, group_size, inp, out, n)
+
+
+def test_build_parts_setting(monkeypatch):
+    from fmoe.errors import ConfigError
+
+    monkeypatch.delenv("FMOE_BUILD_PARTS", raising=False)
+    assert 1 <= native.build_parts() <= 3
+    monkeypatch.setenv("FMOE_BUILD_PARTS", "5")
+    assert native.build_parts() == 5
+    for bad in ("0", "7", "two"):
+        monkeypatch.setenv("FMOE_BUILD_PARTS", bad)
+        with pytest.raises(ConfigError, match="FMOE_BUILD_PARTS"):
+            native.build_parts()
+
+
+@pytest.mark.skipif(native._compiler() is None or native.supported_isas()[0] == "generic",
+                    reason="no C++ compiler or no SIMD variant on this CPU")
+def test_one_object_and_parallel_parts_build_the_same_kernel(monkeypatch, tmp_path):
+    """The SIMD variant as one object (a 1-CPU machine's build) and as 3 parts compiled in parallel: both load, and
+    give bit-identical mat-vecs at every bit width."""
+    import ctypes
+
+    isa = native.supported_isas()[0]
+    libs = []
+    for parts in ("1", "3"):
+        monkeypatch.setenv("FMOE_BUILD_PARTS", parts)
+        monkeypatch.setenv("FMOE_CACHE_DIR", str(tmp_path / parts))
+        lib = ctypes.CDLL(str(native.build(isa=isa)))
+        for name, (res, args) in native._SIGNATURES[native._SRC].items():
+            getattr(lib, name).restype, getattr(lib, name).argtypes = res, args
+        libs.append(lib)
+    rng = np.random.default_rng(5)
+    for bits in (2, 3, 4, 5, 6, 8):
+        q = quantize(_weights(rng, out=70, inp=512, group_size=64), bits, 64)
+        x = rng.standard_normal((2, 512)).astype(np.float32)
+        outs = []
+        for lib in libs:
+            y = np.zeros((2, 70), np.float32)
+            rc = lib.fmoe_qmv(q.weight.ctypes.data, q.scales.ctypes.data, q.biases.ctypes.data,
+                              int(q.scales.dtype == np.uint16), x.ctypes.data, y.ctypes.data, 70, 512, 2, 512, 70,
+                              bits, 64, 2, 0)
+            assert rc == 0
+            outs.append(y)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        assert np.abs(outs[0] - x @ dequantize(q).T).max() <= 1e-3 * np.abs(x @ dequantize(q).T).max()
