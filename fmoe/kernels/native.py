@@ -229,9 +229,9 @@ def _compile(cxx: str, flags: list[str], source: Path, out: str, parts: int) -> 
         cmds = [[cxx, *obj_flags, f"-DFMOE_PARTS={parts}", f"-DFMOE_PART={i}", "-c", str(source), "-o", o]
                 for i, o in enumerate(objs)]
         procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
-        errors = [(c, p.communicate()[1]) for c, p in zip(cmds, procs)]
-        for c, (cmd, err) in zip(procs, errors):
-            if c.returncode != 0:
+        stderrs = [p.communicate()[1] for p in procs]          # wait for all before reporting the first failure
+        for cmd, proc, err in zip(cmds, procs, stderrs):
+            if proc.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)}\n{err[-4000:]}")
         link = [cxx, "-shared", "-pthread", *objs, "-o", out]
         res = subprocess.run(link, capture_output=True, text=True)
