@@ -80,12 +80,14 @@ def _tables(bits: int, n_out: int, n_in: int, slots: int, group: int, kinds: int
 
 
 def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int = 64, config=None) -> dict:
-    """One row of the table: ``kernel`` "cuda", "triton" or "cuda gate+up"."""
+    """One row of the table: ``kernel`` "cuda" (what the engine launches: the tensor-core kernel where it applies),
+    "cuda fma" (the FMA kernel), "triton", or either CUDA one with " gate+up"."""
     import torch
 
     from fmoe.kernels import cuda_qmv, triton_qmv
 
-    gate_up = kernel == "cuda gate+up"
+    gate_up = kernel.endswith("gate+up")
+    variant = "fma" if "fma" in kernel or config else None
     per_slot = n_out * (n_in * bits // 8 + 2 * 2 * n_in // group) * (2 if gate_up else 1)
     slots = max(2 * rows, -(-(400 << 20) // per_slot))           # >= 400 MB of weights: several times the L2
     slots = rows * (slots // rows)
@@ -103,16 +105,20 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
         (wu, su, bu) = tables[1]
 
         def one(sl):
-            return lambda: cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, sl, bits, group, out=y, config=config)
+            return lambda: cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, sl, bits, group, out=y, config=config,
+                                                    kernel=variant)
     else:
         def one(sl):
-            return lambda: cuda_qmv.grouped_qmv(x, w, s, b, sl, bits, group, out=y, config=config)
+            return lambda: cuda_qmv.grouped_qmv(x, w, s, b, sl, bits, group, out=y, config=config, kernel=variant)
     t = _time_graph([one(sl) for sl in sets])
     nbytes = rows * per_slot + x.numel() * x.element_size() + y.numel() * 4
     res = {"kernel": kernel, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group,
            "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots}
     if kernel != "triton":
-        res["config"] = list(config) if config else list(cuda_qmv.launch_config(n_in, bits, rows, gate_up))
+        if variant is None and cuda_qmv.supports_mma(x, w, group, bits):
+            res["config"] = "tensor cores"
+        else:
+            res["config"] = list(config) if config else list(cuda_qmv.launch_config(n_in, bits, rows, gate_up))
     return res
 
 
@@ -157,14 +163,18 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
         for (n_out, n_in) in SHAPES:
             for r in (10, 64):
                 if sweep:
-                    add(_best("cuda", bits, n_out, n_in, r, SWEEP))
+                    add(_best("cuda fma", bits, n_out, n_in, r, SWEEP))
                 add(measure("cuda", bits, n_out, n_in, r))
+                if bits == 4:
+                    add(measure("cuda fma", bits, n_out, n_in, r))
                 if triton:
                     add(measure("triton", bits, n_out, n_in, r))
         for r in (10,):
             if sweep:
-                add(_best("cuda gate+up", bits, *SHAPES[0], r, [c for c in SWEEP if c[0] <= 2]))
+                add(_best("cuda fma gate+up", bits, *SHAPES[0], r, [c for c in SWEEP if c[0] <= 2]))
             add(measure("cuda gate+up", bits, *SHAPES[0], r))
+            if bits == 4:
+                add(measure("cuda fma gate+up", bits, *SHAPES[0], r))
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
@@ -174,7 +184,7 @@ def markdown(res: dict) -> str:
            f"{res['device']}, {res['when']}; HBM bandwidth of a 2 GiB device copy in the same run: "
            f"{res['hbm_copy_bytes_per_s'] / 1e12:.2f} TB/s. Times: CUDA graphs cycling through disjoint slot sets "
            "(no L2 reuse between launches).", "",
-           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | rows/warp, warps, batches |",
+           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | FMA kernel: rows/warp, warps, batches |",
            "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         cfg = r.get("config", "")

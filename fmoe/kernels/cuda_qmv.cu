@@ -239,3 +239,216 @@ __global__ void __launch_bounds__(256) fmoe_qmv(const QmvArgs a) {
         run_batch<BITS, GROUP, RPW, IT, NM, MODE>(buf[b & 1], a, xs, xsum, r, n0 + b * RPW, lane, nchunks, unscale);
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4-bit on tensor cores: fmoe_qmv4_mma. The FMA kernel above spends ~2.2 issued instructions per 4-bit value (one
+// AND + one FFMA + its share of the rest); this one ~1.2, by letting mma.sync do the multiply-adds on bf16 pairs.
+//
+//   codes -> bf16: ((w >> 4s) & 0x000F000F) | 0x43004300 is the bf16 pair (128 + q_s, 128 + q_{s+4}) of nibbles s and
+//   s + 4 of a word, exactly (bf16 holds 128..143). So each (row, group) sum is
+//       sum_k (s q_k + b) x_k = s * (C - 128 * sum_k x_k) + b * sum_k x_k,   C = sum_k (128 + q_k) x_k  (the mma's).
+//   mma m16n8k16 (A row-major 16 x 16 bf16, B 16 x 8 bf16, C/D 16 x 8 float32) with A = 16 output rows x 16 codes and
+//   B = the activations, column n = 2 (group % 4) + h holding x_hi (h = 0) or x_lo (h = 1) of that group's codes and
+//   zero elsewhere (x = x_hi + x_lo, two bf16: float32 activations keep ~16 mantissa bits; bf16 ones have x_lo = 0).
+//   Four consecutive groups accumulate into the same D without mixing (each in its own column pair), then lane
+//   (g, c) holds group 4w + c of rows g and g + 8: one epilogue per four groups, applied by every lane to its own.
+//
+// Work: a warp owns a tile of 16 output rows (A rows) of table row r over 512 consecutive inputs (KS); the WPT =
+// n_in / 512 warps of a tile split its inputs and add up through shared memory; a block is 8 warps = 8 / WPT tiles.
+// Lane (g = lane / 4, c = lane % 4) loads, of rows g and g + 8, the quarter c of every group (GROUP / 32 words): all of
+// a warp's loads are issued first (16 words a row a lane, 32 registers per matrix), then the block stages x.
+// Mapping of a group's codes to mma k: lane c's words j (0..WPG-1) hold the group's values 16c.. (G = 64); mma jj of
+// the group (jj = 2 j + h) takes nibble pairs 2h and 2h + 1 of word j, so its k = 2c, 2c + 1, 2c + 8, 2c + 9 are the
+// values P, P + 4, P + 1, P + 5 with P = c G / 4 + 8 j + 2 h. x is staged in exactly that order: the 8 values 8m..8m+7
+// become the four words (x0,x4) (x1,x5) (x2,x6) (x3,x7) at word 4m, so that lane c's B registers of a group are
+// GROUP / 8 consecutive words (a zero block for lanes whose column is not this group's).
+constexpr int MMA_KS = 512;
+
+template <int WPG> __device__ __forceinline__ void load_words(u32* d, const u32* p) {
+    if constexpr (WPG == 1) {
+        asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(d[0]) : "l"(p));
+    } else if constexpr (WPG == 2) {
+        asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(d[0]), "=r"(d[1]) : "l"(p));
+    } else {
+        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "l"(p));
+    }
+}
+
+// one LOP3 with both constants in registers (written in C, the AND and the OR each take an immediate: two LOP3s)
+__device__ __forceinline__ u32 nibble_pair(u32 w, int s) {
+    u32 d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(w >> (4 * s)), "r"(0x000F000Fu), "r"(0x43004300u));
+    return d;                                     // 0xEA: (a & b) | c
+}
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 bf16_bits(float f) {           // round to nearest even (finite inputs)
+    const u32 u = __float_as_uint(f);
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+
+template <int GROUP, int XT, int ST, int MODE, int WPT>
+__global__ void __launch_bounds__(256) fmoe_qmv4_mma(const QmvArgs a) {
+    constexpr int NM = MODE == 1 ? 2 : 1;
+    constexpr int WPG = GROUP / 32;                   // words of a row per lane per group
+    constexpr int NG = MMA_KS / GROUP;                // groups per warp
+    constexpr int NWIN = NG / 4;                      // four-group windows per warp
+    constexpr int NW = MMA_KS / 32;                   // words of a row per lane (NG * WPG)
+    constexpr int TPB = 8 / WPT;                      // tiles per block
+    extern __shared__ u32 sm[];
+    const int n_in = a.n_in;
+    u32* xh = sm;                                     // [n_in / 2] x_hi pairs, mma order
+    u32* xl = sm + n_in / 2;                          // [n_in / 2] x_lo pairs (float32 x only)
+    float* sx = (float*)(sm + n_in);                  // [n_in / GROUP] sum of x over each group
+    __shared__ __align__(16) u32 zero[GROUP / 8];
+    __shared__ float red[8][NM][16];
+
+    const int r = blockIdx.y;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int tile = blockIdx.x * TPB + warp / WPT, kw = warp % WPT;
+    const int n0 = tile * 16;
+    const i64 slot = a.slots[r];
+    const int row_words = n_in / 8, groups = n_in / GROUP;
+    const int g0 = kw * NG;                           // this warp's first group
+
+    // every load of this warp first: the codes of rows g and g + 8, then the scales and biases of lane c's groups
+    u32 q[NM][2][NW];
+    float sc[NM][2][NWIN], bi[NM][2][NWIN];
+#pragma unroll
+    for (int m = 0; m < NM; ++m) {
+        const u32* base = (m == 0 ? a.w : a.w2) + slot * a.w_slot_stride;
+        const void* sp = m == 0 ? a.s : a.s2;
+        const void* bp = m == 0 ? a.b : a.b2;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int n = min(n0 + g + 8 * h, a.n_out - 1);
+            const u32* rowp = base + (i64)n * row_words + g0 * (GROUP / 8) + c * WPG;
+#pragma unroll
+            for (int gi = 0; gi < NG; ++gi) load_words<WPG>(&q[m][h][gi * WPG], rowp + gi * (GROUP / 8));
+#pragma unroll
+            for (int w = 0; w < NWIN; ++w) {
+                const i64 si = slot * a.s_slot_stride + (i64)n * groups + g0 + 4 * w + c;
+                sc[m][h][w] = load_f<ST>(sp, si);
+                bi[m][h][w] = load_f<ST>(bp, si);
+            }
+        }
+    }
+
+    // stage x (row r) while they fly: 8 values -> 4 pair words (mma order, see above) as bf16 hi and lo, and the
+    // group sums of hi + lo
+    const i64 xoff = (i64)r * a.x_stride;
+    constexpr int LPG = GROUP / 8;                    // lanes per group (8 values each)
+    const int n8 = n_in / 8, n8_pad = (n8 + 31) & ~31;
+    for (int i = threadIdx.x; i < n8_pad; i += blockDim.x) {
+        float part = 0.f;
+        if (i < n8) {
+            u32 hi[8], lo[8];
+            if (XT) {
+                const uint4 raw = *(const uint4*)((const u16*)a.x + xoff + (i64)i * 8);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const u32 wd = word_of(raw, j);
+                    hi[2 * j] = wd & 0xFFFFu;
+                    hi[2 * j + 1] = wd >> 16;
+                    lo[2 * j] = lo[2 * j + 1] = 0;
+                    part += __uint_as_float(wd << 16) + __uint_as_float(wd & 0xFFFF0000u);
+                }
+            } else {
+                const float* xp = (const float*)a.x + xoff + (i64)i * 8;
+                const float4 f0 = *(const float4*)xp, f1 = *(const float4*)(xp + 4);
+                const float v[8] = {f0.x, f0.y, f0.z, f0.w, f1.x, f1.y, f1.z, f1.w};
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    hi[j] = bf16_bits(v[j]);
+                    const float rest = v[j] - __uint_as_float(hi[j] << 16);
+                    lo[j] = bf16_bits(rest);
+                    part += __uint_as_float(hi[j] << 16) + __uint_as_float(lo[j] << 16);
+                }
+            }
+            uint4 ph, pl;
+            ph.x = hi[0] | (hi[4] << 16); ph.y = hi[1] | (hi[5] << 16); ph.z = hi[2] | (hi[6] << 16);
+            ph.w = hi[3] | (hi[7] << 16);
+            *(uint4*)&xh[4 * i] = ph;
+            if (!XT) {
+                pl.x = lo[0] | (lo[4] << 16); pl.y = lo[1] | (lo[5] << 16); pl.z = lo[2] | (lo[6] << 16);
+                pl.w = lo[3] | (lo[7] << 16);
+                *(uint4*)&xl[4 * i] = pl;
+            }
+        }
+#pragma unroll
+        for (int o = 1; o < LPG; o <<= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+        if (i < n8 && i % LPG == 0) sx[i / LPG] = part;
+    }
+    if (threadIdx.x < GROUP / 8) zero[threadIdx.x] = 0;
+    __syncthreads();
+
+    // B source of this lane: column g = 2 * (group % 4) + (hi, lo); other groups read the zero block
+    const u32* bsrc = (g & 1) ? (XT ? nullptr : xl) : xh;
+    float acc[NM][2] = {};
+#pragma unroll
+    for (int w = 0; w < NWIN; ++w) {
+        float d[NM][4] = {};
+#pragma unroll
+        for (int gq = 0; gq < 4; ++gq) {
+            const int gi = 4 * w + gq;
+            const bool mine = (g >> 1) == gq && bsrc != nullptr;
+            const u32* bp = mine ? bsrc + (g0 + gi) * (GROUP / 2) + c * (GROUP / 8) : zero;
+            u32 bw[GROUP / 8];
+#pragma unroll
+            for (int v = 0; v < GROUP / 8; v += 4) *(uint4*)&bw[v] = *(const uint4*)&bp[v];
+#pragma unroll
+            for (int j = 0; j < WPG; ++j)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int m = 0; m < NM; ++m) {
+                        const u32 w0 = q[m][0][gi * WPG + j], w1 = q[m][1][gi * WPG + j];
+                        mma_bf16(d[m], nibble_pair(w0, 2 * h), nibble_pair(w1, 2 * h), nibble_pair(w0, 2 * h + 1),
+                                 nibble_pair(w1, 2 * h + 1), bw[4 * j + 2 * h], bw[4 * j + 2 * h + 1]);
+                    }
+        }
+        const float xs = sx[g0 + 4 * w + c];
+#pragma unroll
+        for (int m = 0; m < NM; ++m) {
+            acc[m][0] += sc[m][0][w] * (d[m][0] + d[m][1] - 128.f * xs) + bi[m][0][w] * xs;
+            acc[m][1] += sc[m][1][w] * (d[m][2] + d[m][3] - 128.f * xs) + bi[m][1][w] * xs;
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < NM; ++m)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            acc[m][h] += __shfl_xor_sync(0xffffffffu, acc[m][h], 1);
+            acc[m][h] += __shfl_xor_sync(0xffffffffu, acc[m][h], 2);
+        }
+    if (c == 0) {
+#pragma unroll
+        for (int m = 0; m < NM; ++m) {
+            red[warp][m][g] = acc[m][0];
+            red[warp][m][g + 8] = acc[m][1];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < TPB * 16) {
+        const int t = threadIdx.x / 16, row = threadIdx.x % 16, n = (blockIdx.x * TPB + t) * 16 + row;
+        float v[NM];
+#pragma unroll
+        for (int m = 0; m < NM; ++m) {
+            v[m] = 0.f;
+#pragma unroll
+            for (int k = 0; k < WPT; ++k) v[m] += red[t * WPT + k][m][row];
+        }
+        if (n < a.n_out) {
+            float y = v[0];
+            if (MODE == 1) y = y / (1.f + expf(-y)) * v[NM - 1];
+            a.y[(i64)r * a.n_out + n] = y;
+        }
+    }
+}

@@ -27,6 +27,7 @@ from fmoe.kernels.slot_table import check_operands
 
 BITS = (2, 4, 8)
 MAX_CHUNKS_PER_LANE = 8
+MMA_KS = 512                      # inputs per warp of the tensor-core kernel (MMA_KS in cuda_qmv.cu)
 _PROGRAM = nvrtc.Program(nvrtc.source_file("cuda_qmv.cu").read_text(), "cuda_qmv")
 
 
@@ -59,6 +60,25 @@ def supports(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bits: int, 
     return w.data_ptr() % 16 == 0 and (w.stride(0) * 4) % 16 == 0
 
 
+def supports_mma(x: torch.Tensor, w: torch.Tensor, group_size: int, bits: int) -> bool:
+    """Whether the tensor-core kernel (fmoe_qmv4_mma) runs these operands: 4 bits, groups of 32/64/128, inputs a
+    multiple of 512 up to 4096 (one to eight warps of 512 inputs per 16-row tile); else the FMA kernel."""
+    n_in = w.shape[2] * 32 // bits
+    return bits == 4 and group_size in (32, 64, 128) and n_in % MMA_KS == 0 and n_in // MMA_KS in (1, 2, 4, 8) \
+        and _has_bf16_mma(x.device)
+
+
+def _has_bf16_mma(device: torch.device) -> bool:
+    """bf16 mma.sync: compute capability 8.0 (Ampere) and later."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = torch.cuda.get_device_capability(index)
+    return _CAPABILITY[index] >= (8, 0)
+
+
+_CAPABILITY: dict = {}
+
+
 def launch_config(n_in: int, bits: int, rows: int, gate_up: bool) -> tuple[int, int, int]:
     """(rows per warp and batch, warps per block, batches per warp): the fastest or within 3% of it for both 10 and
     64 rows in the H200 sweep (bench/results/session7/call4_sweep.txt); one batch per warp throughout, as a second
@@ -71,7 +91,7 @@ def launch_config(n_in: int, bits: int, rows: int, gate_up: bool) -> tuple[int, 
     return (2, 8, 1) if per_lane <= 4 else (1, 8, 1)
 
 
-def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bool) -> torch.Tensor:
+def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bool, kernel) -> torch.Tensor:
     (w, s, b), up = mats[0], (mats[1] if gate_up else mats[0])
     n_out, n_in, rows = check_operands(x, w, s, b, slots, bits, group_size)
     if gate_up:
@@ -83,29 +103,41 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
         x = x.to(torch.float32).contiguous()
     if x.data_ptr() % 16 or (x.shape[0] > 1 and x.stride(0) * x.element_size() % 16):
         x = x.clone(memory_format=torch.contiguous_format)          # the kernel reads x in 16-byte loads
-    rpw, nw, nb = config or launch_config(n_in, bits, rows, gate_up)
-    per_lane = -(-_chunks(n_in, bits) // 32)
     y = out if out is not None else torch.empty(rows, n_out, dtype=torch.float32, device=x.device)
-    sub = min(group_size, 128 // bits)
-    expr = (f"fmoe_qmv<{bits}, {group_size}, {_DTYPE_CODE[x.dtype]}, {_DTYPE_CODE[s.dtype]}, {rpw}, {per_lane}, "
-            f"{1 if gate_up else 0}, {nb}>")
-    fn = _PROGRAM.function(expr, x.device.index if x.device.index is not None else torch.cuda.current_device())
     args = _Args(x.data_ptr(), 0 if x.shape[0] == 1 else x.stride(0), w.data_ptr(), s.data_ptr(), b.data_ptr(),
                  up[0].data_ptr(), up[1].data_ptr(), up[2].data_ptr(), w.stride(0), s.stride(0), slots.data_ptr(),
                  y.data_ptr(), n_out, n_in)
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    mode = 1 if gate_up else 0
+    if config is None and kernel != "fma" and supports_mma(x, w, group_size, bits):
+        wpt = n_in // MMA_KS
+        tiles_per_block = 8 // wpt
+        fn = _PROGRAM.function(f"fmoe_qmv4_mma<{group_size}, {_DTYPE_CODE[x.dtype]}, {_DTYPE_CODE[s.dtype]}, "
+                               f"{mode}, {wpt}>", device)
+        fn.launch((-(-n_out // (16 * tiles_per_block)), rows, 1), (256, 1, 1), (n_in + n_in // group_size) * 4,
+                  stream, [args])
+        return y
+    rpw, nw, nb = config or launch_config(n_in, bits, rows, gate_up)
+    per_lane = -(-_chunks(n_in, bits) // 32)
+    sub = min(group_size, 128 // bits)
+    fn = _PROGRAM.function(f"fmoe_qmv<{bits}, {group_size}, {_DTYPE_CODE[x.dtype]}, {_DTYPE_CODE[s.dtype]}, {rpw}, "
+                           f"{per_lane}, {mode}, {nb}>", device)
     per_block = nw * rpw * nb
-    fn.launch(((n_out + per_block - 1) // per_block, rows, 1), (32 * nw, 1, 1), (n_in + n_in // sub) * 4,
-              torch.cuda.current_stream(x.device).cuda_stream, [args])
+    fn.launch(((n_out + per_block - 1) // per_block, rows, 1), (32 * nw, 1, 1), (n_in + n_in // sub) * 4, stream,
+              [args])
     return y
 
 
-def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, config=None) -> torch.Tensor:
+def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, config=None,
+                kernel=None) -> torch.Tensor:
     """``y[r] = dequant(w[slots[r]]) @ x[r]`` for every row r (x: [R, in] or [1, in] shared); float32 [R, out].
-    ``config``: (rows per warp, warps, batches per warp), else :func:`launch_config`."""
-    return _launch(x, [(w, scales, biases)], slots, bits, group_size, out, config, False)
+    The tensor-core kernel where :func:`supports_mma`, unless ``kernel="fma"`` or a ``config`` is given: (rows per
+    warp, warps, batches per warp) of the FMA kernel, else :func:`launch_config`."""
+    return _launch(x, [(w, scales, biases)], slots, bits, group_size, out, config, False, kernel)
 
 
 def grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, bits: int, group_size: int, out=None,
-                    config=None) -> torch.Tensor:
+                    config=None, kernel=None) -> torch.Tensor:
     """``silu(G[slots[r]] @ x[r]) * (U[slots[r]] @ x[r])`` for every row r; float32 [R, out]."""
-    return _launch(x, [(wg, sg, bg), (wu, su, bu)], slots, bits, group_size, out, config, True)
+    return _launch(x, [(wg, sg, bg), (wu, su, bu)], slots, bits, group_size, out, config, True, kernel)

@@ -85,6 +85,50 @@ def test_gate_up_in_one_pass(bits):
 
 
 @needs_gpu
+@pytest.mark.parametrize("n_in", [512, 1024, 2048, 4096])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_tensor_core_kernel_matches_the_reference(n_in, group):
+    """fmoe_qmv4_mma (4-bit on mma.sync): 200 rows (a partial 16-row tile and block), one to eight warps per tile,
+    bf16 and float32 scales and activations, one x per row and one shared, gate and up in one pass. float32
+    activations go in as two bf16 (hi + lo): within 2e-4 of the reference, where bf16 alone would be ~1e-3 off."""
+    from fmoe.kernels import cuda_qmv
+
+    n_out = 200
+    slots = torch.tensor([2, 0, 2], dtype=torch.int32, device="cuda")
+    idx = slots.cpu().numpy()
+    for scale_dtype in (torch.bfloat16, torch.float32):
+        w, s, b, dense = _table(4, group, n_out, n_in, scale_dtype=scale_dtype, seed=n_in + group)
+        for x_dtype, tol in ((torch.bfloat16, 1e-4), (torch.float32, 2e-4)):
+            x = (torch.randn(3, n_in, device="cuda") * torch.logspace(-2, 2, n_in, device="cuda")).to(x_dtype)
+            assert cuda_qmv.supports_mma(x, w, group, 4)
+            xf = x.float().cpu().numpy()
+            _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group).cpu().numpy(),
+                   np.einsum("roi,ri->ro", dense[idx], xf), tol)
+            _close(cuda_qmv.grouped_qmv(x[1:2], w, s, b, slots, 4, group).cpu().numpy(),
+                   np.einsum("roi,i->ro", dense[idx], xf[1]), tol)
+    wu, su, bu, du = _table(4, group, n_out, n_in, seed=7)
+    x = torch.randn(1, n_in, device="cuda").to(torch.bfloat16)
+    xf = x.float().cpu().numpy()[0]
+    gt, ut = np.einsum("roi,i->ro", dense[idx], xf), np.einsum("roi,i->ro", du[idx], xf)
+    with np.errstate(over="ignore"):
+        ref = gt / (1 + np.exp(-gt)) * ut
+    _close(cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, slots, 4, group).cpu().numpy(), ref, 1e-4)
+
+
+@needs_gpu
+def test_tensor_core_and_fma_kernels_agree_on_the_397b_shapes():
+    from fmoe.kernels import cuda_qmv
+
+    for n_out, n_in in ((1024, 4096), (4096, 1024)):
+        w, s, b, _ = _table(4, 64, n_out, n_in, slots=4, seed=n_out)
+        x = torch.randn(10, n_in, device="cuda")
+        slots = torch.tensor([3, 1, 0, 2, 1, 3, 0, 0, 2, 1], dtype=torch.int32, device="cuda")
+        tc = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64)
+        fma = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="fma")
+        _close(tc.cpu().numpy(), fma.cpu().numpy(), 2e-4)
+
+
+@needs_gpu
 def test_slots_inside_expert_regions_and_the_front_dispatch():
     """Gate, up, down of each slot in one byte region (the VRAM tier's layout): the front (grouped_qmv.py) takes the
     CUDA kernel, and agrees with the torch reference; 3-bit goes to the Triton kernel."""
@@ -183,6 +227,11 @@ def test_every_configuration_compiles_with_nvrtc():
                 for arch in ("sm_90", "sm_80"):
                     cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, arch)
                     assert cubin[:4] == b"\x7fELF" and name.startswith("_Z8fmoe_qmv")
+    for group in (32, 64, 128):                     # the tensor-core kernel: 1, 2, 4, 8 warps per tile
+        for mode, wpt in ((0, 1), (0, 2), (1, 4), (0, 8)):
+            expr = f"fmoe_qmv4_mma<{group}, {mode}, {1 - mode}, {mode}, {wpt}>"
+            cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
+            assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
 
 
 def test_bad_operands_are_errors_that_name_them():
