@@ -106,6 +106,7 @@ def test_tensor_core_kernel_matches_the_reference(n_in, group):
                    np.einsum("roi,ri->ro", dense[idx], xf), tol)
             _close(cuda_qmv.grouped_qmv(x[1:2], w, s, b, slots, 4, group).cpu().numpy(),
                    np.einsum("roi,i->ro", dense[idx], xf[1]), tol)
+    w, s, b, dense = _table(4, group, n_out, n_in, seed=6)
     wu, su, bu, du = _table(4, group, n_out, n_in, seed=7)
     x = torch.randn(1, n_in, device="cuda").to(torch.bfloat16)
     xf = x.float().cpu().numpy()[0]
