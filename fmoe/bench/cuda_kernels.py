@@ -87,7 +87,7 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
     from fmoe.kernels import cuda_qmv, triton_qmv
 
     gate_up = kernel.endswith("gate+up")
-    variant = "fma" if "fma" in kernel or config else None
+    variant = "fma" if "fma" in kernel or config else ("mma" if "mma" in kernel else None)
     per_slot = n_out * (n_in * bits // 8 + 2 * 2 * n_in // group) * (2 if gate_up else 1)
     slots = max(2 * rows, -(-(400 << 20) // per_slot))           # >= 400 MB of weights: several times the L2
     slots = rows * (slots // rows)
@@ -115,8 +115,8 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
     res = {"kernel": kernel, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group,
            "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots}
     if kernel != "triton":
-        if variant is None and cuda_qmv.supports_mma(x, w, group, bits):
-            res["config"] = "tensor cores"
+        if variant != "fma" and cuda_qmv.supports_mma(x, w, group, bits):
+            res["config"] = "tensor cores, " + ("one item a warp" if variant == "mma" else "streamed")
         else:
             res["config"] = list(config) if config else list(cuda_qmv.launch_config(n_in, bits, rows, gate_up))
     return res
@@ -166,6 +166,7 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
                     add(_best("cuda fma", bits, n_out, n_in, r, SWEEP))
                 add(measure("cuda", bits, n_out, n_in, r))
                 if bits == 4:
+                    add(measure("cuda mma", bits, n_out, n_in, r))
                     add(measure("cuda fma", bits, n_out, n_in, r))
                 if triton:
                     add(measure("triton", bits, n_out, n_in, r))
@@ -174,6 +175,7 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
                 add(_best("cuda fma gate+up", bits, *SHAPES[0], r, [c for c in SWEEP if c[0] <= 2]))
             add(measure("cuda gate+up", bits, *SHAPES[0], r))
             if bits == 4:
+                add(measure("cuda mma gate+up", bits, *SHAPES[0], r))
                 add(measure("cuda fma gate+up", bits, *SHAPES[0], r))
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -241,8 +241,10 @@ __global__ void __launch_bounds__(256) fmoe_qmv(const QmvArgs a) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// 4-bit on tensor cores: fmoe_qmv4_mma. The FMA kernel above spends ~2.2 issued instructions per 4-bit value (one
-// AND + one FFMA + its share of the rest); this one ~1.2, by letting mma.sync do the multiply-adds on bf16 pairs.
+// 4-bit on tensor cores: fmoe_qmv4_stream (decode: persistent warps, loads of the next item in flight while one is
+// computed) and fmoe_qmv4_mma (one item per warp, for calls whose activations do not fit in shared memory). The FMA
+// kernel above spends ~2.2 issued instructions per 4-bit value (one AND + one FFMA + its share of the rest); these
+// ~1.1, by letting mma.sync do the multiply-adds on bf16 pairs.
 //
 //   codes -> bf16: ((w >> 4s) & 0x000F000F) | 0x43004300 is the bf16 pair (128 + q_s, 128 + q_{s+4}) of nibbles s and
 //   s + 4 of a word, exactly (bf16 holds 128..143). So each (row, group) sum is
@@ -253,15 +255,16 @@ __global__ void __launch_bounds__(256) fmoe_qmv(const QmvArgs a) {
 //   Four consecutive groups accumulate into the same D without mixing (each in its own column pair), then lane
 //   (g, c) holds group 4w + c of rows g and g + 8: one epilogue per four groups, applied by every lane to its own.
 //
-// Work: a warp owns a tile of 16 output rows (A rows) of table row r over 512 consecutive inputs (KS); the WPT =
-// n_in / 512 warps of a tile split its inputs and add up through shared memory; a block is 8 warps = 8 / WPT tiles.
-// Lane (g = lane / 4, c = lane % 4) loads, of rows g and g + 8, the quarter c of every group (GROUP / 32 words): all of
-// a warp's loads are issued first (16 words a row a lane, 32 registers per matrix), then the block stages x.
+// An item: 16 output rows (A rows) of one table row r over KS consecutive inputs. Lane (g = lane / 4, c = lane % 4)
+// loads, of rows g and g + 8, the quarter c of every group (GROUP / 32 words), and the scales and biases of its own
+// groups; all of an item's loads are issued before anything waits on them.
 // Mapping of a group's codes to mma k: lane c's words j (0..WPG-1) hold the group's values 16c.. (G = 64); mma jj of
 // the group (jj = 2 j + h) takes nibble pairs 2h and 2h + 1 of word j, so its k = 2c, 2c + 1, 2c + 8, 2c + 9 are the
 // values P, P + 4, P + 1, P + 5 with P = c G / 4 + 8 j + 2 h. x is staged in exactly that order: the 8 values 8m..8m+7
 // become the four words (x0,x4) (x1,x5) (x2,x6) (x3,x7) at word 4m, so that lane c's B registers of a group are
 // GROUP / 8 consecutive words (a zero block for lanes whose column is not this group's).
+// Shared memory per staged x row: x_hi pairs [n_in / 2] words, x_lo pairs [n_in / 2] (float32 x only), then the
+// sums of x_hi + x_lo over each group [n_in / GROUP] floats.
 constexpr int MMA_KS = 512;
 
 template <int WPG> __device__ __forceinline__ void load_words(u32* d, const u32* p) {
@@ -294,56 +297,17 @@ __device__ __forceinline__ u32 bf16_bits(float f) {           // round to neares
     return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
 }
 
-template <int GROUP, int XT, int ST, int MODE, int WPT>
-__global__ void __launch_bounds__(256) fmoe_qmv4_mma(const QmvArgs a) {
-    constexpr int NM = MODE == 1 ? 2 : 1;
-    constexpr int WPG = GROUP / 32;                   // words of a row per lane per group
-    constexpr int NG = MMA_KS / GROUP;                // groups per warp
-    constexpr int NWIN = NG / 4;                      // four-group windows per warp
-    constexpr int NW = MMA_KS / 32;                   // words of a row per lane (NG * WPG)
-    constexpr int TPB = 8 / WPT;                      // tiles per block
-    extern __shared__ u32 sm[];
-    const int n_in = a.n_in;
-    u32* xh = sm;                                     // [n_in / 2] x_hi pairs, mma order
-    u32* xl = sm + n_in / 2;                          // [n_in / 2] x_lo pairs (float32 x only)
-    float* sx = (float*)(sm + n_in);                  // [n_in / GROUP] sum of x over each group
-    __shared__ __align__(16) u32 zero[GROUP / 8];
-    __shared__ float red[8][NM][16];
+// 32-bit words of one staged x row
+template <int GROUP, int XT> __device__ __host__ constexpr int staged_words(int n_in) {
+    return (XT ? n_in / 2 : n_in) + n_in / GROUP;
+}
 
-    const int r = blockIdx.y;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int tile = blockIdx.x * TPB + warp / WPT, kw = warp % WPT;
-    const int n0 = tile * 16;
-    const i64 slot = a.slots[r];
-    const int row_words = n_in / 8, groups = n_in / GROUP;
-    const int g0 = kw * NG;                           // this warp's first group
-
-    // every load of this warp first: the codes of rows g and g + 8, then the scales and biases of lane c's groups
-    u32 q[NM][2][NW];
-    float sc[NM][2][NWIN], bi[NM][2][NWIN];
-#pragma unroll
-    for (int m = 0; m < NM; ++m) {
-        const u32* base = (m == 0 ? a.w : a.w2) + slot * a.w_slot_stride;
-        const void* sp = m == 0 ? a.s : a.s2;
-        const void* bp = m == 0 ? a.b : a.b2;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int n = min(n0 + g + 8 * h, a.n_out - 1);
-            const u32* rowp = base + (i64)n * row_words + g0 * (GROUP / 8) + c * WPG;
-#pragma unroll
-            for (int gi = 0; gi < NG; ++gi) load_words<WPG>(&q[m][h][gi * WPG], rowp + gi * (GROUP / 8));
-#pragma unroll
-            for (int w = 0; w < NWIN; ++w) {
-                const i64 si = slot * a.s_slot_stride + (i64)n * groups + g0 + 4 * w + c;
-                sc[m][h][w] = load_f<ST>(sp, si);
-                bi[m][h][w] = load_f<ST>(bp, si);
-            }
-        }
-    }
-
-    // stage x (row r) while they fly: 8 values -> 4 pair words (mma order, see above) as bf16 hi and lo, and the
-    // group sums of hi + lo
-    const i64 xoff = (i64)r * a.x_stride;
+// stage x row (x + xoff) at xs (all threads of the block; the caller synchronizes)
+template <int GROUP, int XT>
+__device__ __forceinline__ void mma_stage(u32* xs, const void* x, i64 xoff, int n_in) {
+    u32* xh = xs;
+    u32* xl = xs + n_in / 2;
+    float* sx = (float*)(xs + (XT ? n_in / 2 : n_in));
     constexpr int LPG = GROUP / 8;                    // lanes per group (8 values each)
     const int n8 = n_in / 8, n8_pad = (n8 + 31) & ~31;
     for (int i = threadIdx.x; i < n8_pad; i += blockDim.x) {
@@ -351,7 +315,7 @@ __global__ void __launch_bounds__(256) fmoe_qmv4_mma(const QmvArgs a) {
         if (i < n8) {
             u32 hi[8], lo[8];
             if (XT) {
-                const uint4 raw = *(const uint4*)((const u16*)a.x + xoff + (i64)i * 8);
+                const uint4 raw = *(const uint4*)((const u16*)x + xoff + (i64)i * 8);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const u32 wd = word_of(raw, j);
@@ -361,64 +325,103 @@ __global__ void __launch_bounds__(256) fmoe_qmv4_mma(const QmvArgs a) {
                     part += __uint_as_float(wd << 16) + __uint_as_float(wd & 0xFFFF0000u);
                 }
             } else {
-                const float* xp = (const float*)a.x + xoff + (i64)i * 8;
+                const float* xp = (const float*)x + xoff + (i64)i * 8;
                 const float4 f0 = *(const float4*)xp, f1 = *(const float4*)(xp + 4);
                 const float v[8] = {f0.x, f0.y, f0.z, f0.w, f1.x, f1.y, f1.z, f1.w};
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
                     hi[j] = bf16_bits(v[j]);
-                    const float rest = v[j] - __uint_as_float(hi[j] << 16);
-                    lo[j] = bf16_bits(rest);
+                    lo[j] = bf16_bits(v[j] - __uint_as_float(hi[j] << 16));
                     part += __uint_as_float(hi[j] << 16) + __uint_as_float(lo[j] << 16);
                 }
             }
-            uint4 ph, pl;
-            ph.x = hi[0] | (hi[4] << 16); ph.y = hi[1] | (hi[5] << 16); ph.z = hi[2] | (hi[6] << 16);
-            ph.w = hi[3] | (hi[7] << 16);
-            *(uint4*)&xh[4 * i] = ph;
-            if (!XT) {
-                pl.x = lo[0] | (lo[4] << 16); pl.y = lo[1] | (lo[5] << 16); pl.z = lo[2] | (lo[6] << 16);
-                pl.w = lo[3] | (lo[7] << 16);
-                *(uint4*)&xl[4 * i] = pl;
-            }
+            *(uint4*)&xh[4 * i] = make_uint4(hi[0] | (hi[4] << 16), hi[1] | (hi[5] << 16), hi[2] | (hi[6] << 16),
+                                             hi[3] | (hi[7] << 16));
+            if (!XT)
+                *(uint4*)&xl[4 * i] = make_uint4(lo[0] | (lo[4] << 16), lo[1] | (lo[5] << 16),
+                                                 lo[2] | (lo[6] << 16), lo[3] | (lo[7] << 16));
         }
 #pragma unroll
         for (int o = 1; o < LPG; o <<= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
         if (i < n8 && i % LPG == 0) sx[i / LPG] = part;
     }
-    if (threadIdx.x < GROUP / 8) zero[threadIdx.x] = 0;
-    __syncthreads();
+}
 
-    // B source of this lane: column g = 2 * (group % 4) + (hi, lo); other groups read the zero block
-    const u32* bsrc = (g & 1) ? (XT ? nullptr : xl) : xh;
-    float acc[NM][2] = {};
+template <int GROUP, int NM, int KS> struct MmaItem {
+    static constexpr int WPG = GROUP / 32;            // words of a row per lane per group
+    static constexpr int NG = KS / GROUP;             // groups per item
+    static constexpr int NWIN = (NG + 3) / 4;         // four-group windows
+    static constexpr int NW = KS / 32;                // words of a row per lane
+    u32 q[NM][2][NW];
+    float sc[NM][2][NWIN], bi[NM][2][NWIN];
+};
+
+// issue the loads of rows n0.. of slot `slot` over inputs k0..k0 + KS - 1
+template <int GROUP, int ST, int NM, int KS>
+__device__ __forceinline__ void mma_load(MmaItem<GROUP, NM, KS>& it, const QmvArgs& a, i64 slot, int n0, int k0,
+                                         int g, int c) {
+    typedef MmaItem<GROUP, NM, KS> I;
+    const int row_words = a.n_in / 8, groups = a.n_in / GROUP, g0 = k0 / GROUP;
 #pragma unroll
-    for (int w = 0; w < NWIN; ++w) {
+    for (int m = 0; m < NM; ++m) {
+        const u32* base = (m == 0 ? a.w : a.w2) + slot * a.w_slot_stride;
+        const void* sp = m == 0 ? a.s : a.s2;
+        const void* bp = m == 0 ? a.b : a.b2;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int n = min(n0 + g + 8 * h, a.n_out - 1);
+            const u32* rowp = base + (i64)n * row_words + k0 / 8 + c * I::WPG;
+#pragma unroll
+            for (int gi = 0; gi < I::NG; ++gi) load_words<I::WPG>(&it.q[m][h][gi * I::WPG], rowp + gi * (GROUP / 8));
+#pragma unroll
+            for (int w = 0; w < I::NWIN; ++w) {
+                const i64 si = slot * a.s_slot_stride + (i64)n * groups + g0 + min(4 * w + c, I::NG - 1);
+                it.sc[m][h][w] = load_f<ST>(sp, si);
+                it.bi[m][h][w] = load_f<ST>(bp, si);
+            }
+        }
+    }
+}
+
+// the item's sums for rows g and g + 8 (acc[m][0], acc[m][1]), complete in lanes c == 0; xs: the staged x row at the
+// item's first input (x_hi pairs; x_lo pairs n_in / 2 words further; sxg: the sums of the item's first group)
+template <int GROUP, int XT, int NM, int KS>
+__device__ __forceinline__ void mma_dot(const MmaItem<GROUP, NM, KS>& it, const u32* xh, const u32* xl,
+                                        const float* sxg, const u32* zero, int g, int c, float (&acc)[NM][2]) {
+    typedef MmaItem<GROUP, NM, KS> I;
+    const u32* bsrc = (g & 1) ? (XT ? nullptr : xl) : xh;   // this lane's B column: hi / lo of group g / 2 (mod 4)
+#pragma unroll
+    for (int m = 0; m < NM; ++m) acc[m][0] = acc[m][1] = 0.f;
+#pragma unroll
+    for (int w = 0; w < I::NWIN; ++w) {
         float d[NM][4] = {};
 #pragma unroll
         for (int gq = 0; gq < 4; ++gq) {
             const int gi = 4 * w + gq;
+            if (gi >= I::NG) break;
             const bool mine = (g >> 1) == gq && bsrc != nullptr;
-            const u32* bp = mine ? bsrc + (g0 + gi) * (GROUP / 2) + c * (GROUP / 8) : zero;
+            const u32* bp = mine ? bsrc + gi * (GROUP / 2) + c * (GROUP / 8) : zero;
             u32 bw[GROUP / 8];
 #pragma unroll
             for (int v = 0; v < GROUP / 8; v += 4) *(uint4*)&bw[v] = *(const uint4*)&bp[v];
 #pragma unroll
-            for (int j = 0; j < WPG; ++j)
+            for (int j = 0; j < I::WPG; ++j)
 #pragma unroll
                 for (int h = 0; h < 2; ++h)
 #pragma unroll
                     for (int m = 0; m < NM; ++m) {
-                        const u32 w0 = q[m][0][gi * WPG + j], w1 = q[m][1][gi * WPG + j];
+                        const u32 w0 = it.q[m][0][gi * I::WPG + j], w1 = it.q[m][1][gi * I::WPG + j];
                         mma_bf16(d[m], nibble_pair(w0, 2 * h), nibble_pair(w1, 2 * h), nibble_pair(w0, 2 * h + 1),
                                  nibble_pair(w1, 2 * h + 1), bw[4 * j + 2 * h], bw[4 * j + 2 * h + 1]);
                     }
         }
-        const float xs = sx[g0 + 4 * w + c];
+        if (4 * w + c < I::NG) {
+            const float xsum = sxg[4 * w + c];
 #pragma unroll
-        for (int m = 0; m < NM; ++m) {
-            acc[m][0] += sc[m][0][w] * (d[m][0] + d[m][1] - 128.f * xs) + bi[m][0][w] * xs;
-            acc[m][1] += sc[m][1][w] * (d[m][2] + d[m][3] - 128.f * xs) + bi[m][1][w] * xs;
+            for (int m = 0; m < NM; ++m) {
+                acc[m][0] += it.sc[m][0][w] * (d[m][0] + d[m][1] - 128.f * xsum) + it.bi[m][0][w] * xsum;
+                acc[m][1] += it.sc[m][1][w] * (d[m][2] + d[m][3] - 128.f * xsum) + it.bi[m][1][w] * xsum;
+            }
         }
     }
 #pragma unroll
@@ -428,6 +431,31 @@ __global__ void __launch_bounds__(256) fmoe_qmv4_mma(const QmvArgs a) {
             acc[m][h] += __shfl_xor_sync(0xffffffffu, acc[m][h], 1);
             acc[m][h] += __shfl_xor_sync(0xffffffffu, acc[m][h], 2);
         }
+}
+
+template <int NM> __device__ __forceinline__ float mma_out(const float (&v)[NM]) {
+    return NM == 2 ? v[0] / (1.f + expf(-v[0])) * v[NM - 1] : v[0];
+}
+
+// One item per warp: a tile of 16 rows split over WPT = n_in / 512 warps (added up through shared memory), 8 / WPT
+// tiles a block. For calls whose x rows do not all fit in shared memory (many rows), where fmoe_qmv4_stream cannot.
+template <int GROUP, int XT, int ST, int MODE, int WPT>
+__global__ void __launch_bounds__(256) fmoe_qmv4_mma(const QmvArgs a) {
+    constexpr int NM = MODE == 1 ? 2 : 1, TPB = 8 / WPT;
+    extern __shared__ u32 sm[];
+    __shared__ __align__(16) u32 zero[GROUP / 8];
+    __shared__ float red[8][NM][16];
+    const int n_in = a.n_in, r = blockIdx.y;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int tile = blockIdx.x * TPB + warp / WPT, k0 = (warp % WPT) * MMA_KS;
+    MmaItem<GROUP, NM, MMA_KS> it;
+    mma_load<GROUP, ST>(it, a, a.slots[r], tile * 16, k0, g, c);
+    mma_stage<GROUP, XT>(sm, a.x, (i64)r * a.x_stride, n_in);
+    if (threadIdx.x < GROUP / 8) zero[threadIdx.x] = 0;
+    __syncthreads();
+    float acc[NM][2];
+    const float* sx = (const float*)(sm + (XT ? n_in / 2 : n_in));
+    mma_dot<GROUP, XT>(it, sm + k0 / 2, sm + n_in / 2 + k0 / 2, sx + k0 / GROUP, zero, g, c, acc);
     if (c == 0) {
 #pragma unroll
         for (int m = 0; m < NM; ++m) {
@@ -445,10 +473,90 @@ __global__ void __launch_bounds__(256) fmoe_qmv4_mma(const QmvArgs a) {
 #pragma unroll
             for (int k = 0; k < WPT; ++k) v[m] += red[t * WPT + k][m][row];
         }
-        if (n < a.n_out) {
-            float y = v[0];
-            if (MODE == 1) y = y / (1.f + expf(-y)) * v[NM - 1];
-            a.y[(i64)r * a.n_out + n] = y;
+        if (n < a.n_out) a.y[(i64)r * a.n_out + n] = mma_out<NM>(v);
+    }
+}
+
+// Persistent decode kernel: the grid fills the GPU once (2 blocks of 8 warps an SM); warp w of W takes items w, w + W,
+// w + 2W... (item = (row r, tile of 16 outputs, part kp of n_in / KS), parts fastest) and issues the loads of its next
+// item before computing the current one, so its bytes stay in flight through the whole call. Every x row is staged
+// once per block. A tile's parts meet in `scratch` ([tile of all rows][part][NM][16] floats): each part writes its
+// sums, and the warp that completes a tile's counter (counters[r * tiles + tile], left at zero for the next call) adds
+// them in part order (the same result every run) and writes y.
+template <int GROUP, int XT, int ST, int MODE, int KS>
+__global__ void __launch_bounds__(256, 2) fmoe_qmv4_stream(const QmvArgs a, float* scratch, int* counters, int rows) {
+    constexpr int NM = MODE == 1 ? 2 : 1;
+    typedef MmaItem<GROUP, NM, KS> I;
+    extern __shared__ u32 sm[];
+    __shared__ __align__(16) u32 zero[GROUP / 8];
+    const int n_in = a.n_in, parts = n_in / KS, tiles = (a.n_out + 15) / 16, items = rows * tiles * parts;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int nwarps = gridDim.x * 8, first = blockIdx.x * 8 + warp;
+    const int xrows = a.x_stride ? rows : 1, row_words = staged_words<GROUP, XT>(n_in);
+    I buf[2];
+    auto load = [&](I& it, int idx) {
+        const int kp = idx % parts, t2 = idx / parts, r = t2 / tiles;
+        mma_load<GROUP, ST>(it, a, a.slots[r], (t2 % tiles) * 16, kp * KS, g, c);
+    };
+    auto finish = [&](const I& it, int idx) {
+        const int kp = idx % parts, t2 = idx / parts, r = t2 / tiles, n0 = (t2 % tiles) * 16;
+        const u32* xs = sm + (a.x_stride ? r : 0) * row_words;
+        const float* sx = (const float*)(xs + (XT ? n_in / 2 : n_in));
+        float acc[NM][2];
+        mma_dot<GROUP, XT>(it, xs + kp * KS / 2, xs + n_in / 2 + kp * KS / 2, sx + kp * (KS / GROUP), zero, g, c,
+                           acc);
+        if (parts == 1) {
+            if (c == 0) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    float v[NM];
+#pragma unroll
+                    for (int m = 0; m < NM; ++m) v[m] = acc[m][h];
+                    const int n = n0 + g + 8 * h;
+                    if (n < a.n_out) a.y[(i64)r * a.n_out + n] = mma_out<NM>(v);
+                }
+            }
+            return;
         }
+        float* part = scratch + ((i64)t2 * parts + kp) * NM * 16;
+        if (c == 0) {
+#pragma unroll
+            for (int m = 0; m < NM; ++m) {
+                part[m * 16 + g] = acc[m][0];
+                part[m * 16 + g + 8] = acc[m][1];
+            }
+        }
+        __threadfence();
+        __syncwarp();
+        int old = 0;
+        if (lane == 0) old = atomicAdd(&counters[t2], 1);
+        old = __shfl_sync(0xffffffffu, old, 0);
+        if (old == parts - 1) {                       // the last part of this tile: add them all up, in order
+            __threadfence();
+            if (lane < 16) {
+                const float* all = scratch + (i64)t2 * parts * NM * 16;
+                float v[NM];
+#pragma unroll
+                for (int m = 0; m < NM; ++m) {
+                    v[m] = 0.f;
+                    for (int k = 0; k < parts; ++k) v[m] += __ldcg(all + (k * NM + m) * 16 + lane);
+                }
+                const int n = n0 + lane;
+                if (n < a.n_out) a.y[(i64)r * a.n_out + n] = mma_out<NM>(v);
+            }
+            if (lane == 0) counters[t2] = 0;
+        }
+    };
+    if (first < items) load(buf[0], first);
+    for (int rx = 0; rx < xrows; ++rx) mma_stage<GROUP, XT>(sm + rx * row_words, a.x, (i64)rx * a.x_stride, n_in);
+    if (threadIdx.x < GROUP / 8) zero[threadIdx.x] = 0;
+    __syncthreads();
+    for (int idx = first; idx < items; idx += 2 * nwarps) {
+        const int nxt = idx + nwarps;
+        if (nxt < items) load(buf[1], nxt);
+        finish(buf[0], idx);
+        if (nxt >= items) break;
+        if (nxt + nwarps < items) load(buf[0], nxt + nwarps);
+        finish(buf[1], nxt);
     }
 }
