@@ -7,6 +7,10 @@ fallback, fmoe/kernels/triton_qmv.py).
 For each bit width, on the 397B expert shapes (gate/up 1024 x 4096, down 4096 x 1024, group 64): the decode call of
 one token (10 rows, distinct slots: the model's top-10), a saturating call (64 rows), and the engine's decode pair,
 gate and up in one launch (``gate+up``). Activations as the engine has them: bf16 into gate/up, float32 into down.
+Kernels: ``cuda`` is what the engine launches (4 bits: the tensor-core kernel for one matrix, the FMA kernel for
+gate+up), ``cuda fma`` / ``cuda mma`` the FMA / tensor-core kernel where the other is the default, ``triton`` the
+Triton kernel, and ``copy (peer)`` a device-to-device copy moving the same bytes, timed the same way: the ceiling
+that the launch, ramp-up and drain of one call of that size leave to any kernel.
 Each timing replays a CUDA graph of launches that cycle through disjoint slot sets of a table several times the L2
 (no launch reads what an earlier one left in L2; no Python launch overhead: the engine replays graphs too).
 Bytes read = the rows' packed weights + scales + biases + activations + outputs; the fraction is (bytes / time) /
@@ -79,6 +83,20 @@ def _tables(bits: int, n_out: int, n_in: int, slots: int, group: int, kinds: int
     return out
 
 
+def measure_copy(nbytes: int) -> dict:
+    """The peer of a mat-vec that moves ``nbytes``: a device-to-device copy of nbytes / 2 (read + write = nbytes), timed
+    the same way (a CUDA graph cycling through disjoint buffers, >= 400 MB), so the launch, the ramp-up and the drain of
+    one call of that size are in it too: what any kernel of that size can reach on this GPU."""
+    import torch
+
+    half = nbytes // 2
+    n = max(2, -(-(400 << 20) // half))
+    src = torch.empty(n, half, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    t = _time_graph([(lambda i=i: dst[i].copy_(src[i])) for i in range(n)])
+    return {"kernel": "copy (peer)", "seconds": t, "bytes": 2 * half, "bytes_per_s": 2 * half / t}
+
+
 def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int = 64, config=None) -> dict:
     """One row of the table: ``kernel`` "cuda" (what the engine launches: the tensor-core kernel where it applies),
     "cuda fma" (the FMA kernel), "triton", or either CUDA one with " gate+up"."""
@@ -115,8 +133,8 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
     res = {"kernel": kernel, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group,
            "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots}
     if kernel != "triton":
-        if variant != "fma" and cuda_qmv.supports_mma(x, w, group, bits):
-            res["config"] = "tensor cores, " + ("one item a warp" if variant == "mma" else "streamed")
+        if (variant == "mma" or (variant is None and not gate_up)) and cuda_qmv.supports_mma(x, w, group, bits):
+            res["config"] = "tensor cores"
         else:
             res["config"] = list(config) if config else list(cuda_qmv.launch_config(n_in, bits, rows, gate_up))
     return res
@@ -164,17 +182,18 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
             for r in (10, 64):
                 if sweep:
                     add(_best("cuda fma", bits, n_out, n_in, r, SWEEP))
-                add(measure("cuda", bits, n_out, n_in, r))
+                m = add(measure("cuda", bits, n_out, n_in, r))
                 if bits == 4:
-                    add(measure("cuda mma", bits, n_out, n_in, r))
+                    add({**measure_copy(m["bytes"]), "bits": bits, "shape": [n_out, n_in], "rows": r})
                     add(measure("cuda fma", bits, n_out, n_in, r))
                 if triton:
                     add(measure("triton", bits, n_out, n_in, r))
         for r in (10,):
             if sweep:
                 add(_best("cuda fma gate+up", bits, *SHAPES[0], r, [c for c in SWEEP if c[0] <= 2]))
-            add(measure("cuda gate+up", bits, *SHAPES[0], r))
+            m = add(measure("cuda gate+up", bits, *SHAPES[0], r))
             if bits == 4:
+                add({**measure_copy(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r})
                 add(measure("cuda mma gate+up", bits, *SHAPES[0], r))
                 add(measure("cuda fma gate+up", bits, *SHAPES[0], r))
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,

@@ -241,10 +241,10 @@ __global__ void __launch_bounds__(256) fmoe_qmv(const QmvArgs a) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// 4-bit on tensor cores: fmoe_qmv4_stream (decode: persistent warps, loads of the next item in flight while one is
-// computed) and fmoe_qmv4_mma (one item per warp, for calls whose activations do not fit in shared memory). The FMA
-// kernel above spends ~2.2 issued instructions per 4-bit value (one AND + one FFMA + its share of the rest); these
-// ~1.1, by letting mma.sync do the multiply-adds on bf16 pairs.
+// 4-bit on tensor cores: fmoe_qmv4_mma. The FMA kernel above spends ~2.2 issued instructions per 4-bit value (one
+// AND + one FFMA + its share of the rest); this one ~1.1, by letting mma.sync do the multiply-adds on bf16 pairs.
+// Measured on the H200 (bench/results/cuda_kernels.md): as fast as the FMA kernel at decode sizes (10 rows: both
+// bound by something other than instructions), faster with many rows (64 rows: 0.60-0.71 of HBM against 0.57-0.61).
 //
 //   codes -> bf16: ((w >> 4s) & 0x000F000F) | 0x43004300 is the bf16 pair (128 + q_s, 128 + q_{s+4}) of nibbles s and
 //   s + 4 of a word, exactly (bf16 holds 128..143). So each (row, group) sum is
@@ -438,7 +438,7 @@ template <int NM> __device__ __forceinline__ float mma_out(const float (&v)[NM])
 }
 
 // One item per warp: a tile of 16 rows split over WPT = n_in / 512 warps (added up through shared memory), 8 / WPT
-// tiles a block. For calls whose x rows do not all fit in shared memory (many rows), where fmoe_qmv4_stream cannot.
+// tiles a block; the block stages its row of x while the loads fly.
 template <int GROUP, int XT, int ST, int MODE, int WPT>
 __global__ void __launch_bounds__(256) fmoe_qmv4_mma(const QmvArgs a) {
     constexpr int NM = MODE == 1 ? 2 : 1, TPB = 8 / WPT;
@@ -474,89 +474,5 @@ __global__ void __launch_bounds__(256) fmoe_qmv4_mma(const QmvArgs a) {
             for (int k = 0; k < WPT; ++k) v[m] += red[t * WPT + k][m][row];
         }
         if (n < a.n_out) a.y[(i64)r * a.n_out + n] = mma_out<NM>(v);
-    }
-}
-
-// Persistent decode kernel: the grid fills the GPU once (2 blocks of 8 warps an SM); warp w of W takes items w, w + W,
-// w + 2W... (item = (row r, tile of 16 outputs, part kp of n_in / KS), parts fastest) and issues the loads of its next
-// item before computing the current one, so its bytes stay in flight through the whole call. Every x row is staged
-// once per block. A tile's parts meet in `scratch` ([tile of all rows][part][NM][16] floats): each part writes its
-// sums, and the warp that completes a tile's counter (counters[r * tiles + tile], left at zero for the next call) adds
-// them in part order (the same result every run) and writes y.
-template <int GROUP, int XT, int ST, int MODE, int KS>
-__global__ void __launch_bounds__(256, 2) fmoe_qmv4_stream(const QmvArgs a, float* scratch, int* counters, int rows) {
-    constexpr int NM = MODE == 1 ? 2 : 1;
-    typedef MmaItem<GROUP, NM, KS> I;
-    extern __shared__ u32 sm[];
-    __shared__ __align__(16) u32 zero[GROUP / 8];
-    const int n_in = a.n_in, parts = n_in / KS, tiles = (a.n_out + 15) / 16, items = rows * tiles * parts;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int nwarps = gridDim.x * 8, first = blockIdx.x * 8 + warp;
-    const int xrows = a.x_stride ? rows : 1, row_words = staged_words<GROUP, XT>(n_in);
-    I buf[2];
-    auto load = [&](I& it, int idx) {
-        const int kp = idx % parts, t2 = idx / parts, r = t2 / tiles;
-        mma_load<GROUP, ST>(it, a, a.slots[r], (t2 % tiles) * 16, kp * KS, g, c);
-    };
-    auto finish = [&](const I& it, int idx) {
-        const int kp = idx % parts, t2 = idx / parts, r = t2 / tiles, n0 = (t2 % tiles) * 16;
-        const u32* xs = sm + (a.x_stride ? r : 0) * row_words;
-        const float* sx = (const float*)(xs + (XT ? n_in / 2 : n_in));
-        float acc[NM][2];
-        mma_dot<GROUP, XT>(it, xs + kp * KS / 2, xs + n_in / 2 + kp * KS / 2, sx + kp * (KS / GROUP), zero, g, c,
-                           acc);
-        if (parts == 1) {
-            if (c == 0) {
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    float v[NM];
-#pragma unroll
-                    for (int m = 0; m < NM; ++m) v[m] = acc[m][h];
-                    const int n = n0 + g + 8 * h;
-                    if (n < a.n_out) a.y[(i64)r * a.n_out + n] = mma_out<NM>(v);
-                }
-            }
-            return;
-        }
-        float* part = scratch + ((i64)t2 * parts + kp) * NM * 16;
-        if (c == 0) {
-#pragma unroll
-            for (int m = 0; m < NM; ++m) {
-                part[m * 16 + g] = acc[m][0];
-                part[m * 16 + g + 8] = acc[m][1];
-            }
-        }
-        __threadfence();
-        __syncwarp();
-        int old = 0;
-        if (lane == 0) old = atomicAdd(&counters[t2], 1);
-        old = __shfl_sync(0xffffffffu, old, 0);
-        if (old == parts - 1) {                       // the last part of this tile: add them all up, in order
-            __threadfence();
-            if (lane < 16) {
-                const float* all = scratch + (i64)t2 * parts * NM * 16;
-                float v[NM];
-#pragma unroll
-                for (int m = 0; m < NM; ++m) {
-                    v[m] = 0.f;
-                    for (int k = 0; k < parts; ++k) v[m] += __ldcg(all + (k * NM + m) * 16 + lane);
-                }
-                const int n = n0 + lane;
-                if (n < a.n_out) a.y[(i64)r * a.n_out + n] = mma_out<NM>(v);
-            }
-            if (lane == 0) counters[t2] = 0;
-        }
-    };
-    if (first < items) load(buf[0], first);
-    for (int rx = 0; rx < xrows; ++rx) mma_stage<GROUP, XT>(sm + rx * row_words, a.x, (i64)rx * a.x_stride, n_in);
-    if (threadIdx.x < GROUP / 8) zero[threadIdx.x] = 0;
-    __syncthreads();
-    for (int idx = first; idx < items; idx += 2 * nwarps) {
-        const int nxt = idx + nwarps;
-        if (nxt < items) load(buf[1], nxt);
-        finish(buf[0], idx);
-        if (nxt >= items) break;
-        if (nxt + nwarps < items) load(buf[0], nxt + nwarps);
-        finish(buf[1], nxt);
     }
 }

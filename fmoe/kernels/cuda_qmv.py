@@ -28,8 +28,6 @@ from fmoe.kernels.slot_table import check_operands
 BITS = (2, 4, 8)
 MAX_CHUNKS_PER_LANE = 8
 MMA_KS = 512                      # inputs per warp of fmoe_qmv4_mma (MMA_KS in cuda_qmv.cu)
-STREAM_KS = {0: 512, 1: 256}      # inputs per item of fmoe_qmv4_stream: one matrix / gate and up
-MAX_STAGED_BYTES = 96 << 10       # x rows staged in shared memory by fmoe_qmv4_stream (2 blocks an SM)
 _PROGRAM = nvrtc.Program(nvrtc.source_file("cuda_qmv.cu").read_text(), "cuda_qmv")
 
 
@@ -63,37 +61,13 @@ def supports(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bits: int, 
 
 
 def supports_mma(x: torch.Tensor, w: torch.Tensor, group_size: int, bits: int) -> bool:
-    """Whether a tensor-core kernel runs these operands: 4 bits, groups of 32/64/128, inputs a multiple of 512, a GPU
-    with bf16 mma (Ampere or later). Which one: fmoe_qmv4_stream where the call's x rows fit in shared memory
-    (decode: one shared x, or ~10 rows of 1024), else fmoe_qmv4_mma (inputs up to 4096), else the FMA kernel."""
+    """Whether the tensor-core kernel (fmoe_qmv4_mma) runs these operands: 4 bits, groups of 32/64/128, inputs a
+    multiple of 512 up to 4096 (one to eight warps of 512 inputs per 16-row tile), a GPU with bf16 mma (Ampere or
+    later). The launcher takes it for one matrix; gate+up stays on the FMA kernel unless ``kernel="mma"`` (0.53 of HBM
+    against 0.45 at decode on the H200: the tensor-core one needs 115 registers for two matrices)."""
     n_in = w.shape[2] * 32 // bits
-    return bits == 4 and group_size in (32, 64, 128) and n_in % MMA_KS == 0 and _has_bf16_mma(x.device)
-
-
-def _sm_count(index: int) -> int:
-    if index not in _SMS:
-        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SMS[index]
-
-
-def _scratch(device: torch.device, stream: int, floats: int, tiles: int):
-    """(scratch [floats] float32, counters [tiles] int32 at zero) for fmoe_qmv4_stream on this stream: the parts of a
-    tile meet there (the kernel leaves the counters at zero). Kept for the life of the process, never reallocated
-    for a key (a captured CUDA graph keeps their addresses); one pair per stream, so two streams never share one."""
-    key = (device, stream)
-    have = _SCRATCH.get(key)
-    if have is None or have[0].numel() < floats or have[1].numel() < tiles:
-        have = (torch.empty(max(floats, 1 << 16), dtype=torch.float32, device=device),
-                torch.zeros(max(tiles, 1 << 12), dtype=torch.int32, device=device))
-        if key in _SCRATCH:
-            _RETIRED.append(_SCRATCH[key])            # a captured graph may still point at the smaller pair
-        _SCRATCH[key] = have
-    return have
-
-
-_SMS: dict = {}
-_SCRATCH: dict = {}
-_RETIRED: list = []
+    return bits == 4 and group_size in (32, 64, 128) and n_in % MMA_KS == 0 and n_in // MMA_KS in (1, 2, 4, 8) \
+        and _has_bf16_mma(x.device)
 
 
 def _has_bf16_mma(device: torch.device) -> bool:
@@ -138,27 +112,15 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(x.device).cuda_stream
     mode = 1 if gate_up else 0
-    if config is None and kernel != "fma" and supports_mma(x, w, group_size, bits):
+    tensor_cores = kernel == "mma" or (kernel is None and not gate_up)
+    if config is None and tensor_cores and supports_mma(x, w, group_size, bits):
         x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
-        per_row = ((n_in // 2 if x_t else n_in) + n_in // group_size) * 4           # one staged x row, bytes
-        staged = (1 if x.shape[0] == 1 else rows) * per_row
-        if kernel != "mma" and staged <= MAX_STAGED_BYTES:
-            ks = STREAM_KS[mode]
-            tiles = -(-n_out // 16)
-            items = rows * tiles * (n_in // ks)
-            scratch, counters = _scratch(x.device, stream, items * (2 if gate_up else 1) * 16, rows * tiles)
-            fn = _PROGRAM.function(f"fmoe_qmv4_stream<{group_size}, {x_t}, {s_t}, {mode}, {ks}>", device)
-            blocks = min(-(-items // 8), 2 * _sm_count(device))
-            fn.launch((blocks, 1, 1), (256, 1, 1), staged, stream,
-                      [args, ctypes.c_void_p(scratch.data_ptr()), ctypes.c_void_p(counters.data_ptr()),
-                       ctypes.c_int(rows)])
-            return y
-        if n_in // MMA_KS in (1, 2, 4, 8):
-            wpt = n_in // MMA_KS
-            tiles_per_block = 8 // wpt
-            fn = _PROGRAM.function(f"fmoe_qmv4_mma<{group_size}, {x_t}, {s_t}, {mode}, {wpt}>", device)
-            fn.launch((-(-n_out // (16 * tiles_per_block)), rows, 1), (256, 1, 1), per_row, stream, [args])
-            return y
+        wpt = n_in // MMA_KS
+        tiles_per_block = 8 // wpt
+        fn = _PROGRAM.function(f"fmoe_qmv4_mma<{group_size}, {x_t}, {s_t}, {mode}, {wpt}>", device)
+        fn.launch((-(-n_out // (16 * tiles_per_block)), rows, 1), (256, 1, 1),
+                  ((n_in // 2 if x_t else n_in) + n_in // group_size) * 4, stream, [args])
+        return y
     rpw, nw, nb = config or launch_config(n_in, bits, rows, gate_up)
     per_lane = -(-_chunks(n_in, bits) // 32)
     sub = min(group_size, 128 // bits)
@@ -174,7 +136,8 @@ def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=Non
                 kernel=None) -> torch.Tensor:
     """``y[r] = dequant(w[slots[r]]) @ x[r]`` for every row r (x: [R, in] or [1, in] shared); float32 [R, out].
     The tensor-core kernel where :func:`supports_mma`, unless ``kernel="fma"`` or a ``config`` is given: (rows per
-    warp, warps, batches per warp) of the FMA kernel, else :func:`launch_config`."""
+    warp, warps, batches per warp) of the FMA kernel, else :func:`launch_config`. ``kernel="mma"``: the tensor-core
+    kernel also for gate+up."""
     return _launch(x, [(w, scales, biases)], slots, bits, group_size, out, config, False, kernel)
 
 
