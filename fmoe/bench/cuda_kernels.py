@@ -195,7 +195,6 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
             if bits == 4:
                 add({**measure_copy(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r})
                 add(measure("cuda mma gate+up", bits, *SHAPES[0], r))
-                add(measure("cuda fma gate+up", bits, *SHAPES[0], r))
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
