@@ -105,7 +105,8 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
     from fmoe.kernels import cuda_qmv, triton_qmv
 
     gate_up = kernel.endswith("gate+up")
-    variant = "fma" if "fma" in kernel or config else ("mma" if "mma" in kernel else None)
+    name = kernel.replace(" gate+up", "").split(" ")
+    variant = "fma" if config else (name[1] if len(name) > 1 else None)
     per_slot = n_out * (n_in * bits // 8 + 2 * 2 * n_in // group) * (2 if gate_up else 1)
     slots = max(2 * rows, -(-(400 << 20) // per_slot))           # >= 400 MB of weights: several times the L2
     slots = rows * (slots // rows)
@@ -133,8 +134,9 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
     res = {"kernel": kernel, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group,
            "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots}
     if kernel != "triton":
-        if (variant == "mma" or (variant is None and not gate_up)) and cuda_qmv.supports_mma(x, w, group, bits):
-            res["config"] = "tensor cores"
+        mma = cuda_qmv.MMA_VARIANTS.get(variant or cuda_qmv.MMA_DEFAULT[gate_up])
+        if mma is not None and cuda_qmv.supports_mma(x, w, group, bits):
+            res["config"] = f"tensor cores {list(mma)}"
         else:
             res["config"] = list(config) if config else list(cuda_qmv.launch_config(n_in, bits, rows, gate_up))
     return res
@@ -170,6 +172,7 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
               f"{m.get('config', '')}", file=sys.stderr)
         return m
 
+    from fmoe.kernels import cuda_qmv
     from fmoe.kernels.cuda_qmv import BITS
 
     for bits in bits_list:
@@ -186,6 +189,9 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
                 if bits == 4:
                     add({**measure_copy(m["bytes"]), "bits": bits, "shape": [n_out, n_in], "rows": r})
                     add(measure("cuda fma", bits, n_out, n_in, r))
+                    for v in cuda_qmv.MMA_VARIANTS:
+                        if v != cuda_qmv.MMA_DEFAULT[False]:
+                            add(measure(f"cuda {v}", bits, n_out, n_in, r))
                 if triton:
                     add(measure("triton", bits, n_out, n_in, r))
         for r in (10,):
@@ -194,7 +200,8 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
             m = add(measure("cuda gate+up", bits, *SHAPES[0], r))
             if bits == 4:
                 add({**measure_copy(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r})
-                add(measure("cuda mma gate+up", bits, *SHAPES[0], r))
+                for v in ("mma", "mma-ws"):
+                    add(measure(f"cuda {v} gate+up", bits, *SHAPES[0], r))
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
@@ -204,7 +211,8 @@ def markdown(res: dict) -> str:
            f"{res['device']}, {res['when']}; HBM bandwidth of a 2 GiB device copy in the same run: "
            f"{res['hbm_copy_bytes_per_s'] / 1e12:.2f} TB/s. Times: CUDA graphs cycling through disjoint slot sets "
            "(no L2 reuse between launches).", "",
-           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | FMA kernel: rows/warp, warps, batches |",
+           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | FMA: rows/warp, warps, batches; mma: inputs/warp, "
+           "warp staging, blocks/SM |",
            "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         cfg = r.get("config", "")

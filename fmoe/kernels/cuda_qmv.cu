@@ -302,15 +302,16 @@ template <int GROUP, int XT> __device__ __host__ constexpr int staged_words(int 
     return (XT ? n_in / 2 : n_in) + n_in / GROUP;
 }
 
-// stage x row (x + xoff) at xs (all threads of the block; the caller synchronizes)
+// stage the n values of x at x + xoff at xs, by threads tid = 0..nth-1 (whole warps: a block, or one warp); the
+// caller synchronizes them
 template <int GROUP, int XT>
-__device__ __forceinline__ void mma_stage(u32* xs, const void* x, i64 xoff, int n_in) {
+__device__ __forceinline__ void mma_stage(u32* xs, const void* x, i64 xoff, int n, int tid, int nth) {
     u32* xh = xs;
-    u32* xl = xs + n_in / 2;
-    float* sx = (float*)(xs + (XT ? n_in / 2 : n_in));
+    u32* xl = xs + n / 2;
+    float* sx = (float*)(xs + (XT ? n / 2 : n));
     constexpr int LPG = GROUP / 8;                    // lanes per group (8 values each)
-    const int n8 = n_in / 8, n8_pad = (n8 + 31) & ~31;
-    for (int i = threadIdx.x; i < n8_pad; i += blockDim.x) {
+    const int n8 = n / 8, n8_pad = (n8 + 31) & ~31;
+    for (int i = tid; i < n8_pad; i += nth) {
         float part = 0.f;
         if (i < n8) {
             u32 hi[8], lo[8];
@@ -437,25 +438,36 @@ template <int NM> __device__ __forceinline__ float mma_out(const float (&v)[NM])
     return NM == 2 ? v[0] / (1.f + expf(-v[0])) * v[NM - 1] : v[0];
 }
 
-// One item per warp: a tile of 16 rows split over WPT = n_in / 512 warps (added up through shared memory), 8 / WPT
-// tiles a block; the block stages its row of x while the loads fly.
-template <int GROUP, int XT, int ST, int MODE, int WPT>
-__global__ void __launch_bounds__(256) fmoe_qmv4_mma(const QmvArgs a) {
-    constexpr int NM = MODE == 1 ? 2 : 1, TPB = 8 / WPT;
+// One item per warp: a tile of 16 rows split over WPT = n_in / KS warps (added up through shared memory), a block of
+// BW = max(8, WPT) warps (BW / WPT tiles). WS = 0: the block stages its row of x while the loads fly, then one
+// barrier; WS = 1: each warp stages its own KS inputs (no barrier before the products; 8 / WPT times the staging
+// work when a block holds several tiles). MINB: blocks an SM (launch bounds: fewer registers).
+template <int GROUP, int XT, int ST, int MODE, int WPT, int KS, int WS, int MINB>
+__global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(const QmvArgs a) {
+    constexpr int NM = MODE == 1 ? 2 : 1, BW = WPT > 8 ? WPT : 8, TPB = BW / WPT;
     extern __shared__ u32 sm[];
     __shared__ __align__(16) u32 zero[GROUP / 8];
-    __shared__ float red[8][NM][16];
+    __shared__ float red[BW][NM][16];
     const int n_in = a.n_in, r = blockIdx.y;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int tile = blockIdx.x * TPB + warp / WPT, k0 = (warp % WPT) * MMA_KS;
-    MmaItem<GROUP, NM, MMA_KS> it;
+    const int tile = blockIdx.x * TPB + warp / WPT, k0 = (warp % WPT) * KS;
+    MmaItem<GROUP, NM, KS> it;
     mma_load<GROUP, ST>(it, a, a.slots[r], tile * 16, k0, g, c);
-    mma_stage<GROUP, XT>(sm, a.x, (i64)r * a.x_stride, n_in);
-    if (threadIdx.x < GROUP / 8) zero[threadIdx.x] = 0;
-    __syncthreads();
     float acc[NM][2];
-    const float* sx = (const float*)(sm + (XT ? n_in / 2 : n_in));
-    mma_dot<GROUP, XT>(it, sm + k0 / 2, sm + n_in / 2 + k0 / 2, sx + k0 / GROUP, zero, g, c, acc);
+    if constexpr (WS != 0) {                          // this warp's region: its x and its own zero block
+        u32* xs = sm + warp * (staged_words<GROUP, XT>(KS) + GROUP / 8);
+        u32* wzero = xs + staged_words<GROUP, XT>(KS);
+        if (lane < GROUP / 8) wzero[lane] = 0;
+        mma_stage<GROUP, XT>(xs, a.x, (i64)r * a.x_stride + k0, KS, lane, 32);
+        __syncwarp();
+        mma_dot<GROUP, XT>(it, xs, xs + KS / 2, (const float*)(xs + (XT ? KS / 2 : KS)), wzero, g, c, acc);
+    } else {
+        if (threadIdx.x < GROUP / 8) zero[threadIdx.x] = 0;
+        mma_stage<GROUP, XT>(sm, a.x, (i64)r * a.x_stride, n_in, threadIdx.x, blockDim.x);
+        __syncthreads();
+        const float* sx = (const float*)(sm + (XT ? n_in / 2 : n_in));
+        mma_dot<GROUP, XT>(it, sm + k0 / 2, sm + n_in / 2 + k0 / 2, sx + k0 / GROUP, zero, g, c, acc);
+    }
     if (c == 0) {
 #pragma unroll
         for (int m = 0; m < NM; ++m) {

@@ -27,7 +27,11 @@ from fmoe.kernels.slot_table import check_operands
 
 BITS = (2, 4, 8)
 MAX_CHUNKS_PER_LANE = 8
-MMA_KS = 512                      # inputs per warp of fmoe_qmv4_mma (MMA_KS in cuda_qmv.cu)
+MMA_KS = 512                      # inputs per warp of fmoe_qmv4_mma's default variant
+# fmoe_qmv4_mma variants: (inputs per warp, each warp stages its own x, blocks an SM for the launch bounds)
+MMA_VARIANTS = {"mma": (512, 0, 1), "mma-b3": (512, 0, 3), "mma-ws": (512, 1, 1), "mma-ws4": (512, 1, 4),
+                "mma-k256": (256, 1, 2)}
+MMA_DEFAULT = {False: "mma", True: None}        # one matrix / gate+up (None: the FMA kernel)
 _PROGRAM = nvrtc.Program(nvrtc.source_file("cuda_qmv.cu").read_text(), "cuda_qmv")
 
 
@@ -112,14 +116,18 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(x.device).cuda_stream
     mode = 1 if gate_up else 0
-    tensor_cores = kernel == "mma" or (kernel is None and not gate_up)
-    if config is None and tensor_cores and supports_mma(x, w, group_size, bits):
+    variant = MMA_VARIANTS.get(kernel or (MMA_DEFAULT[gate_up]))
+    if config is None and variant is not None and supports_mma(x, w, group_size, bits):
         x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
-        wpt = n_in // MMA_KS
-        tiles_per_block = 8 // wpt
-        fn = _PROGRAM.function(f"fmoe_qmv4_mma<{group_size}, {x_t}, {s_t}, {mode}, {wpt}>", device)
-        fn.launch((-(-n_out // (16 * tiles_per_block)), rows, 1), (256, 1, 1),
-                  ((n_in // 2 if x_t else n_in) + n_in // group_size) * 4, stream, [args])
+        ks, warp_stage, min_blocks = variant
+        wpt = n_in // ks
+        block_warps = max(8, wpt)
+        n = ks if warp_stage else n_in
+        staged = ((n // 2 if x_t else n) + n // group_size + (group_size // 8 if warp_stage else 0)) * 4
+        fn = _PROGRAM.function(f"fmoe_qmv4_mma<{group_size}, {x_t}, {s_t}, {mode}, {wpt}, {ks}, {warp_stage}, "
+                               f"{min_blocks}>", device)
+        fn.launch((-(-n_out // (16 * (block_warps // wpt))), rows, 1), (32 * block_warps, 1, 1),
+                  staged * (block_warps if warp_stage else 1), stream, [args])
         return y
     rpw, nw, nb = config or launch_config(n_in, bits, rows, gate_up)
     per_lane = -(-_chunks(n_in, bits) // 32)

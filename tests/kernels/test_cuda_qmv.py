@@ -126,9 +126,21 @@ def test_tensor_core_and_fma_kernels_agree_on_the_397b_shapes():
         w, s, b, _ = _table(4, 64, n_out, n_in, slots=4, seed=n_out)
         x = torch.randn(10, n_in, device="cuda")
         slots = torch.tensor([3, 1, 0, 2, 1, 3, 0, 0, 2, 1], dtype=torch.int32, device="cuda")
-        tc = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64)
         fma = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="fma")
-        _close(tc.cpu().numpy(), fma.cpu().numpy(), 2e-4)
+        for variant in cuda_qmv.MMA_VARIANTS:
+            tc = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel=variant)
+            _close(tc.cpu().numpy(), fma.cpu().numpy(), 2e-4)
+            tb = cuda_qmv.grouped_qmv(x.bfloat16(), w, s, b, slots, 4, 64, kernel=variant)
+            _close(tb.cpu().numpy(), cuda_qmv.grouped_qmv(x.bfloat16(), w, s, b, slots, 4, 64, kernel="fma").cpu().numpy(),
+                   2e-4)
+    wg, sg, bg, dg = _table(4, 64, 1024, 4096, seed=3)
+    wu, su, bu, du = _table(4, 64, 1024, 4096, seed=4)
+    x = torch.randn(1, 4096, device="cuda").to(torch.bfloat16)
+    slots = torch.tensor([0, 2, 1], dtype=torch.int32, device="cuda")
+    ref = cuda_qmv.grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, 4, 64, kernel="fma").cpu().numpy()
+    for variant in cuda_qmv.MMA_VARIANTS:
+        h = cuda_qmv.grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, 4, 64, kernel=variant)
+        _close(h.cpu().numpy(), ref, 2e-4)
 
 
 @needs_gpu
@@ -230,11 +242,12 @@ def test_every_configuration_compiles_with_nvrtc():
                 for arch in ("sm_90", "sm_80"):
                     cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, arch)
                     assert cubin[:4] == b"\x7fELF" and name.startswith("_Z8fmoe_qmv")
-    for group in (32, 64, 128):                     # the tensor-core kernel: 1, 2, 4, 8 warps per tile
-        for mode, wpt in ((0, 1), (0, 2), (1, 4), (0, 8)):
-            expr = f"fmoe_qmv4_mma<{group}, {mode}, {1 - mode}, {mode}, {wpt}>"
-            cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
-            assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
+    for group in (32, 64, 128):                     # the tensor-core kernel: 1 to 16 warps per tile, its variants
+        for mode, n_in in ((0, 512), (0, 1024), (1, 2048), (0, 4096)):
+            for ks, ws, minb in cuda_qmv.MMA_VARIANTS.values():
+                expr = f"fmoe_qmv4_mma<{group}, {mode}, {1 - mode}, {mode}, {n_in // ks}, {ks}, {ws}, {minb}>"
+                cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
+                assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
 
 
 def test_bad_operands_are_errors_that_name_them():
