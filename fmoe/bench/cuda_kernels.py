@@ -9,8 +9,9 @@ one token (10 rows, distinct slots: the model's top-10), a saturating call (64 r
 gate and up in one launch (``gate+up``). Activations as the engine has them: bf16 into gate/up, float32 into down.
 Kernels: ``cuda`` is what the engine launches (4 bits: the tensor-core kernel for one matrix, the FMA kernel for
 gate+up), ``cuda fma`` / ``cuda mma`` the FMA / tensor-core kernel where the other is the default, ``triton`` the
-Triton kernel, and ``copy (peer)`` a device-to-device copy moving the same bytes, timed the same way: the ceiling
-that the launch, ramp-up and drain of one call of that size leave to any kernel.
+Triton kernel; the peers ``read (peer)`` (a kernel that only reads the same bytes) and ``copy (peer)`` (a
+device-to-device copy moving them), timed the same way: what the launch, ramp-up and drain of one call of that size
+leave to any kernel.
 Each timing replays a CUDA graph of launches that cycle through disjoint slot sets of a table several times the L2
 (no launch reads what an earlier one left in L2; no Python launch overhead: the engine replays graphs too).
 Bytes read = the rows' packed weights + scales + biases + activations + outputs; the fraction is (bytes / time) /
@@ -81,6 +82,46 @@ def _tables(bits: int, n_out: int, n_in: int, slots: int, group: int, kinds: int
         b = (torch.rand(slots, n_out, n_in // group, device="cuda") * 0.01).to(torch.bfloat16)
         out.append((w, s, b))
     return out
+
+
+_READ_PEER = r"""
+__global__ void fmoe_read_peer(const uint4* p, long long n, unsigned* out) {
+    unsigned acc = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {                 // a warp's load: 512 contiguous bytes
+        const long long i = ((long long)blockIdx.x * 4 + k) * blockDim.x + threadIdx.x;
+        if (i < n) { const uint4 v = p[i]; acc ^= v.x ^ v.y ^ v.z ^ v.w; }
+    }
+    if (acc == 0x9E3779B9u) out[0] = acc;         // keeps the loads
+}
+"""
+
+
+def measure_read(nbytes: int) -> dict:
+    """The read-only peer of a mat-vec reading ``nbytes``: a kernel that only loads nbytes (64 bytes a thread, four
+    16-byte loads in flight each, one wave of blocks), timed the same way as the mat-vecs (a CUDA graph cycling
+    through disjoint regions, >= 400 MB): what the launch, ramp-up and drain of one read of that size leave."""
+    import ctypes
+
+    import torch
+
+    from fmoe.kernels import nvrtc
+
+    n = max(2, -(-(400 << 20) // nbytes))
+    words = nbytes // 16
+    buf = torch.empty(n, words * 16, dtype=torch.uint8, device="cuda")
+    out = torch.zeros(1, dtype=torch.int32, device="cuda")
+    fn = nvrtc.Program(_READ_PEER, "read_peer").function("fmoe_read_peer", torch.cuda.current_device())
+    blocks = -(-words // (256 * 4))
+
+    def one(i):
+        def launch():
+            fn.launch((blocks, 1, 1), (256, 1, 1), 0, torch.cuda.current_stream().cuda_stream,
+                      [ctypes.c_void_p(buf[i].data_ptr()), ctypes.c_longlong(words), ctypes.c_void_p(out.data_ptr())])
+        return launch
+
+    t = _time_graph([one(i) for i in range(n)])
+    return {"kernel": "read (peer)", "seconds": t, "bytes": words * 16, "bytes_per_s": words * 16 / t}
 
 
 def measure_copy(nbytes: int) -> dict:
@@ -187,7 +228,8 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
                     add(_best("cuda fma", bits, n_out, n_in, r, SWEEP))
                 m = add(measure("cuda", bits, n_out, n_in, r))
                 if bits == 4:
-                    add({**measure_copy(m["bytes"]), "bits": bits, "shape": [n_out, n_in], "rows": r})
+                    for peer in (measure_read, measure_copy):
+                        add({**peer(m["bytes"]), "bits": bits, "shape": [n_out, n_in], "rows": r})
                     add(measure("cuda fma", bits, n_out, n_in, r))
                     for v in cuda_qmv.MMA_VARIANTS:
                         if v != cuda_qmv.MMA_DEFAULT[False]:
@@ -199,7 +241,8 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
                 add(_best("cuda fma gate+up", bits, *SHAPES[0], r, [c for c in SWEEP if c[0] <= 2]))
             m = add(measure("cuda gate+up", bits, *SHAPES[0], r))
             if bits == 4:
-                add({**measure_copy(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r})
+                for peer in (measure_read, measure_copy):
+                    add({**peer(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r})
                 for v in ("mma", "mma-ws"):
                     add(measure(f"cuda {v} gate+up", bits, *SHAPES[0], r))
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,

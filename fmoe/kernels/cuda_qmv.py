@@ -29,9 +29,10 @@ BITS = (2, 4, 8)
 MAX_CHUNKS_PER_LANE = 8
 MMA_KS = 512                      # inputs per warp of fmoe_qmv4_mma's default variant
 # fmoe_qmv4_mma variants: (inputs per warp, each warp stages its own x, blocks an SM for the launch bounds)
-MMA_VARIANTS = {"mma": (512, 0, 1), "mma-b3": (512, 0, 3), "mma-ws": (512, 1, 1), "mma-ws4": (512, 1, 4),
-                "mma-k256": (256, 1, 2)}
-MMA_DEFAULT = {False: "mma", True: None}        # one matrix / gate+up (None: the FMA kernel)
+# (H200, bench/results/cuda_kernels.md: at decode all within 0.41-0.49 of HBM, like the FMA kernel; "mma-k256" and
+# "mma" with 3 blocks an SM fastest with 64 rows, 0.61-0.72; per-warp staging alone helps 1024 x 4096, hurts the rest)
+MMA_VARIANTS = {"mma": (512, 0, 1), "mma-ws": (512, 1, 1), "mma-k256": (256, 1, 2)}
+MMA_DEFAULT = {False: "mma-k256", True: None}   # one matrix / gate+up (None: the FMA kernel, 0.53 against 0.46-0.48)
 _PROGRAM = nvrtc.Program(nvrtc.source_file("cuda_qmv.cu").read_text(), "cuda_qmv")
 
 
