@@ -120,9 +120,11 @@ def test_tensor_core_kernel_matches_the_reference(n_in, group):
 
 @needs_gpu
 def test_tensor_core_and_fma_kernels_agree_on_the_397b_shapes():
+    """Every variant of the tensor-core kernel against the FMA kernel: the 397B expert shapes, and 200 x 2048 (a
+    partial tile), float32 and bf16 activations, and gate+up."""
     from fmoe.kernels import cuda_qmv
 
-    for n_out, n_in in ((1024, 4096), (4096, 1024)):
+    for n_out, n_in in ((1024, 4096), (4096, 1024), (200, 2048)):
         w, s, b, _ = _table(4, 64, n_out, n_in, slots=4, seed=n_out)
         x = torch.randn(10, n_in, device="cuda")
         slots = torch.tensor([3, 1, 0, 2, 1, 3, 0, 0, 2, 1], dtype=torch.int32, device="cuda")
@@ -244,8 +246,8 @@ def test_every_configuration_compiles_with_nvrtc():
                     assert cubin[:4] == b"\x7fELF" and name.startswith("_Z8fmoe_qmv")
     for group in (32, 64, 128):                     # the tensor-core kernel: 1 to 16 warps per tile, its variants
         for mode, n_in in ((0, 512), (0, 1024), (1, 2048), (0, 4096)):
-            for ks, ws, minb in cuda_qmv.MMA_VARIANTS.values():
-                expr = f"fmoe_qmv4_mma<{group}, {mode}, {1 - mode}, {mode}, {n_in // ks}, {ks}, {ws}, {minb}>"
+            for ks, ws, minb, cp in cuda_qmv.MMA_VARIANTS.values():
+                expr = f"fmoe_qmv4_mma<{group}, {mode}, {1 - mode}, {mode}, {n_in // ks}, {ks}, {ws}, {minb}, {cp}>"
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
 
