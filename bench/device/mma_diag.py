@@ -36,7 +36,8 @@ def main() -> int:
     print(f"inputs whose column is wrong: {len(bad)} of {n_in}")
     for k in bad[:24]:
         d = np.abs(ref - y[k][None]).max(axis=1)
-        print(f"  x=e_{k}: matches column {int(d.argmin())} (err {d.min():.3g}); row err {np.abs(y[k] - ref[k]).max():.3g}")
+        err = np.abs(y[k] - ref[k]).max()
+        print(f"  x=e_{k}: matches column {int(d.argmin())} (err {d.min():.3g}); own column err {err:.3g}")
     y1 = cuda_qmv.grouped_qmv(torch.ones(1, n_in, device="cuda"), w, s, b, slots[:1], 4, a.group).cpu().numpy()[0]
     r1 = dense.sum(axis=1)
     print("rows with x=1: kernel", np.round(y1[:16], 3).tolist(), "\n               ref", np.round(r1[:16], 3).tolist())

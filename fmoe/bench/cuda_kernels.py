@@ -254,8 +254,8 @@ def markdown(res: dict) -> str:
            f"{res['device']}, {res['when']}; HBM bandwidth of a 2 GiB device copy in the same run: "
            f"{res['hbm_copy_bytes_per_s'] / 1e12:.2f} TB/s. Times: CUDA graphs cycling through disjoint slot sets "
            "(no L2 reuse between launches).", "",
-           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | FMA: rows/warp, warps, batches; mma: inputs/warp, "
-           "warp staging, blocks/SM, cp.async |",
+           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | FMA: rows/warp, warps, batches; "
+           "mma: inputs/warp, warp staging, blocks/SM, cp.async |",
            "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         cfg = r.get("config", "")

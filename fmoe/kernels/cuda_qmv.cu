@@ -378,7 +378,8 @@ __device__ __forceinline__ void mma_load(MmaItem<GROUP, NM, KS>& it, const QmvAr
             const u32* rowp = base + (i64)n * row_words + k0 / 8 + c * I::WPG;
             if constexpr (CODES != 0)
 #pragma unroll
-                for (int gi = 0; gi < I::NG; ++gi) load_words<I::WPG>(&it.q[m][h][gi * I::WPG], rowp + gi * (GROUP / 8));
+                for (int gi = 0; gi < I::NG; ++gi)
+                    load_words<I::WPG>(&it.q[m][h][gi * I::WPG], rowp + gi * (GROUP / 8));
 #pragma unroll
             for (int w = 0; w < I::NWIN; ++w) {
                 const i64 si = slot * a.s_slot_stride + (i64)n * groups + g0 + min(4 * w + c, I::NG - 1);
@@ -482,7 +483,8 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
             for (int i = 0; i < 16 * CPR / 32; ++i) {
                 const int q = lane + 32 * i, row = q / CPR, col = q % CPR;
                 const u32* src = base + (i64)min(tile * 16 + row, a.n_out - 1) * (n_in / 8) + col * 4;
-                const unsigned dst = (unsigned)__cvta_generic_to_shared(wq + (m * 16 + row) * wq_stride<KS>() + col * 4);
+                const u32* to = wq + (m * 16 + row) * wq_stride<KS>() + col * 4;
+                const unsigned dst = (unsigned)__cvta_generic_to_shared(to);
                 asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src));
             }
         }

@@ -13,8 +13,11 @@ longer than 8 chunks per lane (4-bit: in > 8192). ``grouped_gate_up`` reads a to
 launch and writes silu(gate) * up, which is the first half of an expert; the engine's decode calls it and then
 ``grouped_qmv`` on the down projection (fmoe/engine/device_experts.py).
 
-Launch configuration (rows per warp and batch, warps per block, batches per warp): :func:`launch_config`, from `fmoe bench kernels --device cuda
---sweep` on the H200 (bench/results/cuda_kernels.md).
+Two kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configuration: :func:`launch_config`, from
+`fmoe bench kernels --device cuda --sweep` on the H200) and, at 4 bits on Ampere or later, the tensor-core kernel
+(``fmoe_qmv4_mma``: :func:`supports_mma`; its variants in ``MMA_VARIANTS``, the engine's choice in
+``MMA_DEFAULT``), which the launcher takes for one matrix; gate+up stays on the FMA kernel. ``kernel="fma"`` or a
+``config`` forces the FMA kernel, ``kernel=<variant>`` a tensor-core variant (bench/results/cuda_kernels.md).
 """
 from __future__ import annotations
 

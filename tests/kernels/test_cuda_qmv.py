@@ -132,9 +132,9 @@ def test_tensor_core_and_fma_kernels_agree_on_the_397b_shapes():
         for variant in cuda_qmv.MMA_VARIANTS:
             tc = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel=variant)
             _close(tc.cpu().numpy(), fma.cpu().numpy(), 2e-4)
-            tb = cuda_qmv.grouped_qmv(x.bfloat16(), w, s, b, slots, 4, 64, kernel=variant)
-            _close(tb.cpu().numpy(), cuda_qmv.grouped_qmv(x.bfloat16(), w, s, b, slots, 4, 64, kernel="fma").cpu().numpy(),
-                   2e-4)
+            xb = x.bfloat16()
+            tb = cuda_qmv.grouped_qmv(xb, w, s, b, slots, 4, 64, kernel=variant)
+            _close(tb.cpu().numpy(), cuda_qmv.grouped_qmv(xb, w, s, b, slots, 4, 64, kernel="fma").cpu().numpy(), 2e-4)
     wg, sg, bg, dg = _table(4, 64, 1024, 4096, seed=3)
     wu, su, bu, du = _table(4, 64, 1024, 4096, seed=4)
     x = torch.randn(1, 4096, device="cuda").to(torch.bfloat16)
