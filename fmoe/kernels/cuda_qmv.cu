@@ -67,6 +67,13 @@ template <int BITS, int GROUP, int RPW, int IT, int NM> struct Batch {
     float sc[NM][RPW][IT][NSUB], bi[NM][RPW][IT][NSUB];
 };
 
+// matrix m of a pass (0: w / s / b; 1: the up projection's w2 / s2 / b2): its words in slot `slot`, scales, biases
+__device__ __forceinline__ const u32* mat_words(const QmvArgs& a, int m, i64 slot) {
+    return (m == 0 ? a.w : a.w2) + slot * a.w_slot_stride;
+}
+__device__ __forceinline__ const void* mat_scales(const QmvArgs& a, int m) { return m == 0 ? a.s : a.s2; }
+__device__ __forceinline__ const void* mat_biases(const QmvArgs& a, int m) { return m == 0 ? a.b : a.b2; }
+
 // issue every load of RPW rows from n0 (weights, scales, biases): nothing waits on them until they are used
 template <int BITS, int GROUP, int ST, int RPW, int IT, int NM>
 __device__ __forceinline__ void load_batch(Batch<BITS, GROUP, RPW, IT, NM>& bt, const QmvArgs& a, i64 slot, int n0,
@@ -74,9 +81,9 @@ __device__ __forceinline__ void load_batch(Batch<BITS, GROUP, RPW, IT, NM>& bt, 
     typedef Batch<BITS, GROUP, RPW, IT, NM> B;
 #pragma unroll
     for (int m = 0; m < NM; ++m) {
-        const u32* base = (m == 0 ? a.w : a.w2) + slot * a.w_slot_stride;
-        const void* sp = m == 0 ? a.s : a.s2;
-        const void* bp = m == 0 ? a.b : a.b2;
+        const u32* base = mat_words(a, m, slot);
+        const void* sp = mat_scales(a, m);
+        const void* bp = mat_biases(a, m);
 #pragma unroll
         for (int rr = 0; rr < RPW; ++rr) {
             const int n = n0 + rr;
@@ -369,9 +376,9 @@ __device__ __forceinline__ void mma_load(MmaItem<GROUP, NM, KS>& it, const QmvAr
     const int row_words = a.n_in / 8, groups = a.n_in / GROUP, g0 = k0 / GROUP;
 #pragma unroll
     for (int m = 0; m < NM; ++m) {
-        const u32* base = (m == 0 ? a.w : a.w2) + slot * a.w_slot_stride;
-        const void* sp = m == 0 ? a.s : a.s2;
-        const void* bp = m == 0 ? a.b : a.b2;
+        const u32* base = mat_words(a, m, slot);
+        const void* sp = mat_scales(a, m);
+        const void* bp = mat_biases(a, m);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int n = min(n0 + g + 8 * h, a.n_out - 1);
@@ -478,7 +485,7 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
         wq = sm + staged_words<GROUP, XT>(n_in) + warp * NM * 16 * wq_stride<KS>();
 #pragma unroll
         for (int m = 0; m < NM; ++m) {
-            const u32* base = (m == 0 ? a.w : a.w2) + slot * a.w_slot_stride + k0 / 8;
+            const u32* base = mat_words(a, m, slot) + k0 / 8;
 #pragma unroll
             for (int i = 0; i < 16 * CPR / 32; ++i) {
                 const int q = lane + 32 * i, row = q / CPR, col = q % CPR;
