@@ -12,7 +12,8 @@ layer's routed experts (the K experts of a decode token, or all (token, expert) 
 
 Dequantization as mlx: ``w = scale * q + bias`` per group, so a group's contribution is
 ``scale * (q . x) + bias * sum(x)``. Codes are a little-endian bit stream: value j sits at bit ``j * bits``. For
-2/4/8 bits a uint32 word holds 32/bits whole values; 3/5/6-bit codes cross word boundaries and are read from bytes.
+2/4/8 bits a uint32 word holds 32/bits whole values; 3/5/6-bit codes cross word boundaries, but every 3 words (5 at 5
+bits) hold whole codes at positions known at compile time: the unit kernel.
 
 Runs on CUDA; ``TRITON_INTERPRET=1`` runs the same kernel on the CPU (the tests do, where no GPU exists).
 """
@@ -76,33 +77,71 @@ def _qmv_words(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr,
 
 
 @triton.jit
-def _qmv_bytes(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr, n_in: tl.constexpr, x_row_stride,
+def _qmv_units(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr, n_in: tl.constexpr, x_row_stride,
                w_slot_stride, s_slot_stride,
                BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Any width up to 8 bits: each value read from the two bytes that hold it (3-bit codes cross words)."""
+    """3/5/6 bits: codes cross words, but every U words hold V whole codes (3 bits: 32 codes in 3 words, 5 bits: 32
+    in 5, 6 bits: 16 in 3), and where each code sits in its unit is known at compile time. So each unit's words are
+    loaded once ([BLOCK_N, UNITS] tiles), and each of the V codes is a shift and a mask (an OR of two shifted words
+    where it crosses one), then the word kernel's float trick and one FMA."""
+    U: tl.constexpr = 5 if BITS == 5 else 3            # words per unit
+    V: tl.constexpr = 32 * U // BITS                   # codes per unit
+    UNITS: tl.constexpr = BLOCK_K // V                 # units per row per step
+    MASK: tl.constexpr = (1 << BITS) - 1
     row = tl.program_id(1)
     slot = tl.load(slot_ptr + row).to(tl.int64)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < n_out
-    bytes_per_row: tl.constexpr = n_in * BITS // 8
+    words_per_row: tl.constexpr = n_in * BITS // 32
     groups_per_row: tl.constexpr = n_in // GROUP
-    b_rows = w_ptr + slot * w_slot_stride + n.to(tl.int64)[:, None] * bytes_per_row
+    w_rows = w_ptr + slot * w_slot_stride + n.to(tl.int64)[:, None] * words_per_row
     s_rows = slot * s_slot_stride + n.to(tl.int64)[:, None] * groups_per_row
     x_row = x_ptr + row.to(tl.int64) * x_row_stride
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, n_in, BLOCK_K):
-        j = k0 + tl.arange(0, BLOCK_K)
-        bit = j * BITS
-        lo = tl.load(b_rows + (bit // 8)[None, :], mask=n_ok[:, None], other=0).to(tl.uint32)
-        hi_ok = (bit // 8 + 1) < bytes_per_row
-        hi = tl.load(b_rows + (bit // 8 + 1)[None, :], mask=n_ok[:, None] & hi_ok[None, :], other=0).to(tl.uint32)
-        q = (((lo | (hi << 8)) >> (bit % 8).to(tl.uint32)[None, :]) & ((1 << BITS) - 1)) | 0x4B000000
-        q = q.to(tl.float32, bitcast=True) - 8388608.0          # exact, without an int->float conversion
-        gi = j // GROUP
+    acc = tl.zeros((BLOCK_N, UNITS), dtype=tl.float32)
+    for u0 in range(0, n_in // V, UNITS):
+        ui = u0 + tl.arange(0, UNITS)
+        base = w_rows + (ui * U)[None, :]
+        w0 = tl.load(base, mask=n_ok[:, None], other=0).to(tl.uint32, bitcast=True)
+        w1 = tl.load(base + 1, mask=n_ok[:, None], other=0).to(tl.uint32, bitcast=True)
+        w2 = tl.load(base + 2, mask=n_ok[:, None], other=0).to(tl.uint32, bitcast=True)
+        w3 = w2
+        w4 = w2
+        if U == 5:
+            w3 = tl.load(base + 3, mask=n_ok[:, None], other=0).to(tl.uint32, bitcast=True)
+            w4 = tl.load(base + 4, mask=n_ok[:, None], other=0).to(tl.uint32, bitcast=True)
+        fx = tl.zeros((BLOCK_N, UNITS), dtype=tl.float32)
+        xsum = tl.zeros((UNITS,), dtype=tl.float32)
+        for e in tl.static_range(V):
+            wd = e * BITS // 32
+            off = e * BITS % 32
+            if wd == 0:
+                cur = w0
+                nxt = w1
+            elif wd == 1:
+                cur = w1
+                nxt = w2
+            elif wd == 2:
+                cur = w2
+                nxt = w3
+            elif wd == 3:
+                cur = w3
+                nxt = w4
+            else:
+                cur = w4
+                nxt = w4
+            q = cur >> off
+            if off + BITS > 32:                          # the code's high bits open the next word
+                q = q | (nxt << (32 - off))
+            # 1 + q / 2^BITS exactly: the code under the exponent of 1.0 (as in the word kernel)
+            f = (((q & MASK) << (23 - BITS)) | 0x3F800000).to(tl.float32, bitcast=True)
+            xe = tl.load(x_row + ui * V + e).to(tl.float32)
+            fx += f * xe[None, :]
+            xsum += xe
+        dot = (fx - xsum[None, :]) * (1 << BITS)
+        gi = (ui * V) // GROUP
         sc = tl.load(s_ptr + s_rows + gi[None, :], mask=n_ok[:, None], other=0).to(tl.float32)
         bi = tl.load(b_ptr + s_rows + gi[None, :], mask=n_ok[:, None], other=0).to(tl.float32)
-        x = tl.load(x_row + j).to(tl.float32)
-        acc += (q * sc + bi) * x[None, :]
+        acc += dot * sc + bi * xsum[None, :]
     tl.store(y_ptr + row.to(tl.int64) * n_out + n, tl.sum(acc, axis=1), mask=n_ok)
 
 
@@ -115,19 +154,12 @@ def _block_k(n_in: int, group_size: int, bits: int, block_k: int) -> int:
 
 
 def launch_config(n_in: int, rows: int, bits: int = 4) -> tuple[int, int, int]:
-    """(block_n, block_k, num_warps). 2/4/8 bits (the word kernel), from a sweep of 60 configurations on the H200
-    timed inside CUDA graphs (bench/results/cuda_kernels_sweep.json, 4-bit, the 397B decode shapes): short rows (the
-    experts' down projection, in = 1024) take 16 output rows per program; longer rows 4 rows and 2048 inputs per
-    step, one warp for a single row (lm_head, the fused input projections), two for a token's experts. 15-20% faster
-    than the previous fixed (8, 1024, 2) on every shape.
-
-    3/5/6 bits (the byte kernel, whose accumulator is a whole [block_n, block_k] tile): 4 rows x 256 inputs on 4
-    warps, 72 registers and no spills when ptxas compiles it for sm_90a; the word kernel's tiles spilled 0.3-15 KB
-    a thread there (255 registers at 16 x 256, 7.7 KB of spills at 4 x 2048), and the H200 timed 1.2-9.5 ms a launch
-    at 3 bits (bench/results/cuda_kernels.md). This configuration is chosen from the register counts alone: its time
-    on a GPU is not measured yet."""
-    if bits not in (2, 4, 8):
-        return 4, 256, 4
+    """(block_n, block_k, num_warps), from a sweep of 60 configurations on the H200 timed inside CUDA graphs
+    (bench/results/cuda_kernels_sweep.json, 4-bit, the 397B decode shapes): short rows (the experts' down projection,
+    in = 1024) take 16 output rows per program; longer rows 4 rows and 2048 inputs per step, one warp for a single
+    row (lm_head, the fused input projections), two for a token's experts. 15-20% faster than the previous fixed
+    (8, 1024, 2) on every shape. 3/5/6 bits (the unit kernel, tiles of the same [block_n, block_k / codes per unit]
+    shape as the word kernel's) take the same."""
     if n_in <= 1024:
         return 16, 1024, 2
     return 4, 2048, 1 if rows == 1 else 2
@@ -149,11 +181,8 @@ def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: 
     block_k = _block_k(n_in, group_size, bits, block_k)
     grid = (triton.cdiv(n_out, block_n), rows)
     stride = 0 if x.shape[0] == 1 else x.stride(0)
-    if bits in (2, 4, 8):
-        kernel, packed, w_slot_stride = _qmv_words, w, w.stride(0)
-    else:
-        kernel, packed, w_slot_stride = _qmv_bytes, w.view(torch.uint8), w.stride(0) * 4
-    args = (x, packed, scales, biases, slots, y, n_out, n_in, stride, w_slot_stride, scales.stride(0))
+    kernel = _qmv_words if bits in (2, 4, 8) else _qmv_units
+    args = (x, w, scales, biases, slots, y, n_out, n_in, stride, w.stride(0), scales.stride(0))
     meta = dict(BITS=bits, GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
     _launch(kernel, grid, args, meta)
     return y
