@@ -501,9 +501,10 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
         mma_load<GROUP, ST>(it, a, slot, tile * 16, k0, g, c);
     }
     float acc[NM][2];
-    if constexpr (WS != 0) {                          // this warp's region: its x and its own zero block
-        u32* xs = sm + warp * (staged_words<GROUP, XT>(KS) + GROUP / 8);
-        u32* wzero = xs + staged_words<GROUP, XT>(KS);
+    if constexpr (WS != 0) {                          // this warp's region: its x and its own zero block, each
+        constexpr int ZOFF = (staged_words<GROUP, XT>(KS) + 3) & ~3;   // 16-byte aligned (uint4 reads and stores)
+        u32* xs = sm + warp * (ZOFF + GROUP / 8);
+        u32* wzero = xs + ZOFF;
         if (lane < GROUP / 8) wzero[lane] = 0;
         mma_stage<GROUP, XT>(xs, a.x, (i64)r * a.x_stride + k0, KS, lane, 32);
         __syncwarp();

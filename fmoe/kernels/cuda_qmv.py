@@ -33,11 +33,13 @@ MAX_CHUNKS_PER_LANE = 8
 MMA_KS = 512                      # inputs per warp of fmoe_qmv4_mma's default variant
 # fmoe_qmv4_mma variants: (inputs per warp, each warp stages its own x, blocks an SM for the launch bounds, codes
 # through shared memory by cp.async)
-# (H200, bench/results/cuda_kernels.md: at decode all within 0.41-0.49 of HBM, like the FMA kernel; "mma-k256" and
-# "mma" with 3 blocks an SM fastest with 64 rows, 0.61-0.72; per-warp staging alone helps 1024 x 4096, hurts the rest)
-MMA_VARIANTS = {"mma": (512, 0, 1, 0), "mma-ws": (512, 1, 1, 0), "mma-k256": (256, 1, 2, 0),
-                "mma-cp": (512, 0, 4, 1), "mma-cp256": (256, 0, 3, 1)}
-MMA_DEFAULT = {False: "mma-k256", True: None}   # one matrix / gate+up (None: the FMA kernel, 0.53 against 0.46-0.48)
+# (H200, bench/results/cuda_kernels.md: at decode all within 0.37-0.49 of HBM, like the FMA kernel; "mma-b3" and
+# "mma-k256" fastest with 64 rows, 0.60-0.72; per-warp staging alone helps 1024 x 4096, hurts the rest; cp.async no
+# gain). The default is "mma-b3": as fast as "mma-k256", and its path (the block stages x) is the one whose every
+# group size ran on the GPU; per-warp staging at group 128 needed the 16-byte padding added after the last GPU run.
+MMA_VARIANTS = {"mma": (512, 0, 1, 0), "mma-b3": (512, 0, 3, 0), "mma-ws": (512, 1, 1, 0),
+                "mma-k256": (256, 1, 2, 0), "mma-cp": (512, 0, 4, 1), "mma-cp256": (256, 0, 3, 1)}
+MMA_DEFAULT = {False: "mma-b3", True: None}     # one matrix / gate+up (None: the FMA kernel, 0.53 against 0.46-0.48)
 _PROGRAM = nvrtc.Program(nvrtc.source_file("cuda_qmv.cu").read_text(), "cuda_qmv")
 
 
@@ -128,9 +130,11 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
         ks, warp_stage, min_blocks, cp = variant
         wpt = n_in // ks
         block_warps = max(8, wpt)
-        n = ks if warp_stage else n_in
-        staged = ((n // 2 if x_t else n) + n // group_size + (group_size // 8 if warp_stage else 0)) * 4
-        smem = staged * (block_warps if warp_stage else 1)
+        if warp_stage:                                # per warp: x, then its zero block at a 16-byte boundary
+            words = -(-((ks // 2 if x_t else ks) + ks // group_size) // 4) * 4 + group_size // 8
+            smem = words * 4 * block_warps
+        else:
+            smem = ((n_in // 2 if x_t else n_in) + n_in // group_size) * 4
         if cp:                                        # the codes in shared memory: NM x 16 rows a warp
             smem += block_warps * (2 if gate_up else 1) * 16 * (ks // 8 + 8) * 4
         fn = _PROGRAM.function(f"fmoe_qmv4_mma<{group_size}, {x_t}, {s_t}, {mode}, {wpt}, {ks}, {warp_stage}, "

@@ -12,8 +12,9 @@ layer's routed experts (the K experts of a decode token, or all (token, expert) 
 
 Dequantization as mlx: ``w = scale * q + bias`` per group, so a group's contribution is
 ``scale * (q . x) + bias * sum(x)``. Codes are a little-endian bit stream: value j sits at bit ``j * bits``. For
-2/4/8 bits a uint32 word holds 32/bits whole values; 3/5/6-bit codes cross word boundaries, but every 3 words (5 at 5
-bits) hold whole codes at positions known at compile time: the unit kernel.
+2/4/8 bits a uint32 word holds 32/bits whole values; 3/5/6-bit codes cross word boundaries and are read from bytes
+(the byte kernel), or, with ``FMOE_TRITON_UNITS=1``, from units of 3 words (5 at 5 bits) that hold whole codes at
+positions known at compile time (the unit kernel: 3-5x faster on the H200, not yet the default, see ``use_units``).
 
 Runs on CUDA; ``TRITON_INTERPRET=1`` runs the same kernel on the CPU (the tests do, where no GPU exists).
 """
@@ -145,6 +146,37 @@ def _qmv_units(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr,
     tl.store(y_ptr + row.to(tl.int64) * n_out + n, tl.sum(acc, axis=1), mask=n_ok)
 
 
+@triton.jit
+def _qmv_bytes(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr, n_in: tl.constexpr, x_row_stride,
+               w_slot_stride, s_slot_stride,
+               BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Any width up to 8 bits: each value read from the two bytes that hold it (3-bit codes cross words)."""
+    row = tl.program_id(1)
+    slot = tl.load(slot_ptr + row).to(tl.int64)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < n_out
+    bytes_per_row: tl.constexpr = n_in * BITS // 8
+    groups_per_row: tl.constexpr = n_in // GROUP
+    b_rows = w_ptr + slot * w_slot_stride + n.to(tl.int64)[:, None] * bytes_per_row
+    s_rows = slot * s_slot_stride + n.to(tl.int64)[:, None] * groups_per_row
+    x_row = x_ptr + row.to(tl.int64) * x_row_stride
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in range(0, n_in, BLOCK_K):
+        j = k0 + tl.arange(0, BLOCK_K)
+        bit = j * BITS
+        lo = tl.load(b_rows + (bit // 8)[None, :], mask=n_ok[:, None], other=0).to(tl.uint32)
+        hi_ok = (bit // 8 + 1) < bytes_per_row
+        hi = tl.load(b_rows + (bit // 8 + 1)[None, :], mask=n_ok[:, None] & hi_ok[None, :], other=0).to(tl.uint32)
+        q = (((lo | (hi << 8)) >> (bit % 8).to(tl.uint32)[None, :]) & ((1 << BITS) - 1)) | 0x4B000000
+        q = q.to(tl.float32, bitcast=True) - 8388608.0          # exact, without an int->float conversion
+        gi = j // GROUP
+        sc = tl.load(s_ptr + s_rows + gi[None, :], mask=n_ok[:, None], other=0).to(tl.float32)
+        bi = tl.load(b_ptr + s_rows + gi[None, :], mask=n_ok[:, None], other=0).to(tl.float32)
+        x = tl.load(x_row + j).to(tl.float32)
+        acc += (q * sc + bi) * x[None, :]
+    tl.store(y_ptr + row.to(tl.int64) * n_out + n, tl.sum(acc, axis=1), mask=n_ok)
+
+
 def _block_k(n_in: int, group_size: int, bits: int, block_k: int) -> int:
     """Elements per step: at most ``block_k``, a multiple of the group size that divides the row."""
     for k in (4096, 2048, 1024, 512, 256, 128, 64, 32):
@@ -153,16 +185,31 @@ def _block_k(n_in: int, group_size: int, bits: int, block_k: int) -> int:
     raise ValueError(f"in_features {n_in} is not a multiple of the group size {group_size}")
 
 
-def launch_config(n_in: int, rows: int, bits: int = 4) -> tuple[int, int, int]:
-    """(block_n, block_k, num_warps), from a sweep of 60 configurations on the H200 timed inside CUDA graphs
-    (bench/results/cuda_kernels_sweep.json, 4-bit, the 397B decode shapes): short rows (the experts' down projection,
-    in = 1024) take 16 output rows per program; longer rows 4 rows and 2048 inputs per step, one warp for a single
-    row (lm_head, the fused input projections), two for a token's experts. 15-20% faster than the previous fixed
-    (8, 1024, 2) on every shape. 3/5/6 bits (the unit kernel, tiles of the same [block_n, block_k / codes per unit]
-    shape as the word kernel's) take the same."""
+def launch_config(n_in: int, rows: int, bits: int = 4, units: bool = False) -> tuple[int, int, int]:
+    """(block_n, block_k, num_warps). 2/4/8 bits (the word kernel) and 3/5/6 with the unit kernel, from a sweep of 60
+    configurations on the H200 timed inside CUDA graphs (bench/results/cuda_kernels_sweep.json, 4-bit, the 397B
+    decode shapes): short rows (the experts' down projection, in = 1024) take 16 output rows per program; longer rows
+    4 rows and 2048 inputs per step, one warp for a single row (lm_head, the fused input projections), two for a
+    token's experts. 15-20% faster than the previous fixed (8, 1024, 2) on every shape; the unit kernel's tiles have
+    the same [block_n, block_k / codes a unit] shape (ptxas for sm_90a: 48-96 registers, no spills but 12 bytes at
+    one warp).
+
+    3/5/6 bits with the byte kernel (whose accumulator is a whole [block_n, block_k] tile): 4 rows x 256 inputs on 4
+    warps, 72 registers and no spills (the word kernel's tiles spilled 0.3-15 KB a thread there); the H200 timed it
+    at 68-100 us for 10 rows of 1024 x 4096 (0.04-0.07 of HBM) in session 8."""
+    if bits not in (2, 4, 8) and not units:
+        return 4, 256, 4
     if n_in <= 1024:
         return 16, 1024, 2
     return 4, 2048, 1 if rows == 1 else 2
+
+
+def use_units() -> bool:
+    """3/5/6 bits on the unit kernel (``FMOE_TRITON_UNITS=1``) instead of the byte kernel. Off by default until its
+    parity runs on a GPU: it matches the reference in Triton's interpreter (tests/kernels/test_triton_qmv.py) and
+    timed 0.12-0.21 of HBM on the H200 against the byte kernel's 0.04-0.07, but the device run meant to check its
+    results on the GPU lost its CUDA context to another test's fault first."""
+    return os.environ.get("FMOE_TRITON_UNITS", "0") == "1"
 
 
 def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor,
@@ -173,16 +220,20 @@ def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: 
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
     n_out, n_in, rows = check_operands(x, w, scales, biases, slots, bits, group_size)
+    units = bits not in (2, 4, 8) and use_units()
     if block_n is None or block_k is None or num_warps is None:
-        cfg = launch_config(n_in, rows, bits)
+        cfg = launch_config(n_in, rows, bits, units)
         block_n, block_k, num_warps = block_n or cfg[0], block_k or cfg[1], num_warps or cfg[2]
     x = x.contiguous()
     y = out if out is not None else torch.empty(rows, n_out, dtype=torch.float32, device=x.device)
     block_k = _block_k(n_in, group_size, bits, block_k)
     grid = (triton.cdiv(n_out, block_n), rows)
     stride = 0 if x.shape[0] == 1 else x.stride(0)
-    kernel = _qmv_words if bits in (2, 4, 8) else _qmv_units
-    args = (x, w, scales, biases, slots, y, n_out, n_in, stride, w.stride(0), scales.stride(0))
+    if bits in (2, 4, 8) or units:
+        kernel, packed, w_slot_stride = (_qmv_units if units else _qmv_words), w, w.stride(0)
+    else:
+        kernel, packed, w_slot_stride = _qmv_bytes, w.view(torch.uint8), w.stride(0) * 4
+    args = (x, packed, scales, biases, slots, y, n_out, n_in, stride, w_slot_stride, scales.stride(0))
     meta = dict(BITS=bits, GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
     _launch(kernel, grid, args, meta)
     return y

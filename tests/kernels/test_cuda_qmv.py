@@ -121,7 +121,7 @@ def test_tensor_core_kernel_matches_the_reference(n_in, group):
 @needs_gpu
 def test_tensor_core_and_fma_kernels_agree_on_the_397b_shapes():
     """Every variant of the tensor-core kernel against the FMA kernel: the 397B expert shapes, and 200 x 2048 (a
-    partial tile), float32 and bf16 activations, and gate+up."""
+    partial tile) at groups 64, 32 and 128, float32 and bf16 activations, and gate+up."""
     from fmoe.kernels import cuda_qmv
 
     for n_out, n_in in ((1024, 4096), (4096, 1024), (200, 2048)):
@@ -135,6 +135,16 @@ def test_tensor_core_and_fma_kernels_agree_on_the_397b_shapes():
             xb = x.bfloat16()
             tb = cuda_qmv.grouped_qmv(xb, w, s, b, slots, 4, 64, kernel=variant)
             _close(tb.cpu().numpy(), cuda_qmv.grouped_qmv(xb, w, s, b, slots, 4, 64, kernel="fma").cpu().numpy(), 2e-4)
+    for group in (32, 128):          # per-warp staging: each warp's region 16-byte aligned at every group size
+        w, s, b, _ = _table(4, group, 200, 2048, slots=4, seed=group)
+        x = torch.randn(3, 2048, device="cuda")
+        slots = torch.tensor([3, 1, 0], dtype=torch.int32, device="cuda")
+        fma = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel="fma").cpu().numpy()
+        for variant in cuda_qmv.MMA_VARIANTS:
+            for xv in (x, x.bfloat16()):
+                ref = fma if xv.dtype == torch.float32 else \
+                    cuda_qmv.grouped_qmv(xv, w, s, b, slots, 4, group, kernel="fma").cpu().numpy()
+                _close(cuda_qmv.grouped_qmv(xv, w, s, b, slots, 4, group, kernel=variant).cpu().numpy(), ref, 2e-4)
     wg, sg, bg, dg = _table(4, 64, 1024, 4096, seed=3)
     wu, su, bu, du = _table(4, 64, 1024, 4096, seed=4)
     x = torch.randn(1, 4096, device="cuda").to(torch.bfloat16)

@@ -27,9 +27,14 @@ def dequantize_scales(a):
     return bf16_to_f32(a) if a.dtype == np.uint16 else a.astype(np.float32)
 
 
+@pytest.mark.parametrize("units", ["0", "1"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 @pytest.mark.parametrize("group", [32, 64, 128])
-def test_grouped_qmv_matches_dequantize_matmul(bits, group):
+def test_grouped_qmv_matches_dequantize_matmul(bits, group, units, monkeypatch):
+    """Every width and group; 3/5/6 bits on the byte kernel and on the unit kernel (FMOE_TRITON_UNITS=1)."""
+    if units == "1" and bits in (2, 4, 8):
+        pytest.skip("the unit kernel is for 3/5/6 bits")
+    monkeypatch.setenv("FMOE_TRITON_UNITS", units)
     n_out, n_in = (48, 256) if INTERPRET and not CUDA else (1024, 4096)
     w, s, b, dense = _table(bits, group, n_out, n_in)
     rng = np.random.default_rng(1)
