@@ -163,19 +163,19 @@ class Pool {
     if (nchunks <= 0) return;
     const int nworkers = static_cast<int>(std::min<int64_t>(nthreads, nchunks)) - 1;
     std::unique_lock<std::mutex> call(call_mu_, std::try_to_lock);
-    if (nworkers <= 0 || !call.owns_lock()) {
+    // (more chunks than a claim word's range holds, 4M: never in practice, the caller runs them alone)
+    if (nworkers <= 0 || !call.owns_lock() || nchunks >= (int64_t{1} << kRangeBits)) {
       for (int64_t c = 0; c < nchunks; ++c) fn(ctx, c);
       return;
     }
     ensure_workers(nworkers);
-    if (nworkers + 1 > kMaxParts || nchunks >= (int64_t{1} << kRangeBits)) split = false;
+    if (nworkers + 1 > kMaxParts) split = false;
     uint64_t gen;
     bool wake;
     {
       std::lock_guard<std::mutex> lk(mu_);
       fn_.store(fn, std::memory_order_relaxed);
       ctx_.store(ctx, std::memory_order_relaxed);
-      nchunks_.store(nchunks, std::memory_order_relaxed);
       active_workers_.store(nworkers, std::memory_order_relaxed);
       done_.store(0, std::memory_order_relaxed);
       gen = gen_.load(std::memory_order_relaxed) + 1;
@@ -185,7 +185,9 @@ class Pool {
         for (int p = 0; p < P; ++p)
           parts_[p].v.store(pack(gen, nchunks * p / P, nchunks * (p + 1) / P), std::memory_order_relaxed);
       }
-      claim_.store(gen << 32, std::memory_order_release);  // high: generation, low: next chunk
+      // the shared counter: generation | next | end (empty in split mode), one word, so that a claim for an older
+      // generation can never pair that generation's tag with this job's bounds
+      claim_.store(pack(gen, 0, split ? 0 : nchunks), std::memory_order_release);
       gen_.store(gen, std::memory_order_release);          // spinning workers start here
       wake = sleepers_ > 0;
     }
@@ -222,39 +224,34 @@ class Pool {
   static uint64_t pack(uint64_t gen, int64_t lo, int64_t hi) {
     return (gen << (2 * kRangeBits)) | (static_cast<uint64_t>(lo) << kRangeBits) | static_cast<uint64_t>(hi);
   }
+  // A chunk of generation `gen` from the word `a` (generation | first | end): its first (front) or its last, -1 when
+  // the range is empty or the word belongs to another generation (then that generation is over).
+  static int64_t take(std::atomic<uint64_t>& a, uint64_t gen, bool front) {
+    const uint64_t gtag = gen & ((uint64_t{1} << kGenBits) - 1);
+    uint64_t cur = a.load(std::memory_order_acquire);
+    for (;;) {
+      if ((cur >> (2 * kRangeBits)) != gtag) return -1;
+      const int64_t lo = static_cast<int64_t>((cur >> kRangeBits) & kRangeMask);
+      const int64_t hi = static_cast<int64_t>(cur & kRangeMask);
+      if (lo >= hi) return -1;
+      if (a.compare_exchange_weak(cur, front ? pack(gen, lo + 1, hi) : pack(gen, lo, hi - 1),
+                                  std::memory_order_acq_rel))
+        return front ? lo : hi - 1;
+    }
+  }
+
   // Participant p's next chunk of generation `gen` (P participants): the front of its own range, else the back of
   // another's; -1 when none is left (or the generation is over).
   int64_t claim_split(uint64_t gen, int p, int P) {
-    const uint64_t gtag = gen & ((uint64_t{1} << kGenBits) - 1);
     for (int i = 0; i < P; ++i) {
-      const int q = (p + i) % P;
-      std::atomic<uint64_t>& a = parts_[q].v;
-      uint64_t cur = a.load(std::memory_order_acquire);
-      for (;;) {
-        if ((cur >> (2 * kRangeBits)) != gtag) return -1;
-        const int64_t lo = static_cast<int64_t>((cur >> kRangeBits) & kRangeMask);
-        const int64_t hi = static_cast<int64_t>(cur & kRangeMask);
-        if (lo >= hi) break;
-        if (i == 0) {
-          if (a.compare_exchange_weak(cur, pack(gen, lo + 1, hi), std::memory_order_acq_rel)) return lo;
-        } else {
-          if (a.compare_exchange_weak(cur, pack(gen, lo, hi - 1), std::memory_order_acq_rel)) return hi - 1;
-        }
-      }
+      const int64_t c = take(parts_[(p + i) % P].v, gen, i == 0);
+      if (c >= 0) return c;
     }
     return -1;
   }
 
-  // Next chunk of generation `gen`, or -1 when none is left (or the generation is over).
-  int64_t claim(uint64_t gen) {
-    uint64_t cur = claim_.load(std::memory_order_acquire);
-    for (;;) {
-      if ((cur >> 32) != (gen & 0xffffffffu)) return -1;
-      const int64_t c = static_cast<int64_t>(cur & 0xffffffffu);
-      if (c >= nchunks_.load(std::memory_order_relaxed)) return -1;
-      if (claim_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) return c;
-    }
-  }
+  // Next chunk of generation `gen` from the shared counter, or -1 when none is left (or the generation is over).
+  int64_t claim(uint64_t gen) { return take(claim_, gen, true); }
 
   void ensure_workers(int n) {
     while (static_cast<int>(threads_.size()) < n) {
@@ -294,9 +291,11 @@ class Pool {
         if (stop_.load()) return;
       }
       // The job of generation `gen` with no lock: gen_ was stored (release) after fn_/ctx_/split_, so these loads see
-      // that job's values or a newer job's.  A newer job is only published once every chunk of `gen` is done, so
-      // then the claims below (tagged with `gen`) find nothing and the mixed values are never used.  (A mutex here
-      // made 16 waking workers queue on it: the last one started ~20 us late on a 2 MB mat-vec of ~45 us.)
+      // that job's values or a newer job's.  A newer job is only published once every chunk of `gen` is done, and
+      // every claim word carries its generation with its bounds (claim_ and parts_: one atomic word each), so a
+      // claim tagged `gen` then finds nothing, whichever of the newer values it read (split mode or not), and the
+      // mixed values are never used.  (A mutex here made 16 waking workers queue on it: the last one started ~20 us
+      // late on a 2 MB mat-vec of ~45 us.)
       const Fn fn = fn_.load(std::memory_order_acquire);
       void* const ctx = ctx_.load(std::memory_order_acquire);
       const int split = split_.load(std::memory_order_acquire);
@@ -325,7 +324,6 @@ class Pool {
   std::atomic<uint64_t> gen_{0};
   std::atomic<Fn> fn_{nullptr};
   std::atomic<void*> ctx_{nullptr};
-  std::atomic<int64_t> nchunks_{0};
   std::atomic<int> active_workers_{0};
   std::atomic<int> split_{0};  // split mode: the number of participants; 0: one shared counter (claim)
   struct alignas(64) Part {
