@@ -272,8 +272,6 @@ __global__ void __launch_bounds__(256) fmoe_qmv(const QmvArgs a) {
 // GROUP / 8 consecutive words (a zero block for lanes whose column is not this group's).
 // Shared memory per staged x row: x_hi pairs [n_in / 2] words, x_lo pairs [n_in / 2] (float32 x only), then the
 // sums of x_hi + x_lo over each group [n_in / GROUP] floats.
-constexpr int MMA_KS = 512;
-
 template <int WPG> __device__ __forceinline__ void load_words(u32* d, const u32* p) {
     if constexpr (WPG == 1) {
         asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(d[0]) : "l"(p));

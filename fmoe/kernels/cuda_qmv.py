@@ -30,7 +30,7 @@ from fmoe.kernels.slot_table import check_operands
 
 BITS = (2, 4, 8)
 MAX_CHUNKS_PER_LANE = 8
-MMA_KS = 512                      # inputs per warp of fmoe_qmv4_mma's default variant
+MMA_KS = 512                      # the tensor-core kernel's inputs come in multiples of this
 # fmoe_qmv4_mma variants: (inputs per warp, each warp stages its own x, blocks an SM for the launch bounds, codes
 # through shared memory by cp.async)
 # (H200, bench/results/cuda_kernels.md: at decode all within 0.37-0.49 of HBM, like the FMA kernel; "mma-b3" and
@@ -73,10 +73,10 @@ def supports(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bits: int, 
 
 
 def supports_mma(x: torch.Tensor, w: torch.Tensor, group_size: int, bits: int) -> bool:
-    """Whether the tensor-core kernel (fmoe_qmv4_mma) runs these operands: 4 bits, groups of 32/64/128, inputs a
-    multiple of 512 up to 4096 (one to eight warps of 512 inputs per 16-row tile), a GPU with bf16 mma (Ampere or
-    later). The launcher takes it for one matrix; gate+up stays on the FMA kernel unless ``kernel="mma"`` (0.53 of HBM
-    against 0.45 at decode on the H200: the tensor-core one needs 115 registers for two matrices)."""
+    """Whether the tensor-core kernel (fmoe_qmv4_mma) runs these operands: 4 bits, groups of 32/64/128, 512, 1024,
+    2048 or 4096 inputs (one to eight warps of 512 inputs per 16-row tile), a GPU with bf16 mma (Ampere or later).
+    The launcher takes it for one matrix; gate+up stays on the FMA kernel unless a tensor-core variant is named
+    (0.53 of HBM against 0.45-0.48 at decode on the H200: two matrices take 111-123 registers there)."""
     n_in = w.shape[2] * 32 // bits
     return bits == 4 and group_size in (32, 64, 128) and n_in % MMA_KS == 0 and n_in // MMA_KS in (1, 2, 4, 8) \
         and _has_bf16_mma(x.device)
@@ -113,6 +113,13 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
         if up[0].shape != w.shape or up[0].stride(0) != w.stride(0) or up[1].stride(0) != s.stride(0) \
                 or up[1].dtype != s.dtype:
             raise ValueError("gate and up must share shapes, slot strides and dtypes")
+    if kernel is not None and kernel != "fma":
+        if kernel not in MMA_VARIANTS:
+            raise ValueError(f"kernel={kernel!r}: one of 'fma', {', '.join(map(repr, MMA_VARIANTS))}")
+        if config is not None or not supports_mma(x, w, group_size, bits):
+            raise ValueError(f"kernel={kernel!r}: the tensor-core kernel takes no FMA config and needs 4 bits, groups "
+                             f"of 32/64/128, 512/1024/2048/4096 inputs and compute capability 8.0 or later "
+                             f"(got {bits} bits, group {group_size}, {n_in} inputs)")
     if x.dtype not in _DTYPE_CODE or x.stride(1) != 1:
         x = x.to(torch.float32).contiguous()
     if x.data_ptr() % 16 or (x.shape[0] > 1 and x.stride(0) * x.element_size() % 16):
@@ -124,7 +131,7 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(x.device).cuda_stream
     mode = 1 if gate_up else 0
-    variant = MMA_VARIANTS.get(kernel or (MMA_DEFAULT[gate_up]))
+    variant = MMA_VARIANTS.get(kernel or MMA_DEFAULT[gate_up])
     if config is None and variant is not None and supports_mma(x, w, group_size, bits):
         x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
         ks, warp_stage, min_blocks, cp = variant

@@ -45,9 +45,11 @@ def test_matches_dequantize_matmul(bits, group, x_dtype):
     xf = x.float().cpu().numpy()
     slots = torch.tensor([2, 0, 2, 1], dtype=torch.int32, device="cuda")
     idx = slots.cpu().numpy()
-    _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, bits, group).cpu().numpy(), np.einsum("roi,ri->ro", dense[idx], xf))
-    shared = cuda_qmv.grouped_qmv(x[:1], w, s, b, slots, bits, group).cpu().numpy()
-    _close(shared, np.einsum("roi,i->ro", dense[idx], xf[0]))
+    for kernel in (None, "fma") if bits == 4 else (None,):          # 4 bits: tensor cores by default, and FMA
+        _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, bits, group, kernel=kernel).cpu().numpy(),
+               np.einsum("roi,ri->ro", dense[idx], xf))
+        shared = cuda_qmv.grouped_qmv(x[:1], w, s, b, slots, bits, group, kernel=kernel).cpu().numpy()
+        _close(shared, np.einsum("roi,i->ro", dense[idx], xf[0]))
 
 
 @needs_gpu
@@ -87,13 +89,14 @@ def test_gate_up_in_one_pass(bits):
 @needs_gpu
 @pytest.mark.parametrize("n_in", [512, 1024, 2048, 4096])
 @pytest.mark.parametrize("group", [32, 64, 128])
-def test_tensor_core_kernel_matches_the_reference(n_in, group):
+@pytest.mark.parametrize("variant", ["mma", "default"])
+def test_tensor_core_kernel_matches_the_reference(n_in, group, variant):
     """fmoe_qmv4_mma (4-bit on mma.sync): 200 rows (a partial 16-row tile and block), one to eight warps per tile,
     bf16 and float32 scales and activations, one x per row and one shared, gate and up in one pass. float32
     activations go in as two bf16 (hi + lo): within 2e-4 of the reference, where bf16 alone would be ~1e-3 off."""
     from fmoe.kernels import cuda_qmv
 
-    kernel = "mma"
+    kernel = cuda_qmv.MMA_DEFAULT[False] if variant == "default" else variant
 
     n_out = 200
     slots = torch.tensor([2, 0, 2], dtype=torch.int32, device="cuda")
@@ -260,6 +263,18 @@ def test_every_configuration_compiles_with_nvrtc():
                 expr = f"fmoe_qmv4_mma<{group}, {mode}, {1 - mode}, {mode}, {n_in // ks}, {ks}, {ws}, {minb}, {cp}>"
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
+
+
+def test_a_kernel_name_that_cannot_run_is_an_error_that_says_why():
+    """No GPU needed: the name is checked before anything touches a device."""
+    from fmoe.kernels import cuda_qmv
+
+    w, s, b, _ = _table(2, 64, 32, 512, device="cpu")
+    slots = torch.tensor([0, 1], dtype=torch.int32)
+    with pytest.raises(ValueError, match="one of 'fma'"):
+        cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="fast")
+    with pytest.raises(ValueError, match="needs 4 bits.*got 2 bits"):
+        cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="mma-b3")
 
 
 def test_bad_operands_are_errors_that_name_them():

@@ -35,13 +35,14 @@ def test_grouped_qmv_matches_dequantize_matmul(bits, group, units, monkeypatch):
     if units == "1" and bits in (2, 4, 8):
         pytest.skip("the unit kernel is for 3/5/6 bits")
     monkeypatch.setenv("FMOE_TRITON_UNITS", units)
-    n_out, n_in = (48, 256) if INTERPRET and not CUDA else (1024, 4096)
+    # interpreter: 37 rows (a partial block) and four steps of 128 inputs; a GPU: the 397B gate/up shape
+    n_out, n_in, step = (37, 512, {"block_k": 128}) if INTERPRET and not CUDA else (1024, 4096, {})
     w, s, b, dense = _table(bits, group, n_out, n_in)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, n_in)).astype(np.float32)
     slots = np.array([2, 0, 2, 1], dtype=np.int32)
     ref = np.einsum("roi,ri->ro", dense[slots], x)
-    y = grouped_qmv(torch.from_numpy(x).to(DEVICE), w, s, b, torch.from_numpy(slots).to(DEVICE), bits, group)
+    y = grouped_qmv(torch.from_numpy(x).to(DEVICE), w, s, b, torch.from_numpy(slots).to(DEVICE), bits, group, **step)
     np.testing.assert_allclose(y.cpu().numpy(), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
     # one x shared by every row (gate and up of a decode token)
     y1 = grouped_qmv(torch.from_numpy(x[:1]).to(DEVICE), w, s, b, torch.from_numpy(slots).to(DEVICE), bits, group)
