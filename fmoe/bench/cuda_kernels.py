@@ -245,8 +245,24 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
                     add({**peer(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r})
                 for v in ("mma", "mma-ws"):
                     add(measure(f"cuda {v} gate+up", bits, *SHAPES[0], r))
+    of_read_peer(rows)
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def of_read_peer(rows: list) -> None:
+    """Each mat-vec row's bytes/s as a fraction of the read-only peer's of the same call (same bits, shape, rows and
+    kind: one matrix or gate+up), where the run has that peer: ``fraction_of_read_peer``."""
+    peers, last = {}, None
+    for r in rows:                    # a peer follows the engine's row of its call ("cuda" / "cuda gate+up")
+        if r["kernel"] == "read (peer)" and last is not None:
+            peers[last] = r["bytes_per_s"]
+        elif r["kernel"] in ("cuda", "cuda gate+up"):
+            last = (r["bits"], tuple(r["shape"]), r["rows"], r["kernel"].endswith("gate+up"))
+    for r in rows:
+        key = (r["bits"], tuple(r["shape"]), r["rows"], r["kernel"].endswith("gate+up"))
+        if "peer" not in r["kernel"] and key in peers:
+            r["fraction_of_read_peer"] = r["bytes_per_s"] / peers[key]
 
 
 def markdown(res: dict) -> str:
@@ -254,15 +270,17 @@ def markdown(res: dict) -> str:
            f"{res['device']}, {res['when']}; HBM bandwidth of a 2 GiB device copy in the same run: "
            f"{res['hbm_copy_bytes_per_s'] / 1e12:.2f} TB/s. Times: CUDA graphs cycling through disjoint slot sets "
            "(no L2 reuse between launches).", "",
-           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | FMA: rows/warp, warps, batches; "
-           "mma: inputs/warp, warp staging, blocks/SM, cp.async |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | of the read peer | FMA: rows/warp, warps, "
+           "batches; mma: inputs/warp, warp staging, blocks/SM, cp.async |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         cfg = r.get("config", "")
         if r.get("swept"):
             cfg = f"{cfg} (best of sweep)"
+        peer = f"{r['fraction_of_read_peer']:.2f}" if "fraction_of_read_peer" in r else ""
         out.append(f"| {r['kernel']} | {r['bits']} | {r['shape'][0]} x {r['shape'][1]} | {r['rows']} | "
-                   f"{r['seconds'] * 1e6:.1f} | {r['bytes_per_s'] / 1e12:.2f} | {r['fraction_of_hbm']:.2f} | {cfg} |")
+                   f"{r['seconds'] * 1e6:.1f} | {r['bytes_per_s'] / 1e12:.2f} | {r['fraction_of_hbm']:.2f} | {peer} | "
+                   f"{cfg} |")
     return "\n".join(out) + "\n"
 
 

@@ -397,7 +397,7 @@ __device__ __forceinline__ void mma_load(MmaItem<GROUP, NM, KS>& it, const QmvAr
 
 // the item's sums for rows g and g + 8 (acc[m][0], acc[m][1]), complete in lanes c == 0; xs: the staged x row at the
 // item's first input (x_hi pairs; x_lo pairs n_in / 2 words further; sxg: the sums of the item's first group)
-// wq: null (the codes are in it.q) or the codes in shared memory (fmoe_qmv4_mma with CP: rows of WQ_STRIDE words)
+// wq: null (the codes are in it.q) or the codes in shared memory (fmoe_qmv4_mma with CP: rows of wq_stride<KS>() words)
 template <int GROUP, int XT, int NM, int KS>
 __device__ __forceinline__ void mma_dot(const MmaItem<GROUP, NM, KS>& it, const u32* xh, const u32* xl,
                                         const float* sxg, const u32* zero, int g, int c, float (&acc)[NM][2],
