@@ -243,7 +243,7 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
             if bits == 4:
                 for peer in (measure_read, measure_copy):
                     add({**peer(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r})
-                for v in ("mma", "mma-ws"):
+                for v in cuda_qmv.MMA_VARIANTS:
                     add(measure(f"cuda {v} gate+up", bits, *SHAPES[0], r))
     of_read_peer(rows)
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
@@ -271,7 +271,7 @@ def markdown(res: dict) -> str:
            f"{res['hbm_copy_bytes_per_s'] / 1e12:.2f} TB/s. Times: CUDA graphs cycling through disjoint slot sets "
            "(no L2 reuse between launches).", "",
            "| kernel | bits | out x in | rows | time (us) | TB/s | of HBM | of the read peer | FMA: rows/warp, warps, "
-           "batches; mma: inputs/warp, warp staging, blocks/SM, cp.async |",
+           "batches; mma: inputs/warp, warp staging, blocks/SM |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         cfg = r.get("config", "")

@@ -353,10 +353,6 @@ __device__ __forceinline__ void mma_stage(u32* xs, const void* x, i64 xoff, int 
     }
 }
 
-// words per row of a warp's codes in shared memory (CP): KS / 8, padded so that the LDS.64 of a half-warp (rows
-// g = 0..3 or 4..7, quarters c) hit 32 distinct banks (stride = 8 mod 32)
-template <int KS> __device__ __host__ constexpr int wq_stride() { return KS / 8 + 8; }
-
 template <int GROUP, int NM, int KS> struct MmaItem {
     static constexpr int WPG = GROUP / 32;            // words of a row per lane per group
     static constexpr int NG = KS / GROUP;             // groups per item
@@ -366,8 +362,8 @@ template <int GROUP, int NM, int KS> struct MmaItem {
     float sc[NM][2][NWIN], bi[NM][2][NWIN];
 };
 
-// issue the loads of rows n0.. of slot `slot` over inputs k0..k0 + KS - 1 (CODES = 0: only the scales and biases)
-template <int GROUP, int ST, int NM, int KS, int CODES = 1>
+// issue the loads of rows n0.. of slot `slot` over inputs k0..k0 + KS - 1
+template <int GROUP, int ST, int NM, int KS>
 __device__ __forceinline__ void mma_load(MmaItem<GROUP, NM, KS>& it, const QmvArgs& a, i64 slot, int n0, int k0,
                                          int g, int c) {
     typedef MmaItem<GROUP, NM, KS> I;
@@ -381,10 +377,9 @@ __device__ __forceinline__ void mma_load(MmaItem<GROUP, NM, KS>& it, const QmvAr
         for (int h = 0; h < 2; ++h) {
             const int n = min(n0 + g + 8 * h, a.n_out - 1);
             const u32* rowp = base + (i64)n * row_words + k0 / 8 + c * I::WPG;
-            if constexpr (CODES != 0)
 #pragma unroll
-                for (int gi = 0; gi < I::NG; ++gi)
-                    load_words<I::WPG>(&it.q[m][h][gi * I::WPG], rowp + gi * (GROUP / 8));
+            for (int gi = 0; gi < I::NG; ++gi)
+                load_words<I::WPG>(&it.q[m][h][gi * I::WPG], rowp + gi * (GROUP / 8));
 #pragma unroll
             for (int w = 0; w < I::NWIN; ++w) {
                 const i64 si = slot * a.s_slot_stride + (i64)n * groups + g0 + min(4 * w + c, I::NG - 1);
@@ -397,11 +392,9 @@ __device__ __forceinline__ void mma_load(MmaItem<GROUP, NM, KS>& it, const QmvAr
 
 // the item's sums for rows g and g + 8 (acc[m][0], acc[m][1]), complete in lanes c == 0; xs: the staged x row at the
 // item's first input (x_hi pairs; x_lo pairs n_in / 2 words further; sxg: the sums of the item's first group)
-// wq: null (the codes are in it.q) or the codes in shared memory (fmoe_qmv4_mma with CP: rows of wq_stride<KS>() words)
 template <int GROUP, int XT, int NM, int KS>
 __device__ __forceinline__ void mma_dot(const MmaItem<GROUP, NM, KS>& it, const u32* xh, const u32* xl,
-                                        const float* sxg, const u32* zero, int g, int c, float (&acc)[NM][2],
-                                        const u32* wq = nullptr) {
+                                        const float* sxg, const u32* zero, int g, int c, float (&acc)[NM][2]) {
     typedef MmaItem<GROUP, NM, KS> I;
     const u32* bsrc = (g & 1) ? (XT ? nullptr : xl) : xh;   // this lane's B column: hi / lo of group g / 2 (mod 4)
 #pragma unroll
@@ -424,15 +417,7 @@ __device__ __forceinline__ void mma_dot(const MmaItem<GROUP, NM, KS>& it, const 
                 for (int h = 0; h < 2; ++h)
 #pragma unroll
                     for (int m = 0; m < NM; ++m) {
-                        u32 w0, w1;
-                        if (wq == nullptr) {
-                            w0 = it.q[m][0][gi * I::WPG + j];
-                            w1 = it.q[m][1][gi * I::WPG + j];
-                        } else {
-                            const u32* rw = wq + m * 16 * wq_stride<KS>() + gi * (GROUP / 8) + c * I::WPG + j;
-                            w0 = rw[g * wq_stride<KS>()];
-                            w1 = rw[(g + 8) * wq_stride<KS>()];
-                        }
+                        const u32 w0 = it.q[m][0][gi * I::WPG + j], w1 = it.q[m][1][gi * I::WPG + j];
                         mma_bf16(d[m], nibble_pair(w0, 2 * h), nibble_pair(w1, 2 * h), nibble_pair(w0, 2 * h + 1),
                                  nibble_pair(w1, 2 * h + 1), bw[4 * j + 2 * h], bw[4 * j + 2 * h + 1]);
                     }
@@ -463,10 +448,9 @@ template <int NM> __device__ __forceinline__ float mma_out(const float (&v)[NM])
 // BW = max(8, WPT) warps (BW / WPT tiles). WS = 0: the block stages its row of x while the loads fly, then one
 // barrier; WS = 1: each warp stages its own KS inputs (no barrier before the products; 8 / WPT times the staging
 // work when a block holds several tiles). MINB: blocks an SM (launch bounds: fewer registers).
-template <int GROUP, int XT, int ST, int MODE, int WPT, int KS, int WS, int MINB, int CP>
+template <int GROUP, int XT, int ST, int MODE, int WPT, int KS, int WS, int MINB>
 __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(const QmvArgs a) {
     constexpr int NM = MODE == 1 ? 2 : 1, BW = WPT > 8 ? WPT : 8, TPB = BW / WPT;
-    static_assert(!(CP && WS), "codes in shared memory: with the block's x staging only");
     extern __shared__ __align__(16) u32 sm[];
     __shared__ __align__(16) u32 zero[GROUP / 8];
     __shared__ float red[BW][NM][16];
@@ -474,30 +458,7 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int tile = blockIdx.x * TPB + warp / WPT, k0 = (warp % WPT) * KS;
     MmaItem<GROUP, NM, KS> it;
-    const i64 slot = a.slots[r];
-    u32* wq = nullptr;
-    if constexpr (CP != 0) {
-        // the codes go to shared memory with cp.async (no registers held while they fly): after the staged x
-        // (block staging: n_in values), per warp NM x 16 rows of wq_stride words
-        constexpr int CPR = KS / 32;                  // 16-byte chunks per row
-        wq = sm + staged_words<GROUP, XT>(n_in) + warp * NM * 16 * wq_stride<KS>();
-#pragma unroll
-        for (int m = 0; m < NM; ++m) {
-            const u32* base = mat_words(a, m, slot) + k0 / 8;
-#pragma unroll
-            for (int i = 0; i < 16 * CPR / 32; ++i) {
-                const int q = lane + 32 * i, row = q / CPR, col = q % CPR;
-                const u32* src = base + (i64)min(tile * 16 + row, a.n_out - 1) * (n_in / 8) + col * 4;
-                const u32* to = wq + (m * 16 + row) * wq_stride<KS>() + col * 4;
-                const unsigned dst = (unsigned)__cvta_generic_to_shared(to);
-                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src));
-            }
-        }
-        asm volatile("cp.async.commit_group;");
-        mma_load<GROUP, ST, NM, KS, 0>(it, a, slot, tile * 16, k0, g, c);
-    } else {
-        mma_load<GROUP, ST>(it, a, slot, tile * 16, k0, g, c);
-    }
+    mma_load<GROUP, ST>(it, a, a.slots[r], tile * 16, k0, g, c);
     float acc[NM][2];
     if constexpr (WS != 0) {                          // this warp's region: its x and its own zero block, each
         constexpr int ZOFF = (staged_words<GROUP, XT>(KS) + 3) & ~3;   // 16-byte aligned (uint4 reads and stores)
@@ -510,10 +471,9 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
     } else {
         if (threadIdx.x < GROUP / 8) zero[threadIdx.x] = 0;
         mma_stage<GROUP, XT>(sm, a.x, (i64)r * a.x_stride, n_in, threadIdx.x, blockDim.x);
-        if constexpr (CP != 0) asm volatile("cp.async.wait_all;" ::: "memory");
         __syncthreads();
         const float* sx = (const float*)(sm + (XT ? n_in / 2 : n_in));
-        mma_dot<GROUP, XT>(it, sm + k0 / 2, sm + n_in / 2 + k0 / 2, sx + k0 / GROUP, zero, g, c, acc, wq);
+        mma_dot<GROUP, XT>(it, sm + k0 / 2, sm + n_in / 2 + k0 / 2, sx + k0 / GROUP, zero, g, c, acc);
     }
     if (c == 0) {
 #pragma unroll

@@ -22,6 +22,7 @@ Two kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configuratio
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -30,16 +31,15 @@ from fmoe.kernels.slot_table import check_operands
 
 BITS = (2, 4, 8)
 MAX_CHUNKS_PER_LANE = 8
-MMA_KS = 512                      # the tensor-core kernel's inputs come in multiples of this
-# fmoe_qmv4_mma variants: (inputs per warp, each warp stages its own x, blocks an SM for the launch bounds, codes
-# through shared memory by cp.async)
-# (H200, bench/results/cuda_kernels.md: at decode all within 0.37-0.49 of HBM, like the FMA kernel; "mma-b3" and
-# "mma-k256" fastest with 64 rows, 0.60-0.72; per-warp staging alone helps 1024 x 4096, hurts the rest; cp.async no
-# gain). The default is "mma-b3": as fast as "mma-k256", and its path (the block stages x) is the one whose every
-# group size ran on the GPU; per-warp staging at group 128 needed the 16-byte padding added after the last GPU run.
-MMA_VARIANTS = {"mma": (512, 0, 1, 0), "mma-b3": (512, 0, 3, 0), "mma-ws": (512, 1, 1, 0),
-                "mma-k256": (256, 1, 2, 0), "mma-cp": (512, 0, 4, 1), "mma-cp256": (256, 0, 3, 1)}
-MMA_DEFAULT = {False: "mma-b3", True: None}     # one matrix / gate+up (None: the FMA kernel, 0.53 against 0.46-0.48)
+# fmoe_qmv4_mma variants: (inputs per warp, each warp stages its own x, blocks an SM for the launch bounds). Timed on
+# the H200 (bench/results/cuda_stream.md, session 8): at decode every variant and the FMA kernel take ~11-13 us a
+# 20 MB call; with 64 rows these two are the fastest (0.60-0.72 of HBM). "mma-b3" is the default: its path (the block
+# stages x) passed at every group size on the GPU; "mma-k256" (per-warp staging) ran the engine in calls 6-7, and
+# its group-128 alignment fix came after the last GPU run. Variants that were slower or no faster (no launch bounds,
+# per-warp staging at 512 inputs, codes through shared memory by cp.async) were removed; their rows stay in the
+# session 8 results.
+MMA_VARIANTS = {"mma-b3": (512, 0, 3), "mma-k256": (256, 1, 2)}
+MMA_DEFAULT = {False: "mma-b3", True: None}     # one matrix / gate+up (None: the FMA kernel, 0.53 against 0.45-0.48)
 _PROGRAM = nvrtc.Program(nvrtc.source_file("cuda_qmv.cu").read_text(), "cuda_qmv")
 
 
@@ -74,23 +74,21 @@ def supports(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bits: int, 
 
 def supports_mma(x: torch.Tensor, w: torch.Tensor, group_size: int, bits: int) -> bool:
     """Whether the tensor-core kernel (fmoe_qmv4_mma) runs these operands: 4 bits, groups of 32/64/128, 512, 1024,
-    2048 or 4096 inputs (one to eight warps of 512 inputs per 16-row tile), a GPU with bf16 mma (Ampere or later).
-    The launcher takes it for one matrix; gate+up stays on the FMA kernel unless a tensor-core variant is named
-    (0.53 of HBM against 0.45-0.48 at decode on the H200: two matrices take 111-123 registers there)."""
+    2048 or 4096 inputs (one to sixteen warps per 16-row tile), a GPU with bf16 mma (Ampere or later). The launcher
+    takes it for one matrix; gate+up stays on the FMA kernel unless a tensor-core variant is named (0.53 of HBM
+    against 0.45-0.48 at decode on the H200: two matrices take 111-123 registers there)."""
     n_in = w.shape[2] * 32 // bits
-    return bits == 4 and group_size in (32, 64, 128) and n_in % MMA_KS == 0 and n_in // MMA_KS in (1, 2, 4, 8) \
-        and _has_bf16_mma(x.device)
+    return bits == 4 and group_size in (32, 64, 128) and n_in in (512, 1024, 2048, 4096) and _has_bf16_mma(x.device)
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def _has_bf16_mma(device: torch.device) -> bool:
     """bf16 mma.sync: compute capability 8.0 (Ampere) and later."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _CAPABILITY:
-        _CAPABILITY[index] = torch.cuda.get_device_capability(index)
-    return _CAPABILITY[index] >= (8, 0)
-
-
-_CAPABILITY: dict = {}
+    return _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (8, 0)
 
 
 def launch_config(n_in: int, bits: int, rows: int, gate_up: bool) -> tuple[int, int, int]:
@@ -134,7 +132,7 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     variant = MMA_VARIANTS.get(kernel or MMA_DEFAULT[gate_up])
     if config is None and variant is not None and supports_mma(x, w, group_size, bits):
         x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
-        ks, warp_stage, min_blocks, cp = variant
+        ks, warp_stage, min_blocks = variant
         wpt = n_in // ks
         block_warps = max(8, wpt)
         if warp_stage:                                # per warp: x, then its zero block at a 16-byte boundary
@@ -142,10 +140,8 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
             smem = words * 4 * block_warps
         else:
             smem = ((n_in // 2 if x_t else n_in) + n_in // group_size) * 4
-        if cp:                                        # the codes in shared memory: NM x 16 rows a warp
-            smem += block_warps * (2 if gate_up else 1) * 16 * (ks // 8 + 8) * 4
         fn = _PROGRAM.function(f"fmoe_qmv4_mma<{group_size}, {x_t}, {s_t}, {mode}, {wpt}, {ks}, {warp_stage}, "
-                               f"{min_blocks}, {cp}>", device)
+                               f"{min_blocks}>", device)
         fn.launch((-(-n_out // (16 * (block_warps // wpt))), rows, 1), (32 * block_warps, 1, 1), smem, stream,
                   [args])
         return y
@@ -164,8 +160,8 @@ def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=Non
                 kernel=None) -> torch.Tensor:
     """``y[r] = dequant(w[slots[r]]) @ x[r]`` for every row r (x: [R, in] or [1, in] shared); float32 [R, out].
     The tensor-core kernel where :func:`supports_mma`, unless ``kernel="fma"`` or a ``config`` is given: (rows per
-    warp, warps, batches per warp) of the FMA kernel, else :func:`launch_config`. ``kernel="mma"``: the tensor-core
-    kernel also for gate+up."""
+    warp, warps, batches per warp) of the FMA kernel, else :func:`launch_config`. ``kernel=<a name of
+    MMA_VARIANTS>``: that tensor-core variant (also for gate+up)."""
     return _launch(x, [(w, scales, biases)], slots, bits, group_size, out, config, False, kernel)
 
 
