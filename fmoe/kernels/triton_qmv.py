@@ -33,6 +33,21 @@ SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 
 
 @triton.jit
+def _program_rows(w_ptr, slot_ptr, x_ptr, x_row_stride, w_slot_stride, s_slot_stride, n_out: tl.constexpr,
+                  PITCH: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """What program (i, r) of every kernel here works on: table row r, output rows i * BLOCK_N.. and their mask, the
+    rows' first packed elements (PITCH elements of w_ptr a row), their scale/bias index (GROUPS a row) and the x row.
+    Returns (r, n, n_ok, w_rows, s_rows, x_row)."""
+    row = tl.program_id(1)
+    slot = tl.load(slot_ptr + row).to(tl.int64)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_rows = w_ptr + slot * w_slot_stride + n.to(tl.int64)[:, None] * PITCH
+    s_rows = slot * s_slot_stride + n.to(tl.int64)[:, None] * GROUPS
+    x_row = x_ptr + row.to(tl.int64) * x_row_stride
+    return row, n, n < n_out, w_rows, s_rows, x_row
+
+
+@triton.jit
 def _qmv_words(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr, n_in: tl.constexpr, x_row_stride,
                w_slot_stride, s_slot_stride,
                BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -42,15 +57,9 @@ def _qmv_words(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr,
     WORDS: tl.constexpr = BLOCK_K // EPW               # words per row per step
     WPG: tl.constexpr = GROUP // EPW                   # words per group
     MASK: tl.constexpr = (1 << BITS) - 1
-    row = tl.program_id(1)
-    slot = tl.load(slot_ptr + row).to(tl.int64)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < n_out
     words_per_row: tl.constexpr = n_in // EPW
-    groups_per_row: tl.constexpr = n_in // GROUP
-    w_rows = w_ptr + slot * w_slot_stride + n.to(tl.int64)[:, None] * words_per_row
-    s_rows = slot * s_slot_stride + n.to(tl.int64)[:, None] * groups_per_row
-    x_row = x_ptr + row.to(tl.int64) * x_row_stride
+    row, n, n_ok, w_rows, s_rows, x_row = _program_rows(w_ptr, slot_ptr, x_ptr, x_row_stride, w_slot_stride,
+                                                        s_slot_stride, n_out, words_per_row, n_in // GROUP, BLOCK_N)
     acc = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
     for w0 in range(0, words_per_row, WORDS):
         wi = w0 + tl.arange(0, WORDS)
@@ -89,15 +98,8 @@ def _qmv_units(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr,
     V: tl.constexpr = 32 * U // BITS                   # codes per unit
     UNITS: tl.constexpr = BLOCK_K // V                 # units per row per step
     MASK: tl.constexpr = (1 << BITS) - 1
-    row = tl.program_id(1)
-    slot = tl.load(slot_ptr + row).to(tl.int64)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < n_out
-    words_per_row: tl.constexpr = n_in * BITS // 32
-    groups_per_row: tl.constexpr = n_in // GROUP
-    w_rows = w_ptr + slot * w_slot_stride + n.to(tl.int64)[:, None] * words_per_row
-    s_rows = slot * s_slot_stride + n.to(tl.int64)[:, None] * groups_per_row
-    x_row = x_ptr + row.to(tl.int64) * x_row_stride
+    row, n, n_ok, w_rows, s_rows, x_row = _program_rows(w_ptr, slot_ptr, x_ptr, x_row_stride, w_slot_stride,
+                                                        s_slot_stride, n_out, n_in * BITS // 32, n_in // GROUP, BLOCK_N)
     acc = tl.zeros((BLOCK_N, UNITS), dtype=tl.float32)
     for u0 in range(0, n_in // V, UNITS):
         ui = u0 + tl.arange(0, UNITS)
@@ -151,15 +153,9 @@ def _qmv_bytes(x_ptr, w_ptr, s_ptr, b_ptr, slot_ptr, y_ptr, n_out: tl.constexpr,
                w_slot_stride, s_slot_stride,
                BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Any width up to 8 bits: each value read from the two bytes that hold it (3-bit codes cross words)."""
-    row = tl.program_id(1)
-    slot = tl.load(slot_ptr + row).to(tl.int64)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < n_out
     bytes_per_row: tl.constexpr = n_in * BITS // 8
-    groups_per_row: tl.constexpr = n_in // GROUP
-    b_rows = w_ptr + slot * w_slot_stride + n.to(tl.int64)[:, None] * bytes_per_row
-    s_rows = slot * s_slot_stride + n.to(tl.int64)[:, None] * groups_per_row
-    x_row = x_ptr + row.to(tl.int64) * x_row_stride
+    row, n, n_ok, b_rows, s_rows, x_row = _program_rows(w_ptr, slot_ptr, x_ptr, x_row_stride, w_slot_stride,
+                                                        s_slot_stride, n_out, bytes_per_row, n_in // GROUP, BLOCK_N)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, n_in, BLOCK_K):
         j = k0 + tl.arange(0, BLOCK_K)
