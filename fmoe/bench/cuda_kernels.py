@@ -97,6 +97,9 @@ __global__ void fmoe_read_peer(const uint4* p, long long n, unsigned* out) {
 """
 
 
+_PEER_PROGRAM: list = []
+
+
 def measure_read(nbytes: int) -> dict:
     """The read-only peer of a mat-vec reading ``nbytes``: a kernel that only loads nbytes (64 bytes a thread, four
     16-byte loads in flight each, one wave of blocks), timed the same way as the mat-vecs (a CUDA graph cycling
@@ -111,7 +114,9 @@ def measure_read(nbytes: int) -> dict:
     words = nbytes // 16
     buf = torch.empty(n, words * 16, dtype=torch.uint8, device="cuda")
     out = torch.zeros(1, dtype=torch.int32, device="cuda")
-    fn = nvrtc.Program(_READ_PEER, "read_peer").function("fmoe_read_peer", torch.cuda.current_device())
+    if not _PEER_PROGRAM:
+        _PEER_PROGRAM.append(nvrtc.Program(_READ_PEER, "read_peer"))     # one program: its module loaded once
+    fn = _PEER_PROGRAM[0].function("fmoe_read_peer", torch.cuda.current_device())
     blocks = -(-words // (256 * 4))
 
     def one(i):
