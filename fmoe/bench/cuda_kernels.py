@@ -181,7 +181,9 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
            "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots}
     if kernel != "triton":
         mma = cuda_qmv.MMA_VARIANTS.get(variant or cuda_qmv.MMA_DEFAULT[gate_up])
-        if mma is not None and cuda_qmv.supports_mma(x, w, group, bits):
+        if variant == cuda_qmv.BULK:
+            res["config"] = "tensor cores, bulk copies"
+        elif mma is not None and cuda_qmv.supports_mma(x, w, group, bits):
             res["config"] = f"tensor cores {list(mma)}"
         else:
             res["config"] = list(config) if config else list(cuda_qmv.launch_config(n_in, bits, rows, gate_up))
@@ -200,6 +202,13 @@ def _best(kernel: str, bits: int, n_out: int, n_in: int, rows: int, configs) -> 
     best = min(ms, key=lambda m: m["seconds"])
     best["swept"] = True
     return best
+
+
+def bulk_ok() -> bool:
+    """Whether this GPU runs the bulk-copy kernel (compute capability 9.0+)."""
+    import torch
+
+    return torch.cuda.get_device_capability() >= (9, 0)
 
 
 def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
@@ -236,8 +245,8 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
                     for peer in (measure_read, measure_copy):
                         add({**peer(m["bytes"]), "bits": bits, "shape": [n_out, n_in], "rows": r})
                     add(measure("cuda fma", bits, n_out, n_in, r))
-                    for v in cuda_qmv.MMA_VARIANTS:
-                        if v != cuda_qmv.MMA_DEFAULT[False]:
+                    for v in (*cuda_qmv.MMA_VARIANTS, cuda_qmv.BULK):
+                        if v != cuda_qmv.MMA_DEFAULT[False] and (v != cuda_qmv.BULK or bulk_ok()):
                             add(measure(f"cuda {v}", bits, n_out, n_in, r))
                 if triton:
                     add(measure("triton", bits, n_out, n_in, r))

@@ -46,6 +46,22 @@ template <> __device__ __forceinline__ float load_f<1>(const void* p, i64 i) {
     return __uint_as_float(((u32)__ldg((const u16*)p + i)) << 16);
 }
 
+// Programmatic dependent launch (sm_90+; no-ops before, and when the launch did not ask for it): a kernel launched
+// with it may start while the previous kernel of the stream drains. Ours read only the weights, scales, biases and
+// the slot table before prior_grid_wait() (none of which the previous kernel writes: a slot table comes from a
+// kernel or copy before it, which has completed by then, since ours let the next kernel start only after their own
+// wait), and x, y after it.
+__device__ __forceinline__ void prior_grid_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void next_grid_may_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ uint4 load_stream(const u32* p) {
     uint4 v;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -200,6 +216,8 @@ __global__ void __launch_bounds__(256) fmoe_qmv(const QmvArgs a) {
 
     B buf[2];
     load_batch<BITS, GROUP, ST>(buf[0], a, slot, n0, lane, nchunks, groups);
+    prior_grid_wait();
+    next_grid_may_start();
 
     // stage x while those loads are in flight: 16-byte loads, each value scaled by 2^(XSHIFT - code_pos) and stored
     // where the lane that reads it finds it without bank conflicts (value j of chunk c at ((j / 4) * nchunks + c) * 4
@@ -459,6 +477,8 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
     const int tile = blockIdx.x * TPB + warp / WPT, k0 = (warp % WPT) * KS;
     MmaItem<GROUP, NM, KS> it;
     mma_load<GROUP, ST>(it, a, a.slots[r], tile * 16, k0, g, c);
+    prior_grid_wait();
+    next_grid_may_start();
     float acc[NM][2];
     if constexpr (WS != 0) {                          // this warp's region: its x and its own zero block, each
         constexpr int ZOFF = (staged_words<GROUP, XT>(KS) + 3) & ~3;   // 16-byte aligned (uint4 reads and stores)
@@ -493,5 +513,184 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
             for (int k = 0; k < WPT; ++k) v[m] += red[t * WPT + k][m][row];
         }
         if (n < a.n_out) a.y[(i64)r * a.n_out + n] = mma_out<NM>(v);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4-bit on tensor cores, weights streamed into shared memory by the copy engine: fmoe_qmv4_bulk (sm_90+). The
+// kernels above hold an item's codes in registers, so an SM's loads stop while its blocks compute and a decode call
+// (20 MB, ~1.6 waves of blocks) alternates between loading and computing: 13 us where a kernel that only reads the
+// same bytes takes 6.7 (bench/results/cuda_stream.md, session 9). Here one block an SM (16 warps) owns a contiguous
+// run of stages (SR = 16 TPS output rows of one table row, all K inputs: codes, scales, biases, one bulk copy each,
+// contiguous in mlx's layout) and thread 0 issues the bulk copies of its first STAGES stages before anything else,
+// so up to ~200 KB an SM are in flight from the start; warps compute a stage as soon as its mbarrier completes, and
+// thread 0 refills the stage once every warp is done with it.
+// Warp w takes tile w / WPT of the stage (16 rows) over inputs (w % WPT) KW .. + KW. The mma mapping is that of
+// fmoe_qmv4_mma, with a lane's codes contiguous: lane (g, c) reads 16 bytes (32 codes) of rows g and g + 8 at byte
+// 16 c of each 64-byte run, so a group of 64 spans lanes c = 0, 1 or 2, 3 of an mma; each lane's B column pair is
+// still its own group's (group % 4), so four groups (a 4 GROUP window) accumulate without mixing.
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 :: "r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void bar_expect(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void bar_wait(u32 bar, u32 parity) {
+    u32 done = 0;
+    while (!done)
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+
+template <int T> __device__ __forceinline__ float smem_f(const unsigned char* p, int i) {
+    return T ? __uint_as_float(((u32)((const u16*)p)[i]) << 16) : ((const float*)p)[i];
+}
+
+struct BulkPlan {                 // a stage: SR rows of one table row r, from output row n0
+    int r, n0;
+};
+
+__device__ __forceinline__ BulkPlan bulk_plan(int unit, int per_row, int sr) {
+    return BulkPlan{unit / per_row, (unit % per_row) * sr};
+}
+
+// thread 0: the slot of each unit it issues, the next table row's loaded one unit ahead (a load waited for when the
+// copy is issued would hold warp 0, and with it every stage's barrier, for a memory latency)
+struct SlotAhead {
+    int r, next_r;
+    i64 slot, next_slot;
+    __device__ __forceinline__ i64 take(const QmvArgs& a, int unit, int per_row, int end) {
+        const int ur = unit / per_row;
+        if (ur != r) {
+            slot = ur == next_r ? next_slot : (i64)a.slots[ur];
+            r = ur;
+        }
+        const int nr = (unit + 1) / per_row;          // load the following unit's slot now if it is a new row
+        if (nr != r && nr != next_r && unit + 1 < end) {
+            next_slot = a.slots[nr];
+            next_r = nr;
+        }
+        return slot;
+    }
+};
+
+// thread 0: the copies of stage unit `unit` of slot `slot` into stage buffer `st`
+template <int GROUP, int ST>
+__device__ __forceinline__ void bulk_issue(const QmvArgs& a, unsigned char* stage, u32 bar, int unit, i64 slot,
+                                           int per_row, int sr) {
+    const BulkPlan p = bulk_plan(unit, per_row, sr);
+    const int k = a.n_in, groups = k / GROUP, es = ST ? 2 : 4;
+    const u32 code_bytes = (u32)sr * k / 2, scale_bytes = (u32)sr * groups * es;
+    bar_expect(bar, code_bytes + 2 * scale_bytes);
+    const u32 dst = smem_addr(stage);
+    bulk_copy(dst, a.w + slot * a.w_slot_stride + (i64)p.n0 * (k / 8), code_bytes, bar);
+    const i64 si = (slot * a.s_slot_stride + (i64)p.n0 * groups) * es;
+    bulk_copy(dst + code_bytes, (const char*)a.s + si, scale_bytes, bar);
+    bulk_copy(dst + code_bytes + scale_bytes, (const char*)a.b + si, scale_bytes, bar);
+}
+
+template <int GROUP, int XT, int ST, int KW>
+__global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages) {
+    extern __shared__ __align__(128) unsigned char bsm[];
+    __shared__ __align__(8) unsigned long long bars[32];
+    __shared__ float red[2][16][16];
+    const int k = a.n_in, wpt = k / KW, tps = 16 / wpt, sr = 16 * tps, groups = k / GROUP;
+    const int per_row = a.n_out / sr;
+    const int es = ST ? 2 : 4;
+    const u32 stage_bytes = (u32)sr * k / 2 + 2u * sr * groups * es;
+    const int units = rows * per_row;
+    const int u0 = (int)((long long)blockIdx.x * units / gridDim.x);
+    const int u1 = (int)((long long)(blockIdx.x + 1) * units / gridDim.x);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < stages; ++s)
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
+    }
+    SlotAhead ahead{-1, -1, 0, 0};
+    if (threadIdx.x == 0)
+        for (int s = 0; s < stages && u0 + s < u1; ++s)
+            bulk_issue<GROUP, ST>(a, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s,
+                                  ahead.take(a, u0 + s, per_row, u1), per_row, sr);
+    prior_grid_wait();
+    next_grid_may_start();
+    const int tw = warp / wpt, kw0 = (warp % wpt) * KW;
+    int staged_r = -1;
+    for (int u = u0; u < u1; ++u) {
+        const int i = u - u0, s = i % stages;
+        const BulkPlan p = bulk_plan(u, per_row, sr);
+        if (staged_r < 0 || (p.r != staged_r && a.x_stride != 0)) {   // (block-uniform) every warp is past the
+                                                                          // previous stage's barrier
+            mma_stage<GROUP, XT>(xs, a.x, (i64)p.r * a.x_stride, k, threadIdx.x, blockDim.x);
+            staged_r = p.r;
+            __syncthreads();                    // the first time also makes the barriers' init visible
+        }
+        unsigned char* stage = bsm + (size_t)s * stage_bytes;
+        bar_wait(smem_addr(&bars[s]), (i / stages) & 1);
+        const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2);
+        const unsigned char* scl = stage + (size_t)sr * k / 2;
+        const unsigned char* bia = scl + (size_t)sr * groups * es;
+        const u32* xh = xs;
+        const u32* xl = xs + k / 2;
+        const float* sx = (const float*)(xs + (XT ? k / 2 : k));
+        float acc0 = 0.f, acc1 = 0.f, d0[4] = {}, d1[4] = {};
+        int acc_start = kw0;
+#pragma unroll
+        for (int j = 0; j < KW / 128; ++j) {
+            const int kb = kw0 + 128 * j, p0 = kb + 32 * c;
+            const uint4 wa = *(const uint4*)(codes + kb / 2 + 16 * c);
+            const uint4 wb = *(const uint4*)(codes + (size_t)8 * (k / 2) + kb / 2 + 16 * c);
+            const int grp = p0 / GROUP;
+            const bool mine = (g >> 1) == (grp & 3) && (XT == 0 || (g & 1) == 0);
+            const u32* xsrc = (g & 1) ? xl : xh;
+#pragma unroll
+            for (int jw = 0; jw < 4; ++jw) {
+                uint4 xb = make_uint4(0, 0, 0, 0);
+                if (mine) xb = *(const uint4*)&xsrc[p0 / 2 + 4 * jw];
+                const u32 w0 = word_of(wa, jw), w1 = word_of(wb, jw);
+                mma_bf16(d0, nibble_pair(w0, 0), nibble_pair(w1, 0), nibble_pair(w0, 1), nibble_pair(w1, 1), xb.x,
+                         xb.y);
+                mma_bf16(d1, nibble_pair(w0, 2), nibble_pair(w1, 2), nibble_pair(w0, 3), nibble_pair(w1, 3), xb.z,
+                         xb.w);
+            }
+            if ((kb + 128) % (4 * GROUP) == 0 || j == KW / 128 - 1) {  // the end of a 4-group window: its epilogue
+                const int gc = (kb / (4 * GROUP)) * 4 + c;          // the group of this lane's column pair
+                if (gc * GROUP >= acc_start && gc * GROUP < kb + 128) {
+                    const float xsum = sx[gc];
+                    const int i0 = (tw * 16 + g) * groups + gc, i1 = i0 + 8 * groups;
+                    acc0 += smem_f<ST>(scl, i0) * (d0[0] + d0[1] + d1[0] + d1[1] - 128.f * xsum)
+                            + smem_f<ST>(bia, i0) * xsum;
+                    acc1 += smem_f<ST>(scl, i1) * (d0[2] + d0[3] + d1[2] + d1[3] - 128.f * xsum)
+                            + smem_f<ST>(bia, i1) * xsum;
+                }
+#pragma unroll
+                for (int e = 0; e < 4; ++e) d0[e] = d1[e] = 0.f;
+                acc_start = kb + 128;
+            }
+        }
+        acc0 += __shfl_xor_sync(0xffffffffu, acc0, 1);
+        acc0 += __shfl_xor_sync(0xffffffffu, acc0, 2);
+        acc1 += __shfl_xor_sync(0xffffffffu, acc1, 1);
+        acc1 += __shfl_xor_sync(0xffffffffu, acc1, 2);
+        if (c == 0) {
+            red[i & 1][warp][g] = acc0;
+            red[i & 1][warp][g + 8] = acc1;
+        }
+        __syncthreads();                                        // every warp is done with the stage and its x
+        if (threadIdx.x == 0 && u + stages < u1)
+            bulk_issue<GROUP, ST>(a, stage, smem_addr(&bars[s]), u + stages, ahead.take(a, u + stages, per_row, u1),
+                                  per_row, sr);
+        if (threadIdx.x < sr) {
+            const int t = threadIdx.x >> 4, row = threadIdx.x & 15;
+            float v = 0.f;
+            for (int q = 0; q < wpt; ++q) v += red[i & 1][t * wpt + q][row];
+            a.y[(i64)p.r * a.n_out + p.n0 + threadIdx.x] = v;
+        }
     }
 }

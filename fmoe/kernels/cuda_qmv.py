@@ -13,11 +13,16 @@ longer than 8 chunks per lane (4-bit: in > 8192). ``grouped_gate_up`` reads a to
 launch and writes silu(gate) * up, which is the first half of an expert; the engine's decode calls it and then
 ``grouped_qmv`` on the down projection (fmoe/engine/device_experts.py).
 
-Two kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configuration: :func:`launch_config`, from
+Three kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configuration: :func:`launch_config`, from
 `fmoe bench kernels --device cuda --sweep` on the H200) and, at 4 bits on Ampere or later, the tensor-core kernel
 (``fmoe_qmv4_mma``: :func:`supports_mma`; its variants in ``MMA_VARIANTS``, the engine's choice in
 ``MMA_DEFAULT``), which the launcher takes for one matrix; gate+up stays on the FMA kernel. ``kernel="fma"`` or a
-``config`` forces the FMA kernel, ``kernel=<variant>`` a tensor-core variant (bench/results/cuda_kernels.md).
+``config`` forces the FMA kernel, ``kernel=<variant>`` a tensor-core variant (bench/results/cuda_kernels.md), and
+``kernel="bulk"`` the tensor-core kernel fed by bulk copies into shared memory (``fmoe_qmv4_bulk``, Hopper:
+:func:`supports_bulk`; not the default: its copies alone reach 0.77-0.94 of HBM, but with its products it is no
+faster, bench/results/cuda_stream.md, session 9). On compute capability 9.0+ every launch lets the next kernel of
+the stream start early (``OVERLAP_PRIOR``: programmatic dependent launch; ours wait for the previous grid before
+reading x).
 """
 from __future__ import annotations
 
@@ -40,6 +45,9 @@ MAX_CHUNKS_PER_LANE = 8
 # session 8 results.
 MMA_VARIANTS = {"mma-b3": (512, 0, 3), "mma-k256": (256, 1, 2)}
 MMA_DEFAULT = {False: "mma-b3", True: None}     # one matrix / gate+up (None: the FMA kernel, 0.53 against 0.45-0.48)
+# Programmatic dependent launch on compute capability 9.0+: a launch may start (issue its weight loads) while the
+# stream's previous kernel drains; both kernels wait for the previous grid before reading x (nvrtc.Function.launch).
+OVERLAP_PRIOR = True
 _PROGRAM = nvrtc.Program(nvrtc.source_file("cuda_qmv.cu").read_text(), "cuda_qmv")
 
 
@@ -91,6 +99,43 @@ def _has_bf16_mma(device: torch.device) -> bool:
     return _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (8, 0)
 
 
+BULK = "bulk"
+BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as many as fit); 2 was the fastest of
+                         # 1-6 on the H200 (bench/results/session9/call6_report.txt, call7_report.txt)
+_BULK_STATIC_SMEM = 4096                 # fmoe_qmv4_bulk's static shared memory (barriers, partial sums), rounded up
+
+
+@functools.cache
+def _sm_resources(index: int) -> tuple[int, int]:
+    """(multiprocessors, opt-in shared memory bytes per block) of a device."""
+    p = torch.cuda.get_device_properties(index)
+    return p.multi_processor_count, getattr(p, "shared_memory_per_block_optin", 99 << 10)
+
+
+def _bulk_shape(n_in: int) -> tuple[int, int]:
+    """(inputs per warp, output rows per stage) of fmoe_qmv4_bulk: 16 warps over a stage's tiles of 16 rows."""
+    kw = 256 if n_in == 4096 else 128
+    return kw, 16 * (16 // (n_in // kw))
+
+
+def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int,
+                  bits: int) -> bool:
+    """Whether fmoe_qmv4_bulk runs these operands: those of :func:`supports_mma` on compute capability 9.0+ (bulk
+    copies), output rows a multiple of a stage's (16 at 4096 inputs, 32 / 64 at 1024 / 512), and scales and biases
+    16-byte aligned per slot (each stage's are one bulk copy)."""
+    if not supports_mma(x, w, group_size, bits):
+        return False
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    n_in = w.shape[2] * 32 // bits
+    return _capability(index) >= (9, 0) and w.shape[1] % _bulk_shape(n_in)[1] == 0 and all(
+        t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in (scales, biases))
+
+
+def _overlaps_prior(device_index: int) -> bool:
+    """Whether launches ask for programmatic dependent launch: OVERLAP_PRIOR on compute capability 9.0+."""
+    return OVERLAP_PRIOR and _capability(device_index) >= (9, 0)
+
+
 def launch_config(n_in: int, bits: int, rows: int, gate_up: bool) -> tuple[int, int, int]:
     """(rows per warp and batch, warps per block, batches per warp): the fastest or within 3% of it for both 10 and
     64 rows in the H200 sweep (bench/results/session7/call4_sweep.txt); one batch per warp throughout, as a second
@@ -112,9 +157,15 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
                 or up[1].dtype != s.dtype:
             raise ValueError("gate and up must share shapes, slot strides and dtypes")
     if kernel is not None and kernel != "fma":
-        if kernel not in MMA_VARIANTS:
-            raise ValueError(f"kernel={kernel!r}: one of 'fma', {', '.join(map(repr, MMA_VARIANTS))}")
-        if config is not None or not supports_mma(x, w, group_size, bits):
+        if kernel == BULK:
+            if config is not None or gate_up or not supports_bulk(x, w, s, b, group_size, bits):
+                raise ValueError(f"kernel={kernel!r}: one matrix, no FMA config, 4 bits, groups of 32/64/128, "
+                                 f"512/1024/2048/4096 inputs, output rows a multiple of a stage's, 16-byte aligned "
+                                 f"scales and compute capability 9.0 or later (got {bits} bits, group {group_size}, "
+                                 f"{n_in} inputs, {n_out} outputs)")
+        elif kernel not in MMA_VARIANTS:
+            raise ValueError(f"kernel={kernel!r}: one of 'fma', {BULK!r}, {', '.join(map(repr, MMA_VARIANTS))}")
+        elif config is not None or not supports_mma(x, w, group_size, bits):
             raise ValueError(f"kernel={kernel!r}: the tensor-core kernel takes no FMA config and needs 4 bits, groups "
                              f"of 32/64/128, 512/1024/2048/4096 inputs and compute capability 8.0 or later "
                              f"(got {bits} bits, group {group_size}, {n_in} inputs)")
@@ -129,6 +180,9 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(x.device).cuda_stream
     mode = 1 if gate_up else 0
+    if kernel == BULK:
+        _launch_bulk(args, x, s, n_out, n_in, rows, group_size, device, stream)
+        return y
     variant = MMA_VARIANTS.get(kernel or MMA_DEFAULT[gate_up])
     if config is None and variant is not None and supports_mma(x, w, group_size, bits):
         x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
@@ -143,7 +197,7 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
         fn = _PROGRAM.function(f"fmoe_qmv4_mma<{group_size}, {x_t}, {s_t}, {mode}, {wpt}, {ks}, {warp_stage}, "
                                f"{min_blocks}>", device)
         fn.launch((-(-n_out // (16 * (block_warps // wpt))), rows, 1), (32 * block_warps, 1, 1), smem, stream,
-                  [args])
+                  [args], _overlaps_prior(device))
         return y
     rpw, nw, nb = config or launch_config(n_in, bits, rows, gate_up)
     per_lane = -(-_chunks(n_in, bits) // 32)
@@ -152,8 +206,23 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
                            f"{per_lane}, {mode}, {nb}>", device)
     per_block = nw * rpw * nb
     fn.launch(((n_out + per_block - 1) // per_block, rows, 1), (32 * nw, 1, 1), (n_in + n_in // sub) * 4, stream,
-              [args])
+              [args], _overlaps_prior(device))
     return y
+
+
+def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, stream) -> None:
+    """fmoe_qmv4_bulk: one block of 16 warps an SM (at most one per stage), as many stages as shared memory holds."""
+    kw, sr = _bulk_shape(n_in)
+    x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
+    stage_bytes = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
+    x_bytes = ((n_in // 2 if x_t else n_in) + n_in // group_size) * 4
+    sms, smem_max = _sm_resources(device)
+    units = rows * (n_out // sr)
+    blocks = min(sms, units)
+    stages = min(32, BULK_STAGES or 32, (smem_max - _BULK_STATIC_SMEM - x_bytes) // stage_bytes, -(-units // blocks))
+    fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}>", device)
+    fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes, stream,
+              [args, ctypes.c_int(rows), ctypes.c_int(stages)], _overlaps_prior(device))
 
 
 def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, config=None,

@@ -135,18 +135,42 @@ class Function:
         self.handle, self.name = handle, name
         self._max_shared = 48 << 10
 
-    def launch(self, grid, block, shared_bytes: int, stream: int, args) -> None:
-        """``args``: ctypes values (a Structure passed by value, c_int, c_void_p, ...), in the kernel's order."""
+    def launch(self, grid, block, shared_bytes: int, stream: int, args, overlap_prior: bool = False) -> None:
+        """``args``: ctypes values (a Structure passed by value, c_int, c_void_p, ...), in the kernel's order.
+        ``overlap_prior``: programmatic dependent launch (compute capability 9.0+): the kernel may start while the
+        stream's previous kernel drains, and must wait for it (griddepcontrol.wait) before reading its outputs."""
         cu = _cuda()
         if shared_bytes > self._max_shared:
             _check_cu(cu.cuFuncSetAttribute(self.handle, 8, ctypes.c_int(shared_bytes)),   # MAX_DYNAMIC_SHARED_SIZE
                       f"{self.name}: {shared_bytes} bytes of shared memory")
             self._max_shared = shared_bytes
         params = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args])
+        if overlap_prior:
+            attr = _LaunchAttribute(_PROGRAMMATIC_STREAM_SERIALIZATION)
+            attr.value[0] = 1                            # programmaticStreamSerializationAllowed
+            config = _LaunchConfig(*grid, *block, shared_bytes, ctypes.c_void_p(stream), ctypes.pointer(attr), 1)
+            _check_cu(cu.cuLaunchKernelEx(ctypes.byref(config), self.handle, params, None), f"launch of {self.name}")
+            return
         _check_cu(cu.cuLaunchKernel(self.handle, ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(grid[2]),
                                     ctypes.c_uint(block[0]), ctypes.c_uint(block[1]), ctypes.c_uint(block[2]),
                                     ctypes.c_uint(shared_bytes), ctypes.c_void_p(stream), params, None),
                   f"launch of {self.name}")
+
+
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6           # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+
+
+class _LaunchAttribute(ctypes.Structure):
+    """CUlaunchAttribute: an id, padding to 8 bytes, a 64-byte value union (here its first int)."""
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int * 16)]
+
+
+class _LaunchConfig(ctypes.Structure):
+    """CUlaunchConfig of cuLaunchKernelEx."""
+    _fields_ = [("grid_x", ctypes.c_uint), ("grid_y", ctypes.c_uint), ("grid_z", ctypes.c_uint),
+                ("block_x", ctypes.c_uint), ("block_y", ctypes.c_uint), ("block_z", ctypes.c_uint),
+                ("shared_bytes", ctypes.c_uint), ("stream", ctypes.c_void_p),
+                ("attrs", ctypes.POINTER(_LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
 
 
 class Program:

@@ -13,8 +13,8 @@ layer's routed experts (the K experts of a decode token, or all (token, expert) 
 Dequantization as mlx: ``w = scale * q + bias`` per group, so a group's contribution is
 ``scale * (q . x) + bias * sum(x)``. Codes are a little-endian bit stream: value j sits at bit ``j * bits``. For
 2/4/8 bits a uint32 word holds 32/bits whole values; 3/5/6-bit codes cross word boundaries and are read from bytes
-(the byte kernel), or, with ``FMOE_TRITON_UNITS=1``, from units of 3 words (5 at 5 bits) that hold whole codes at
-positions known at compile time (the unit kernel: 3-5x faster on the H200, not yet the default, see ``use_units``).
+(the byte kernel, ``FMOE_TRITON_UNITS=0``), or by default from units of 3 words (5 at 5 bits) that hold whole codes
+at positions known at compile time (the unit kernel: 3-5x faster on the H200, see ``use_units``).
 
 Runs on CUDA; ``TRITON_INTERPRET=1`` runs the same kernel on the CPU (the tests do, where no GPU exists).
 """
@@ -201,11 +201,10 @@ def launch_config(n_in: int, rows: int, bits: int = 4, units: bool = False) -> t
 
 
 def use_units() -> bool:
-    """3/5/6 bits on the unit kernel (``FMOE_TRITON_UNITS=1``) instead of the byte kernel. Off by default until its
-    parity runs on a GPU: it matches the reference in Triton's interpreter (tests/kernels/test_triton_qmv.py) and
-    timed 0.12-0.21 of HBM on the H200 against the byte kernel's 0.04-0.07, but the device run meant to check its
-    results on the GPU lost its CUDA context to another test's fault first."""
-    return os.environ.get("FMOE_TRITON_UNITS", "0") == "1"
+    """3/5/6 bits on the unit kernel (the default) rather than the byte kernel (``FMOE_TRITON_UNITS=0``): it matches
+    the reference on the H200 and in Triton's interpreter (tests/kernels/test_triton_qmv.py; bench/results/session9/
+    call1_verify_report.txt) and timed 0.12-0.21 of HBM there against the byte kernel's 0.04-0.07."""
+    return os.environ.get("FMOE_TRITON_UNITS", "1") != "0"
 
 
 def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor,

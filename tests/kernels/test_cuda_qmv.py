@@ -121,6 +121,51 @@ def test_tensor_core_kernel_matches_the_reference(n_in, group, variant):
     _close(cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, slots, 4, group, kernel=kernel).cpu().numpy(), ref, 1e-4)
 
 
+needs_hopper = pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() < (9, 0),
+                                  reason="no GPU of compute capability 9.0+ (bulk copies)")
+
+
+@needs_hopper
+@pytest.mark.parametrize("n_in", [512, 1024, 2048, 4096])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_bulk_copy_kernel_matches_the_reference(n_in, group):
+    """fmoe_qmv4_bulk (weights streamed into shared memory by bulk copies, tensor cores): 192 rows (3 to 12 stages a
+    table row, so blocks cross from one table row to the next and restage x), bf16 and float32 scales and
+    activations, one x per row and one shared."""
+    from fmoe.kernels import cuda_qmv
+
+    n_out = 192
+    slots = torch.tensor([2, 0, 2], dtype=torch.int32, device="cuda")
+    idx = slots.cpu().numpy()
+    for scale_dtype in (torch.bfloat16, torch.float32):
+        w, s, b, dense = _table(4, group, n_out, n_in, scale_dtype=scale_dtype, seed=n_in + group)
+        for x_dtype, tol in ((torch.bfloat16, 1e-4), (torch.float32, 2e-4)):
+            x = (torch.randn(3, n_in, device="cuda") * torch.logspace(-2, 2, n_in, device="cuda")).to(x_dtype)
+            assert cuda_qmv.supports_bulk(x, w, s, b, group, 4)
+            xf = x.float().cpu().numpy()
+            _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel="bulk").cpu().numpy(),
+                   np.einsum("roi,ri->ro", dense[idx], xf), tol)
+            _close(cuda_qmv.grouped_qmv(x[1:2], w, s, b, slots, 4, group, kernel="bulk").cpu().numpy(),
+                   np.einsum("roi,i->ro", dense[idx], xf[1]), tol)
+
+
+@needs_hopper
+def test_bulk_copy_kernel_refills_its_stages(monkeypatch):
+    """More stages a block than buffers (64 rows of 1024 x 4096: ~31 stages a block), so every buffer is refilled
+    many times, with the default two buffers and with all that fit; the 397B shapes at the decode's 10 rows; against
+    the FMA kernel."""
+    from fmoe.kernels import cuda_qmv
+
+    for n_out, n_in, rows in ((1024, 4096, 64), (1024, 4096, 10), (4096, 1024, 10), (4096, 1024, 64)):
+        w, s, b, _ = _table(4, 64, n_out, n_in, slots=8, seed=n_out + rows)
+        slots = torch.randint(0, 8, (rows,), dtype=torch.int32, device="cuda")
+        for x in (torch.randn(rows, n_in, device="cuda"), torch.randn(rows, n_in, device="cuda").bfloat16()):
+            ref = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="fma").cpu().numpy()
+            for stages in (cuda_qmv.BULK_STAGES, None):
+                monkeypatch.setattr(cuda_qmv, "BULK_STAGES", stages)
+                _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="bulk").cpu().numpy(), ref, 2e-4)
+
+
 @needs_gpu
 def test_tensor_core_and_fma_kernels_agree_on_the_397b_shapes():
     """Every variant of the tensor-core kernel against the FMA kernel: the 397B expert shapes, and 200 x 2048 (a
@@ -263,6 +308,11 @@ def test_every_configuration_compiles_with_nvrtc():
                 expr = f"fmoe_qmv4_mma<{group}, {mode}, {1 - mode}, {mode}, {n_in // ks}, {ks}, {ws}, {minb}>"
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
+    for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
+        for x_t, s_t, kw in ((1, 1, 256), (0, 0, 128)):
+            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}>"
+            cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
+            assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
 
 
 def test_a_kernel_name_that_cannot_run_is_an_error_that_says_why():

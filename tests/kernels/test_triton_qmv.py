@@ -31,7 +31,8 @@ def dequantize_scales(a):
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_grouped_qmv_matches_dequantize_matmul(bits, group, units, monkeypatch):
-    """Every width and group; 3/5/6 bits on the byte kernel and on the unit kernel (FMOE_TRITON_UNITS=1)."""
+    """Every width and group; 3/5/6 bits on the unit kernel (the default) and on the byte kernel
+    (FMOE_TRITON_UNITS=0)."""
     if units == "1" and bits in (2, 4, 8):
         pytest.skip("the unit kernel is for 3/5/6 bits")
     monkeypatch.setenv("FMOE_TRITON_UNITS", units)
