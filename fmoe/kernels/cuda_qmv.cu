@@ -521,14 +521,16 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
 // kernels above hold an item's codes in registers, so an SM's loads stop while its blocks compute and a decode call
 // (20 MB, ~1.6 waves of blocks) alternates between loading and computing: 13 us where a kernel that only reads the
 // same bytes takes 6.7 (bench/results/cuda_stream.md, session 9). Here one block an SM (16 warps) owns a contiguous
-// run of stages (SR = 16 TPS output rows of one table row, all K inputs: codes, scales, biases, one bulk copy each,
-// contiguous in mlx's layout) and thread 0 issues the bulk copies of its first STAGES stages before anything else,
-// so up to ~200 KB an SM are in flight from the start; warps compute a stage as soon as its mbarrier completes, and
-// thread 0 refills the stage once every warp is done with it.
-// Warp w takes tile w / WPT of the stage (16 rows) over inputs (w % WPT) KW .. + KW. The mma mapping is that of
-// fmoe_qmv4_mma, with a lane's codes contiguous: lane (g, c) reads 16 bytes (32 codes) of rows g and g + 8 at byte
-// 16 c of each 64-byte run, so a group of 64 spans lanes c = 0, 1 or 2, 3 of an mma; each lane's B column pair is
-// still its own group's (group % 4), so four groups (a 4 GROUP window) accumulate without mixing.
+// run of stages (SR = 16 TPS TPW output rows of one table row, all K inputs: codes, scales, biases, one bulk copy
+// each, contiguous in mlx's layout); thread 0 issues the copies of its first `stages` stages (the launcher's
+// BULK_STAGES: two were faster than all that fit, which then complete together), warps compute a stage as soon as
+// its mbarrier completes, and thread 0 refills the buffer once every warp is done with it.
+// Warp w takes TPW tiles of 16 rows from tile (w / WPT) TPW of the stage, over inputs (w % WPT) KW .. + KW; its
+// tiles share the activation fragments. The mma mapping is that of fmoe_qmv4_mma, with a lane's codes contiguous:
+// lane (g, c) reads 16 bytes (32 codes) of rows g and g + 8 at byte 16 c of each 64-byte run, so a group of 64 spans
+// lanes c = 0, 1 or 2, 3 of an mma; each lane's B column pair is still its own group's (group % 4), so four groups
+// (a 4 GROUP window) accumulate without mixing. Measured on the H200: the fastest of the three kernels at every
+// shape, issue-bound at decode sizes (0.51-0.57 of HBM; its copies alone 0.77).
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
@@ -594,12 +596,12 @@ __device__ __forceinline__ void bulk_issue(const QmvArgs& a, unsigned char* stag
     bulk_copy(dst + code_bytes + scale_bytes, (const char*)a.b + si, scale_bytes, bar);
 }
 
-template <int GROUP, int XT, int ST, int KW>
+template <int GROUP, int XT, int ST, int KW, int TPW>
 __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages) {
     extern __shared__ __align__(128) unsigned char bsm[];
     __shared__ __align__(8) unsigned long long bars[32];
-    __shared__ float red[2][16][16];
-    const int k = a.n_in, wpt = k / KW, tps = 16 / wpt, sr = 16 * tps, groups = k / GROUP;
+    __shared__ float red[2][16][TPW][16];
+    const int k = a.n_in, wpt = k / KW, sr = 16 * (16 / wpt) * TPW, groups = k / GROUP;
     const int per_row = a.n_out / sr;
     const int es = ST ? 2 : 4;
     const u32 stage_bytes = (u32)sr * k / 2 + 2u * sr * groups * es;
@@ -620,77 +622,99 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
                                   ahead.take(a, u0 + s, per_row, u1), per_row, sr);
     prior_grid_wait();
     next_grid_may_start();
-    const int tw = warp / wpt, kw0 = (warp % wpt) * KW;
-    int staged_r = -1;
+    const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
+    // this lane's B column (hi / lo of the group whose column pair is g / 2) and the offsets of its codes and x
+    const u32* xsrc = (g & 1) ? xs + k / 2 : xs;
+    const float* sx = (const float*)(xs + (XT ? k / 2 : k));
+    int staged_r = -1, s = 0, r = u0 / per_row, n0 = (u0 % per_row) * sr;
+    u32 parity = 0;
     for (int u = u0; u < u1; ++u) {
-        const int i = u - u0, s = i % stages;
-        const BulkPlan p = bulk_plan(u, per_row, sr);
-        if (staged_r < 0 || (p.r != staged_r && a.x_stride != 0)) {   // (block-uniform) every warp is past the
-                                                                          // previous stage's barrier
-            mma_stage<GROUP, XT>(xs, a.x, (i64)p.r * a.x_stride, k, threadIdx.x, blockDim.x);
-            staged_r = p.r;
+        if (staged_r < 0 || (r != staged_r && a.x_stride != 0)) {   // (block-uniform) every warp is past the
+                                                                     // previous stage's barrier
+            mma_stage<GROUP, XT>(xs, a.x, (i64)r * a.x_stride, k, threadIdx.x, blockDim.x);
+            staged_r = r;
             __syncthreads();                    // the first time also makes the barriers' init visible
         }
         unsigned char* stage = bsm + (size_t)s * stage_bytes;
-        bar_wait(smem_addr(&bars[s]), (i / stages) & 1);
-        const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2);
+        bar_wait(smem_addr(&bars[s]), parity);
+        const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2) + 16 * c;
         const unsigned char* scl = stage + (size_t)sr * k / 2;
         const unsigned char* bia = scl + (size_t)sr * groups * es;
-        const u32* xh = xs;
-        const u32* xl = xs + k / 2;
-        const float* sx = (const float*)(xs + (XT ? k / 2 : k));
-        float acc0 = 0.f, acc1 = 0.f, d0[4] = {}, d1[4] = {};
+        float acc0[TPW], acc1[TPW], d0[TPW][4], d1[TPW][4];
+#pragma unroll
+        for (int t = 0; t < TPW; ++t) {
+            acc0[t] = acc1[t] = 0.f;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) d0[t][e] = d1[t][e] = 0.f;
+        }
         int acc_start = kw0;
 #pragma unroll
         for (int j = 0; j < KW / 128; ++j) {
             const int kb = kw0 + 128 * j, p0 = kb + 32 * c;
-            const uint4 wa = *(const uint4*)(codes + kb / 2 + 16 * c);
-            const uint4 wb = *(const uint4*)(codes + (size_t)8 * (k / 2) + kb / 2 + 16 * c);
-            const int grp = p0 / GROUP;
-            const bool mine = (g >> 1) == (grp & 3) && (XT == 0 || (g & 1) == 0);
-            const u32* xsrc = (g & 1) ? xl : xh;
+            uint4 wa[TPW], wb[TPW];
+#pragma unroll
+            for (int t = 0; t < TPW; ++t) {
+                wa[t] = *(const uint4*)(codes + (size_t)(16 * t) * (k / 2) + kb / 2);
+                wb[t] = *(const uint4*)(codes + (size_t)(16 * t + 8) * (k / 2) + kb / 2);
+            }
+            const bool mine = (g >> 1) == ((p0 / GROUP) & 3) && (XT == 0 || (g & 1) == 0);
 #pragma unroll
             for (int jw = 0; jw < 4; ++jw) {
                 uint4 xb = make_uint4(0, 0, 0, 0);
                 if (mine) xb = *(const uint4*)&xsrc[p0 / 2 + 4 * jw];
-                const u32 w0 = word_of(wa, jw), w1 = word_of(wb, jw);
-                mma_bf16(d0, nibble_pair(w0, 0), nibble_pair(w1, 0), nibble_pair(w0, 1), nibble_pair(w1, 1), xb.x,
-                         xb.y);
-                mma_bf16(d1, nibble_pair(w0, 2), nibble_pair(w1, 2), nibble_pair(w0, 3), nibble_pair(w1, 3), xb.z,
-                         xb.w);
+#pragma unroll
+                for (int t = 0; t < TPW; ++t) {
+                    const u32 w0 = word_of(wa[t], jw), w1 = word_of(wb[t], jw);
+                    mma_bf16(d0[t], nibble_pair(w0, 0), nibble_pair(w1, 0), nibble_pair(w0, 1), nibble_pair(w1, 1),
+                             xb.x, xb.y);
+                    mma_bf16(d1[t], nibble_pair(w0, 2), nibble_pair(w1, 2), nibble_pair(w0, 3), nibble_pair(w1, 3),
+                             xb.z, xb.w);
+                }
             }
             if ((kb + 128) % (4 * GROUP) == 0 || j == KW / 128 - 1) {  // the end of a 4-group window: its epilogue
                 const int gc = (kb / (4 * GROUP)) * 4 + c;          // the group of this lane's column pair
                 if (gc * GROUP >= acc_start && gc * GROUP < kb + 128) {
                     const float xsum = sx[gc];
-                    const int i0 = (tw * 16 + g) * groups + gc, i1 = i0 + 8 * groups;
-                    acc0 += smem_f<ST>(scl, i0) * (d0[0] + d0[1] + d1[0] + d1[1] - 128.f * xsum)
-                            + smem_f<ST>(bia, i0) * xsum;
-                    acc1 += smem_f<ST>(scl, i1) * (d0[2] + d0[3] + d1[2] + d1[3] - 128.f * xsum)
-                            + smem_f<ST>(bia, i1) * xsum;
+#pragma unroll
+                    for (int t = 0; t < TPW; ++t) {
+                        const int i0 = (tw * 16 + 16 * t + g) * groups + gc, i1 = i0 + 8 * groups;
+                        acc0[t] += smem_f<ST>(scl, i0) * (d0[t][0] + d0[t][1] + d1[t][0] + d1[t][1] - 128.f * xsum)
+                                   + smem_f<ST>(bia, i0) * xsum;
+                        acc1[t] += smem_f<ST>(scl, i1) * (d0[t][2] + d0[t][3] + d1[t][2] + d1[t][3] - 128.f * xsum)
+                                   + smem_f<ST>(bia, i1) * xsum;
+                    }
                 }
 #pragma unroll
-                for (int e = 0; e < 4; ++e) d0[e] = d1[e] = 0.f;
+                for (int t = 0; t < TPW; ++t)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) d0[t][e] = d1[t][e] = 0.f;
                 acc_start = kb + 128;
             }
         }
-        acc0 += __shfl_xor_sync(0xffffffffu, acc0, 1);
-        acc0 += __shfl_xor_sync(0xffffffffu, acc0, 2);
-        acc1 += __shfl_xor_sync(0xffffffffu, acc1, 1);
-        acc1 += __shfl_xor_sync(0xffffffffu, acc1, 2);
-        if (c == 0) {
-            red[i & 1][warp][g] = acc0;
-            red[i & 1][warp][g + 8] = acc1;
+        const int h = u & 1;
+#pragma unroll
+        for (int t = 0; t < TPW; ++t) {
+            acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 1);
+            acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 2);
+            acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 1);
+            acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 2);
+            if (c == 0) {
+                red[h][warp][t][g] = acc0[t];
+                red[h][warp][t][g + 8] = acc1[t];
+            }
         }
         __syncthreads();                                        // every warp is done with the stage and its x
         if (threadIdx.x == 0 && u + stages < u1)
             bulk_issue<GROUP, ST>(a, stage, smem_addr(&bars[s]), u + stages, ahead.take(a, u + stages, per_row, u1),
                                   per_row, sr);
-        if (threadIdx.x < sr) {
-            const int t = threadIdx.x >> 4, row = threadIdx.x & 15;
+        if (threadIdx.x < sr) {                                 // row threadIdx.x of the stage: tile T, its warps
+            const int tile = threadIdx.x >> 4, row = threadIdx.x & 15, w0 = (tile / TPW) * wpt;
             float v = 0.f;
-            for (int q = 0; q < wpt; ++q) v += red[i & 1][t * wpt + q][row];
-            a.y[(i64)p.r * a.n_out + p.n0 + threadIdx.x] = v;
+            for (int q = 0; q < wpt; ++q) v += red[h][w0 + q][tile % TPW][row];
+            a.y[(i64)r * a.n_out + n0 + threadIdx.x] = v;
         }
+        if (++s == stages) { s = 0; parity ^= 1u; }
+        n0 += sr;
+        if (n0 == a.n_out) { n0 = 0; ++r; }
     }
 }

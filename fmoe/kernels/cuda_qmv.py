@@ -19,8 +19,8 @@ Three kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configurat
 ``MMA_DEFAULT``), which the launcher takes for one matrix; gate+up stays on the FMA kernel. ``kernel="fma"`` or a
 ``config`` forces the FMA kernel, ``kernel=<variant>`` a tensor-core variant (bench/results/cuda_kernels.md), and
 ``kernel="bulk"`` the tensor-core kernel fed by bulk copies into shared memory (``fmoe_qmv4_bulk``, Hopper:
-:func:`supports_bulk`; not the default: its copies alone reach 0.77-0.94 of HBM, but with its products it is no
-faster, bench/results/cuda_stream.md, session 9). On compute capability 9.0+ every launch lets the next kernel of
+:func:`supports_bulk`; the fastest of the three on the H200, 0.51-0.57 of HBM at decode and 0.73-0.81 with 64 rows,
+but not the default until the engine's tests run with it on a GPU: bench/results/cuda_stream.md, session 9). On compute capability 9.0+ every launch lets the next kernel of
 the stream start early (``OVERLAP_PRIOR``: programmatic dependent launch; ours wait for the previous grid before
 reading x).
 """
@@ -102,7 +102,8 @@ def _has_bf16_mma(device: torch.device) -> bool:
 BULK = "bulk"
 BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as many as fit); 2 was the fastest of
                          # 1-6 on the H200 (bench/results/session9/call6_report.txt, call7_report.txt)
-_BULK_STATIC_SMEM = 4096                 # fmoe_qmv4_bulk's static shared memory (barriers, partial sums), rounded up
+_BULK_STATIC_SMEM = 8192                 # fmoe_qmv4_bulk's static shared memory (barriers, partial sums), rounded up
+BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
 
 
 @functools.cache
@@ -113,15 +114,16 @@ def _sm_resources(index: int) -> tuple[int, int]:
 
 
 def _bulk_shape(n_in: int) -> tuple[int, int]:
-    """(inputs per warp, output rows per stage) of fmoe_qmv4_bulk: 16 warps over a stage's tiles of 16 rows."""
+    """(inputs per warp, output rows per stage) of fmoe_qmv4_bulk: 16 warps over a stage's tiles of 16 rows, each
+    warp BULK_TILES_PER_WARP tiles over its inputs."""
     kw = 256 if n_in == 4096 else 128
-    return kw, 16 * (16 // (n_in // kw))
+    return kw, 16 * (16 // (n_in // kw)) * BULK_TILES_PER_WARP
 
 
 def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int,
                   bits: int) -> bool:
     """Whether fmoe_qmv4_bulk runs these operands: those of :func:`supports_mma` on compute capability 9.0+ (bulk
-    copies), output rows a multiple of a stage's (16 at 4096 inputs, 32 / 64 at 1024 / 512), and scales and biases
+    copies), output rows a multiple of a stage's (32 at 2048-4096 inputs, 64 at 1024, 128 at 512), and scales and biases
     16-byte aligned per slot (each stage's are one bulk copy)."""
     if not supports_mma(x, w, group_size, bits):
         return False
@@ -220,7 +222,7 @@ def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, 
     units = rows * (n_out // sr)
     blocks = min(sms, units)
     stages = min(32, BULK_STAGES or 32, (smem_max - _BULK_STATIC_SMEM - x_bytes) // stage_bytes, -(-units // blocks))
-    fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}>", device)
+    fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}>", device)
     fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes, stream,
               [args, ctypes.c_int(rows), ctypes.c_int(stages)], _overlaps_prior(device))
 

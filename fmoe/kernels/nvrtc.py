@@ -133,7 +133,9 @@ class Function:
 
     def __init__(self, handle: ctypes.c_void_p, name: str):
         self.handle, self.name = handle, name
-        self._max_shared = 48 << 10
+        static = ctypes.c_int()                          # CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: its __shared__ arrays
+        _check_cu(_cuda().cuFuncGetAttribute(ctypes.byref(static), 1, handle), f"{name}: static shared memory")
+        self._max_shared = (48 << 10) - static.value     # dynamic bytes a launch may ask for without opting in
 
     def launch(self, grid, block, shared_bytes: int, stream: int, args, overlap_prior: bool = False) -> None:
         """``args``: ctypes values (a Structure passed by value, c_int, c_void_p, ...), in the kernel's order.

@@ -129,12 +129,12 @@ needs_hopper = pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability()
 @pytest.mark.parametrize("n_in", [512, 1024, 2048, 4096])
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_bulk_copy_kernel_matches_the_reference(n_in, group):
-    """fmoe_qmv4_bulk (weights streamed into shared memory by bulk copies, tensor cores): 192 rows (3 to 12 stages a
+    """fmoe_qmv4_bulk (weights streamed into shared memory by bulk copies, tensor cores): 256 rows (2 to 8 stages a
     table row, so blocks cross from one table row to the next and restage x), bf16 and float32 scales and
     activations, one x per row and one shared."""
     from fmoe.kernels import cuda_qmv
 
-    n_out = 192
+    n_out = 256
     slots = torch.tensor([2, 0, 2], dtype=torch.int32, device="cuda")
     idx = slots.cpu().numpy()
     for scale_dtype in (torch.bfloat16, torch.float32):
@@ -309,8 +309,8 @@ def test_every_configuration_compiles_with_nvrtc():
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
     for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
-        for x_t, s_t, kw in ((1, 1, 256), (0, 0, 128)):
-            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}>"
+        for x_t, s_t, kw, tpw in ((1, 1, 256, 2), (0, 0, 128, 1)):
+            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
 
