@@ -46,11 +46,12 @@ template <> __device__ __forceinline__ float load_f<1>(const void* p, i64 i) {
     return __uint_as_float(((u32)__ldg((const u16*)p + i)) << 16);
 }
 
-// Programmatic dependent launch (sm_90+; no-ops before, and when the launch did not ask for it): a kernel launched
-// with it may start while the previous kernel of the stream drains. Ours read only the weights, scales, biases and
-// the slot table before prior_grid_wait() (none of which the previous kernel writes: a slot table comes from a
-// kernel or copy before it, which has completed by then, since ours let the next kernel start only after their own
-// wait), and x, y after it.
+// Programmatic dependent launch (sm_90+; no-ops before, and when the launch did not ask for it: the launcher's
+// OVERLAP_PRIOR, off by default): a kernel launched with it may start while the previous kernel of the stream drains.
+// Ours read the weights, scales, biases and the slot table before prior_grid_wait(), and x, y only after it. That is
+// safe only when the previous kernel wrote none of those: true after one of ours (which let the next kernel start
+// only after its own wait), not when the slot table comes from the kernel right before (a grid's blocks may all have
+// exited before its writes are visible to a dependent that has not waited): hence off by default.
 __device__ __forceinline__ void prior_grid_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");

@@ -20,9 +20,9 @@ Three kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configurat
 ``config`` forces the FMA kernel, ``kernel=<variant>`` a tensor-core variant (bench/results/cuda_kernels.md), and
 ``kernel="bulk"`` the tensor-core kernel fed by bulk copies into shared memory (``fmoe_qmv4_bulk``, Hopper:
 :func:`supports_bulk`; the fastest of the three on the H200, 0.51-0.57 of HBM at decode and 0.73-0.81 with 64 rows,
-but not the default until the engine's tests run with it on a GPU: bench/results/cuda_stream.md, session 9). On compute capability 9.0+ every launch lets the next kernel of
-the stream start early (``OVERLAP_PRIOR``: programmatic dependent launch; ours wait for the previous grid before
-reading x).
+but not the default until the engine's tests run with it on a GPU: bench/results/cuda_stream.md, session 9).
+``OVERLAP_PRIOR`` (off by default) lets a launch start while the stream's previous kernel drains (programmatic
+dependent launch, compute capability 9.0+).
 """
 from __future__ import annotations
 
@@ -46,8 +46,12 @@ MAX_CHUNKS_PER_LANE = 8
 MMA_VARIANTS = {"mma-b3": (512, 0, 3), "mma-k256": (256, 1, 2)}
 MMA_DEFAULT = {False: "mma-b3", True: None}     # one matrix / gate+up (None: the FMA kernel, 0.53 against 0.45-0.48)
 # Programmatic dependent launch on compute capability 9.0+: a launch may start (issue its weight loads) while the
-# stream's previous kernel drains; both kernels wait for the previous grid before reading x (nvrtc.Function.launch).
-OVERLAP_PRIOR = True
+# stream's previous kernel drains; the kernels wait for the previous grid before reading x (nvrtc.Function.launch).
+# Off by default: the kernels read the slot table before that wait, which is safe only where the previous kernel
+# did not write it (the down projection after gate+up, a benchmark's fixed slot sets) but not where it did (the
+# engine's gate+up right after index_select of the routing: its blocks may have exited before their writes are
+# visible). Measured on the H200 with it on: 0.4-0.8 us less a decode call (bench/results/cuda_stream.md, session 9).
+OVERLAP_PRIOR = False
 _PROGRAM = nvrtc.Program(nvrtc.source_file("cuda_qmv.cu").read_text(), "cuda_qmv")
 
 
@@ -102,7 +106,8 @@ def _has_bf16_mma(device: torch.device) -> bool:
 BULK = "bulk"
 BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as many as fit); 2 was the fastest of
                          # 1-6 on the H200 (bench/results/session9/call6_report.txt, call7_report.txt)
-_BULK_STATIC_SMEM = 8192                 # fmoe_qmv4_bulk's static shared memory (barriers, partial sums), rounded up
+_BULK_STATIC_SMEM = 256 + 2048 * 4      # fmoe_qmv4_bulk's static shared memory (barriers, partial sums) at up to 4
+                                         # tiles a warp: for supports_bulk, before the kernel is loaded
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
 
 
@@ -129,8 +134,21 @@ def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases
         return False
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     n_in = w.shape[2] * 32 // bits
-    return _capability(index) >= (9, 0) and w.shape[1] % _bulk_shape(n_in)[1] == 0 and all(
-        t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in (scales, biases))
+    if _capability(index) < (9, 0) or w.shape[1] % _bulk_shape(n_in)[1] or _bulk_stages(
+            x, scales, w.shape[1], n_in, 1, group_size, index, _BULK_STATIC_SMEM) < 1:
+        return False
+    return all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in (w, scales, biases))
+
+
+def _bulk_stages(x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int) -> int:
+    """Stage buffers of fmoe_qmv4_bulk: BULK_STAGES, at most what shared memory holds beside the staged x and the
+    kernel's static arrays, at most one a stage of a block (0: not even one fits)."""
+    kw, sr = _bulk_shape(n_in)
+    stage_bytes = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
+    x_bytes = ((n_in // 2 if x.dtype == torch.bfloat16 else n_in) + n_in // group_size) * 4
+    sms, smem_max = _sm_resources(device)
+    units = rows * (n_out // sr)
+    return min(32, BULK_STAGES or 32, (smem_max - static_bytes - x_bytes) // stage_bytes, -(-units // min(sms, units)))
 
 
 def _overlaps_prior(device_index: int) -> bool:
@@ -213,16 +231,17 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
 
 
 def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, stream) -> None:
-    """fmoe_qmv4_bulk: one block of 16 warps an SM (at most one per stage), as many stages as shared memory holds."""
+    """fmoe_qmv4_bulk: one block of 16 warps an SM (at most one per stage), :func:`_bulk_stages` stage buffers."""
     kw, sr = _bulk_shape(n_in)
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
+    fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}>", device)
+    stages = _bulk_stages(x, s, n_out, n_in, rows, group_size, device, fn.static_shared)
+    if stages < 1:
+        raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
+                         f"memory ({_sm_resources(device)[1]} bytes a block)")
     stage_bytes = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
     x_bytes = ((n_in // 2 if x_t else n_in) + n_in // group_size) * 4
-    sms, smem_max = _sm_resources(device)
-    units = rows * (n_out // sr)
-    blocks = min(sms, units)
-    stages = min(32, BULK_STAGES or 32, (smem_max - _BULK_STATIC_SMEM - x_bytes) // stage_bytes, -(-units // blocks))
-    fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}>", device)
+    blocks = min(_sm_resources(device)[0], rows * (n_out // sr))
     fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes, stream,
               [args, ctypes.c_int(rows), ctypes.c_int(stages)], _overlaps_prior(device))
 

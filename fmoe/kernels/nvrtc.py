@@ -135,6 +135,7 @@ class Function:
         self.handle, self.name = handle, name
         static = ctypes.c_int()                          # CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: its __shared__ arrays
         _check_cu(_cuda().cuFuncGetAttribute(ctypes.byref(static), 1, handle), f"{name}: static shared memory")
+        self.static_shared = static.value                # bytes of its __shared__ arrays
         self._max_shared = (48 << 10) - static.value     # dynamic bytes a launch may ask for without opting in
 
     def launch(self, grid, block, shared_bytes: int, stream: int, args, overlap_prior: bool = False) -> None:

@@ -15,7 +15,8 @@
 // Built at first use by fmoe/kernels/native.py, once per ISA variant with explicit flags (not -march=native):
 // `-O3 -pthread -std=c++17 -fno-math-errno -ffp-contract=off` plus the variant's flags (list below); plain C ABI,
 // called via ctypes.  SIMD paths (AVX2+FMA, and AVX-512/VNNI forms of them) with a portable scalar fallback (and
-// scalar tails when K is not a block multiple); without AVX2 (the generic variant) every mode runs the scalar code.
+// scalar tails when K is not a block multiple); without AVX2 (the generic variant) every mode runs the portable row
+// products (row_scalar: NEON for 2/4/8 bits on aarch64, scalar otherwise).
 //
 // Parts: the SIMD variants build as FMOE_PARTS objects compiled in parallel (-DFMOE_PARTS=P -DFMOE_PART=i) and linked
 // into one library.  Part i generates the code of the bit widths whose index in (2, 3, 4, 5, 6, 8) is i modulo P
@@ -68,12 +69,19 @@
 //   avx512: -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512vnni  (the AVX2 code in EVEX form with 32
 //           vector registers, and the int16 multiply-accumulate fused into one VNNI vpdpwssd)
 //   avx2:   -mavx2 -mfma -mf16c
-//   generic: no ISA flags (portable C++; auto-vectorized by the compiler: SSE2 on x86-64, NEON on aarch64)
+//   generic: no ISA flags (portable C++; on aarch64 with NEON intrinsics for the 2/4/8-bit row products, row_neon)
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define FMOE_AVX2 1
 #else
 #define FMOE_AVX2 0
+#endif
+// NEON on aarch64 (every aarch64 CPU has it): the portable variant's 2/4/8-bit row products (row_neon)
+#if !FMOE_AVX2 && defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define FMOE_NEON 1
+#else
+#define FMOE_NEON 0
 #endif
 #if FMOE_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define FMOE_VNNI 1
@@ -354,9 +362,66 @@ void parallel_chunks(int64_t nchunks, int nthreads, Body&& body, bool split = fa
   pool().run(tramp, static_cast<void*>(&body), nchunks, nthreads, split);
 }
 
+#if FMOE_NEON
+// NEON (aarch64, the generic variant): 16 codes of a row as four float32x4 in order, from 2 * BITS bytes at p.  Byte
+// j holds codes (8 / BITS) j .. LSB first, so nibbles / crumbs are split with AND and shifts and put back in order
+// with zips; then widened u8 -> u16 -> u32 -> float32.
+inline void widen16(uint8x16_t c, float32x4_t (&f)[4]) {
+  const uint16x8_t a = vmovl_u8(vget_low_u8(c)), b = vmovl_high_u8(c);
+  f[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(a)));
+  f[1] = vcvtq_f32_u32(vmovl_high_u16(a));
+  f[2] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(b)));
+  f[3] = vcvtq_f32_u32(vmovl_high_u16(b));
+}
+
+template <int BITS>
+inline void codes16(const uint8_t* p, float32x4_t (&f)[4]) {
+  if constexpr (BITS == 8) {
+    widen16(vld1q_u8(p), f);
+  } else if constexpr (BITS == 4) {
+    const uint8x8_t v = vld1_u8(p);
+    const uint8x8_t lo = vand_u8(v, vdup_n_u8(0x0F)), hi = vshr_n_u8(v, 4);
+    widen16(vcombine_u8(vzip1_u8(lo, hi), vzip2_u8(lo, hi)), f);      // codes 0..7, 8..15
+  } else {                                                            // 2 bits: 4 bytes, codes 4j + t at bit 2t
+    uint32_t word;
+    std::memcpy(&word, p, 4);
+    const uint8x8_t v = vcreate_u8(word), m = vdup_n_u8(3);
+    const uint8x8_t c0 = vand_u8(v, m), c1 = vand_u8(vshr_n_u8(v, 2), m), c2 = vand_u8(vshr_n_u8(v, 4), m),
+                    c3 = vshr_n_u8(v, 6);
+    const uint16x4_t p01 = vreinterpret_u16_u8(vzip1_u8(c0, c1)), p23 = vreinterpret_u16_u8(vzip1_u8(c2, c3));
+    widen16(vcombine_u8(vreinterpret_u8_u16(vzip1_u16(p01, p23)), vreinterpret_u8_u16(vzip2_u16(p01, p23))), f);
+  }
+}
+
+// One row's sum over all K (a multiple of gs, gs of 16): per group the scale and bias are loaded once, each code's
+// weight is fma(q, s, b) and four float32x4 accumulators take its products with x.
+template <int BITS, bool BF16>
+float row_neon(const uint32_t* row, const void* sc, const void* bi, int64_t srow, const float* x, int64_t K, int gs) {
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(row);
+  float32x4_t acc[4] = {vdupq_n_f32(0.f), vdupq_n_f32(0.f), vdupq_n_f32(0.f), vdupq_n_f32(0.f)};
+  for (int64_t g0 = 0; g0 < K; g0 += gs) {
+    const float32x4_t s = vdupq_n_f32(load_scale<BF16>(sc, srow + g0 / gs));
+    const float32x4_t b = vdupq_n_f32(load_scale<BF16>(bi, srow + g0 / gs));
+    for (int64_t k = g0; k < g0 + gs; k += 16) {
+      float32x4_t f[4];
+      codes16<BITS>(p + k * BITS / 8, f);
+      FMOE_UNROLL for (int i = 0; i < 4; ++i) acc[i] = vfmaq_f32(acc[i], vfmaq_f32(b, f[i], s), vld1q_f32(x + k + 4 * i));
+    }
+  }
+  return vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+}
+#endif
+
 template <bool BF16>
 float row_scalar(const uint32_t* row, const void* sc, const void* bi, int64_t srow, const float* x, int64_t k0,
                  int64_t K, int bits, int gs) {
+#if FMOE_NEON
+  if (k0 == 0 && gs % 16 == 0 && K % gs == 0) {
+    if (bits == 4) return row_neon<4, BF16>(row, sc, bi, srow, x, K, gs);
+    if (bits == 8) return row_neon<8, BF16>(row, sc, bi, srow, x, K, gs);
+    if (bits == 2) return row_neon<2, BF16>(row, sc, bi, srow, x, K, gs);
+  }
+#endif
   float acc = 0.f;
   for (int64_t k = k0; k < K; ++k) {
     int64_t g = srow + k / gs;

@@ -129,9 +129,10 @@ needs_hopper = pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability()
 @pytest.mark.parametrize("n_in", [512, 1024, 2048, 4096])
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_bulk_copy_kernel_matches_the_reference(n_in, group):
-    """fmoe_qmv4_bulk (weights streamed into shared memory by bulk copies, tensor cores): 256 rows (2 to 8 stages a
-    table row, so blocks cross from one table row to the next and restage x), bf16 and float32 scales and
-    activations, one x per row and one shared."""
+    """fmoe_qmv4_bulk (weights streamed into shared memory by bulk copies, tensor cores) against the reference: every
+    group size and input count (16 to 128 rows a stage), bf16 and float32 scales and activations, one x per row and
+    one shared; 256 rows x 3 table rows are at most 24 stages, one a block on the H200 (refills and blocks that cross
+    table rows: the next test)."""
     from fmoe.kernels import cuda_qmv
 
     n_out = 256
@@ -151,9 +152,10 @@ def test_bulk_copy_kernel_matches_the_reference(n_in, group):
 
 @needs_hopper
 def test_bulk_copy_kernel_refills_its_stages(monkeypatch):
-    """More stages a block than buffers (64 rows of 1024 x 4096: ~31 stages a block), so every buffer is refilled
-    many times, with the default two buffers and with all that fit; the 397B shapes at the decode's 10 rows; against
-    the FMA kernel."""
+    """More stages a block than buffers (64 rows: ~15 stages a block at 1024 x 4096, ~31 at 4096 x 1024, with two
+    buffers), so buffers are refilled many times and blocks cross from one table row to the next (restaging x); the
+    397B shapes at the decode's 10 rows; float32 and bf16 activations, one x per row; then groups 32 and 128 with
+    float32 scales and one shared x. Against the FMA kernel."""
     from fmoe.kernels import cuda_qmv
 
     for n_out, n_in, rows in ((1024, 4096, 64), (1024, 4096, 10), (4096, 1024, 10), (4096, 1024, 64)):
@@ -164,6 +166,13 @@ def test_bulk_copy_kernel_refills_its_stages(monkeypatch):
             for stages in (cuda_qmv.BULK_STAGES, None):
                 monkeypatch.setattr(cuda_qmv, "BULK_STAGES", stages)
                 _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="bulk").cpu().numpy(), ref, 2e-4)
+    monkeypatch.setattr(cuda_qmv, "BULK_STAGES", 2)
+    for group in (32, 128):
+        w, s, b, _ = _table(4, group, 1024, 4096, slots=8, seed=group, scale_dtype=torch.float32)
+        slots = torch.randint(0, 8, (64,), dtype=torch.int32, device="cuda")
+        x = torch.randn(1, 4096, device="cuda").bfloat16()
+        ref = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel="fma").cpu().numpy()
+        _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel="bulk").cpu().numpy(), ref, 2e-4)
 
 
 @needs_gpu
@@ -325,6 +334,10 @@ def test_a_kernel_name_that_cannot_run_is_an_error_that_says_why():
         cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="fast")
     with pytest.raises(ValueError, match="needs 4 bits.*got 2 bits"):
         cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="mma-b3")
+    with pytest.raises(ValueError, match="kernel='bulk': one matrix.*got 2 bits, group 64, 512 inputs, 32 outputs"):
+        cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="bulk")
+    with pytest.raises(ValueError, match="kernel='bulk': one matrix"):
+        cuda_qmv.grouped_gate_up(torch.zeros(1, 512), w, s, b, w, s, b, slots, 2, 64, kernel="bulk")
 
 
 def test_bad_operands_are_errors_that_name_them():

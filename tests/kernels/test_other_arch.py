@@ -1,8 +1,9 @@
 """The native kernel (fmoe/kernels/qmv.cpp) built for aarch64 with a cross compiler and run under qemu-user: its
-portable path (the only one on ARM: no NEON intrinsics are written) against a double-precision reference, with no
-Python on the emulated side (tests/kernels/data/qmv_check.cpp). Skipped where the tools are missing; on Debian:
-``apt-get install g++-aarch64-linux-gnu qemu-user``. This checks results, not speed (an emulator's timings mean
-nothing)."""
+generic variant (the only one on ARM: portable C++, with NEON row products for 2/4/8 bits) against a
+double-precision reference, with no Python on the emulated side (tests/kernels/data/qmv_check.cpp). Skipped where the
+tools are missing; on Debian: ``apt-get install g++-aarch64-linux-gnu qemu-user``. This checks results, not speed (an
+emulator's timings mean nothing)."""
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,3 +30,7 @@ def test_qmv_and_dequant_on_aarch64(tmp_path):
     out = subprocess.run([QEMU, str(exe)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().startswith("ok "), out.stdout[-2000:]
     assert int(out.stdout.split()[-1]) == 468          # every (bits, group, scale dtype, rows, threads, mode) ran
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump:                                        # the NEON row products are in the object (vector FMAs)
+        asm = subprocess.run([objdump, "-d", str(kernel)], capture_output=True, text=True, check=True).stdout
+        assert re.search(r"fmla\s+v\d+\.4s", asm) and re.search(r"ucvtf\s+v\d+\.4s", asm)
