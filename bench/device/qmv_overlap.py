@@ -77,7 +77,8 @@ def main() -> int:
     ap.add_argument("--round2", action="store_true", help="only the loads-only ablations of call 4")
     ap.add_argument("--bulk", action="store_true", help="only the bulk-copy kernel against the engine's and the peer")
     ap.add_argument("--bulk-copies", action="store_true", help="the bulk kernel with and without its products")
-    ap.add_argument("--stages", type=int, nargs="+", default=[0], help="bulk: stage buffers in flight (0: all that fit)")
+    ap.add_argument("--stages", type=int, nargs="+", default=[0],
+                    help="bulk: stage buffers in flight (0: all that fit)")
     a = ap.parse_args()
     base = cuda_qmv._PROGRAM
     bw = ck.hbm_bandwidth()

@@ -86,6 +86,27 @@ def test_gate_up_in_one_pass(bits):
         _close(h.cpu().numpy(), ref)
 
 
+def _check_one_matrix(kernel, n_in, group, n_out, supported):
+    """4-bit kernel ``kernel`` against the reference on 3 rows of slots [2, 0, 2]: bf16 and float32 scales, bf16
+    (within 1e-4) and float32 activations spanning 1e-2..1e2 (within 2e-4), one x per row and one shared; asserts
+    ``supported(x, w, s, b)`` first. Returns (slots, their numpy copy)."""
+    from fmoe.kernels import cuda_qmv
+
+    slots = torch.tensor([2, 0, 2], dtype=torch.int32, device="cuda")
+    idx = slots.cpu().numpy()
+    for scale_dtype in (torch.bfloat16, torch.float32):
+        w, s, b, dense = _table(4, group, n_out, n_in, scale_dtype=scale_dtype, seed=n_in + group)
+        for x_dtype, tol in ((torch.bfloat16, 1e-4), (torch.float32, 2e-4)):
+            x = (torch.randn(3, n_in, device="cuda") * torch.logspace(-2, 2, n_in, device="cuda")).to(x_dtype)
+            assert supported(x, w, s, b)
+            xf = x.float().cpu().numpy()
+            _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel=kernel).cpu().numpy(),
+                   np.einsum("roi,ri->ro", dense[idx], xf), tol)
+            _close(cuda_qmv.grouped_qmv(x[1:2], w, s, b, slots, 4, group, kernel=kernel).cpu().numpy(),
+                   np.einsum("roi,i->ro", dense[idx], xf[1]), tol)
+    return slots, idx
+
+
 @needs_gpu
 @pytest.mark.parametrize("n_in", [512, 1024, 2048, 4096])
 @pytest.mark.parametrize("group", [32, 64, 128])
@@ -99,18 +120,7 @@ def test_tensor_core_kernel_matches_the_reference(n_in, group, variant):
     kernel = cuda_qmv.MMA_DEFAULT[False] if variant == "default" else variant
 
     n_out = 200
-    slots = torch.tensor([2, 0, 2], dtype=torch.int32, device="cuda")
-    idx = slots.cpu().numpy()
-    for scale_dtype in (torch.bfloat16, torch.float32):
-        w, s, b, dense = _table(4, group, n_out, n_in, scale_dtype=scale_dtype, seed=n_in + group)
-        for x_dtype, tol in ((torch.bfloat16, 1e-4), (torch.float32, 2e-4)):
-            x = (torch.randn(3, n_in, device="cuda") * torch.logspace(-2, 2, n_in, device="cuda")).to(x_dtype)
-            assert cuda_qmv.supports_mma(x, w, group, 4)
-            xf = x.float().cpu().numpy()
-            _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel=kernel).cpu().numpy(),
-                   np.einsum("roi,ri->ro", dense[idx], xf), tol)
-            _close(cuda_qmv.grouped_qmv(x[1:2], w, s, b, slots, 4, group, kernel=kernel).cpu().numpy(),
-                   np.einsum("roi,i->ro", dense[idx], xf[1]), tol)
+    slots, idx = _check_one_matrix(kernel, n_in, group, n_out, lambda x, w, s, b: cuda_qmv.supports_mma(x, w, group, 4))
     w, s, b, dense = _table(4, group, n_out, n_in, seed=6)
     wu, su, bu, du = _table(4, group, n_out, n_in, seed=7)
     x = torch.randn(1, n_in, device="cuda").to(torch.bfloat16)
@@ -135,19 +145,7 @@ def test_bulk_copy_kernel_matches_the_reference(n_in, group):
     table rows: the next test)."""
     from fmoe.kernels import cuda_qmv
 
-    n_out = 256
-    slots = torch.tensor([2, 0, 2], dtype=torch.int32, device="cuda")
-    idx = slots.cpu().numpy()
-    for scale_dtype in (torch.bfloat16, torch.float32):
-        w, s, b, dense = _table(4, group, n_out, n_in, scale_dtype=scale_dtype, seed=n_in + group)
-        for x_dtype, tol in ((torch.bfloat16, 1e-4), (torch.float32, 2e-4)):
-            x = (torch.randn(3, n_in, device="cuda") * torch.logspace(-2, 2, n_in, device="cuda")).to(x_dtype)
-            assert cuda_qmv.supports_bulk(x, w, s, b, group, 4)
-            xf = x.float().cpu().numpy()
-            _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel="bulk").cpu().numpy(),
-                   np.einsum("roi,ri->ro", dense[idx], xf), tol)
-            _close(cuda_qmv.grouped_qmv(x[1:2], w, s, b, slots, 4, group, kernel="bulk").cpu().numpy(),
-                   np.einsum("roi,i->ro", dense[idx], xf[1]), tol)
+    _check_one_matrix("bulk", n_in, group, 256, lambda x, w, s, b: cuda_qmv.supports_bulk(x, w, s, b, group, 4))
 
 
 @needs_hopper
