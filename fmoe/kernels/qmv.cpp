@@ -16,7 +16,7 @@
 // `-O3 -pthread -std=c++17 -fno-math-errno -ffp-contract=off` plus the variant's flags (list below); plain C ABI,
 // called via ctypes.  SIMD paths (AVX2+FMA, and AVX-512/VNNI forms of them) with a portable scalar fallback (and
 // scalar tails when K is not a block multiple); without AVX2 (the generic variant) every mode runs the portable row
-// products (row_scalar: NEON for 2/4/8 bits on aarch64, scalar otherwise).
+// products (row_scalar: NEON on aarch64, scalar otherwise).
 //
 // Parts: the SIMD variants build as FMOE_PARTS objects compiled in parallel (-DFMOE_PARTS=P -DFMOE_PART=i) and linked
 // into one library.  Part i generates the code of the bit widths whose index in (2, 3, 4, 5, 6, 8) is i modulo P
@@ -69,14 +69,14 @@
 //   avx512: -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512vnni  (the AVX2 code in EVEX form with 32
 //           vector registers, and the int16 multiply-accumulate fused into one VNNI vpdpwssd)
 //   avx2:   -mavx2 -mfma -mf16c
-//   generic: no ISA flags (portable C++; on aarch64 with NEON intrinsics for the 2/4/8-bit row products, row_neon)
+//   generic: no ISA flags (portable C++; on aarch64 with NEON intrinsics for the row products, row_neon)
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define FMOE_AVX2 1
 #else
 #define FMOE_AVX2 0
 #endif
-// NEON on aarch64 (every aarch64 CPU has it): the portable variant's 2/4/8-bit row products (row_neon)
+// NEON on aarch64 (every aarch64 CPU has it): the portable variant's row products (row_neon)
 #if !FMOE_AVX2 && defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
 #define FMOE_NEON 1
@@ -363,9 +363,9 @@ void parallel_chunks(int64_t nchunks, int nthreads, Body&& body, bool split = fa
 }
 
 #if FMOE_NEON
-// NEON (aarch64, the generic variant): 16 codes of a row as four float32x4 in order, from 2 * BITS bytes at p.  Byte
-// j holds codes (8 / BITS) j .. LSB first, so nibbles / crumbs are split with AND and shifts and put back in order
-// with zips; then widened u8 -> u16 -> u32 -> float32.
+// NEON (aarch64, the generic variant): 16 codes of a row as four float32x4 in order, from 2 * BITS bytes at p.  2/4/8
+// bits: byte j holds codes (8 / BITS) j .. LSB first, so nibbles / crumbs are split with AND and shifts and put back
+// in order with zips; then widened u8 -> u16 -> u32 -> float32.
 inline void widen16(uint8x16_t c, float32x4_t (&f)[4]) {
   const uint16x8_t a = vmovl_u8(vget_low_u8(c)), b = vmovl_high_u8(c);
   f[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(a)));
@@ -374,9 +374,42 @@ inline void widen16(uint8x16_t c, float32x4_t (&f)[4]) {
   f[3] = vcvtq_f32_u32(vmovl_high_u16(b));
 }
 
+// 3, 5, 6 bits: 8 codes span BITS bytes; code j sits at bit BITS * j, inside the 16-bit window that starts at byte
+// BITS * j / 8.  A table lookup gathers the 8 windows into u16 lanes, a per-lane shift and a mask leave the codes.
+// The BITS bytes are copied into a zeroed register first (no read past the row's end).
+template <int BITS>
+struct OddCodes {
+  uint8_t idx[16];
+  int16_t shift[8];
+  constexpr OddCodes() : idx(), shift() {
+    for (int j = 0; j < 8; ++j) {
+      idx[2 * j] = static_cast<uint8_t>(BITS * j / 8);
+      idx[2 * j + 1] = static_cast<uint8_t>(BITS * j / 8 + 1);
+      shift[j] = static_cast<int16_t>(-(BITS * j % 8));
+    }
+  }
+};
+
+template <int BITS>
+inline void codes8_odd(const uint8_t* p, uint8x16_t idx, int16x8_t shift, float32x4_t& lo, float32x4_t& hi) {
+  uint64_t bytes = 0;
+  std::memcpy(&bytes, p, BITS);
+  const uint8x16_t table = vcombine_u8(vcreate_u8(bytes), vdup_n_u8(0));
+  const uint16x8_t win = vreinterpretq_u16_u8(vqtbl1q_u8(table, idx));
+  const uint16x8_t c = vandq_u16(vshlq_u16(win, shift), vdupq_n_u16((1u << BITS) - 1u));
+  lo = vcvtq_f32_u32(vmovl_u16(vget_low_u16(c)));
+  hi = vcvtq_f32_u32(vmovl_high_u16(c));
+}
+
 template <int BITS>
 inline void codes16(const uint8_t* p, float32x4_t (&f)[4]) {
-  if constexpr (BITS == 8) {
+  if constexpr (BITS == 3 || BITS == 5 || BITS == 6) {
+    static constexpr OddCodes<BITS> t{};
+    const uint8x16_t idx = vld1q_u8(t.idx);
+    const int16x8_t shift = vld1q_s16(t.shift);
+    codes8_odd<BITS>(p, idx, shift, f[0], f[1]);
+    codes8_odd<BITS>(p + BITS, idx, shift, f[2], f[3]);
+  } else if constexpr (BITS == 8) {
     widen16(vld1q_u8(p), f);
   } else if constexpr (BITS == 4) {
     const uint8x8_t v = vld1_u8(p);
@@ -417,9 +450,14 @@ float row_scalar(const uint32_t* row, const void* sc, const void* bi, int64_t sr
                  int64_t K, int bits, int gs) {
 #if FMOE_NEON
   if (k0 == 0 && gs % 16 == 0 && K % gs == 0) {
-    if (bits == 4) return row_neon<4, BF16>(row, sc, bi, srow, x, K, gs);
-    if (bits == 8) return row_neon<8, BF16>(row, sc, bi, srow, x, K, gs);
-    if (bits == 2) return row_neon<2, BF16>(row, sc, bi, srow, x, K, gs);
+    switch (bits) {
+      case 2: return row_neon<2, BF16>(row, sc, bi, srow, x, K, gs);
+      case 3: return row_neon<3, BF16>(row, sc, bi, srow, x, K, gs);
+      case 4: return row_neon<4, BF16>(row, sc, bi, srow, x, K, gs);
+      case 5: return row_neon<5, BF16>(row, sc, bi, srow, x, K, gs);
+      case 6: return row_neon<6, BF16>(row, sc, bi, srow, x, K, gs);
+      case 8: return row_neon<8, BF16>(row, sc, bi, srow, x, K, gs);
+    }
   }
 #endif
   float acc = 0.f;

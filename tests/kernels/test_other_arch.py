@@ -1,5 +1,5 @@
 """The native kernel (fmoe/kernels/qmv.cpp) built for aarch64 with a cross compiler and run under qemu-user: its
-generic variant (the only one on ARM: portable C++, with NEON row products for 2/4/8 bits) against a
+generic variant (the only one on ARM: portable C++, with NEON row products at every width) against a
 double-precision reference, with no Python on the emulated side (tests/kernels/data/qmv_check.cpp). Skipped where the
 tools are missing; on Debian: ``apt-get install g++-aarch64-linux-gnu qemu-user``. This checks results, not speed (an
 emulator's timings mean nothing)."""
