@@ -180,8 +180,9 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
     res = {"kernel": kernel, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group,
            "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots}
     if kernel != "triton":
-        mma = cuda_qmv.MMA_VARIANTS.get(variant or cuda_qmv.MMA_DEFAULT[gate_up])
-        if variant == cuda_qmv.BULK:
+        chosen = variant or cuda_qmv.MMA_DEFAULT[gate_up]
+        mma = cuda_qmv.MMA_VARIANTS.get(chosen)
+        if chosen == cuda_qmv.BULK and cuda_qmv.supports_bulk(x, w, s, b, group, bits):
             res["config"] = "tensor cores, bulk copies"
         elif mma is not None and cuda_qmv.supports_mma(x, w, group, bits):
             res["config"] = f"tensor cores {list(mma)}"

@@ -44,7 +44,24 @@ MAX_CHUNKS_PER_LANE = 8
 # per-warp staging at 512 inputs, codes through shared memory by cp.async) were removed; their rows stay in the
 # session 8 results.
 MMA_VARIANTS = {"mma-b3": (512, 0, 3), "mma-k256": (256, 1, 2)}
-MMA_DEFAULT = {False: "mma-b3", True: None}     # one matrix / gate+up (None: the FMA kernel, 0.53 against 0.45-0.48)
+BULK = "bulk"
+
+
+def _one_matrix_default() -> str | None:
+    """The one-matrix 4-bit kernel: ``FMOE_CUDA_QMV4`` = a name of MMA_VARIANTS (default "mma-b3"), "bulk" (Hopper;
+    where it cannot run, the first tensor-core variant) or "fma" (the FMA kernel)."""
+    import os
+
+    name = os.environ.get("FMOE_CUDA_QMV4", "mma-b3")
+    if name == "fma":
+        return None
+    if name in MMA_VARIANTS or name == BULK:
+        return name
+    raise ValueError(f"FMOE_CUDA_QMV4={name!r}: one of 'fma', {BULK!r}, {', '.join(map(repr, MMA_VARIANTS))}")
+
+
+# one matrix / gate+up (None: the FMA kernel, which is faster for two matrices: 0.53 of HBM against 0.45-0.48)
+MMA_DEFAULT = {False: _one_matrix_default(), True: None}
 # Programmatic dependent launch on compute capability 9.0+: a launch may start (issue its weight loads) while the
 # stream's previous kernel drains; the kernels wait for the previous grid before reading x (nvrtc.Function.launch).
 # Off by default: the kernels read the slot table before that wait, which is safe only where the previous kernel
@@ -103,7 +120,6 @@ def _has_bf16_mma(device: torch.device) -> bool:
     return _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (8, 0)
 
 
-BULK = "bulk"
 BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as many as fit); 2 was the fastest of
                          # 1-6 on the H200 (bench/results/session9/call6_report.txt, call7_report.txt)
 _BULK_STATIC_SMEM = 256 + 2048 * 4      # fmoe_qmv4_bulk's static shared memory (barriers, partial sums) at up to 4
@@ -189,6 +205,8 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
             raise ValueError(f"kernel={kernel!r}: the tensor-core kernel takes no FMA config and needs 4 bits, groups "
                              f"of 32/64/128, 512/1024/2048/4096 inputs and compute capability 8.0 or later "
                              f"(got {bits} bits, group {group_size}, {n_in} inputs)")
+    if kernel is None and config is None and not gate_up and MMA_DEFAULT[False] == BULK:
+        kernel = BULK if supports_bulk(x, w, s, b, group_size, bits) else next(iter(MMA_VARIANTS))
     if x.dtype not in _DTYPE_CODE or x.stride(1) != 1:
         x = x.to(torch.float32).contiguous()
     if x.data_ptr() % 16 or (x.shape[0] > 1 and x.stride(0) * x.element_size() % 16):

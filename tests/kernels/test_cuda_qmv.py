@@ -338,6 +338,20 @@ def test_a_kernel_name_that_cannot_run_is_an_error_that_says_why():
         cuda_qmv.grouped_gate_up(torch.zeros(1, 512), w, s, b, w, s, b, slots, 2, 64, kernel="bulk")
 
 
+def test_the_one_matrix_kernel_is_chosen_by_fmoe_cuda_qmv4(monkeypatch):
+    """FMOE_CUDA_QMV4 names the one-matrix 4-bit kernel (no GPU needed: only the name is read)."""
+    from fmoe.kernels import cuda_qmv
+
+    for name, chosen in (("mma-b3", "mma-b3"), ("mma-k256", "mma-k256"), ("bulk", "bulk"), ("fma", None)):
+        monkeypatch.setenv("FMOE_CUDA_QMV4", name)
+        assert cuda_qmv._one_matrix_default() == chosen
+    monkeypatch.delenv("FMOE_CUDA_QMV4")
+    assert cuda_qmv._one_matrix_default() == "mma-b3"
+    monkeypatch.setenv("FMOE_CUDA_QMV4", "fastest")
+    with pytest.raises(ValueError, match="FMOE_CUDA_QMV4='fastest': one of 'fma', 'bulk', 'mma-b3'"):
+        cuda_qmv._one_matrix_default()
+
+
 def test_bad_operands_are_errors_that_name_them():
     """fmoe/kernels/slot_table.py, the checks both GPU kernels run before a launch (no GPU needed)."""
     from fmoe.kernels.slot_table import check_operands
