@@ -156,14 +156,19 @@ def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases
     return all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in (w, scales, biases))
 
 
+def _bulk_bytes(x, s, n_in: int, group_size: int) -> tuple[int, int]:
+    """(bytes of one stage buffer, bytes of the staged x) of fmoe_qmv4_bulk's dynamic shared memory."""
+    sr = _bulk_shape(n_in)[1]
+    stage = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
+    return stage, ((n_in // 2 if x.dtype == torch.bfloat16 else n_in) + n_in // group_size) * 4
+
+
 def _bulk_stages(x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int) -> int:
     """Stage buffers of fmoe_qmv4_bulk: BULK_STAGES, at most what shared memory holds beside the staged x and the
     kernel's static arrays, at most one a stage of a block (0: not even one fits)."""
-    kw, sr = _bulk_shape(n_in)
-    stage_bytes = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
-    x_bytes = ((n_in // 2 if x.dtype == torch.bfloat16 else n_in) + n_in // group_size) * 4
+    stage_bytes, x_bytes = _bulk_bytes(x, s, n_in, group_size)
     sms, smem_max = _sm_resources(device)
-    units = rows * (n_out // sr)
+    units = rows * (n_out // _bulk_shape(n_in)[1])
     return min(32, BULK_STAGES or 32, (smem_max - static_bytes - x_bytes) // stage_bytes, -(-units // min(sms, units)))
 
 
@@ -257,8 +262,7 @@ def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, 
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
                          f"memory ({_sm_resources(device)[1]} bytes a block)")
-    stage_bytes = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
-    x_bytes = ((n_in // 2 if x_t else n_in) + n_in // group_size) * 4
+    stage_bytes, x_bytes = _bulk_bytes(x, s, n_in, group_size)
     blocks = min(_sm_resources(device)[0], rows * (n_out // sr))
     fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes, stream,
               [args, ctypes.c_int(rows), ctypes.c_int(stages)], _overlaps_prior(device))
