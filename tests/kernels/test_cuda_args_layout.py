@@ -21,8 +21,9 @@ def test_ctypes_args_match_the_kernels_struct(tmp_path):
     struct = re.search(r"^struct QmvArgs \{.*?^\};", src, flags=re.M | re.S).group(0)
     names = [f[0] for f in cuda_qmv._Args._fields_]
     prints = "\n".join(f'    std::printf("{n} %zu\\n", offsetof(QmvArgs, {n}));' for n in names)
+    size = '    std::printf("size %zu\\n", sizeof(QmvArgs));'
     (tmp_path / "layout.cpp").write_text(f"#include <cstddef>\n#include <cstdio>\n{typedefs}\n{struct}\n"
-                                         f"int main() {{\n{prints}\n    std::printf(\"size %zu\\n\", sizeof(QmvArgs));\n}}\n")
+                                         f"int main() {{\n{prints}\n{size}\n}}\n")
     subprocess.run([CXX, "-std=c++17", str(tmp_path / "layout.cpp"), "-o", str(tmp_path / "layout")], check=True)
     out = dict(line.split() for line in subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True,
                                                        check=True).stdout.splitlines())
