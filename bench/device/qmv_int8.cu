@@ -1,6 +1,8 @@
 // EXPERIMENT (session 9, not run on a GPU yet): fmoe_qmv4_bulk8, the bulk-copy kernel of fmoe/kernels/cuda_qmv.cu
 // with its products on int8 tensor cores (mma.sync m16n8k32 s8.s8.s32) instead of bf16 ones. bench/device/qmv_int8.py
-// appends this file to cuda_qmv.cu (it uses that file's helpers), checks it against the FMA kernel and times it.
+// appends this file to cuda_qmv.cu (it uses that file's helpers), checks it against the FMA kernel and times it. It is
+// a copy of fmoe_qmv4_bulk with the staging and the products changed, kept apart until it has run on a GPU: if it
+// wins, fold it into that kernel as a template parameter.
 //
 // Why: at decode sizes the bulk kernel is issue-bound (bench/results/cuda_stream.md, session 9): ~13 issued
 // instructions per bf16 mma, 7 of them the nibble extraction (a shift and a LOP3 per pair of codes). Here a code word
