@@ -29,7 +29,8 @@ def test_qmv_and_dequant_on_aarch64(tmp_path):
     subprocess.run([CXX, "-static", "-pthread", str(kernel), str(driver), "-o", str(exe)], check=True)
     out = subprocess.run([QEMU, str(exe)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().startswith("ok "), out.stdout[-2000:]
-    assert int(out.stdout.split()[-1]) == 468          # every (bits, group, scale dtype, rows, threads, mode) ran
+    assert int(out.stdout.split()[-1]) == 468 + 144    # every (bits, group, scale dtype, rows, threads, mode) ran,
+                                                       # and every fused (bits, group, scale dtype, threads, accumulate)
     objdump = shutil.which("aarch64-linux-gnu-objdump")
     if objdump:                                        # the NEON row products are in the object (vector FMAs)
         asm = subprocess.run([objdump, "-d", str(kernel)], capture_output=True, text=True, check=True).stdout
