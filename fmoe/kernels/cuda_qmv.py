@@ -197,6 +197,10 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
         if up[0].shape != w.shape or up[0].stride(0) != w.stride(0) or up[1].stride(0) != s.stride(0) \
                 or up[1].dtype != s.dtype:
             raise ValueError("gate and up must share shapes, slot strides and dtypes")
+    if kernel is not None and kernel not in ("fma", BULK, *MMA_VARIANTS):
+        raise ValueError(f"kernel={kernel!r}: one of 'fma', {BULK!r}, {', '.join(map(repr, MMA_VARIANTS))}")
+    if rows == 0:                                     # no rows: nothing to launch (a grid of 0 blocks is an error)
+        return out if out is not None else torch.empty(0, n_out, dtype=torch.float32, device=x.device)
     if kernel is not None and kernel != "fma":
         if kernel == BULK:
             if config is not None or gate_up or not supports_bulk(x, w, s, b, group_size, bits):
@@ -204,8 +208,6 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
                                  f"512/1024/2048/4096 inputs, output rows a multiple of a stage's, 16-byte aligned "
                                  f"scales and compute capability 9.0 or later (got {bits} bits, group {group_size}, "
                                  f"{n_in} inputs, {n_out} outputs)")
-        elif kernel not in MMA_VARIANTS:
-            raise ValueError(f"kernel={kernel!r}: one of 'fma', {BULK!r}, {', '.join(map(repr, MMA_VARIANTS))}")
         elif config is not None or not supports_mma(x, w, group_size, bits):
             raise ValueError(f"kernel={kernel!r}: the tensor-core kernel takes no FMA config and needs 4 bits, groups "
                              f"of 32/64/128, 512/1024/2048/4096 inputs and compute capability 8.0 or later "

@@ -352,6 +352,19 @@ def test_the_one_matrix_kernel_is_chosen_by_fmoe_cuda_qmv4(monkeypatch):
         cuda_qmv._one_matrix_default()
 
 
+def test_no_rows_is_an_empty_result_without_a_launch():
+    """An empty slot table gives [0, out] (a launch of zero blocks would be a driver error); no GPU needed."""
+    from fmoe.kernels import cuda_qmv
+
+    w, s, b, _ = _table(4, 64, 32, 512, device="cpu")
+    none = torch.zeros(0, dtype=torch.int32)
+    for kernel in (None, "fma", "bulk"):
+        assert cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, none, 4, 64, kernel=kernel).shape == (0, 32)
+    assert cuda_qmv.grouped_gate_up(torch.zeros(1, 512), w, s, b, w, s, b, none, 4, 64).shape == (0, 32)
+    with pytest.raises(ValueError, match="kernel='fast': one of 'fma', 'bulk'"):
+        cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, none, 4, 64, kernel="fast")
+
+
 def test_bad_operands_are_errors_that_name_them():
     """fmoe/kernels/slot_table.py, the checks both GPU kernels run before a launch (no GPU needed)."""
     from fmoe.kernels.slot_table import check_operands
