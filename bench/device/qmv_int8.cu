@@ -1,8 +1,8 @@
 // EXPERIMENT (session 9, not run on a GPU yet): fmoe_qmv4_bulk8, the bulk-copy kernel of fmoe/kernels/cuda_qmv.cu
 // with its products on int8 tensor cores (mma.sync m16n8k32 s8.s8.s32) instead of bf16 ones. bench/device/qmv_int8.py
-// appends this file to cuda_qmv.cu (it uses that file's helpers), checks it against the FMA kernel and times it. It is
-// a copy of fmoe_qmv4_bulk with the staging and the products changed, kept apart until it has run on a GPU: if it
-// wins, fold it into that kernel as a template parameter.
+// appends this file to cuda_qmv.cu (it uses that file's helpers: the stage ring's bulk_start / bulk_finish /
+// bulk_next), checks it against the FMA kernel and times it. It is fmoe_qmv4_bulk with the staging and the products
+// changed, kept apart until it has run on a GPU: if it wins, fold it into that kernel as a template parameter.
 //
 // Why: at decode sizes the bulk kernel is issue-bound (bench/results/cuda_stream.md, session 9): ~13 issued
 // instructions per bf16 mma, 7 of them the nibble extraction (a shift and a LOP3 per pair of codes). Here a code word
@@ -97,16 +97,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk8(const QmvArgs a, int r
     const int u1 = (int)((long long)(blockIdx.x + 1) * units / gridDim.x);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < stages; ++s)
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
-        asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
-    }
     SlotAhead ahead{-1, -1, 0, 0};
-    if (threadIdx.x == 0)
-        for (int s = 0; s < stages && u0 + s < u1; ++s)
-            bulk_issue<GROUP, ST>(a, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s,
-                                  ahead.take(a, u0 + s, per_row, u1), per_row, sr);
+    bulk_start<GROUP, ST>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
     prior_grid_wait();
     next_grid_may_start();
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;
@@ -176,30 +168,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk8(const QmvArgs a, int r
                 acc_start = kb + 128;
             }
         }
-        const int h = u & 1;
-#pragma unroll
-        for (int t = 0; t < TPW; ++t) {
-            acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 1);
-            acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 2);
-            acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 1);
-            acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 2);
-            if (c == 0) {
-                red[h][warp][t][g] = acc0[t];
-                red[h][warp][t][g + 8] = acc1[t];
-            }
-        }
-        __syncthreads();
-        if (threadIdx.x == 0 && u + stages < u1)
-            bulk_issue<GROUP, ST>(a, stage, smem_addr(&bars[s]), u + stages, ahead.take(a, u + stages, per_row, u1),
-                                  per_row, sr);
-        if (threadIdx.x < sr) {
-            const int tile = threadIdx.x >> 4, row = threadIdx.x & 15, w0 = (tile / TPW) * wpt;
-            float v = 0.f;
-            for (int q = 0; q < wpt; ++q) v += red[h][w0 + q][tile % TPW][row];
-            a.y[(i64)r * a.n_out + n0 + threadIdx.x] = v;
-        }
-        if (++s == stages) { s = 0; parity ^= 1u; }
-        n0 += sr;
-        if (n0 == a.n_out) { n0 = 0; ++r; }
+        bulk_finish<GROUP, ST, TPW>(a, acc0, acc1, red, stage, smem_addr(&bars[s]), u, stages, u1, per_row, sr, wpt, r,
+                                    n0, warp, g, c, ahead);
+        bulk_next(s, parity, r, n0, stages, sr, a.n_out);
     }
 }

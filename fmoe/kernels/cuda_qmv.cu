@@ -597,6 +597,59 @@ __device__ __forceinline__ void bulk_issue(const QmvArgs& a, unsigned char* stag
     bulk_copy(dst + code_bytes + scale_bytes, (const char*)a.b + si, scale_bytes, bar);
 }
 
+// thread 0: the stage buffers' mbarriers, then the copies of the block's first `stages` units
+template <int GROUP, int ST>
+__device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
+                                           u32 stage_bytes, int u0, int u1, int per_row, int sr, SlotAhead& ahead) {
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < stages; ++s)
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
+    }
+    if (threadIdx.x == 0)
+        for (int s = 0; s < stages && u0 + s < u1; ++s)
+            bulk_issue<GROUP, ST>(a, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s,
+                                  ahead.take(a, u0 + s, per_row, u1), per_row, sr);
+}
+
+// the end of the block's unit u (table row r, rows n0..): each warp's sums of its TPW tiles (rows g and g + 8, one
+// per lane quad) into red, the barrier that ends every warp's reads of the stage, thread 0's refill of its buffer
+// with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile)
+template <int GROUP, int ST, int TPW>
+__device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW], float (&acc1)[TPW],
+                                            float (*red)[16][TPW][16], unsigned char* stage, u32 bar, int u,
+                                            int stages, int u1, int per_row, int sr, int wpt, int r, int n0,
+                                            int warp, int g, int c, SlotAhead& ahead) {
+    const int h = u & 1;
+#pragma unroll
+    for (int t = 0; t < TPW; ++t) {
+        acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 1);
+        acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 2);
+        acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 1);
+        acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 2);
+        if (c == 0) {
+            red[h][warp][t][g] = acc0[t];
+            red[h][warp][t][g + 8] = acc1[t];
+        }
+    }
+    __syncthreads();                                            // every warp is done with the stage and its x
+    if (threadIdx.x == 0 && u + stages < u1)
+        bulk_issue<GROUP, ST>(a, stage, bar, u + stages, ahead.take(a, u + stages, per_row, u1), per_row, sr);
+    if (threadIdx.x < sr) {                                     // row threadIdx.x of the stage: tile T, its warps
+        const int tile = threadIdx.x >> 4, row = threadIdx.x & 15, w0 = (tile / TPW) * wpt;
+        float v = 0.f;
+        for (int q = 0; q < wpt; ++q) v += red[h][w0 + q][tile % TPW][row];
+        a.y[(i64)r * a.n_out + n0 + threadIdx.x] = v;
+    }
+}
+
+// the next unit's buffer, phase parity, table row and first output row
+__device__ __forceinline__ void bulk_next(int& s, u32& parity, int& r, int& n0, int stages, int sr, int n_out) {
+    if (++s == stages) { s = 0; parity ^= 1u; }
+    n0 += sr;
+    if (n0 == n_out) { n0 = 0; ++r; }
+}
+
 template <int GROUP, int XT, int ST, int KW, int TPW>
 __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages) {
     extern __shared__ __align__(128) unsigned char bsm[];
@@ -611,16 +664,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     const int u1 = (int)((long long)(blockIdx.x + 1) * units / gridDim.x);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < stages; ++s)
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
-        asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
-    }
     SlotAhead ahead{-1, -1, 0, 0};
-    if (threadIdx.x == 0)
-        for (int s = 0; s < stages && u0 + s < u1; ++s)
-            bulk_issue<GROUP, ST>(a, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s,
-                                  ahead.take(a, u0 + s, per_row, u1), per_row, sr);
+    bulk_start<GROUP, ST>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
     prior_grid_wait();
     next_grid_may_start();
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
@@ -692,30 +737,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
                 acc_start = kb + 128;
             }
         }
-        const int h = u & 1;
-#pragma unroll
-        for (int t = 0; t < TPW; ++t) {
-            acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 1);
-            acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 2);
-            acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 1);
-            acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 2);
-            if (c == 0) {
-                red[h][warp][t][g] = acc0[t];
-                red[h][warp][t][g + 8] = acc1[t];
-            }
-        }
-        __syncthreads();                                        // every warp is done with the stage and its x
-        if (threadIdx.x == 0 && u + stages < u1)
-            bulk_issue<GROUP, ST>(a, stage, smem_addr(&bars[s]), u + stages, ahead.take(a, u + stages, per_row, u1),
-                                  per_row, sr);
-        if (threadIdx.x < sr) {                                 // row threadIdx.x of the stage: tile T, its warps
-            const int tile = threadIdx.x >> 4, row = threadIdx.x & 15, w0 = (tile / TPW) * wpt;
-            float v = 0.f;
-            for (int q = 0; q < wpt; ++q) v += red[h][w0 + q][tile % TPW][row];
-            a.y[(i64)r * a.n_out + n0 + threadIdx.x] = v;
-        }
-        if (++s == stages) { s = 0; parity ^= 1u; }
-        n0 += sr;
-        if (n0 == a.n_out) { n0 = 0; ++r; }
+        bulk_finish<GROUP, ST, TPW>(a, acc0, acc1, red, stage, smem_addr(&bars[s]), u, stages, u1, per_row, sr, wpt, r,
+                                    n0, warp, g, c, ahead);
+        bulk_next(s, parity, r, n0, stages, sr, a.n_out);
     }
 }
