@@ -21,3 +21,14 @@ bench() {  # bench NAME LIMIT_S ARGS...: one `fmoe bench stream --device cuda` r
         > "/tmp/$name.txt" 2>&1
     echo "[$name rc=$? at $SECONDS s]" | tee -a "$R"; tail -9 "/tmp/$name.txt" | tee -a "$R"
 }
+pytests() {  # pytests LIMIT_S ARGS...: pytest on ARGS (skipped near the deadline); in the report the counts, the failed
+             # tests and the first failure in full
+    local lim=$1; shift
+    if [ "$(left)" -lt 20 ]; then echo "skipped pytest $*: deadline" | tee -a "$R"; return; fi
+    [ "$lim" -gt "$(left)" ] && lim=$(left)
+    say "pytest $*"
+    timeout "$lim" python3 -m pytest -q -p no:cacheprovider "$@" > /tmp/pytests.txt 2>&1
+    echo "[pytest rc=$? at $SECONDS s]" | tee -a "$R"
+    grep -E "^(FAILED|ERROR)|passed|failed" /tmp/pytests.txt | head -40 >> "$R"
+    grep -n -m1 -B2 -A30 "^_\{5,\} " /tmp/pytests.txt >> "$R"
+}

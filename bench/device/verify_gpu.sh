@@ -13,14 +13,9 @@ DEADLINE=580
 ( python3 -m fmoe synth /tmp/c60 --like qwen3.5-397b-a17b --layers 60 --experts 64 --bits 4 --no-tokenizer \
     --no-progress --force > /tmp/synth_c60.txt 2>&1; echo "synth rc=$?" >> /tmp/synth_c60.txt ) &
 SYN=$!
-say "pytest tests/kernels/test_cuda_qmv.py tests/kernels/test_triton_qmv.py tests/engine/test_cuda.py tests/bench/test_stream_cuda.py"
-timeout 260 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_cuda_qmv.py tests/kernels/test_triton_qmv.py \
-    tests/engine/test_cuda.py tests/bench/test_stream_cuda.py > /tmp/t.txt 2>&1
-echo "[tests rc=$? at $SECONDS s]" | tee -a "$R"; grep -E "^(FAILED|ERROR)|passed|failed" /tmp/t.txt | head -40 >> "$R"
-grep -n -m1 -B2 -A30 "^_\{5,\} " /tmp/t.txt >> "$R"              # the first failure in full, if any
-say "FMOE_CUDA_QMV4=bulk pytest tests/engine/test_cuda.py"
-FMOE_CUDA_QMV4=bulk timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py 2>&1 | tail -3 \
-    | tee -a "$R"
+pytests 260 tests/kernels/test_cuda_qmv.py tests/kernels/test_triton_qmv.py tests/engine/test_cuda.py \
+    tests/bench/test_stream_cuda.py
+FMOE_CUDA_QMV4=bulk pytests 120 tests/engine/test_cuda.py
 say "python3 -m fmoe.bench.cuda_kernels --bits 4 --no-triton"
 timeout 90 python3 -m fmoe.bench.cuda_kernels --bits 4 --no-triton --write "$OUT" > /tmp/k.txt 2>&1
 echo "[kernels rc=$? at $SECONDS s]" | tee -a "$R"; cat /tmp/k.txt >> "$R"
