@@ -84,7 +84,20 @@ __device__ __forceinline__ void int8_stage(u32* xs, const void* x, i64 xoff, int
 }
 
 template <int GROUP, int XT, int ST, int KW, int TPW>
-__global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk8(const QmvArgs a, int rows, int stages) {
+__global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk8(const QmvArgs a, int rows, int stages, int ablate,
+                                                          unsigned long long* trace) {
+    // ablate (session 10's timing diagnosis): 0 the kernel, 1 products only (no copies, no waits: garbage y),
+    // 2 copies only (no products). trace: per block 64 u64 (globaltimer at entry, clock64 at entry, then clock64
+    // offsets: x staged, and per unit (at most 19): stage landed, products done, unit finished; [63] globaltimer at end)
+    unsigned long long* tr = trace ? trace + 64 * blockIdx.x : nullptr;
+    long long c0 = 0;
+    if (tr && threadIdx.x == 0) {
+        unsigned long long gt;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(gt));
+        c0 = clock64();
+        tr[0] = gt;
+        tr[1] = (unsigned long long)c0;
+    }
     extern __shared__ __align__(128) unsigned char bsm[];
     __shared__ __align__(8) unsigned long long bars[32];
     __shared__ float red[2][16][TPW][16];
@@ -98,7 +111,7 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk8(const QmvArgs a, int r
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);
     SlotAhead ahead{-1, -1, 0, 0};
-    bulk_start<GROUP, ST>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+    bulk_start<GROUP, ST>(a, bsm, bars, stages, stage_bytes, u0, ablate == 1 ? u0 : u1, per_row, sr, ahead);
     prior_grid_wait();
     next_grid_may_start();
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;
@@ -112,9 +125,12 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk8(const QmvArgs a, int r
             int8_stage<GROUP, XT>(xs, a.x, (i64)r * a.x_stride, k, threadIdx.x, blockDim.x);
             staged_r = r;
             __syncthreads();
+            if (tr && threadIdx.x == 0 && u == u0) tr[2] = clock64() - c0;
         }
         unsigned char* stage = bsm + (size_t)s * stage_bytes;
-        bar_wait(smem_addr(&bars[s]), parity);
+        if (ablate != 1) bar_wait(smem_addr(&bars[s]), parity);
+        const int ti = u - u0;
+        if (tr && threadIdx.x == 0 && ti < 19) tr[3 + 3 * ti] = clock64() - c0;
         const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2) + 16 * c;
         const unsigned char* scl = stage + (size_t)sr * k / 2;
         const unsigned char* bia = scl + (size_t)sr * groups * es;
@@ -129,6 +145,7 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk8(const QmvArgs a, int r
         int acc_start = kw0;
 #pragma unroll
         for (int j = 0; j < KW / 128; ++j) {
+            if (ablate == 2) break;
             const int kb = kw0 + 128 * j, p0 = kb + 32 * c;
             uint4 wa[TPW], wb[TPW];
 #pragma unroll
@@ -168,8 +185,17 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk8(const QmvArgs a, int r
                 acc_start = kb + 128;
             }
         }
-        bulk_finish<GROUP, ST, TPW>(a, acc0, acc1, red, stage, smem_addr(&bars[s]), u, stages, u1, per_row, sr, wpt, r,
-                                    n0, warp, g, c, ahead);
+        if (tr && threadIdx.x == 0 && ti < 19) tr[4 + 3 * ti] = clock64() - c0;
+        bulk_finish<GROUP, ST, TPW>(a, acc0, acc1, red, stage, smem_addr(&bars[s]), u, stages, ablate == 1 ? 0 : u1,
+                                    per_row, sr, wpt, r, n0, warp, g, c, ahead);
+        if (tr && threadIdx.x == 0 && ti < 19) tr[5 + 3 * ti] = clock64() - c0;
         bulk_next(s, parity, r, n0, stages, sr, a.n_out);
+    }
+    if (tr && threadIdx.x == 0) {
+        unsigned long long gt;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(gt));
+        tr[63] = gt;
+        tr[62] = (unsigned long long)(clock64() - c0);
+        tr[61] = (unsigned long long)(u1 - u0);
     }
 }
