@@ -21,18 +21,19 @@ PROGRAM = nvrtc.Program(cuda_qmv._PROGRAM.source + "\n" + Path(__file__).with_na
 
 
 def qmv_int8(x, w, s, b, slots, group: int, out=None, tpw: int = 2, stages: int | None = None, ablate: int = 0,
-             trace=None):
+             trace=None, pad: int = 0, early_x: bool = False):
     """y[r] = W[slots[r]] @ x[r] by fmoe_qmv4_bulk8 (4 bits; the bulk kernel's operand rules). ``tpw`` tiles a warp,
     ``stages`` stage buffers (None: BULK_STAGES), ``ablate`` 1 products only / 2 copies only, ``trace`` a uint64
-    tensor of 64 per block (see the kernel)."""
+    tensor of 64 per block (see the kernel), ``pad`` bytes between rows' codes in shared memory (one copy a row),
+    ``early_x``: x's loads before the first copies."""
     n_out, n_in, rows = w.shape[1], w.shape[2] * 8, slots.shape[0]
     assert cuda_qmv.supports_bulk(x, w, s, b, group, 4), "operands the bulk kernel does not take"
     kw = cuda_qmv._bulk_shape(n_in)[0]
     sr = 16 * (16 // (n_in // kw)) * tpw
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     fn = PROGRAM.function(f"fmoe_qmv4_bulk8<{group}, {cuda_qmv._DTYPE_CODE[x.dtype]}, "
-                          f"{cuda_qmv._DTYPE_CODE[s.dtype]}, {kw}, {tpw}>", device)
-    stage_bytes = sr * n_in // 2 + 2 * sr * (n_in // group) * s.element_size()
+                          f"{cuda_qmv._DTYPE_CODE[s.dtype]}, {kw}, {tpw}, {pad}>", device)
+    stage_bytes = sr * (n_in // 2 + pad) + 2 * sr * (n_in // group) * s.element_size()
     x_bytes = (n_in // 2 + 2 * (n_in // group)) * 4
     sms, smem_max = cuda_qmv._sm_resources(device)
     units = rows * (n_out // sr)
@@ -44,16 +45,20 @@ def qmv_int8(x, w, s, b, slots, group: int, out=None, tpw: int = 2, stages: int 
                           slots.data_ptr(), y.data_ptr(), n_out, n_in)
     fn.launch((min(sms, units), 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes,
               torch.cuda.current_stream(x.device).cuda_stream,
-              [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(ablate),
+              [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(ablate), ctypes.c_int(int(early_x)),
                ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)])
     return y
 
 
-def fits(n_in: int, tpw: int, stages: int) -> bool:
+def fits(n_in: int, tpw: int, stages: int, pad: int = 0) -> bool:
     """Whether ``stages`` stage buffers of tpw tiles a warp fit beside the staged x (bf16 scales, group 64)."""
     sr = 16 * (16 // (n_in // cuda_qmv._bulk_shape(n_in)[0])) * tpw
-    stage_bytes = sr * n_in // 2 + 2 * sr * (n_in // 64) * 2
+    stage_bytes = sr * (n_in // 2 + pad) + 2 * sr * (n_in // 64) * 2
     return stages * stage_bytes + (n_in // 2 + 2 * (n_in // 64)) * 4 + 8192 <= cuda_qmv._sm_resources(0)[1]
+
+
+VARIANTS = {"base": dict(pad=0, early_x=False), "early": dict(pad=0, early_x=True),
+            "pad64": dict(pad=64, early_x=False), "pad64 early": dict(pad=64, early_x=True)}
 
 
 def check() -> int:
@@ -70,8 +75,9 @@ def check() -> int:
                     slots = torch.randint(0, 8, (rows,), dtype=torch.int32, device="cuda")
                     for x in (torch.randn(rows, n_in, device="cuda"), torch.randn(1, n_in, device="cuda").bfloat16()):
                         ref = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel="fma")
-                        err = max(((qmv_int8(x, w, s, b, slots, group, tpw=t) - ref).abs().max()
-                                   / ref.abs().max()).item() for t in (1, 2))
+                        err = max(((qmv_int8(x, w, s, b, slots, group, tpw=t, pad=p, early_x=e) - ref).abs().max()
+                                   / ref.abs().max()).item() for t, p, e in ((2, 0, False), (2, 64, True),
+                                                                             (1, 64, True), (2, 64, False)))
                         ok = err <= 1e-3
                         bad += not ok
                         print(f"{'ok ' if ok else 'BAD'} {n_out}x{n_in} group {group} scales {s_dtype} rows {rows} "
@@ -89,8 +95,9 @@ def _operands(n_out: int, n_in: int, rows: int):
 
 
 def time_rows(rows_list, bw: float) -> None:
-    """Time per launch of the int8 kernel at 1/2 tiles a warp and 2/3/4 stages, its ablations (products only,
-    copies only) at the default, beside the bf16 bulk kernel, mma-k256 and the read peer."""
+    """Time per launch of the int8 kernel's variants (VARIANTS) at 2 tiles a warp and 2/3 stages, pad64 early at 1
+    tile a warp, the ablations (products only, copies only) of base and pad64 early, beside the bf16 bulk kernel,
+    mma-k256 and the read peer."""
     for rows in rows_list:
         for n_out, n_in in ck.SHAPES:
             m = ck.measure("cuda bulk", 4, n_out, n_in, rows)
@@ -98,36 +105,42 @@ def time_rows(rows_list, bw: float) -> None:
             peer = ck.measure_read(m["bytes"])
             w, s, b, x, sets, y = _operands(n_out, n_in, rows)
             res = [("read peer", peer["seconds"]), ("bulk (bf16 mma)", m["seconds"]), ("mma-k256", k256["seconds"])]
-            for tpw in (1, 2):
-                for st in (2, 3, 4):
-                    if fits(n_in, tpw, st):
-                        res.append((f"int8 tpw{tpw} st{st}", ck._time_graph(
-                            [(lambda sl=sl, t=tpw, n=st: qmv_int8(x, w, s, b, sl, 64, out=y, tpw=t, stages=n)) for sl in sets])))
-            for ab, nm in ((1, "products only"), (2, "copies only")):
-                res.append((f"int8 tpw2 st2 {nm}", ck._time_graph(
-                    [(lambda sl=sl, a=ab: qmv_int8(x, w, s, b, sl, 64, out=y, tpw=2, stages=2, ablate=a)) for sl in sets])))
+            runs = [(f"int8 {v} tpw2 st{st}", dict(tpw=2, stages=st, **kw)) for v, kw in VARIANTS.items()
+                    for st in (2, 3)]
+            runs += [("int8 pad64 early tpw1 st4", dict(tpw=1, stages=4, pad=64, early_x=True))]
+            runs += [(f"int8 {v} tpw2 st2 {nm}", dict(tpw=2, stages=2, ablate=ab, **VARIANTS[v]))
+                     for v in ("base", "pad64 early") for ab, nm in ((1, "products only"), (2, "copies only"))]
+            for name, kw in runs:
+                if fits(n_in, kw["tpw"], kw["stages"], kw["pad"]):
+                    res.append((name, ck._time_graph(
+                        [(lambda sl=sl, kw=kw: qmv_int8(x, w, s, b, sl, 64, out=y, **kw)) for sl in sets])))
             for name, sec in res:
                 frac = m["bytes"] / sec / bw
-                print(f"{name:>28} {n_out}x{n_in} rows {rows}: {sec * 1e6:6.1f} us = {frac:.2f} of HBM", flush=True)
+                print(f"{name:>34} {n_out}x{n_in} rows {rows}: {sec * 1e6:6.1f} us = {frac:.2f} of HBM", flush=True)
             sets = None
             torch.cuda.empty_cache()
 
 
-def trace_rows(rows: int, configs) -> None:
+def trace_rows(rows: int, configs, warm: bool) -> None:
     """One cold launch's timeline per block (the kernel's trace), summarised: when blocks start, x is staged, each
     unit's stage lands, its products end and the unit ends (us from the first block's start; median / max over
-    blocks), the per-unit wait and product times, and when blocks end."""
+    blocks), the per-unit wait and product times, and when blocks end. ``warm``: the launch follows 20 others
+    (no flush), as in a graph of decode calls; else the L2 is flushed first."""
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     for n_out, n_in in ck.SHAPES:
         w, s, b, x, sets, y = _operands(n_out, n_in, rows)
-        for tpw, st in configs:
-            if not fits(n_in, tpw, st):
+        for name, kw in configs:
+            if not fits(n_in, kw["tpw"], kw["stages"], kw["pad"]):
                 continue
             tr = torch.zeros(132 * 64, dtype=torch.int64, device="cuda")
             for i in range(3):                                   # the last of three, each on fresh slots
-                flush.fill_(i)
+                if warm:
+                    for j in range(20):
+                        qmv_int8(x, w, s, b, sets[(i * 21 + j) % len(sets)], 64, out=y, **kw)
+                else:
+                    flush.fill_(i)
                 torch.cuda.synchronize()
-                qmv_int8(x, w, s, b, sets[i], 64, out=y, tpw=tpw, stages=st, trace=tr)
+                qmv_int8(x, w, s, b, sets[(i * 21 + 20) % len(sets)], 64, out=y, trace=tr, **kw)
                 torch.cuda.synchronize()
             t = tr.view(-1, 64).cpu().tolist()
             t = [r for r in t if r[0]]
@@ -154,7 +167,8 @@ def trace_rows(rows: int, configs) -> None:
                     if i:
                         wait.append(us(r[3 + 3 * i] - r[5 + 3 * (i - 1)]))
             units = sorted(r[61] for r in t)
-            print(f"trace {n_out}x{n_in} rows {rows} tpw{tpw} st{st}: {len(t)} blocks, units/block "
+            print(f"trace {'warm' if warm else 'cold'} {n_out}x{n_in} rows {rows} {name}: {len(t)} blocks, "
+                  f"units/block "
                   f"{units[0]}-{units[-1]}, clock {cpn:.2f} GHz; median/max us: start {stat(starts)}, x staged "
                   f"{stat(xst)}, first stage landed {stat(land0)}, products/unit {stat(prod)}, wait/unit "
                   f"{stat(wait) if wait else '-'}, finish/unit {stat(fin)}, end {stat(ends)}", flush=True)
@@ -173,7 +187,11 @@ def main() -> int:
     if not a.no_time:
         bw = ck.hbm_bandwidth()
         print(f"HBM copy bandwidth {bw / 1e12:.2f} TB/s")
-        trace_rows(10, [(2, 2), (1, 4), (2, 3)])
+        cfg = [("base tpw2 st2", dict(tpw=2, stages=2, **VARIANTS["base"])),
+               ("pad64 early tpw2 st2", dict(tpw=2, stages=2, **VARIANTS["pad64 early"])),
+               ("pad64 early tpw1 st4", dict(tpw=1, stages=4, **VARIANTS["pad64 early"]))]
+        trace_rows(10, cfg, warm=False)
+        trace_rows(10, cfg, warm=True)
         time_rows(a.rows, bw)
     return 1 if bad else 0
 
