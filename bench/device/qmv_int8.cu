@@ -127,7 +127,7 @@ template <int GROUP, int XT, int ST, int KW, int TPW, int PADB>
 __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk8(const QmvArgs a, int rows, int stages, int ablate,
                                                           int early_x, unsigned long long* trace) {
     // ablate (session 10's timing diagnosis): 0 the kernel, 1 products only (no copies, no waits: garbage y),
-    // 2 copies only (no products). early_x: x's loads issued before the first copies. trace: per block 64 u64
+    // 2 copies only (no products). early_x: 1 x's loads issued before the first copies, 2 x staged before them. trace: per block 64 u64
     // (globaltimer at entry, clock64 at entry, then clock64 offsets: x staged, and per unit (at most 19): stage
     // landed, products done, unit finished; [61] units, [62] clock64 offset at end, [63] globaltimer at end)
     extern __shared__ __align__(128) unsigned char bsm[];
@@ -162,17 +162,24 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk8(const QmvArgs a, int r
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
     }
+    if (threadIdx.x == 0 && u0 < u1_issue) (void)ahead.take(a, u0, per_row, u1);   // the first slot's load, now
     __syncwarp();
     if (early_x && threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
+    if (early_x == 2) {                                          // x staged before any copy is issued
+        if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+        __syncthreads();
+    }
     if (warp == 0)
         for (int s = 0; s < stages && u0 + s < u1_issue; ++s)
             warp_issue<GROUP, ST, PADB>(a, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s, per_row, sr,
                                         u1, lane, ahead);
     prior_grid_wait();
     next_grid_may_start();
-    if (!early_x && threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
-    if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
-    __syncthreads();                                             // x staged, the barriers' init visible
+    if (early_x != 2) {
+        if (!early_x && threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
+        if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+        __syncthreads();                                         // x staged, the barriers' init visible
+    }
     if (tr && threadIdx.x == 0) tr[2] = clock64() - c0;
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;
     const u32* xsrc = (g & 1) ? xs + k / 4 : xs;                // this lane's B column: digit l (odd g) or h

@@ -21,11 +21,11 @@ PROGRAM = nvrtc.Program(cuda_qmv._PROGRAM.source + "\n" + Path(__file__).with_na
 
 
 def qmv_int8(x, w, s, b, slots, group: int, out=None, tpw: int = 2, stages: int | None = None, ablate: int = 0,
-             trace=None, pad: int = 0, early_x: bool = False):
+             trace=None, pad: int = 0, early_x: int = 0):
     """y[r] = W[slots[r]] @ x[r] by fmoe_qmv4_bulk8 (4 bits; the bulk kernel's operand rules). ``tpw`` tiles a warp,
     ``stages`` stage buffers (None: BULK_STAGES), ``ablate`` 1 products only / 2 copies only, ``trace`` a uint64
     tensor of 64 per block (see the kernel), ``pad`` bytes between rows' codes in shared memory (one copy a row),
-    ``early_x``: x's loads before the first copies."""
+    ``early_x``: 1 x's loads before the first copies, 2 x staged before them."""
     n_out, n_in, rows = w.shape[1], w.shape[2] * 8, slots.shape[0]
     assert cuda_qmv.supports_bulk(x, w, s, b, group, 4), "operands the bulk kernel does not take"
     kw = cuda_qmv._bulk_shape(n_in)[0]
@@ -57,8 +57,7 @@ def fits(n_in: int, tpw: int, stages: int, pad: int = 0) -> bool:
     return stages * stage_bytes + (n_in // 2 + 2 * (n_in // 64)) * 4 + 8192 <= cuda_qmv._sm_resources(0)[1]
 
 
-VARIANTS = {"base": dict(pad=0, early_x=False), "early": dict(pad=0, early_x=True),
-            "pad64": dict(pad=64, early_x=False), "pad64 early": dict(pad=64, early_x=True)}
+VARIANTS = {"base": dict(pad=0, early_x=0), "early": dict(pad=0, early_x=1), "xfirst": dict(pad=0, early_x=2)}
 
 
 def check() -> int:
@@ -76,8 +75,8 @@ def check() -> int:
                     for x in (torch.randn(rows, n_in, device="cuda"), torch.randn(1, n_in, device="cuda").bfloat16()):
                         ref = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel="fma")
                         err = max(((qmv_int8(x, w, s, b, slots, group, tpw=t, pad=p, early_x=e) - ref).abs().max()
-                                   / ref.abs().max()).item() for t, p, e in ((2, 0, False), (2, 64, True),
-                                                                             (1, 64, True), (2, 64, False)))
+                                   / ref.abs().max()).item() for t, p, e in ((2, 0, 0), (2, 0, 1), (2, 0, 2),
+                                                                             (1, 64, 1)))
                         ok = err <= 1e-3
                         bad += not ok
                         print(f"{'ok ' if ok else 'BAD'} {n_out}x{n_in} group {group} scales {s_dtype} rows {rows} "
@@ -95,9 +94,8 @@ def _operands(n_out: int, n_in: int, rows: int):
 
 
 def time_rows(rows_list, bw: float) -> None:
-    """Time per launch of the int8 kernel's variants (VARIANTS) at 2 tiles a warp and 2/3 stages, pad64 early at 1
-    tile a warp, the ablations (products only, copies only) of base and pad64 early, beside the bf16 bulk kernel,
-    mma-k256 and the read peer."""
+    """Time per launch of the int8 kernel's variants (VARIANTS) at 2 tiles a warp and 2/3 stages, the ablations
+    (products only, copies only) of early and xfirst, beside the bf16 bulk kernel, mma-k256 and the read peer."""
     for rows in rows_list:
         for n_out, n_in in ck.SHAPES:
             m = ck.measure("cuda bulk", 4, n_out, n_in, rows)
@@ -107,9 +105,8 @@ def time_rows(rows_list, bw: float) -> None:
             res = [("read peer", peer["seconds"]), ("bulk (bf16 mma)", m["seconds"]), ("mma-k256", k256["seconds"])]
             runs = [(f"int8 {v} tpw2 st{st}", dict(tpw=2, stages=st, **kw)) for v, kw in VARIANTS.items()
                     for st in (2, 3)]
-            runs += [("int8 pad64 early tpw1 st4", dict(tpw=1, stages=4, pad=64, early_x=True))]
             runs += [(f"int8 {v} tpw2 st2 {nm}", dict(tpw=2, stages=2, ablate=ab, **VARIANTS[v]))
-                     for v in ("base", "pad64 early") for ab, nm in ((1, "products only"), (2, "copies only"))]
+                     for v in ("early", "xfirst") for ab, nm in ((1, "products only"), (2, "copies only"))]
             for name, kw in runs:
                 if fits(n_in, kw["tpw"], kw["stages"], kw["pad"]):
                     res.append((name, ck._time_graph(
@@ -187,9 +184,8 @@ def main() -> int:
     if not a.no_time:
         bw = ck.hbm_bandwidth()
         print(f"HBM copy bandwidth {bw / 1e12:.2f} TB/s")
-        cfg = [("base tpw2 st2", dict(tpw=2, stages=2, **VARIANTS["base"])),
-               ("pad64 early tpw2 st2", dict(tpw=2, stages=2, **VARIANTS["pad64 early"])),
-               ("pad64 early tpw1 st4", dict(tpw=1, stages=4, **VARIANTS["pad64 early"]))]
+        cfg = [(f"{v} tpw2 st{st}", dict(tpw=2, stages=st, **VARIANTS[v])) for v, st in
+               (("base", 2), ("early", 2), ("xfirst", 2), ("xfirst", 3))]
         trace_rows(10, cfg, warm=False)
         trace_rows(10, cfg, warm=True)
         time_rows(a.rows, bw)
