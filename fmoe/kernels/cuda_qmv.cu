@@ -527,11 +527,12 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
 // BULK_STAGES: two were faster than all that fit, which then complete together), warps compute a stage as soon as
 // its mbarrier completes, and thread 0 refills the buffer once every warp is done with it.
 // Warp w takes TPW tiles of 16 rows from tile (w / WPT) TPW of the stage, over inputs (w % WPT) KW .. + KW; its
-// tiles share the activation fragments. The mma mapping is that of fmoe_qmv4_mma, with a lane's codes contiguous:
-// lane (g, c) reads 16 bytes (32 codes) of rows g and g + 8 at byte 16 c of each 64-byte run, so a group of 64 spans
-// lanes c = 0, 1 or 2, 3 of an mma; each lane's B column pair is still its own group's (group % 4), so four groups
-// (a 4 GROUP window) accumulate without mixing. Measured on the H200: the fastest of the three kernels at every
-// shape, issue-bound at decode sizes (0.51-0.57 of HBM; its copies alone 0.77).
+// tiles share the activation fragments. Lane (g, c) reads 16 bytes (32 codes) of rows g and g + 8 at byte 16 c of
+// each 64-byte run, so a group of 64 spans lanes c = 0, 1 or 2, 3 of an mma; each lane's B column pair is its own
+// group's (group % 4), so four groups (a 4 GROUP window) accumulate without mixing. The products are int8 (below).
+// Measured on the H200 (bench/results/cuda_stream.md, sessions 9-10): the fastest kernel with 20 or more rows, and
+// at decode's 10 rows for the 4096 x 1024 shape; at decode a call is bound by its start (the first stage of every
+// block lands after ~9 MB of copies) and its last stage's products, not by the loop.
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
@@ -650,6 +651,89 @@ __device__ __forceinline__ void bulk_next(int& s, u32& parity, int& r, int& n0, 
     if (n0 == n_out) { n0 = 0; ++r; }
 }
 
+// int8 products (session 10; bench/results/cuda_stream.md): a code word gives two registers of four int8 codes with
+// three instructions (w & 0x0F0F0F0F, (w >> 4) & 0x0F0F0F0F) and one mma.sync m16n8k32 s8 takes 512 codes, where the
+// bf16 products spent 7 of ~13 issued instructions an mma on the nibbles. Faster than the bf16 bulk kernel at every
+// shape on the H200 (decode 10 rows: 10.9-13.0 us against 12.2-13.9; 64 rows 0.77-0.85 of HBM against 0.71-0.78).
+//   A: 16 output rows x 32 codes: lane (g, c) holds rows g, g + 8 at k = 4c..4c+3 (a0, a1) and 16+4c..16+4c+3 (a2,
+//      a3); k 4c.. are the even positions 0, 2, 4, 6 of the lane's word, k 16+4c.. the odd ones 1, 3, 5, 7.
+//   B: x as two int8 digits per group g: x ~ sigma_g (256 h + l), x_q = rint(x / sigma_g) in +-32639,
+//      h = (x_q + 128) >> 8 in [-127, 127], l = x_q - 256 h in [-128, 127] (error <= 2^-16 of the group's max |x|);
+//      column 2 (g % 4) + d holds digit d (0: h, 1: l) of that group's positions, zero elsewhere (the column trick of
+//      fmoe_qmv4_mma), so four groups accumulate in one int32 D exactly (|D| <= 128 x 15 x 128 at groups of 128).
+//   Per group: s_g sigma_g (256 D_h + D_l) + b_g sum(x) (the float32 sum of x as given).
+// Staged x of a table row: h words [K / 4] (per 8 values 8m..: word 2m = h of 0, 2, 4, 6; word 2m + 1 = 1, 3, 5, 7),
+// l words [K / 4] the same, sigma [K / GROUP] floats, sum(x) [K / GROUP] floats.
+__device__ __forceinline__ void mma_s8(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 pack_s8(int a, int b, int c, int d) {
+    return (u32)(a & 0xFF) | ((u32)(b & 0xFF) << 8) | ((u32)(c & 0xFF) << 16) | ((u32)(d & 0xFF) << 24);
+}
+
+// x staging in two halves, so that a block's x loads are in flight before its weight copies (a load issued after
+// them waited behind every block's copies: 4-6 us of a 10-13 us decode call, session 10's timelines): thread i
+// (< K / 8 rounded up to a warp; K <= 8 x blockDim) loads values 8i..8i+7, then quantizes and stores them.
+template <int XT>
+__device__ __forceinline__ void int8_load(const void* x, i64 xoff, int i, int n8, float (&v)[8]) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = 0.f;
+    if (i >= n8) return;
+    if (XT) {
+        const uint4 raw = *(const uint4*)((const u16*)x + xoff + (i64)i * 8);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const u32 wd = word_of(raw, j);
+            v[2 * j] = __uint_as_float(wd << 16);
+            v[2 * j + 1] = __uint_as_float(wd & 0xFFFF0000u);
+        }
+    } else {
+        const float* xp = (const float*)x + xoff + (i64)i * 8;
+        const float4 f0 = *(const float4*)xp, f1 = *(const float4*)(xp + 4);
+        v[0] = f0.x; v[1] = f0.y; v[2] = f0.z; v[3] = f0.w; v[4] = f1.x; v[5] = f1.y; v[6] = f1.z; v[7] = f1.w;
+    }
+}
+
+template <int GROUP>
+__device__ __forceinline__ void int8_store(u32* xs, int n, int i, int n8, const float (&v)[8]) {
+    u32* xh = xs;
+    u32* xl = xs + n / 4;
+    float* sig = (float*)(xs + n / 2);
+    float* sx = sig + n / GROUP;
+    constexpr int LPG = GROUP / 8;                    // lanes per group (8 values each), consecutive in a warp
+    float part = 0.f, mx = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        part += v[j];
+        mx = fmaxf(mx, fabsf(v[j]));
+    }
+#pragma unroll
+    for (int o = 1; o < LPG; o <<= 1) {
+        part += __shfl_xor_sync(0xffffffffu, part, o);
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    }
+    if (i < n8) {
+        const float inv = mx > 0.f ? 32639.f / mx : 0.f;
+        int h[8], l[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int q = max(-32639, min(32639, __float2int_rn(v[j] * inv)));
+            h[j] = (q + 128) >> 8;
+            l[j] = q - 256 * h[j];
+        }
+        *(uint2*)&xh[2 * i] = make_uint2(pack_s8(h[0], h[2], h[4], h[6]), pack_s8(h[1], h[3], h[5], h[7]));
+        *(uint2*)&xl[2 * i] = make_uint2(pack_s8(l[0], l[2], l[4], l[6]), pack_s8(l[1], l[3], l[5], l[7]));
+        if (i % LPG == 0) {
+            sig[i / LPG] = mx / 32639.f;
+            sx[i / LPG] = part;
+        }
+    }
+}
+
 template <int GROUP, int XT, int ST, int KW, int TPW>
 __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages) {
     extern __shared__ __align__(128) unsigned char bsm[];
@@ -663,35 +747,45 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     const int u0 = (int)((long long)blockIdx.x * units / gridDim.x);
     const int u1 = (int)((long long)(blockIdx.x + 1) * units / gridDim.x);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int n8 = k / 8, n8_pad = (n8 + 31) & ~31;
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
     SlotAhead ahead{-1, -1, 0, 0};
-    bulk_start<GROUP, ST>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+    int r = u0 / per_row, n0 = (u0 % per_row) * sr;
+    if (threadIdx.x == 0 && u0 < u1) (void)ahead.take(a, u0, per_row, u1);   // the first slot's load in flight now
     prior_grid_wait();
+    float xv[8];
+    if (threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);   // before the copies
+    bulk_start<GROUP, ST>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
     next_grid_may_start();
+    if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+    __syncthreads();                                            // x staged, the barriers' init visible
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
-    // this lane's B column (hi / lo of the group whose column pair is g / 2) and the offsets of its codes and x
-    const u32* xsrc = (g & 1) ? xs + k / 2 : xs;
-    const float* sx = (const float*)(xs + (XT ? k / 2 : k));
-    int staged_r = -1, s = 0, r = u0 / per_row, n0 = (u0 % per_row) * sr;
+    const u32* xsrc = (g & 1) ? xs + k / 4 : xs;                // this lane's B column: digit l (odd g) or h
+    const float* sig = (const float*)(xs + k / 2);
+    const float* sx = sig + groups;
+    int staged_r = r, s = 0;
     u32 parity = 0;
     for (int u = u0; u < u1; ++u) {
-        if (staged_r < 0 || (r != staged_r && a.x_stride != 0)) {   // (block-uniform) every warp is past the
-                                                                     // previous stage's barrier
-            mma_stage<GROUP, XT>(xs, a.x, (i64)r * a.x_stride, k, threadIdx.x, blockDim.x);
+        if (r != staged_r && a.x_stride != 0) {                 // (block-uniform) every warp is past the previous
+            if (threadIdx.x < n8_pad) {                         // stage's barrier
+                int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
+                int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+            }
             staged_r = r;
-            __syncthreads();                    // the first time also makes the barriers' init visible
+            __syncthreads();
         }
         unsigned char* stage = bsm + (size_t)s * stage_bytes;
         bar_wait(smem_addr(&bars[s]), parity);
         const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2) + 16 * c;
         const unsigned char* scl = stage + (size_t)sr * k / 2;
         const unsigned char* bia = scl + (size_t)sr * groups * es;
-        float acc0[TPW], acc1[TPW], d0[TPW][4], d1[TPW][4];
+        float acc0[TPW], acc1[TPW];
+        int d[TPW][4];
 #pragma unroll
         for (int t = 0; t < TPW; ++t) {
             acc0[t] = acc1[t] = 0.f;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) d0[t][e] = d1[t][e] = 0.f;
+            for (int e = 0; e < 4; ++e) d[t][e] = 0;
         }
         int acc_start = kw0;
 #pragma unroll
@@ -703,37 +797,35 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
                 wa[t] = *(const uint4*)(codes + (size_t)(16 * t) * (k / 2) + kb / 2);
                 wb[t] = *(const uint4*)(codes + (size_t)(16 * t + 8) * (k / 2) + kb / 2);
             }
-            const bool mine = (g >> 1) == ((p0 / GROUP) & 3) && (XT == 0 || (g & 1) == 0);
+            const bool mine = (g >> 1) == ((p0 / GROUP) & 3);
 #pragma unroll
             for (int jw = 0; jw < 4; ++jw) {
-                uint4 xb = make_uint4(0, 0, 0, 0);
-                if (mine) xb = *(const uint4*)&xsrc[p0 / 2 + 4 * jw];
+                uint2 xb = make_uint2(0, 0);
+                if (mine) xb = *(const uint2*)&xsrc[p0 / 4 + 2 * jw];
 #pragma unroll
                 for (int t = 0; t < TPW; ++t) {
                     const u32 w0 = word_of(wa[t], jw), w1 = word_of(wb[t], jw);
-                    mma_bf16(d0[t], nibble_pair(w0, 0), nibble_pair(w1, 0), nibble_pair(w0, 1), nibble_pair(w1, 1),
-                             xb.x, xb.y);
-                    mma_bf16(d1[t], nibble_pair(w0, 2), nibble_pair(w1, 2), nibble_pair(w0, 3), nibble_pair(w1, 3),
-                             xb.z, xb.w);
+                    mma_s8(d[t], w0 & 0x0F0F0F0Fu, w1 & 0x0F0F0F0Fu, (w0 >> 4) & 0x0F0F0F0Fu, (w1 >> 4) & 0x0F0F0F0Fu,
+                           xb.x, xb.y);
                 }
             }
             if ((kb + 128) % (4 * GROUP) == 0 || j == KW / 128 - 1) {  // the end of a 4-group window: its epilogue
                 const int gc = (kb / (4 * GROUP)) * 4 + c;          // the group of this lane's column pair
                 if (gc * GROUP >= acc_start && gc * GROUP < kb + 128) {
-                    const float xsum = sx[gc];
+                    const float xsum = sx[gc], sg = sig[gc];
 #pragma unroll
                     for (int t = 0; t < TPW; ++t) {
                         const int i0 = (tw * 16 + 16 * t + g) * groups + gc, i1 = i0 + 8 * groups;
-                        acc0[t] += smem_f<ST>(scl, i0) * (d0[t][0] + d0[t][1] + d1[t][0] + d1[t][1] - 128.f * xsum)
+                        acc0[t] += smem_f<ST>(scl, i0) * sg * (float)(256 * d[t][0] + d[t][1])
                                    + smem_f<ST>(bia, i0) * xsum;
-                        acc1[t] += smem_f<ST>(scl, i1) * (d0[t][2] + d0[t][3] + d1[t][2] + d1[t][3] - 128.f * xsum)
+                        acc1[t] += smem_f<ST>(scl, i1) * sg * (float)(256 * d[t][2] + d[t][3])
                                    + smem_f<ST>(bia, i1) * xsum;
                     }
                 }
 #pragma unroll
                 for (int t = 0; t < TPW; ++t)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) d0[t][e] = d1[t][e] = 0.f;
+                    for (int e = 0; e < 4; ++e) d[t][e] = 0;
                 acc_start = kb + 128;
             }
         }

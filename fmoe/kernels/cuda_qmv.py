@@ -18,9 +18,9 @@ Three kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configurat
 (``fmoe_qmv4_mma``: :func:`supports_mma`; its variants in ``MMA_VARIANTS``, the engine's choice in
 ``MMA_DEFAULT``), which the launcher takes for one matrix; gate+up stays on the FMA kernel. ``kernel="fma"`` or a
 ``config`` forces the FMA kernel, ``kernel=<variant>`` a tensor-core variant (bench/results/cuda_kernels.md), and
-``kernel="bulk"`` the tensor-core kernel fed by bulk copies into shared memory (``fmoe_qmv4_bulk``, Hopper:
-:func:`supports_bulk`; the fastest of the three on the H200, 0.51-0.57 of HBM at decode and 0.73-0.81 with 64 rows,
-but not the default until the engine's tests run with it on a GPU: bench/results/cuda_stream.md, session 9).
+``kernel="bulk"`` the int8 tensor-core kernel fed by bulk copies into shared memory (``fmoe_qmv4_bulk``, Hopper:
+:func:`supports_bulk`), the engine's one-matrix default where it runs (else "mma-b3"): on the H200 0.48-0.50 of HBM
+at decode's 10 rows, 0.77-0.85 with 64 (bench/results/cuda_stream.md, session 10).
 ``OVERLAP_PRIOR`` (off by default) lets a launch start while the stream's previous kernel drains (programmatic
 dependent launch, compute capability 9.0+).
 """
@@ -48,11 +48,11 @@ BULK = "bulk"
 
 
 def _one_matrix_default() -> str | None:
-    """The one-matrix 4-bit kernel: ``FMOE_CUDA_QMV4`` = a name of MMA_VARIANTS (default "mma-b3"), "bulk" (Hopper;
-    where it cannot run, the first tensor-core variant) or "fma" (the FMA kernel)."""
+    """The one-matrix 4-bit kernel: ``FMOE_CUDA_QMV4`` = "bulk" (the default: Hopper; where it cannot run, the first
+    tensor-core variant, "mma-b3"), a name of MMA_VARIANTS or "fma" (the FMA kernel)."""
     import os
 
-    name = os.environ.get("FMOE_CUDA_QMV4", "mma-b3")
+    name = os.environ.get("FMOE_CUDA_QMV4", BULK)
     if name == "fma":
         return None
     if name in MMA_VARIANTS or name == BULK:
@@ -160,7 +160,7 @@ def _bulk_bytes(x, s, n_in: int, group_size: int) -> tuple[int, int]:
     """(bytes of one stage buffer, bytes of the staged x) of fmoe_qmv4_bulk's dynamic shared memory."""
     sr = _bulk_shape(n_in)[1]
     stage = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
-    return stage, ((n_in // 2 if x.dtype == torch.bfloat16 else n_in) + n_in // group_size) * 4
+    return stage, (n_in // 2 + 2 * (n_in // group_size)) * 4       # x as int8 digits h, l; sigma and sum a group
 
 
 def _bulk_stages(x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int) -> int:

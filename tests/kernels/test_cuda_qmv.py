@@ -110,14 +110,14 @@ def _check_one_matrix(kernel, n_in, group, n_out, supported):
 @needs_gpu
 @pytest.mark.parametrize("n_in", [512, 1024, 2048, 4096])
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("variant", ["mma-k256", "default"])
+@pytest.mark.parametrize("variant", ["mma-k256", "mma-b3"])
 def test_tensor_core_kernel_matches_the_reference(n_in, group, variant):
     """fmoe_qmv4_mma (4-bit on mma.sync): 200 rows (a partial 16-row tile and block), one to sixteen warps per tile,
     bf16 and float32 scales and activations, one x per row and one shared, gate and up in one pass. float32
     activations go in as two bf16 (hi + lo): within 2e-4 of the reference, where bf16 alone would be ~1e-3 off."""
     from fmoe.kernels import cuda_qmv
 
-    kernel = cuda_qmv.MMA_DEFAULT[False] if variant == "default" else variant
+    kernel = variant
 
     n_out = 200
     slots, idx = _check_one_matrix(kernel, n_in, group, n_out, lambda x, w, s, b: cuda_qmv.supports_mma(x, w, group, 4))
@@ -346,7 +346,7 @@ def test_the_one_matrix_kernel_is_chosen_by_fmoe_cuda_qmv4(monkeypatch):
         monkeypatch.setenv("FMOE_CUDA_QMV4", name)
         assert cuda_qmv._one_matrix_default() == chosen
     monkeypatch.delenv("FMOE_CUDA_QMV4")
-    assert cuda_qmv._one_matrix_default() == "mma-b3"
+    assert cuda_qmv._one_matrix_default() == "bulk"
     monkeypatch.setenv("FMOE_CUDA_QMV4", "fastest")
     with pytest.raises(ValueError, match="FMOE_CUDA_QMV4='fastest': one of 'fma', 'bulk', 'mma-b3'"):
         cuda_qmv._one_matrix_default()
