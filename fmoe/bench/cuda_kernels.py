@@ -258,8 +258,9 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
             if bits == 4:
                 for peer in (measure_read, measure_copy):
                     add({**peer(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r})
-                for v in cuda_qmv.MMA_VARIANTS:
-                    add(measure(f"cuda {v} gate+up", bits, *SHAPES[0], r))
+                for v in (*cuda_qmv.MMA_VARIANTS, cuda_qmv.BULK):
+                    if v != cuda_qmv.MMA_DEFAULT[True] and (v != cuda_qmv.BULK or bulk_ok()):
+                        add(measure(f"cuda {v} gate+up", bits, *SHAPES[0], r))
     of_read_peer(rows)
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -583,23 +583,25 @@ struct SlotAhead {
     }
 };
 
-// thread 0: the copies of stage unit `unit` of slot `slot` into stage buffer `st`
-template <int GROUP, int ST>
+// thread 0: the copies of stage unit `unit` of slot `slot` into stage buffer `st`. MODE 1 (gate+up): units come in
+// pairs, unit 2p the gate rows of stage p, unit 2p + 1 the up rows of the same stage
+template <int GROUP, int ST, int MODE>
 __device__ __forceinline__ void bulk_issue(const QmvArgs& a, unsigned char* stage, u32 bar, int unit, i64 slot,
                                            int per_row, int sr) {
-    const BulkPlan p = bulk_plan(unit, per_row, sr);
+    const BulkPlan p = bulk_plan(unit >> MODE, per_row, sr);
+    const bool up = MODE && (unit & 1);
     const int k = a.n_in, groups = k / GROUP, es = ST ? 2 : 4;
     const u32 code_bytes = (u32)sr * k / 2, scale_bytes = (u32)sr * groups * es;
     bar_expect(bar, code_bytes + 2 * scale_bytes);
     const u32 dst = smem_addr(stage);
-    bulk_copy(dst, a.w + slot * a.w_slot_stride + (i64)p.n0 * (k / 8), code_bytes, bar);
+    bulk_copy(dst, (up ? a.w2 : a.w) + slot * a.w_slot_stride + (i64)p.n0 * (k / 8), code_bytes, bar);
     const i64 si = (slot * a.s_slot_stride + (i64)p.n0 * groups) * es;
-    bulk_copy(dst + code_bytes, (const char*)a.s + si, scale_bytes, bar);
-    bulk_copy(dst + code_bytes + scale_bytes, (const char*)a.b + si, scale_bytes, bar);
+    bulk_copy(dst + code_bytes, (const char*)(up ? a.s2 : a.s) + si, scale_bytes, bar);
+    bulk_copy(dst + code_bytes + scale_bytes, (const char*)(up ? a.b2 : a.b) + si, scale_bytes, bar);
 }
 
 // thread 0: the stage buffers' mbarriers, then the copies of the block's first `stages` units
-template <int GROUP, int ST>
+template <int GROUP, int ST, int MODE>
 __device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
                                            u32 stage_bytes, int u0, int u1, int per_row, int sr, SlotAhead& ahead) {
     if (threadIdx.x == 0) {
@@ -609,18 +611,20 @@ __device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm,
     }
     if (threadIdx.x == 0)
         for (int s = 0; s < stages && u0 + s < u1; ++s)
-            bulk_issue<GROUP, ST>(a, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s,
-                                  ahead.take(a, u0 + s, per_row, u1), per_row, sr);
+            bulk_issue<GROUP, ST, MODE>(a, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s,
+                                        ahead.take(a, (u0 + s) >> MODE, per_row, u1 >> MODE), per_row, sr);
 }
 
 // the end of the block's unit u (table row r, rows n0..): each warp's sums of its TPW tiles (rows g and g + 8, one
 // per lane quad) into red, the barrier that ends every warp's reads of the stage, thread 0's refill of its buffer
-// with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile)
-template <int GROUP, int ST, int TPW>
+// with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile). MODE 1: a
+// gate unit's rows go to gate_rows (the same threads read them back at the up unit), an up unit's rows make
+// y = silu(gate) * up
+template <int GROUP, int ST, int TPW, int MODE>
 __device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW], float (&acc1)[TPW],
-                                            float (*red)[16][TPW][16], unsigned char* stage, u32 bar, int u,
-                                            int stages, int u1, int per_row, int sr, int wpt, int r, int n0,
-                                            int warp, int g, int c, SlotAhead& ahead) {
+                                            float (*red)[16][TPW][16], float* gate_rows, unsigned char* stage,
+                                            u32 bar, int u, int stages, int u1, int per_row, int sr, int wpt, int r,
+                                            int n0, int warp, int g, int c, SlotAhead& ahead) {
     const int h = u & 1;
 #pragma unroll
     for (int t = 0; t < TPW; ++t) {
@@ -635,18 +639,29 @@ __device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW]
     }
     __syncthreads();                                            // every warp is done with the stage and its x
     if (threadIdx.x == 0 && u + stages < u1)
-        bulk_issue<GROUP, ST>(a, stage, bar, u + stages, ahead.take(a, u + stages, per_row, u1), per_row, sr);
+        bulk_issue<GROUP, ST, MODE>(a, stage, bar, u + stages, ahead.take(a, (u + stages) >> MODE, per_row,
+                                                                          u1 >> MODE), per_row, sr);
     if (threadIdx.x < sr) {                                     // row threadIdx.x of the stage: tile T, its warps
         const int tile = threadIdx.x >> 4, row = threadIdx.x & 15, w0 = (tile / TPW) * wpt;
         float v = 0.f;
         for (int q = 0; q < wpt; ++q) v += red[h][w0 + q][tile % TPW][row];
-        a.y[(i64)r * a.n_out + n0 + threadIdx.x] = v;
+        if (MODE == 0) {
+            a.y[(i64)r * a.n_out + n0 + threadIdx.x] = v;
+        } else if ((u & 1) == 0) {
+            gate_rows[threadIdx.x] = v;
+        } else {
+            const float gv = gate_rows[threadIdx.x];
+            a.y[(i64)r * a.n_out + n0 + threadIdx.x] = gv / (1.f + expf(-gv)) * v;
+        }
     }
 }
 
-// the next unit's buffer, phase parity, table row and first output row
-__device__ __forceinline__ void bulk_next(int& s, u32& parity, int& r, int& n0, int stages, int sr, int n_out) {
+// the next unit's buffer and phase parity, and (after the unit's last matrix) its table row and first output row
+template <int MODE>
+__device__ __forceinline__ void bulk_next(int u, int& s, u32& parity, int& r, int& n0, int stages, int sr,
+                                          int n_out) {
     if (++s == stages) { s = 0; parity ^= 1u; }
+    if (MODE && (u & 1) == 0) return;
     n0 += sr;
     if (n0 == n_out) { n0 = 0; ++r; }
 }
@@ -734,28 +749,31 @@ __device__ __forceinline__ void int8_store(u32* xs, int n, int i, int n8, const 
     }
 }
 
-template <int GROUP, int XT, int ST, int KW, int TPW>
+// MODE 0: y = W x; MODE 1: y = silu(G x) * (U x) (gate+up of the same slots, a.w2 / s2 / b2 the up matrices): each
+// stage of output rows is two units, its gate rows then its up rows, in one block.
+template <int GROUP, int XT, int ST, int KW, int TPW, int MODE>
 __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages) {
     extern __shared__ __align__(128) unsigned char bsm[];
     __shared__ __align__(8) unsigned long long bars[32];
     __shared__ float red[2][16][TPW][16];
+    __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
     const int k = a.n_in, wpt = k / KW, sr = 16 * (16 / wpt) * TPW, groups = k / GROUP;
     const int per_row = a.n_out / sr;
     const int es = ST ? 2 : 4;
     const u32 stage_bytes = (u32)sr * k / 2 + 2u * sr * groups * es;
-    const int units = rows * per_row;
-    const int u0 = (int)((long long)blockIdx.x * units / gridDim.x);
-    const int u1 = (int)((long long)(blockIdx.x + 1) * units / gridDim.x);
+    const int pairs = rows * per_row;                           // stages of output rows (MODE 1: two units each)
+    const int u0 = (int)((long long)blockIdx.x * pairs / gridDim.x) << MODE;
+    const int u1 = (int)((long long)(blockIdx.x + 1) * pairs / gridDim.x) << MODE;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int n8 = k / 8, n8_pad = (n8 + 31) & ~31;
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
     SlotAhead ahead{-1, -1, 0, 0};
-    int r = u0 / per_row, n0 = (u0 % per_row) * sr;
-    if (threadIdx.x == 0 && u0 < u1) (void)ahead.take(a, u0, per_row, u1);   // the first slot's load in flight now
+    int r = (u0 >> MODE) / per_row, n0 = ((u0 >> MODE) % per_row) * sr;
+    if (threadIdx.x == 0 && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);   // in flight now
     prior_grid_wait();
     float xv[8];
     if (threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);   // before the copies
-    bulk_start<GROUP, ST>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+    bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
     next_grid_may_start();
     if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
     __syncthreads();                                            // x staged, the barriers' init visible
@@ -829,8 +847,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
                 acc_start = kb + 128;
             }
         }
-        bulk_finish<GROUP, ST, TPW>(a, acc0, acc1, red, stage, smem_addr(&bars[s]), u, stages, u1, per_row, sr, wpt, r,
-                                    n0, warp, g, c, ahead);
-        bulk_next(s, parity, r, n0, stages, sr, a.n_out);
+        bulk_finish<GROUP, ST, TPW, MODE>(a, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,
+                                          per_row, sr, wpt, r, n0, warp, g, c, ahead);
+        bulk_next<MODE>(u, s, parity, r, n0, stages, sr, a.n_out);
     }
 }

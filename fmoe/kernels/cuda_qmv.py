@@ -60,8 +60,22 @@ def _one_matrix_default() -> str | None:
     raise ValueError(f"FMOE_CUDA_QMV4={name!r}: one of 'fma', {BULK!r}, {', '.join(map(repr, MMA_VARIANTS))}")
 
 
-# one matrix / gate+up (None: the FMA kernel, which is faster for two matrices: 0.53 of HBM against 0.45-0.48)
-MMA_DEFAULT = {False: _one_matrix_default(), True: None}
+def _gate_up_default() -> str | None:
+    """The gate+up 4-bit kernel: ``FMOE_CUDA_GATE_UP`` = "fma" (the default: the FMA kernel), "bulk" (Hopper; the FMA
+    kernel where it cannot run) or a name of MMA_VARIANTS."""
+    import os
+
+    name = os.environ.get("FMOE_CUDA_GATE_UP", "fma")
+    if name == "fma":
+        return None
+    if name in MMA_VARIANTS or name == BULK:
+        return name
+    raise ValueError(f"FMOE_CUDA_GATE_UP={name!r}: one of 'fma', {BULK!r}, {', '.join(map(repr, MMA_VARIANTS))}")
+
+
+# one matrix / gate+up (None: the FMA kernel, faster than the mma variants for two matrices: 0.52 of HBM against
+# 0.46-0.50)
+MMA_DEFAULT = {False: _one_matrix_default(), True: _gate_up_default()}
 # Programmatic dependent launch on compute capability 9.0+: a launch may start (issue its weight loads) while the
 # stream's previous kernel drains; the kernels wait for the previous grid before reading x (nvrtc.Function.launch).
 # Off by default: the kernels read the slot table before that wait, which is safe only where the previous kernel
@@ -122,8 +136,9 @@ def _has_bf16_mma(device: torch.device) -> bool:
 
 BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as many as fit); 2 was the fastest of
                          # 1-6 on the H200 (bench/results/session9/call6_report.txt, call7_report.txt)
-_BULK_STATIC_SMEM = 256 + 2048 * 4      # fmoe_qmv4_bulk's static shared memory (barriers, partial sums) at up to 4
-                                         # tiles a warp: for supports_bulk, before the kernel is loaded
+_BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4     # fmoe_qmv4_bulk's static shared memory (barriers, partial sums,
+                                                   # gate rows) at up to 4 tiles a warp: for supports_bulk, before
+                                                   # the kernel is loaded
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
 
 
@@ -163,13 +178,16 @@ def _bulk_bytes(x, s, n_in: int, group_size: int) -> tuple[int, int]:
     return stage, (n_in // 2 + 2 * (n_in // group_size)) * 4       # x as int8 digits h, l; sigma and sum a group
 
 
-def _bulk_stages(x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int) -> int:
+def _bulk_stages(x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int,
+                 gate_up: bool = False) -> int:
     """Stage buffers of fmoe_qmv4_bulk: BULK_STAGES, at most what shared memory holds beside the staged x and the
-    kernel's static arrays, at most one a stage of a block (0: not even one fits)."""
+    kernel's static arrays, at most one a unit of a block (gate+up: two units a stage of rows; 0: not even one
+    fits)."""
     stage_bytes, x_bytes = _bulk_bytes(x, s, n_in, group_size)
     sms, smem_max = _sm_resources(device)
-    units = rows * (n_out // _bulk_shape(n_in)[1])
-    return min(32, BULK_STAGES or 32, (smem_max - static_bytes - x_bytes) // stage_bytes, -(-units // min(sms, units)))
+    pairs = rows * (n_out // _bulk_shape(n_in)[1])
+    per_block = -(-pairs // min(sms, pairs)) * (2 if gate_up else 1)
+    return min(32, BULK_STAGES or 32, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
 
 
 def _overlaps_prior(device_index: int) -> bool:
@@ -203,8 +221,8 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
         return out if out is not None else torch.empty(0, n_out, dtype=torch.float32, device=x.device)
     if kernel is not None and kernel != "fma":
         if kernel == BULK:
-            if config is not None or gate_up or not supports_bulk(x, w, s, b, group_size, bits):
-                raise ValueError(f"kernel={kernel!r}: one matrix, no FMA config, 4 bits, groups of 32/64/128, "
+            if config is not None or not all(supports_bulk(x, *m, group_size, bits) for m in (mats[0], up)):
+                raise ValueError(f"kernel={kernel!r}: no FMA config, 4 bits, groups of 32/64/128, "
                                  f"512/1024/2048/4096 inputs, output rows a multiple of a stage's, 16-byte aligned "
                                  f"scales and compute capability 9.0 or later (got {bits} bits, group {group_size}, "
                                  f"{n_in} inputs, {n_out} outputs)")
@@ -212,8 +230,11 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
             raise ValueError(f"kernel={kernel!r}: the tensor-core kernel takes no FMA config and needs 4 bits, groups "
                              f"of 32/64/128, 512/1024/2048/4096 inputs and compute capability 8.0 or later "
                              f"(got {bits} bits, group {group_size}, {n_in} inputs)")
-    if kernel is None and config is None and not gate_up and MMA_DEFAULT[False] == BULK:
-        kernel = BULK if supports_bulk(x, w, s, b, group_size, bits) else next(iter(MMA_VARIANTS))
+    if kernel is None and config is None and MMA_DEFAULT[gate_up] == BULK:
+        if all(supports_bulk(x, *m, group_size, bits) for m in (mats[0], up)):
+            kernel = BULK
+        elif not gate_up:
+            kernel = next(iter(MMA_VARIANTS))
     if x.dtype not in _DTYPE_CODE or x.stride(1) != 1:
         x = x.to(torch.float32).contiguous()
     if x.data_ptr() % 16 or (x.shape[0] > 1 and x.stride(0) * x.element_size() % 16):
@@ -226,7 +247,7 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     stream = torch.cuda.current_stream(x.device).cuda_stream
     mode = 1 if gate_up else 0
     if kernel == BULK:
-        _launch_bulk(args, x, s, n_out, n_in, rows, group_size, device, stream)
+        _launch_bulk(args, x, s, n_out, n_in, rows, group_size, device, stream, gate_up)
         return y
     variant = MMA_VARIANTS.get(kernel or MMA_DEFAULT[gate_up])
     if config is None and variant is not None and supports_mma(x, w, group_size, bits):
@@ -255,12 +276,15 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     return y
 
 
-def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, stream) -> None:
-    """fmoe_qmv4_bulk: one block of 16 warps an SM (at most one per stage), :func:`_bulk_stages` stage buffers."""
+def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, stream,
+                 gate_up: bool) -> None:
+    """fmoe_qmv4_bulk: one block of 16 warps an SM (at most one per stage of rows), :func:`_bulk_stages` stage
+    buffers."""
     kw, sr = _bulk_shape(n_in)
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
-    fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}>", device)
-    stages = _bulk_stages(x, s, n_out, n_in, rows, group_size, device, fn.static_shared)
+    fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
+                           f"{int(gate_up)}>", device)
+    stages = _bulk_stages(x, s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
                          f"memory ({_sm_resources(device)[1]} bytes a block)")

@@ -173,6 +173,27 @@ def test_bulk_copy_kernel_refills_its_stages(monkeypatch):
         _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel="bulk").cpu().numpy(), ref, 2e-4)
 
 
+@needs_hopper
+def test_bulk_copy_gate_up_matches_the_fma_kernel():
+    """fmoe_qmv4_bulk's gate+up mode (a stage's gate rows, then its up rows, in one block; silu(g) * u): the 397B
+    expert shape at decode's 10 rows and 64 (many stages a block, blocks crossing table rows), one shared bf16 x and
+    one float32 x per row, groups 32/64/128, bf16 and float32 scales; 512 inputs (128-row stages). Against the FMA
+    kernel's gate+up."""
+    from fmoe.kernels import cuda_qmv
+
+    for n_out, n_in, rows, group, scale_dtype in ((1024, 4096, 10, 64, torch.bfloat16), (1024, 4096, 64, 32,
+                                                  torch.float32), (1024, 4096, 10, 128, torch.bfloat16),
+                                                 (256, 512, 12, 64, torch.float32)):
+        (wg, sg, bg, _), (wu, su, bu, _) = (_table(4, group, n_out, n_in, slots=4, seed=seed, scale_dtype=scale_dtype)
+                                            for seed in (rows, rows + 1))
+        slots = torch.randint(0, 4, (rows,), dtype=torch.int32, device="cuda")
+        for x in (torch.randn(1, n_in, device="cuda").bfloat16(), torch.randn(rows, n_in, device="cuda")):
+            assert cuda_qmv.supports_bulk(x, wg, sg, bg, group, 4)
+            ref = cuda_qmv.grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, 4, group, kernel="fma").cpu().numpy()
+            got = cuda_qmv.grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, 4, group, kernel="bulk").cpu().numpy()
+            _close(got, ref, 2e-4)
+
+
 @needs_gpu
 def test_tensor_core_and_fma_kernels_agree_on_the_397b_shapes():
     """Every variant of the tensor-core kernel against the FMA kernel: the 397B expert shapes, and 200 x 2048 (a
@@ -316,8 +337,8 @@ def test_every_configuration_compiles_with_nvrtc():
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
     for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
-        for x_t, s_t, kw, tpw in ((1, 1, 256, 2), (0, 0, 128, 1)):
-            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}>"
+        for x_t, s_t, kw, tpw, mode in ((1, 1, 256, 2, 0), (0, 0, 128, 1, 0), (1, 1, 256, 2, 1)):
+            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
 
@@ -332,14 +353,15 @@ def test_a_kernel_name_that_cannot_run_is_an_error_that_says_why():
         cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="fast")
     with pytest.raises(ValueError, match="needs 4 bits.*got 2 bits"):
         cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="mma-b3")
-    with pytest.raises(ValueError, match="kernel='bulk': one matrix.*got 2 bits, group 64, 512 inputs, 32 outputs"):
+    with pytest.raises(ValueError, match="kernel='bulk': no FMA config, 4 bits.*got 2 bits, group 64, 512 inputs, 32 outputs"):
         cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="bulk")
-    with pytest.raises(ValueError, match="kernel='bulk': one matrix"):
+    with pytest.raises(ValueError, match="kernel='bulk': no FMA config, 4 bits"):
         cuda_qmv.grouped_gate_up(torch.zeros(1, 512), w, s, b, w, s, b, slots, 2, 64, kernel="bulk")
 
 
-def test_the_one_matrix_kernel_is_chosen_by_fmoe_cuda_qmv4(monkeypatch):
-    """FMOE_CUDA_QMV4 names the one-matrix 4-bit kernel (no GPU needed: only the name is read)."""
+def test_the_kernels_are_chosen_by_fmoe_cuda_qmv4_and_fmoe_cuda_gate_up(monkeypatch):
+    """FMOE_CUDA_QMV4 names the one-matrix 4-bit kernel, FMOE_CUDA_GATE_UP the gate+up one (no GPU needed: only the
+    names are read)."""
     from fmoe.kernels import cuda_qmv
 
     for name, chosen in (("mma-b3", "mma-b3"), ("mma-k256", "mma-k256"), ("bulk", "bulk"), ("fma", None)):
@@ -350,6 +372,14 @@ def test_the_one_matrix_kernel_is_chosen_by_fmoe_cuda_qmv4(monkeypatch):
     monkeypatch.setenv("FMOE_CUDA_QMV4", "fastest")
     with pytest.raises(ValueError, match="FMOE_CUDA_QMV4='fastest': one of 'fma', 'bulk', 'mma-b3'"):
         cuda_qmv._one_matrix_default()
+    for name, chosen in (("bulk", "bulk"), ("mma-k256", "mma-k256"), ("fma", None)):
+        monkeypatch.setenv("FMOE_CUDA_GATE_UP", name)
+        assert cuda_qmv._gate_up_default() == chosen
+    monkeypatch.delenv("FMOE_CUDA_GATE_UP")
+    assert cuda_qmv._gate_up_default() is None
+    monkeypatch.setenv("FMOE_CUDA_GATE_UP", "tc")
+    with pytest.raises(ValueError, match="FMOE_CUDA_GATE_UP='tc': one of 'fma', 'bulk'"):
+        cuda_qmv._gate_up_default()
 
 
 def test_no_rows_is_an_empty_result_without_a_launch():
