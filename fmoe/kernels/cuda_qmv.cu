@@ -48,7 +48,8 @@ template <> __device__ __forceinline__ float load_f<1>(const void* p, i64 i) {
 
 // Programmatic dependent launch (sm_90+; no-ops before, and when the launch did not ask for it: the launcher's
 // OVERLAP_PRIOR, off by default): a kernel launched with it may start while the previous kernel of the stream drains.
-// Ours read the weights, scales, biases and the slot table before prior_grid_wait(), and x, y only after it. That is
+// Ours read the slot table (and the FMA and mma kernels the weights, scales, biases; the bulk-copy kernel issues its
+// copies after the wait, behind its x loads) before prior_grid_wait(), and x, y only after it. That is
 // safe only when the previous kernel wrote none of those: true after one of ours (which let the next kernel start
 // only after its own wait), not when the slot table comes from the kernel right before (a grid's blocks may all have
 // exited before its writes are visible to a dependent that has not waited): hence off by default.
@@ -673,10 +674,13 @@ __device__ __forceinline__ void bulk_next(int u, int& s, u32& parity, int& r, in
 //   A: 16 output rows x 32 codes: lane (g, c) holds rows g, g + 8 at k = 4c..4c+3 (a0, a1) and 16+4c..16+4c+3 (a2,
 //      a3); k 4c.. are the even positions 0, 2, 4, 6 of the lane's word, k 16+4c.. the odd ones 1, 3, 5, 7.
 //   B: x as two int8 digits per group g: x ~ sigma_g (256 h + l), x_q = rint(x / sigma_g) in +-32639,
-//      h = (x_q + 128) >> 8 in [-127, 127], l = x_q - 256 h in [-128, 127] (error <= 2^-16 of the group's max |x|);
+//      h = (x_q + 128) >> 8 in [-127, 127], l = x_q - 256 h in [-128, 127]: each value within 1 / 65278 of its
+//      group's largest |x| (the CPU kernel's int16 activations have the same bound: a group with an outlier loses
+//      its small values' precision, ~1e-4 of max |y| where a few values are 500x the rest);
 //      column 2 (g % 4) + d holds digit d (0: h, 1: l) of that group's positions, zero elsewhere (the column trick of
 //      fmoe_qmv4_mma), so four groups accumulate in one int32 D exactly (|D| <= 128 x 15 x 128 at groups of 128).
-//   Per group: s_g sigma_g (256 D_h + D_l) + b_g sum(x) (the float32 sum of x as given).
+//   Per group: s_g sigma_g (256 D_h + D_l) + b_g sigma_g sum(x_q) (exact integer sums): y = W x^ exactly, x^ the
+//      quantized x (with the float32 sum of x instead, the bias term would not cancel against the scale term's error).
 // Staged x of a table row: h words [K / 4] (per 8 values 8m..: word 2m = h of 0, 2, 4, 6; word 2m + 1 = 1, 3, 5, 7),
 // l words [K / 4] the same, sigma [K / GROUP] floats, sum(x) [K / GROUP] floats.
 __device__ __forceinline__ void mma_s8(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
@@ -720,31 +724,36 @@ __device__ __forceinline__ void int8_store(u32* xs, int n, int i, int n8, const 
     float* sig = (float*)(xs + n / 2);
     float* sx = sig + n / GROUP;
     constexpr int LPG = GROUP / 8;                    // lanes per group (8 values each), consecutive in a warp
-    float part = 0.f, mx = 0.f;
+    float mx = 0.f, bad = 0.f;                        // bad: NaN where the group has a NaN or an infinity
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-        part += v[j];
         mx = fmaxf(mx, fabsf(v[j]));
+        bad += v[j] - v[j];
     }
 #pragma unroll
     for (int o = 1; o < LPG; o <<= 1) {
-        part += __shfl_xor_sync(0xffffffffu, part, o);
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        bad += __shfl_xor_sync(0xffffffffu, bad, o);
     }
-    if (i < n8) {
-        const float inv = mx > 0.f ? 32639.f / mx : 0.f;
-        int h[8], l[8];
+    // a group below 1e-30 counts as zero (its scale would overflow); non-finite x makes the row's y NaN (sigma NaN)
+    const float inv = mx >= 1e-30f && bad == 0.f ? 32639.f / mx : 0.f;
+    int h[8], l[8], qsum = 0;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int q = max(-32639, min(32639, __float2int_rn(v[j] * inv)));
-            h[j] = (q + 128) >> 8;
-            l[j] = q - 256 * h[j];
-        }
+    for (int j = 0; j < 8; ++j) {
+        const int q = max(-32639, min(32639, __float2int_rn(v[j] * inv)));
+        qsum += q;
+        h[j] = (q + 128) >> 8;
+        l[j] = q - 256 * h[j];
+    }
+#pragma unroll
+    for (int o = 1; o < LPG; o <<= 1) qsum += __shfl_xor_sync(0xffffffffu, qsum, o);
+    if (i < n8) {
         *(uint2*)&xh[2 * i] = make_uint2(pack_s8(h[0], h[2], h[4], h[6]), pack_s8(h[1], h[3], h[5], h[7]));
         *(uint2*)&xl[2 * i] = make_uint2(pack_s8(l[0], l[2], l[4], l[6]), pack_s8(l[1], l[3], l[5], l[7]));
         if (i % LPG == 0) {
-            sig[i / LPG] = mx / 32639.f;
-            sx[i / LPG] = part;
+            const float sg = (mx >= 1e-30f ? mx / 32639.f : 0.f) + bad;
+            sig[i / LPG] = sg;
+            sx[i / LPG] = sg * (float)qsum;                     // |qsum| <= 128 x 32639 < 2^24: exact in float32
         }
     }
 }
@@ -766,6 +775,7 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     const int u1 = (int)((long long)(blockIdx.x + 1) * pairs / gridDim.x) << MODE;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int n8 = k / 8, n8_pad = (n8 + 31) & ~31;
+    if (n8_pad > (int)blockDim.x) __trap();                     // one 8-value chunk of x a thread (K <= 4096)
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
     SlotAhead ahead{-1, -1, 0, 0};
     int r = (u0 >> MODE) / per_row, n0 = ((u0 >> MODE) % per_row) * sr;

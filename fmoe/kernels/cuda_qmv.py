@@ -16,7 +16,8 @@ launch and writes silu(gate) * up, which is the first half of an expert; the eng
 Three kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configuration: :func:`launch_config`, from
 `fmoe bench kernels --device cuda --sweep` on the H200) and, at 4 bits on Ampere or later, the tensor-core kernel
 (``fmoe_qmv4_mma``: :func:`supports_mma`; its variants in ``MMA_VARIANTS``, the engine's choice in
-``MMA_DEFAULT``), which the launcher takes for one matrix; gate+up stays on the FMA kernel. ``kernel="fma"`` or a
+``MMA_DEFAULT``), which the launcher takes for one matrix before Hopper; gate+up stays on the FMA kernel unless
+``FMOE_CUDA_GATE_UP`` names another. ``kernel="fma"`` or a
 ``config`` forces the FMA kernel, ``kernel=<variant>`` a tensor-core variant (bench/results/cuda_kernels.md), and
 ``kernel="bulk"`` the int8 tensor-core kernel fed by bulk copies into shared memory (``fmoe_qmv4_bulk``, Hopper:
 :func:`supports_bulk`), the engine's one-matrix default where it runs (else "mma-b3"): on the H200 0.48-0.50 of HBM
@@ -38,9 +39,8 @@ BITS = (2, 4, 8)
 MAX_CHUNKS_PER_LANE = 8
 # fmoe_qmv4_mma variants: (inputs per warp, each warp stages its own x, blocks an SM for the launch bounds). Timed on
 # the H200 (bench/results/cuda_stream.md, session 8): at decode every variant and the FMA kernel take ~11-13 us a
-# 20 MB call; with 64 rows these two are the fastest (0.60-0.72 of HBM). "mma-b3" is the default: its path (the block
-# stages x) passed at every group size on the GPU; "mma-k256" (per-warp staging) ran the engine in calls 6-7, and
-# its group-128 alignment fix came after the last GPU run. Variants that were slower or no faster (no launch bounds,
+# 20 MB call; with 64 rows these two are the fastest (0.60-0.72 of HBM). "mma-b3" is the one-matrix kernel where the
+# bulk-copy kernel cannot run (before compute capability 9.0); "mma-k256" has per-warp staging. Variants that were slower or no faster (no launch bounds,
 # per-warp staging at 512 inputs, codes through shared memory by cp.async) were removed; their rows stay in the
 # session 8 results.
 MMA_VARIANTS = {"mma-b3": (512, 0, 3), "mma-k256": (256, 1, 2)}
@@ -166,24 +166,24 @@ def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     n_in = w.shape[2] * 32 // bits
     if _capability(index) < (9, 0) or w.shape[1] % _bulk_shape(n_in)[1] or _bulk_stages(
-            x, scales, w.shape[1], n_in, 1, group_size, index, _BULK_STATIC_SMEM) < 1:
+            scales, w.shape[1], n_in, 1, group_size, index, _BULK_STATIC_SMEM) < 1:
         return False
     return all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in (w, scales, biases))
 
 
-def _bulk_bytes(x, s, n_in: int, group_size: int) -> tuple[int, int]:
+def _bulk_bytes(s, n_in: int, group_size: int) -> tuple[int, int]:
     """(bytes of one stage buffer, bytes of the staged x) of fmoe_qmv4_bulk's dynamic shared memory."""
     sr = _bulk_shape(n_in)[1]
     stage = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
     return stage, (n_in // 2 + 2 * (n_in // group_size)) * 4       # x as int8 digits h, l; sigma and sum a group
 
 
-def _bulk_stages(x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int,
+def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int,
                  gate_up: bool = False) -> int:
     """Stage buffers of fmoe_qmv4_bulk: BULK_STAGES, at most what shared memory holds beside the staged x and the
     kernel's static arrays, at most one a unit of a block (gate+up: two units a stage of rows; 0: not even one
     fits)."""
-    stage_bytes, x_bytes = _bulk_bytes(x, s, n_in, group_size)
+    stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
     sms, smem_max = _sm_resources(device)
     pairs = rows * (n_out // _bulk_shape(n_in)[1])
     per_block = -(-pairs // min(sms, pairs)) * (2 if gate_up else 1)
@@ -284,11 +284,11 @@ def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, 
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
                            f"{int(gate_up)}>", device)
-    stages = _bulk_stages(x, s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
+    stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
                          f"memory ({_sm_resources(device)[1]} bytes a block)")
-    stage_bytes, x_bytes = _bulk_bytes(x, s, n_in, group_size)
+    stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
     blocks = min(_sm_resources(device)[0], rows * (n_out // sr))
     fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes, stream,
               [args, ctypes.c_int(rows), ctypes.c_int(stages)], _overlaps_prior(device))
@@ -297,9 +297,10 @@ def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, 
 def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, config=None,
                 kernel=None) -> torch.Tensor:
     """``y[r] = dequant(w[slots[r]]) @ x[r]`` for every row r (x: [R, in] or [1, in] shared); float32 [R, out].
-    The tensor-core kernel where :func:`supports_mma`, unless ``kernel="fma"`` or a ``config`` is given: (rows per
-    warp, warps, batches per warp) of the FMA kernel, else :func:`launch_config`. ``kernel=<a name of
-    MMA_VARIANTS>``: that tensor-core variant (also for gate+up)."""
+    The bulk-copy kernel where :func:`supports_bulk` (Hopper), else the tensor-core kernel where
+    :func:`supports_mma` (``MMA_DEFAULT``), unless ``kernel="fma"`` or a ``config`` is given: (rows per warp, warps,
+    batches per warp) of the FMA kernel, else :func:`launch_config`. ``kernel="bulk"`` or ``<a name of
+    MMA_VARIANTS>``: that kernel (also for gate+up)."""
     return _launch(x, [(w, scales, biases)], slots, bits, group_size, out, config, False, kernel)
 
 
