@@ -16,8 +16,8 @@ launch and writes silu(gate) * up, which is the first half of an expert; the eng
 Three kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configuration: :func:`launch_config`, from
 `fmoe bench kernels --device cuda --sweep` on the H200) and, at 4 bits on Ampere or later, the tensor-core kernel
 (``fmoe_qmv4_mma``: :func:`supports_mma`; its variants in ``MMA_VARIANTS``, the engine's choice in
-``MMA_DEFAULT``), which the launcher takes for one matrix before Hopper; gate+up stays on the FMA kernel unless
-``FMOE_CUDA_GATE_UP`` names another. ``kernel="fma"`` or a
+``MMA_DEFAULT``), which the launcher takes for one matrix before Hopper; gate+up takes the bulk-copy kernel on
+Hopper and the FMA kernel before (``FMOE_CUDA_GATE_UP`` names another). ``kernel="fma"`` or a
 ``config`` forces the FMA kernel, ``kernel=<variant>`` a tensor-core variant (bench/results/cuda_kernels.md), and
 ``kernel="bulk"`` the int8 tensor-core kernel fed by bulk copies into shared memory (``fmoe_qmv4_bulk``, Hopper:
 :func:`supports_bulk`), the engine's one-matrix default where it runs (else "mma-b3"): on the H200 0.48-0.50 of HBM
@@ -61,11 +61,11 @@ def _one_matrix_default() -> str | None:
 
 
 def _gate_up_default() -> str | None:
-    """The gate+up 4-bit kernel: ``FMOE_CUDA_GATE_UP`` = "fma" (the default: the FMA kernel), "bulk" (Hopper; the FMA
-    kernel where it cannot run) or a name of MMA_VARIANTS."""
+    """The gate+up 4-bit kernel: ``FMOE_CUDA_GATE_UP`` = "bulk" (the default: Hopper; the FMA kernel where it cannot
+    run), "fma" (the FMA kernel) or a name of MMA_VARIANTS."""
     import os
 
-    name = os.environ.get("FMOE_CUDA_GATE_UP", "fma")
+    name = os.environ.get("FMOE_CUDA_GATE_UP", BULK)
     if name == "fma":
         return None
     if name in MMA_VARIANTS or name == BULK:
@@ -73,8 +73,8 @@ def _gate_up_default() -> str | None:
     raise ValueError(f"FMOE_CUDA_GATE_UP={name!r}: one of 'fma', {BULK!r}, {', '.join(map(repr, MMA_VARIANTS))}")
 
 
-# one matrix / gate+up (None: the FMA kernel, faster than the mma variants for two matrices: 0.52 of HBM against
-# 0.46-0.50)
+# one matrix / gate+up (None: the FMA kernel). The H200, decode's 10 rows (bench/results/cuda_stream.md, session 10):
+# gate+up bulk 18.9 us = 0.59 of HBM, the FMA kernel 21.1 (0.53), the mma variants 22.1-24.2
 MMA_DEFAULT = {False: _one_matrix_default(), True: _gate_up_default()}
 # Programmatic dependent launch on compute capability 9.0+: a launch may start (issue its weight loads) while the
 # stream's previous kernel drains; the kernels wait for the previous grid before reading x (nvrtc.Function.launch).
@@ -118,8 +118,8 @@ def supports(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, bits: int, 
 def supports_mma(x: torch.Tensor, w: torch.Tensor, group_size: int, bits: int) -> bool:
     """Whether the tensor-core kernel (fmoe_qmv4_mma) runs these operands: 4 bits, groups of 32/64/128, 512, 1024,
     2048 or 4096 inputs (one to sixteen warps per 16-row tile), a GPU with bf16 mma (Ampere or later). The launcher
-    takes it for one matrix; gate+up stays on the FMA kernel unless a tensor-core variant is named (0.53 of HBM
-    against 0.45-0.48 at decode on the H200: two matrices take 111-123 registers there)."""
+    takes it for one matrix before Hopper; gate+up goes to the FMA kernel there unless a variant is named (0.53 of
+    HBM against 0.45-0.48 at decode on the H200: two matrices take 111-123 registers in this kernel)."""
     n_in = w.shape[2] * 32 // bits
     return bits == 4 and group_size in (32, 64, 128) and n_in in (512, 1024, 2048, 4096) and _has_bf16_mma(x.device)
 

@@ -399,7 +399,7 @@ def test_the_kernels_are_chosen_by_fmoe_cuda_qmv4_and_fmoe_cuda_gate_up(monkeypa
         monkeypatch.setenv("FMOE_CUDA_GATE_UP", name)
         assert cuda_qmv._gate_up_default() == chosen
     monkeypatch.delenv("FMOE_CUDA_GATE_UP")
-    assert cuda_qmv._gate_up_default() is None
+    assert cuda_qmv._gate_up_default() == "bulk"
     monkeypatch.setenv("FMOE_CUDA_GATE_UP", "tc")
     with pytest.raises(ValueError, match="FMOE_CUDA_GATE_UP='tc': one of 'fma', 'bulk'"):
         cuda_qmv._gate_up_default()
