@@ -75,6 +75,16 @@ __device__ __forceinline__ u32 word_of(const uint4& v, int k) {
     return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
 }
 
+// the 8 bf16 values of a 16-byte load as floats, in order
+__device__ __forceinline__ void bf16x8(const uint4& raw, float (&v)[8]) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const u32 wd = word_of(raw, j);
+        v[2 * j] = __uint_as_float(wd << 16);
+        v[2 * j + 1] = __uint_as_float(wd & 0xFFFF0000u);
+    }
+}
+
 // bit position of value e of a word after the optional shift by 12 (codes that would reach bit 23 are shifted)
 template <int BITS> __device__ __host__ constexpr int low_value(int e) { return (e + 1) * BITS <= 23; }
 template <int BITS> __device__ __host__ constexpr int code_pos(int e) { return low_value<BITS>(e) ? e * BITS : e * BITS - 12; }
@@ -234,13 +244,8 @@ __global__ void __launch_bounds__(256) fmoe_qmv(const QmvArgs a) {
         if (i < nvec) {
             const uint4 raw = *(const uint4*)((const char*)a.x + (xoff + (i64)i * VEC) * (XT ? 2 : 4));
             float v[VEC];
-            if (XT) {
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const u32 wd = word_of(raw, j);
-                    v[2 * j] = __uint_as_float(wd << 16);
-                    v[2 * j + 1] = __uint_as_float(wd & 0xFFFF0000u);
-                }
+            if constexpr (XT != 0) {
+                bf16x8(raw, v);
             } else {
 #pragma unroll
                 for (int j = 0; j < 4; ++j) v[j] = __uint_as_float(word_of(raw, j));
@@ -704,12 +709,7 @@ __device__ __forceinline__ void int8_load(const void* x, i64 xoff, int i, int n8
     if (i >= n8) return;
     if (XT) {
         const uint4 raw = *(const uint4*)((const u16*)x + xoff + (i64)i * 8);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const u32 wd = word_of(raw, j);
-            v[2 * j] = __uint_as_float(wd << 16);
-            v[2 * j + 1] = __uint_as_float(wd & 0xFFFF0000u);
-        }
+        bf16x8(raw, v);
     } else {
         const float* xp = (const float*)x + xoff + (i64)i * 8;
         const float4 f0 = *(const float4*)xp, f1 = *(const float4*)(xp + 4);

@@ -47,35 +47,22 @@ MMA_VARIANTS = {"mma-b3": (512, 0, 3), "mma-k256": (256, 1, 2)}
 BULK = "bulk"
 
 
-def _one_matrix_default() -> str | None:
-    """The one-matrix 4-bit kernel: ``FMOE_CUDA_QMV4`` = "bulk" (the default: Hopper; where it cannot run, the first
-    tensor-core variant, "mma-b3"), a name of MMA_VARIANTS or "fma" (the FMA kernel)."""
+def _kernel_from_env(var: str) -> str | None:
+    """The 4-bit kernel environment variable ``var`` names: "bulk" (the default: Hopper; where it cannot run, "mma-b3"
+    for one matrix, the FMA kernel for gate+up), a name of MMA_VARIANTS, or "fma" (the FMA kernel: None)."""
     import os
 
-    name = os.environ.get("FMOE_CUDA_QMV4", BULK)
+    name = os.environ.get(var, BULK)
     if name == "fma":
         return None
     if name in MMA_VARIANTS or name == BULK:
         return name
-    raise ValueError(f"FMOE_CUDA_QMV4={name!r}: one of 'fma', {BULK!r}, {', '.join(map(repr, MMA_VARIANTS))}")
-
-
-def _gate_up_default() -> str | None:
-    """The gate+up 4-bit kernel: ``FMOE_CUDA_GATE_UP`` = "bulk" (the default: Hopper; the FMA kernel where it cannot
-    run), "fma" (the FMA kernel) or a name of MMA_VARIANTS."""
-    import os
-
-    name = os.environ.get("FMOE_CUDA_GATE_UP", BULK)
-    if name == "fma":
-        return None
-    if name in MMA_VARIANTS or name == BULK:
-        return name
-    raise ValueError(f"FMOE_CUDA_GATE_UP={name!r}: one of 'fma', {BULK!r}, {', '.join(map(repr, MMA_VARIANTS))}")
+    raise ValueError(f"{var}={name!r}: one of 'fma', {BULK!r}, {', '.join(map(repr, MMA_VARIANTS))}")
 
 
 # one matrix / gate+up (None: the FMA kernel). The H200, decode's 10 rows (bench/results/cuda_stream.md, session 10):
 # gate+up bulk 18.9 us = 0.59 of HBM, the FMA kernel 21.1 (0.53), the mma variants 22.1-24.2
-MMA_DEFAULT = {False: _one_matrix_default(), True: _gate_up_default()}
+MMA_DEFAULT = {False: _kernel_from_env("FMOE_CUDA_QMV4"), True: _kernel_from_env("FMOE_CUDA_GATE_UP")}
 # Programmatic dependent launch on compute capability 9.0+: a launch may start (issue its weight loads) while the
 # stream's previous kernel drains; the kernels wait for the previous grid before reading x (nvrtc.Function.launch).
 # Off by default: the kernels read the slot table before that wait, which is safe only where the previous kernel

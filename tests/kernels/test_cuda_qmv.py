@@ -382,27 +382,20 @@ def test_a_kernel_name_that_cannot_run_is_an_error_that_says_why():
         cuda_qmv.grouped_gate_up(torch.zeros(1, 512), w, s, b, w, s, b, slots, 2, 64, kernel="bulk")
 
 
-def test_the_kernels_are_chosen_by_fmoe_cuda_qmv4_and_fmoe_cuda_gate_up(monkeypatch):
-    """FMOE_CUDA_QMV4 names the one-matrix 4-bit kernel, FMOE_CUDA_GATE_UP the gate+up one (no GPU needed: only the
-    names are read)."""
+@pytest.mark.parametrize("var", ["FMOE_CUDA_QMV4", "FMOE_CUDA_GATE_UP"])
+def test_the_kernels_are_chosen_by_environment_variables(monkeypatch, var):
+    """FMOE_CUDA_QMV4 names the one-matrix 4-bit kernel, FMOE_CUDA_GATE_UP the gate+up one, "bulk" by default (no GPU
+    needed: only the names are read)."""
     from fmoe.kernels import cuda_qmv
 
     for name, chosen in (("mma-b3", "mma-b3"), ("mma-k256", "mma-k256"), ("bulk", "bulk"), ("fma", None)):
-        monkeypatch.setenv("FMOE_CUDA_QMV4", name)
-        assert cuda_qmv._one_matrix_default() == chosen
-    monkeypatch.delenv("FMOE_CUDA_QMV4")
-    assert cuda_qmv._one_matrix_default() == "bulk"
-    monkeypatch.setenv("FMOE_CUDA_QMV4", "fastest")
-    with pytest.raises(ValueError, match="FMOE_CUDA_QMV4='fastest': one of 'fma', 'bulk', 'mma-b3'"):
-        cuda_qmv._one_matrix_default()
-    for name, chosen in (("bulk", "bulk"), ("mma-k256", "mma-k256"), ("fma", None)):
-        monkeypatch.setenv("FMOE_CUDA_GATE_UP", name)
-        assert cuda_qmv._gate_up_default() == chosen
-    monkeypatch.delenv("FMOE_CUDA_GATE_UP")
-    assert cuda_qmv._gate_up_default() == "bulk"
-    monkeypatch.setenv("FMOE_CUDA_GATE_UP", "tc")
-    with pytest.raises(ValueError, match="FMOE_CUDA_GATE_UP='tc': one of 'fma', 'bulk'"):
-        cuda_qmv._gate_up_default()
+        monkeypatch.setenv(var, name)
+        assert cuda_qmv._kernel_from_env(var) == chosen
+    monkeypatch.delenv(var)
+    assert cuda_qmv._kernel_from_env(var) == "bulk"
+    monkeypatch.setenv(var, "fastest")
+    with pytest.raises(ValueError, match=f"{var}='fastest': one of 'fma', 'bulk', 'mma-b3'"):
+        cuda_qmv._kernel_from_env(var)
 
 
 def test_no_rows_is_an_empty_result_without_a_launch():
