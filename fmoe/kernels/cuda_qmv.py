@@ -20,8 +20,8 @@ Three kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configurat
 Hopper and the FMA kernel before (``FMOE_CUDA_GATE_UP`` names another). ``kernel="fma"`` or a
 ``config`` forces the FMA kernel, ``kernel=<variant>`` a tensor-core variant (bench/results/cuda_kernels.md), and
 ``kernel="bulk"`` the int8 tensor-core kernel fed by bulk copies into shared memory (``fmoe_qmv4_bulk``, Hopper:
-:func:`supports_bulk`), the engine's one-matrix default where it runs (else "mma-b3"): on the H200 0.48-0.50 of HBM
-at decode's 10 rows, 0.77-0.85 with 64 (bench/results/cuda_stream.md, session 10).
+:func:`supports_bulk`), the engine's default where it runs (else "mma-b3" for one matrix): on the H200 0.45-0.53 of
+HBM at decode's 10 rows, 0.81-0.84 with 64, gate+up 0.59 at decode (bench/results/cuda_stream.md, session 10).
 ``OVERLAP_PRIOR`` (off by default) lets a launch start while the stream's previous kernel drains (programmatic
 dependent launch, compute capability 9.0+).
 """
@@ -40,9 +40,9 @@ MAX_CHUNKS_PER_LANE = 8
 # fmoe_qmv4_mma variants: (inputs per warp, each warp stages its own x, blocks an SM for the launch bounds). Timed on
 # the H200 (bench/results/cuda_stream.md, session 8): at decode every variant and the FMA kernel take ~11-13 us a
 # 20 MB call; with 64 rows these two are the fastest (0.60-0.72 of HBM). "mma-b3" is the one-matrix kernel where the
-# bulk-copy kernel cannot run (before compute capability 9.0); "mma-k256" has per-warp staging. Variants that were slower or no faster (no launch bounds,
-# per-warp staging at 512 inputs, codes through shared memory by cp.async) were removed; their rows stay in the
-# session 8 results.
+# bulk-copy kernel cannot run (before compute capability 9.0); "mma-k256" has per-warp staging. Variants that were
+# slower or no faster (no launch bounds, per-warp staging at 512 inputs, codes through shared memory by cp.async) were
+# removed; their rows stay in the session 8 results.
 MMA_VARIANTS = {"mma-b3": (512, 0, 3), "mma-k256": (256, 1, 2)}
 BULK = "bulk"
 

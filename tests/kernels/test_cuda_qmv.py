@@ -376,7 +376,8 @@ def test_a_kernel_name_that_cannot_run_is_an_error_that_says_why():
         cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="fast")
     with pytest.raises(ValueError, match="needs 4 bits.*got 2 bits"):
         cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="mma-b3")
-    with pytest.raises(ValueError, match="kernel='bulk': no FMA config, 4 bits.*got 2 bits, group 64, 512 inputs, 32 outputs"):
+    with pytest.raises(ValueError, match="kernel='bulk': no FMA config, 4 bits.*got 2 bits, group 64, 512 inputs, "
+                                         "32 outputs"):
         cuda_qmv.grouped_qmv(torch.zeros(1, 512), w, s, b, slots, 2, 64, kernel="bulk")
     with pytest.raises(ValueError, match="kernel='bulk': no FMA config, 4 bits"):
         cuda_qmv.grouped_gate_up(torch.zeros(1, 512), w, s, b, w, s, b, slots, 2, 64, kernel="bulk")
