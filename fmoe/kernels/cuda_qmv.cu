@@ -536,9 +536,9 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
 // tiles share the activation fragments. Lane (g, c) reads 16 bytes (32 codes) of rows g and g + 8 at byte 16 c of
 // each 64-byte run, so a group of 64 spans lanes c = 0, 1 or 2, 3 of an mma; each lane's B column pair is its own
 // group's (group % 4), so four groups (a 4 GROUP window) accumulate without mixing. The products are int8 (below).
-// Measured on the H200 (bench/results/cuda_stream.md, sessions 9-10): the fastest kernel with 20 or more rows, and
-// at decode's 10 rows for the 4096 x 1024 shape; at decode a call is bound by its start (the first stage of every
-// block lands after ~9 MB of copies) and its last stage's products, not by the loop.
+// Measured on the H200 (bench/results/cuda_stream.md, session 10): the fastest of the kernels here at every shape
+// timed, one matrix and gate+up; at decode a call is bound by its start (the first stage of every block lands after
+// ~9 MB of copies) and its last stage's products, not by the loop.
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
@@ -675,7 +675,7 @@ __device__ __forceinline__ void bulk_next(int u, int& s, u32& parity, int& r, in
 // int8 products (session 10; bench/results/cuda_stream.md): a code word gives two registers of four int8 codes with
 // three instructions (w & 0x0F0F0F0F, (w >> 4) & 0x0F0F0F0F) and one mma.sync m16n8k32 s8 takes 512 codes, where the
 // bf16 products spent 7 of ~13 issued instructions an mma on the nibbles. Faster than the bf16 bulk kernel at every
-// shape on the H200 (decode 10 rows: 10.9-13.0 us against 12.2-13.9; 64 rows 0.77-0.85 of HBM against 0.71-0.78).
+// shape on the H200 (decode 10 rows: 10.5-12.3 us against 12.2-13.9; 64 rows 0.81-0.84 of HBM against 0.71-0.78).
 //   A: 16 output rows x 32 codes: lane (g, c) holds rows g, g + 8 at k = 4c..4c+3 (a0, a1) and 16+4c..16+4c+3 (a2,
 //      a3); k 4c.. are the even positions 0, 2, 4, 6 of the lane's word, k 16+4c.. the odd ones 1, 3, 5, 7.
 //   B: x as two int8 digits per group g: x ~ sigma_g (256 h + l), x_q = rint(x / sigma_g) in +-32639,
