@@ -758,10 +758,44 @@ __device__ __forceinline__ void int8_store(u32* xs, int n, int i, int n8, const 
     }
 }
 
+// A block's timeline (TRACE = 1 instances, for bench/device/bulk_timeline.py; the engine's are TRACE = 0, where
+// `trace` is unused): thread 0 writes 64 u64 a block: [0] globaltimer at entry, [1] clock64 at entry, then clock64
+// offsets: [2] x staged, per unit i < 19: [3 + 3i] its stage landed, [4 + 3i] its products done, [5 + 3i] the unit
+// finished; [61] units, [62] clock64 offset at the end, [63] globaltimer at the end.
+struct BulkTrace {
+    unsigned long long* t;
+    long long c0;
+    __device__ __forceinline__ void start(unsigned long long* trace) {
+        t = trace ? trace + 64 * blockIdx.x : nullptr;
+        if (t && threadIdx.x == 0) {
+            unsigned long long gt;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(gt));
+            c0 = clock64();
+            t[0] = gt;
+            t[1] = (unsigned long long)c0;
+        }
+    }
+    __device__ __forceinline__ void mark(int i) {
+        if (t && threadIdx.x == 0 && i < 61) t[i] = (unsigned long long)(clock64() - c0);
+    }
+    __device__ __forceinline__ void end(int units) {
+        if (t && threadIdx.x == 0) {
+            unsigned long long gt;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(gt));
+            t[63] = gt;
+            t[62] = (unsigned long long)(clock64() - c0);
+            t[61] = (unsigned long long)units;
+        }
+    }
+};
+
 // MODE 0: y = W x; MODE 1: y = silu(G x) * (U x) (gate+up of the same slots, a.w2 / s2 / b2 the up matrices): each
 // stage of output rows is two units, its gate rows then its up rows, in one block.
-template <int GROUP, int XT, int ST, int KW, int TPW, int MODE>
-__global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages) {
+template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE>
+__global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages,
+                                                         unsigned long long* trace) {
+    BulkTrace tr;
+    if (TRACE) tr.start(trace);
     extern __shared__ __align__(128) unsigned char bsm[];
     __shared__ __align__(8) unsigned long long bars[32];
     __shared__ float red[2][16][TPW][16];
@@ -787,6 +821,7 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     next_grid_may_start();
     if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
     __syncthreads();                                            // x staged, the barriers' init visible
+    if (TRACE) tr.mark(2);
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
     const u32* xsrc = (g & 1) ? xs + k / 4 : xs;                // this lane's B column: digit l (odd g) or h
     const float* sig = (const float*)(xs + k / 2);
@@ -804,6 +839,7 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
         }
         unsigned char* stage = bsm + (size_t)s * stage_bytes;
         bar_wait(smem_addr(&bars[s]), parity);
+        if (TRACE) tr.mark(3 + 3 * (u - u0));
         const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2) + 16 * c;
         const unsigned char* scl = stage + (size_t)sr * k / 2;
         const unsigned char* bia = scl + (size_t)sr * groups * es;
@@ -857,8 +893,11 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
                 acc_start = kb + 128;
             }
         }
+        if (TRACE) tr.mark(4 + 3 * (u - u0));
         bulk_finish<GROUP, ST, TPW, MODE>(a, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,
                                           per_row, sr, wpt, r, n0, warp, g, c, ahead);
+        if (TRACE) tr.mark(5 + 3 * (u - u0));
         bulk_next<MODE>(u, s, parity, r, n0, stages, sr, a.n_out);
     }
+    if (TRACE) tr.end(u1 - u0);
 }

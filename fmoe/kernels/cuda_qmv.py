@@ -194,7 +194,8 @@ def launch_config(n_in: int, bits: int, rows: int, gate_up: bool) -> tuple[int, 
     return (2, 8, 1) if per_lane <= 4 else (1, 8, 1)
 
 
-def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bool, kernel) -> torch.Tensor:
+def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bool, kernel,
+            trace: torch.Tensor | None = None) -> torch.Tensor:
     (w, s, b), up = mats[0], (mats[1] if gate_up else mats[0])
     n_out, n_in, rows = check_operands(x, w, s, b, slots, bits, group_size)
     if gate_up:
@@ -234,7 +235,7 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     stream = torch.cuda.current_stream(x.device).cuda_stream
     mode = 1 if gate_up else 0
     if kernel == BULK:
-        _launch_bulk(args, x, s, n_out, n_in, rows, group_size, device, stream, gate_up)
+        _launch_bulk(args, x, s, n_out, n_in, rows, group_size, device, stream, gate_up, trace)
         return y
     variant = MMA_VARIANTS.get(kernel or MMA_DEFAULT[gate_up])
     if config is None and variant is not None and supports_mma(x, w, group_size, bits):
@@ -264,21 +265,25 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
 
 
 def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, stream,
-                 gate_up: bool) -> None:
+                 gate_up: bool, trace: torch.Tensor | None = None) -> None:
     """fmoe_qmv4_bulk: one block of 16 warps an SM (at most one per stage of rows), :func:`_bulk_stages` stage
-    buffers."""
+    buffers. ``trace`` (bench/device/bulk_timeline.py): int64 [blocks, 64], the blocks' timelines (the kernel's
+    TRACE instance)."""
     kw, sr = _bulk_shape(n_in)
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
-                           f"{int(gate_up)}>", device)
+                           f"{int(gate_up)}, {int(trace is not None)}>", device)
     stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
                          f"memory ({_sm_resources(device)[1]} bytes a block)")
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
     blocks = min(_sm_resources(device)[0], rows * (n_out // sr))
+    if trace is not None and (trace.dtype != torch.int64 or trace.numel() < 64 * blocks or not trace.is_contiguous()):
+        raise ValueError(f"trace: a contiguous int64 tensor of at least 64 x {blocks} blocks")
     fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes, stream,
-              [args, ctypes.c_int(rows), ctypes.c_int(stages)], _overlaps_prior(device))
+              [args, ctypes.c_int(rows), ctypes.c_int(stages),
+               ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)], _overlaps_prior(device))
 
 
 def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, config=None,

@@ -1,0 +1,96 @@
+"""Where a decode call of the bulk-copy kernel spends its time: one launch's per-block timeline (the kernel's TRACE
+instance writes globaltimer / clock64 at entry, x staged, each unit's stage landed, its products done, the unit
+finished, and the end), summarised as median / max over blocks, cold (L2 flushed first) and warm (after 20 launches
+on other slots, as in a graph of decode calls). H200 only (compute capability 9.0+); the kernel table
+(`fmoe bench kernels --device cuda`) times the same calls in CUDA graphs.
+
+    python3 bench/device/bulk_timeline.py [--rows 10 64] [--gate-up]
+
+Session 10 found with it (then as bench/device/qmv_int8.py) that x, loaded after a block's copies, waited behind every
+block's copies: bench/results/cuda_stream.md, session 10.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+
+from fmoe.bench import cuda_kernels as ck  # noqa: E402
+from fmoe.kernels import cuda_qmv  # noqa: E402
+
+
+def _operands(n_out: int, n_in: int, rows: int, gate_up: bool):
+    """>= 400 MB of weight slots (gate and up tables for gate+up), x as the engine passes it, disjoint slot sets."""
+    slots = max(2 * rows, -(-(400 << 20) // (n_out * n_in // 2)))
+    tables = ck._tables(4, n_out, n_in, slots, 64, 2 if gate_up else 1)
+    x = torch.randn(1 if gate_up else rows, n_in, device="cuda")
+    x = x.to(torch.bfloat16 if gate_up or n_in > n_out else torch.float32)
+    perm = torch.randperm(slots, device="cuda").to(torch.int32)
+    sets = [perm[i:i + rows].contiguous() for i in range(0, slots - rows + 1, rows)]
+    return tables, x, sets
+
+
+def _launch(tables, x, sl, y, gate_up: bool, trace=None):
+    mats = tables if gate_up else tables[:1]
+    return cuda_qmv._launch(x, mats, sl, 4, 64, y, None, gate_up, cuda_qmv.BULK, trace)
+
+
+def summary(trace: torch.Tensor) -> str:
+    """Median / max over blocks (us from the first block's start, or per unit) of a [blocks, 64] trace."""
+    t = [r for r in trace.view(-1, 64).cpu().tolist() if r[0]]
+    g0 = min(r[0] for r in t)
+    cpn = sorted(r[62] / max(1, r[63] - r[0]) for r in t)[len(t) // 2]       # clock cycles per ns
+
+    def us(cyc):
+        return cyc / cpn / 1e3
+
+    def stat(v):
+        v = sorted(v)
+        return f"{v[len(v) // 2]:5.2f}/{v[-1]:5.2f}" if v else "-"
+    prod, wait, fin = [], [], []
+    for r in t:
+        for i in range(min(19, r[61])):
+            prod.append(us(r[4 + 3 * i] - r[3 + 3 * i]))
+            fin.append(us(r[5 + 3 * i] - r[4 + 3 * i]))
+            if i:
+                wait.append(us(r[3 + 3 * i] - r[5 + 3 * (i - 1)]))
+    units = sorted(r[61] for r in t)
+    return (f"{len(t)} blocks, units/block {units[0]}-{units[-1]}, clock {cpn:.2f} GHz; median/max us: start "
+            f"{stat([(r[0] - g0) / 1e3 for r in t])}, x staged {stat([us(r[2]) for r in t])}, first stage landed "
+            f"{stat([us(r[3]) for r in t])}, products/unit {stat(prod)}, wait/unit {stat(wait)}, finish/unit "
+            f"{stat(fin)}, end {stat([(r[63] - g0) / 1e3 for r in t])}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, nargs="+", default=[10])
+    ap.add_argument("--gate-up", action="store_true", help="also the gate+up mode (1024 x 4096)")
+    a = ap.parse_args()
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    cases = [(shape, False) for shape in ck.SHAPES] + ([(ck.SHAPES[0], True)] if a.gate_up else [])
+    for rows in a.rows:
+        for (n_out, n_in), gate_up in cases:
+            tables, x, sets = _operands(n_out, n_in, rows, gate_up)
+            y = torch.empty(rows, n_out, dtype=torch.float32, device="cuda")
+            trace = torch.zeros(cuda_qmv._sm_resources(x.device.index or 0)[0] * 64, dtype=torch.int64,
+                                device="cuda")
+            for warm in (False, True):
+                for i in range(3):                               # the last of three, each on fresh slots
+                    if warm:
+                        for j in range(20):
+                            _launch(tables, x, sets[(i * 21 + j) % len(sets)], y, gate_up)
+                    else:
+                        flush.fill_(i)
+                    torch.cuda.synchronize()
+                    trace.zero_()
+                    _launch(tables, x, sets[(i * 21 + 20) % len(sets)], y, gate_up, trace)
+                    torch.cuda.synchronize()
+                name = f"{'gate+up ' if gate_up else ''}{n_out}x{n_in} rows {rows}"
+                print(f"{'warm' if warm else 'cold'} {name}: {summary(trace)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
