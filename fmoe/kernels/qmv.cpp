@@ -785,6 +785,21 @@ void prepare_xb(const float* x, int8_t* xb, float* xscale, float* xsum, int64_t 
   }
 }
 
+// 3 bits: a 24-byte block of 8 triples (3 bytes, 8 codes each) as 8 dwords whose two 16-bit halves
+// hold 4 codes at bits 0, 3, 6, 9 each: per 128-bit half h (triples 4h..4h+3), dword 0 = the 16-bit windows at byte 0
+// of triples 0 and 1 (codes 0..3 of each), dword 1 the same of triples 2 and 3, dwords 2 and 3 the windows at byte 1
+// (codes 3..7 at bits 1, 4, 7, 10, 13) of triples 0, 1 and 2, 3, shifted right by 4 per dword (vpsrlvd: codes 4..7
+// at 0, 3, 6, 9; the low half's bits 12..15 take the high half's low bits, above every code read). Step j then
+// takes (v >> 3j) & 7 in every 16-bit lane, codes j (dwords 0, 1) and 4 + j (dwords 2, 3) of its triples. (Session
+// 10: against dwords of one triple each, whose low half a vpmullw shifted into line with the high one, one thread
+// 2-8% faster on Zen 3: bench/results/kernels_2core_session10.md.)
+inline __m256i code_block3(const uint8_t* p) {
+  const __m256i shuf = _mm256_setr_epi8(0, 1, 3, 4, 6, 7, 9, 10, 1, 2, 4, 5, 7, 8, 10, 11,  //
+                                        4, 5, 7, 8, 10, 11, 13, 14, 5, 6, 8, 9, 11, 12, 14, 15);
+  const __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
+  return _mm256_srlv_epi32(_mm256_shuffle_epi8(raw, shuf), _mm256_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4));
+}
+
 template <int BITS>
 void prepare_xq(const float* x, int16_t* xq, float* xscale, float* xsum, int64_t K, int gs) {
   if constexpr (split_bytes<BITS>()) {
@@ -797,10 +812,17 @@ void prepare_xq(const float* x, int16_t* xq, float* xscale, float* xsum, int64_t
   const int16_t* q = quantize_groups(x, xscale, xsum, K, gs, 32767.0f);
   const int64_t nblocks = K / BLOCK;
   int64_t b0 = 0;
-  if constexpr (BITS == 4 || BITS == 3) {  // (3 bits: the same W = 8, H = 4 layout)
-    // the same permutation with shuffles: output vector j holds q[4l + j] in 16-bit lane l (l = 0..15)
+  if constexpr (BITS == 4 || BITS == 3) {
+    // the same permutation with shuffles: output vector j holds q[4l + j] in 16-bit lane l (l = 0..15); 3 bits
+    // (code_block3's dwords: per 128-bit half, codes j of triples 0..3, then codes 4 + j) take the 16-bit lanes of
+    // each half in the order 0, 2, 4, 6, 1, 3, 5, 7 of that
     const __m256i sh = _mm256_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15,  //
                                         0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15);
+    const __m256i odd3 = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,  //
+                                          0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    auto store = [&](__m256i* d, __m256i v) {
+      _mm256_storeu_si256(d, BITS == 3 ? _mm256_shuffle_epi8(v, odd3) : v);
+    };
     for (; b0 < nblocks; ++b0) {
       const __m256i* qs = reinterpret_cast<const __m256i*>(q + b0 * 64);
       // per 128-bit half: dword j = (q[8h + j], q[8h + 4 + j]) for the half's 8 values starting at 8h
@@ -813,10 +835,10 @@ void prepare_xq(const float* x, int16_t* xq, float* xscale, float* xsum, int64_t
       const __m256i t0 = _mm256_unpacklo_epi32(P0, P1), t1 = _mm256_unpackhi_epi32(P0, P1);
       const __m256i t2 = _mm256_unpacklo_epi32(P2, P3), t3 = _mm256_unpackhi_epi32(P2, P3);
       __m256i* qd = reinterpret_cast<__m256i*>(xq + b0 * 64);
-      _mm256_storeu_si256(qd + 0, _mm256_unpacklo_epi64(t0, t2));
-      _mm256_storeu_si256(qd + 1, _mm256_unpackhi_epi64(t0, t2));
-      _mm256_storeu_si256(qd + 2, _mm256_unpacklo_epi64(t1, t3));
-      _mm256_storeu_si256(qd + 3, _mm256_unpackhi_epi64(t1, t3));
+      store(qd + 0, _mm256_unpacklo_epi64(t0, t2));
+      store(qd + 1, _mm256_unpackhi_epi64(t0, t2));
+      store(qd + 2, _mm256_unpacklo_epi64(t1, t3));
+      store(qd + 3, _mm256_unpackhi_epi64(t1, t3));
     }
   }
   for (int64_t b = b0; b < nblocks; ++b) {
@@ -863,8 +885,8 @@ inline __m256 comb_lanes(const float* comb, int64_t k0) {
 }
 
 // One block of packed codes in the int16-lane layout both row_i16 kernels multiply: 32 bytes as loaded, or for 3 bits
-// 24 bytes spread so that lane i holds codes 8i..8i+7 (its 24-bit value re-split into 12-bit halves at bits 0 and 16).
-// 6 bits: the same 3-byte lanes hold 4 codes (two per 12-bit half).  5 bits: a block is 20 bytes, lane i holds the
+// code_block3's dwords.  6 bits: 24 bytes spread so that dword lane i holds the 3-byte triple i re-split into 12-bit
+// halves at bits 0 and 16 (two codes each).  5 bits: a block is 20 bytes, lane i holds the
 // 20 bits [20i, 20i+20) (4 codes), re-split into 10-bit halves at bits 0 and 16.
 template <int BITS>
 inline __m256i load_code_block(const uint8_t* p) {
@@ -878,7 +900,9 @@ inline __m256i load_code_block(const uint8_t* p) {
         _mm256_set1_epi32(0xFFFFF));
     return _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi32(0x3FF)),
                            _mm256_slli_epi32(_mm256_and_si256(t, _mm256_set1_epi32(0xFFC00)), 6));
-  } else if constexpr (BITS == 3 || BITS == 6) {
+  } else if constexpr (BITS == 3) {
+    return code_block3(p);
+  } else if constexpr (BITS == 6) {
     const __m256i shuf3 = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,  //
                                            4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
     const __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
@@ -1077,12 +1101,11 @@ void row_i16_x4(const uint32_t* row, const void* bi, int64_t gbase, const int16_
 // 3 ANDs, 4 vpmaddwd, 3 adds, plus ~2.6 ops of the 8-group reduction; the per-group convert + broadcast + FMA is
 // gone.  Zen 3, one row from L1: 5.7-6.2 cycles per 64 codes (row_i16: 6.1-6.4); see docs/log/kernels.md.
 // R rows of x against one weight row (R = 4: prefill), the same arithmetic per row: bit-identical to R = 1.
-// 3 bits use the same scheme (row_defer): a 24-byte block of 64 codes is spread by one byte shuffle so that dword
-// lane i holds bytes (3i, 3i+1 | 3i+1, 3i+2) of its 3-byte triple, i.e. codes 8i..8i+3 at bits 0,3,6,9 of the low
-// 16 bits and codes 8i+4..8i+7 at bits 4,7,10,13 of the high 16 bits; a vpmullw by (16, 1) aligns the low half to the
-// high one, and step j is then (v >> 4+3j) & 7 in 16-bit lanes (the top code needs no AND): per 64 codes 1 shuffle +
-// 1 multiply + 4 shifts + 3 ANDs, vs 5 + 4 + 4 for load_code_block + row_i16 and a per-group convert + FMA.  The
-// int16 x layout is the same as 4 bits' (W = 8, H = 4).
+// 3 bits use the same scheme (row_defer): a 24-byte block of 64 codes becomes code_block3's dwords (one byte
+// shuffle and one vpsrlvd: both 16-bit halves of every dword hold 4 codes at bits 0, 3, 6, 9), and step j is
+// (v >> 3j) & 7 in 16-bit lanes: per 64 codes 1 shuffle + 1 variable shift + 3 shifts + 4 ANDs, vs a per-group
+// convert + FMA in row_i16.  The int16 x layout is 4 bits' (W = 8, H = 4) with each 128-bit half's 16-bit lanes
+// reordered (prepare_xq).
 // 2 bits at group size 64 (split-byte layout, see row_b) defer too (row2_defer), when K is a multiple of 128 (whole
 // 32-byte blocks: defer_k).
 template <int BITS, int GS>
@@ -1155,9 +1178,6 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
   constexpr int BPG = GS / 64;  // blocks per group
   constexpr int P = NW * R;     // products per pass, index w * R + r
   const __m256i m4 = _mm256_set1_epi16(BITS == 4 ? 0x000F : 0x0007);
-  const __m256i shuf3 = _mm256_setr_epi8(0, 1, 1, 2, 3, 4, 4, 5, 6, 7, 7, 8, 9, 10, 10, 11,  //
-                                         4, 5, 5, 6, 7, 8, 8, 9, 10, 11, 11, 12, 13, 14, 14, 15);
-  const __m256i mul3 = _mm256_set1_epi32(0x00010010);  // (16, 1) per dword: low half << 4
   const int64_t G = K / GS;
   const uint8_t* bytes[NW];
   FMOE_UNROLL
@@ -1181,13 +1201,12 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
           c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
           c2 = _mm256_and_si256(_mm256_srli_epi16(v, 8), m4);
           c3 = _mm256_srli_epi16(v, 12);
-        } else {  // 24 bytes: low half bytes 0..15, high half bytes 8..23 (lanes 4-7 use 12..23); see defer_groups
-          const __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
-          const __m256i v = _mm256_mullo_epi16(_mm256_shuffle_epi8(raw, shuf3), mul3);
-          c0 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-          c1 = _mm256_and_si256(_mm256_srli_epi16(v, 7), m4);
-          c2 = _mm256_and_si256(_mm256_srli_epi16(v, 10), m4);
-          c3 = _mm256_srli_epi16(v, 13);
+        } else {  // 24 bytes, see code_block3
+          const __m256i v = code_block3(p);
+          c0 = _mm256_and_si256(v, m4);
+          c1 = _mm256_and_si256(_mm256_srli_epi16(v, 3), m4);
+          c2 = _mm256_and_si256(_mm256_srli_epi16(v, 6), m4);
+          c3 = _mm256_and_si256(_mm256_srli_epi16(v, 9), m4);
         }
         FMOE_UNROLL
         for (int r = 0; r < R; ++r) {
