@@ -4,7 +4,10 @@ finished, and the end), summarised as median / max over blocks, cold (L2 flushed
 on other slots, as in a graph of decode calls). H200 only (compute capability 9.0+); the kernel table
 (`fmoe bench kernels --device cuda`) times the same calls in CUDA graphs.
 
-    python3 bench/device/bulk_timeline.py [--rows 10 64] [--gate-up]
+    python3 bench/device/bulk_timeline.py [--rows 10 64] [--gate-up] [--stagger]
+
+``--stagger``: each case also with ``cuda_qmv.BULK_STAGGER`` (a block's other stages issued once its first has
+landed), and both timed as the kernel table times a row (CUDA graphs over disjoint slot sets).
 
 Session 10 found with it (then as bench/device/qmv_int8.py) that x, loaded after a block's copies, waited behind every
 block's copies: bench/results/cuda_stream.md, session 10.
@@ -67,7 +70,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[10])
     ap.add_argument("--gate-up", action="store_true", help="also the gate+up mode (1024 x 4096)")
+    ap.add_argument("--stagger", action="store_true", help="also with BULK_STAGGER, and both timed")
     a = ap.parse_args()
+    bw = ck.hbm_bandwidth() if a.stagger else 0.0
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     cases = [(shape, False) for shape in ck.SHAPES] + ([(ck.SHAPES[0], True)] if a.gate_up else [])
     for rows in a.rows:
@@ -76,19 +81,26 @@ def main() -> int:
             y = torch.empty(rows, n_out, dtype=torch.float32, device="cuda")
             trace = torch.zeros(cuda_qmv._sm_resources(x.device.index or 0)[0] * 64, dtype=torch.int64,
                                 device="cuda")
-            for warm in (False, True):
-                for i in range(3):                               # the last of three, each on fresh slots
-                    if warm:
-                        for j in range(20):
-                            _launch(tables, x, sets[(i * 21 + j) % len(sets)], y, gate_up)
-                    else:
-                        flush.fill_(i)
-                    torch.cuda.synchronize()
-                    trace.zero_()
-                    _launch(tables, x, sets[(i * 21 + 20) % len(sets)], y, gate_up, trace)
-                    torch.cuda.synchronize()
-                name = f"{'gate+up ' if gate_up else ''}{n_out}x{n_in} rows {rows}"
-                print(f"{'warm' if warm else 'cold'} {name}: {summary(trace)}", flush=True)
+            for stagger in ((False, True) if a.stagger else (False,)):
+                cuda_qmv.BULK_STAGGER = stagger
+                name = f"{'gate+up ' if gate_up else ''}{n_out}x{n_in} rows {rows}{' stagger' if stagger else ''}"
+                for warm in (False, True):
+                    for i in range(3):                           # the last of three, each on fresh slots
+                        if warm:
+                            for j in range(20):
+                                _launch(tables, x, sets[(i * 21 + j) % len(sets)], y, gate_up)
+                        else:
+                            flush.fill_(i)
+                        torch.cuda.synchronize()
+                        trace.zero_()
+                        _launch(tables, x, sets[(i * 21 + 20) % len(sets)], y, gate_up, trace)
+                        torch.cuda.synchronize()
+                    print(f"{'warm' if warm else 'cold'} {name}: {summary(trace)}", flush=True)
+                if a.stagger:
+                    m = ck.measure(f"cuda bulk{' gate+up' if gate_up else ''}", 4, n_out, n_in, rows)
+                    print(f"timed {name}: {m['seconds'] * 1e6:.1f} us = {m['bytes'] / m['seconds'] / bw:.2f} of HBM",
+                          flush=True)
+            cuda_qmv.BULK_STAGGER = False
     return 0
 
 

@@ -606,19 +606,28 @@ __device__ __forceinline__ void bulk_issue(const QmvArgs& a, unsigned char* stag
     bulk_copy(dst + code_bytes + scale_bytes, (const char*)(up ? a.b2 : a.b) + si, scale_bytes, bar);
 }
 
-// thread 0: the stage buffers' mbarriers, then the copies of the block's first `stages` units
+// thread 0: the copies of the block's units u0 + s, s in [s0, s1), into stage buffer s
+template <int GROUP, int ST, int MODE>
+__device__ __forceinline__ void bulk_issue_units(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars,
+                                                 u32 stage_bytes, int s0, int s1, int u0, int u1, int per_row, int sr,
+                                                 SlotAhead& ahead) {
+    for (int s = s0; s < s1 && u0 + s < u1; ++s)
+        bulk_issue<GROUP, ST, MODE>(a, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s,
+                                    ahead.take(a, (u0 + s) >> MODE, per_row, u1 >> MODE), per_row, sr);
+}
+
+// thread 0: the stage buffers' mbarriers, then the copies of the block's first `first` units
 template <int GROUP, int ST, int MODE>
 __device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
-                                           u32 stage_bytes, int u0, int u1, int per_row, int sr, SlotAhead& ahead) {
+                                           int first, u32 stage_bytes, int u0, int u1, int per_row, int sr,
+                                           SlotAhead& ahead) {
     if (threadIdx.x == 0) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
     }
     if (threadIdx.x == 0)
-        for (int s = 0; s < stages && u0 + s < u1; ++s)
-            bulk_issue<GROUP, ST, MODE>(a, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s,
-                                        ahead.take(a, (u0 + s) >> MODE, per_row, u1 >> MODE), per_row, sr);
+        bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 0, first, u0, u1, per_row, sr, ahead);
 }
 
 // the end of the block's unit u (table row r, rows n0..): each warp's sums of its TPW tiles (rows g and g + 8, one
@@ -790,8 +799,11 @@ struct BulkTrace {
 };
 
 // MODE 0: y = W x; MODE 1: y = silu(G x) * (U x) (gate+up of the same slots, a.w2 / s2 / b2 the up matrices): each
-// stage of output rows is two units, its gate rows then its up rows, in one block.
-template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE>
+// stage of output rows is two units, its gate rows then its up rows, in one block. STAGGER 1 (an experiment for the
+// next session, BULK_STAGGER; the engine's instances are STAGGER 0): a block issues its first unit's copies only,
+// and the other buffers' once that unit has landed, so that every block's first stage lands before the others'
+// (session 10's timelines: with two stages asked at once, every block's first stage landed after ~19 MB of copies).
+template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int STAGGER>
 __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages,
                                                          unsigned long long* trace) {
     BulkTrace tr;
@@ -817,7 +829,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     prior_grid_wait();
     float xv[8];
     if (threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);   // before the copies
-    bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+    bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, STAGGER ? 1 : stages, stage_bytes, u0, u1, per_row, sr,
+                                ahead);
     next_grid_may_start();
     if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
     __syncthreads();                                            // x staged, the barriers' init visible
@@ -840,6 +853,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
         unsigned char* stage = bsm + (size_t)s * stage_bytes;
         bar_wait(smem_addr(&bars[s]), parity);
         if (TRACE) tr.mark(3 + 3 * (u - u0));
+        if (STAGGER && u == u0 && threadIdx.x == 0)
+            bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 1, stages, u0, u1, per_row, sr, ahead);
         const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2) + 16 * c;
         const unsigned char* scl = stage + (size_t)sr * k / 2;
         const unsigned char* bia = scl + (size_t)sr * groups * es;

@@ -127,6 +127,8 @@ _BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4     # fmoe_qmv4_bulk's static shar
                                                    # gate rows) at up to 4 tiles a warp: for supports_bulk, before
                                                    # the kernel is loaded
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
+BULK_STAGGER = False                     # an experiment (not run on a GPU yet): a block issues its other stages'
+                                         # copies once its first has landed (the kernel's STAGGER)
 
 
 @functools.cache
@@ -272,7 +274,7 @@ def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, 
     kw, sr = _bulk_shape(n_in)
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
-                           f"{int(gate_up)}, {int(trace is not None)}>", device)
+                           f"{int(gate_up)}, {int(trace is not None)}, {int(BULK_STAGGER)}>", device)
     stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "

@@ -360,9 +360,9 @@ def test_every_configuration_compiles_with_nvrtc():
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
     for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
-        for x_t, s_t, kw, tpw, mode, trace in ((1, 1, 256, 2, 0, 0), (0, 0, 128, 1, 0, 0), (1, 1, 256, 2, 1, 0),
-                                               (1, 1, 256, 2, 0, 1)):
-            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}>"
+        for x_t, s_t, kw, tpw, mode, trace, stagger in ((1, 1, 256, 2, 0, 0, 0), (0, 0, 128, 1, 0, 0, 0),
+                                                        (1, 1, 256, 2, 1, 0, 0), (1, 1, 256, 2, 0, 1, 1)):
+            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {stagger}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
 
