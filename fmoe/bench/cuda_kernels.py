@@ -258,6 +258,8 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
             if bits == 4:
                 for peer in (measure_read, measure_copy):
                     add({**peer(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r})
+                if cuda_qmv.MMA_DEFAULT[True] is not None:          # the default is not the FMA kernel: time it too
+                    add(measure("cuda fma gate+up", bits, *SHAPES[0], r))
                 for v in (*cuda_qmv.MMA_VARIANTS, cuda_qmv.BULK):
                     if v != cuda_qmv.MMA_DEFAULT[True] and (v != cuda_qmv.BULK or bulk_ok()):
                         add(measure(f"cuda {v} gate+up", bits, *SHAPES[0], r))
