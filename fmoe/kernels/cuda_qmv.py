@@ -211,7 +211,7 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
         return out if out is not None else torch.empty(0, n_out, dtype=torch.float32, device=x.device)
     if kernel is not None and kernel != "fma":
         if kernel == BULK:
-            if config is not None or not all(supports_bulk(x, *m, group_size, bits) for m in (mats[0], up)):
+            if config is not None or not all(supports_bulk(x, *m, group_size, bits) for m in mats):
                 raise ValueError(f"kernel={kernel!r}: no FMA config, 4 bits, groups of 32/64/128, "
                                  f"512/1024/2048/4096 inputs, output rows a multiple of a stage's, 16-byte aligned "
                                  f"scales and compute capability 9.0 or later (got {bits} bits, group {group_size}, "
@@ -221,7 +221,7 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
                              f"of 32/64/128, 512/1024/2048/4096 inputs and compute capability 8.0 or later "
                              f"(got {bits} bits, group {group_size}, {n_in} inputs)")
     if kernel is None and config is None and MMA_DEFAULT[gate_up] == BULK:
-        if all(supports_bulk(x, *m, group_size, bits) for m in (mats[0], up)):
+        if all(supports_bulk(x, *m, group_size, bits) for m in mats):
             kernel = BULK
         elif not gate_up:
             kernel = next(iter(MMA_VARIANTS))

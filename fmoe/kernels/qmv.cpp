@@ -792,7 +792,7 @@ void prepare_xb(const float* x, int8_t* xb, float* xscale, float* xsum, int64_t 
 // at 0, 3, 6, 9; the low half's bits 12..15 take the high half's low bits, above every code read). Step j then
 // takes (v >> 3j) & 7 in every 16-bit lane, codes j (dwords 0, 1) and 4 + j (dwords 2, 3) of its triples. (Session
 // 10: against dwords of one triple each, whose low half a vpmullw shifted into line with the high one, one thread
-// 2-8% faster on Zen 3: bench/results/kernels_2core_session10.md.)
+// 2-6% faster on 4096-code rows on Zen 3, the same on 1024-code rows: bench/results/kernels_2core_session10.md.)
 inline __m256i code_block3(const uint8_t* p) {
   const __m256i shuf = _mm256_setr_epi8(0, 1, 3, 4, 6, 7, 9, 10, 1, 2, 4, 5, 7, 8, 10, 11,  //
                                         4, 5, 7, 8, 10, 11, 13, 14, 5, 6, 8, 9, 11, 12, 14, 15);
