@@ -4,10 +4,12 @@ finished, and the end), summarised as median / max over blocks, cold (L2 flushed
 on other slots, as in a graph of decode calls). H200 only (compute capability 9.0+); the kernel table
 (`fmoe bench kernels --device cuda`) times the same calls in CUDA graphs.
 
-    python3 bench/device/bulk_timeline.py [--rows 10 64] [--gate-up] [--stagger]
+    python3 bench/device/bulk_timeline.py [--rows 10 64] [--gate-up] [--variants base defer1 ...] [--time]
 
-``--stagger``: each case also with ``cuda_qmv.BULK_STAGGER`` (a block's other stages issued once its first has
-landed), and both timed as the kernel table times a row (CUDA graphs over disjoint slot sets).
+``--variants``: the launcher settings to compare (VARIANTS below: stage buffers, tiles a warp, the kernel's STAGGER /
+DEFER / EARLY flags, programmatic dependent launch); each case is first checked against the FMA kernel (max |dy| /
+max |y|), then traced; ``--time`` also times it as the kernel table times a row (CUDA graphs over disjoint slot
+sets) against the HBM bandwidth measured in the same run.
 
 Session 10 found with it (then as bench/device/qmv_int8.py) that x, loaded after a block's copies, waited behind every
 block's copies: bench/results/cuda_stream.md, session 10.
@@ -66,13 +68,54 @@ def summary(trace: torch.Tensor) -> str:
             f"{stat(fin)}, end {stat([(r[63] - g0) / 1e3 for r in t])}")
 
 
+# name: the cuda_qmv settings of a variant (the rest at their defaults)
+VARIANTS = {
+    "base": {},
+    "stagger": {"BULK_STAGGER": True},
+    "tpw1": {"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4},
+    "defer2": {"BULK_DEFER": True},
+    "defer1": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1},
+    "defer1-stagger": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "BULK_STAGGER": True},
+    "pdl": {"OVERLAP_PRIOR": True},
+    "pdl-early": {"OVERLAP_PRIOR": True, "BULK_EARLY": True},
+    "defer2-pdl-early": {"BULK_DEFER": True, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
+    "defer1-pdl-early": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
+}
+
+
+def _apply(settings: dict) -> dict:
+    """Set a variant's cuda_qmv globals; return the previous values."""
+    keys = {"BULK_STAGGER", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_DEFER", "OVERLAP_PRIOR", "BULK_EARLY"}
+    old = {k: getattr(cuda_qmv, k) for k in keys}
+    for k, v in settings.items():
+        setattr(cuda_qmv, k, v)
+    return old
+
+
+def parity(n_out: int, n_in: int, rows: int, gate_up: bool) -> float:
+    """max |y - y_fma| / max |y_fma| of one launch of the current settings against the FMA kernel."""
+    tables = ck._tables(4, n_out, n_in, 2 * rows, 64, 2 if gate_up else 1)
+    x = torch.randn(1 if gate_up else rows, n_in, device="cuda")
+    x = x.to(torch.bfloat16 if gate_up or n_in > n_out else torch.float32)
+    sl = torch.randperm(2 * rows, device="cuda")[:rows].to(torch.int32)
+    mats = tables if gate_up else tables[:1]
+    y = cuda_qmv._launch(x, mats, sl, 4, 64, None, None, gate_up, cuda_qmv.BULK)
+    ref = cuda_qmv._launch(x, mats, sl, 4, 64, None, None, gate_up, "fma")
+    torch.cuda.synchronize()
+    return float((y - ref).abs().max() / ref.abs().max())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[10])
     ap.add_argument("--gate-up", action="store_true", help="also the gate+up mode (1024 x 4096)")
-    ap.add_argument("--stagger", action="store_true", help="also with BULK_STAGGER, and both timed")
+    ap.add_argument("--variants", nargs="+", default=["base"], choices=sorted(VARIANTS))
+    ap.add_argument("--time", action="store_true", help="also time each case in CUDA graphs")
+    ap.add_argument("--no-trace", action="store_true", help="only the parity check and the timing")
     a = ap.parse_args()
-    bw = ck.hbm_bandwidth() if a.stagger else 0.0
+    bw = ck.hbm_bandwidth() if a.time else 0.0
+    if a.time:
+        print(f"HBM (2 GiB device copy): {bw / 1e12:.2f} TB/s", flush=True)
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     cases = [(shape, False) for shape in ck.SHAPES] + ([(ck.SHAPES[0], True)] if a.gate_up else [])
     for rows in a.rows:
@@ -81,26 +124,30 @@ def main() -> int:
             y = torch.empty(rows, n_out, dtype=torch.float32, device="cuda")
             trace = torch.zeros(cuda_qmv._sm_resources(x.device.index or 0)[0] * 64, dtype=torch.int64,
                                 device="cuda")
-            for stagger in ((False, True) if a.stagger else (False,)):
-                cuda_qmv.BULK_STAGGER = stagger
-                name = f"{'gate+up ' if gate_up else ''}{n_out}x{n_in} rows {rows}{' stagger' if stagger else ''}"
-                for warm in (False, True):
-                    for i in range(3):                           # the last of three, each on fresh slots
-                        if warm:
-                            for j in range(20):
-                                _launch(tables, x, sets[(i * 21 + j) % len(sets)], y, gate_up)
-                        else:
-                            flush.fill_(i)
-                        torch.cuda.synchronize()
-                        trace.zero_()
-                        _launch(tables, x, sets[(i * 21 + 20) % len(sets)], y, gate_up, trace)
-                        torch.cuda.synchronize()
-                    print(f"{'warm' if warm else 'cold'} {name}: {summary(trace)}", flush=True)
-                if a.stagger:
-                    m = ck.measure(f"cuda bulk{' gate+up' if gate_up else ''}", 4, n_out, n_in, rows)
-                    print(f"timed {name}: {m['seconds'] * 1e6:.1f} us = {m['bytes'] / m['seconds'] / bw:.2f} of HBM",
-                          flush=True)
-            cuda_qmv.BULK_STAGGER = False
+            for v in a.variants:
+                old = _apply(VARIANTS[v])
+                try:
+                    name = f"{'gate+up ' if gate_up else ''}{n_out}x{n_in} rows {rows} {v}"
+                    err = parity(n_out, n_in, rows, gate_up)
+                    print(f"parity {name}: {err:.1e}{'' if err < 1e-3 else '  FAILED'}", flush=True)
+                    for warm in (() if a.no_trace else (False, True)):
+                        for i in range(3):                       # the last of three, each on fresh slots
+                            if warm:
+                                for j in range(20):
+                                    _launch(tables, x, sets[(i * 21 + j) % len(sets)], y, gate_up)
+                            else:
+                                flush.fill_(i)
+                            torch.cuda.synchronize()
+                            trace.zero_()
+                            _launch(tables, x, sets[(i * 21 + 20) % len(sets)], y, gate_up, trace)
+                            torch.cuda.synchronize()
+                        print(f"{'warm' if warm else 'cold'} {name}: {summary(trace)}", flush=True)
+                    if a.time:
+                        m = ck.measure(f"cuda bulk{' gate+up' if gate_up else ''}", 4, n_out, n_in, rows)
+                        print(f"timed {name}: {m['seconds'] * 1e6:.1f} us = {m['bytes'] / m['seconds'] / bw:.2f} "
+                              f"of HBM", flush=True)
+                finally:
+                    _apply(old)
     return 0
 
 

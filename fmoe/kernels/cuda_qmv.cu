@@ -630,11 +630,11 @@ __device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm,
         bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 0, first, u0, u1, per_row, sr, ahead);
 }
 
-// the end of the block's unit u (table row r, rows n0..): each warp's sums of its TPW tiles (rows g and g + 8, one
-// per lane quad) into red, the barrier that ends every warp's reads of the stage, thread 0's refill of its buffer
-// with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile). MODE 1: a
-// gate unit's rows go to gate_rows (the same threads read them back at the up unit), an up unit's rows make
-// y = silu(gate) * up
+// the end of the block's unit u (table row r, rows n0..): each warp's sums of its TPW tiles (rows g and g + 8, lane
+// c = 0 of each quad) into red, the barrier that ends every warp's reads of the stage, thread 0's refill of its
+// buffer with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile).
+// MODE 1: a gate unit's rows go to gate_rows (the same threads read them back at the up unit), an up unit's rows
+// make y = silu(gate) * up
 template <int GROUP, int ST, int TPW, int MODE>
 __device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW], float (&acc1)[TPW],
                                             float (*red)[16][TPW][16], float* gate_rows, unsigned char* stage,
@@ -643,10 +643,6 @@ __device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW]
     const int h = u & 1;
 #pragma unroll
     for (int t = 0; t < TPW; ++t) {
-        acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 1);
-        acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 2);
-        acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 1);
-        acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 2);
         if (c == 0) {
             red[h][warp][t][g] = acc0[t];
             red[h][warp][t][g + 8] = acc1[t];
@@ -798,13 +794,91 @@ struct BulkTrace {
     }
 };
 
+// One warp's products of a stage: its TPW tiles (rows tw 16 + 16 t + g and + 8) over its inputs kw0 .. kw0 + KW,
+// against the x staged at xs; acc0 / acc1: the lane's partial sums of rows g and g + 8 (the caller adds up a quad)
+template <int GROUP, int ST, int KW, int TPW>
+__device__ __forceinline__ void bulk_products(const unsigned char* stage, const u32* xs, int k, int sr, int tw,
+                                              int kw0, int g, int c, float (&acc0)[TPW], float (&acc1)[TPW]) {
+    const int groups = k / GROUP, es = ST ? 2 : 4;
+    const u32* xsrc = (g & 1) ? xs + k / 4 : xs;                // this lane's B column: digit l (odd g) or h
+    const float* sig = (const float*)(xs + k / 2);
+    const float* sx = sig + groups;
+    const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2) + 16 * c;
+    const unsigned char* scl = stage + (size_t)sr * k / 2;
+    const unsigned char* bia = scl + (size_t)sr * groups * es;
+    int d[TPW][4];
+#pragma unroll
+    for (int t = 0; t < TPW; ++t) {
+        acc0[t] = acc1[t] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) d[t][e] = 0;
+    }
+    int acc_start = kw0;
+#pragma unroll
+    for (int j = 0; j < KW / 128; ++j) {
+        const int kb = kw0 + 128 * j, p0 = kb + 32 * c;
+        uint4 wa[TPW], wb[TPW];
+#pragma unroll
+        for (int t = 0; t < TPW; ++t) {
+            wa[t] = *(const uint4*)(codes + (size_t)(16 * t) * (k / 2) + kb / 2);
+            wb[t] = *(const uint4*)(codes + (size_t)(16 * t + 8) * (k / 2) + kb / 2);
+        }
+        const bool mine = (g >> 1) == ((p0 / GROUP) & 3);
+#pragma unroll
+        for (int jw = 0; jw < 4; ++jw) {
+            uint2 xb = make_uint2(0, 0);
+            if (mine) xb = *(const uint2*)&xsrc[p0 / 4 + 2 * jw];
+#pragma unroll
+            for (int t = 0; t < TPW; ++t) {
+                const u32 w0 = word_of(wa[t], jw), w1 = word_of(wb[t], jw);
+                mma_s8(d[t], w0 & 0x0F0F0F0Fu, w1 & 0x0F0F0F0Fu, (w0 >> 4) & 0x0F0F0F0Fu, (w1 >> 4) & 0x0F0F0F0Fu,
+                       xb.x, xb.y);
+            }
+        }
+        if ((kb + 128) % (4 * GROUP) == 0 || j == KW / 128 - 1) {  // the end of a 4-group window: its epilogue
+            const int gc = (kb / (4 * GROUP)) * 4 + c;              // the group of this lane's column pair
+            if (gc * GROUP >= acc_start && gc * GROUP < kb + 128) {
+                const float xsum = sx[gc], sg = sig[gc];
+#pragma unroll
+                for (int t = 0; t < TPW; ++t) {
+                    const int i0 = (tw * 16 + 16 * t + g) * groups + gc, i1 = i0 + 8 * groups;
+                    acc0[t] += smem_f<ST>(scl, i0) * sg * (float)(256 * d[t][0] + d[t][1])
+                               + smem_f<ST>(bia, i0) * xsum;
+                    acc1[t] += smem_f<ST>(scl, i1) * sg * (float)(256 * d[t][2] + d[t][3])
+                               + smem_f<ST>(bia, i1) * xsum;
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < TPW; ++t)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) d[t][e] = 0;
+            acc_start = kb + 128;
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < TPW; ++t) {                             // the quad's sums (lanes c = 0..3 of rows g, g + 8)
+        acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 1);
+        acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 2);
+        acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 1);
+        acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 2);
+    }
+}
+
+// The launcher's flags (cuda_qmv.py): EARLY, the caller vouches that the previous kernel of the stream wrote neither
+// the slot table nor the weights, so a block issues its copies before griddepcontrol.wait (with programmatic
+// dependent launch, while the previous kernel drains) and reads only x after it; DEFER, where a block's units all fit
+// in its stage buffers (and span at most two table rows): every copy issued at entry, no refills, and so no barrier
+// between the warps until the end: each warp keeps its partial sums a unit in shared memory (after two staged x) and
+// the block adds them up once; STAGGER, a block issues its first unit's copies only, and the others once it landed.
+#define BULK_EARLY 1
+#define BULK_DEFER 2
+#define BULK_STAGGER 4
+
 // MODE 0: y = W x; MODE 1: y = silu(G x) * (U x) (gate+up of the same slots, a.w2 / s2 / b2 the up matrices): each
-// stage of output rows is two units, its gate rows then its up rows, in one block. STAGGER 1 (an experiment for the
-// next session, BULK_STAGGER; the engine's instances are STAGGER 0): a block issues its first unit's copies only,
-// and the other buffers' once that unit has landed, so that every block's first stage lands before the others'
-// (session 10's timelines: with two stages asked at once, every block's first stage landed after ~19 MB of copies).
-template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int STAGGER>
-__global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages,
+// stage of output rows is two units, its gate rows then its up rows, in one block. Dynamic shared memory: `stages`
+// stage buffers, the staged x (DEFER: two, then the partial sums, stages x 16 warps x TPW x 16 floats).
+template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE>
+__global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int flags,
                                                          unsigned long long* trace) {
     BulkTrace tr;
     if (TRACE) tr.start(trace);
@@ -822,23 +896,72 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int n8 = k / 8, n8_pad = (n8 + 31) & ~31;
     if (n8_pad > (int)blockDim.x) __trap();                     // one 8-value chunk of x a thread (K <= 4096)
+    const int x_words = k / 2 + 2 * groups;                     // h, l (K / 4 words each), sigma, sum(x)
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
+    u32* xs2 = xs + x_words;                                    // DEFER: the next table row's
+    float* part = (float*)(xs2 + x_words);                      // DEFER: [stages][16][TPW][16] partial sums
+    const int r_first = (u0 >> MODE) / per_row, r_last = u1 > u0 ? ((u1 - 1) >> MODE) / per_row : r_first;
+    const bool defer = (flags & BULK_DEFER) && u1 - u0 <= stages && r_last - r_first <= 1;
+    const bool second_x = defer && a.x_stride != 0 && r_last != r_first;
+    const int first = (flags & BULK_STAGGER) ? 1 : stages;      // units whose copies a block issues at entry
     SlotAhead ahead{-1, -1, 0, 0};
-    int r = (u0 >> MODE) / per_row, n0 = ((u0 >> MODE) % per_row) * sr;
+    int r = r_first, n0 = ((u0 >> MODE) % per_row) * sr;
     if (threadIdx.x == 0 && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);   // in flight now
+    if (flags & BULK_EARLY)
+        bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead);
     prior_grid_wait();
-    float xv[8];
-    if (threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);   // before the copies
-    bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, STAGGER ? 1 : stages, stage_bytes, u0, u1, per_row, sr,
-                                ahead);
+    float xv[8], xv2[8];
+    if (threadIdx.x < n8_pad) {                                 // x loads before the copies (unless EARLY)
+        int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
+        if (second_x) int8_load<XT>(a.x, (i64)(r + 1) * a.x_stride, threadIdx.x, n8, xv2);
+    }
+    if (!(flags & BULK_EARLY))
+        bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead);
     next_grid_may_start();
-    if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+    if (threadIdx.x < n8_pad) {
+        int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+        if (second_x) int8_store<GROUP>(xs2, k, threadIdx.x, n8, xv2);
+    }
     __syncthreads();                                            // x staged, the barriers' init visible
     if (TRACE) tr.mark(2);
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
-    const u32* xsrc = (g & 1) ? xs + k / 4 : xs;                // this lane's B column: digit l (odd g) or h
-    const float* sig = (const float*)(xs + k / 2);
-    const float* sx = sig + groups;
+    float acc0[TPW], acc1[TPW];
+    if (defer) {                                                // unit i in buffer i, each barrier's phase 0
+        for (int u = u0; u < u1; ++u) {
+            const int i = u - u0;
+            bar_wait(smem_addr(&bars[i]), 0);
+            if (TRACE) tr.mark(3 + 3 * i);
+            if ((flags & BULK_STAGGER) && i == 0 && threadIdx.x == 0)
+                bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 1, stages, u0, u1, per_row, sr, ahead);
+            const int ur = (u >> MODE) / per_row;
+            bulk_products<GROUP, ST, KW, TPW>(bsm + (size_t)i * stage_bytes, second_x && ur != r_first ? xs2 : xs,
+                                              k, sr, tw, kw0, g, c, acc0, acc1);
+            if (TRACE) tr.mark(4 + 3 * i);
+            if (c == 0) {
+#pragma unroll
+                for (int t = 0; t < TPW; ++t) {
+                    part[((i * 16 + warp) * TPW + t) * 16 + g] = acc0[t];
+                    part[((i * 16 + warp) * TPW + t) * 16 + g + 8] = acc1[t];
+                }
+            }
+            if (TRACE) tr.mark(5 + 3 * i);
+        }
+        __syncthreads();                                        // every warp's partial sums
+        for (int idx = threadIdx.x; idx < ((u1 - u0) >> MODE) * sr; idx += blockDim.x) {
+            const int pu = idx / sr, row = idx % sr, tile = row >> 4, w0 = (tile / TPW) * wpt;
+            const BulkPlan p = bulk_plan((u0 >> MODE) + pu, per_row, sr);
+            float v[MODE + 1];
+#pragma unroll
+            for (int m = 0; m <= MODE; ++m) {
+                v[m] = 0.f;
+                for (int q = 0; q < wpt; ++q)
+                    v[m] += part[((((pu << MODE) + m) * 16 + w0 + q) * TPW + tile % TPW) * 16 + (row & 15)];
+            }
+            a.y[(i64)p.r * a.n_out + p.n0 + row] = MODE ? v[0] / (1.f + expf(-v[0])) * v[MODE] : v[0];
+        }
+        if (TRACE) tr.end(u1 - u0);
+        return;
+    }
     int staged_r = r, s = 0;
     u32 parity = 0;
     for (int u = u0; u < u1; ++u) {
@@ -853,61 +976,9 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
         unsigned char* stage = bsm + (size_t)s * stage_bytes;
         bar_wait(smem_addr(&bars[s]), parity);
         if (TRACE) tr.mark(3 + 3 * (u - u0));
-        if (STAGGER && u == u0 && threadIdx.x == 0)
+        if ((flags & BULK_STAGGER) && u == u0 && threadIdx.x == 0)
             bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 1, stages, u0, u1, per_row, sr, ahead);
-        const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2) + 16 * c;
-        const unsigned char* scl = stage + (size_t)sr * k / 2;
-        const unsigned char* bia = scl + (size_t)sr * groups * es;
-        float acc0[TPW], acc1[TPW];
-        int d[TPW][4];
-#pragma unroll
-        for (int t = 0; t < TPW; ++t) {
-            acc0[t] = acc1[t] = 0.f;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) d[t][e] = 0;
-        }
-        int acc_start = kw0;
-#pragma unroll
-        for (int j = 0; j < KW / 128; ++j) {
-            const int kb = kw0 + 128 * j, p0 = kb + 32 * c;
-            uint4 wa[TPW], wb[TPW];
-#pragma unroll
-            for (int t = 0; t < TPW; ++t) {
-                wa[t] = *(const uint4*)(codes + (size_t)(16 * t) * (k / 2) + kb / 2);
-                wb[t] = *(const uint4*)(codes + (size_t)(16 * t + 8) * (k / 2) + kb / 2);
-            }
-            const bool mine = (g >> 1) == ((p0 / GROUP) & 3);
-#pragma unroll
-            for (int jw = 0; jw < 4; ++jw) {
-                uint2 xb = make_uint2(0, 0);
-                if (mine) xb = *(const uint2*)&xsrc[p0 / 4 + 2 * jw];
-#pragma unroll
-                for (int t = 0; t < TPW; ++t) {
-                    const u32 w0 = word_of(wa[t], jw), w1 = word_of(wb[t], jw);
-                    mma_s8(d[t], w0 & 0x0F0F0F0Fu, w1 & 0x0F0F0F0Fu, (w0 >> 4) & 0x0F0F0F0Fu, (w1 >> 4) & 0x0F0F0F0Fu,
-                           xb.x, xb.y);
-                }
-            }
-            if ((kb + 128) % (4 * GROUP) == 0 || j == KW / 128 - 1) {  // the end of a 4-group window: its epilogue
-                const int gc = (kb / (4 * GROUP)) * 4 + c;          // the group of this lane's column pair
-                if (gc * GROUP >= acc_start && gc * GROUP < kb + 128) {
-                    const float xsum = sx[gc], sg = sig[gc];
-#pragma unroll
-                    for (int t = 0; t < TPW; ++t) {
-                        const int i0 = (tw * 16 + 16 * t + g) * groups + gc, i1 = i0 + 8 * groups;
-                        acc0[t] += smem_f<ST>(scl, i0) * sg * (float)(256 * d[t][0] + d[t][1])
-                                   + smem_f<ST>(bia, i0) * xsum;
-                        acc1[t] += smem_f<ST>(scl, i1) * sg * (float)(256 * d[t][2] + d[t][3])
-                                   + smem_f<ST>(bia, i1) * xsum;
-                    }
-                }
-#pragma unroll
-                for (int t = 0; t < TPW; ++t)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) d[t][e] = 0;
-                acc_start = kb + 128;
-            }
-        }
+        bulk_products<GROUP, ST, KW, TPW>(stage, xs, k, sr, tw, kw0, g, c, acc0, acc1);
         if (TRACE) tr.mark(4 + 3 * (u - u0));
         bulk_finish<GROUP, ST, TPW, MODE>(a, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,
                                           per_row, sr, wpt, r, n0, warp, g, c, ahead);

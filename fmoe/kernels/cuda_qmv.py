@@ -127,8 +127,13 @@ _BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4     # fmoe_qmv4_bulk's static shar
                                                    # gate rows) at up to 4 tiles a warp: for supports_bulk, before
                                                    # the kernel is loaded
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
-BULK_STAGGER = False                     # an experiment (not run on a GPU yet): a block issues its other stages'
-                                         # copies once its first has landed (the kernel's STAGGER)
+BULK_STAGGER = False                     # an experiment: a block issues its other stages' copies once its first
+                                         # has landed (the kernel's BULK_STAGGER flag)
+BULK_DEFER = False                       # a block whose units all fit in shared memory gets them all at entry and
+                                         # synchronises its warps once (the kernel's BULK_DEFER flag)
+BULK_EARLY = False                       # with OVERLAP_PRIOR: copies issued before the wait for the previous kernel
+                                         # (the kernel's BULK_EARLY flag; only where that kernel wrote no slot table)
+_FLAG_EARLY, _FLAG_DEFER, _FLAG_STAGGER = 1, 2, 4
 
 
 @functools.cache
@@ -155,7 +160,7 @@ def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     n_in = w.shape[2] * 32 // bits
     if _capability(index) < (9, 0) or w.shape[1] % _bulk_shape(n_in)[1] or _bulk_stages(
-            scales, w.shape[1], n_in, 1, group_size, index, _BULK_STATIC_SMEM) < 1:
+            scales, w.shape[1], n_in, 1, group_size, index, _BULK_STATIC_SMEM)[0] < 1:
         return False
     return all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in (w, scales, biases))
 
@@ -168,15 +173,20 @@ def _bulk_bytes(s, n_in: int, group_size: int) -> tuple[int, int]:
 
 
 def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int,
-                 gate_up: bool = False) -> int:
-    """Stage buffers of fmoe_qmv4_bulk: BULK_STAGES, at most what shared memory holds beside the staged x and the
-    kernel's static arrays, at most one a unit of a block (gate+up: two units a stage of rows; 0: not even one
-    fits)."""
+                 gate_up: bool = False) -> tuple[int, bool]:
+    """(stage buffers, deferred) of fmoe_qmv4_bulk: with BULK_DEFER, one a unit of the fullest block where they all
+    fit in shared memory beside two staged x and the partial sums (the kernel's DEFER path); else BULK_STAGES, at
+    most what shared memory holds beside the staged x and the kernel's static arrays, at most one a unit of a block
+    (gate+up: two units a stage of rows; 0: not even one fits)."""
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
     sms, smem_max = _sm_resources(device)
     pairs = rows * (n_out // _bulk_shape(n_in)[1])
     per_block = -(-pairs // min(sms, pairs)) * (2 if gate_up else 1)
-    return min(32, BULK_STAGES or 32, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
+    part_bytes = 16 * BULK_TILES_PER_WARP * 16 * 4            # a unit's partial sums: 16 warps x TPW x 16 rows
+    if BULK_DEFER and per_block <= 32 and \
+            per_block * (stage_bytes + part_bytes) + 2 * x_bytes <= smem_max - static_bytes:
+        return per_block, True
+    return min(32, BULK_STAGES or 32, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block), False
 
 
 def _overlaps_prior(device_index: int) -> bool:
@@ -274,18 +284,24 @@ def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, 
     kw, sr = _bulk_shape(n_in)
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
-                           f"{int(gate_up)}, {int(trace is not None)}, {int(BULK_STAGGER)}>", device)
-    stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
+                           f"{int(gate_up)}, {int(trace is not None)}>", device)
+    stages, defer = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
                          f"memory ({_sm_resources(device)[1]} bytes a block)")
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
+    smem = stages * stage_bytes + x_bytes
+    if defer:                                         # a second staged x and the partial sums of every unit
+        smem += x_bytes + stages * 16 * BULK_TILES_PER_WARP * 16 * 4
+    overlap = _overlaps_prior(device)
+    flags = (_FLAG_EARLY if overlap and BULK_EARLY else 0) | (_FLAG_DEFER if defer else 0) | \
+        (_FLAG_STAGGER if BULK_STAGGER else 0)
     blocks = min(_sm_resources(device)[0], rows * (n_out // sr))
     if trace is not None and (trace.dtype != torch.int64 or trace.numel() < 64 * blocks or not trace.is_contiguous()):
         raise ValueError(f"trace: a contiguous int64 tensor of at least 64 x {blocks} blocks")
-    fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes, stream,
-              [args, ctypes.c_int(rows), ctypes.c_int(stages),
-               ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)], _overlaps_prior(device))
+    fn.launch((blocks, 1, 1), (512, 1, 1), smem, stream,
+              [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(flags),
+               ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)], overlap)
 
 
 def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, config=None,

@@ -217,6 +217,40 @@ def test_bulk_copy_gate_up_matches_the_fma_kernel():
             _close(got, ref, 2e-4)
 
 
+_BULK_MODES = {"defer, 2 tiles a warp": {"BULK_DEFER": True},
+               "defer, 1 tile a warp": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1},
+               "stagger": {"BULK_STAGGER": True},
+               "defer, stagger, 1 tile": {"BULK_DEFER": True, "BULK_STAGGER": True, "BULK_TILES_PER_WARP": 1},
+               "overlap, early copies": {"OVERLAP_PRIOR": True, "BULK_EARLY": True},
+               "defer, overlap, early copies": {"BULK_DEFER": True, "OVERLAP_PRIOR": True, "BULK_EARLY": True,
+                                                "BULK_TILES_PER_WARP": 1}}
+
+
+@needs_hopper
+@pytest.mark.parametrize("mode", sorted(_BULK_MODES))
+def test_bulk_copy_kernel_launch_modes_match_the_fma_kernel(mode, monkeypatch):
+    """The bulk-copy kernel's launch modes (cuda_qmv's BULK_DEFER: every unit's copies at entry and one barrier
+    between the warps, where a block's units fit; BULK_STAGGER; BULK_EARLY with programmatic dependent launch; one or
+    two tiles a warp) against the FMA kernel: the 397B shapes at 10 rows (deferred where it fits) and 64 (refills:
+    the deferred path declines), one x per row (blocks crossing table rows stage two) and one shared, gate+up at 10
+    rows, and 128 x 512 at 400 rows (a block spans more than two table rows: the deferred path declines)."""
+    from fmoe.kernels import cuda_qmv
+
+    for k, v in _BULK_MODES[mode].items():
+        monkeypatch.setattr(cuda_qmv, k, v)
+    for n_out, n_in, row_counts in ((1024, 4096, (10, 64)), (4096, 1024, (10, 64)), (128, 512, (400,))):
+        (w, s, b, _), (wu, su, bu, _) = (_table(4, 64, n_out, n_in, slots=4, seed=seed) for seed in (n_out, n_in))
+        for rows in row_counts:
+            slots = torch.randint(0, 4, (rows,), dtype=torch.int32, device="cuda")
+            for x in (torch.randn(rows, n_in, device="cuda"), torch.randn(1, n_in, device="cuda").bfloat16()):
+                ref = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="fma").cpu().numpy()
+                _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="bulk").cpu().numpy(), ref, 2e-4)
+                if rows == 10:
+                    ref = cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, slots, 4, 64, kernel="fma").cpu().numpy()
+                    got = cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, slots, 4, 64, kernel="bulk").cpu().numpy()
+                    _close(got, ref, 2e-4)
+
+
 @needs_gpu
 def test_tensor_core_and_fma_kernels_agree_on_the_397b_shapes():
     """Every variant of the tensor-core kernel against the FMA kernel: the 397B expert shapes, and 200 x 2048 (a
@@ -360,9 +394,9 @@ def test_every_configuration_compiles_with_nvrtc():
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
     for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
-        for x_t, s_t, kw, tpw, mode, trace, stagger in ((1, 1, 256, 2, 0, 0, 0), (0, 0, 128, 1, 0, 0, 0),
-                                                        (1, 1, 256, 2, 1, 0, 0), (1, 1, 256, 2, 0, 1, 1)):
-            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {stagger}>"
+        for x_t, s_t, kw, tpw, mode, trace in ((1, 1, 256, 2, 0, 0), (0, 0, 128, 1, 0, 0), (1, 1, 256, 2, 1, 0),
+                                               (1, 1, 256, 1, 1, 1), (0, 1, 128, 2, 0, 1)):
+            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
 
