@@ -80,12 +80,24 @@ VARIANTS = {
     "pdl-early": {"OVERLAP_PRIOR": True, "BULK_EARLY": True},
     "defer2-pdl-early": {"BULK_DEFER": True, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
     "defer1-pdl-early": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
+    "late": {"BULK_LATE": True},
+    "pdl-early-late": {"OVERLAP_PRIOR": True, "BULK_EARLY": True, "BULK_LATE": True},
+    "defer1-lanes": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "BULK_LANES": True},
+    "defer1-lanes-late": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "BULK_LANES": True, "BULK_LATE": True},
+    "defer2-lanes-late": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_LATE": True},
+    "defer1-lanes-pdl-early": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "BULK_LANES": True,
+                               "OVERLAP_PRIOR": True, "BULK_EARLY": True},
+    "defer1-lanes-late-pdl-early": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "BULK_LANES": True,
+                                    "BULK_LATE": True, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
+    "defer2-lanes-late-pdl-early": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_LATE": True,
+                                    "OVERLAP_PRIOR": True, "BULK_EARLY": True},
 }
 
 
 def _apply(settings: dict) -> dict:
     """Set a variant's cuda_qmv globals; return the previous values."""
-    keys = {"BULK_STAGGER", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_DEFER", "OVERLAP_PRIOR", "BULK_EARLY"}
+    keys = {"BULK_STAGGER", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_DEFER", "OVERLAP_PRIOR", "BULK_EARLY",
+            "BULK_LATE", "BULK_LANES"}
     old = {k: getattr(cuda_qmv, k) for k in keys}
     for k, v in settings.items():
         setattr(cuda_qmv, k, v)

@@ -616,18 +616,61 @@ __device__ __forceinline__ void bulk_issue_units(const QmvArgs& a, unsigned char
                                     ahead.take(a, (u0 + s) >> MODE, per_row, u1 >> MODE), per_row, sr);
 }
 
-// thread 0: the stage buffers' mbarriers, then the copies of the block's first `first` units
-template <int GROUP, int ST, int MODE>
-__device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
-                                           int first, u32 stage_bytes, int u0, int u1, int per_row, int sr,
-                                           SlotAhead& ahead) {
+// thread 0: the stage buffers' mbarriers
+__device__ __forceinline__ void bulk_init_bars(unsigned long long* bars, int stages) {
     if (threadIdx.x == 0) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
     }
+}
+
+// thread 0: the stage buffers' mbarriers, then the copies of the block's first `first` units
+template <int GROUP, int ST, int MODE>
+__device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
+                                           int first, u32 stage_bytes, int u0, int u1, int per_row, int sr,
+                                           SlotAhead& ahead) {
+    bulk_init_bars(bars, stages);
     if (threadIdx.x == 0)
         bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 0, first, u0, u1, per_row, sr, ahead);
+}
+
+// warp 0 (BULK_LANES, the deferred path: a block's units <= 32): lane i issues the copies of unit u0 + i into
+// buffer i for i in [l0, l1), each lane with its unit's slot (loaded at entry), all lanes' copies in one pass
+template <int GROUP, int ST, int MODE>
+__device__ __forceinline__ void bulk_issue_lanes(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars,
+                                                 u32 stage_bytes, int l0, int l1, int u0, int u1, int per_row,
+                                                 int sr, i64 slot, int lane) {
+    if (lane >= l0 && lane < l1 && u0 + lane < u1)
+        bulk_issue<GROUP, ST, MODE>(a, bsm + (size_t)lane * stage_bytes, smem_addr(&bars[lane]), u0 + lane, slot,
+                                    per_row, sr);
+}
+
+// a block's first `first` units' copies (and the barriers' init) from thread 0 or, with `lanes`, from warp 0
+template <int GROUP, int ST, int MODE>
+__device__ __forceinline__ void bulk_begin(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
+                                           int first, u32 stage_bytes, int u0, int u1, int per_row, int sr,
+                                           SlotAhead& ahead, bool lanes, i64 lslot) {
+    if (!lanes) {
+        bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead);
+    } else if (threadIdx.x < 32) {
+        bulk_init_bars(bars, stages);
+        __syncwarp();
+        bulk_issue_lanes<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 0, first, u0, u1, per_row, sr, lslot,
+                                          threadIdx.x);
+    }
+}
+
+// the copies of units 1 .. stages - 1 (after the first: BULK_LATE, BULK_STAGGER) from thread 0 or warp 0's lanes
+template <int GROUP, int ST, int MODE>
+__device__ __forceinline__ void bulk_rest(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
+                                          u32 stage_bytes, int u0, int u1, int per_row, int sr, SlotAhead& ahead,
+                                          bool lanes, i64 lslot) {
+    if (lanes && threadIdx.x < 32)
+        bulk_issue_lanes<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 1, stages, u0, u1, per_row, sr, lslot,
+                                          threadIdx.x);
+    else if (!lanes && threadIdx.x == 0)
+        bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 1, stages, u0, u1, per_row, sr, ahead);
 }
 
 // the end of the block's unit u (table row r, rows n0..): each warp's sums of its TPW tiles (rows g and g + 8, lane
@@ -870,9 +913,13 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 // in its stage buffers (and span at most two table rows): every copy issued at entry, no refills, and so no barrier
 // between the warps until the end: each warp keeps its partial sums a unit in shared memory (after two staged x) and
 // the block adds them up once; STAGGER, a block issues its first unit's copies only, and the others once it landed.
+// LATE: a block issues its first unit's copies with x's loads, the others once x is staged (their requests would
+// otherwise queue ahead of x's). LANES (deferred path): warp 0's lanes issue the units' copies, one unit a lane.
 #define BULK_EARLY 1
 #define BULK_DEFER 2
 #define BULK_STAGGER 4
+#define BULK_LATE 8
+#define BULK_LANES 16
 
 // MODE 0: y = W x; MODE 1: y = silu(G x) * (U x) (gate+up of the same slots, a.w2 / s2 / b2 the up matrices): each
 // stage of output rows is two units, its gate rows then its up rows, in one block. Dynamic shared memory: `stages`
@@ -903,12 +950,18 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     const int r_first = (u0 >> MODE) / per_row, r_last = u1 > u0 ? ((u1 - 1) >> MODE) / per_row : r_first;
     const bool defer = (flags & BULK_DEFER) && u1 - u0 <= stages && r_last - r_first <= 1;
     const bool second_x = defer && a.x_stride != 0 && r_last != r_first;
-    const int first = (flags & BULK_STAGGER) ? 1 : stages;      // units whose copies a block issues at entry
+    const bool lanes = defer && (flags & BULK_LANES);
+    const int first = (flags & (BULK_STAGGER | BULK_LATE)) ? 1 : stages;   // units whose copies go with x's loads
     SlotAhead ahead{-1, -1, 0, 0};
+    i64 lslot = 0;                                              // LANES: warp 0's lane i, the slot of unit u0 + i
     int r = r_first, n0 = ((u0 >> MODE) % per_row) * sr;
-    if (threadIdx.x == 0 && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);   // in flight now
+    if (lanes) {                                                // in flight now
+        if (warp == 0 && lane < u1 - u0) lslot = a.slots[((u0 + lane) >> MODE) / per_row];
+    } else if (threadIdx.x == 0 && u0 < u1) {
+        (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);
+    }
     if (flags & BULK_EARLY)
-        bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead);
+        bulk_begin<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead, lanes, lslot);
     prior_grid_wait();
     float xv[8], xv2[8];
     if (threadIdx.x < n8_pad) {                                 // x loads before the copies (unless EARLY)
@@ -916,7 +969,7 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
         if (second_x) int8_load<XT>(a.x, (i64)(r + 1) * a.x_stride, threadIdx.x, n8, xv2);
     }
     if (!(flags & BULK_EARLY))
-        bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead);
+        bulk_begin<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead, lanes, lslot);
     next_grid_may_start();
     if (threadIdx.x < n8_pad) {
         int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
@@ -924,6 +977,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     }
     __syncthreads();                                            // x staged, the barriers' init visible
     if (TRACE) tr.mark(2);
+    if (flags & BULK_LATE)                                      // the other units' copies, now behind x
+        bulk_rest<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead, lanes, lslot);
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
     float acc0[TPW], acc1[TPW];
     if (defer) {                                                // unit i in buffer i, each barrier's phase 0
@@ -931,8 +986,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
             const int i = u - u0;
             bar_wait(smem_addr(&bars[i]), 0);
             if (TRACE) tr.mark(3 + 3 * i);
-            if ((flags & BULK_STAGGER) && i == 0 && threadIdx.x == 0)
-                bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 1, stages, u0, u1, per_row, sr, ahead);
+            if ((flags & BULK_STAGGER) && i == 0)
+                bulk_rest<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead, lanes, lslot);
             const int ur = (u >> MODE) / per_row;
             bulk_products<GROUP, ST, KW, TPW>(bsm + (size_t)i * stage_bytes, second_x && ur != r_first ? xs2 : xs,
                                               k, sr, tw, kw0, g, c, acc0, acc1);
@@ -976,8 +1031,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
         unsigned char* stage = bsm + (size_t)s * stage_bytes;
         bar_wait(smem_addr(&bars[s]), parity);
         if (TRACE) tr.mark(3 + 3 * (u - u0));
-        if ((flags & BULK_STAGGER) && u == u0 && threadIdx.x == 0)
-            bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 1, stages, u0, u1, per_row, sr, ahead);
+        if ((flags & BULK_STAGGER) && u == u0)
+            bulk_rest<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead, false, 0);
         bulk_products<GROUP, ST, KW, TPW>(stage, xs, k, sr, tw, kw0, g, c, acc0, acc1);
         if (TRACE) tr.mark(4 + 3 * (u - u0));
         bulk_finish<GROUP, ST, TPW, MODE>(a, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,

@@ -133,7 +133,9 @@ BULK_DEFER = False                       # a block whose units all fit in shared
                                          # synchronises its warps once (the kernel's BULK_DEFER flag)
 BULK_EARLY = False                       # with OVERLAP_PRIOR: copies issued before the wait for the previous kernel
                                          # (the kernel's BULK_EARLY flag; only where that kernel wrote no slot table)
-_FLAG_EARLY, _FLAG_DEFER, _FLAG_STAGGER = 1, 2, 4
+BULK_LATE = False                        # a block's other units' copies issued once x is staged (BULK_LATE)
+BULK_LANES = False                       # deferred blocks: warp 0's lanes issue the copies, a unit each (BULK_LANES)
+_FLAG_EARLY, _FLAG_DEFER, _FLAG_STAGGER, _FLAG_LATE, _FLAG_LANES = 1, 2, 4, 8, 16
 
 
 @functools.cache
@@ -295,7 +297,7 @@ def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, 
         smem += x_bytes + stages * 16 * BULK_TILES_PER_WARP * 16 * 4
     overlap = _overlaps_prior(device)
     flags = (_FLAG_EARLY if overlap and BULK_EARLY else 0) | (_FLAG_DEFER if defer else 0) | \
-        (_FLAG_STAGGER if BULK_STAGGER else 0)
+        (_FLAG_STAGGER if BULK_STAGGER else _FLAG_LATE if BULK_LATE else 0) | (_FLAG_LANES if BULK_LANES else 0)
     blocks = min(_sm_resources(device)[0], rows * (n_out // sr))
     if trace is not None and (trace.dtype != torch.int64 or trace.numel() < 64 * blocks or not trace.is_contiguous()):
         raise ValueError(f"trace: a contiguous int64 tensor of at least 64 x {blocks} blocks")

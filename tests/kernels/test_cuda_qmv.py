@@ -223,7 +223,11 @@ _BULK_MODES = {"defer, 2 tiles a warp": {"BULK_DEFER": True},
                "defer, stagger, 1 tile": {"BULK_DEFER": True, "BULK_STAGGER": True, "BULK_TILES_PER_WARP": 1},
                "overlap, early copies": {"OVERLAP_PRIOR": True, "BULK_EARLY": True},
                "defer, overlap, early copies": {"BULK_DEFER": True, "OVERLAP_PRIOR": True, "BULK_EARLY": True,
-                                                "BULK_TILES_PER_WARP": 1}}
+                                                "BULK_TILES_PER_WARP": 1},
+               "late": {"BULK_LATE": True},
+               "defer, lanes, late, early": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_LATE": True,
+                                             "OVERLAP_PRIOR": True, "BULK_EARLY": True, "BULK_TILES_PER_WARP": 1},
+               "defer, lanes, stagger": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_STAGGER": True}}
 
 
 @needs_hopper
