@@ -91,13 +91,22 @@ VARIANTS = {
                                     "BULK_LATE": True, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
     "defer2-lanes-late-pdl-early": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_LATE": True,
                                     "OVERLAP_PRIOR": True, "BULK_EARLY": True},
+    # 8 warps a block, two blocks an SM (the next launch's beside this one's), one or two a launch
+    "w8": {"BULK_WARPS": 8},
+    "w8-2sm": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2},
+    "w8-2sm-pdl-early": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
+    "w8-2sm-tpw1-pdl-early": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "BULK_TILES_PER_WARP": 1,
+                              "OVERLAP_PRIOR": True, "BULK_EARLY": True},
+    "w8-2sm-grid2": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "BULK_GRID_PER_SM": 2},
+    "w8-2sm-grid2-pdl-early": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "BULK_GRID_PER_SM": 2,
+                               "OVERLAP_PRIOR": True, "BULK_EARLY": True},
 }
 
 
 def _apply(settings: dict) -> dict:
     """Set a variant's cuda_qmv globals; return the previous values."""
     keys = {"BULK_STAGGER", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_DEFER", "OVERLAP_PRIOR", "BULK_EARLY",
-            "BULK_LATE", "BULK_LANES"}
+            "BULK_LATE", "BULK_LANES", "BULK_WARPS", "BULK_BLOCKS_PER_SM", "BULK_GRID_PER_SM"}
     old = {k: getattr(cuda_qmv, k) for k in keys}
     for k, v in settings.items():
         setattr(cuda_qmv, k, v)
@@ -134,7 +143,7 @@ def main() -> int:
         for (n_out, n_in), gate_up in cases:
             tables, x, sets = _operands(n_out, n_in, rows, gate_up)
             y = torch.empty(rows, n_out, dtype=torch.float32, device="cuda")
-            trace = torch.zeros(cuda_qmv._sm_resources(x.device.index or 0)[0] * 64, dtype=torch.int64,
+            trace = torch.zeros(cuda_qmv._sm_resources(x.device.index or 0)[0] * 2 * 64, dtype=torch.int64,
                                 device="cuda")
             for v in a.variants:
                 old = _apply(VARIANTS[v])

@@ -678,9 +678,9 @@ __device__ __forceinline__ void bulk_rest(const QmvArgs& a, unsigned char* bsm, 
 // buffer with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile).
 // MODE 1: a gate unit's rows go to gate_rows (the same threads read them back at the up unit), an up unit's rows
 // make y = silu(gate) * up
-template <int GROUP, int ST, int TPW, int MODE>
+template <int GROUP, int ST, int TPW, int MODE, int NW>
 __device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW], float (&acc1)[TPW],
-                                            float (*red)[16][TPW][16], float* gate_rows, unsigned char* stage,
+                                            float (*red)[NW][TPW][16], float* gate_rows, unsigned char* stage,
                                             u32 bar, int u, int stages, int u1, int per_row, int sr, int wpt, int r,
                                             int n0, int warp, int g, int c, SlotAhead& ahead) {
     const int h = u & 1;
@@ -924,16 +924,16 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 // MODE 0: y = W x; MODE 1: y = silu(G x) * (U x) (gate+up of the same slots, a.w2 / s2 / b2 the up matrices): each
 // stage of output rows is two units, its gate rows then its up rows, in one block. Dynamic shared memory: `stages`
 // stage buffers, the staged x (DEFER: two, then the partial sums, stages x 16 warps x TPW x 16 floats).
-template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE>
-__global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int flags,
-                                                         unsigned long long* trace) {
+template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int NW>
+__global__ void __launch_bounds__(32 * NW, 16 / NW) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int flags,
+                                                                  unsigned long long* trace) {
     BulkTrace tr;
     if (TRACE) tr.start(trace);
     extern __shared__ __align__(128) unsigned char bsm[];
     __shared__ __align__(8) unsigned long long bars[32];
-    __shared__ float red[2][16][TPW][16];
+    __shared__ float red[2][NW][TPW][16];
     __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
-    const int k = a.n_in, wpt = k / KW, sr = 16 * (16 / wpt) * TPW, groups = k / GROUP;
+    const int k = a.n_in, wpt = k / KW, sr = 16 * (NW / wpt) * TPW, groups = k / GROUP;
     const int per_row = a.n_out / sr;
     const int es = ST ? 2 : 4;
     const u32 stage_bytes = (u32)sr * k / 2 + 2u * sr * groups * es;
@@ -941,8 +941,9 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     const int u0 = (int)((long long)blockIdx.x * pairs / gridDim.x) << MODE;
     const int u1 = (int)((long long)(blockIdx.x + 1) * pairs / gridDim.x) << MODE;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    constexpr int XCH = 512 / (32 * NW);                        // 8-value chunks of x a thread (K <= 4096)
     const int n8 = k / 8, n8_pad = (n8 + 31) & ~31;
-    if (n8_pad > (int)blockDim.x) __trap();                     // one 8-value chunk of x a thread (K <= 4096)
+    if (n8_pad > XCH * (int)blockDim.x) __trap();
     const int x_words = k / 2 + 2 * groups;                     // h, l (K / 4 words each), sigma, sum(x)
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
     u32* xs2 = xs + x_words;                                    // DEFER: the next table row's
@@ -963,17 +964,25 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     if (flags & BULK_EARLY)
         bulk_begin<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead, lanes, lslot);
     prior_grid_wait();
-    float xv[8], xv2[8];
-    if (threadIdx.x < n8_pad) {                                 // x loads before the copies (unless EARLY)
-        int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
-        if (second_x) int8_load<XT>(a.x, (i64)(r + 1) * a.x_stride, threadIdx.x, n8, xv2);
+    float xv[XCH][8], xv2[XCH][8];
+#pragma unroll
+    for (int q = 0; q < XCH; ++q) {                             // x loads before the copies (unless EARLY)
+        const int i = threadIdx.x + q * 32 * NW;
+        if (i < n8_pad) {
+            int8_load<XT>(a.x, (i64)r * a.x_stride, i, n8, xv[q]);
+            if (second_x) int8_load<XT>(a.x, (i64)(r + 1) * a.x_stride, i, n8, xv2[q]);
+        }
     }
     if (!(flags & BULK_EARLY))
         bulk_begin<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead, lanes, lslot);
     next_grid_may_start();
-    if (threadIdx.x < n8_pad) {
-        int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
-        if (second_x) int8_store<GROUP>(xs2, k, threadIdx.x, n8, xv2);
+#pragma unroll
+    for (int q = 0; q < XCH; ++q) {
+        const int i = threadIdx.x + q * 32 * NW;
+        if (i < n8_pad) {
+            int8_store<GROUP>(xs, k, i, n8, xv[q]);
+            if (second_x) int8_store<GROUP>(xs2, k, i, n8, xv2[q]);
+        }
     }
     __syncthreads();                                            // x staged, the barriers' init visible
     if (TRACE) tr.mark(2);
@@ -995,8 +1004,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
             if (c == 0) {
 #pragma unroll
                 for (int t = 0; t < TPW; ++t) {
-                    part[((i * 16 + warp) * TPW + t) * 16 + g] = acc0[t];
-                    part[((i * 16 + warp) * TPW + t) * 16 + g + 8] = acc1[t];
+                    part[((i * NW + warp) * TPW + t) * 16 + g] = acc0[t];
+                    part[((i * NW + warp) * TPW + t) * 16 + g + 8] = acc1[t];
                 }
             }
             if (TRACE) tr.mark(5 + 3 * i);
@@ -1010,7 +1019,7 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
             for (int m = 0; m <= MODE; ++m) {
                 v[m] = 0.f;
                 for (int q = 0; q < wpt; ++q)
-                    v[m] += part[((((pu << MODE) + m) * 16 + w0 + q) * TPW + tile % TPW) * 16 + (row & 15)];
+                    v[m] += part[((((pu << MODE) + m) * NW + w0 + q) * TPW + tile % TPW) * 16 + (row & 15)];
             }
             a.y[(i64)p.r * a.n_out + p.n0 + row] = MODE ? v[0] / (1.f + expf(-v[0])) * v[MODE] : v[0];
         }
@@ -1021,9 +1030,13 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     u32 parity = 0;
     for (int u = u0; u < u1; ++u) {
         if (r != staged_r && a.x_stride != 0) {                 // (block-uniform) every warp is past the previous
-            if (threadIdx.x < n8_pad) {                         // stage's barrier
-                int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
-                int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+#pragma unroll                                              // stage's barrier
+            for (int q = 0; q < XCH; ++q) {
+                const int i = threadIdx.x + q * 32 * NW;
+                if (i < n8_pad) {
+                    int8_load<XT>(a.x, (i64)r * a.x_stride, i, n8, xv[q]);
+                    int8_store<GROUP>(xs, k, i, n8, xv[q]);
+                }
             }
             staged_r = r;
             __syncthreads();
@@ -1035,7 +1048,7 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
             bulk_rest<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead, false, 0);
         bulk_products<GROUP, ST, KW, TPW>(stage, xs, k, sr, tw, kw0, g, c, acc0, acc1);
         if (TRACE) tr.mark(4 + 3 * (u - u0));
-        bulk_finish<GROUP, ST, TPW, MODE>(a, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,
+        bulk_finish<GROUP, ST, TPW, MODE, NW>(a, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,
                                           per_row, sr, wpt, r, n0, warp, g, c, ahead);
         if (TRACE) tr.mark(5 + 3 * (u - u0));
         bulk_next<MODE>(u, s, parity, r, n0, stages, sr, a.n_out);

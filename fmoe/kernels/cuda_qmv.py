@@ -136,6 +136,10 @@ BULK_EARLY = False                       # with OVERLAP_PRIOR: copies issued bef
 BULK_LATE = False                        # a block's other units' copies issued once x is staged (BULK_LATE)
 BULK_LANES = False                       # deferred blocks: warp 0's lanes issue the copies, a unit each (BULK_LANES)
 _FLAG_EARLY, _FLAG_DEFER, _FLAG_STAGGER, _FLAG_LATE, _FLAG_LANES = 1, 2, 4, 8, 16
+BULK_WARPS = 16                          # warps a block (16 or 8)
+BULK_BLOCKS_PER_SM = 1                   # blocks an SM holds at once (shared memory a block: its share): 2 lets the
+                                         # next launch's blocks start beside this one's (with OVERLAP_PRIOR)
+BULK_GRID_PER_SM = 1                     # blocks a launch has per SM
 
 
 @functools.cache
@@ -145,11 +149,23 @@ def _sm_resources(index: int) -> tuple[int, int]:
     return p.multi_processor_count, getattr(p, "shared_memory_per_block_optin", 99 << 10)
 
 
+@functools.cache
+def _smem_per_sm(index: int) -> int:
+    return getattr(torch.cuda.get_device_properties(index), "shared_memory_per_multiprocessor", 228 << 10)
+
+
+def _bulk_smem(index: int) -> int:
+    """Shared memory bytes a block of fmoe_qmv4_bulk may take: BULK_BLOCKS_PER_SM of them fit an SM (the driver keeps
+    1 KB a block)."""
+    optin = _sm_resources(index)[1]
+    return optin if BULK_BLOCKS_PER_SM == 1 else min(optin, _smem_per_sm(index) // BULK_BLOCKS_PER_SM - 1024)
+
+
 def _bulk_shape(n_in: int) -> tuple[int, int]:
-    """(inputs per warp, output rows per stage) of fmoe_qmv4_bulk: 16 warps over a stage's tiles of 16 rows, each
-    warp BULK_TILES_PER_WARP tiles over its inputs."""
-    kw = 256 if n_in == 4096 else 128
-    return kw, 16 * (16 // (n_in // kw)) * BULK_TILES_PER_WARP
+    """(inputs per warp, output rows per stage) of fmoe_qmv4_bulk: BULK_WARPS warps over a stage's tiles of 16
+    rows, each warp BULK_TILES_PER_WARP tiles over its inputs (at least 128, at most BULK_WARPS warps a tile)."""
+    kw = max(128, n_in // BULK_WARPS)
+    return kw, 16 * (BULK_WARPS // (n_in // kw)) * BULK_TILES_PER_WARP
 
 
 def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int,
@@ -181,10 +197,10 @@ def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: i
     most what shared memory holds beside the staged x and the kernel's static arrays, at most one a unit of a block
     (gate+up: two units a stage of rows; 0: not even one fits)."""
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
-    sms, smem_max = _sm_resources(device)
+    sms, smem_max = _sm_resources(device)[0] * BULK_GRID_PER_SM, _bulk_smem(device)
     pairs = rows * (n_out // _bulk_shape(n_in)[1])
     per_block = -(-pairs // min(sms, pairs)) * (2 if gate_up else 1)
-    part_bytes = 16 * BULK_TILES_PER_WARP * 16 * 4            # a unit's partial sums: 16 warps x TPW x 16 rows
+    part_bytes = BULK_WARPS * BULK_TILES_PER_WARP * 16 * 4    # a unit's partial sums: warps x TPW x 16 rows
     if BULK_DEFER and per_block <= 32 and \
             per_block * (stage_bytes + part_bytes) + 2 * x_bytes <= smem_max - static_bytes:
         return per_block, True
@@ -286,22 +302,22 @@ def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, 
     kw, sr = _bulk_shape(n_in)
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
-                           f"{int(gate_up)}, {int(trace is not None)}>", device)
+                           f"{int(gate_up)}, {int(trace is not None)}, {BULK_WARPS}>", device)
     stages, defer = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
-                         f"memory ({_sm_resources(device)[1]} bytes a block)")
+                         f"memory ({_bulk_smem(device)} bytes a block)")
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
     smem = stages * stage_bytes + x_bytes
     if defer:                                         # a second staged x and the partial sums of every unit
-        smem += x_bytes + stages * 16 * BULK_TILES_PER_WARP * 16 * 4
+        smem += x_bytes + stages * BULK_WARPS * BULK_TILES_PER_WARP * 16 * 4
     overlap = _overlaps_prior(device)
     flags = (_FLAG_EARLY if overlap and BULK_EARLY else 0) | (_FLAG_DEFER if defer else 0) | \
         (_FLAG_STAGGER if BULK_STAGGER else _FLAG_LATE if BULK_LATE else 0) | (_FLAG_LANES if BULK_LANES else 0)
-    blocks = min(_sm_resources(device)[0], rows * (n_out // sr))
+    blocks = min(_sm_resources(device)[0] * BULK_GRID_PER_SM, rows * (n_out // sr))
     if trace is not None and (trace.dtype != torch.int64 or trace.numel() < 64 * blocks or not trace.is_contiguous()):
         raise ValueError(f"trace: a contiguous int64 tensor of at least 64 x {blocks} blocks")
-    fn.launch((blocks, 1, 1), (512, 1, 1), smem, stream,
+    fn.launch((blocks, 1, 1), (32 * BULK_WARPS, 1, 1), smem, stream,
               [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(flags),
                ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)], overlap)
 

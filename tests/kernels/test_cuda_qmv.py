@@ -227,7 +227,11 @@ _BULK_MODES = {"defer, 2 tiles a warp": {"BULK_DEFER": True},
                "late": {"BULK_LATE": True},
                "defer, lanes, late, early": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_LATE": True,
                                              "OVERLAP_PRIOR": True, "BULK_EARLY": True, "BULK_TILES_PER_WARP": 1},
-               "defer, lanes, stagger": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_STAGGER": True}}
+               "defer, lanes, stagger": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_STAGGER": True},
+               "8 warps, 2 blocks an SM, early": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "OVERLAP_PRIOR": True,
+                                                  "BULK_EARLY": True},
+               "8 warps, defer, 2 a launch": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "BULK_GRID_PER_SM": 2,
+                                              "BULK_DEFER": True, "BULK_TILES_PER_WARP": 1}}
 
 
 @needs_hopper
@@ -398,9 +402,10 @@ def test_every_configuration_compiles_with_nvrtc():
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
     for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
-        for x_t, s_t, kw, tpw, mode, trace in ((1, 1, 256, 2, 0, 0), (0, 0, 128, 1, 0, 0), (1, 1, 256, 2, 1, 0),
-                                               (1, 1, 256, 1, 1, 1), (0, 1, 128, 2, 0, 1)):
-            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}>"
+        for x_t, s_t, kw, tpw, mode, trace, nw in ((1, 1, 256, 2, 0, 0, 16), (0, 0, 128, 1, 0, 0, 16),
+                                                   (1, 1, 256, 2, 1, 0, 16), (1, 1, 256, 1, 1, 1, 16),
+                                                   (0, 1, 128, 2, 0, 1, 8), (1, 1, 512, 2, 1, 0, 8)):
+            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {nw}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
 
