@@ -6,9 +6,9 @@ on other slots, as in a graph of decode calls). H200 only (compute capability 9.
 
     python3 bench/device/bulk_timeline.py [--rows 10 64] [--gate-up] [--variants base defer1 ...] [--time]
 
-``--variants``: the launcher settings to compare (VARIANTS below: stage buffers, tiles a warp, the kernel's STAGGER /
-DEFER / EARLY flags, programmatic dependent launch); each case is first checked against the FMA kernel (max |dy| /
-max |y|), then traced; ``--time`` also times it as the kernel table times a row (CUDA graphs over disjoint slot
+``--variants``: the launcher settings to compare (VARIANTS below: stage buffers, tiles a warp, overlapping the
+previous launch, the slot table vouched for); each case is first checked against the FMA kernel (max |dy| / max |y|),
+then traced; ``--time`` also times it as the kernel table times a row (CUDA graphs over disjoint slot
 sets) against the HBM bandwidth measured in the same run.
 
 Session 10 found with it (then as bench/device/qmv_int8.py) that x, loaded after a block's copies, waited behind every
@@ -39,7 +39,7 @@ def _operands(n_out: int, n_in: int, rows: int, gate_up: bool):
 
 def _launch(tables, x, sl, y, gate_up: bool, trace=None):
     mats = tables if gate_up else tables[:1]
-    return cuda_qmv._launch(x, mats, sl, 4, 64, y, None, gate_up, cuda_qmv.BULK, trace)
+    return cuda_qmv._launch(x, mats, sl, 4, 64, y, None, gate_up, cuda_qmv.BULK, _SLOTS_READY[0], trace)
 
 
 def summary(trace: torch.Tensor) -> str:
@@ -68,48 +68,27 @@ def summary(trace: torch.Tensor) -> str:
             f"{stat(fin)}, end {stat([(r[63] - g0) / 1e3 for r in t])}")
 
 
-# name: the cuda_qmv settings of a variant (the rest at their defaults)
+# name: the cuda_qmv settings of a variant (the rest at their defaults); "slots_ready": launched as the engine's down
+# projection (the slot table vouched for: copies before the wait for the previous kernel)
 VARIANTS = {
     "base": {},
-    "stagger": {"BULK_STAGGER": True},
-    "tpw1": {"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4},
-    "defer2": {"BULK_DEFER": True},
-    "defer1": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1},
-    "defer1-stagger": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "BULK_STAGGER": True},
-    "pdl": {"OVERLAP_PRIOR": True},
-    "pdl-early": {"OVERLAP_PRIOR": True, "BULK_EARLY": True},
-    "defer2-pdl-early": {"BULK_DEFER": True, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
-    "defer1-pdl-early": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
-    "late": {"BULK_LATE": True},
-    "pdl-early-late": {"OVERLAP_PRIOR": True, "BULK_EARLY": True, "BULK_LATE": True},
-    "defer1-lanes": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "BULK_LANES": True},
-    "defer1-lanes-late": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "BULK_LANES": True, "BULK_LATE": True},
-    "defer2-lanes-late": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_LATE": True},
-    "defer1-lanes-pdl-early": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "BULK_LANES": True,
-                               "OVERLAP_PRIOR": True, "BULK_EARLY": True},
-    "defer1-lanes-late-pdl-early": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1, "BULK_LANES": True,
-                                    "BULK_LATE": True, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
-    "defer2-lanes-late-pdl-early": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_LATE": True,
-                                    "OVERLAP_PRIOR": True, "BULK_EARLY": True},
-    # 8 warps a block, two blocks an SM (the next launch's beside this one's), one or two a launch
-    "w8": {"BULK_WARPS": 8},
-    "w8-2sm": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2},
-    "w8-2sm-pdl-early": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "OVERLAP_PRIOR": True, "BULK_EARLY": True},
-    "w8-2sm-tpw1-pdl-early": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "BULK_TILES_PER_WARP": 1,
-                              "OVERLAP_PRIOR": True, "BULK_EARLY": True},
-    "w8-2sm-grid2": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "BULK_GRID_PER_SM": 2},
-    "w8-2sm-grid2-pdl-early": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "BULK_GRID_PER_SM": 2,
-                               "OVERLAP_PRIOR": True, "BULK_EARLY": True},
+    "no-overlap": {"BULK_OVERLAP": False},
+    "slots-ready": {"slots_ready": True},
+    "tpw1-slots-ready": {"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4, "slots_ready": True},
+    "stages3-slots-ready": {"BULK_STAGES": 3, "slots_ready": True},
 }
+_SLOTS_READY = [False]
 
 
 def _apply(settings: dict) -> dict:
-    """Set a variant's cuda_qmv globals; return the previous values."""
-    keys = {"BULK_STAGGER", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_DEFER", "OVERLAP_PRIOR", "BULK_EARLY",
-            "BULK_LATE", "BULK_LANES", "BULK_WARPS", "BULK_BLOCKS_PER_SM", "BULK_GRID_PER_SM"}
-    old = {k: getattr(cuda_qmv, k) for k in keys}
+    """Set a variant's cuda_qmv globals (and this script's slots_ready); return the previous values."""
+    old = {k: getattr(cuda_qmv, k) for k in ("BULK_OVERLAP", "BULK_TILES_PER_WARP", "BULK_STAGES")}
+    old["slots_ready"] = _SLOTS_READY[0]
     for k, v in settings.items():
-        setattr(cuda_qmv, k, v)
+        if k == "slots_ready":
+            _SLOTS_READY[0] = v
+        else:
+            setattr(cuda_qmv, k, v)
     return old
 
 
@@ -120,7 +99,7 @@ def parity(n_out: int, n_in: int, rows: int, gate_up: bool) -> float:
     x = x.to(torch.bfloat16 if gate_up or n_in > n_out else torch.float32)
     sl = torch.randperm(2 * rows, device="cuda")[:rows].to(torch.int32)
     mats = tables if gate_up else tables[:1]
-    y = cuda_qmv._launch(x, mats, sl, 4, 64, None, None, gate_up, cuda_qmv.BULK)
+    y = cuda_qmv._launch(x, mats, sl, 4, 64, None, None, gate_up, cuda_qmv.BULK, _SLOTS_READY[0])
     ref = cuda_qmv._launch(x, mats, sl, 4, 64, None, None, gate_up, "fma")
     torch.cuda.synchronize()
     return float((y - ref).abs().max() / ref.abs().max())
@@ -164,7 +143,8 @@ def main() -> int:
                             torch.cuda.synchronize()
                         print(f"{'warm' if warm else 'cold'} {name}: {summary(trace)}", flush=True)
                     if a.time:
-                        m = ck.measure(f"cuda bulk{' gate+up' if gate_up else ''}", 4, n_out, n_in, rows)
+                        m = ck.measure(f"cuda bulk{' gate+up' if gate_up else ''}", 4, n_out, n_in, rows,
+                                       slots_ready=_SLOTS_READY[0])
                         print(f"timed {name}: {m['seconds'] * 1e6:.1f} us = {m['bytes'] / m['seconds'] / bw:.2f} "
                               f"of HBM", flush=True)
                 finally:

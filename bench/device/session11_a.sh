@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit 0ef5aff (its kernel and bulk_timeline.py variants; the losing ones were removed after call 3).
 # Session 11, call 1: the bulk-copy kernel's launch modes (cuda_qmv's BULK_DEFER: a block's units all copied at
 # entry and one barrier between its warps; BULK_STAGGER; BULK_EARLY copies before the wait of programmatic dependent
 # launch; one or two tiles a warp). First every bulk test (the new modes test against the FMA kernel), then each

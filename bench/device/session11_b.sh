@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit b8c68d7 (its kernel and bulk_timeline.py variants; the losing ones were removed after call 3).
 # Session 11, call 2: the bulk kernel's BULK_LATE (a block's other units' copies once x is staged: call 1 showed x
 # staged later the more copies thread 0 issued first) and BULK_LANES (deferred blocks: warp 0's lanes issue the
 # copies, a unit each), alone and with PDL + early copies; the modes test first (against the FMA kernel).

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit 06cc087 (its kernel and bulk_timeline.py variants; the losing ones were removed after call 3).
 # Session 11, call 3: the bulk kernel with 8 warps a block so that two blocks fit an SM (registers <= 128, shared
 # memory <= half an SM): with programmatic dependent launch and early copies the next launch's blocks start beside
 # this one's and stream their weights during its tail; also two blocks a launch per SM. Modes test first.

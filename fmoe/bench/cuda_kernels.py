@@ -7,8 +7,10 @@ fallback, fmoe/kernels/triton_qmv.py).
 For each bit width, on the 397B expert shapes (gate/up 1024 x 4096, down 4096 x 1024, group 64): the decode call of
 one token (10 rows, distinct slots: the model's top-10), a saturating call (64 rows), and the engine's decode pair,
 gate and up in one launch (``gate+up``). Activations as the engine has them: bf16 into gate/up, float32 into down.
-Kernels: ``cuda`` is what the engine launches (4 bits: the tensor-core kernel for one matrix, the FMA kernel for
-gate+up), ``cuda fma`` / ``cuda mma`` the FMA / tensor-core kernel where the other is the default, ``triton`` the
+Kernels: ``cuda`` is what the engine launches (4 bits on Hopper: the bulk-copy kernel, one matrix and gate+up,
+each launch overlapping the previous one's drain), ``cuda (slots ready)`` the same launched as the engine launches
+its down projection after gate+up (its slot table vouched for, so its copies start before the previous launch has
+finished), ``cuda fma`` / ``cuda <variant>`` the FMA / tensor-core kernels where another is the default, ``triton`` the
 Triton kernel; the peers ``read (peer)`` (a kernel that only reads the same bytes) and ``copy (peer)`` (a
 device-to-device copy moving them), timed the same way: what the launch, ramp-up and drain of one call of that size
 leave to any kernel.
@@ -143,9 +145,11 @@ def measure_copy(nbytes: int) -> dict:
     return {"kernel": "copy (peer)", "seconds": t, "bytes": 2 * half, "bytes_per_s": 2 * half / t}
 
 
-def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int = 64, config=None) -> dict:
+def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int = 64, config=None,
+            slots_ready: bool = False) -> dict:
     """One row of the table: ``kernel`` "cuda" (what the engine launches: the tensor-core kernel where it applies),
-    "cuda fma" (the FMA kernel), "triton", or either CUDA one with " gate+up"."""
+    "cuda fma" (the FMA kernel), "triton", or either CUDA one with " gate+up". ``slots_ready``: launched as the
+    engine launches its down projection (the slot table vouched for: cuda_qmv's slots_ready), named so in the row."""
     import torch
 
     from fmoe.kernels import cuda_qmv, triton_qmv
@@ -171,13 +175,14 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
 
         def one(sl):
             return lambda: cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, sl, bits, group, out=y, config=config,
-                                                    kernel=variant)
+                                                    kernel=variant, slots_ready=slots_ready)
     else:
         def one(sl):
-            return lambda: cuda_qmv.grouped_qmv(x, w, s, b, sl, bits, group, out=y, config=config, kernel=variant)
+            return lambda: cuda_qmv.grouped_qmv(x, w, s, b, sl, bits, group, out=y, config=config, kernel=variant,
+                                                slots_ready=slots_ready)
     t = _time_graph([one(sl) for sl in sets])
     nbytes = rows * per_slot + x.numel() * x.element_size() + y.numel() * 4
-    res = {"kernel": kernel, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group,
+    res = {"kernel": kernel.replace("cuda", "cuda (slots ready)", 1) if slots_ready else kernel, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group,
            "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots}
     if kernel != "triton":
         chosen = variant or cuda_qmv.MMA_DEFAULT[gate_up]
@@ -245,6 +250,8 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
                 if bits == 4:
                     for peer in (measure_read, measure_copy):
                         add({**peer(m["bytes"]), "bits": bits, "shape": [n_out, n_in], "rows": r})
+                    if bulk_ok():                   # as the engine launches its down projection
+                        add(measure("cuda", bits, n_out, n_in, r, slots_ready=True))
                     add(measure("cuda fma", bits, n_out, n_in, r))
                     for v in (*cuda_qmv.MMA_VARIANTS, cuda_qmv.BULK):
                         if v != cuda_qmv.MMA_DEFAULT[False] and (v != cuda_qmv.BULK or bulk_ok()):
@@ -258,6 +265,8 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
             if bits == 4:
                 for peer in (measure_read, measure_copy):
                     add({**peer(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r})
+                if bulk_ok():
+                    add(measure("cuda gate+up", bits, *SHAPES[0], r, slots_ready=True))
                 if cuda_qmv.MMA_DEFAULT[True] is not None:          # the default is not the FMA kernel: time it too
                     add(measure("cuda fma gate+up", bits, *SHAPES[0], r))
                 for v in (*cuda_qmv.MMA_VARIANTS, cuda_qmv.BULK):
@@ -275,7 +284,7 @@ def of_read_peer(rows: list) -> None:
     for r in rows:                    # a peer follows the engine's row of its call ("cuda" / "cuda gate+up")
         if r["kernel"] == "read (peer)" and last is not None:
             peers[last] = r["bytes_per_s"]
-        elif r["kernel"] in ("cuda", "cuda gate+up"):
+        elif r["kernel"] in ("cuda", "cuda gate+up"):          # not "cuda (slots ready)": a row of the same call
             last = (r["bits"], tuple(r["shape"]), r["rows"], r["kernel"].endswith("gate+up"))
     for r in rows:
         key = (r["bits"], tuple(r["shape"]), r["rows"], r["kernel"].endswith("gate+up"))

@@ -414,16 +414,16 @@ class DeviceExperts:
             slots = torch.cat([slots, shared])
             w = torch.cat([w, shared_weight.reshape(1).to(torch.float32)])
 
-        def rows(inp, proj):
+        def rows(inp, proj, slots_ready=False):
             w, s, b, bits, gs = pool.matrix(proj)
-            return grouped_qmv(inp, w, s, b, slots, bits, gs)
+            return grouped_qmv(inp, w, s, b, slots, bits, gs, slots_ready)
 
         gate, up = pool.matrix("gate_proj"), pool.matrix("up_proj")
         if gate[3:] == up[3:]:      # one launch: silu(gate) * up (fmoe/kernels/grouped_qmv.py)
             h = grouped_gate_up(x, gate[:3], up[:3], slots, *gate[3:])                # [R, I] float32
         else:
             h = torch.nn.functional.silu(rows(x, "gate_proj")) * rows(x, "up_proj")
-        d = rows(h, "down_proj")                                                     # [R, H]
+        d = rows(h, "down_proj", slots_ready=True)    # the kernel before it made h, not the slots or weights
         y = (d * w[:, None]).sum(0, keepdim=True)
         return y.to(x.dtype), shared is not None
 

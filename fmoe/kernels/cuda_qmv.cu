@@ -616,61 +616,16 @@ __device__ __forceinline__ void bulk_issue_units(const QmvArgs& a, unsigned char
                                     ahead.take(a, (u0 + s) >> MODE, per_row, u1 >> MODE), per_row, sr);
 }
 
-// thread 0: the stage buffers' mbarriers
-__device__ __forceinline__ void bulk_init_bars(unsigned long long* bars, int stages) {
+// thread 0: the stage buffers' mbarriers, then the copies of the block's first `stages` units
+template <int GROUP, int ST, int MODE>
+__device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
+                                           u32 stage_bytes, int u0, int u1, int per_row, int sr, SlotAhead& ahead) {
     if (threadIdx.x == 0) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
+        bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 0, stages, u0, u1, per_row, sr, ahead);
     }
-}
-
-// thread 0: the stage buffers' mbarriers, then the copies of the block's first `first` units
-template <int GROUP, int ST, int MODE>
-__device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
-                                           int first, u32 stage_bytes, int u0, int u1, int per_row, int sr,
-                                           SlotAhead& ahead) {
-    bulk_init_bars(bars, stages);
-    if (threadIdx.x == 0)
-        bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 0, first, u0, u1, per_row, sr, ahead);
-}
-
-// warp 0 (BULK_LANES, the deferred path: a block's units <= 32): lane i issues the copies of unit u0 + i into
-// buffer i for i in [l0, l1), each lane with its unit's slot (loaded at entry), all lanes' copies in one pass
-template <int GROUP, int ST, int MODE>
-__device__ __forceinline__ void bulk_issue_lanes(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars,
-                                                 u32 stage_bytes, int l0, int l1, int u0, int u1, int per_row,
-                                                 int sr, i64 slot, int lane) {
-    if (lane >= l0 && lane < l1 && u0 + lane < u1)
-        bulk_issue<GROUP, ST, MODE>(a, bsm + (size_t)lane * stage_bytes, smem_addr(&bars[lane]), u0 + lane, slot,
-                                    per_row, sr);
-}
-
-// a block's first `first` units' copies (and the barriers' init) from thread 0 or, with `lanes`, from warp 0
-template <int GROUP, int ST, int MODE>
-__device__ __forceinline__ void bulk_begin(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
-                                           int first, u32 stage_bytes, int u0, int u1, int per_row, int sr,
-                                           SlotAhead& ahead, bool lanes, i64 lslot) {
-    if (!lanes) {
-        bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead);
-    } else if (threadIdx.x < 32) {
-        bulk_init_bars(bars, stages);
-        __syncwarp();
-        bulk_issue_lanes<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 0, first, u0, u1, per_row, sr, lslot,
-                                          threadIdx.x);
-    }
-}
-
-// the copies of units 1 .. stages - 1 (after the first: BULK_LATE, BULK_STAGGER) from thread 0 or warp 0's lanes
-template <int GROUP, int ST, int MODE>
-__device__ __forceinline__ void bulk_rest(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
-                                          u32 stage_bytes, int u0, int u1, int per_row, int sr, SlotAhead& ahead,
-                                          bool lanes, i64 lslot) {
-    if (lanes && threadIdx.x < 32)
-        bulk_issue_lanes<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 1, stages, u0, u1, per_row, sr, lslot,
-                                          threadIdx.x);
-    else if (!lanes && threadIdx.x == 0)
-        bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 1, stages, u0, u1, per_row, sr, ahead);
 }
 
 // the end of the block's unit u (table row r, rows n0..): each warp's sums of its TPW tiles (rows g and g + 8, lane
@@ -678,9 +633,9 @@ __device__ __forceinline__ void bulk_rest(const QmvArgs& a, unsigned char* bsm, 
 // buffer with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile).
 // MODE 1: a gate unit's rows go to gate_rows (the same threads read them back at the up unit), an up unit's rows
 // make y = silu(gate) * up
-template <int GROUP, int ST, int TPW, int MODE, int NW>
+template <int GROUP, int ST, int TPW, int MODE>
 __device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW], float (&acc1)[TPW],
-                                            float (*red)[NW][TPW][16], float* gate_rows, unsigned char* stage,
+                                            float (*red)[16][TPW][16], float* gate_rows, unsigned char* stage,
                                             u32 bar, int u, int stages, int u1, int per_row, int sr, int wpt, int r,
                                             int n0, int warp, int g, int c, SlotAhead& ahead) {
     const int h = u & 1;
@@ -907,33 +862,21 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
     }
 }
 
-// The launcher's flags (cuda_qmv.py): EARLY, the caller vouches that the previous kernel of the stream wrote neither
-// the slot table nor the weights, so a block issues its copies before griddepcontrol.wait (with programmatic
-// dependent launch, while the previous kernel drains) and reads only x after it; DEFER, where a block's units all fit
-// in its stage buffers (and span at most two table rows): every copy issued at entry, no refills, and so no barrier
-// between the warps until the end: each warp keeps its partial sums a unit in shared memory (after two staged x) and
-// the block adds them up once; STAGGER, a block issues its first unit's copies only, and the others once it landed.
-// LATE: a block issues its first unit's copies with x's loads, the others once x is staged (their requests would
-// otherwise queue ahead of x's). LANES (deferred path): warp 0's lanes issue the units' copies, one unit a lane.
-#define BULK_EARLY 1
-#define BULK_DEFER 2
-#define BULK_STAGGER 4
-#define BULK_LATE 8
-#define BULK_LANES 16
-
 // MODE 0: y = W x; MODE 1: y = silu(G x) * (U x) (gate+up of the same slots, a.w2 / s2 / b2 the up matrices): each
-// stage of output rows is two units, its gate rows then its up rows, in one block. Dynamic shared memory: `stages`
-// stage buffers, the staged x (DEFER: two, then the partial sums, stages x 16 warps x TPW x 16 floats).
-template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int NW>
-__global__ void __launch_bounds__(32 * NW, 16 / NW) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int flags,
-                                                                  unsigned long long* trace) {
+// stage of output rows is two units, its gate rows then its up rows, in one block. `early` (the launcher's
+// slots_ready, with programmatic dependent launch): the caller vouches that the previous kernel of the stream wrote
+// neither the slot table nor the weights, so a block reads its slots and issues its first copies before
+// griddepcontrol.wait (while the previous kernel drains) and only x after it; else everything after the wait.
+template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE>
+__global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int early,
+                                                         unsigned long long* trace) {
     BulkTrace tr;
     if (TRACE) tr.start(trace);
     extern __shared__ __align__(128) unsigned char bsm[];
     __shared__ __align__(8) unsigned long long bars[32];
-    __shared__ float red[2][NW][TPW][16];
+    __shared__ float red[2][16][TPW][16];
     __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
-    const int k = a.n_in, wpt = k / KW, sr = 16 * (NW / wpt) * TPW, groups = k / GROUP;
+    const int k = a.n_in, wpt = k / KW, sr = 16 * (16 / wpt) * TPW, groups = k / GROUP;
     const int per_row = a.n_out / sr;
     const int es = ST ? 2 : 4;
     const u32 stage_bytes = (u32)sr * k / 2 + 2u * sr * groups * es;
@@ -941,102 +884,34 @@ __global__ void __launch_bounds__(32 * NW, 16 / NW) fmoe_qmv4_bulk(const QmvArgs
     const int u0 = (int)((long long)blockIdx.x * pairs / gridDim.x) << MODE;
     const int u1 = (int)((long long)(blockIdx.x + 1) * pairs / gridDim.x) << MODE;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    constexpr int XCH = 512 / (32 * NW);                        // 8-value chunks of x a thread (K <= 4096)
     const int n8 = k / 8, n8_pad = (n8 + 31) & ~31;
-    if (n8_pad > XCH * (int)blockDim.x) __trap();
-    const int x_words = k / 2 + 2 * groups;                     // h, l (K / 4 words each), sigma, sum(x)
+    if (n8_pad > (int)blockDim.x) __trap();                     // one 8-value chunk of x a thread (K <= 4096)
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
-    u32* xs2 = xs + x_words;                                    // DEFER: the next table row's
-    float* part = (float*)(xs2 + x_words);                      // DEFER: [stages][16][TPW][16] partial sums
-    const int r_first = (u0 >> MODE) / per_row, r_last = u1 > u0 ? ((u1 - 1) >> MODE) / per_row : r_first;
-    const bool defer = (flags & BULK_DEFER) && u1 - u0 <= stages && r_last - r_first <= 1;
-    const bool second_x = defer && a.x_stride != 0 && r_last != r_first;
-    const bool lanes = defer && (flags & BULK_LANES);
-    const int first = (flags & (BULK_STAGGER | BULK_LATE)) ? 1 : stages;   // units whose copies go with x's loads
     SlotAhead ahead{-1, -1, 0, 0};
-    i64 lslot = 0;                                              // LANES: warp 0's lane i, the slot of unit u0 + i
-    int r = r_first, n0 = ((u0 >> MODE) % per_row) * sr;
-    if (lanes) {                                                // in flight now
-        if (warp == 0 && lane < u1 - u0) lslot = a.slots[((u0 + lane) >> MODE) / per_row];
-    } else if (threadIdx.x == 0 && u0 < u1) {
-        (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);
+    int r = (u0 >> MODE) / per_row, n0 = ((u0 >> MODE) % per_row) * sr;
+    if (early) {                                                // the slots and copies while the previous kernel drains
+        if (threadIdx.x == 0 && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);
+        bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+        prior_grid_wait();
+    } else {
+        prior_grid_wait();
+        if (threadIdx.x == 0 && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);   // in flight now
     }
-    if (flags & BULK_EARLY)
-        bulk_begin<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead, lanes, lslot);
-    prior_grid_wait();
-    float xv[XCH][8], xv2[XCH][8];
-#pragma unroll
-    for (int q = 0; q < XCH; ++q) {                             // x loads before the copies (unless EARLY)
-        const int i = threadIdx.x + q * 32 * NW;
-        if (i < n8_pad) {
-            int8_load<XT>(a.x, (i64)r * a.x_stride, i, n8, xv[q]);
-            if (second_x) int8_load<XT>(a.x, (i64)(r + 1) * a.x_stride, i, n8, xv2[q]);
-        }
-    }
-    if (!(flags & BULK_EARLY))
-        bulk_begin<GROUP, ST, MODE>(a, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr, ahead, lanes, lslot);
+    float xv[8];
+    if (threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);   // before the copies
+    if (!early) bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
     next_grid_may_start();
-#pragma unroll
-    for (int q = 0; q < XCH; ++q) {
-        const int i = threadIdx.x + q * 32 * NW;
-        if (i < n8_pad) {
-            int8_store<GROUP>(xs, k, i, n8, xv[q]);
-            if (second_x) int8_store<GROUP>(xs2, k, i, n8, xv2[q]);
-        }
-    }
+    if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
     __syncthreads();                                            // x staged, the barriers' init visible
     if (TRACE) tr.mark(2);
-    if (flags & BULK_LATE)                                      // the other units' copies, now behind x
-        bulk_rest<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead, lanes, lslot);
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
-    float acc0[TPW], acc1[TPW];
-    if (defer) {                                                // unit i in buffer i, each barrier's phase 0
-        for (int u = u0; u < u1; ++u) {
-            const int i = u - u0;
-            bar_wait(smem_addr(&bars[i]), 0);
-            if (TRACE) tr.mark(3 + 3 * i);
-            if ((flags & BULK_STAGGER) && i == 0)
-                bulk_rest<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead, lanes, lslot);
-            const int ur = (u >> MODE) / per_row;
-            bulk_products<GROUP, ST, KW, TPW>(bsm + (size_t)i * stage_bytes, second_x && ur != r_first ? xs2 : xs,
-                                              k, sr, tw, kw0, g, c, acc0, acc1);
-            if (TRACE) tr.mark(4 + 3 * i);
-            if (c == 0) {
-#pragma unroll
-                for (int t = 0; t < TPW; ++t) {
-                    part[((i * NW + warp) * TPW + t) * 16 + g] = acc0[t];
-                    part[((i * NW + warp) * TPW + t) * 16 + g + 8] = acc1[t];
-                }
-            }
-            if (TRACE) tr.mark(5 + 3 * i);
-        }
-        __syncthreads();                                        // every warp's partial sums
-        for (int idx = threadIdx.x; idx < ((u1 - u0) >> MODE) * sr; idx += blockDim.x) {
-            const int pu = idx / sr, row = idx % sr, tile = row >> 4, w0 = (tile / TPW) * wpt;
-            const BulkPlan p = bulk_plan((u0 >> MODE) + pu, per_row, sr);
-            float v[MODE + 1];
-#pragma unroll
-            for (int m = 0; m <= MODE; ++m) {
-                v[m] = 0.f;
-                for (int q = 0; q < wpt; ++q)
-                    v[m] += part[((((pu << MODE) + m) * NW + w0 + q) * TPW + tile % TPW) * 16 + (row & 15)];
-            }
-            a.y[(i64)p.r * a.n_out + p.n0 + row] = MODE ? v[0] / (1.f + expf(-v[0])) * v[MODE] : v[0];
-        }
-        if (TRACE) tr.end(u1 - u0);
-        return;
-    }
     int staged_r = r, s = 0;
     u32 parity = 0;
     for (int u = u0; u < u1; ++u) {
         if (r != staged_r && a.x_stride != 0) {                 // (block-uniform) every warp is past the previous
-#pragma unroll                                              // stage's barrier
-            for (int q = 0; q < XCH; ++q) {
-                const int i = threadIdx.x + q * 32 * NW;
-                if (i < n8_pad) {
-                    int8_load<XT>(a.x, (i64)r * a.x_stride, i, n8, xv[q]);
-                    int8_store<GROUP>(xs, k, i, n8, xv[q]);
-                }
+            if (threadIdx.x < n8_pad) {                         // stage's barrier
+                int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
+                int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
             }
             staged_r = r;
             __syncthreads();
@@ -1044,11 +919,10 @@ __global__ void __launch_bounds__(32 * NW, 16 / NW) fmoe_qmv4_bulk(const QmvArgs
         unsigned char* stage = bsm + (size_t)s * stage_bytes;
         bar_wait(smem_addr(&bars[s]), parity);
         if (TRACE) tr.mark(3 + 3 * (u - u0));
-        if ((flags & BULK_STAGGER) && u == u0)
-            bulk_rest<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead, false, 0);
+        float acc0[TPW], acc1[TPW];
         bulk_products<GROUP, ST, KW, TPW>(stage, xs, k, sr, tw, kw0, g, c, acc0, acc1);
         if (TRACE) tr.mark(4 + 3 * (u - u0));
-        bulk_finish<GROUP, ST, TPW, MODE, NW>(a, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,
+        bulk_finish<GROUP, ST, TPW, MODE>(a, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,
                                           per_row, sr, wpt, r, n0, warp, g, c, ahead);
         if (TRACE) tr.mark(5 + 3 * (u - u0));
         bulk_next<MODE>(u, s, parity, r, n0, stages, sr, a.n_out);

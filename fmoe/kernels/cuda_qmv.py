@@ -20,15 +20,19 @@ Three kernels. The FMA kernel (``fmoe_qmv``, every width here; launch configurat
 Hopper and the FMA kernel before (``FMOE_CUDA_GATE_UP`` names another). ``kernel="fma"`` or a
 ``config`` forces the FMA kernel, ``kernel=<variant>`` a tensor-core variant (bench/results/cuda_kernels.md), and
 ``kernel="bulk"`` the int8 tensor-core kernel fed by bulk copies into shared memory (``fmoe_qmv4_bulk``, Hopper:
-:func:`supports_bulk`), the engine's default where it runs (else "mma-b3" for one matrix): on the H200 0.45-0.53 of
-HBM at decode's 10 rows, 0.81-0.84 with 64, gate+up 0.59 at decode (bench/results/cuda_stream.md, session 10).
-``OVERLAP_PRIOR`` (off by default) lets a launch start while the stream's previous kernel drains (programmatic
-dependent launch, compute capability 9.0+).
+:func:`supports_bulk`), the engine's default where it runs (else "mma-b3" for one matrix). Its launches overlap the
+stream's previous kernel (programmatic dependent launch, ``BULK_OVERLAP``; ``FMOE_CUDA_OVERLAP=0`` turns it off),
+and with ``slots_ready=True`` (the caller vouches that the previous kernel wrote neither the slot table nor the
+weights: the engine's down projection after gate+up) a block also starts its weight copies before that kernel has
+finished. Decode on the H200 (bench/results/cuda_stream.md, session 11): 0.54-0.58 of HBM one matrix with the slots
+ready, gate+up 0.67; 0.81-0.86 with 64 rows. ``OVERLAP_PRIOR`` (off by default) does the same for the other kernels,
+which read their slots and weights before the wait.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 
 import torch
 
@@ -127,19 +131,20 @@ _BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4     # fmoe_qmv4_bulk's static shar
                                                    # gate rows) at up to 4 tiles a warp: for supports_bulk, before
                                                    # the kernel is loaded
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
-BULK_STAGGER = False                     # an experiment: a block issues its other stages' copies once its first
-                                         # has landed (the kernel's BULK_STAGGER flag)
-BULK_DEFER = False                       # a block whose units all fit in shared memory gets them all at entry and
-                                         # synchronises its warps once (the kernel's BULK_DEFER flag)
-BULK_EARLY = False                       # with OVERLAP_PRIOR: copies issued before the wait for the previous kernel
-                                         # (the kernel's BULK_EARLY flag; only where that kernel wrote no slot table)
-BULK_LATE = False                        # a block's other units' copies issued once x is staged (BULK_LATE)
-BULK_LANES = False                       # deferred blocks: warp 0's lanes issue the copies, a unit each (BULK_LANES)
-_FLAG_EARLY, _FLAG_DEFER, _FLAG_STAGGER, _FLAG_LATE, _FLAG_LANES = 1, 2, 4, 8, 16
-BULK_WARPS = 16                          # warps a block (16 or 8)
-BULK_BLOCKS_PER_SM = 1                   # blocks an SM holds at once (shared memory a block: its share): 2 lets the
-                                         # next launch's blocks start beside this one's (with OVERLAP_PRIOR)
-BULK_GRID_PER_SM = 1                     # blocks a launch has per SM
+
+
+def _overlap_from_env(var: str = "FMOE_CUDA_OVERLAP") -> bool:
+    """``FMOE_CUDA_OVERLAP``: "1" (the default) or "0"."""
+    value = os.environ.get(var, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{var}={value!r}: '1' (launches overlap the previous kernel) or '0'")
+    return value == "1"
+
+
+# fmoe_qmv4_bulk launches overlap the stream's previous kernel (programmatic dependent launch, compute capability
+# 9.0+; FMOE_CUDA_OVERLAP=0 turns it off): safe for any caller, as a block reads nothing before griddepcontrol.wait
+# unless slots_ready vouches for the slot table and the weights (the H200, session 11: bench/results/cuda_stream.md)
+BULK_OVERLAP = _overlap_from_env()
 
 
 @functools.cache
@@ -149,23 +154,11 @@ def _sm_resources(index: int) -> tuple[int, int]:
     return p.multi_processor_count, getattr(p, "shared_memory_per_block_optin", 99 << 10)
 
 
-@functools.cache
-def _smem_per_sm(index: int) -> int:
-    return getattr(torch.cuda.get_device_properties(index), "shared_memory_per_multiprocessor", 228 << 10)
-
-
-def _bulk_smem(index: int) -> int:
-    """Shared memory bytes a block of fmoe_qmv4_bulk may take: BULK_BLOCKS_PER_SM of them fit an SM (the driver keeps
-    1 KB a block)."""
-    optin = _sm_resources(index)[1]
-    return optin if BULK_BLOCKS_PER_SM == 1 else min(optin, _smem_per_sm(index) // BULK_BLOCKS_PER_SM - 1024)
-
-
 def _bulk_shape(n_in: int) -> tuple[int, int]:
-    """(inputs per warp, output rows per stage) of fmoe_qmv4_bulk: BULK_WARPS warps over a stage's tiles of 16
-    rows, each warp BULK_TILES_PER_WARP tiles over its inputs (at least 128, at most BULK_WARPS warps a tile)."""
-    kw = max(128, n_in // BULK_WARPS)
-    return kw, 16 * (BULK_WARPS // (n_in // kw)) * BULK_TILES_PER_WARP
+    """(inputs per warp, output rows per stage) of fmoe_qmv4_bulk: 16 warps over a stage's tiles of 16 rows, each
+    warp BULK_TILES_PER_WARP tiles over its inputs."""
+    kw = 256 if n_in == 4096 else 128
+    return kw, 16 * (16 // (n_in // kw)) * BULK_TILES_PER_WARP
 
 
 def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int,
@@ -178,7 +171,7 @@ def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     n_in = w.shape[2] * 32 // bits
     if _capability(index) < (9, 0) or w.shape[1] % _bulk_shape(n_in)[1] or _bulk_stages(
-            scales, w.shape[1], n_in, 1, group_size, index, _BULK_STATIC_SMEM)[0] < 1:
+            scales, w.shape[1], n_in, 1, group_size, index, _BULK_STATIC_SMEM) < 1:
         return False
     return all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in (w, scales, biases))
 
@@ -191,20 +184,15 @@ def _bulk_bytes(s, n_in: int, group_size: int) -> tuple[int, int]:
 
 
 def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int,
-                 gate_up: bool = False) -> tuple[int, bool]:
-    """(stage buffers, deferred) of fmoe_qmv4_bulk: with BULK_DEFER, one a unit of the fullest block where they all
-    fit in shared memory beside two staged x and the partial sums (the kernel's DEFER path); else BULK_STAGES, at
-    most what shared memory holds beside the staged x and the kernel's static arrays, at most one a unit of a block
-    (gate+up: two units a stage of rows; 0: not even one fits)."""
+                 gate_up: bool = False) -> int:
+    """Stage buffers of fmoe_qmv4_bulk: BULK_STAGES, at most what shared memory holds beside the staged x and the
+    kernel's static arrays, at most one a unit of a block (gate+up: two units a stage of rows; 0: not even one
+    fits)."""
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
-    sms, smem_max = _sm_resources(device)[0] * BULK_GRID_PER_SM, _bulk_smem(device)
+    sms, smem_max = _sm_resources(device)
     pairs = rows * (n_out // _bulk_shape(n_in)[1])
     per_block = -(-pairs // min(sms, pairs)) * (2 if gate_up else 1)
-    part_bytes = BULK_WARPS * BULK_TILES_PER_WARP * 16 * 4    # a unit's partial sums: warps x TPW x 16 rows
-    if BULK_DEFER and per_block <= 32 and \
-            per_block * (stage_bytes + part_bytes) + 2 * x_bytes <= smem_max - static_bytes:
-        return per_block, True
-    return min(32, BULK_STAGES or 32, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block), False
+    return min(32, BULK_STAGES or 32, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
 
 
 def _overlaps_prior(device_index: int) -> bool:
@@ -225,7 +213,7 @@ def launch_config(n_in: int, bits: int, rows: int, gate_up: bool) -> tuple[int, 
 
 
 def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bool, kernel,
-            trace: torch.Tensor | None = None) -> torch.Tensor:
+            slots_ready: bool = False, trace: torch.Tensor | None = None) -> torch.Tensor:
     (w, s, b), up = mats[0], (mats[1] if gate_up else mats[0])
     n_out, n_in, rows = check_operands(x, w, s, b, slots, bits, group_size)
     if gate_up:
@@ -265,7 +253,7 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     stream = torch.cuda.current_stream(x.device).cuda_stream
     mode = 1 if gate_up else 0
     if kernel == BULK:
-        _launch_bulk(args, x, s, n_out, n_in, rows, group_size, device, stream, gate_up, trace)
+        _launch_bulk(args, x, s, n_out, n_in, rows, group_size, device, stream, gate_up, slots_ready, trace)
         return y
     variant = MMA_VARIANTS.get(kernel or MMA_DEFAULT[gate_up])
     if config is None and variant is not None and supports_mma(x, w, group_size, bits):
@@ -295,44 +283,42 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
 
 
 def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, stream,
-                 gate_up: bool, trace: torch.Tensor | None = None) -> None:
+                 gate_up: bool, slots_ready: bool = False, trace: torch.Tensor | None = None) -> None:
     """fmoe_qmv4_bulk: one block of 16 warps an SM (at most one per stage of rows), :func:`_bulk_stages` stage
-    buffers. ``trace`` (bench/device/bulk_timeline.py): int64 [blocks, 64], the blocks' timelines (the kernel's
-    TRACE instance)."""
+    buffers, launched to overlap the previous kernel where BULK_OVERLAP (compute capability 9.0+), its slots read and
+    first copies issued before the wait for it when ``slots_ready``. ``trace`` (bench/device/bulk_timeline.py): int64
+    [blocks, 64], the blocks' timelines (the kernel's TRACE instance)."""
     kw, sr = _bulk_shape(n_in)
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
-                           f"{int(gate_up)}, {int(trace is not None)}, {BULK_WARPS}>", device)
-    stages, defer = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
+                           f"{int(gate_up)}, {int(trace is not None)}>", device)
+    stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
-                         f"memory ({_bulk_smem(device)} bytes a block)")
+                         f"memory ({_sm_resources(device)[1]} bytes a block)")
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
-    smem = stages * stage_bytes + x_bytes
-    if defer:                                         # a second staged x and the partial sums of every unit
-        smem += x_bytes + stages * BULK_WARPS * BULK_TILES_PER_WARP * 16 * 4
-    overlap = _overlaps_prior(device)
-    flags = (_FLAG_EARLY if overlap and BULK_EARLY else 0) | (_FLAG_DEFER if defer else 0) | \
-        (_FLAG_STAGGER if BULK_STAGGER else _FLAG_LATE if BULK_LATE else 0) | (_FLAG_LANES if BULK_LANES else 0)
-    blocks = min(_sm_resources(device)[0] * BULK_GRID_PER_SM, rows * (n_out // sr))
+    blocks = min(_sm_resources(device)[0], rows * (n_out // sr))
     if trace is not None and (trace.dtype != torch.int64 or trace.numel() < 64 * blocks or not trace.is_contiguous()):
         raise ValueError(f"trace: a contiguous int64 tensor of at least 64 x {blocks} blocks")
-    fn.launch((blocks, 1, 1), (32 * BULK_WARPS, 1, 1), smem, stream,
-              [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(flags),
+    overlap = (BULK_OVERLAP or OVERLAP_PRIOR) and _capability(device) >= (9, 0)
+    fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes, stream,
+              [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(int(overlap and slots_ready)),
                ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)], overlap)
 
 
 def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, config=None,
-                kernel=None) -> torch.Tensor:
+                kernel=None, slots_ready: bool = False) -> torch.Tensor:
     """``y[r] = dequant(w[slots[r]]) @ x[r]`` for every row r (x: [R, in] or [1, in] shared); float32 [R, out].
     The bulk-copy kernel where :func:`supports_bulk` (Hopper), else the tensor-core kernel where
     :func:`supports_mma` (``MMA_DEFAULT``), unless ``kernel="fma"`` or a ``config`` is given: (rows per warp, warps,
     batches per warp) of the FMA kernel, else :func:`launch_config`. ``kernel="bulk"`` or ``<a name of
-    MMA_VARIANTS>``: that kernel (also for gate+up)."""
-    return _launch(x, [(w, scales, biases)], slots, bits, group_size, out, config, False, kernel)
+    MMA_VARIANTS>``: that kernel (also for gate+up). ``slots_ready``: the caller vouches that the stream's previous
+    kernel wrote neither ``slots`` nor the weights (the engine's down projection after gate+up), so the bulk-copy
+    kernel starts its copies while that kernel drains."""
+    return _launch(x, [(w, scales, biases)], slots, bits, group_size, out, config, False, kernel, slots_ready)
 
 
 def grouped_gate_up(x, wg, sg, bg, wu, su, bu, slots, bits: int, group_size: int, out=None,
-                    config=None, kernel=None) -> torch.Tensor:
+                    config=None, kernel=None, slots_ready: bool = False) -> torch.Tensor:
     """``silu(G[slots[r]] @ x[r]) * (U[slots[r]] @ x[r])`` for every row r; float32 [R, out]."""
-    return _launch(x, [(wg, sg, bg), (wu, su, bu)], slots, bits, group_size, out, config, True, kernel)
+    return _launch(x, [(wg, sg, bg), (wu, su, bu)], slots, bits, group_size, out, config, True, kernel, slots_ready)

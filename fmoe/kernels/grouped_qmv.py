@@ -50,7 +50,9 @@ _BROKEN: list = []
 
 
 def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, slots: torch.Tensor,
-                bits: int, group_size: int) -> torch.Tensor:
+                bits: int, group_size: int, slots_ready: bool = False) -> torch.Tensor:
+    """``y[r] = W[slots[r]] @ x[r]`` (float32 [R, out]). ``slots_ready``: the stream's previous kernel wrote neither
+    ``slots`` nor the weights (the CUDA kernel may then start its weight copies while that kernel drains)."""
     if x.is_cuda:
         triton = gpu.kernels("triton_qmv")
 
@@ -61,7 +63,8 @@ def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: 
 
         cuda = _cuda_kernel(x, w, scales, bits, group_size)
         if cuda is not None:
-            return _guard(lambda: cuda.grouped_qmv(x, w, scales, biases, slots, bits, group_size), fallback)
+            return _guard(lambda: cuda.grouped_qmv(x, w, scales, biases, slots, bits, group_size,
+                                                   slots_ready=slots_ready), fallback)
         return fallback()
     return grouped_qmv_torch(x, w, scales, biases, slots, bits, group_size)
 

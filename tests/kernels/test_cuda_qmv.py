@@ -217,46 +217,44 @@ def test_bulk_copy_gate_up_matches_the_fma_kernel():
             _close(got, ref, 2e-4)
 
 
-_BULK_MODES = {"defer, 2 tiles a warp": {"BULK_DEFER": True},
-               "defer, 1 tile a warp": {"BULK_DEFER": True, "BULK_TILES_PER_WARP": 1},
-               "stagger": {"BULK_STAGGER": True},
-               "defer, stagger, 1 tile": {"BULK_DEFER": True, "BULK_STAGGER": True, "BULK_TILES_PER_WARP": 1},
-               "overlap, early copies": {"OVERLAP_PRIOR": True, "BULK_EARLY": True},
-               "defer, overlap, early copies": {"BULK_DEFER": True, "OVERLAP_PRIOR": True, "BULK_EARLY": True,
-                                                "BULK_TILES_PER_WARP": 1},
-               "late": {"BULK_LATE": True},
-               "defer, lanes, late, early": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_LATE": True,
-                                             "OVERLAP_PRIOR": True, "BULK_EARLY": True, "BULK_TILES_PER_WARP": 1},
-               "defer, lanes, stagger": {"BULK_DEFER": True, "BULK_LANES": True, "BULK_STAGGER": True},
-               "8 warps, 2 blocks an SM, early": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "OVERLAP_PRIOR": True,
-                                                  "BULK_EARLY": True},
-               "8 warps, defer, 2 a launch": {"BULK_WARPS": 8, "BULK_BLOCKS_PER_SM": 2, "BULK_GRID_PER_SM": 2,
-                                              "BULK_DEFER": True, "BULK_TILES_PER_WARP": 1}}
+# (cuda_qmv settings, slots_ready): launched to overlap the previous launch or not, the slot table vouched for
+_BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
+               "overlap": ({}, False),
+               "overlap, slots ready": ({}, True),
+               "slots ready, 1 tile a warp, 4 stages": ({"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4}, True)}
 
 
 @needs_hopper
 @pytest.mark.parametrize("mode", sorted(_BULK_MODES))
 def test_bulk_copy_kernel_launch_modes_match_the_fma_kernel(mode, monkeypatch):
-    """The bulk-copy kernel's launch modes (cuda_qmv's BULK_DEFER: every unit's copies at entry and one barrier
-    between the warps, where a block's units fit; BULK_STAGGER; BULK_EARLY with programmatic dependent launch; one or
-    two tiles a warp) against the FMA kernel: the 397B shapes at 10 rows (deferred where it fits) and 64 (refills:
-    the deferred path declines), one x per row (blocks crossing table rows stage two) and one shared, gate+up at 10
-    rows, and 128 x 512 at 400 rows (a block spans more than two table rows: the deferred path declines)."""
+    """The bulk-copy kernel launched as the engine may launch it (overlapping the stream's previous kernel or not;
+    slots_ready: its slots and first copies before the wait for that kernel; one or two tiles a warp) against the
+    FMA kernel, each launch right after an FMA launch on the same stream that wrote its x: the 397B shapes at 10 and
+    64 rows, one x per row and one shared, gate+up at 10 rows; 128 x 512 at 400 rows."""
     from fmoe.kernels import cuda_qmv
 
-    for k, v in _BULK_MODES[mode].items():
+    settings, ready = _BULK_MODES[mode]
+    for k, v in settings.items():
         monkeypatch.setattr(cuda_qmv, k, v)
     for n_out, n_in, row_counts in ((1024, 4096, (10, 64)), (4096, 1024, (10, 64)), (128, 512, (400,))):
         (w, s, b, _), (wu, su, bu, _) = (_table(4, 64, n_out, n_in, slots=4, seed=seed) for seed in (n_out, n_in))
+        wx, sx, bx, _ = _table(4, 64, n_in, 256, slots=4, seed=3)          # makes x: [R, 256] -> [R, n_in]
         for rows in row_counts:
             slots = torch.randint(0, 4, (rows,), dtype=torch.int32, device="cuda")
-            for x in (torch.randn(rows, n_in, device="cuda"), torch.randn(1, n_in, device="cuda").bfloat16()):
+            for shared in (False, True):
+                x_in = torch.randn(1 if shared else rows, 256, device="cuda")
+                x_slots = slots[:1] if shared else slots
+                x = cuda_qmv.grouped_qmv(x_in, wx, sx, bx, x_slots, 4, 64, kernel="fma")
                 ref = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="fma").cpu().numpy()
-                _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="bulk").cpu().numpy(), ref, 2e-4)
+                x = cuda_qmv.grouped_qmv(x_in, wx, sx, bx, x_slots, 4, 64, kernel="fma", out=torch.empty_like(x))
+                got = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="bulk", slots_ready=ready)
+                _close(got.cpu().numpy(), ref, 2e-4)
                 if rows == 10:
                     ref = cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, slots, 4, 64, kernel="fma").cpu().numpy()
-                    got = cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, slots, 4, 64, kernel="bulk").cpu().numpy()
-                    _close(got, ref, 2e-4)
+                    x = cuda_qmv.grouped_qmv(x_in, wx, sx, bx, x_slots, 4, 64, kernel="fma", out=torch.empty_like(x))
+                    got = cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, slots, 4, 64, kernel="bulk",
+                                                   slots_ready=ready)
+                    _close(got.cpu().numpy(), ref, 2e-4)
 
 
 @needs_gpu
@@ -402,10 +400,9 @@ def test_every_configuration_compiles_with_nvrtc():
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
     for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
-        for x_t, s_t, kw, tpw, mode, trace, nw in ((1, 1, 256, 2, 0, 0, 16), (0, 0, 128, 1, 0, 0, 16),
-                                                   (1, 1, 256, 2, 1, 0, 16), (1, 1, 256, 1, 1, 1, 16),
-                                                   (0, 1, 128, 2, 0, 1, 8), (1, 1, 512, 2, 1, 0, 8)):
-            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {nw}>"
+        for x_t, s_t, kw, tpw, mode, trace in ((1, 1, 256, 2, 0, 0), (0, 0, 128, 1, 0, 0), (1, 1, 256, 2, 1, 0),
+                                               (1, 1, 256, 1, 1, 1), (0, 1, 128, 2, 0, 1)):
+            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
 
@@ -441,6 +438,20 @@ def test_the_kernels_are_chosen_by_environment_variables(monkeypatch, var):
     monkeypatch.setenv(var, "fastest")
     with pytest.raises(ValueError, match=f"{var}='fastest': one of 'fma', 'bulk', 'mma-b3'"):
         cuda_qmv._kernel_from_env(var)
+
+
+def test_launch_overlap_is_read_from_the_environment(monkeypatch):
+    """FMOE_CUDA_OVERLAP: "1" (the default) lets the bulk-copy kernel's launches overlap the previous kernel, "0"
+    turns that off; anything else is an error naming the variable (no GPU needed)."""
+    from fmoe.kernels import cuda_qmv
+
+    monkeypatch.delenv("FMOE_CUDA_OVERLAP", raising=False)
+    assert cuda_qmv._overlap_from_env() is True
+    monkeypatch.setenv("FMOE_CUDA_OVERLAP", "0")
+    assert cuda_qmv._overlap_from_env() is False
+    monkeypatch.setenv("FMOE_CUDA_OVERLAP", "off")
+    with pytest.raises(ValueError, match="FMOE_CUDA_OVERLAP='off': '1'"):
+        cuda_qmv._overlap_from_env()
 
 
 def test_no_rows_is_an_empty_result_without_a_launch():
