@@ -628,59 +628,41 @@ __device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm,
     }
 }
 
-// A unit's rows (session 11): every (row, group) of the stage has its integer product D = 256 D_h + D_l in dbuf
-// (row stride dstride, written by the warp that owns the group's inputs); warps take rows (a group of lanes a row,
-// lanes over its groups), y_row = sum_g s_g sigma_g D_g + b_g sum(x)_g, reading the scales, biases and D along the
-// row, so the 8 rows of an mma fragment are never read at once: their scales sit in the same bank (rows are K / GROUP
-// elements apart, a multiple of 128 bytes at 4096 inputs), which made 8-way conflicts, ~40% of the kernel's shared
-// memory wavefronts (Nsight Compute, bench/results/session11/call5_ncu.txt). MODE 1: a gate unit's rows go to
-// gate_rows, an up unit's make y = silu(gate) * up.
-template <int GROUP, int ST, int MODE>
-__device__ __forceinline__ void bulk_rows(const QmvArgs& a, const unsigned char* stage, const u32* xs, const int* dbuf,
-                                          int dstride, float* gate_rows, int u, int sr, int r, int n0, int warp,
-                                          int lane) {
-    const int k = a.n_in, groups = k / GROUP, es = ST ? 2 : 4;
-    const int lpr = groups < 32 ? groups : 32, rpp = 32 / lpr;       // lanes a row, rows a pass of a warp
-    const float* sig = (const float*)(xs + k / 2 + 4);
-    const float* sx = sig + groups;
-    const unsigned char* scl = stage + (size_t)sr * k / 2;
-    const unsigned char* bia = scl + (size_t)sr * groups * es;
-    const int sub = lane % lpr;
-    for (int base = warp * rpp; base < sr; base += 16 * rpp) {  // (sr: a multiple of 16 rpp or of rpp <= sr)
-        const int row = base + lane / lpr;
-        float v = 0.f;
-        for (int gi = sub; gi < groups; gi += lpr) {
-            const int i = row * groups + gi;
-            v += smem_f<ST>(scl, i) * sig[gi] * (float)dbuf[row * dstride + gi] + smem_f<ST>(bia, i) * sx[gi];
-        }
-        for (int o = lpr >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (sub == 0) {
-            if (MODE == 0) {
-                a.y[(i64)r * a.n_out + n0 + row] = v;
-            } else if ((u & 1) == 0) {
-                gate_rows[row] = v;
-            } else {
-                const float gv = gate_rows[row];
-                a.y[(i64)r * a.n_out + n0 + row] = gv / (1.f + expf(-gv)) * v;
-            }
+// the end of the block's unit u (table row r, rows n0..): each warp's sums of its TPW tiles (rows g and g + 8, lane
+// c = 0 of each quad) into red, the barrier that ends every warp's reads of the stage, thread 0's refill of its
+// buffer with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile).
+// MODE 1: a gate unit's rows go to gate_rows (the same threads read them back at the up unit), an up unit's rows
+// make y = silu(gate) * up
+template <int GROUP, int ST, int TPW, int MODE>
+__device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW], float (&acc1)[TPW],
+                                            float (*red)[16][TPW][16], float* gate_rows, unsigned char* stage,
+                                            u32 bar, int u, int stages, int u1, int per_row, int sr, int wpt, int r,
+                                            int n0, int warp, int g, int c, SlotAhead& ahead) {
+    const int h = u & 1;
+#pragma unroll
+    for (int t = 0; t < TPW; ++t) {
+        if (c == 0) {
+            red[h][warp][t][g] = acc0[t];
+            red[h][warp][t][g + 8] = acc1[t];
         }
     }
-}
-
-// the end of the block's unit u (table row r, rows n0..): the barrier after which every warp's D of the stage is in
-// dbuf, the unit's rows (bulk_rows), the barrier that ends every warp's reads of the stage and dbuf, then thread 0's
-// refill of the buffer with unit u + stages
-template <int GROUP, int ST, int MODE>
-__device__ __forceinline__ void bulk_finish(const QmvArgs& a, const u32* xs, const int* dbuf, int dstride,
-                                            float* gate_rows, unsigned char* stage, u32 bar, int u, int stages,
-                                            int u1, int per_row, int sr, int r, int n0, int warp, int lane,
-                                            SlotAhead& ahead) {
-    __syncthreads();                                            // every warp's D of the stage
-    bulk_rows<GROUP, ST, MODE>(a, stage, xs, dbuf, dstride, gate_rows, u, sr, r, n0, warp, lane);
-    __syncthreads();                                            // every warp is done with the stage, x and dbuf
+    __syncthreads();                                            // every warp is done with the stage and its x
     if (threadIdx.x == 0 && u + stages < u1)
         bulk_issue<GROUP, ST, MODE>(a, stage, bar, u + stages, ahead.take(a, (u + stages) >> MODE, per_row,
                                                                           u1 >> MODE), per_row, sr);
+    if (threadIdx.x < sr) {                                     // row threadIdx.x of the stage: tile T, its warps
+        const int tile = threadIdx.x >> 4, row = threadIdx.x & 15, w0 = (tile / TPW) * wpt;
+        float v = 0.f;
+        for (int q = 0; q < wpt; ++q) v += red[h][w0 + q][tile % TPW][row];
+        if (MODE == 0) {
+            a.y[(i64)r * a.n_out + n0 + threadIdx.x] = v;
+        } else if ((u & 1) == 0) {
+            gate_rows[threadIdx.x] = v;
+        } else {
+            const float gv = gate_rows[threadIdx.x];
+            a.y[(i64)r * a.n_out + n0 + threadIdx.x] = gv / (1.f + expf(-gv)) * v;
+        }
+    }
 }
 
 // the next unit's buffer and phase parity, and (after the unit's last matrix) its table row and first output row
@@ -708,8 +690,7 @@ __device__ __forceinline__ void bulk_next(int u, int& s, u32& parity, int& r, in
 //   Per group: s_g sigma_g (256 D_h + D_l) + b_g sigma_g sum(x_q) (exact integer sums): y = W x^ exactly, x^ the
 //      quantized x (with the float32 sum of x instead, the bias term would not cancel against the scale term's error).
 // Staged x of a table row: h words [K / 4] (per 8 values 8m..: word 2m = h of 0, 2, 4, 6; word 2m + 1 = 1, 3, 5, 7),
-// 4 words of padding (the lanes reading l then use other banks than those reading h), l words [K / 4] the same,
-// sigma [K / GROUP] floats, sum(x) [K / GROUP] floats.
+// l words [K / 4] the same, sigma [K / GROUP] floats, sum(x) [K / GROUP] floats.
 __device__ __forceinline__ void mma_s8(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};"
@@ -742,8 +723,8 @@ __device__ __forceinline__ void int8_load(const void* x, i64 xoff, int i, int n8
 template <int GROUP>
 __device__ __forceinline__ void int8_store(u32* xs, int n, int i, int n8, const float (&v)[8]) {
     u32* xh = xs;
-    u32* xl = xs + n / 4 + 4;                         // 16 bytes apart from h's banks
-    float* sig = (float*)(xs + n / 2 + 4);
+    u32* xl = xs + n / 4;
+    float* sig = (float*)(xs + n / 2);
     float* sx = sig + n / GROUP;
     constexpr int LPG = GROUP / 8;                    // lanes per group (8 values each), consecutive in a warp
     float mx = 0.f, bad = 0.f;                        // bad: NaN where the group has a NaN or an infinity
@@ -812,19 +793,24 @@ struct BulkTrace {
 };
 
 // One warp's products of a stage: its TPW tiles (rows tw 16 + 16 t + g and + 8) over its inputs kw0 .. kw0 + KW,
-// against the x staged at xs; at the end of each 4-group window, lane (g, c) writes its group's D = 256 D_h + D_l of
-// rows g and g + 8 to dbuf[row * dstride + group] (dstride: the rows of an mma fragment and the lanes of a quad land
-// on distinct banks, bulk_dstride)
-template <int GROUP, int KW, int TPW>
-__device__ __forceinline__ void bulk_products(const unsigned char* stage, const u32* xs, int* dbuf, int dstride, int k,
-                                              int tw, int kw0, int g, int c) {
-    const u32* xsrc = (g & 1) ? xs + k / 4 + 4 : xs;            // this lane's B column: digit l (odd g) or h
+// against the x staged at xs; acc0 / acc1: the lane's partial sums of rows g and g + 8 (the caller adds up a quad)
+template <int GROUP, int ST, int KW, int TPW>
+__device__ __forceinline__ void bulk_products(const unsigned char* stage, const u32* xs, int k, int sr, int tw,
+                                              int kw0, int g, int c, float (&acc0)[TPW], float (&acc1)[TPW]) {
+    const int groups = k / GROUP, es = ST ? 2 : 4;
+    const u32* xsrc = (g & 1) ? xs + k / 4 : xs;                // this lane's B column: digit l (odd g) or h
+    const float* sig = (const float*)(xs + k / 2);
+    const float* sx = sig + groups;
     const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2) + 16 * c;
+    const unsigned char* scl = stage + (size_t)sr * k / 2;
+    const unsigned char* bia = scl + (size_t)sr * groups * es;
     int d[TPW][4];
 #pragma unroll
-    for (int t = 0; t < TPW; ++t)
+    for (int t = 0; t < TPW; ++t) {
+        acc0[t] = acc1[t] = 0.f;
 #pragma unroll
         for (int e = 0; e < 4; ++e) d[t][e] = 0;
+    }
     int acc_start = kw0;
 #pragma unroll
     for (int j = 0; j < KW / 128; ++j) {
@@ -847,14 +833,17 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
                        xb.x, xb.y);
             }
         }
-        if ((kb + 128) % (4 * GROUP) == 0 || j == KW / 128 - 1) {  // the end of a 4-group window: its D
+        if ((kb + 128) % (4 * GROUP) == 0 || j == KW / 128 - 1) {  // the end of a 4-group window: its epilogue
             const int gc = (kb / (4 * GROUP)) * 4 + c;              // the group of this lane's column pair
             if (gc * GROUP >= acc_start && gc * GROUP < kb + 128) {
+                const float xsum = sx[gc], sg = sig[gc];
 #pragma unroll
                 for (int t = 0; t < TPW; ++t) {
-                    const int row = tw * 16 + 16 * t + g;
-                    dbuf[row * dstride + gc] = 256 * d[t][0] + d[t][1];
-                    dbuf[(row + 8) * dstride + gc] = 256 * d[t][2] + d[t][3];
+                    const int i0 = (tw * 16 + 16 * t + g) * groups + gc, i1 = i0 + 8 * groups;
+                    acc0[t] += smem_f<ST>(scl, i0) * sg * (float)(256 * d[t][0] + d[t][1])
+                               + smem_f<ST>(bia, i0) * xsum;
+                    acc1[t] += smem_f<ST>(scl, i1) * sg * (float)(256 * d[t][2] + d[t][3])
+                               + smem_f<ST>(bia, i1) * xsum;
                 }
             }
 #pragma unroll
@@ -864,13 +853,13 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
             acc_start = kb + 128;
         }
     }
-}
-
-// dbuf's row stride: the groups rounded up so that 8 rows (one per g) x 4 groups (one per c) of a window fall on 32
-// distinct banks: 4 x odd
-__device__ __forceinline__ int bulk_dstride(int groups) {
-    const int s = (groups + 3) & ~3;
-    return ((s / 4) & 1) ? s + 0 : s + 4;
+#pragma unroll
+    for (int t = 0; t < TPW; ++t) {                             // the quad's sums (lanes c = 0..3 of rows g, g + 8)
+        acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 1);
+        acc0[t] += __shfl_xor_sync(0xffffffffu, acc0[t], 2);
+        acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 1);
+        acc1[t] += __shfl_xor_sync(0xffffffffu, acc1[t], 2);
+    }
 }
 
 // MODE 0: y = W x; MODE 1: y = silu(G x) * (U x) (gate+up of the same slots, a.w2 / s2 / b2 the up matrices): each
@@ -885,6 +874,7 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     if (TRACE) tr.start(trace);
     extern __shared__ __align__(128) unsigned char bsm[];
     __shared__ __align__(8) unsigned long long bars[32];
+    __shared__ float red[2][16][TPW][16];
     __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
     const int k = a.n_in, wpt = k / KW, sr = 16 * (16 / wpt) * TPW, groups = k / GROUP;
     const int per_row = a.n_out / sr;
@@ -897,8 +887,6 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     const int n8 = k / 8, n8_pad = (n8 + 31) & ~31;
     if (n8_pad > (int)blockDim.x) __trap();                     // one 8-value chunk of x a thread (K <= 4096)
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
-    const int dstride = bulk_dstride(groups);
-    int* dbuf = (int*)(xs + k / 2 + 4 + 2 * groups);            // the stage's D a (row, group)
     SlotAhead ahead{-1, -1, 0, 0};
     int r = (u0 >> MODE) / per_row, n0 = ((u0 >> MODE) % per_row) * sr;
     if (early) {                                                // the slots and copies while the previous kernel drains
@@ -931,10 +919,11 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
         unsigned char* stage = bsm + (size_t)s * stage_bytes;
         bar_wait(smem_addr(&bars[s]), parity);
         if (TRACE) tr.mark(3 + 3 * (u - u0));
-        bulk_products<GROUP, KW, TPW>(stage, xs, dbuf, dstride, k, tw, kw0, g, c);
+        float acc0[TPW], acc1[TPW];
+        bulk_products<GROUP, ST, KW, TPW>(stage, xs, k, sr, tw, kw0, g, c, acc0, acc1);
         if (TRACE) tr.mark(4 + 3 * (u - u0));
-        bulk_finish<GROUP, ST, MODE>(a, xs, dbuf, dstride, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,
-                                     per_row, sr, r, n0, warp, lane, ahead);
+        bulk_finish<GROUP, ST, TPW, MODE>(a, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,
+                                          per_row, sr, wpt, r, n0, warp, g, c, ahead);
         if (TRACE) tr.mark(5 + 3 * (u - u0));
         bulk_next<MODE>(u, s, parity, r, n0, stages, sr, a.n_out);
     }

@@ -127,8 +127,9 @@ def _has_bf16_mma(device: torch.device) -> bool:
 
 BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as many as fit); 2 was the fastest of
                          # 1-6 on the H200 (bench/results/session9/call6_report.txt, call7_report.txt)
-_BULK_STATIC_SMEM = 256 + 1024 * 4       # fmoe_qmv4_bulk's static shared memory (barriers, gate rows) at up to 4
-                                         # tiles a warp: for supports_bulk, before the kernel is loaded
+_BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4     # fmoe_qmv4_bulk's static shared memory (barriers, partial sums,
+                                                   # gate rows) at up to 4 tiles a warp: for supports_bulk, before
+                                                   # the kernel is loaded
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
 
 
@@ -176,16 +177,10 @@ def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases
 
 
 def _bulk_bytes(s, n_in: int, group_size: int) -> tuple[int, int]:
-    """(bytes of one stage buffer, bytes of the staged x and of a stage's integer products) of fmoe_qmv4_bulk's
-    dynamic shared memory: x as int8 digits h, 16 bytes of padding, l, then sigma and sum(x) a group; the products
-    one int32 a (row, group) at a row stride of the groups rounded up to 4 x an odd number (the kernel's
-    bulk_dstride)."""
+    """(bytes of one stage buffer, bytes of the staged x) of fmoe_qmv4_bulk's dynamic shared memory."""
     sr = _bulk_shape(n_in)[1]
-    groups = n_in // group_size
-    stage = sr * n_in // 2 + 2 * sr * groups * s.element_size()
-    padded = (groups + 3) & ~3
-    dstride = padded if (padded // 4) % 2 else padded + 4
-    return stage, (n_in // 2 + 4 + 2 * groups) * 4 + sr * dstride * 4
+    stage = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
+    return stage, (n_in // 2 + 2 * (n_in // group_size)) * 4       # x as int8 digits h, l; sigma and sum a group
 
 
 def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int,
