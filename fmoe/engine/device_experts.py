@@ -391,7 +391,7 @@ class DeviceExperts:
         pooled). Returns (y [1, H] in x's dtype, whether the shared expert is in y)."""
         pool = self._pools()[self.layer_pool[layer]]
         if self.segments is not None:          # capturing a segmented step: fmoe/engine/cuda_graph.py
-            ids, weights, slots = self.segments.boundary(self, layer, probs, k, renorm, pick)
+            ids, weights, slots = self.segments.boundary(self, layer, probs, k, renorm, pick)   # renorm after slots
         else:
             if pick is None:
                 weights, ids = torch.topk(probs, k)
@@ -400,19 +400,23 @@ class DeviceExperts:
                 host_ids = [int(e) for e in pick()]
                 ids = self.to_device(host_ids, "int64")
                 weights = probs[ids]
-            if renorm:
-                weights = weights / weights.sum()
             if self.complete:
                 slots = self.slot_map[layer].index_select(0, ids)
                 self.hits += k
             else:
                 host_ids = self.host_ids(ids, host_ids)
                 slots = self.to_device(self._ensure(layer, host_ids))
+            if renorm:
+                weights = weights / weights.sum()
+        # whether a kernel that does not write the slots runs between their last write and gate+up (the weights'
+        # renormalisation, cast or concatenation below): then gate+up may start its copies while that kernel drains
+        slots_ready = renorm or weights.dtype != torch.float32
         shared = self.shared_slot.get(layer)
         w = weights.to(torch.float32)
         if shared is not None:
             slots = torch.cat([slots, shared])
             w = torch.cat([w, shared_weight.reshape(1).to(torch.float32)])
+            slots_ready = True
 
         def rows(inp, proj, slots_ready=False):
             w, s, b, bits, gs = pool.matrix(proj)
@@ -420,7 +424,7 @@ class DeviceExperts:
 
         gate, up = pool.matrix("gate_proj"), pool.matrix("up_proj")
         if gate[3:] == up[3:]:      # one launch: silu(gate) * up (fmoe/kernels/grouped_qmv.py)
-            h = grouped_gate_up(x, gate[:3], up[:3], slots, *gate[3:])                # [R, I] float32
+            h = grouped_gate_up(x, gate[:3], up[:3], slots, *gate[3:], slots_ready)   # [R, I] float32
         else:
             h = torch.nn.functional.silu(rows(x, "gate_proj")) * rows(x, "up_proj")
         d = rows(h, "down_proj", slots_ready=True)    # the kernel before it made h, not the slots or weights

@@ -69,9 +69,11 @@ def grouped_qmv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: 
     return grouped_qmv_torch(x, w, scales, biases, slots, bits, group_size)
 
 
-def grouped_gate_up(x: torch.Tensor, gate, up, slots: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+def grouped_gate_up(x: torch.Tensor, gate, up, slots: torch.Tensor, bits: int, group_size: int,
+                    slots_ready: bool = False) -> torch.Tensor:
     """``silu(G[slots[r]] @ x[r]) * (U[slots[r]] @ x[r])`` (float32 [R, out]); ``gate``/``up``: (w, scales, biases)
-    tables of the same shapes and slot strides. One launch on CUDA where the CUDA kernel runs these operands."""
+    tables of the same shapes and slot strides. One launch on CUDA where the CUDA kernel runs these operands.
+    ``slots_ready``: as for :func:`grouped_qmv`."""
     def apart():
         g = grouped_qmv(x, *gate, slots, bits, group_size)
         return torch.nn.functional.silu(g) * grouped_qmv(x, *up, slots, bits, group_size)
@@ -79,7 +81,8 @@ def grouped_gate_up(x: torch.Tensor, gate, up, slots: torch.Tensor, bits: int, g
     if x.is_cuda:
         cuda = _cuda_kernel(x, gate[0], gate[1], bits, group_size)
         if cuda is not None and cuda.supports(x, up[0], up[1], bits, group_size):     # both 16-byte aligned
-            return _guard(lambda: cuda.grouped_gate_up(x, *gate, *up, slots, bits, group_size), apart)
+            return _guard(lambda: cuda.grouped_gate_up(x, *gate, *up, slots, bits, group_size,
+                                                       slots_ready=slots_ready), apart)
     return apart()
 
 
