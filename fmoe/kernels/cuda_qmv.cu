@@ -46,13 +46,13 @@ template <> __device__ __forceinline__ float load_f<1>(const void* p, i64 i) {
     return __uint_as_float(((u32)__ldg((const u16*)p + i)) << 16);
 }
 
-// Programmatic dependent launch (sm_90+; no-ops before, and when the launch did not ask for it: the launcher's
-// OVERLAP_PRIOR, off by default): a kernel launched with it may start while the previous kernel of the stream drains.
-// Ours read the slot table (and the FMA and mma kernels the weights, scales, biases; the bulk-copy kernel issues its
-// copies after the wait, behind its x loads) before prior_grid_wait(), and x, y only after it. That is
-// safe only when the previous kernel wrote none of those: true after one of ours (which let the next kernel start
-// only after its own wait), not when the slot table comes from the kernel right before (a grid's blocks may all have
-// exited before its writes are visible to a dependent that has not waited): hence off by default.
+// Programmatic dependent launch (sm_90+; no-ops before, and when the launch did not ask for it): a kernel launched
+// with it may start while the previous kernel of the stream drains. The FMA and mma kernels (the launcher's
+// OVERLAP_PRIOR, off by default) read the slot table, weights, scales and biases before prior_grid_wait(), and x, y
+// only after it: safe only when the previous kernel wrote none of those (a grid's blocks may all have exited before
+// its writes are visible to a dependent that has not waited). The bulk-copy kernel (launched so by default: the
+// launcher's BULK_OVERLAP) reads nothing before the wait unless its `early` argument says the caller vouches for the
+// slot table and the weights (the launcher's slots_ready).
 __device__ __forceinline__ void prior_grid_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -536,9 +536,11 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
 // tiles share the activation fragments. Lane (g, c) reads 16 bytes (32 codes) of rows g and g + 8 at byte 16 c of
 // each 64-byte run, so a group of 64 spans lanes c = 0, 1 or 2, 3 of an mma; each lane's B column pair is its own
 // group's (group % 4), so four groups (a 4 GROUP window) accumulate without mixing. The products are int8 (below).
-// Measured on the H200 (bench/results/cuda_stream.md, session 10): the fastest of the kernels here at every shape
-// timed, one matrix and gate+up; at decode a call is bound by its start (the first stage of every block lands after
-// ~9 MB of copies) and its last stage's products, not by the loop.
+// Measured on the H200 (bench/results/cuda_stream.md, sessions 10-11): the fastest of the kernels here at every
+// shape timed, one matrix and gate+up; at decode a call is bound by its start (the first stage of every block lands
+// after ~9 MB of copies) and its last stage's products, which shared-memory bank conflicts slow (Nsight Compute:
+// 5.4-way on average, the 8 rows of an mma fragment read their scales from one bank); launches overlapping the
+// previous kernel with the slots vouched for hide part of the start.
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
