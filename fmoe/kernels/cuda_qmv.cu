@@ -548,6 +548,25 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
                  :: "r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
 }
 
+// SWZ instances: scales and biases come by 2-D tensor copies (a tensor map a table: [slots][rows][groups] 16-bit
+// elements, built by the launcher) with the 128-byte swizzle, so that a stage's rows of exactly 128 bytes (4096
+// inputs, groups of 64, bf16) store their 16-byte chunk c at chunk c ^ (row % 8): the 8 rows of an mma fragment then
+// read their scales from 8 different banks (linear, the 8 rows share one: 8-way conflicts, Nsight Compute of
+// session 11). The launcher aligns the stage buffers to 1024 bytes (the swizzle's period).
+struct alignas(64) TensorMap {
+    unsigned long long opaque[16];
+};
+struct BulkMaps {                 // scales, biases; MODE 1: the up matrices' too
+    TensorMap s, b, s2, b2;
+};
+
+__device__ __forceinline__ void tensor_copy(u32 dst, const TensorMap* map, int c0, int c1, int c2, u32 bar) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+                 "%4}], [%5];"
+                 :: "r"(dst), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+                 : "memory");
+}
+
 __device__ __forceinline__ void bar_expect(u32 bar, u32 bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
 }
@@ -561,6 +580,17 @@ __device__ __forceinline__ void bar_wait(u32 bar, u32 parity) {
 
 template <int T> __device__ __forceinline__ float smem_f(const unsigned char* p, int i) {
     return T ? __uint_as_float(((u32)((const u16*)p)[i]) << 16) : ((const float*)p)[i];
+}
+
+// scale (or bias) of (row, group) of a stage: linear, or (SWZ: bf16, 128-byte rows) swizzled by the tensor copy
+template <int ST, int SWZ>
+__device__ __forceinline__ float stage_scale(const unsigned char* p, int row, int group, int groups) {
+    if (SWZ) {
+        const int byte = 2 * group;
+        const u16 v = *(const u16*)(p + row * 128 + (((byte >> 4) ^ (row & 7)) << 4) + (byte & 15));
+        return __uint_as_float((u32)v << 16);
+    }
+    return smem_f<ST>(p, row * groups + group);
 }
 
 struct BulkPlan {                 // a stage: SR rows of one table row r, from output row n0
@@ -593,9 +623,9 @@ struct SlotAhead {
 
 // thread 0: the copies of stage unit `unit` of slot `slot` into stage buffer `st`. MODE 1 (gate+up): units come in
 // pairs, unit 2p the gate rows of stage p, unit 2p + 1 the up rows of the same stage
-template <int GROUP, int ST, int MODE>
-__device__ __forceinline__ void bulk_issue(const QmvArgs& a, unsigned char* stage, u32 bar, int unit, i64 slot,
-                                           int per_row, int sr) {
+template <int GROUP, int ST, int MODE, int SWZ>
+__device__ __forceinline__ void bulk_issue(const QmvArgs& a, const BulkMaps* maps, unsigned char* stage, u32 bar,
+                                           int unit, i64 slot, int per_row, int sr) {
     const BulkPlan p = bulk_plan(unit >> MODE, per_row, sr);
     const bool up = MODE && (unit & 1);
     const int k = a.n_in, groups = k / GROUP, es = ST ? 2 : 4;
@@ -603,30 +633,37 @@ __device__ __forceinline__ void bulk_issue(const QmvArgs& a, unsigned char* stag
     bar_expect(bar, code_bytes + 2 * scale_bytes);
     const u32 dst = smem_addr(stage);
     bulk_copy(dst, (up ? a.w2 : a.w) + slot * a.w_slot_stride + (i64)p.n0 * (k / 8), code_bytes, bar);
+    if (SWZ) {
+        tensor_copy(dst + code_bytes, up ? &maps->s2 : &maps->s, 0, p.n0, (int)slot, bar);
+        tensor_copy(dst + code_bytes + scale_bytes, up ? &maps->b2 : &maps->b, 0, p.n0, (int)slot, bar);
+        return;
+    }
     const i64 si = (slot * a.s_slot_stride + (i64)p.n0 * groups) * es;
     bulk_copy(dst + code_bytes, (const char*)(up ? a.s2 : a.s) + si, scale_bytes, bar);
     bulk_copy(dst + code_bytes + scale_bytes, (const char*)(up ? a.b2 : a.b) + si, scale_bytes, bar);
 }
 
 // thread 0: the copies of the block's units u0 + s, s in [s0, s1), into stage buffer s
-template <int GROUP, int ST, int MODE>
-__device__ __forceinline__ void bulk_issue_units(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars,
-                                                 u32 stage_bytes, int s0, int s1, int u0, int u1, int per_row, int sr,
-                                                 SlotAhead& ahead) {
+template <int GROUP, int ST, int MODE, int SWZ>
+__device__ __forceinline__ void bulk_issue_units(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
+                                                 unsigned long long* bars, u32 stage_bytes, int s0, int s1, int u0,
+                                                 int u1, int per_row, int sr, SlotAhead& ahead) {
     for (int s = s0; s < s1 && u0 + s < u1; ++s)
-        bulk_issue<GROUP, ST, MODE>(a, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s,
-                                    ahead.take(a, (u0 + s) >> MODE, per_row, u1 >> MODE), per_row, sr);
+        bulk_issue<GROUP, ST, MODE, SWZ>(a, maps, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u0 + s,
+                                         ahead.take(a, (u0 + s) >> MODE, per_row, u1 >> MODE), per_row, sr);
 }
 
 // thread 0: the stage buffers' mbarriers, then the copies of the block's first `stages` units
-template <int GROUP, int ST, int MODE>
-__device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm, unsigned long long* bars, int stages,
-                                           u32 stage_bytes, int u0, int u1, int per_row, int sr, SlotAhead& ahead) {
+template <int GROUP, int ST, int MODE, int SWZ>
+__device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
+                                           unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
+                                           int per_row, int sr, SlotAhead& ahead) {
     if (threadIdx.x == 0) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
-        bulk_issue_units<GROUP, ST, MODE>(a, bsm, bars, stage_bytes, 0, stages, u0, u1, per_row, sr, ahead);
+        bulk_issue_units<GROUP, ST, MODE, SWZ>(a, maps, bsm, bars, stage_bytes, 0, stages, u0, u1, per_row, sr,
+                                               ahead);
     }
 }
 
@@ -635,8 +672,9 @@ __device__ __forceinline__ void bulk_start(const QmvArgs& a, unsigned char* bsm,
 // buffer with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile).
 // MODE 1: a gate unit's rows go to gate_rows (the same threads read them back at the up unit), an up unit's rows
 // make y = silu(gate) * up
-template <int GROUP, int ST, int TPW, int MODE>
-__device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW], float (&acc1)[TPW],
+template <int GROUP, int ST, int TPW, int MODE, int SWZ>
+__device__ __forceinline__ void bulk_finish(const QmvArgs& a, const BulkMaps* maps, float (&acc0)[TPW],
+                                            float (&acc1)[TPW],
                                             float (*red)[16][TPW][16], float* gate_rows, unsigned char* stage,
                                             u32 bar, int u, int stages, int u1, int per_row, int sr, int wpt, int r,
                                             int n0, int warp, int g, int c, SlotAhead& ahead) {
@@ -650,8 +688,8 @@ __device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW]
     }
     __syncthreads();                                            // every warp is done with the stage and its x
     if (threadIdx.x == 0 && u + stages < u1)
-        bulk_issue<GROUP, ST, MODE>(a, stage, bar, u + stages, ahead.take(a, (u + stages) >> MODE, per_row,
-                                                                          u1 >> MODE), per_row, sr);
+        bulk_issue<GROUP, ST, MODE, SWZ>(a, maps, stage, bar, u + stages,
+                                         ahead.take(a, (u + stages) >> MODE, per_row, u1 >> MODE), per_row, sr);
     if (threadIdx.x < sr) {                                     // row threadIdx.x of the stage: tile T, its warps
         const int tile = threadIdx.x >> 4, row = threadIdx.x & 15, w0 = (tile / TPW) * wpt;
         float v = 0.f;
@@ -796,7 +834,7 @@ struct BulkTrace {
 
 // One warp's products of a stage: its TPW tiles (rows tw 16 + 16 t + g and + 8) over its inputs kw0 .. kw0 + KW,
 // against the x staged at xs; acc0 / acc1: the lane's partial sums of rows g and g + 8 (the caller adds up a quad)
-template <int GROUP, int ST, int KW, int TPW>
+template <int GROUP, int ST, int KW, int TPW, int SWZ>
 __device__ __forceinline__ void bulk_products(const unsigned char* stage, const u32* xs, int k, int sr, int tw,
                                               int kw0, int g, int c, float (&acc0)[TPW], float (&acc1)[TPW]) {
     const int groups = k / GROUP, es = ST ? 2 : 4;
@@ -841,11 +879,11 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
                 const float xsum = sx[gc], sg = sig[gc];
 #pragma unroll
                 for (int t = 0; t < TPW; ++t) {
-                    const int i0 = (tw * 16 + 16 * t + g) * groups + gc, i1 = i0 + 8 * groups;
-                    acc0[t] += smem_f<ST>(scl, i0) * sg * (float)(256 * d[t][0] + d[t][1])
-                               + smem_f<ST>(bia, i0) * xsum;
-                    acc1[t] += smem_f<ST>(scl, i1) * sg * (float)(256 * d[t][2] + d[t][3])
-                               + smem_f<ST>(bia, i1) * xsum;
+                    const int r0 = tw * 16 + 16 * t + g, r1 = r0 + 8;
+                    acc0[t] += stage_scale<ST, SWZ>(scl, r0, gc, groups) * sg * (float)(256 * d[t][0] + d[t][1])
+                               + stage_scale<ST, SWZ>(bia, r0, gc, groups) * xsum;
+                    acc1[t] += stage_scale<ST, SWZ>(scl, r1, gc, groups) * sg * (float)(256 * d[t][2] + d[t][3])
+                               + stage_scale<ST, SWZ>(bia, r1, gc, groups) * xsum;
                 }
             }
 #pragma unroll
@@ -869,12 +907,14 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 // slots_ready, with programmatic dependent launch): the caller vouches that the previous kernel of the stream wrote
 // neither the slot table nor the weights, so a block reads its slots and issues its first copies before
 // griddepcontrol.wait (while the previous kernel drains) and only x after it; else everything after the wait.
-template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE>
+template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ>
 __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int early,
-                                                         unsigned long long* trace) {
+                                                         unsigned long long* trace,
+                                                         const __grid_constant__ BulkMaps maps) {
     BulkTrace tr;
     if (TRACE) tr.start(trace);
-    extern __shared__ __align__(128) unsigned char bsm[];
+    extern __shared__ __align__(128) unsigned char bsm_raw[];
+    unsigned char* bsm = SWZ ? bsm_raw + ((1024 - (smem_addr(bsm_raw) & 1023)) & 1023) : bsm_raw;   // (SWZ: +1 KB)
     __shared__ __align__(8) unsigned long long bars[32];
     __shared__ float red[2][16][TPW][16];
     __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
@@ -893,7 +933,7 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     int r = (u0 >> MODE) / per_row, n0 = ((u0 >> MODE) % per_row) * sr;
     if (early) {                                                // the slots and copies while the previous kernel drains
         if (threadIdx.x == 0 && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);
-        bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+        bulk_start<GROUP, ST, MODE, SWZ>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
         prior_grid_wait();
     } else {
         prior_grid_wait();
@@ -901,7 +941,8 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     }
     float xv[8];
     if (threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);   // before the copies
-    if (!early) bulk_start<GROUP, ST, MODE>(a, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+    if (!early)
+        bulk_start<GROUP, ST, MODE, SWZ>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
     next_grid_may_start();
     if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
     __syncthreads();                                            // x staged, the barriers' init visible
@@ -922,10 +963,10 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
         bar_wait(smem_addr(&bars[s]), parity);
         if (TRACE) tr.mark(3 + 3 * (u - u0));
         float acc0[TPW], acc1[TPW];
-        bulk_products<GROUP, ST, KW, TPW>(stage, xs, k, sr, tw, kw0, g, c, acc0, acc1);
+        bulk_products<GROUP, ST, KW, TPW, SWZ>(stage, xs, k, sr, tw, kw0, g, c, acc0, acc1);
         if (TRACE) tr.mark(4 + 3 * (u - u0));
-        bulk_finish<GROUP, ST, TPW, MODE>(a, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u, stages, u1,
-                                          per_row, sr, wpt, r, n0, warp, g, c, ahead);
+        bulk_finish<GROUP, ST, TPW, MODE, SWZ>(a, &maps, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u,
+                                               stages, u1, per_row, sr, wpt, r, n0, warp, g, c, ahead);
         if (TRACE) tr.mark(5 + 3 * (u - u0));
         bulk_next<MODE>(u, s, parity, r, n0, stages, sr, a.n_out);
     }

@@ -147,6 +147,56 @@ def _overlap_from_env(var: str = "FMOE_CUDA_OVERLAP") -> bool:
 BULK_OVERLAP = _overlap_from_env()
 
 
+BULK_SWIZZLE = True      # scales and biases of 128-byte rows (4096 inputs, groups of 64, bf16) by swizzled tensor
+                         # copies (the kernel's SWZ instances: no bank conflicts between a fragment's rows)
+
+
+class _TensorMap(ctypes.Structure):
+    """CUtensorMap: 128 opaque bytes (the kernel's TensorMap)."""
+    _fields_ = [("opaque", ctypes.c_ulonglong * 16)]
+
+
+class _BulkMaps(ctypes.Structure):
+    """BulkMaps of cuda_qmv.cu: the scales' and biases' tensor maps (MODE 1: the up matrices' too)."""
+    _fields_ = [("s", _TensorMap), ("b", _TensorMap), ("s2", _TensorMap), ("b2", _TensorMap)]
+
+
+_NO_MAPS = _BulkMaps()
+
+
+def _swizzled(s: torch.Tensor, n_in: int, group_size: int) -> bool:
+    """Whether fmoe_qmv4_bulk takes a table's scales and biases by swizzled tensor copies: bf16 rows of 128 bytes,
+    contiguous within a slot."""
+    groups = n_in // group_size
+    return BULK_SWIZZLE and s.dtype == torch.bfloat16 and groups * 2 == 128 and s.stride(1) == groups \
+        and s.stride(2) == 1
+
+
+@functools.lru_cache(maxsize=512)
+def _tensor_map(ptr: int, slots: int, rows: int, groups: int, slot_bytes: int, box_rows: int) -> _TensorMap:
+    """The tensor map of a [slots][rows][groups] table of 16-bit values (slot stride ``slot_bytes``), boxes of
+    ``box_rows`` rows of one slot, 128-byte swizzle, 256-byte L2 promotion."""
+    tm = _TensorMap()
+    dims = (ctypes.c_uint64 * 3)(groups, rows, slots)
+    strides = (ctypes.c_uint64 * 2)(groups * 2, slot_bytes)
+    box = (ctypes.c_uint32 * 3)(groups, box_rows, 1)
+    steps = (ctypes.c_uint32 * 3)(1, 1, 1)
+    rc = nvrtc._cuda().cuTensorMapEncodeTiled(ctypes.byref(tm), 1, 3, ctypes.c_void_p(ptr), dims, strides, box, steps,
+                                               0, 3, 3, 0)     # UINT16; no interleave, SWIZZLE_128B, L2 256B, no fill
+    nvrtc._check_cu(rc, f"cuTensorMapEncodeTiled (a table of {slots} x {rows} x {groups}, slot stride {slot_bytes})")
+    return tm
+
+
+def _bulk_maps(mats, box_rows: int) -> _BulkMaps:
+    maps = _BulkMaps()
+    names = (("s", "b"), ("s2", "b2"))
+    for (_, sc, bi), (ns, nb) in zip(mats, names):
+        for t, name in ((sc, ns), (bi, nb)):
+            setattr(maps, name, _tensor_map(t.data_ptr(), t.shape[0], t.shape[1], t.shape[2], t.stride(0) * 2,
+                                            box_rows))
+    return maps
+
+
 @functools.cache
 def _sm_resources(index: int) -> tuple[int, int]:
     """(multiprocessors, opt-in shared memory bytes per block) of a device."""
@@ -253,7 +303,7 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     stream = torch.cuda.current_stream(x.device).cuda_stream
     mode = 1 if gate_up else 0
     if kernel == BULK:
-        _launch_bulk(args, x, s, n_out, n_in, rows, group_size, device, stream, gate_up, slots_ready, trace)
+        _launch_bulk(args, x, mats, n_out, n_in, rows, group_size, device, stream, gate_up, slots_ready, trace)
         return y
     variant = MMA_VARIANTS.get(kernel or MMA_DEFAULT[gate_up])
     if config is None and variant is not None and supports_mma(x, w, group_size, bits):
@@ -282,17 +332,20 @@ def _launch(x, mats, slots, bits: int, group_size: int, out, config, gate_up: bo
     return y
 
 
-def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, device: int, stream,
+def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: int, device: int, stream,
                  gate_up: bool, slots_ready: bool = False, trace: torch.Tensor | None = None) -> None:
     """fmoe_qmv4_bulk: one block of 16 warps an SM (at most one per stage of rows), :func:`_bulk_stages` stage
     buffers, launched to overlap the previous kernel where BULK_OVERLAP (compute capability 9.0+), its slots read and
     first copies issued before the wait for it when ``slots_ready``. ``trace`` (bench/device/bulk_timeline.py): int64
     [blocks, 64], the blocks' timelines (the kernel's TRACE instance)."""
     kw, sr = _bulk_shape(n_in)
+    s = mats[0][1]
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
+    swz = all(_swizzled(m[1], n_in, group_size) and _swizzled(m[2], n_in, group_size) for m in mats)
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
-                           f"{int(gate_up)}, {int(trace is not None)}>", device)
-    stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared, gate_up)
+                           f"{int(gate_up)}, {int(trace is not None)}, {int(swz)}>", device)
+    stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared + (1024 if swz else 0),
+                          gate_up)
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
                          f"memory ({_sm_resources(device)[1]} bytes a block)")
@@ -301,9 +354,10 @@ def _launch_bulk(args, x, s, n_out: int, n_in: int, rows: int, group_size: int, 
     if trace is not None and (trace.dtype != torch.int64 or trace.numel() < 64 * blocks or not trace.is_contiguous()):
         raise ValueError(f"trace: a contiguous int64 tensor of at least 64 x {blocks} blocks")
     overlap = (BULK_OVERLAP or OVERLAP_PRIOR) and _capability(device) >= (9, 0)
-    fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes, stream,
+    maps = _bulk_maps(mats, sr) if swz else _NO_MAPS
+    fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes + (1024 if swz else 0), stream,
               [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(int(overlap and slots_ready)),
-               ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)], overlap)
+               ctypes.c_void_p(trace.data_ptr() if trace is not None else 0), maps], overlap)
 
 
 def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, config=None,

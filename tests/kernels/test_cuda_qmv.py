@@ -221,7 +221,8 @@ def test_bulk_copy_gate_up_matches_the_fma_kernel():
 _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
                "overlap": ({}, False),
                "overlap, slots ready": ({}, True),
-               "slots ready, 1 tile a warp, 4 stages": ({"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4}, True)}
+               "slots ready, 1 tile a warp, 4 stages": ({"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4}, True),
+               "linear scales (no swizzled tensor copies)": ({"BULK_SWIZZLE": False}, True)}
 
 
 @needs_hopper
@@ -400,9 +401,10 @@ def test_every_configuration_compiles_with_nvrtc():
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
     for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
-        for x_t, s_t, kw, tpw, mode, trace in ((1, 1, 256, 2, 0, 0), (0, 0, 128, 1, 0, 0), (1, 1, 256, 2, 1, 0),
-                                               (1, 1, 256, 1, 1, 1), (0, 1, 128, 2, 0, 1)):
-            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}>"
+        for x_t, s_t, kw, tpw, mode, trace, swz in ((1, 1, 256, 2, 0, 0, 1), (0, 0, 128, 1, 0, 0, 0),
+                                                    (1, 1, 256, 2, 1, 0, 1), (1, 1, 256, 1, 1, 1, 0),
+                                                    (0, 1, 128, 2, 0, 1, 0), (1, 1, 256, 2, 1, 0, 0)):
+            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {swz}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
 
