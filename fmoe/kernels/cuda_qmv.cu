@@ -538,9 +538,9 @@ __global__ void __launch_bounds__((WPT > 8 ? WPT : 8) * 32, MINB) fmoe_qmv4_mma(
 // group's (group % 4), so four groups (a 4 GROUP window) accumulate without mixing. The products are int8 (below).
 // Measured on the H200 (bench/results/cuda_stream.md, sessions 10-11): the fastest of the kernels here at every
 // shape timed, one matrix and gate+up; at decode a call is bound by its start (the first stage of every block lands
-// after ~9 MB of copies) and its last stage's products, which shared-memory bank conflicts slow (Nsight Compute:
-// 5.4-way on average, the 8 rows of an mma fragment read their scales from one bank); launches overlapping the
-// previous kernel with the slots vouched for hide part of the start.
+// after ~9 MB of copies) and its last stage's products, which shared-memory bank conflicts slowed (Nsight Compute:
+// 5.4-way on average, the 8 rows of an mma fragment read their scales from one bank: SWZ instances below); launches
+// overlapping the previous kernel with the slots vouched for hide part of the start.
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
