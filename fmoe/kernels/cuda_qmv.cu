@@ -674,8 +674,8 @@ __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* map
 // make y = silu(gate) * up
 template <int GROUP, int ST, int TPW, int MODE, int SWZ>
 __device__ __forceinline__ void bulk_finish(const QmvArgs& a, const BulkMaps* maps, float (&acc0)[TPW],
-                                            float (&acc1)[TPW],
-                                            float (*red)[16][TPW][16], float* gate_rows, unsigned char* stage,
+                                            float (&acc1)[TPW], float (*red)[16][TPW][16], float* gate_rows,
+                                            unsigned char* stage,
                                             u32 bar, int u, int stages, int u1, int per_row, int sr, int wpt, int r,
                                             int n0, int warp, int g, int c, SlotAhead& ahead) {
     const int h = u & 1;

@@ -189,6 +189,7 @@ def _tensor_map(ptr: int, slots: int, rows: int, groups: int, slot_bytes: int, b
 
 
 def _bulk_maps(mats, box_rows: int) -> _BulkMaps:
+    """The kernel's BulkMaps of ``mats`` ((w, scales, biases) of one matrix, or gate's and up's)."""
     maps = _BulkMaps()
     names = (("s", "b"), ("s2", "b2"))
     for (_, sc, bi), (ns, nb) in zip(mats, names):
