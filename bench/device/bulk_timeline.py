@@ -138,8 +138,8 @@ def main() -> int:
                                     _launch(tables, x, sets[(i * 21 + j) % len(sets)], y, gate_up)
                             else:
                                 flush.fill_(i)
-                            torch.cuda.synchronize()
                             trace.zero_()
+                            torch.cuda.synchronize()          # (the kernel writes its entry times before its wait)
                             _launch(tables, x, sets[(i * 21 + 20) % len(sets)], y, gate_up, trace)
                             torch.cuda.synchronize()
                         print(f"{'warm' if warm else 'cold'} {name}: {summary(trace)}", flush=True)

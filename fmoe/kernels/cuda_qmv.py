@@ -128,9 +128,10 @@ def _has_bf16_mma(device: torch.device) -> bool:
 
 BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as many as fit); 2 was the fastest of
                          # 1-6 on the H200 (bench/results/session9/call6_report.txt, call7_report.txt)
-_BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4     # fmoe_qmv4_bulk's static shared memory (barriers, partial sums,
-                                                   # gate rows) at up to 4 tiles a warp: for supports_bulk, before
-                                                   # the kernel is loaded
+_BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4 + 1024   # fmoe_qmv4_bulk's static shared memory (barriers, partial
+                                                        # sums, gate rows) at up to 4 tiles a warp, and the swizzled
+                                                        # stages' alignment: for supports_bulk, before the kernel is
+                                                        # loaded
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
 
 
@@ -177,14 +178,17 @@ def _swizzled(s: torch.Tensor, n_in: int, group_size: int) -> bool:
 def _tensor_map(ptr: int, slots: int, rows: int, groups: int, slot_bytes: int, box_rows: int) -> _TensorMap:
     """The tensor map of a [slots][rows][groups] table of 16-bit values (slot stride ``slot_bytes``), boxes of
     ``box_rows`` rows of one slot, 128-byte swizzle, 256-byte L2 promotion."""
-    tm = _TensorMap()
     dims = (ctypes.c_uint64 * 3)(groups, rows, slots)
     strides = (ctypes.c_uint64 * 2)(groups * 2, slot_bytes)
     box = (ctypes.c_uint32 * 3)(groups, box_rows, 1)
     steps = (ctypes.c_uint32 * 3)(1, 1, 1)
-    rc = nvrtc._cuda().cuTensorMapEncodeTiled(ctypes.byref(tm), 1, 3, ctypes.c_void_p(ptr), dims, strides, box, steps,
-                                               0, 3, 3, 0)     # UINT16; no interleave, SWIZZLE_128B, L2 256B, no fill
+    scratch = ctypes.create_string_buffer(2 * ctypes.sizeof(_TensorMap))   # the driver wants it 64 (128)-byte aligned
+    at = (ctypes.addressof(scratch) + 127) & ~127
+    rc = nvrtc._cuda().cuTensorMapEncodeTiled(ctypes.c_void_p(at), 1, 3, ctypes.c_void_p(ptr), dims, strides, box,
+                                               steps, 0, 3, 3, 0)   # UINT16; no interleave, SWIZZLE_128B, L2 256B
     nvrtc._check_cu(rc, f"cuTensorMapEncodeTiled (a table of {slots} x {rows} x {groups}, slot stride {slot_bytes})")
+    tm = _TensorMap()
+    ctypes.memmove(ctypes.addressof(tm), at, ctypes.sizeof(tm))
     return tm
 
 

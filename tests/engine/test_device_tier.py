@@ -145,3 +145,47 @@ def test_in_memory_quantized_checkpoint_through_the_tier(tmp_path):
     s = tier.stats()
     assert s["device_cache_misses"] > 0 and s["device_cache_evictions"] > 0
     assert s["device_shared_pooled"] == m.cfg.num_hidden_layers      # mlx-lm quantizes the shared expert alike
+
+
+def test_gate_up_vouches_for_its_slots_only_after_another_kernel(streamed, monkeypatch):
+    """moe_decode tells gate+up that its slot table is ready (the CUDA bulk kernel may then read it before waiting for
+    the previous kernel) only where a kernel that does not write the slots runs between their last write and gate+up:
+    the routing weights' renormalisation, their cast to float32, or their concatenation with the pooled shared
+    expert's weight; the down projection always (the kernel before it made h). Every (renorm, probability dtype,
+    shared expert pooled) case, the tier complete or not."""
+    from fmoe.engine import device_experts as de
+
+    seen = []
+    real_gate_up, real_qmv = de.grouped_gate_up, de.grouped_qmv
+
+    def gate_up(*a):
+        seen.append(("gate_up", a[6]))
+        return real_gate_up(*a)
+
+    def qmv(*a):
+        seen.append(("qmv", a[7]))
+        return real_qmv(*a)
+
+    monkeypatch.setattr(de, "grouped_gate_up", gate_up)
+    monkeypatch.setattr(de, "grouped_qmv", qmv)
+    one = Model.load(streamed, stream={"mode": "page-cache"}, predict_experts=False).checkpoint.layout.layers[0].stride
+    for budget in (3, 1000):
+        m, tier = _tiered(streamed, budget * one)
+        if budget >= 1000:
+            assert tier.preload_if_fits() and tier.complete
+        tier._pools()                                      # (pools the shared experts that match the template)
+        layer = min(tier.shared_slot)                       # a layer whose shared expert is pooled
+        pooled = dict(tier.shared_slot)
+        x = torch.randn(1, m.cfg.hidden_size)
+        for renorm in (False, True):
+            for dtype in (torch.float32, torch.bfloat16):
+                for shared in (False, True):
+                    tier.shared_slot = pooled if shared else {}
+                    probs = torch.softmax(torch.randn(m.cfg.num_experts), 0).to(dtype)
+                    seen.clear()
+                    y, with_shared = tier.moe_decode(layer, x, probs, m.cfg.num_experts_per_tok, renorm,
+                                                     torch.tensor(0.5))
+                    assert with_shared == shared and torch.isfinite(y).all()
+                    assert seen == [("gate_up", renorm or dtype != torch.float32 or shared), ("qmv", True)], \
+                        (budget, renorm, dtype, shared, seen)
+        tier.shared_slot = pooled

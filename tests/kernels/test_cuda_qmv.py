@@ -229,31 +229,45 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
 @pytest.mark.parametrize("mode", sorted(_BULK_MODES))
 def test_bulk_copy_kernel_launch_modes_match_the_fma_kernel(mode, monkeypatch):
     """The bulk-copy kernel launched as the engine may launch it (overlapping the stream's previous kernel or not;
-    slots_ready: its slots and first copies before the wait for that kernel; one or two tiles a warp) against the
-    FMA kernel, each launch right after an FMA launch on the same stream that wrote its x: the 397B shapes at 10 and
-    64 rows, one x per row and one shared, gate+up at 10 rows; 128 x 512 at 400 rows."""
+    slots_ready: its slots and first copies before the wait for that kernel; one or two tiles a warp; scales by
+    swizzled tensor copies or linear) against the FMA kernel, each launch right after an FMA launch on the same
+    stream that writes its x into a buffer of NaNs (x read before that launch finished would show): the 397B shapes
+    at 10 and 64 rows (1024 x 4096 as views of padded tables, slots further apart than a matrix, as the engine's VRAM
+    pool has them), one x per row and one shared, gate+up at 10 rows; 128 x 512 at 400 rows."""
     from fmoe.kernels import cuda_qmv
 
     settings, ready = _BULK_MODES[mode]
     for k, v in settings.items():
         monkeypatch.setattr(cuda_qmv, k, v)
+
+    def padded(t):                          # the same values in a table whose slots are 16 rows further apart
+        big = torch.zeros(t.shape[0], t.shape[1] + 16, *t.shape[2:], dtype=t.dtype, device=t.device)
+        big[:, :t.shape[1]] = t
+        return big[:, :t.shape[1]]
+
     for n_out, n_in, row_counts in ((1024, 4096, (10, 64)), (4096, 1024, (10, 64)), (128, 512, (400,))):
         (w, s, b, _), (wu, su, bu, _) = (_table(4, 64, n_out, n_in, slots=4, seed=seed) for seed in (n_out, n_in))
+        if n_in == 4096:
+            w, s, b, wu, su, bu = map(padded, (w, s, b, wu, su, bu))
+            assert cuda_qmv._swizzled(s, n_in, 64) == cuda_qmv.BULK_SWIZZLE and s.stride(0) > n_out * s.shape[2]
         wx, sx, bx, _ = _table(4, 64, n_in, 256, slots=4, seed=3)          # makes x: [R, 256] -> [R, n_in]
         for rows in row_counts:
             slots = torch.randint(0, 4, (rows,), dtype=torch.int32, device="cuda")
             for shared in (False, True):
                 x_in = torch.randn(1 if shared else rows, 256, device="cuda")
                 x_slots = slots[:1] if shared else slots
-                x = cuda_qmv.grouped_qmv(x_in, wx, sx, bx, x_slots, 4, 64, kernel="fma")
+
+                def fresh_x():
+                    nan = torch.full((x_in.shape[0], n_in), float("nan"), device="cuda")
+                    return cuda_qmv.grouped_qmv(x_in, wx, sx, bx, x_slots, 4, 64, kernel="fma", out=nan)
+
+                x = fresh_x()
                 ref = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="fma").cpu().numpy()
-                x = cuda_qmv.grouped_qmv(x_in, wx, sx, bx, x_slots, 4, 64, kernel="fma", out=torch.empty_like(x))
-                got = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, 64, kernel="bulk", slots_ready=ready)
+                got = cuda_qmv.grouped_qmv(fresh_x(), w, s, b, slots, 4, 64, kernel="bulk", slots_ready=ready)
                 _close(got.cpu().numpy(), ref, 2e-4)
                 if rows == 10:
                     ref = cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, slots, 4, 64, kernel="fma").cpu().numpy()
-                    x = cuda_qmv.grouped_qmv(x_in, wx, sx, bx, x_slots, 4, 64, kernel="fma", out=torch.empty_like(x))
-                    got = cuda_qmv.grouped_gate_up(x, w, s, b, wu, su, bu, slots, 4, 64, kernel="bulk",
+                    got = cuda_qmv.grouped_gate_up(fresh_x(), w, s, b, wu, su, bu, slots, 4, 64, kernel="bulk",
                                                    slots_ready=ready)
                     _close(got.cpu().numpy(), ref, 2e-4)
 
