@@ -653,18 +653,45 @@ __device__ __forceinline__ void bulk_issue_units(const QmvArgs& a, const BulkMap
                                          ahead.take(a, (u0 + s) >> MODE, per_row, u1 >> MODE), per_row, sr);
 }
 
-// thread 0: the stage buffers' mbarriers, then the copies of the block's first `stages` units
-template <int GROUP, int ST, int MODE, int SWZ>
+// the issuing thread (thread 0; PROD: the producer warp's lane 0): the stage buffers' mbarriers (PROD: also their
+// "empty" barriers, bars[16 + s], one arrival a consumer warp), then the copies of the block's first `stages` units
+template <int GROUP, int ST, int MODE, int SWZ, int PROD>
 __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
                                            unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
                                            int per_row, int sr, SlotAhead& ahead) {
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == (PROD ? 512 : 0)) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
+        if (PROD)
+            for (int s = 0; s < stages; ++s)
+                asm volatile("mbarrier.init.shared::cta.b64 [%0], 16;" :: "r"(smem_addr(&bars[16 + s])) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
         bulk_issue_units<GROUP, ST, MODE, SWZ>(a, maps, bsm, bars, stage_bytes, 0, stages, u0, u1, per_row, sr,
                                                ahead);
     }
+}
+
+// PROD: the producer warp's lane 0 refills each buffer with the block's next unit once its 16 consumer warps have
+// released it (its empty barrier's phase), so no consumer warp spends ~0.1 us a copy issuing them (session 11)
+template <int GROUP, int ST, int MODE, int SWZ>
+__device__ __forceinline__ void bulk_produce(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
+                                             unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
+                                             int per_row, int sr, SlotAhead& ahead) {
+    for (int u = u0 + stages; u < u1; ++u) {
+        const int i = u - u0, s = i % stages;
+        bar_wait(smem_addr(&bars[16 + s]), (u32)((i / stages - 1) & 1));
+        bulk_issue<GROUP, ST, MODE, SWZ>(a, maps, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u,
+                                         ahead.take(a, u >> MODE, per_row, u1 >> MODE), per_row, sr);
+    }
+}
+
+// the 16 consumer warps' barrier (PROD: the producer warp takes no part), else the block's
+template <int PROD>
+__device__ __forceinline__ void consumers_sync() {
+    if (PROD)
+        asm volatile("bar.sync 1, 512;" ::: "memory");
+    else
+        __syncthreads();
 }
 
 // the end of the block's unit u (table row r, rows n0..): each warp's sums of its TPW tiles (rows g and g + 8, lane
@@ -672,7 +699,7 @@ __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* map
 // buffer with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile).
 // MODE 1: a gate unit's rows go to gate_rows (the same threads read them back at the up unit), an up unit's rows
 // make y = silu(gate) * up
-template <int GROUP, int ST, int TPW, int MODE, int SWZ>
+template <int GROUP, int ST, int TPW, int MODE, int SWZ, int PROD>
 __device__ __forceinline__ void bulk_finish(const QmvArgs& a, const BulkMaps* maps, float (&acc0)[TPW],
                                             float (&acc1)[TPW], float (*red)[16][TPW][16], float* gate_rows,
                                             unsigned char* stage,
@@ -686,8 +713,8 @@ __device__ __forceinline__ void bulk_finish(const QmvArgs& a, const BulkMaps* ma
             red[h][warp][t][g + 8] = acc1[t];
         }
     }
-    __syncthreads();                                            // every warp is done with the stage and its x
-    if (threadIdx.x == 0 && u + stages < u1)
+    consumers_sync<PROD>();                                     // every warp is done with the stage and its x
+    if (!PROD && threadIdx.x == 0 && u + stages < u1)
         bulk_issue<GROUP, ST, MODE, SWZ>(a, maps, stage, bar, u + stages,
                                          ahead.take(a, (u + stages) >> MODE, per_row, u1 >> MODE), per_row, sr);
     if (threadIdx.x < sr) {                                     // row threadIdx.x of the stage: tile T, its warps
@@ -907,10 +934,10 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 // slots_ready, with programmatic dependent launch): the caller vouches that the previous kernel of the stream wrote
 // neither the slot table nor the weights, so a block reads its slots and issues its first copies before
 // griddepcontrol.wait (while the previous kernel drains) and only x after it; else everything after the wait.
-template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ>
-__global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int early,
-                                                         unsigned long long* trace,
-                                                         const __grid_constant__ BulkMaps maps) {
+template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ, int PROD>
+__global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int early,
+                                                                      unsigned long long* trace,
+                                                                      const __grid_constant__ BulkMaps maps) {
     BulkTrace tr;
     if (TRACE) tr.start(trace);
     extern __shared__ __align__(128) unsigned char bsm_raw[];
@@ -931,21 +958,27 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
     u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
     SlotAhead ahead{-1, -1, 0, 0};
     int r = (u0 >> MODE) / per_row, n0 = ((u0 >> MODE) % per_row) * sr;
+    const bool issuer = threadIdx.x == (PROD ? 512 : 0);
     if (early) {                                                // the slots and copies while the previous kernel drains
-        if (threadIdx.x == 0 && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);
-        bulk_start<GROUP, ST, MODE, SWZ>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+        if (issuer && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);
+        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
         prior_grid_wait();
     } else {
         prior_grid_wait();
-        if (threadIdx.x == 0 && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);   // in flight now
+        if (issuer && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);   // in flight now
     }
     float xv[8];
     if (threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);   // before the copies
     if (!early)
-        bulk_start<GROUP, ST, MODE, SWZ>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
     next_grid_may_start();
     if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
     __syncthreads();                                            // x staged, the barriers' init visible
+    if (PROD && warp == 16) {                                   // the producer warp: refills, then done
+        if (lane == 0)
+            bulk_produce<GROUP, ST, MODE, SWZ>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+        return;
+    }
     if (TRACE) tr.mark(2);
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
     int staged_r = r, s = 0;
@@ -957,16 +990,22 @@ __global__ void __launch_bounds__(512, 1) fmoe_qmv4_bulk(const QmvArgs a, int ro
                 int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
             }
             staged_r = r;
-            __syncthreads();
+            consumers_sync<PROD>();
         }
         unsigned char* stage = bsm + (size_t)s * stage_bytes;
         bar_wait(smem_addr(&bars[s]), parity);
         if (TRACE) tr.mark(3 + 3 * (u - u0));
         float acc0[TPW], acc1[TPW];
         bulk_products<GROUP, ST, KW, TPW, SWZ>(stage, xs, k, sr, tw, kw0, g, c, acc0, acc1);
+        if (PROD) {                                             // this warp is done with the buffer
+            __syncwarp();
+            if (lane == 0)
+                asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(&bars[16 + s])) : "memory");
+        }
         if (TRACE) tr.mark(4 + 3 * (u - u0));
-        bulk_finish<GROUP, ST, TPW, MODE, SWZ>(a, &maps, acc0, acc1, red, gate_rows, stage, smem_addr(&bars[s]), u,
-                                               stages, u1, per_row, sr, wpt, r, n0, warp, g, c, ahead);
+        bulk_finish<GROUP, ST, TPW, MODE, SWZ, PROD>(a, &maps, acc0, acc1, red, gate_rows, stage,
+                                                     smem_addr(&bars[s]), u, stages, u1, per_row, sr, wpt, r, n0,
+                                                     warp, g, c, ahead);
         if (TRACE) tr.mark(5 + 3 * (u - u0));
         bulk_next<MODE>(u, s, parity, r, n0, stages, sr, a.n_out);
     }

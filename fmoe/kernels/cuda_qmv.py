@@ -149,6 +149,10 @@ def _overlap_from_env(var: str = "FMOE_CUDA_OVERLAP") -> bool:
 BULK_OVERLAP = _overlap_from_env()
 
 
+BULK_PRODUCER = False    # an experiment (written in session 11, not run on a GPU yet): a 17th warp issues every copy,
+                         # consumer warps release a buffer through its "empty" mbarrier (the kernel's PROD
+                         # instances); its stage buffers: BULK_PRODUCER_STAGES (None: as many as fit, at most 16)
+BULK_PRODUCER_STAGES = None
 BULK_SWIZZLE = True      # scales and biases of 128-byte rows (4096 inputs, groups of 64, bf16) by swizzled tensor
                          # copies (the kernel's SWZ instances: no bank conflicts between a fragment's rows)
 
@@ -248,6 +252,8 @@ def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: i
     sms, smem_max = _sm_resources(device)
     pairs = rows * (n_out // _bulk_shape(n_in)[1])
     per_block = -(-pairs // min(sms, pairs)) * (2 if gate_up else 1)
+    if BULK_PRODUCER:
+        return min(16, BULK_PRODUCER_STAGES or 16, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
     return min(32, BULK_STAGES or 32, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
 
 
@@ -349,7 +355,7 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     swz = all(_swizzled(m[1], n_in, group_size) and _swizzled(m[2], n_in, group_size) for m in mats)
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
-                           f"{int(gate_up)}, {int(trace is not None)}, {int(swz)}>", device)
+                           f"{int(gate_up)}, {int(trace is not None)}, {int(swz)}, {int(BULK_PRODUCER)}>", device)
     stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared + (1024 if swz else 0),
                           gate_up)
     if stages < 1:
@@ -361,7 +367,8 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
         raise ValueError(f"trace: a contiguous int64 tensor of at least 64 x {blocks} blocks")
     overlap = (BULK_OVERLAP or OVERLAP_PRIOR) and _capability(device) >= (9, 0)
     maps = _bulk_maps(mats, sr) if swz else _NO_MAPS
-    fn.launch((blocks, 1, 1), (512, 1, 1), stages * stage_bytes + x_bytes + (1024 if swz else 0), stream,
+    fn.launch((blocks, 1, 1), (544 if BULK_PRODUCER else 512, 1, 1), stages * stage_bytes + x_bytes
+              + (1024 if swz else 0), stream,
               [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(int(overlap and slots_ready)),
                ctypes.c_void_p(trace.data_ptr() if trace is not None else 0), maps], overlap)
 

@@ -222,7 +222,9 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
                "overlap": ({}, False),
                "overlap, slots ready": ({}, True),
                "slots ready, 1 tile a warp, 4 stages": ({"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4}, True),
-               "linear scales (no swizzled tensor copies)": ({"BULK_SWIZZLE": False}, True)}
+               "linear scales (no swizzled tensor copies)": ({"BULK_SWIZZLE": False}, True),
+               "producer warp (an experiment)": ({"BULK_PRODUCER": True}, False),
+               "producer warp, 2 stages, slots ready": ({"BULK_PRODUCER": True, "BULK_PRODUCER_STAGES": 2}, True)}
 
 
 @needs_hopper
@@ -415,10 +417,10 @@ def test_every_configuration_compiles_with_nvrtc():
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
     for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
-        for x_t, s_t, kw, tpw, mode, trace, swz in ((1, 1, 256, 2, 0, 0, 1), (0, 0, 128, 1, 0, 0, 0),
-                                                    (1, 1, 256, 2, 1, 0, 1), (1, 1, 256, 1, 1, 1, 0),
-                                                    (0, 1, 128, 2, 0, 1, 0), (1, 1, 256, 2, 1, 0, 0)):
-            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {swz}>"
+        for x_t, s_t, kw, tpw, mode, trace, swz, prod in ((1, 1, 256, 2, 0, 0, 1, 0), (0, 0, 128, 1, 0, 0, 0, 0),
+                                                          (1, 1, 256, 2, 1, 0, 1, 0), (1, 1, 256, 1, 1, 1, 0, 1),
+                                                          (0, 1, 128, 2, 0, 1, 0, 1), (1, 1, 256, 2, 1, 0, 0, 0)):
+            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {swz}, {prod}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
 
