@@ -188,7 +188,8 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
         chosen = variant or cuda_qmv.MMA_DEFAULT[gate_up]
         mma = cuda_qmv.MMA_VARIANTS.get(chosen)
         if chosen == cuda_qmv.BULK and cuda_qmv.supports_bulk(x, w, s, b, group, bits):
-            res["config"] = "tensor cores, bulk copies"
+            swizzled = cuda_qmv._swizzled(s, n_in, group)
+            res["config"] = "tensor cores, bulk copies" + (", swizzled scales" if swizzled else "")
         elif mma is not None and cuda_qmv.supports_mma(x, w, group, bits):
             res["config"] = f"tensor cores {list(mma)}"
         else:
