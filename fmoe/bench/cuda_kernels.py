@@ -182,8 +182,9 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
                                                 slots_ready=slots_ready)
     t = _time_graph([one(sl) for sl in sets])
     nbytes = rows * per_slot + x.numel() * x.element_size() + y.numel() * 4
-    res = {"kernel": kernel.replace("cuda", "cuda (slots ready)", 1) if slots_ready else kernel, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group,
-           "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots}
+    label = kernel.replace("cuda", "cuda (slots ready)", 1) if slots_ready else kernel
+    res = {"kernel": label, "bits": bits, "shape": [n_out, n_in], "rows": rows, "group_size": group, "seconds": t,
+           "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots}
     if kernel != "triton":
         chosen = variant or cuda_qmv.MMA_DEFAULT[gate_up]
         mma = cuda_qmv.MMA_VARIANTS.get(chosen)

@@ -702,9 +702,9 @@ __device__ __forceinline__ void consumers_sync() {
 template <int GROUP, int ST, int TPW, int MODE, int SWZ, int PROD>
 __device__ __forceinline__ void bulk_finish(const QmvArgs& a, const BulkMaps* maps, float (&acc0)[TPW],
                                             float (&acc1)[TPW], float (*red)[16][TPW][16], float* gate_rows,
-                                            unsigned char* stage,
-                                            u32 bar, int u, int stages, int u1, int per_row, int sr, int wpt, int r,
-                                            int n0, int warp, int g, int c, SlotAhead& ahead) {
+                                            unsigned char* stage, u32 bar, int u, int stages, int u1, int per_row,
+                                            int sr, int wpt, int r, int n0, int warp, int g, int c,
+                                            SlotAhead& ahead) {
     const int h = u & 1;
 #pragma unroll
     for (int t = 0; t < TPW; ++t) {

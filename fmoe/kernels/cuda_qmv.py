@@ -55,8 +55,6 @@ BULK = "bulk"
 def _kernel_from_env(var: str) -> str | None:
     """The 4-bit kernel environment variable ``var`` names: "bulk" (the default: Hopper; where it cannot run, "mma-b3"
     for one matrix, the FMA kernel for gate+up), a name of MMA_VARIANTS, or "fma" (the FMA kernel: None)."""
-    import os
-
     name = os.environ.get(var, BULK)
     if name == "fma":
         return None
@@ -252,9 +250,8 @@ def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: i
     sms, smem_max = _sm_resources(device)
     pairs = rows * (n_out // _bulk_shape(n_in)[1])
     per_block = -(-pairs // min(sms, pairs)) * (2 if gate_up else 1)
-    if BULK_PRODUCER:
-        return min(16, BULK_PRODUCER_STAGES or 16, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
-    return min(32, BULK_STAGES or 32, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
+    most, wanted = (16, BULK_PRODUCER_STAGES) if BULK_PRODUCER else (32, BULK_STAGES)   # (16: the kernel's bars)
+    return min(most, wanted or most, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
 
 
 def _overlaps_prior(device_index: int) -> bool:
