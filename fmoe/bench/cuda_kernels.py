@@ -6,8 +6,7 @@ fallback, fmoe/kernels/triton_qmv.py).
 
 For each bit width, on the 397B expert shapes (gate/up 1024 x 4096, down 4096 x 1024, group 64): the decode call of
 one token (10 rows, distinct slots: the model's top-10), a saturating call (64 rows), and the engine's decode pair,
-gate and up in one launch (``gate+up``), and a token's experts (``experts``: gate+up then down, 1024 x 4096 x 10
-rows each: one launch, the engine's on Hopper, or two). Activations as the engine has them: bf16 into gate/up, float32 into down.
+gate and up in one launch (``gate+up``). Activations as the engine has them: bf16 into gate/up, float32 into down.
 Kernels: ``cuda`` is what the engine launches (4 bits on Hopper: the bulk-copy kernel, one matrix and gate+up,
 each launch overlapping the previous one's drain), ``cuda (slots ready)`` the same launched as the engine launches
 its down projection after gate+up (its slot table vouched for, so its copies start before the previous launch has
@@ -199,45 +198,6 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
     return res
 
 
-def measure_experts(bits: int, rows: int, one_launch: bool = True, group: int = 64, slots_ready: bool = False) -> dict:
-    """A token's routed experts as the engine runs them at decode: gate+up (1024 x 4096 each) then down (4096 x 1024)
-    of ``rows`` slots, in one launch (cuda_qmv.grouped_experts) or as two (gate+up, then down with its slots
-    vouched for), timed as :func:`measure` times a row. Bytes: the three matrices of each row + x + h (written and
-    read) + y."""
-    import torch
-
-    from fmoe.kernels import cuda_qmv
-
-    (n_mid, n_in) = SHAPES[0]
-    per_slot = 3 * n_mid * (n_in * bits // 8 + 2 * 2 * n_in // group)
-    slots = max(2 * rows, -(-(400 << 20) // per_slot))
-    slots = rows * (slots // rows)
-    gate, up = _tables(bits, n_mid, n_in, slots, group, 2)
-    down = _tables(bits, n_in, n_mid, slots, group, 1)[0]
-    x = torch.randn(1, n_in, device="cuda").to(torch.bfloat16)
-    perm = torch.randperm(slots, device="cuda").to(torch.int32)
-    sets = [perm[i:i + rows].contiguous() for i in range(0, slots, rows)]
-    h = torch.empty(rows, n_mid, dtype=torch.float32, device="cuda")
-    y = torch.empty(rows, n_in, dtype=torch.float32, device="cuda")
-    if one_launch:
-        def one(sl):
-            return lambda: cuda_qmv.grouped_experts(x, gate, up, down, sl, bits, group, out=y, h=h,
-                                                    slots_ready=slots_ready)
-    else:
-        def one(sl):
-            def launch():
-                cuda_qmv.grouped_gate_up(x, *gate, *up, sl, bits, group, out=h, slots_ready=slots_ready)
-                cuda_qmv.grouped_qmv(h, *down, sl, bits, group, out=y, slots_ready=True)
-            return launch
-    t = _time_graph([one(sl) for sl in sets])
-    nbytes = rows * per_slot + x.numel() * 2 + 2 * h.numel() * 4 + y.numel() * 4
-    name = "cuda experts" + ("" if one_launch else ", two launches")
-    return {"kernel": name.replace("cuda", "cuda (slots ready)", 1) if slots_ready else name, "bits": bits,
-            "shape": [n_mid, n_in], "rows": rows, "group_size": group, "seconds": t, "bytes": nbytes,
-            "bytes_per_s": nbytes / t, "slots_cycled": slots,
-            "config": "gate+up then down, " + ("one launch" if one_launch else "two launches")}
-
-
 SHAPES = ((1024, 4096), (4096, 1024))
 SWEEP = [(rpw, nw, nb) for rpw in (1, 2, 4) for nw in (4, 8) for nb in (1, 2, 4)]
 
@@ -314,12 +274,6 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
                 for v in (*cuda_qmv.MMA_VARIANTS, cuda_qmv.BULK):
                     if v != cuda_qmv.MMA_DEFAULT[True] and (v != cuda_qmv.BULK or bulk_ok()):
                         add(measure(f"cuda {v} gate+up", bits, *SHAPES[0], r))
-        if bits == 4 and bulk_ok():                  # a token's experts: one launch (the engine's) or two
-            m = add(measure_experts(bits, 10))
-            add({**measure_read(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": 10})
-            add(measure_experts(bits, 10, one_launch=False))
-            for one in (True, False):
-                add(measure_experts(bits, 10, one_launch=one, slots_ready=True))
     of_read_peer(rows)
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -328,17 +282,14 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
 def of_read_peer(rows: list) -> None:
     """Each mat-vec row's bytes/s as a fraction of the read-only peer's of the same call (same bits, shape, rows and
     kind: one matrix or gate+up), where the run has that peer: ``fraction_of_read_peer``."""
-    def kind(name):
-        return "experts" if "experts" in name else name.endswith("gate+up")
-
     peers, last = {}, None
-    for r in rows:                    # a peer follows the engine's row of its call ("cuda" / "cuda gate+up" / ...)
+    for r in rows:                    # a peer follows the engine's row of its call ("cuda" / "cuda gate+up")
         if r["kernel"] == "read (peer)" and last is not None:
             peers[last] = r["bytes_per_s"]
-        elif r["kernel"] in ("cuda", "cuda gate+up", "cuda experts"):   # not "cuda (slots ready)": the same call
-            last = (r["bits"], tuple(r["shape"]), r["rows"], kind(r["kernel"]))
+        elif r["kernel"] in ("cuda", "cuda gate+up"):          # not "cuda (slots ready)": a row of the same call
+            last = (r["bits"], tuple(r["shape"]), r["rows"], r["kernel"].endswith("gate+up"))
     for r in rows:
-        key = (r["bits"], tuple(r["shape"]), r["rows"], kind(r["kernel"]))
+        key = (r["bits"], tuple(r["shape"]), r["rows"], r["kernel"].endswith("gate+up"))
         if "peer" not in r["kernel"] and key in peers:
             r["fraction_of_read_peer"] = r["bytes_per_s"] / peers[key]
 

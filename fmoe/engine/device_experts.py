@@ -1,6 +1,6 @@
 """The GPU expert tier: experts kept in VRAM, one byte region per expert in a slot pool, run by the grouped quantized
-mat-vec (fmoe/kernels/grouped_qmv.py): one launch for all of a token's experts on Hopper (gate+up, then the down
-projection, one stream of weight copies), else two: gate and up with silu(gate) * up in one, then the down projection.
+mat-vec (fmoe/kernels/grouped_qmv.py): two launches for all of a token's experts, gate and up with silu(gate) * up in
+one, then the down projection.
 
     experts = DeviceExperts(ops, host, cfg, budget_bytes)   # host: an ExpertStore, or CheckpointExperts (in memory)
     y, with_shared = experts.moe_decode(layer, x, probs, k, renorm, shared_weight)   # one token: top-k of probs
@@ -35,7 +35,7 @@ import torch
 
 from fmoe.engine import cuda_host
 from fmoe.errors import ConfigError
-from fmoe.kernels.grouped_qmv import grouped_experts, grouped_gate_up, grouped_qmv
+from fmoe.kernels.grouped_qmv import grouped_gate_up, grouped_qmv
 from fmoe.kernels.quant import QuantizedWeight
 from fmoe.storage.stream_layout import ExpertTemplate
 from fmoe.units import parse_size
@@ -422,15 +422,12 @@ class DeviceExperts:
             w, s, b, bits, gs = pool.matrix(proj)
             return grouped_qmv(inp, w, s, b, slots, bits, gs, slots_ready)
 
-        gate, up, down = pool.matrix("gate_proj"), pool.matrix("up_proj"), pool.matrix("down_proj")
-        if gate[3:] == up[3:] == down[3:]:      # gate+up and down in one launch where the kernel runs them
-            d = grouped_experts(x, gate[:3], up[:3], down[:3], slots, *gate[3:], slots_ready)   # [R, H] float32
+        gate, up = pool.matrix("gate_proj"), pool.matrix("up_proj")
+        if gate[3:] == up[3:]:      # one launch: silu(gate) * up (fmoe/kernels/grouped_qmv.py)
+            h = grouped_gate_up(x, gate[:3], up[:3], slots, *gate[3:], slots_ready)   # [R, I] float32
         else:
-            if gate[3:] == up[3:]:      # one launch: silu(gate) * up (fmoe/kernels/grouped_qmv.py)
-                h = grouped_gate_up(x, gate[:3], up[:3], slots, *gate[3:], slots_ready)   # [R, I] float32
-            else:
-                h = torch.nn.functional.silu(rows(x, "gate_proj")) * rows(x, "up_proj")
-            d = rows(h, "down_proj", slots_ready=True)    # the kernel before it made h, not the slots or weights
+            h = torch.nn.functional.silu(rows(x, "gate_proj")) * rows(x, "up_proj")
+        d = rows(h, "down_proj", slots_ready=True)    # the kernel before it made h, not the slots or weights
         y = (d * w[:, None]).sum(0, keepdim=True)
         return y.to(x.dtype), shared is not None
 

@@ -695,14 +695,16 @@ __device__ __forceinline__ void consumers_sync() {
 }
 
 // the end of the block's unit u (table row r, rows n0..): each warp's sums of its TPW tiles (rows g and g + 8, lane
-// c = 0 of each quad) into red, the barrier that ends every warp's reads of the stage (PROD: the 16 consumer warps'),
-// thread 0's refill() of its buffer, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile).
+// c = 0 of each quad) into red, the barrier that ends every warp's reads of the stage, thread 0's refill of its
+// buffer with unit u + stages, and the stage's rows of y (threads 0..sr-1 add up the wpt warps of their tile).
 // MODE 1: a gate unit's rows go to gate_rows (the same threads read them back at the up unit), an up unit's rows
 // make y = silu(gate) * up
-template <int TPW, int MODE, int PROD, class Refill>
-__device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW], float (&acc1)[TPW],
-                                            float (*red)[16][TPW][16], float* gate_rows, int u, int sr, int wpt,
-                                            int r, int n0, int warp, int g, int c, const Refill& refill) {
+template <int GROUP, int ST, int TPW, int MODE, int SWZ, int PROD>
+__device__ __forceinline__ void bulk_finish(const QmvArgs& a, const BulkMaps* maps, float (&acc0)[TPW],
+                                            float (&acc1)[TPW], float (*red)[16][TPW][16], float* gate_rows,
+                                            unsigned char* stage, u32 bar, int u, int stages, int u1, int per_row,
+                                            int sr, int wpt, int r, int n0, int warp, int g, int c,
+                                            SlotAhead& ahead) {
     const int h = u & 1;
 #pragma unroll
     for (int t = 0; t < TPW; ++t) {
@@ -712,7 +714,9 @@ __device__ __forceinline__ void bulk_finish(const QmvArgs& a, float (&acc0)[TPW]
         }
     }
     consumers_sync<PROD>();                                     // every warp is done with the stage and its x
-    if (threadIdx.x == 0) refill();
+    if (!PROD && threadIdx.x == 0 && u + stages < u1)
+        bulk_issue<GROUP, ST, MODE, SWZ>(a, maps, stage, bar, u + stages,
+                                         ahead.take(a, (u + stages) >> MODE, per_row, u1 >> MODE), per_row, sr);
     if (threadIdx.x < sr) {                                     // row threadIdx.x of the stage: tile T, its warps
         const int tile = threadIdx.x >> 4, row = threadIdx.x & 15, w0 = (tile / TPW) * wpt;
         float v = 0.f;
@@ -768,20 +772,17 @@ __device__ __forceinline__ u32 pack_s8(int a, int b, int c, int d) {
 // x staging in two halves, so that a block's x loads are in flight before its weight copies (a load issued after
 // them waited behind every block's copies: 4-6 us of a 10-13 us decode call, session 10's timelines): thread i
 // (< K / 8 rounded up to a warp; K <= 8 x blockDim) loads values 8i..8i+7, then quantizes and stores them.
-// CG: through L2 only (x written by other blocks of the same launch: fmoe_moe4_bulk's down projection)
-template <int XT, int CG = 0>
+template <int XT>
 __device__ __forceinline__ void int8_load(const void* x, i64 xoff, int i, int n8, float (&v)[8]) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] = 0.f;
     if (i >= n8) return;
     if (XT) {
-        const uint4* p = (const uint4*)((const u16*)x + xoff + (i64)i * 8);
-        const uint4 raw = CG ? __ldcg(p) : *p;
+        const uint4 raw = *(const uint4*)((const u16*)x + xoff + (i64)i * 8);
         bf16x8(raw, v);
     } else {
         const float* xp = (const float*)x + xoff + (i64)i * 8;
-        const float4 f0 = CG ? __ldcg((const float4*)xp) : *(const float4*)xp;
-        const float4 f1 = CG ? __ldcg((const float4*)(xp + 4)) : *(const float4*)(xp + 4);
+        const float4 f0 = *(const float4*)xp, f1 = *(const float4*)(xp + 4);
         v[0] = f0.x; v[1] = f0.y; v[2] = f0.z; v[3] = f0.w; v[4] = f1.x; v[5] = f1.y; v[6] = f1.z; v[7] = f1.w;
     }
 }
@@ -1002,190 +1003,11 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
                 asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(&bars[16 + s])) : "memory");
         }
         if (TRACE) tr.mark(4 + 3 * (u - u0));
-        bulk_finish<TPW, MODE, PROD>(a, acc0, acc1, red, gate_rows, u, sr, wpt, r, n0, warp, g, c, [&] {
-            if (!PROD && u + stages < u1)                       // thread 0: the buffer's next unit
-                bulk_issue<GROUP, ST, MODE, SWZ>(a, &maps, stage, smem_addr(&bars[s]), u + stages,
-                                                 ahead.take(a, (u + stages) >> MODE, per_row, u1 >> MODE), per_row, sr);
-        });
+        bulk_finish<GROUP, ST, TPW, MODE, SWZ, PROD>(a, &maps, acc0, acc1, red, gate_rows, stage,
+                                                     smem_addr(&bars[s]), u, stages, u1, per_row, sr, wpt, r, n0,
+                                                     warp, g, c, ahead);
         if (TRACE) tr.mark(5 + 3 * (u - u0));
         bulk_next<MODE>(u, s, parity, r, n0, stages, sr, a.n_out);
     }
     if (TRACE) tr.end(u1 - u0);
-}
-
-// fmoe_moe4_bulk: a token's routed experts in one launch, y[r] = D[s_r] (silu(G[s_r] x) * (U[s_r] x)) for the R
-// table rows (decode: the top-k experts; R <= 64). Separate launches of gate+up and down each pay a start (the first
-// stages of every block land after ~9 MB of copies) and a drain (the last stages' products with no copy in flight):
-// at decode ~40% of the down projection's 9 us (session 11). Here each block streams its gate+up units, then its down
-// units through the same buffers, so the down weights' copies start while its gate+up units finish.
-//   Phase 1, gate+up (a1: x one shared row, y = h [R, I] float32): pair j (a stage of gate rows, then of up rows)
-//   is block j % G's (round robin: the table rows complete in order, rows 0.. after the first round). After an up
-//   unit the warps that wrote its h rows arrive at barrier 2; the signal warp (warp 16, no products) waits there,
-//   then (fence, atomic) adds 1 to sync[r], so no computing warp waits for a fence (barrier 3 lets the writers
-//   arrive for the next pair only once the signal warp has passed barrier 2 for this one).
-//   Phase 2, down (a2: x = h, y [R, H] float32): block b's units are plan[G + 1 + plan[b] ..  G + 1 + plan[b + 1]]
-//   (the launcher's list schedule: each unit to the block that would finish it first, given when each block's pairs
-//   and each row's pairs are done). Before the first unit of a table row, warp 15's lane 0
-//   waits (acquire) until sync[r] counts all of row r's pairs, and the block stages h[r] (through L2: other blocks
-//   wrote it). Blocks wait only for phase-1 work, which no block waits for: no cycle, given every block is resident
-//   (G is at most the SMs, one block an SM).
-//   Buffers: `stages` of stage_bytes (>= a phase-1 unit); in phase 2 each holds `m2` down units (sub-buffers of
-//   sub_bytes), so phase 2 keeps as many bytes in flight. A buffer's down units are issued once its last phase-1
-//   unit is done (at the start where phase 1 never uses it); bars[0, stages) count phase-1 units, bars[stages, ..)
-//   the sub-buffers. The 16 computing warps meet at barrier 1 (512 threads).
-//   The last block to finish (sync[R] counts them) sets sync[0..R] back to 0 for the next launch.
-// `early`: as fmoe_qmv4_bulk's (slots and first copies before griddepcontrol.wait; sync and h only after it).
-__device__ __forceinline__ int ld_acquire(const int* p) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
-constexpr int MOE_MAX_ROWS = 64;
-constexpr int MOE_MAX_DOWN_UNITS = 256;
-
-template <int GROUP, int XT, int ST, int KW1, int KW2, int TPW, int TPW2, int SWZ1, int SWZ2>
-__global__ void __launch_bounds__(544, 1) fmoe_moe4_bulk(const QmvArgs a1, const QmvArgs a2, int rows, int stages,
-                                                         u32 stage_bytes, int m2, u32 sub_bytes, int early,
-                                                         int* sync, const int* plan,
-                                                         const __grid_constant__ BulkMaps maps1,
-                                                         const __grid_constant__ BulkMaps maps2,
-                                                         unsigned long long* trace) {
-    extern __shared__ __align__(128) unsigned char bsm_raw[];
-    unsigned char* bsm = (SWZ1 || SWZ2) ? bsm_raw + ((1024 - (smem_addr(bsm_raw) & 1023)) & 1023) : bsm_raw;
-    __shared__ __align__(8) unsigned long long bars[32];
-    __shared__ float red_raw[2 * 16 * (TPW > TPW2 ? TPW : TPW2) * 16];
-    float (*red)[16][TPW][16] = reinterpret_cast<float (*)[16][TPW][16]>(red_raw);     // phase 1's view, phase 2's:
-    float (*red2)[16][TPW2][16] = reinterpret_cast<float (*)[16][TPW2][16]>(red_raw);
-    __shared__ float gate_rows[16 * 16 * TPW];
-    __shared__ int slot_of[MOE_MAX_ROWS];
-    __shared__ int my_range[2];                                 // this block's span of the plan's unit list
-    __shared__ int my_units[MOE_MAX_DOWN_UNITS];                // its down units, in order
-    const int k1 = a1.n_in, k2 = a2.n_in, wpt1 = k1 / KW1, wpt2 = k2 / KW2;
-    const int sr1 = 16 * (16 / wpt1) * TPW, sr2 = 16 * (16 / wpt2) * TPW2;
-    const int per_row1 = a1.n_out / sr1, per_row2 = a2.n_out / sr2;
-    const int G = gridDim.x, blk = blockIdx.x, pairs = rows * per_row1;
-    const int n1 = 2 * (pairs / G + (blk < pairs % G));         // phase-1 units: pairs blk, blk + G, ...
-    const int stages2 = stages * m2;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int n8_1 = k1 / 8, n8_2 = k2 / 8, pad1 = (n8_1 + 31) & ~31, pad2 = (n8_2 + 31) & ~31;
-    if (pad1 > 512 || pad2 > 512 || rows > MOE_MAX_ROWS || stages + stages2 > 32 || sr1 > 480) __trap();
-    u32* xs1 = (u32*)(bsm + (size_t)stages * stage_bytes);
-    u32* xs2 = xs1 + k1 / 2 + 2 * (k1 / GROUP);                 // (int8_store's layout: digits, sigma, sums)
-    const int waiter = 480;                                     // warp 15's lane 0: waits for h rows
-    auto mark = [&](int k) {                                    // bench/device/experts_time.py: globaltimer marks
-        if (trace && threadIdx.x == waiter) {
-            unsigned long long t;
-            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-            trace[8 * blk + k] = t;
-        }
-    };
-    mark(0);
-    auto issue = [&](int i, int n) {                            // thread 0: the copies of the block's unit i
-        if (i >= n) return;
-        if (i < n1) {
-            const int pair = blk + (i >> 1) * G, s = i % stages;
-            bulk_issue<GROUP, ST, 1, SWZ1>(a1, &maps1, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]),
-                                           2 * pair + (i & 1), slot_of[pair / per_row1], per_row1, sr1);
-        } else {
-            const int q = my_units[i - n1], sb = (i - n1) % stages2;
-            bulk_issue<GROUP, ST, 0, SWZ2>(a2, &maps2, bsm + (size_t)(sb / m2) * stage_bytes + (sb % m2) * sub_bytes,
-                                           smem_addr(&bars[stages + sb]), q, slot_of[q / per_row2], per_row2, sr2);
-        }
-    };
-    auto start = [&]() {                                        // slots, plan, barriers, the first copies
-        if (threadIdx.x < rows) slot_of[threadIdx.x] = a1.slots[threadIdx.x];
-        if (threadIdx.x < 2) my_range[threadIdx.x] = plan[blk + threadIdx.x];
-        __syncthreads();
-        const int n = n1 + my_range[1] - my_range[0];
-        if (n - n1 > MOE_MAX_DOWN_UNITS) __trap();
-        if (threadIdx.x == 0) {
-            for (int s = 0; s < stages + stages2; ++s)
-                asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
-            asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
-            for (int i = 0; i < stages && i < n1; ++i) issue(i, n);
-        }
-        for (int t = threadIdx.x; t < n - n1; t += blockDim.x) my_units[t] = plan[G + 1 + my_range[0] + t];
-        __syncthreads();
-        if (threadIdx.x == 0)
-            for (int b = n1; b < stages; ++b)                   // buffers phase 1 never uses: their down units
-                for (int t = 0; t < m2; ++t) issue(n1 + b * m2 + t, n);
-    };
-    if (early) start();
-    prior_grid_wait();
-    float xv[8];
-    if (threadIdx.x < pad1) int8_load<XT>(a1.x, 0, threadIdx.x, n8_1, xv);
-    if (!early) start();
-    next_grid_may_start();
-    if (threadIdx.x < pad1) int8_store<GROUP>(xs1, k1, threadIdx.x, n8_1, xv);
-    __syncthreads();                                            // x staged, the barriers' init visible
-    mark(1);
-    const int n = n1 + my_range[1] - my_range[0];
-    if (warp == 16) {                                           // the signal warp: each pair's h rows counted
-        for (int i = 1; i < n1; i += 2) {
-            asm volatile("bar.sync 2, %0;" :: "r"(sr1 + 32) : "memory");
-            if (i + 2 < n1)                                     // the writers may arrive for the next pair
-                asm volatile("bar.arrive 3, %0;" :: "r"(sr1 + 32) : "memory");
-            if (lane == 0) {
-                __threadfence();
-                atomicAdd(&sync[(blk + (i >> 1) * G) / per_row1], 1);
-            }
-        }
-    } else {
-        int staged_r = -1;
-        for (int i = 0; i < n; ++i) {
-            if (i < n1) {
-                float acc0[TPW], acc1[TPW];
-                const int pair = blk + (i >> 1) * G, r = pair / per_row1, n0 = (pair % per_row1) * sr1;
-                const int s = i % stages;
-                bar_wait(smem_addr(&bars[s]), (u32)((i / stages) & 1));
-                bulk_products<GROUP, ST, KW1, TPW, SWZ1>(bsm + (size_t)s * stage_bytes, xs1, k1, sr1,
-                                                         (warp / wpt1) * TPW, (warp % wpt1) * KW1, g, c, acc0, acc1);
-                bulk_finish<TPW, 1, 1>(a1, acc0, acc1, red, gate_rows, i, sr1, wpt1, r, n0, warp, g, c, [&] {
-                    if (i + stages < n1) {
-                        issue(i + stages, n);
-                    } else {                                    // the buffer's last phase-1 unit: its down units
-                        for (int t = 0; t < m2; ++t) issue(n1 + s * m2 + t, n);
-                    }
-                });
-                if ((i & 1) && threadIdx.x < sr1) {             // an up unit's h rows written: to the signal warp,
-                    if (i > 1)                                  // once it has taken the previous pair's (barrier 3:
-                        asm volatile("bar.sync 3, %0;" :: "r"(sr1 + 32) : "memory");   // no arrival ever
-                    asm volatile("bar.arrive 2, %0;" :: "r"(sr1 + 32) : "memory");     // counts for a later one)
-                }
-                if (i == n1 - 1) mark(2);
-            } else {
-                const int j = i - n1, q = my_units[j], r = q / per_row2, n0 = (q % per_row2) * sr2;
-                const int sb = j % stages2;
-                if (r != staged_r) {                            // block-uniform: h[r] complete, then staged
-                    if (threadIdx.x == waiter)
-                        while (ld_acquire(&sync[r]) < per_row1) __nanosleep(64);
-                    consumers_sync<1>();
-                    if (staged_r < 0) mark(3);
-                    if (threadIdx.x < pad2) {
-                        int8_load<0, 1>(a2.x, (i64)r * a2.x_stride, threadIdx.x, n8_2, xv);
-                        int8_store<GROUP>(xs2, k2, threadIdx.x, n8_2, xv);
-                    }
-                    consumers_sync<1>();
-                    staged_r = r;
-                }
-                bar_wait(smem_addr(&bars[stages + sb]), (u32)((j / stages2) & 1));
-                float acc0[TPW2], acc1[TPW2];
-                bulk_products<GROUP, ST, KW2, TPW2, SWZ2>(bsm + (size_t)(sb / m2) * stage_bytes + (sb % m2) * sub_bytes,
-                                                         xs2, k2, sr2, (warp / wpt2) * TPW, (warp % wpt2) * KW2, g,
-                                                         c, acc0, acc1);
-                bulk_finish<TPW2, 0, 1>(a2, acc0, acc1, red2, gate_rows, i, sr2, wpt2, r, n0, warp, g, c,
-                                       [&] { issue(i + stages2, n); });
-            }
-        }
-    }
-    __syncthreads();                                            // every warp's work done, the signals sent
-    mark(4);
-    if (threadIdx.x == waiter) {                                // the last block done: sync back to 0
-        __threadfence();
-        if (atomicAdd(&sync[rows], 1) == G - 1) {
-            for (int r = 0; r <= rows; ++r) sync[r] = 0;
-            __threadfence();
-        }
-    }
 }

@@ -212,11 +212,11 @@ def _sm_resources(index: int) -> tuple[int, int]:
     return p.multi_processor_count, getattr(p, "shared_memory_per_block_optin", 99 << 10)
 
 
-def _bulk_shape(n_in: int, tiles: int | None = None) -> tuple[int, int]:
+def _bulk_shape(n_in: int) -> tuple[int, int]:
     """(inputs per warp, output rows per stage) of fmoe_qmv4_bulk: 16 warps over a stage's tiles of 16 rows, each
-    warp ``tiles`` (BULK_TILES_PER_WARP) tiles over its inputs."""
+    warp BULK_TILES_PER_WARP tiles over its inputs."""
     kw = 256 if n_in == 4096 else 128
-    return kw, 16 * (16 // (n_in // kw)) * (tiles or BULK_TILES_PER_WARP)
+    return kw, 16 * (16 // (n_in // kw)) * BULK_TILES_PER_WARP
 
 
 def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int,
@@ -234,9 +234,9 @@ def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases
     return all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in (w, scales, biases))
 
 
-def _bulk_bytes(s, n_in: int, group_size: int, tiles: int | None = None) -> tuple[int, int]:
+def _bulk_bytes(s, n_in: int, group_size: int) -> tuple[int, int]:
     """(bytes of one stage buffer, bytes of the staged x) of fmoe_qmv4_bulk's dynamic shared memory."""
-    sr = _bulk_shape(n_in, tiles)[1]
+    sr = _bulk_shape(n_in)[1]
     stage = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
     return stage, (n_in // 2 + 2 * (n_in // group_size)) * 4       # x as int8 digits h, l; sigma and sum a group
 
@@ -368,176 +368,6 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
               + (1024 if swz else 0), stream,
               [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(int(overlap and slots_ready)),
                ctypes.c_void_p(trace.data_ptr() if trace is not None else 0), maps], overlap)
-
-
-MOE_MAX_ROWS = 64          # fmoe_moe4_bulk's table rows (its slot cache; decode's top-k and the shared expert)
-# the token's experts in one launch (fmoe_moe4_bulk: gate+up, then the down projection, one stream of copies) where
-# it runs; FMOE_CUDA_FUSED=0: gate+up and down as two launches
-FUSED = _overlap_from_env("FMOE_CUDA_FUSED")
-EXPERTS_SUB_BUFFERS = True      # fmoe_moe4_bulk: as many down units a buffer as fit (else one)
-EXPERTS_DOWN_COST = 1.5         # fmoe_moe4_bulk's plan: a down unit's cost per byte against a gate+up pair's
-EXPERTS_STAGE_COST = 0.5        # and staging a row's h, against a down unit
-EXPERTS_DOWN_TILES = 4          # fmoe_moe4_bulk: 16-row tiles a warp in a down unit (gate+up: BULK_TILES_PER_WARP)
-
-
-def supports_experts(x, gate, up, down, slots, group_size: int, bits: int) -> bool:
-    """Whether fmoe_moe4_bulk runs a token's experts: one shared x row, at most MOE_MAX_ROWS slots, gate, up (and
-    down, whose inputs are gate's outputs) each run by the bulk-copy kernel (:func:`supports_bulk`), one scale dtype,
-    and a stage of each phase in shared memory."""
-    if not x.is_cuda or x.dim() != 2 or x.shape[0] != 1 or slots.numel() > MOE_MAX_ROWS or slots.numel() < 1:
-        return False
-    (wg, sg, _), (wu, su, _), (wd, sd, _) = gate, up, down
-    if not (supports(x, wg, sg, bits, group_size) and supports(x, wd, sd, bits, group_size)):
-        return False
-    n_in = wg.shape[2] * 32 // bits
-    if wd.shape[2] * 32 // bits != wg.shape[1] or wu.shape != wg.shape or su.dtype != sg.dtype \
-            or sd.dtype != sg.dtype or wu.stride(0) != wg.stride(0) or su.stride(0) != sg.stride(0):
-        return False
-    if not all(supports_bulk(x, *m, group_size, bits) for m in (gate, up, down)):
-        return False
-    if wd.shape[1] % _bulk_shape(wd.shape[2] * 32 // bits, EXPERTS_DOWN_TILES)[1]:
-        return False
-    return _experts_layout(sg, sd, n_in, wd.shape[2] * 32 // bits, group_size, x.device.index or 0, 0) is not None
-
-
-def _experts_layout(sg, sd, n_in: int, n_mid: int, group_size: int, device: int, static_bytes: int):
-    """(stages, stage_bytes, down units a buffer, sub-buffer bytes, dynamic shared bytes) of fmoe_moe4_bulk, or None
-    where not even one stage fits: buffers of a gate+up unit (or a down unit, if larger), each holding as many down
-    units as fit, 1 KB-aligned where scales come by swizzled copies."""
-    def up_to(v, a):
-        return -(-v // a) * a
-
-    align = 1024 if _swizzled(sg, n_in, group_size) or _swizzled(sd, n_mid, group_size) else 16
-    (stage1, x1) = _bulk_bytes(sg, n_in, group_size)
-    (stage2, x2) = _bulk_bytes(sd, n_mid, group_size, EXPERTS_DOWN_TILES)
-    sub = up_to(stage2, align)
-    stage = max(up_to(stage1, align), sub)
-    m2 = stage // sub if EXPERTS_SUB_BUFFERS else 1
-    _, smem_max = _sm_resources(device)
-    fixed = x1 + x2 + (1024 if align == 1024 else 0) + static_bytes + _BULK_STATIC_SMEM
-    stages = min(BULK_STAGES or 32, (smem_max - fixed) // stage, 32 // (1 + m2))
-    if stages < 1:
-        return None
-    return stages, stage, m2, sub, stages * stage + x1 + x2 + (1024 if align == 1024 else 0)
-
-
-MOE_MAX_DOWN_UNITS = 256    # fmoe_moe4_bulk: down units a block (its unit list in shared memory)
-
-
-def experts_plan(rows: int, per_row1: int, per_row2: int, blocks: int, pair_cost: float, down_cost: float,
-                 stage_cost: float) -> list:
-    """fmoe_moe4_bulk's down units per block: [blocks + 1] offsets, then the units (table row r's down units are
-    r per_row2 ..), block b's at offsets b .. b + 1. The best, under a model of the launch, of list schedules that give
-    each run of c consecutive units (c = 1..4; runs within a row) in row order to the block that would finish it
-    first, and of an even contiguous split. The model: block b's gate+up pairs (round robin: pair j is block j % blocks',
-    its (j // blocks)-th) take ``pair_cost`` each; a row's h is complete when its last pair is; a down unit takes
-    ``down_cost``, no earlier than its row, + ``stage_cost`` where the block stages another row's h."""
-    import numpy as np
-
-    pairs_total, units = rows * per_row1, rows * per_row2
-    start = np.array([(pairs_total // blocks + (b < pairs_total % blocks)) * pair_cost for b in range(blocks)])
-    ready = [((min(pairs_total, (r + 1) * per_row1) - 1) // blocks + 1) * pair_cost for r in range(rows)]
-
-    def schedule(run: int):
-        free, last = start.copy(), np.full(blocks, -1)
-        lists: list = [[] for _ in range(blocks)]
-        for r in range(rows):
-            for q0 in range(r * per_row2, (r + 1) * per_row2, run):
-                qs = list(range(q0, min(q0 + run, (r + 1) * per_row2)))
-                done = np.maximum(free, ready[r]) + np.where(last == r, 0.0, stage_cost) + down_cost * len(qs)
-                b = int(np.argmin(done))
-                lists[b] += qs
-                free[b], last[b] = done[b], r
-        return lists
-
-    def makespan(lists) -> float:
-        end = 0.0
-        for b, qs in enumerate(lists):
-            t, last = start[b], -1
-            for q in qs:
-                r = q // per_row2
-                t = max(t, ready[r]) + (0.0 if r == last else stage_cost) + down_cost
-                last = r
-            end = max(end, t)
-        return end
-
-    candidates = [schedule(run) for run in (1, 2, 3, 4)]
-    candidates.append([list(range(b * units // blocks, (b + 1) * units // blocks)) for b in range(blocks)])
-    best = min(candidates, key=makespan)
-    offsets = [0]
-    for qs in best:
-        offsets.append(offsets[-1] + len(qs))
-    return offsets + [q for qs in best for q in qs]
-
-
-@functools.lru_cache(maxsize=256)
-def _experts_plan(rows: int, per_row1: int, per_row2: int, blocks: int, pair_cost: float, down_cost: float,
-                  stage_cost: float, device: int) -> torch.Tensor:
-    return torch.tensor(experts_plan(rows, per_row1, per_row2, blocks, pair_cost, down_cost, stage_cost),
-                        dtype=torch.int32, device=torch.device("cuda", device))
-
-
-_EXPERT_SYNC: dict = {}
-
-
-def _experts_sync(device: int, stream: int) -> torch.Tensor:
-    """fmoe_moe4_bulk's counters on a stream (zero between launches: the last block of each resets them)."""
-    key = (device, stream)
-    if key not in _EXPERT_SYNC:
-        _EXPERT_SYNC[key] = torch.zeros(MOE_MAX_ROWS + 1, dtype=torch.int32, device=torch.device("cuda", device))
-    return _EXPERT_SYNC[key]
-
-
-def grouped_experts(x, gate, up, down, slots, bits: int, group_size: int, out=None, h=None,
-                    slots_ready: bool = False, trace: torch.Tensor | None = None) -> torch.Tensor:
-    """A token's routed experts in one launch (fmoe_moe4_bulk, where :func:`supports_experts`): ``y[r] =
-    D[slots[r]] @ (silu(G[slots[r]] @ x) * (U[slots[r]] @ x))``, float32 [R, out of down]; ``gate``, ``up``,
-    ``down``: (w, scales, biases) tables; ``h``: float32 [R, intermediate] for the gate+up rows (kept for the
-    caller); ``slots_ready`` as for :func:`grouped_gate_up`; ``trace`` (bench/device/experts_time.py): int64
-    [blocks, 8], each block's globaltimer at entry, x staged, its gate+up done, its first h row staged, its end."""
-    (wg, sg, bg), (wu, su, bu), (wd, sd, bd) = gate, up, down
-    if not supports_experts(x, gate, up, down, slots, group_size, bits):
-        raise ValueError(f"grouped_experts: fmoe_moe4_bulk does not run these operands (one x row, 1-{MOE_MAX_ROWS} "
-                         f"slots, gate/up/down each run by the bulk-copy kernel, down's inputs = gate's outputs, one "
-                         f"scale dtype; got x {tuple(x.shape)}, {slots.numel()} slots, gate {tuple(wg.shape)}, down "
-                         f"{tuple(wd.shape)}, {bits} bits, group {group_size})")
-    n_mid, n_in, rows = check_operands(x, wg, sg, bg, slots, bits, group_size)
-    check_operands(x, wu, su, bu, slots, bits, group_size)
-    if x.dtype not in _DTYPE_CODE or x.stride(1) != 1 or x.data_ptr() % 16:
-        x = x.to(torch.float32).contiguous().clone()
-    h = h if h is not None else torch.empty(rows, n_mid, dtype=torch.float32, device=x.device)
-    n_out, _, _ = check_operands(h, wd, sd, bd, slots, bits, group_size)
-    y = out if out is not None else torch.empty(rows, n_out, dtype=torch.float32, device=x.device)
-    for name, t, shape in (("h", h, (rows, n_mid)), ("out", y, (rows, n_out))):
-        if t.dtype != torch.float32 or tuple(t.shape) != shape or not t.is_contiguous():
-            raise ValueError(f"grouped_experts: {name} must be a contiguous float32 tensor of shape {shape}")
-    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    stream = torch.cuda.current_stream(x.device).cuda_stream
-    (kw1, sr1), (kw2, sr2) = _bulk_shape(n_in), _bulk_shape(n_mid, EXPERTS_DOWN_TILES)
-    swz1 = all(_swizzled(t, n_in, group_size) for t in (sg, bg, su, bu))
-    swz2 = all(_swizzled(t, n_mid, group_size) for t in (sd, bd))
-    fn = _PROGRAM.function(f"fmoe_moe4_bulk<{group_size}, {_DTYPE_CODE[x.dtype]}, {_DTYPE_CODE[sg.dtype]}, {kw1}, "
-                           f"{kw2}, {BULK_TILES_PER_WARP}, {EXPERTS_DOWN_TILES}, {int(swz1)}, {int(swz2)}>", device)
-    stages, stage_bytes, m2, sub_bytes, smem = _experts_layout(sg, sd, n_in, n_mid, group_size, device,
-                                                               fn.static_shared - _BULK_STATIC_SMEM)
-    per_row1, per_row2 = n_mid // sr1, n_out // sr2
-    blocks = min(_sm_resources(device)[0], rows * (per_row1 + per_row2))
-    down_cost = _bulk_bytes(sd, n_mid, group_size, EXPERTS_DOWN_TILES)[0] * EXPERTS_DOWN_COST
-    plan = _experts_plan(rows, per_row1, per_row2, blocks, 2.0 * _bulk_bytes(sg, n_in, group_size)[0], down_cost,
-                         EXPERTS_STAGE_COST * down_cost, device)
-    a1 = _Args(x.data_ptr(), 0, wg.data_ptr(), sg.data_ptr(), bg.data_ptr(), wu.data_ptr(), su.data_ptr(),
-               bu.data_ptr(), wg.stride(0), sg.stride(0), slots.data_ptr(), h.data_ptr(), n_mid, n_in)
-    a2 = _Args(h.data_ptr(), h.stride(0), wd.data_ptr(), sd.data_ptr(), bd.data_ptr(), 0, 0, 0, wd.stride(0),
-               sd.stride(0), slots.data_ptr(), y.data_ptr(), n_out, n_mid)
-    maps1 = _bulk_maps([gate, up], sr1) if swz1 else _NO_MAPS
-    maps2 = _bulk_maps([down], sr2) if swz2 else _NO_MAPS
-    overlap = (BULK_OVERLAP or OVERLAP_PRIOR) and _capability(device) >= (9, 0)
-    fn.launch((blocks, 1, 1), (544, 1, 1), smem, stream,
-              [a1, a2, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_uint(stage_bytes), ctypes.c_int(m2),
-               ctypes.c_uint(sub_bytes), ctypes.c_int(int(overlap and slots_ready)),
-               ctypes.c_void_p(_experts_sync(device, stream).data_ptr()), ctypes.c_void_p(plan.data_ptr()), maps1,
-               maps2, ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)], overlap)
-    return y
 
 
 def grouped_qmv(x, w, scales, biases, slots, bits: int, group_size: int, out=None, config=None,

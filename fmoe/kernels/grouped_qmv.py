@@ -2,10 +2,8 @@
 
     y = grouped_qmv(x, w, scales, biases, slots, bits=4, group_size=64)    # float32 [R, out]
     h = grouped_gate_up(x, (wg, sg, bg), (wu, su, bu), slots, bits=4, group_size=64)  # silu(G x) * (U x), float32
-    y = grouped_experts(x, gate, up, down, slots, bits=4, group_size=64)    # D (silu(G x) * (U x)): a token's experts
 
-On CUDA this is, best first: the CUDA C++ kernel (fmoe/kernels/cuda_qmv.py: bits 2/4/8, gate and up in one pass; on
-Hopper a token's gate, up and down in one launch),
+On CUDA this is, best first: the CUDA C++ kernel (fmoe/kernels/cuda_qmv.py: bits 2/4/8, gate and up in one pass),
 the Triton kernel (fmoe/kernels/triton_qmv.py: every width); both read the packed words, no dequantized copy.
 ``FMOE_GPU_QMV=triton`` skips the CUDA kernel. A kernel that cannot be built is reported once with a warning naming
 the path taken instead. Elsewhere (a CPU tensor, or no GPU kernel) the same result from torch ops: the R slots'
@@ -84,24 +82,6 @@ def grouped_gate_up(x: torch.Tensor, gate, up, slots: torch.Tensor, bits: int, g
         cuda = _cuda_kernel(x, gate[0], gate[1], bits, group_size)
         if cuda is not None and cuda.supports(x, up[0], up[1], bits, group_size):     # both 16-byte aligned
             return _guard(lambda: cuda.grouped_gate_up(x, *gate, *up, slots, bits, group_size,
-                                                       slots_ready=slots_ready), apart)
-    return apart()
-
-
-def grouped_experts(x: torch.Tensor, gate, up, down, slots: torch.Tensor, bits: int, group_size: int,
-                    slots_ready: bool = False) -> torch.Tensor:
-    """A token's routed experts: ``D[slots[r]] @ (silu(G[slots[r]] @ x) * (U[slots[r]] @ x))`` (float32 [R, out of
-    down]); ``gate``/``up``/``down``: (w, scales, biases) tables. One launch on CUDA where the CUDA kernel runs them all
-    (cuda_qmv.grouped_experts: Hopper, one x row), else :func:`grouped_gate_up` and :func:`grouped_qmv`.
-    ``slots_ready``: as for :func:`grouped_qmv`."""
-    def apart():
-        h = grouped_gate_up(x, gate, up, slots, bits, group_size, slots_ready)
-        return grouped_qmv(h, *down, slots, bits, group_size, slots_ready=True)   # gate+up made h, not the slots
-
-    if x.is_cuda:
-        cuda = _cuda_kernel(x, gate[0], gate[1], bits, group_size)
-        if cuda is not None and cuda.FUSED and cuda.supports_experts(x, gate, up, down, slots, group_size, bits):
-            return _guard(lambda: cuda.grouped_experts(x, gate, up, down, slots, bits, group_size,
                                                        slots_ready=slots_ready), apart)
     return apart()
 

@@ -151,36 +151,23 @@ def test_gate_up_vouches_for_its_slots_only_after_another_kernel(streamed, monke
     """moe_decode tells gate+up that its slot table is ready (the CUDA bulk kernel may then read it before waiting for
     the previous kernel) only where a kernel that does not write the slots runs between their last write and gate+up:
     the routing weights' renormalisation, their cast to float32, or their concatenation with the pooled shared
-    expert's weight (the down projection, in the same launch or the next, always: the kernel before it made h).
-    Every (renorm, probability dtype, shared expert pooled) case, the tier complete or not."""
+    expert's weight; the down projection always (the kernel before it made h). Every (renorm, probability dtype,
+    shared expert pooled) case, the tier complete or not."""
     from fmoe.engine import device_experts as de
-    from fmoe.kernels import grouped_qmv as gq
 
     seen = []
-    real_experts, real_gate_up, real_qmv = gq.grouped_experts, gq.grouped_gate_up, gq.grouped_qmv
-
-    def experts(*a):
-        seen.append(("experts", a[7]))
-        return real_experts(*a)
-
-    inside = []                                          # (gate+up's own two mat-vecs off the GPU: not recorded)
+    real_gate_up, real_qmv = de.grouped_gate_up, de.grouped_qmv
 
     def gate_up(*a):
         seen.append(("gate_up", a[6]))
-        inside.append(1)
-        try:
-            return real_gate_up(*a)
-        finally:
-            inside.pop()
+        return real_gate_up(*a)
 
-    def qmv(*a, **kw):
-        if not inside:
-            seen.append(("qmv", kw.get("slots_ready", a[7] if len(a) > 7 else False)))
-        return real_qmv(*a, **kw)
+    def qmv(*a):
+        seen.append(("qmv", a[7]))
+        return real_qmv(*a)
 
-    monkeypatch.setattr(de, "grouped_experts", experts)
-    monkeypatch.setattr(gq, "grouped_gate_up", gate_up)
-    monkeypatch.setattr(gq, "grouped_qmv", qmv)
+    monkeypatch.setattr(de, "grouped_gate_up", gate_up)
+    monkeypatch.setattr(de, "grouped_qmv", qmv)
     one = Model.load(streamed, stream={"mode": "page-cache"}, predict_experts=False).checkpoint.layout.layers[0].stride
     for budget in (3, 1000):
         m, tier = _tiered(streamed, budget * one)
@@ -199,7 +186,6 @@ def test_gate_up_vouches_for_its_slots_only_after_another_kernel(streamed, monke
                     y, with_shared = tier.moe_decode(layer, x, probs, m.cfg.num_experts_per_tok, renorm,
                                                      torch.tensor(0.5))
                     assert with_shared == shared and torch.isfinite(y).all()
-                    ready = renorm or dtype != torch.float32 or shared
-                    assert seen == [("experts", ready), ("gate_up", ready), ("qmv", True)], \
+                    assert seen == [("gate_up", renorm or dtype != torch.float32 or shared), ("qmv", True)], \
                         (budget, renorm, dtype, shared, seen)
         tier.shared_slot = pooled
