@@ -78,8 +78,9 @@ VARIANTS = {
     "stages3-slots-ready": {"BULK_STAGES": 3, "slots_ready": True},
     "linear-scales-slots-ready": {"BULK_SWIZZLE": False, "slots_ready": True},
     "producer-slots-ready": {"BULK_PRODUCER": True, "slots_ready": True},
-    "producer-stages2-slots-ready": {"BULK_PRODUCER": True, "BULK_PRODUCER_STAGES": 2, "slots_ready": True},
-    "producer-stages3-slots-ready": {"BULK_PRODUCER": True, "BULK_PRODUCER_STAGES": 3, "slots_ready": True},
+    "producer-all-stages-slots-ready": {"BULK_PRODUCER": True, "BULK_STAGES": None, "slots_ready": True},
+    "producer-stages3-slots-ready": {"BULK_PRODUCER": True, "BULK_STAGES": 3, "slots_ready": True},
+    "no-producer-slots-ready": {"BULK_PRODUCER": False, "slots_ready": True},
 }
 _SLOTS_READY = [False]
 
@@ -87,7 +88,7 @@ _SLOTS_READY = [False]
 def _apply(settings: dict) -> dict:
     """Set a variant's cuda_qmv globals (and this script's slots_ready); return the previous values."""
     old = {k: getattr(cuda_qmv, k) for k in ("BULK_OVERLAP", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_SWIZZLE",
-                                              "BULK_PRODUCER", "BULK_PRODUCER_STAGES")}
+                                              "BULK_PRODUCER")}
     old["slots_ready"] = _SLOTS_READY[0]
     for k, v in settings.items():
         if k == "slots_ready":

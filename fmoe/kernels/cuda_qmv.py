@@ -124,8 +124,10 @@ def _has_bf16_mma(device: torch.device) -> bool:
     return _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (8, 0)
 
 
-BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as many as fit); 2 was the fastest of
-                         # 1-6 on the H200 (bench/results/session9/call6_report.txt, call7_report.txt)
+BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as many as fit, at most 16 with the
+                         # producer warp); 2 was the fastest of 1-6 on the H200 (bench/results/session9/
+                         # call6_report.txt, call7_report.txt) and, with the producer warp, of 2, 3 and all that fit
+                         # (bench/results/session12/call1.txt)
 _BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4 + 1024   # fmoe_qmv4_bulk's static shared memory (barriers, partial
                                                         # sums, gate rows) at up to 4 tiles a warp, and the swizzled
                                                         # stages' alignment: for supports_bulk, before the kernel is
@@ -133,24 +135,26 @@ _BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4 + 1024   # fmoe_qmv4_bulk's static
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
 
 
-def _overlap_from_env(var: str = "FMOE_CUDA_OVERLAP") -> bool:
-    """``FMOE_CUDA_OVERLAP``: "1" (the default) or "0"."""
+def _switch_from_env(var: str) -> bool:
+    """An on/off setting of the bulk-copy kernel (``FMOE_CUDA_OVERLAP``, ``FMOE_CUDA_PRODUCER``): "1" (the default)
+    or "0"."""
     value = os.environ.get(var, "1")
     if value not in ("0", "1"):
-        raise ValueError(f"{var}={value!r}: '1' (launches overlap the previous kernel) or '0'")
+        raise ValueError(f"{var}={value!r}: '1' (on, the default) or '0' (off)")
     return value == "1"
 
 
 # fmoe_qmv4_bulk launches overlap the stream's previous kernel (programmatic dependent launch, compute capability
 # 9.0+; FMOE_CUDA_OVERLAP=0 turns it off): safe for any caller, as a block reads nothing before griddepcontrol.wait
 # unless slots_ready vouches for the slot table and the weights (the H200, session 11: bench/results/cuda_stream.md)
-BULK_OVERLAP = _overlap_from_env()
+BULK_OVERLAP = _switch_from_env("FMOE_CUDA_OVERLAP")
 
 
-BULK_PRODUCER = False    # an experiment (written in session 11, not run on a GPU yet): a 17th warp issues every copy,
-                         # consumer warps release a buffer through its "empty" mbarrier (the kernel's PROD
-                         # instances); its stage buffers: BULK_PRODUCER_STAGES (None: as many as fit, at most 16)
-BULK_PRODUCER_STAGES = None
+# a 17th warp issues every copy and consumer warps release a buffer through its "empty" mbarrier (the kernel's PROD
+# instances; FMOE_CUDA_PRODUCER=0: thread 0 of the computing warps issues them, between two stages' products). The
+# H200, decode's 10 rows, slots ready (bench/results/session12/call1.txt): gate+up 14.9 -> 14.3 us, 4096 x 1024
+# 9.1 -> 8.7, 1024 x 4096 9.0 -> 8.6; 64 rows 0.88 -> 0.90 and 0.82 -> 0.83 of HBM
+BULK_PRODUCER = _switch_from_env("FMOE_CUDA_PRODUCER")
 BULK_SWIZZLE = True      # scales and biases of 128-byte rows (4096 inputs, groups of 64, bf16) by swizzled tensor
                          # copies (the kernel's SWZ instances: no bank conflicts between a fragment's rows)
 
@@ -250,8 +254,8 @@ def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: i
     sms, smem_max = _sm_resources(device)
     pairs = rows * (n_out // _bulk_shape(n_in)[1])
     per_block = -(-pairs // min(sms, pairs)) * (2 if gate_up else 1)
-    most, wanted = (16, BULK_PRODUCER_STAGES) if BULK_PRODUCER else (32, BULK_STAGES)   # (16: the kernel's bars)
-    return min(most, wanted or most, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
+    most = 16 if BULK_PRODUCER else 32                         # (PROD: the kernel's bars 16.. are "empty" ones)
+    return min(most, BULK_STAGES or most, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
 
 
 def _overlaps_prior(device_index: int) -> bool:

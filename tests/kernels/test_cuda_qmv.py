@@ -223,8 +223,9 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
                "overlap, slots ready": ({}, True),
                "slots ready, 1 tile a warp, 4 stages": ({"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4}, True),
                "linear scales (no swizzled tensor copies)": ({"BULK_SWIZZLE": False}, True),
-               "producer warp (an experiment)": ({"BULK_PRODUCER": True}, False),
-               "producer warp, 2 stages, slots ready": ({"BULK_PRODUCER": True, "BULK_PRODUCER_STAGES": 2}, True)}
+               "producer warp, every stage that fits": ({"BULK_STAGES": None}, True),
+               "thread 0 issues the copies (no producer warp)": ({"BULK_PRODUCER": False}, False),
+               "no producer warp, slots ready, 3 stages": ({"BULK_PRODUCER": False, "BULK_STAGES": 3}, True)}
 
 
 @needs_hopper
@@ -232,7 +233,8 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
 def test_bulk_copy_kernel_launch_modes_match_the_fma_kernel(mode, monkeypatch):
     """The bulk-copy kernel launched as the engine may launch it (overlapping the stream's previous kernel or not;
     slots_ready: its slots and first copies before the wait for that kernel; one or two tiles a warp; scales by
-    swizzled tensor copies or linear) against the FMA kernel, each launch right after an FMA launch on the same
+    swizzled tensor copies or linear; copies issued by the producer warp, the default, or by thread 0) against the
+    FMA kernel, each launch right after an FMA launch on the same
     stream that writes its x into a buffer of NaNs (x read before that launch finished would show): the 397B shapes
     at 10 and 64 rows (1024 x 4096 as views of padded tables, slots further apart than a matrix, as the engine's VRAM
     pool has them), one x per row and one shared, gate+up at 10 rows; 128 x 512 at 400 rows."""
@@ -458,18 +460,20 @@ def test_the_kernels_are_chosen_by_environment_variables(monkeypatch, var):
         cuda_qmv._kernel_from_env(var)
 
 
-def test_launch_overlap_is_read_from_the_environment(monkeypatch):
-    """FMOE_CUDA_OVERLAP: "1" (the default) lets the bulk-copy kernel's launches overlap the previous kernel, "0"
-    turns that off; anything else is an error naming the variable (no GPU needed)."""
+@pytest.mark.parametrize("var", ["FMOE_CUDA_OVERLAP", "FMOE_CUDA_PRODUCER"])
+def test_bulk_kernel_switches_are_read_from_the_environment(monkeypatch, var):
+    """FMOE_CUDA_OVERLAP (the bulk-copy kernel's launches overlap the previous kernel) and FMOE_CUDA_PRODUCER (a
+    producer warp issues its copies): "1" (the default) or "0"; anything else is an error naming the variable (no GPU
+    needed)."""
     from fmoe.kernels import cuda_qmv
 
-    monkeypatch.delenv("FMOE_CUDA_OVERLAP", raising=False)
-    assert cuda_qmv._overlap_from_env() is True
-    monkeypatch.setenv("FMOE_CUDA_OVERLAP", "0")
-    assert cuda_qmv._overlap_from_env() is False
-    monkeypatch.setenv("FMOE_CUDA_OVERLAP", "off")
-    with pytest.raises(ValueError, match="FMOE_CUDA_OVERLAP='off': '1'"):
-        cuda_qmv._overlap_from_env()
+    monkeypatch.delenv(var, raising=False)
+    assert cuda_qmv._switch_from_env(var) is True
+    monkeypatch.setenv(var, "0")
+    assert cuda_qmv._switch_from_env(var) is False
+    monkeypatch.setenv(var, "off")
+    with pytest.raises(ValueError, match=f"{var}='off': '1'"):
+        cuda_qmv._switch_from_env(var)
 
 
 def test_no_rows_is_an_empty_result_without_a_launch():
