@@ -135,12 +135,12 @@ _BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4 + 1024   # fmoe_qmv4_bulk's static
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
 
 
-def _switch_from_env(var: str) -> bool:
-    """An on/off setting of the bulk-copy kernel (``FMOE_CUDA_OVERLAP``, ``FMOE_CUDA_PRODUCER``): "1" (the default)
-    or "0"."""
-    value = os.environ.get(var, "1")
+def _switch_from_env(var: str, default: str = "1") -> bool:
+    """An on/off setting of the bulk-copy kernel (``FMOE_CUDA_OVERLAP``, default on; ``FMOE_CUDA_PRODUCER``, default
+    off): "1" or "0"."""
+    value = os.environ.get(var, default)
     if value not in ("0", "1"):
-        raise ValueError(f"{var}={value!r}: '1' (on, the default) or '0' (off)")
+        raise ValueError(f"{var}={value!r}: '1' (on) or '0' (off)")
     return value == "1"
 
 
@@ -150,11 +150,13 @@ def _switch_from_env(var: str) -> bool:
 BULK_OVERLAP = _switch_from_env("FMOE_CUDA_OVERLAP")
 
 
-# a 17th warp issues every copy and consumer warps release a buffer through its "empty" mbarrier (the kernel's PROD
-# instances; FMOE_CUDA_PRODUCER=0: thread 0 of the computing warps issues them, between two stages' products). The
-# H200, decode's 10 rows, slots ready (bench/results/session12/call1.txt): gate+up 14.9 -> 14.3 us, 4096 x 1024
-# 9.1 -> 8.7, 1024 x 4096 9.0 -> 8.6; 64 rows 0.88 -> 0.90 and 0.82 -> 0.83 of HBM
-BULK_PRODUCER = _switch_from_env("FMOE_CUDA_PRODUCER")
+# FMOE_CUDA_PRODUCER=1: a 17th warp issues every copy and consumer warps release a buffer through its "empty"
+# mbarrier (the kernel's PROD instances), instead of thread 0 of the computing warps between two stages' products.
+# The H200, decode's 10 rows, slots ready (bench/results/session12/call1.txt, call7): gate+up 14.9 -> 14.3-14.4 us,
+# 4096 x 1024 9.1 -> 8.7-8.8, 1024 x 4096 9.0 -> 8.6; 64 rows 0.88 -> 0.89-0.90 and 0.82 -> 0.83-0.84 of HBM; the
+# engine's (c) the same (105.9 against 106.9 tok/s). Off by default: its launch-mode and bulk tests passed on the
+# H200 (call 1), the rest of the GPU suite has not run with it as the default (call 7 ran out of time)
+BULK_PRODUCER = _switch_from_env("FMOE_CUDA_PRODUCER", "0")
 BULK_SWIZZLE = True      # scales and biases of 128-byte rows (4096 inputs, groups of 64, bf16) by swizzled tensor
                          # copies (the kernel's SWZ instances: no bank conflicts between a fragment's rows)
 

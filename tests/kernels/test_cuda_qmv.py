@@ -223,9 +223,8 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
                "overlap, slots ready": ({}, True),
                "slots ready, 1 tile a warp, 4 stages": ({"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4}, True),
                "linear scales (no swizzled tensor copies)": ({"BULK_SWIZZLE": False}, True),
-               "producer warp, every stage that fits": ({"BULK_STAGES": None}, True),
-               "thread 0 issues the copies (no producer warp)": ({"BULK_PRODUCER": False}, False),
-               "no producer warp, slots ready, 3 stages": ({"BULK_PRODUCER": False, "BULK_STAGES": 3}, True)}
+               "producer warp, every stage that fits": ({"BULK_PRODUCER": True, "BULK_STAGES": None}, False),
+               "producer warp, slots ready": ({"BULK_PRODUCER": True}, True)}
 
 
 @needs_hopper
@@ -233,8 +232,8 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
 def test_bulk_copy_kernel_launch_modes_match_the_fma_kernel(mode, monkeypatch):
     """The bulk-copy kernel launched as the engine may launch it (overlapping the stream's previous kernel or not;
     slots_ready: its slots and first copies before the wait for that kernel; one or two tiles a warp; scales by
-    swizzled tensor copies or linear; copies issued by the producer warp, the default, or by thread 0) against the
-    FMA kernel, each launch right after an FMA launch on the same
+    swizzled tensor copies or linear; copies issued by thread 0, the default, or by a producer warp) against the FMA
+    kernel, each launch right after an FMA launch on the same
     stream that writes its x into a buffer of NaNs (x read before that launch finished would show): the 397B shapes
     at 10 and 64 rows (1024 x 4096 as views of padded tables, slots further apart than a matrix, as the engine's VRAM
     pool has them), one x per row and one shared, gate+up at 10 rows; 128 x 512 at 400 rows."""
@@ -462,18 +461,20 @@ def test_the_kernels_are_chosen_by_environment_variables(monkeypatch, var):
 
 @pytest.mark.parametrize("var", ["FMOE_CUDA_OVERLAP", "FMOE_CUDA_PRODUCER"])
 def test_bulk_kernel_switches_are_read_from_the_environment(monkeypatch, var):
-    """FMOE_CUDA_OVERLAP (the bulk-copy kernel's launches overlap the previous kernel) and FMOE_CUDA_PRODUCER (a
-    producer warp issues its copies): "1" (the default) or "0"; anything else is an error naming the variable (no GPU
-    needed)."""
+    """FMOE_CUDA_OVERLAP (the bulk-copy kernel's launches overlap the previous kernel; on by default) and
+    FMOE_CUDA_PRODUCER (a producer warp issues its copies; off by default): "1" or "0"; anything else is an error
+    naming the variable (no GPU needed)."""
     from fmoe.kernels import cuda_qmv
 
+    default = {"FMOE_CUDA_OVERLAP": "1", "FMOE_CUDA_PRODUCER": "0"}[var]
     monkeypatch.delenv(var, raising=False)
-    assert cuda_qmv._switch_from_env(var) is True
-    monkeypatch.setenv(var, "0")
-    assert cuda_qmv._switch_from_env(var) is False
+    assert cuda_qmv._switch_from_env(var, default) is (default == "1")
+    for value in ("0", "1"):
+        monkeypatch.setenv(var, value)
+        assert cuda_qmv._switch_from_env(var, default) is (value == "1")
     monkeypatch.setenv(var, "off")
     with pytest.raises(ValueError, match=f"{var}='off': '1'"):
-        cuda_qmv._switch_from_env(var)
+        cuda_qmv._switch_from_env(var, default)
 
 
 def test_no_rows_is_an_empty_result_without_a_launch():
