@@ -24,7 +24,8 @@ Hopper and the FMA kernel before (``FMOE_CUDA_GATE_UP`` names another). ``kernel
 stream's previous kernel (programmatic dependent launch, ``BULK_OVERLAP``; ``FMOE_CUDA_OVERLAP=0`` turns it off),
 and with ``slots_ready=True`` (the caller vouches that the previous kernel wrote neither the slot table nor the
 weights: the engine's down projection after gate+up) a block also starts its weight copies before that kernel has
-finished. Scales and biases of 128-byte rows come by swizzled tensor copies (``BULK_SWIZZLE``). Decode on the H200
+finished. Scales and biases of 128-byte rows come by swizzled tensor copies (``BULK_SWIZZLE``); with
+``FMOE_CUDA_PRODUCER=1`` (``BULK_PRODUCER``, off by default) a 17th warp issues the copies. Decode on the H200
 (bench/results/cuda_stream.md, session 11), slots ready: gate+up 0.74 of HBM, one matrix 0.61-0.62; 0.82-0.88 with
 64 rows. ``OVERLAP_PRIOR`` (off by default) does the same for the other kernels, which read their slots and weights
 before the wait.
