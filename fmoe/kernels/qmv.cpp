@@ -799,6 +799,18 @@ inline __m256i code_block3(const uint8_t* p) {
   const __m256i raw = _mm256_loadu2_m128i((const __m128i*)(p + 8), (const __m128i*)p);
   return _mm256_srlv_epi32(_mm256_shuffle_epi8(raw, shuf), _mm256_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4));
 }
+// The same dwords from one 32-byte load at p - 4 (bytes p - 4 .. p + 27: the low lane holds block bytes 0..11 at 4..15,
+// the high lane bytes 12..23 at 0..11), instead of two 16-byte loads and an insert.  It reads 4 bytes on each side
+// of the block (not used), so callers take it only where those lie inside the same row (not a row's first or last
+// block).  Session 12 (docs/log/kernels.md), Zen 3: one 4096-code row from L1 7.2 -> 6.8 cycles per 64 codes, four
+// 1024-code rows 7.9 -> 6.7; `fmoe bench kernels --threads 1` 1024x4096 176-181 -> 162-168 us, 4096x1024 187-191 ->
+// 163-165 us.
+inline __m256i code_block3_inner(const uint8_t* p) {
+  const __m256i shuf = _mm256_setr_epi8(4, 5, 7, 8, 10, 11, 13, 14, 5, 6, 8, 9, 11, 12, 14, 15,  //
+                                        0, 1, 3, 4, 6, 7, 9, 10, 1, 2, 4, 5, 7, 8, 10, 11);
+  const __m256i raw = _mm256_loadu_si256((const __m256i*)(p - 4));
+  return _mm256_srlv_epi32(_mm256_shuffle_epi8(raw, shuf), _mm256_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4));
+}
 
 template <int BITS>
 void prepare_xq(const float* x, int16_t* xq, float* xscale, float* xsum, int64_t K, int gs) {
@@ -1154,15 +1166,27 @@ FMOE_INLINE inline void group_scales(const void* sc, const void* bi, const int64
   }
 }
 
+// Decode rows of at most this many codes go two weight rows per pass (row_defer NW = 2).  4096x1024, Zen 3:
+// 1 thread hot 14.8 -> 16.7 GB/s, cold 13.9 -> 14.8, 2 threads cold 25.4 -> 25.7 (median of 6).  Longer rows lose:
+// 2048x2048 cold 1 thread 16.0 -> 14.0, 2 threads 28.5 -> 22.6; 1024x4096 hot 120 -> 126 us.  (2 and 3 bits: multi_rows.)
+#ifndef FMOE_PAIR_MAXK
+#define FMOE_PAIR_MAXK 1024
+#endif
 // Software prefetch FMOE_PF bytes ahead in the weight stream, for block blk (BB bytes) of weight row w of NW
 // contiguous rows read together. One row: a line every other 32-byte block. Several: one sequential stream over the
 // NW rows, a line per 64 bytes of it (with a prefetch per row, 2 KB ahead of each, pairs were slower than single
 // rows when cold: 4096x1024, 2 threads 21.1-23.7 vs 22.6-26.1 GB/s).
+// pass_ahead (NW > 1, rows longer than FMOE_PAIR_MAXK codes: 2 and 3 bits, see multi_rows): each row prefetches the
+// same block of the row NW rows below it, one pass ahead, a line per 64 bytes (the sequential stream above runs
+// behind the far rows of a long group: 3 bits 1024 x 4096, 1 thread cold, 10.4 -> 5.7-8.0 GB/s with it, session 10).
 template <int NW, int BB>
-FMOE_INLINE inline void prefetch_block(const uint8_t* const* bytes, int64_t blk, int w) {
+FMOE_INLINE inline void prefetch_block(const uint8_t* const* bytes, int64_t blk, int w, bool pass_ahead = false) {
   if constexpr (FMOE_PF > 0) {
     if constexpr (NW == 1) {
       if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(bytes[0] + blk * BB) + FMOE_PF, FMOE_PF_HINT);
+    } else if (pass_ahead) {
+      if ((blk * BB) % 64 < BB)
+        _mm_prefetch(reinterpret_cast<const char*>(bytes[w] + (bytes[1] - bytes[0]) * NW + blk * BB), FMOE_PF_HINT);
     } else if (w * 64 < BB * NW) {
       _mm_prefetch(reinterpret_cast<const char*>(bytes[0]) + FMOE_PF + blk * BB * NW + w * 64, FMOE_PF_HINT);
     }
@@ -1179,6 +1203,9 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
   constexpr int P = NW * R;     // products per pass, index w * R + r
   const __m256i m4 = _mm256_set1_epi16(BITS == 4 ? 0x000F : 0x0007);
   const int64_t G = K / GS;
+  // long rows (2 and 3 bits, multi_rows): pass-ahead prefetch (prefetch_block); 4 bits: never (compile-time false)
+  const bool ahead = (BITS == 2 || BITS == 3) && NW > 1 && K > FMOE_PAIR_MAXK;
+  [[maybe_unused]] const int64_t last_blk = K / 64 - 1;  // 3 bits: a row's last 64-code block (code_block3_inner)
   const uint8_t* bytes[NW];
   FMOE_UNROLL
   for (int w = 0; w < NW; ++w) bytes[w] = reinterpret_cast<const uint8_t*>(rows[w]);
@@ -1193,7 +1220,7 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
       FMOE_UNROLL
       for (int w = 0; w < NW; ++w) {
         const uint8_t* p = bytes[w] + blk * BB;
-        prefetch_block<NW, BB>(bytes, blk, w);
+        prefetch_block<NW, BB>(bytes, blk, w, ahead);
         __m256i c0, c1, c2, c3;
         if constexpr (BITS == 4) {
           const __m256i v = _mm256_loadu_si256((const __m256i*)p);
@@ -1201,8 +1228,8 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
           c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
           c2 = _mm256_and_si256(_mm256_srli_epi16(v, 8), m4);
           c3 = _mm256_srli_epi16(v, 12);
-        } else {  // 24 bytes, see code_block3
-          const __m256i v = code_block3(p);
+        } else {  // 24 bytes, see code_block3 (one load for the row's inner blocks: code_block3_inner)
+          const __m256i v = (blk == 0 || blk == last_blk) ? code_block3(p) : code_block3_inner(p);
           c0 = _mm256_and_si256(v, m4);
           c1 = _mm256_and_si256(_mm256_srli_epi16(v, 3), m4);
           c2 = _mm256_and_si256(_mm256_srli_epi16(v, 6), m4);
@@ -1295,6 +1322,7 @@ inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* 
   const __m256i k256 = _mm256_set1_epi16(256), k1 = _mm256_set1_epi16(1);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   const int64_t G = K / 64;
+  const bool ahead = NW > 1 && K > FMOE_PAIR_MAXK;  // long rows: pass-ahead prefetch (prefetch_block)
   const uint8_t* bytes[NW];
   FMOE_UNROLL
   for (int w = 0; w < NW; ++w) bytes[w] = reinterpret_cast<const uint8_t*>(rows[w]);
@@ -1304,7 +1332,7 @@ inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* 
     FMOE_UNROLL
     for (int w = 0; w < NW; ++w) {
       const uint8_t* p = bytes[w] + blk * 32;
-      prefetch_block<NW, 32>(bytes, blk, w);
+      prefetch_block<NW, 32>(bytes, blk, w, ahead);
       const __m256i v = _mm256_loadu_si256((const __m256i*)p);
       __m256i ph[R], pl[R];
       FMOE_UNROLL
@@ -1398,18 +1426,27 @@ inline void row_defer(const uint32_t* const* rows, const void* sc, const void* b
   }
 }
 
-// Decode rows of at most this many codes go two weight rows per pass (row_defer NW = 2).  4096x1024, Zen 3:
-// 1 thread hot 14.8 -> 16.7 GB/s, cold 13.9 -> 14.8, 2 threads cold 25.4 -> 25.7 (median of 6).  Longer rows lose:
-// 2048x2048 cold 1 thread 16.0 -> 14.0, 2 threads 28.5 -> 22.6; 1024x4096 hot 120 -> 126 us.
-#ifndef FMOE_PAIR_MAXK
-#define FMOE_PAIR_MAXK 1024
-#endif
 // 2 and 3 bits: four weight rows per pass in those decode rows (then pairs, then single rows for the rest; the same
 // arithmetic per row, bit-identical).  4096x1024, 1 thread, hot: 2 bits 143-144 -> 113-116 us, 3 bits 191 ->
 // 175-179 us; 4 bits got slower (149-151 -> 157-162 us), so it keeps pairs.
 template <int BITS>
 constexpr bool quad_rows() {
   return BITS == 2 || BITS == 3;
+}
+// Decode rows of at most this many codes go 4 / 2 weight rows per pass: 2 bits FMOE_QUAD2_MAXK, 3 bits
+// FMOE_QUAD3_MAXK (longer rows with the pass-ahead prefetch, see prefetch_block), other widths FMOE_PAIR_MAXK.
+// Session 12 (docs/log/kernels.md), Zen 3, 2 bits, 4096-code rows: one row from L1 5.5 -> 4.7 cycles per 64 codes;
+// `fmoe bench kernels` 1 thread 1024x4096 130-131 -> 120-122 us, 4096x4096 501-524 -> 459-478 us.  3 bits gained
+// hot (L1 6.8 -> 6.1 cycles, 1024x4096 hot +10%) but not cold (163-168 vs 162-167 us), so its long rows stay single.
+#ifndef FMOE_QUAD2_MAXK
+#define FMOE_QUAD2_MAXK 65536
+#endif
+#ifndef FMOE_QUAD3_MAXK
+#define FMOE_QUAD3_MAXK 1024
+#endif
+template <int BITS>
+inline bool multi_rows(int64_t K) {
+  return K <= (BITS == 2 ? FMOE_QUAD2_MAXK : BITS == 3 ? FMOE_QUAD3_MAXK : FMOE_PAIR_MAXK);
 }
 
 // mode 0: int16 activations (fast); mode 1: float32 activations (exact fp32 arithmetic).
@@ -1466,7 +1503,7 @@ void qmv_avx2(const uint32_t* w, const void* sc, const void* bi, const float* x,
       comb.resize(static_cast<size_t>(4 * (gpr + 8)));
     int64_t n = c * grain;
     if constexpr (defer_groups<BITS, GS>())
-      if (mode == 0 && M == 1 && K <= FMOE_PAIR_MAXK && defer_k<BITS>(K)) {  // decode: 4 / 2 weight rows per pass (see row_defer)
+      if (mode == 0 && M == 1 && multi_rows<BITS>(K) && defer_k<BITS>(K)) {  // decode: 4 / 2 weight rows per pass (see row_defer)
         if constexpr (quad_rows<BITS>())
           for (; n + 4 <= n1; n += 4) {
             const uint32_t* rows4[4] = {w + n * wpr, w + (n + 1) * wpr, w + (n + 2) * wpr, w + (n + 3) * wpr};
@@ -1716,7 +1753,7 @@ struct SimdOps {
             float* comb, float* out) const {
     int64_t n = n0;
     if constexpr (defer_groups<BITS, GS>())
-      if (v.mode == 0 && K <= FMOE_PAIR_MAXK && defer_k<BITS>(K)) {
+      if (v.mode == 0 && multi_rows<BITS>(K) && defer_k<BITS>(K)) {
         const int64_t wpr = K * BITS / 32, gpr = K / GS;
         const int16_t* xqm = v.xq.data();
         const float *xcm = v.xsc.data(), *xsm = v.xsum.data();
