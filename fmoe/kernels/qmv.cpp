@@ -1172,19 +1172,25 @@ FMOE_INLINE inline void group_scales(const void* sc, const void* bi, const int64
 #ifndef FMOE_PAIR_MAXK
 #define FMOE_PAIR_MAXK 1024
 #endif
+// whether a pass of NW rows of K codes takes the pass-ahead prefetch (prefetch_block) (2 and 3 bits; 4 bits never)
+template <int BITS, int NW>
+constexpr bool pass_ahead(int64_t K) {
+  return BITS != 4 && NW > 1 && K > FMOE_PAIR_MAXK;
+}
 // Software prefetch FMOE_PF bytes ahead in the weight stream, for block blk (BB bytes) of weight row w of NW
 // contiguous rows read together. One row: a line every other 32-byte block. Several: one sequential stream over the
 // NW rows, a line per 64 bytes of it (with a prefetch per row, 2 KB ahead of each, pairs were slower than single
 // rows when cold: 4096x1024, 2 threads 21.1-23.7 vs 22.6-26.1 GB/s).
-// pass_ahead (NW > 1, rows longer than FMOE_PAIR_MAXK codes: 2 and 3 bits, see multi_rows): each row prefetches the
-// same block of the row NW rows below it, one pass ahead, a line per 64 bytes (the sequential stream above runs
-// behind the far rows of a long group: 3 bits 1024 x 4096, 1 thread cold, 10.4 -> 5.7-8.0 GB/s with it, session 10).
+// ahead (pass_ahead: NW > 1, rows longer than FMOE_PAIR_MAXK codes, 2 and 3 bits, see multi_rows): each row
+// prefetches the same block of the row NW rows below it, one pass ahead, a line per 64 bytes (the sequential stream
+// above runs behind the far rows of a long group: 3 bits 1024 x 4096, 1 thread cold, 10.4 -> 5.7-8.0 GB/s with it,
+// session 10).
 template <int NW, int BB>
-FMOE_INLINE inline void prefetch_block(const uint8_t* const* bytes, int64_t blk, int w, bool pass_ahead = false) {
+FMOE_INLINE inline void prefetch_block(const uint8_t* const* bytes, int64_t blk, int w, bool ahead = false) {
   if constexpr (FMOE_PF > 0) {
     if constexpr (NW == 1) {
       if ((blk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(bytes[0] + blk * BB) + FMOE_PF, FMOE_PF_HINT);
-    } else if (pass_ahead) {
+    } else if (ahead) {
       if ((blk * BB) % 64 < BB)
         _mm_prefetch(reinterpret_cast<const char*>(bytes[w] + (bytes[1] - bytes[0]) * NW + blk * BB), FMOE_PF_HINT);
     } else if (w * 64 < BB * NW) {
@@ -1203,8 +1209,7 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
   constexpr int P = NW * R;     // products per pass, index w * R + r
   const __m256i m4 = _mm256_set1_epi16(BITS == 4 ? 0x000F : 0x0007);
   const int64_t G = K / GS;
-  // long rows (2 and 3 bits, multi_rows): pass-ahead prefetch (prefetch_block); 4 bits: never (compile-time false)
-  const bool ahead = (BITS == 2 || BITS == 3) && NW > 1 && K > FMOE_PAIR_MAXK;
+  const bool ahead = pass_ahead<BITS, NW>(K);  // long rows (multi_rows): see prefetch_block
   [[maybe_unused]] const int64_t last_blk = K / 64 - 1;  // 3 bits: a row's last 64-code block (code_block3_inner)
   const uint8_t* bytes[NW];
   FMOE_UNROLL
@@ -1322,7 +1327,7 @@ inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* 
   const __m256i k256 = _mm256_set1_epi16(256), k1 = _mm256_set1_epi16(1);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   const int64_t G = K / 64;
-  const bool ahead = NW > 1 && K > FMOE_PAIR_MAXK;  // long rows: pass-ahead prefetch (prefetch_block)
+  const bool ahead = pass_ahead<2, NW>(K);  // long rows (multi_rows): see prefetch_block
   const uint8_t* bytes[NW];
   FMOE_UNROLL
   for (int w = 0; w < NW; ++w) bytes[w] = reinterpret_cast<const uint8_t*>(rows[w]);
