@@ -82,13 +82,24 @@ VARIANTS = {
     "producer-stages3-slots-ready": {"BULK_PRODUCER": True, "BULK_STAGES": 3, "slots_ready": True},
     "no-producer-slots-ready": {"BULK_PRODUCER": False, "slots_ready": True},
 }
+# session 13: the producer warp paced (at most D units in flight, the first D issued L clock cycles apart), S stages
+for _s, _d, _l in ((2, 1, 0), (3, 1, 0), (3, 2, 0), (3, 2, 500), (3, 2, 1000), (3, 2, 2000), (4, 2, 1000),
+                   (4, 3, 700), (4, 3, 0), (2, 2, 1000)):
+    VARIANTS[f"paced-s{_s}-d{_d}-l{_l}"] = {"BULK_PRODUCER": True, "BULK_STAGES": _s, "BULK_DEPTH": _d,
+                                             "BULK_LEAD": _l, "slots_ready": True}
+# session 13: a unit's rows summed by the last of its warps (no barrier between them), S stages, T tiles a warp
+for _s, _t in ((2, 2), (3, 2), (4, 2), (2, 4), (3, 4), (2, 1), (4, 1)):
+    VARIANTS[f"last-s{_s}-t{_t}"] = {"BULK_PRODUCER": True, "BULK_LAST_WARP": True, "BULK_STAGES": _s,
+                                     "BULK_TILES_PER_WARP": _t, "slots_ready": True}
+    VARIANTS[f"producer-s{_s}-t{_t}"] = {"BULK_PRODUCER": True, "BULK_STAGES": _s, "BULK_TILES_PER_WARP": _t,
+                                         "slots_ready": True}
 _SLOTS_READY = [False]
 
 
 def _apply(settings: dict) -> dict:
     """Set a variant's cuda_qmv globals (and this script's slots_ready); return the previous values."""
     old = {k: getattr(cuda_qmv, k) for k in ("BULK_OVERLAP", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_SWIZZLE",
-                                              "BULK_PRODUCER")}
+                                              "BULK_PRODUCER", "BULK_DEPTH", "BULK_LEAD", "BULK_LAST_WARP")}
     old["slots_ready"] = _SLOTS_READY[0]
     for k, v in settings.items():
         if k == "slots_ready":
@@ -118,6 +129,9 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", default=["base"], choices=sorted(VARIANTS))
     ap.add_argument("--time", action="store_true", help="also time each case in CUDA graphs")
     ap.add_argument("--no-trace", action="store_true", help="only the parity check and the timing")
+    ap.add_argument("--touch", action="store_true", help="also a warm trace after one 4-byte read every 64 rows of "
+                    "the traced slots' codes, scales and biases (their pages' address translations, ~1/128 of the "
+                    "bytes in L2)")
     a = ap.parse_args()
     bw = ck.hbm_bandwidth() if a.time else 0.0
     if a.time:
@@ -136,18 +150,24 @@ def main() -> int:
                     name = f"{'gate+up ' if gate_up else ''}{n_out}x{n_in} rows {rows} {v}"
                     err = parity(n_out, n_in, rows, gate_up)
                     print(f"parity {name}: {err:.1e}{'' if err < 1e-3 else '  FAILED'}", flush=True)
-                    for warm in (() if a.no_trace else (False, True)):
+                    for warm in (() if a.no_trace else (False, True) + (("touched",) if a.touch else ())):
                         for i in range(3):                       # the last of three, each on fresh slots
                             if warm:
                                 for j in range(20):
                                     _launch(tables, x, sets[(i * 21 + j) % len(sets)], y, gate_up)
                             else:
                                 flush.fill_(i)
+                            if warm == "touched":
+                                sl = sets[(i * 21 + 20) % len(sets)].long()[:, None]
+                                for t in (tables if gate_up else tables[:1]):
+                                    for m in t:
+                                        m[sl, torch.arange(0, m.shape[1], 64, device="cuda")[None, :], 0].sum()
                             trace.zero_()
                             torch.cuda.synchronize()          # (the kernel writes its entry times before its wait)
                             _launch(tables, x, sets[(i * 21 + 20) % len(sets)], y, gate_up, trace)
                             torch.cuda.synchronize()
-                        print(f"{'warm' if warm else 'cold'} {name}: {summary(trace)}", flush=True)
+                        print(f"{warm if warm == 'touched' else 'warm' if warm else 'cold'} {name}: "
+                              f"{summary(trace)}", flush=True)
                     if a.time:
                         m = ck.measure(f"cuda bulk{' gate+up' if gate_up else ''}", 4, n_out, n_in, rows,
                                        slots_ready=_SLOTS_READY[0])

@@ -654,11 +654,11 @@ __device__ __forceinline__ void bulk_issue_units(const QmvArgs& a, const BulkMap
 }
 
 // the issuing thread (thread 0; PROD: the producer warp's lane 0): the stage buffers' mbarriers (PROD: also their
-// "empty" barriers, bars[16 + s], one arrival a consumer warp), then the copies of the block's first `stages` units
+// "empty" barriers, bars[16 + s], one arrival a consumer warp), then the copies of the block's first `first` units
 template <int GROUP, int ST, int MODE, int SWZ, int PROD>
 __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
-                                           unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
-                                           int per_row, int sr, SlotAhead& ahead) {
+                                           unsigned long long* bars, int stages, int first, u32 stage_bytes, int u0,
+                                           int u1, int per_row, int sr, SlotAhead& ahead) {
     if (threadIdx.x == (PROD ? 512 : 0)) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
@@ -666,20 +666,30 @@ __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* map
             for (int s = 0; s < stages; ++s)
                 asm volatile("mbarrier.init.shared::cta.b64 [%0], 16;" :: "r"(smem_addr(&bars[16 + s])) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
-        bulk_issue_units<GROUP, ST, MODE, SWZ>(a, maps, bsm, bars, stage_bytes, 0, stages, u0, u1, per_row, sr,
+        bulk_issue_units<GROUP, ST, MODE, SWZ>(a, maps, bsm, bars, stage_bytes, 0, first, u0, u1, per_row, sr,
                                                ahead);
     }
 }
 
-// PROD: the producer warp's lane 0 refills each buffer with the block's next unit once its 16 consumer warps have
-// released it (its empty barrier's phase), so no consumer warp spends ~0.1 us a copy issuing them (session 11)
+// PROD: the producer warp's lane 0 issues the block's units from `first` on, each into its buffer once the 16
+// consumer warps have released that buffer (its empty barrier's phase), so no consumer warp spends ~0.1 us a copy
+// issuing them (session 11). Paced (depth > 0): at most `depth` units in flight (issued, not landed), the first
+// `depth` issued `lead` clock cycles apart from t0: the copies in flight together share the bandwidth and land
+// together, so a block's first units issued at once all land late (session 13)
 template <int GROUP, int ST, int MODE, int SWZ>
 __device__ __forceinline__ void bulk_produce(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
-                                             unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
-                                             int per_row, int sr, SlotAhead& ahead) {
-    for (int u = u0 + stages; u < u1; ++u) {
+                                             unsigned long long* bars, int stages, int first, int depth, int lead,
+                                             long long t0, u32 stage_bytes, int u0, int u1, int per_row, int sr,
+                                             SlotAhead& ahead) {
+    for (int u = u0 + first; u < u1; ++u) {
         const int i = u - u0, s = i % stages;
-        bar_wait(smem_addr(&bars[16 + s]), (u32)((i / stages - 1) & 1));
+        if (i >= stages) bar_wait(smem_addr(&bars[16 + s]), (u32)((i / stages - 1) & 1));
+        if (depth && i >= depth) {
+            const int j = i - depth;                           // (depth <= stages: unit j's buffer not refilled yet)
+            bar_wait(smem_addr(&bars[j % stages]), (u32)((j / stages) & 1));
+        } else if (depth) {
+            while (clock64() - t0 < (long long)i * lead) {}
+        }
         bulk_issue<GROUP, ST, MODE, SWZ>(a, maps, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u,
                                          ahead.take(a, u >> MODE, per_row, u1 >> MODE), per_row, sr);
     }
@@ -729,6 +739,55 @@ __device__ __forceinline__ void bulk_finish(const QmvArgs& a, const BulkMaps* ma
             const float gv = gate_rows[threadIdx.x];
             a.y[(i64)r * a.n_out + n0 + threadIdx.x] = gv / (1.f + expf(-gv)) * v;
         }
+    }
+}
+
+// PROD 2: the end of unit u without a block barrier. Each warp writes its partial sums to red[s] (its stage's) and
+// counts itself done in cnt[s]; the last of the 16 adds up the unit's rows (in warp order: the same sums as
+// bulk_finish) and writes y, then resets the count; every warp releases the buffer (its empty barrier) after its
+// part, the last one after the sums, so the producer refills the stage (and the next unit of this stage reuses red[s]
+// and cnt[s]) only once they are read. MODE 1: the last warp of a gate unit keeps its rows in gate_rows for the last
+// warp of the up unit (ordered: that warp counted itself into the up unit after it wrote them)
+template <int TPW, int MODE>
+__device__ __forceinline__ void bulk_finish_last(const QmvArgs& a, float (&acc0)[TPW], float (&acc1)[TPW],
+                                                 float (*red)[16][TPW][16], int* cnt, float* gate_rows, u32 empty,
+                                                 int u, int s, int sr, int wpt, int r, int n0, int warp, int lane,
+                                                 int g, int c) {
+#pragma unroll
+    for (int t = 0; t < TPW; ++t) {
+        if (c == 0) {
+            red[s][warp][t][g] = acc0[t];
+            red[s][warp][t][g + 8] = acc1[t];
+        }
+    }
+    __syncwarp();
+    int last = 0;
+    if (lane == 0) {
+        __threadfence_block();                                  // this warp's partials (and gate rows) before its count
+        last = atomicAdd(&cnt[s], 1) == 15;
+    }
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (last) {
+        __threadfence_block();                                  // every warp's partials after their counts
+        for (int i = lane; i < sr; i += 32) {
+            const int tile = i >> 4, row = i & 15, w0 = (tile / TPW) * wpt;
+            float v = 0.f;
+            for (int q = 0; q < wpt; ++q) v += red[s][w0 + q][tile % TPW][row];
+            if (MODE == 0) {
+                a.y[(i64)r * a.n_out + n0 + i] = v;
+            } else if ((u & 1) == 0) {
+                gate_rows[i] = v;
+            } else {
+                const float gv = gate_rows[i];
+                a.y[(i64)r * a.n_out + n0 + i] = gv / (1.f + expf(-gv)) * v;
+            }
+        }
+        if (lane == 0) cnt[s] = 0;
+        __syncwarp();
+    }
+    if (lane == 0) {
+        __threadfence_block();
+        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(empty) : "memory");
     }
 }
 
@@ -934,16 +993,18 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 // slots_ready, with programmatic dependent launch): the caller vouches that the previous kernel of the stream wrote
 // neither the slot table nor the weights, so a block reads its slots and issues its first copies before
 // griddepcontrol.wait (while the previous kernel drains) and only x after it; else everything after the wait.
+// PROD: `depth` and `lead` pace the producer warp's copies (bulk_produce; 0: all `stages` buffers filled at once).
 template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ, int PROD>
 __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int early,
-                                                                      unsigned long long* trace,
+                                                                      int depth, int lead, unsigned long long* trace,
                                                                       const __grid_constant__ BulkMaps maps) {
     BulkTrace tr;
     if (TRACE) tr.start(trace);
     extern __shared__ __align__(128) unsigned char bsm_raw[];
     unsigned char* bsm = SWZ ? bsm_raw + ((1024 - (smem_addr(bsm_raw) & 1023)) & 1023) : bsm_raw;   // (SWZ: +1 KB)
     __shared__ __align__(8) unsigned long long bars[32];
-    __shared__ float red[2][16][TPW][16];
+    __shared__ float red[PROD == 2 ? 4 : 2][16][TPW][16];     // (PROD 2: a stage's; at most 4 stages)
+    __shared__ int cnt[4];                                      // (PROD 2: warps done with a stage's unit)
     __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
     const int k = a.n_in, wpt = k / KW, sr = 16 * (16 / wpt) * TPW, groups = k / GROUP;
     const int per_row = a.n_out / sr;
@@ -959,9 +1020,13 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     SlotAhead ahead{-1, -1, 0, 0};
     int r = (u0 >> MODE) / per_row, n0 = ((u0 >> MODE) % per_row) * sr;
     const bool issuer = threadIdx.x == (PROD ? 512 : 0);
+    const int first = PROD && depth ? 1 : stages;               // units issued at entry (paced: the rest by bulk_produce)
+    long long t0 = 0;
     if (early) {                                                // the slots and copies while the previous kernel drains
         if (issuer && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);
-        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+        t0 = clock64();
+        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr,
+                                               ahead);
         prior_grid_wait();
     } else {
         prior_grid_wait();
@@ -969,26 +1034,35 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     }
     float xv[8];
     if (threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);   // before the copies
-    if (!early)
-        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+    if (!early) {
+        t0 = clock64();
+        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr,
+                                               ahead);
+    }
     next_grid_may_start();
-    if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
-    __syncthreads();                                            // x staged, the barriers' init visible
-    if (PROD && warp == 16) {                                   // the producer warp: refills, then done
+    if (PROD && warp == 16) {                                   // the producer warp: the barriers' init published to
+        asm volatile("bar.arrive 2, 544;" ::: "memory");       // the consumers, then the block's other copies
         if (lane == 0)
-            bulk_produce<GROUP, ST, MODE, SWZ>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
+            bulk_produce<GROUP, ST, MODE, SWZ>(a, &maps, bsm, bars, stages, first, depth, lead, t0, stage_bytes, u0,
+                                               u1, per_row, sr, ahead);
         return;
     }
+    if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+    if (PROD == 2 && threadIdx.x < 4) cnt[threadIdx.x] = 0;
+    if (PROD)                                                   // x staged, the barriers' init visible (the producer
+        asm volatile("bar.sync 2, 544;" ::: "memory");         // warp does not wait for x)
+    else
+        __syncthreads();
     if (TRACE) tr.mark(2);
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
     int staged_r = r, s = 0;
     u32 parity = 0;
     for (int u = u0; u < u1; ++u) {
         if (r != staged_r && a.x_stride != 0) {                 // (block-uniform) every warp is past the previous
-            if (threadIdx.x < n8_pad) {                         // stage's barrier
+            if (threadIdx.x < n8_pad)                           // stage's barrier (PROD 2: past this one)
                 int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
-                int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
-            }
+            if (PROD == 2) consumers_sync<PROD>();
+            if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
             staged_r = r;
             consumers_sync<PROD>();
         }
@@ -997,15 +1071,21 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
         if (TRACE) tr.mark(3 + 3 * (u - u0));
         float acc0[TPW], acc1[TPW];
         bulk_products<GROUP, ST, KW, TPW, SWZ>(stage, xs, k, sr, tw, kw0, g, c, acc0, acc1);
-        if (PROD) {                                             // this warp is done with the buffer
-            __syncwarp();
-            if (lane == 0)
-                asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(&bars[16 + s])) : "memory");
-        }
         if (TRACE) tr.mark(4 + 3 * (u - u0));
-        bulk_finish<GROUP, ST, TPW, MODE, SWZ, PROD>(a, &maps, acc0, acc1, red, gate_rows, stage,
-                                                     smem_addr(&bars[s]), u, stages, u1, per_row, sr, wpt, r, n0,
-                                                     warp, g, c, ahead);
+        if (PROD == 2) {
+            bulk_finish_last<TPW, MODE>(a, acc0, acc1, red, cnt, gate_rows, smem_addr(&bars[16 + s]), u, s, sr, wpt,
+                                        r, n0, warp, lane, g, c);
+        } else {
+            if (PROD) {                                         // this warp is done with the buffer
+                __syncwarp();
+                if (lane == 0)
+                    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(&bars[16 + s]))
+                                 : "memory");
+            }
+            bulk_finish<GROUP, ST, TPW, MODE, SWZ, PROD>(a, &maps, acc0, acc1, red, gate_rows, stage,
+                                                         smem_addr(&bars[s]), u, stages, u1, per_row, sr, wpt, r, n0,
+                                                         warp, g, c, ahead);
+        }
         if (TRACE) tr.mark(5 + 3 * (u - u0));
         bulk_next<MODE>(u, s, parity, r, n0, stages, sr, a.n_out);
     }

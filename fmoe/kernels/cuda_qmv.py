@@ -129,10 +129,10 @@ BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as m
                          # producer warp); 2 was the fastest of 1-6 on the H200 (bench/results/session9/
                          # call6_report.txt, call7_report.txt) and, with the producer warp, of 2, 3 and all that fit
                          # (bench/results/session12/call1.txt)
-_BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4 + 1024   # fmoe_qmv4_bulk's static shared memory (barriers, partial
-                                                        # sums, gate rows) at up to 4 tiles a warp, and the swizzled
-                                                        # stages' alignment: for supports_bulk, before the kernel is
-                                                        # loaded
+_BULK_STATIC_SMEM = 272 + 4096 * 4 + 1024 * 4 + 1024   # fmoe_qmv4_bulk's static shared memory (barriers, counts,
+                                                        # partial sums, gate rows) at up to 4 tiles a warp and 4
+                                                        # stages' sums, and the swizzled stages' alignment: for
+                                                        # supports_bulk, before the kernel is loaded
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
 
 
@@ -158,6 +158,14 @@ BULK_OVERLAP = _switch_from_env("FMOE_CUDA_OVERLAP")
 # engine's (c) the same (105.9 against 106.9 tok/s). Off by default: its launch-mode and bulk tests passed on the
 # H200 (call 1), the rest of the GPU suite has not run with it as the default (call 7 ran out of time)
 BULK_PRODUCER = _switch_from_env("FMOE_CUDA_PRODUCER", "0")
+# FMOE_CUDA_PRODUCER=1 only: the producer warp keeps at most BULK_DEPTH units in flight (issued, not landed; 0: every
+# buffer filled at once), its first BULK_DEPTH issued BULK_LEAD clock cycles apart (session 13's experiment: copies in
+# flight together share the bandwidth and land together, so a block's first units issued at once all land late)
+BULK_DEPTH = 0
+BULK_LEAD = 0
+# FMOE_CUDA_PRODUCER=1 only: a unit's rows added up by the last of its 16 warps to finish (a shared counter), with no
+# barrier between the warps (the kernel's PROD 2 instances; at most 4 stages)
+BULK_LAST_WARP = False
 BULK_SWIZZLE = True      # scales and biases of 128-byte rows (4096 inputs, groups of 64, bf16) by swizzled tensor
                          # copies (the kernel's SWZ instances: no bank conflicts between a fragment's rows)
 
@@ -358,10 +366,13 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
     s = mats[0][1]
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     swz = all(_swizzled(m[1], n_in, group_size) and _swizzled(m[2], n_in, group_size) for m in mats)
+    prod = (2 if BULK_LAST_WARP else 1) if BULK_PRODUCER else 0
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
-                           f"{int(gate_up)}, {int(trace is not None)}, {int(swz)}, {int(BULK_PRODUCER)}>", device)
+                           f"{int(gate_up)}, {int(trace is not None)}, {int(swz)}, {prod}>", device)
     stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared + (1024 if swz else 0),
                           gate_up)
+    if prod == 2:
+        stages = min(stages, 4)
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
                          f"memory ({_sm_resources(device)[1]} bytes a block)")
@@ -374,6 +385,7 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
     fn.launch((blocks, 1, 1), (544 if BULK_PRODUCER else 512, 1, 1), stages * stage_bytes + x_bytes
               + (1024 if swz else 0), stream,
               [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(int(overlap and slots_ready)),
+               ctypes.c_int(min(BULK_DEPTH, stages) if BULK_PRODUCER else 0), ctypes.c_int(BULK_LEAD),
                ctypes.c_void_p(trace.data_ptr() if trace is not None else 0), maps], overlap)
 
 

@@ -224,7 +224,14 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
                "slots ready, 1 tile a warp, 4 stages": ({"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4}, True),
                "linear scales (no swizzled tensor copies)": ({"BULK_SWIZZLE": False}, True),
                "producer warp, every stage that fits": ({"BULK_PRODUCER": True, "BULK_STAGES": None}, False),
-               "producer warp, slots ready": ({"BULK_PRODUCER": True}, True)}
+               "producer warp, slots ready": ({"BULK_PRODUCER": True}, True),
+               "producer warp, paced: 1 unit in flight": ({"BULK_PRODUCER": True, "BULK_DEPTH": 1}, False),
+               "producer warp, paced: 2 of 3 stages, led, slots ready": (
+                   {"BULK_PRODUCER": True, "BULK_STAGES": 3, "BULK_DEPTH": 2, "BULK_LEAD": 1000}, True),
+               "producer warp, sums by the last warp, slots ready": ({"BULK_PRODUCER": True, "BULK_LAST_WARP": True},
+                                                                     True),
+               "producer warp, sums by the last warp, 4 stages, 1 tile a warp": (
+                   {"BULK_PRODUCER": True, "BULK_LAST_WARP": True, "BULK_STAGES": 4, "BULK_TILES_PER_WARP": 1}, False)}
 
 
 @needs_hopper
@@ -232,7 +239,8 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
 def test_bulk_copy_kernel_launch_modes_match_the_fma_kernel(mode, monkeypatch):
     """The bulk-copy kernel launched as the engine may launch it (overlapping the stream's previous kernel or not;
     slots_ready: its slots and first copies before the wait for that kernel; one or two tiles a warp; scales by
-    swizzled tensor copies or linear; copies issued by thread 0, the default, or by a producer warp) against the FMA
+    swizzled tensor copies or linear; copies issued by thread 0, the default, or by a producer warp, paced or not)
+    against the FMA
     kernel, each launch right after an FMA launch on the same
     stream that writes its x into a buffer of NaNs (x read before that launch finished would show): the 397B shapes
     at 10 and 64 rows (1024 x 4096 as views of padded tables, slots further apart than a matrix, as the engine's VRAM
@@ -420,7 +428,8 @@ def test_every_configuration_compiles_with_nvrtc():
     for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
         for x_t, s_t, kw, tpw, mode, trace, swz, prod in ((1, 1, 256, 2, 0, 0, 1, 0), (0, 0, 128, 1, 0, 0, 0, 0),
                                                           (1, 1, 256, 2, 1, 0, 1, 0), (1, 1, 256, 1, 1, 1, 0, 1),
-                                                          (0, 1, 128, 2, 0, 1, 0, 1), (1, 1, 256, 2, 1, 0, 0, 0)):
+                                                          (0, 1, 128, 2, 0, 1, 0, 1), (1, 1, 256, 2, 1, 0, 0, 0),
+                                                          (1, 1, 128, 2, 0, 0, 0, 2), (1, 1, 256, 4, 1, 1, 1, 2)):
             expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {swz}, {prod}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
