@@ -87,19 +87,18 @@ for _s, _d, _l in ((2, 1, 0), (3, 1, 0), (3, 2, 0), (3, 2, 500), (3, 2, 1000), (
                    (4, 3, 700), (4, 3, 0), (2, 2, 1000)):
     VARIANTS[f"paced-s{_s}-d{_d}-l{_l}"] = {"BULK_PRODUCER": True, "BULK_STAGES": _s, "BULK_DEPTH": _d,
                                              "BULK_LEAD": _l, "slots_ready": True}
-# session 13: a unit's rows summed by the last of its warps (no barrier between them), S stages, T tiles a warp
-for _s, _t in ((2, 2), (3, 2), (4, 2), (2, 4), (3, 4), (2, 1), (4, 1)):
-    VARIANTS[f"last-s{_s}-t{_t}"] = {"BULK_PRODUCER": True, "BULK_LAST_WARP": True, "BULK_STAGES": _s,
-                                     "BULK_TILES_PER_WARP": _t, "slots_ready": True}
-    VARIANTS[f"producer-s{_s}-t{_t}"] = {"BULK_PRODUCER": True, "BULK_STAGES": _s, "BULK_TILES_PER_WARP": _t,
-                                         "slots_ready": True}
+# session 13: whole rows a warp (one matrix of 1024 inputs: the down projection), units of T tiles, at most S stages
+for _t, _s in ((4, None), (2, None), (8, None), (4, 4), (2, 8), (1, None)):
+    VARIANTS[f"whole-t{_t}-s{_s or 'all'}"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": _t, "BULK_WHOLE_STAGES": _s,
+                                              "slots_ready": True}
 _SLOTS_READY = [False]
 
 
 def _apply(settings: dict) -> dict:
     """Set a variant's cuda_qmv globals (and this script's slots_ready); return the previous values."""
     old = {k: getattr(cuda_qmv, k) for k in ("BULK_OVERLAP", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_SWIZZLE",
-                                              "BULK_PRODUCER", "BULK_DEPTH", "BULK_LEAD", "BULK_LAST_WARP")}
+                                              "BULK_PRODUCER", "BULK_DEPTH", "BULK_LEAD", "BULK_WHOLE_ROWS",
+                                              "BULK_WHOLE_STAGES")}
     old["slots_ready"] = _SLOTS_READY[0]
     for k, v in settings.items():
         if k == "slots_ready":

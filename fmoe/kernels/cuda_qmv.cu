@@ -654,17 +654,20 @@ __device__ __forceinline__ void bulk_issue_units(const QmvArgs& a, const BulkMap
 }
 
 // the issuing thread (thread 0; PROD: the producer warp's lane 0): the stage buffers' mbarriers (PROD: also their
-// "empty" barriers, bars[16 + s], one arrival a consumer warp), then the copies of the block's first `first` units
+// "empty" barriers, bars[16 + s], one arrival a consumer warp of the unit), then the copies of the block's first
+// `first` units
 template <int GROUP, int ST, int MODE, int SWZ, int PROD>
 __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
                                            unsigned long long* bars, int stages, int first, u32 stage_bytes, int u0,
                                            int u1, int per_row, int sr, SlotAhead& ahead) {
+    constexpr int releases = PROD == 2 ? 0 : 16;                // (PROD 2: its unit's warps, set below)
     if (threadIdx.x == (PROD ? 512 : 0)) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
         if (PROD)
             for (int s = 0; s < stages; ++s)
-                asm volatile("mbarrier.init.shared::cta.b64 [%0], 16;" :: "r"(smem_addr(&bars[16 + s])) : "memory");
+                asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_addr(&bars[16 + s])),
+                             "r"(releases ? releases : sr / 16) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
         bulk_issue_units<GROUP, ST, MODE, SWZ>(a, maps, bsm, bars, stage_bytes, 0, first, u0, u1, per_row, sr,
                                                ahead);
@@ -739,55 +742,6 @@ __device__ __forceinline__ void bulk_finish(const QmvArgs& a, const BulkMaps* ma
             const float gv = gate_rows[threadIdx.x];
             a.y[(i64)r * a.n_out + n0 + threadIdx.x] = gv / (1.f + expf(-gv)) * v;
         }
-    }
-}
-
-// PROD 2: the end of unit u without a block barrier. Each warp writes its partial sums to red[s] (its stage's) and
-// counts itself done in cnt[s]; the last of the 16 adds up the unit's rows (in warp order: the same sums as
-// bulk_finish) and writes y, then resets the count; every warp releases the buffer (its empty barrier) after its
-// part, the last one after the sums, so the producer refills the stage (and the next unit of this stage reuses red[s]
-// and cnt[s]) only once they are read. MODE 1: the last warp of a gate unit keeps its rows in gate_rows for the last
-// warp of the up unit (ordered: that warp counted itself into the up unit after it wrote them)
-template <int TPW, int MODE>
-__device__ __forceinline__ void bulk_finish_last(const QmvArgs& a, float (&acc0)[TPW], float (&acc1)[TPW],
-                                                 float (*red)[16][TPW][16], int* cnt, float* gate_rows, u32 empty,
-                                                 int u, int s, int sr, int wpt, int r, int n0, int warp, int lane,
-                                                 int g, int c) {
-#pragma unroll
-    for (int t = 0; t < TPW; ++t) {
-        if (c == 0) {
-            red[s][warp][t][g] = acc0[t];
-            red[s][warp][t][g + 8] = acc1[t];
-        }
-    }
-    __syncwarp();
-    int last = 0;
-    if (lane == 0) {
-        __threadfence_block();                                  // this warp's partials (and gate rows) before its count
-        last = atomicAdd(&cnt[s], 1) == 15;
-    }
-    last = __shfl_sync(0xffffffffu, last, 0);
-    if (last) {
-        __threadfence_block();                                  // every warp's partials after their counts
-        for (int i = lane; i < sr; i += 32) {
-            const int tile = i >> 4, row = i & 15, w0 = (tile / TPW) * wpt;
-            float v = 0.f;
-            for (int q = 0; q < wpt; ++q) v += red[s][w0 + q][tile % TPW][row];
-            if (MODE == 0) {
-                a.y[(i64)r * a.n_out + n0 + i] = v;
-            } else if ((u & 1) == 0) {
-                gate_rows[i] = v;
-            } else {
-                const float gv = gate_rows[i];
-                a.y[(i64)r * a.n_out + n0 + i] = gv / (1.f + expf(-gv)) * v;
-            }
-        }
-        if (lane == 0) cnt[s] = 0;
-        __syncwarp();
-    }
-    if (lane == 0) {
-        __threadfence_block();
-        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(empty) : "memory");
     }
 }
 
@@ -988,12 +942,48 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
     }
 }
 
+// PROD 2 (whole rows, MODE 0, KW = K): a unit is TILES = sr / 16 tiles of 16 rows over all K inputs, one warp a tile,
+// so no warp waits for another: warp w multiplies tile w % TILES of the block's units i = w / TILES, + 16 / TILES, ...
+// (buffer i % stages; stages a multiple of 16 / TILES, so that a buffer's next unit is its same warps' next one and no
+// warp waits for a fill two phases ahead), releases the buffer and writes its rows of y. xs holds the staged x of
+// every table row of the block (x_words each, from r_first); thread 0 counts warp 0's units in the trace
+template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE>
+__device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned char* bsm, unsigned long long* bars,
+                                                const u32* xs, int x_words, int r_first, int stages, u32 stage_bytes,
+                                                int u0, int u1, int per_row, int sr, int warp, int lane, int g, int c,
+                                                BulkTrace& tr) {
+    constexpr int NG = 16 / TILES;
+    const int t = warp % TILES;
+    int done = 0;
+    for (int i = warp / TILES; u0 + i < u1; i += NG, ++done) {
+        const int u = u0 + i, s = i % stages, r = u / per_row, n0 = (u % per_row) * sr;
+        bar_wait(smem_addr(&bars[s]), (u32)((i / stages) & 1));
+        if (TRACE) tr.mark(3 + 3 * done);
+        float acc0[1], acc1[1];
+        bulk_products<GROUP, ST, KW, 1, SWZ>(bsm + (size_t)s * stage_bytes,
+                                             xs + (a.x_stride ? (r - r_first) * x_words : 0), a.n_in, sr, t, 0, g, c,
+                                             acc0, acc1);
+        if (TRACE) tr.mark(4 + 3 * done);
+        __syncwarp();
+        if (lane == 0)
+            asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(&bars[16 + s])) : "memory");
+        if (c == 0) {
+            float* y = a.y + (i64)r * a.n_out + n0 + 16 * t + g;
+            y[0] = acc0[0];
+            y[8] = acc1[0];
+        }
+        if (TRACE) tr.mark(5 + 3 * done);
+    }
+    if (TRACE) tr.end(done);
+}
+
 // MODE 0: y = W x; MODE 1: y = silu(G x) * (U x) (gate+up of the same slots, a.w2 / s2 / b2 the up matrices): each
 // stage of output rows is two units, its gate rows then its up rows, in one block. `early` (the launcher's
 // slots_ready, with programmatic dependent launch): the caller vouches that the previous kernel of the stream wrote
 // neither the slot table nor the weights, so a block reads its slots and issues its first copies before
 // griddepcontrol.wait (while the previous kernel drains) and only x after it; else everything after the wait.
 // PROD: `depth` and `lead` pace the producer warp's copies (bulk_produce; 0: all `stages` buffers filled at once).
+// PROD 2: whole rows a warp (bulk_whole_rows; TPW is then the tiles of a unit).
 template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ, int PROD>
 __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int early,
                                                                       int depth, int lead, unsigned long long* trace,
@@ -1003,10 +993,10 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     extern __shared__ __align__(128) unsigned char bsm_raw[];
     unsigned char* bsm = SWZ ? bsm_raw + ((1024 - (smem_addr(bsm_raw) & 1023)) & 1023) : bsm_raw;   // (SWZ: +1 KB)
     __shared__ __align__(8) unsigned long long bars[32];
-    __shared__ float red[PROD == 2 ? 4 : 2][16][TPW][16];     // (PROD 2: a stage's; at most 4 stages)
-    __shared__ int cnt[4];                                      // (PROD 2: warps done with a stage's unit)
+    __shared__ float red[PROD == 2 ? 1 : 2][16][TPW][16];
     __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
-    const int k = a.n_in, wpt = k / KW, sr = 16 * (16 / wpt) * TPW, groups = k / GROUP;
+    const int k = a.n_in, wpt = k / KW, sr = PROD == 2 ? 16 * TPW : 16 * (16 / wpt) * TPW, groups = k / GROUP;
+    if (PROD == 2 && (MODE || wpt != 1 || stages % (16 / TPW))) __trap();
     const int per_row = a.n_out / sr;
     const int es = ST ? 2 : 4;
     const u32 stage_bytes = (u32)sr * k / 2 + 2u * sr * groups * es;
@@ -1016,7 +1006,8 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int n8 = k / 8, n8_pad = (n8 + 31) & ~31;
     if (n8_pad > (int)blockDim.x) __trap();                     // one 8-value chunk of x a thread (K <= 4096)
-    u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row
+    u32* xs = (u32*)(bsm + (size_t)stages * stage_bytes);       // staged x of the current table row (PROD 2: rows)
+    const int x_words = k / 2 + 2 * groups;
     SlotAhead ahead{-1, -1, 0, 0};
     int r = (u0 >> MODE) / per_row, n0 = ((u0 >> MODE) % per_row) * sr;
     const bool issuer = threadIdx.x == (PROD ? 512 : 0);
@@ -1033,7 +1024,8 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
         if (issuer && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);   // in flight now
     }
     float xv[8];
-    if (threadIdx.x < n8_pad) int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);   // before the copies
+    if (PROD != 2 && threadIdx.x < n8_pad)                      // before the copies
+        int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
     if (!early) {
         t0 = clock64();
         bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr,
@@ -1047,22 +1039,35 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
                                                u1, per_row, sr, ahead);
         return;
     }
-    if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
-    if (PROD == 2 && threadIdx.x < 4) cnt[threadIdx.x] = 0;
+    if (PROD == 2) {                                            // x of each table row of the block's units
+        const int nx = u0 >= u1 ? 0 : a.x_stride ? (u1 - 1) / per_row - r + 1 : 1, at_once = 512 / n8_pad;
+        if (nx > 4) __trap();                                   // (the launcher's _whole_rows)
+        for (int q = threadIdx.x / n8_pad; q < nx; q += at_once) {
+            int8_load<XT>(a.x, (i64)(r + q) * a.x_stride, threadIdx.x % n8_pad, n8, xv);
+            int8_store<GROUP>(xs + q * x_words, k, threadIdx.x % n8_pad, n8, xv);
+        }
+    } else if (threadIdx.x < n8_pad) {
+        int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+    }
     if (PROD)                                                   // x staged, the barriers' init visible (the producer
         asm volatile("bar.sync 2, 544;" ::: "memory");         // warp does not wait for x)
     else
         __syncthreads();
     if (TRACE) tr.mark(2);
+    if (PROD == 2) {
+        bulk_whole_rows<GROUP, ST, KW, TPW, SWZ, TRACE>(a, bsm, bars, xs, x_words, r, stages, stage_bytes, u0, u1,
+                                                        per_row, sr, warp, lane, g, c, tr);
+        return;
+    }
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
     int staged_r = r, s = 0;
     u32 parity = 0;
     for (int u = u0; u < u1; ++u) {
         if (r != staged_r && a.x_stride != 0) {                 // (block-uniform) every warp is past the previous
-            if (threadIdx.x < n8_pad)                           // stage's barrier (PROD 2: past this one)
+            if (threadIdx.x < n8_pad) {                         // stage's barrier
                 int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
-            if (PROD == 2) consumers_sync<PROD>();
-            if (threadIdx.x < n8_pad) int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+                int8_store<GROUP>(xs, k, threadIdx.x, n8, xv);
+            }
             staged_r = r;
             consumers_sync<PROD>();
         }
@@ -1072,20 +1077,14 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
         float acc0[TPW], acc1[TPW];
         bulk_products<GROUP, ST, KW, TPW, SWZ>(stage, xs, k, sr, tw, kw0, g, c, acc0, acc1);
         if (TRACE) tr.mark(4 + 3 * (u - u0));
-        if (PROD == 2) {
-            bulk_finish_last<TPW, MODE>(a, acc0, acc1, red, cnt, gate_rows, smem_addr(&bars[16 + s]), u, s, sr, wpt,
-                                        r, n0, warp, lane, g, c);
-        } else {
-            if (PROD) {                                         // this warp is done with the buffer
-                __syncwarp();
-                if (lane == 0)
-                    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(&bars[16 + s]))
-                                 : "memory");
-            }
-            bulk_finish<GROUP, ST, TPW, MODE, SWZ, PROD>(a, &maps, acc0, acc1, red, gate_rows, stage,
-                                                         smem_addr(&bars[s]), u, stages, u1, per_row, sr, wpt, r, n0,
-                                                         warp, g, c, ahead);
+        if (PROD) {                                             // this warp is done with the buffer
+            __syncwarp();
+            if (lane == 0)
+                asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(&bars[16 + s])) : "memory");
         }
+        bulk_finish<GROUP, ST, TPW, MODE, SWZ, PROD>(a, &maps, acc0, acc1, red, gate_rows, stage,
+                                                     smem_addr(&bars[s]), u, stages, u1, per_row, sr, wpt, r, n0,
+                                                     warp, g, c, ahead);
         if (TRACE) tr.mark(5 + 3 * (u - u0));
         bulk_next<MODE>(u, s, parity, r, n0, stages, sr, a.n_out);
     }

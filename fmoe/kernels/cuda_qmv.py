@@ -163,9 +163,20 @@ BULK_PRODUCER = _switch_from_env("FMOE_CUDA_PRODUCER", "0")
 # flight together share the bandwidth and land together, so a block's first units issued at once all land late)
 BULK_DEPTH = 0
 BULK_LEAD = 0
-# FMOE_CUDA_PRODUCER=1 only: a unit's rows added up by the last of its 16 warps to finish (a shared counter), with no
-# barrier between the warps (the kernel's PROD 2 instances; at most 4 stages)
-BULK_LAST_WARP = False
+def _tiles_from_env(var: str) -> int:
+    """Tiles a unit of the whole-rows kernel (``FMOE_CUDA_WHOLE_ROWS``): "0" (off, the default), 1, 2, 4 or 8."""
+    value = os.environ.get(var, "0")
+    if value not in ("0", "1", "2", "4", "8"):
+        raise ValueError(f"{var}={value!r}: '0' (off) or the tiles of 16 rows a unit: '1', '2', '4' or '8'")
+    return int(value)
+
+
+# FMOE_CUDA_PRODUCER=1 only, one matrix of 512 or 1024 inputs (the down projection): whole rows a warp (the kernel's
+# PROD 2 instances), units of BULK_WHOLE_ROWS tiles of 16 rows (FMOE_CUDA_WHOLE_ROWS; 0: off), so that no warp
+# waits for another
+BULK_WHOLE_ROWS = _tiles_from_env("FMOE_CUDA_WHOLE_ROWS")
+BULK_WHOLE_STAGES = None                 # the whole-rows kernel's stage buffers at most (None: a block's units, as fit)
+_WHOLE_ROWS_X = 4                        # table rows of x a block of the whole-rows kernel stages (its units' rows)
 BULK_SWIZZLE = True      # scales and biases of 128-byte rows (4096 inputs, groups of 64, bf16) by swizzled tensor
                          # copies (the kernel's SWZ instances: no bank conflicts between a fragment's rows)
 
@@ -227,9 +238,11 @@ def _sm_resources(index: int) -> tuple[int, int]:
     return p.multi_processor_count, getattr(p, "shared_memory_per_block_optin", 99 << 10)
 
 
-def _bulk_shape(n_in: int) -> tuple[int, int]:
+def _bulk_shape(n_in: int, whole: int = 0) -> tuple[int, int]:
     """(inputs per warp, output rows per stage) of fmoe_qmv4_bulk: 16 warps over a stage's tiles of 16 rows, each
-    warp BULK_TILES_PER_WARP tiles over its inputs."""
+    warp BULK_TILES_PER_WARP tiles over its inputs; ``whole``: the whole-rows kernel's tiles a unit (a warp a tile)."""
+    if whole:
+        return n_in, 16 * whole
     kw = 256 if n_in == 4096 else 128
     return kw, 16 * (16 // (n_in // kw)) * BULK_TILES_PER_WARP
 
@@ -249,24 +262,43 @@ def supports_bulk(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, biases
     return all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in (w, scales, biases))
 
 
-def _bulk_bytes(s, n_in: int, group_size: int) -> tuple[int, int]:
+def _bulk_bytes(s, n_in: int, group_size: int, whole: int = 0) -> tuple[int, int]:
     """(bytes of one stage buffer, bytes of the staged x) of fmoe_qmv4_bulk's dynamic shared memory."""
-    sr = _bulk_shape(n_in)[1]
+    sr = _bulk_shape(n_in, whole)[1]
     stage = sr * n_in // 2 + 2 * sr * (n_in // group_size) * s.element_size()
-    return stage, (n_in // 2 + 2 * (n_in // group_size)) * 4       # x as int8 digits h, l; sigma and sum a group
+    x_row = (n_in // 2 + 2 * (n_in // group_size)) * 4              # x as int8 digits h, l; sigma and sum a group
+    return stage, x_row * (_WHOLE_ROWS_X if whole else 1)
 
 
 def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int,
-                 gate_up: bool = False) -> int:
+                 gate_up: bool = False, whole: int = 0) -> int:
     """Stage buffers of fmoe_qmv4_bulk: BULK_STAGES, at most what shared memory holds beside the staged x and the
     kernel's static arrays, at most one a unit of a block (gate+up: two units a stage of rows; 0: not even one
-    fits)."""
-    stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
+    fits). ``whole`` (tiles a unit of the whole-rows kernel): a multiple of its 16 / whole warp groups."""
+    stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size, whole)
     sms, smem_max = _sm_resources(device)
-    pairs = rows * (n_out // _bulk_shape(n_in)[1])
+    pairs = rows * (n_out // _bulk_shape(n_in, whole)[1])
     per_block = -(-pairs // min(sms, pairs)) * (2 if gate_up else 1)
     most = 16 if BULK_PRODUCER else 32                         # (PROD: the kernel's bars 16.. are "empty" ones)
-    return min(most, BULK_STAGES or most, (smem_max - static_bytes - x_bytes) // stage_bytes, per_block)
+    fit = (smem_max - static_bytes - x_bytes) // stage_bytes
+    if whole:                                                  # (BULK_STAGES: the other kernels')
+        groups = 16 // whole
+        cap = min(most, fit, BULK_WHOLE_STAGES or most) // groups * groups
+        return min(cap, -(-per_block // groups) * groups)
+    return min(most, BULK_STAGES or most, fit, per_block)
+
+
+def _whole_rows(x: torch.Tensor, n_out: int, n_in: int, rows: int, gate_up: bool, device: int) -> int:
+    """Tiles a unit of the whole-rows kernel where it runs these operands (FMOE_CUDA_PRODUCER=1, BULK_WHOLE_ROWS, one
+    matrix of 512 or 1024 inputs, a block's units over at most _WHOLE_ROWS_X table rows of x), else 0."""
+    tiles = BULK_WHOLE_ROWS
+    if not (BULK_PRODUCER and tiles and not gate_up and n_in in (512, 1024) and n_out % (16 * tiles) == 0):
+        return 0
+    per_row = n_out // (16 * tiles)
+    units = rows * per_row
+    most = -(-units // min(_sm_resources(device)[0], units))   # units of a block
+    spanned = 1 if x.shape[0] == 1 else -(-(most - 1) // per_row) + 1
+    return tiles if spanned <= _WHOLE_ROWS_X else 0
 
 
 def _overlaps_prior(device_index: int) -> bool:
@@ -362,21 +394,20 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
     buffers, launched to overlap the previous kernel where BULK_OVERLAP (compute capability 9.0+), its slots read and
     first copies issued before the wait for it when ``slots_ready``. ``trace`` (bench/device/bulk_timeline.py): int64
     [blocks, 64], the blocks' timelines (the kernel's TRACE instance)."""
-    kw, sr = _bulk_shape(n_in)
+    whole = _whole_rows(x, n_out, n_in, rows, gate_up, device)
+    kw, sr = _bulk_shape(n_in, whole)
     s = mats[0][1]
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     swz = all(_swizzled(m[1], n_in, group_size) and _swizzled(m[2], n_in, group_size) for m in mats)
-    prod = (2 if BULK_LAST_WARP else 1) if BULK_PRODUCER else 0
-    fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {BULK_TILES_PER_WARP}, "
+    prod = 2 if whole else int(BULK_PRODUCER)
+    fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {whole or BULK_TILES_PER_WARP}, "
                            f"{int(gate_up)}, {int(trace is not None)}, {int(swz)}, {prod}>", device)
     stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared + (1024 if swz else 0),
-                          gate_up)
-    if prod == 2:
-        stages = min(stages, 4)
+                          gate_up, whole)
     if stages < 1:
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
                          f"memory ({_sm_resources(device)[1]} bytes a block)")
-    stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size)
+    stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size, whole)
     blocks = min(_sm_resources(device)[0], rows * (n_out // sr))
     if trace is not None and (trace.dtype != torch.int64 or trace.numel() < 64 * blocks or not trace.is_contiguous()):
         raise ValueError(f"trace: a contiguous int64 tensor of at least 64 x {blocks} blocks")

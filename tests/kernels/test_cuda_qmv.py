@@ -228,10 +228,10 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
                "producer warp, paced: 1 unit in flight": ({"BULK_PRODUCER": True, "BULK_DEPTH": 1}, False),
                "producer warp, paced: 2 of 3 stages, led, slots ready": (
                    {"BULK_PRODUCER": True, "BULK_STAGES": 3, "BULK_DEPTH": 2, "BULK_LEAD": 1000}, True),
-               "producer warp, sums by the last warp, slots ready": ({"BULK_PRODUCER": True, "BULK_LAST_WARP": True},
-                                                                     True),
-               "producer warp, sums by the last warp, 4 stages, 1 tile a warp": (
-                   {"BULK_PRODUCER": True, "BULK_LAST_WARP": True, "BULK_STAGES": 4, "BULK_TILES_PER_WARP": 1}, False)}
+               "producer warp, whole rows a warp, units of 4 tiles, slots ready": (
+                   {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": 4}, True),
+               "producer warp, whole rows a warp, units of 2 tiles, at most 8 stages": (
+                   {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": 2, "BULK_WHOLE_STAGES": 8}, False)}
 
 
 @needs_hopper
@@ -429,7 +429,7 @@ def test_every_configuration_compiles_with_nvrtc():
         for x_t, s_t, kw, tpw, mode, trace, swz, prod in ((1, 1, 256, 2, 0, 0, 1, 0), (0, 0, 128, 1, 0, 0, 0, 0),
                                                           (1, 1, 256, 2, 1, 0, 1, 0), (1, 1, 256, 1, 1, 1, 0, 1),
                                                           (0, 1, 128, 2, 0, 1, 0, 1), (1, 1, 256, 2, 1, 0, 0, 0),
-                                                          (1, 1, 128, 2, 0, 0, 0, 2), (1, 1, 256, 4, 1, 1, 1, 2)):
+                                                          (0, 1, 1024, 4, 0, 0, 0, 2), (1, 1, 512, 2, 0, 1, 0, 2)):
             expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {swz}, {prod}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
@@ -466,6 +466,22 @@ def test_the_kernels_are_chosen_by_environment_variables(monkeypatch, var):
     monkeypatch.setenv(var, "fastest")
     with pytest.raises(ValueError, match=f"{var}='fastest': one of 'fma', 'bulk', 'mma-b3'"):
         cuda_qmv._kernel_from_env(var)
+
+
+def test_whole_rows_tiles_are_read_from_the_environment(monkeypatch):
+    """FMOE_CUDA_WHOLE_ROWS: the whole-rows kernel's tiles a unit, "0" (off, the default), 1, 2, 4 or 8; anything else
+    is an error naming the variable (no GPU needed)."""
+    from fmoe.kernels import cuda_qmv
+
+    monkeypatch.delenv("FMOE_CUDA_WHOLE_ROWS", raising=False)
+    assert cuda_qmv._tiles_from_env("FMOE_CUDA_WHOLE_ROWS") == 0
+    for value in ("0", "1", "2", "4", "8"):
+        monkeypatch.setenv("FMOE_CUDA_WHOLE_ROWS", value)
+        assert cuda_qmv._tiles_from_env("FMOE_CUDA_WHOLE_ROWS") == int(value)
+    for value in ("3", "16", "on"):
+        monkeypatch.setenv("FMOE_CUDA_WHOLE_ROWS", value)
+        with pytest.raises(ValueError, match=f"FMOE_CUDA_WHOLE_ROWS='{value}': '0' \\(off\\)"):
+            cuda_qmv._tiles_from_env("FMOE_CUDA_WHOLE_ROWS")
 
 
 @pytest.mark.parametrize("var", ["FMOE_CUDA_OVERLAP", "FMOE_CUDA_PRODUCER"])
