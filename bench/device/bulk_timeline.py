@@ -82,22 +82,21 @@ VARIANTS = {
     "producer-stages3-slots-ready": {"BULK_PRODUCER": True, "BULK_STAGES": 3, "slots_ready": True},
     "no-producer-slots-ready": {"BULK_PRODUCER": False, "slots_ready": True},
 }
-# session 13: the producer warp paced (at most D units in flight, the first D issued L clock cycles apart), S stages
-for _s, _d, _l in ((2, 1, 0), (3, 1, 0), (3, 2, 0), (3, 2, 500), (3, 2, 1000), (3, 2, 2000), (4, 2, 1000),
-                   (4, 3, 700), (4, 3, 0), (2, 2, 1000)):
-    VARIANTS[f"paced-s{_s}-d{_d}-l{_l}"] = {"BULK_PRODUCER": True, "BULK_STAGES": _s, "BULK_DEPTH": _d,
-                                             "BULK_LEAD": _l, "slots_ready": True}
 # session 13: whole rows a warp (one matrix of 1024 inputs: the down projection), units of T tiles, at most S stages
-for _t, _s in ((4, None), (2, None), (8, None), (4, 4), (2, 8), (1, None)):
+for _t, _s in ((4, None), (2, None), (8, None), (4, 4), (2, 8), (1, None), (1, 16)):
     VARIANTS[f"whole-t{_t}-s{_s or 'all'}"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": _t, "BULK_WHOLE_STAGES": _s,
                                               "slots_ready": True}
+VARIANTS["split-slots-ready"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": 0, "slots_ready": True}
+VARIANTS["split-t4-slots-ready"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": 0, "BULK_TILES_PER_WARP": 4,
+                                    "slots_ready": True}
+VARIANTS["thread0-slots-ready"] = {"BULK_PRODUCER": False, "slots_ready": True}
 _SLOTS_READY = [False]
 
 
 def _apply(settings: dict) -> dict:
     """Set a variant's cuda_qmv globals (and this script's slots_ready); return the previous values."""
     old = {k: getattr(cuda_qmv, k) for k in ("BULK_OVERLAP", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_SWIZZLE",
-                                              "BULK_PRODUCER", "BULK_DEPTH", "BULK_LEAD", "BULK_WHOLE_ROWS",
+                                              "BULK_PRODUCER", "BULK_WHOLE_ROWS",
                                               "BULK_WHOLE_STAGES")}
     old["slots_ready"] = _SLOTS_READY[0]
     for k, v in settings.items():

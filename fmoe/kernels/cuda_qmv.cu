@@ -655,11 +655,11 @@ __device__ __forceinline__ void bulk_issue_units(const QmvArgs& a, const BulkMap
 
 // the issuing thread (thread 0; PROD: the producer warp's lane 0): the stage buffers' mbarriers (PROD: also their
 // "empty" barriers, bars[16 + s], one arrival a consumer warp of the unit), then the copies of the block's first
-// `first` units
+// `stages` units
 template <int GROUP, int ST, int MODE, int SWZ, int PROD>
 __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
-                                           unsigned long long* bars, int stages, int first, u32 stage_bytes, int u0,
-                                           int u1, int per_row, int sr, SlotAhead& ahead) {
+                                           unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
+                                           int per_row, int sr, SlotAhead& ahead) {
     constexpr int releases = PROD == 2 ? 0 : 16;                // (PROD 2: its unit's warps, set below)
     if (threadIdx.x == (PROD ? 512 : 0)) {
         for (int s = 0; s < stages; ++s)
@@ -669,30 +669,20 @@ __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* map
                 asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_addr(&bars[16 + s])),
                              "r"(releases ? releases : sr / 16) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
-        bulk_issue_units<GROUP, ST, MODE, SWZ>(a, maps, bsm, bars, stage_bytes, 0, first, u0, u1, per_row, sr,
+        bulk_issue_units<GROUP, ST, MODE, SWZ>(a, maps, bsm, bars, stage_bytes, 0, stages, u0, u1, per_row, sr,
                                                ahead);
     }
 }
 
-// PROD: the producer warp's lane 0 issues the block's units from `first` on, each into its buffer once the 16
-// consumer warps have released that buffer (its empty barrier's phase), so no consumer warp spends ~0.1 us a copy
-// issuing them (session 11). Paced (depth > 0): at most `depth` units in flight (issued, not landed), the first
-// `depth` issued `lead` clock cycles apart from t0: the copies in flight together share the bandwidth and land
-// together, so a block's first units issued at once all land late (session 13)
+// PROD: the producer warp's lane 0 refills each buffer with the block's next unit once its consumer warps have
+// released it (its empty barrier's phase), so no consumer warp spends ~0.1 us a copy issuing them (session 11)
 template <int GROUP, int ST, int MODE, int SWZ>
 __device__ __forceinline__ void bulk_produce(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
-                                             unsigned long long* bars, int stages, int first, int depth, int lead,
-                                             long long t0, u32 stage_bytes, int u0, int u1, int per_row, int sr,
-                                             SlotAhead& ahead) {
-    for (int u = u0 + first; u < u1; ++u) {
+                                             unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
+                                             int per_row, int sr, SlotAhead& ahead) {
+    for (int u = u0 + stages; u < u1; ++u) {
         const int i = u - u0, s = i % stages;
-        if (i >= stages) bar_wait(smem_addr(&bars[16 + s]), (u32)((i / stages - 1) & 1));
-        if (depth && i >= depth) {
-            const int j = i - depth;                           // (depth <= stages: unit j's buffer not refilled yet)
-            bar_wait(smem_addr(&bars[j % stages]), (u32)((j / stages) & 1));
-        } else if (depth) {
-            while (clock64() - t0 < (long long)i * lead) {}
-        }
+        bar_wait(smem_addr(&bars[16 + s]), (u32)((i / stages - 1) & 1));
         bulk_issue<GROUP, ST, MODE, SWZ>(a, maps, bsm + (size_t)s * stage_bytes, smem_addr(&bars[s]), u,
                                          ahead.take(a, u >> MODE, per_row, u1 >> MODE), per_row, sr);
     }
@@ -944,8 +934,9 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 
 // PROD 2 (whole rows, MODE 0, KW = K): a unit is TILES = sr / 16 tiles of 16 rows over all K inputs, one warp a tile,
 // so no warp waits for another: warp w multiplies tile w % TILES of the block's units i = w / TILES, + 16 / TILES, ...
-// (buffer i % stages; stages a multiple of 16 / TILES, so that a buffer's next unit is its same warps' next one and no
-// warp waits for a fill two phases ahead), releases the buffer and writes its rows of y. xs holds the staged x of
+// (buffer i % stages), releases the buffer and writes its rows of y. A buffer's fills are awaited by parity, so no warp
+// may wait for a fill two phases ahead of the buffer's: the launcher takes a buffer a unit of the block (no refills)
+// where they fit, else a multiple of 16 / TILES buffers (a buffer's next unit is then its same warps' next one). xs holds the staged x of
 // every table row of the block (x_words each, from r_first); thread 0 counts warp 0's units in the trace
 template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE>
 __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned char* bsm, unsigned long long* bars,
@@ -982,11 +973,11 @@ __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned
 // slots_ready, with programmatic dependent launch): the caller vouches that the previous kernel of the stream wrote
 // neither the slot table nor the weights, so a block reads its slots and issues its first copies before
 // griddepcontrol.wait (while the previous kernel drains) and only x after it; else everything after the wait.
-// PROD: `depth` and `lead` pace the producer warp's copies (bulk_produce; 0: all `stages` buffers filled at once).
-// PROD 2: whole rows a warp (bulk_whole_rows; TPW is then the tiles of a unit).
+// PROD: a producer warp issues the copies (bulk_produce); PROD 2: also whole rows a warp (bulk_whole_rows; TPW is
+// then the tiles of a unit).
 template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ, int PROD>
 __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int early,
-                                                                      int depth, int lead, unsigned long long* trace,
+                                                                      unsigned long long* trace,
                                                                       const __grid_constant__ BulkMaps maps) {
     BulkTrace tr;
     if (TRACE) tr.start(trace);
@@ -996,7 +987,7 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     __shared__ float red[PROD == 2 ? 1 : 2][16][TPW][16];
     __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
     const int k = a.n_in, wpt = k / KW, sr = PROD == 2 ? 16 * TPW : 16 * (16 / wpt) * TPW, groups = k / GROUP;
-    if (PROD == 2 && (MODE || wpt != 1 || stages % (16 / TPW))) __trap();
+    if (PROD == 2 && (MODE || wpt != 1)) __trap();
     const int per_row = a.n_out / sr;
     const int es = ST ? 2 : 4;
     const u32 stage_bytes = (u32)sr * k / 2 + 2u * sr * groups * es;
@@ -1011,13 +1002,9 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     SlotAhead ahead{-1, -1, 0, 0};
     int r = (u0 >> MODE) / per_row, n0 = ((u0 >> MODE) % per_row) * sr;
     const bool issuer = threadIdx.x == (PROD ? 512 : 0);
-    const int first = PROD && depth ? 1 : stages;               // units issued at entry (paced: the rest by bulk_produce)
-    long long t0 = 0;
     if (early) {                                                // the slots and copies while the previous kernel drains
         if (issuer && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);
-        t0 = clock64();
-        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr,
-                                               ahead);
+        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
         prior_grid_wait();
     } else {
         prior_grid_wait();
@@ -1026,17 +1013,13 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     float xv[8];
     if (PROD != 2 && threadIdx.x < n8_pad)                      // before the copies
         int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
-    if (!early) {
-        t0 = clock64();
-        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, first, stage_bytes, u0, u1, per_row, sr,
-                                               ahead);
-    }
+    if (!early)
+        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
     next_grid_may_start();
     if (PROD && warp == 16) {                                   // the producer warp: the barriers' init published to
         asm volatile("bar.arrive 2, 544;" ::: "memory");       // the consumers, then the block's other copies
         if (lane == 0)
-            bulk_produce<GROUP, ST, MODE, SWZ>(a, &maps, bsm, bars, stages, first, depth, lead, t0, stage_bytes, u0,
-                                               u1, per_row, sr, ahead);
+            bulk_produce<GROUP, ST, MODE, SWZ>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
         return;
     }
     if (PROD == 2) {                                            // x of each table row of the block's units

@@ -24,11 +24,12 @@ Hopper and the FMA kernel before (``FMOE_CUDA_GATE_UP`` names another). ``kernel
 stream's previous kernel (programmatic dependent launch, ``BULK_OVERLAP``; ``FMOE_CUDA_OVERLAP=0`` turns it off),
 and with ``slots_ready=True`` (the caller vouches that the previous kernel wrote neither the slot table nor the
 weights: the engine's down projection after gate+up) a block also starts its weight copies before that kernel has
-finished. Scales and biases of 128-byte rows come by swizzled tensor copies (``BULK_SWIZZLE``); with
-``FMOE_CUDA_PRODUCER=1`` (``BULK_PRODUCER``, off by default) a 17th warp issues the copies. Decode on the H200
-(bench/results/cuda_stream.md, session 11), slots ready: gate+up 0.74 of HBM, one matrix 0.61-0.62; 0.82-0.88 with
-64 rows. ``OVERLAP_PRIOR`` (off by default) does the same for the other kernels, which read their slots and weights
-before the wait.
+finished. Scales and biases of 128-byte rows come by swizzled tensor copies (``BULK_SWIZZLE``); a 17th warp issues
+the copies (``BULK_PRODUCER``; ``FMOE_CUDA_PRODUCER=0``: thread 0 between two stages' products), and one matrix of
+512 or 1024 inputs (the down projection) runs whole rows a warp (``BULK_WHOLE_ROWS``, ``FMOE_CUDA_WHOLE_ROWS``).
+Decode on the H200 (bench/results/cuda_stream.md, session 13), slots ready: gate+up 0.75 of HBM, the down projection
+0.68, one 1024 x 4096 matrix 0.65; 0.89-0.92 with 64 rows. ``OVERLAP_PRIOR`` (off by default) does the same for the
+other kernels, which read their slots and weights before the wait.
 """
 from __future__ import annotations
 
@@ -137,8 +138,8 @@ BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a s
 
 
 def _switch_from_env(var: str, default: str = "1") -> bool:
-    """An on/off setting of the bulk-copy kernel (``FMOE_CUDA_OVERLAP``, default on; ``FMOE_CUDA_PRODUCER``, default
-    off): "1" or "0"."""
+    """An on/off setting of the bulk-copy kernel (``FMOE_CUDA_OVERLAP``, ``FMOE_CUDA_PRODUCER``: both on by default):
+    "1" or "0"."""
     value = os.environ.get(var, default)
     if value not in ("0", "1"):
         raise ValueError(f"{var}={value!r}: '1' (on) or '0' (off)")
@@ -151,29 +152,25 @@ def _switch_from_env(var: str, default: str = "1") -> bool:
 BULK_OVERLAP = _switch_from_env("FMOE_CUDA_OVERLAP")
 
 
-# FMOE_CUDA_PRODUCER=1: a 17th warp issues every copy and consumer warps release a buffer through its "empty"
-# mbarrier (the kernel's PROD instances), instead of thread 0 of the computing warps between two stages' products.
-# The H200, decode's 10 rows, slots ready (bench/results/session12/call1.txt, call7): gate+up 14.9 -> 14.3-14.4 us,
-# 4096 x 1024 9.1 -> 8.7-8.8, 1024 x 4096 9.0 -> 8.6; 64 rows 0.88 -> 0.89-0.90 and 0.82 -> 0.83-0.84 of HBM; the
-# engine's (c) the same (105.9 against 106.9 tok/s). Off by default: its launch-mode and bulk tests passed on the
-# H200 (call 1), the rest of the GPU suite has not run with it as the default (call 7 ran out of time)
-BULK_PRODUCER = _switch_from_env("FMOE_CUDA_PRODUCER", "0")
-# FMOE_CUDA_PRODUCER=1 only: the producer warp keeps at most BULK_DEPTH units in flight (issued, not landed; 0: every
-# buffer filled at once), its first BULK_DEPTH issued BULK_LEAD clock cycles apart (session 13's experiment: copies in
-# flight together share the bandwidth and land together, so a block's first units issued at once all land late)
-BULK_DEPTH = 0
-BULK_LEAD = 0
+# A 17th warp issues every copy and consumer warps release a buffer through its "empty" mbarrier (the kernel's PROD
+# instances; FMOE_CUDA_PRODUCER=0: thread 0 of the computing warps issues them between two stages' products). The
+# H200, decode's 10 rows, slots ready (bench/results/session12/call1.txt, call7; session13/call1.txt): gate+up
+# 14.9 -> 14.3-14.9 us, 1024 x 4096 9.0-9.1 -> 8.6; 64 rows 0.88-0.90 -> 0.90-0.92 of HBM; the engine's (c) the same
+# (105.9 against 106.9, 105.8 against 104.4 tok/s). The default since session 13, where the whole GPU suite passed with
+# it (session13/call4) and the whole-rows kernel below, which needs it, took the down projection to 0.68 of HBM.
+BULK_PRODUCER = _switch_from_env("FMOE_CUDA_PRODUCER")
 def _tiles_from_env(var: str) -> int:
-    """Tiles a unit of the whole-rows kernel (``FMOE_CUDA_WHOLE_ROWS``): "0" (off, the default), 1, 2, 4 or 8."""
-    value = os.environ.get(var, "0")
+    """Tiles a unit of the whole-rows kernel (``FMOE_CUDA_WHOLE_ROWS``): "0" (off), 1, 2, 4 (the default) or 8."""
+    value = os.environ.get(var, "4")
     if value not in ("0", "1", "2", "4", "8"):
         raise ValueError(f"{var}={value!r}: '0' (off) or the tiles of 16 rows a unit: '1', '2', '4' or '8'")
     return int(value)
 
 
-# FMOE_CUDA_PRODUCER=1 only, one matrix of 512 or 1024 inputs (the down projection): whole rows a warp (the kernel's
-# PROD 2 instances), units of BULK_WHOLE_ROWS tiles of 16 rows (FMOE_CUDA_WHOLE_ROWS; 0: off), so that no warp
-# waits for another
+# With the producer warp, one matrix of 512 or 1024 inputs (the down projection): whole rows a warp (the kernel's
+# PROD 2 instances), units of BULK_WHOLE_ROWS tiles of 16 rows (FMOE_CUDA_WHOLE_ROWS, default 4; 0: off), so that no
+# warp waits for another: 4096 x 1024 at decode's 10 rows 9.2 -> 8.2 us (0.61 -> 0.68 of HBM), 64 rows 0.81 -> 0.89
+# (bench/results/session13/call4)
 BULK_WHOLE_ROWS = _tiles_from_env("FMOE_CUDA_WHOLE_ROWS")
 BULK_WHOLE_STAGES = None                 # the whole-rows kernel's stage buffers at most (None: a block's units, as fit)
 _WHOLE_ROWS_X = 4                        # table rows of x a block of the whole-rows kernel stages (its units' rows)
@@ -274,7 +271,8 @@ def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: i
                  gate_up: bool = False, whole: int = 0) -> int:
     """Stage buffers of fmoe_qmv4_bulk: BULK_STAGES, at most what shared memory holds beside the staged x and the
     kernel's static arrays, at most one a unit of a block (gate+up: two units a stage of rows; 0: not even one
-    fits). ``whole`` (tiles a unit of the whole-rows kernel): a multiple of its 16 / whole warp groups."""
+    fits). ``whole`` (tiles a unit of the whole-rows kernel): a buffer a unit of a block where they fit (no refills),
+    else a multiple of its 16 / whole warp groups (bulk_whole_rows: no warp waits for a fill two phases ahead)."""
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size, whole)
     sms, smem_max = _sm_resources(device)
     pairs = rows * (n_out // _bulk_shape(n_in, whole)[1])
@@ -282,9 +280,8 @@ def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: i
     most = 16 if BULK_PRODUCER else 32                         # (PROD: the kernel's bars 16.. are "empty" ones)
     fit = (smem_max - static_bytes - x_bytes) // stage_bytes
     if whole:                                                  # (BULK_STAGES: the other kernels')
-        groups = 16 // whole
-        cap = min(most, fit, BULK_WHOLE_STAGES or most) // groups * groups
-        return min(cap, -(-per_block // groups) * groups)
+        cap = min(most, fit, BULK_WHOLE_STAGES or most)
+        return per_block if per_block <= cap else cap // (16 // whole) * (16 // whole)
     return min(most, BULK_STAGES or most, fit, per_block)
 
 
@@ -416,7 +413,6 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
     fn.launch((blocks, 1, 1), (544 if BULK_PRODUCER else 512, 1, 1), stages * stage_bytes + x_bytes
               + (1024 if swz else 0), stream,
               [args, ctypes.c_int(rows), ctypes.c_int(stages), ctypes.c_int(int(overlap and slots_ready)),
-               ctypes.c_int(min(BULK_DEPTH, stages) if BULK_PRODUCER else 0), ctypes.c_int(BULK_LEAD),
                ctypes.c_void_p(trace.data_ptr() if trace is not None else 0), maps], overlap)
 
 

@@ -217,21 +217,22 @@ def test_bulk_copy_gate_up_matches_the_fma_kernel():
             _close(got, ref, 2e-4)
 
 
-# (cuda_qmv settings, slots_ready): launched to overlap the previous launch or not, the slot table vouched for
+# (cuda_qmv settings, slots_ready): launched to overlap the previous launch or not, the slot table vouched for; the
+# copies issued by the producer warp (the default) or thread 0; one matrix of 512/1024 inputs by whole rows a warp (the
+# default, units of 4 tiles) or with a tile's inputs split over warps
 _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
                "overlap": ({}, False),
                "overlap, slots ready": ({}, True),
-               "slots ready, 1 tile a warp, 4 stages": ({"BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4}, True),
                "linear scales (no swizzled tensor copies)": ({"BULK_SWIZZLE": False}, True),
-               "producer warp, every stage that fits": ({"BULK_PRODUCER": True, "BULK_STAGES": None}, False),
-               "producer warp, slots ready": ({"BULK_PRODUCER": True}, True),
-               "producer warp, paced: 1 unit in flight": ({"BULK_PRODUCER": True, "BULK_DEPTH": 1}, False),
-               "producer warp, paced: 2 of 3 stages, led, slots ready": (
-                   {"BULK_PRODUCER": True, "BULK_STAGES": 3, "BULK_DEPTH": 2, "BULK_LEAD": 1000}, True),
-               "producer warp, whole rows a warp, units of 4 tiles, slots ready": (
-                   {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": 4}, True),
-               "producer warp, whole rows a warp, units of 2 tiles, at most 8 stages": (
-                   {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": 2, "BULK_WHOLE_STAGES": 8}, False)}
+               "thread 0 issues the copies, no overlap": ({"BULK_PRODUCER": False, "BULK_OVERLAP": False}, False),
+               "thread 0 issues the copies, slots ready": ({"BULK_PRODUCER": False}, True),
+               "thread 0, 1 tile a warp, 4 stages, slots ready": (
+                   {"BULK_PRODUCER": False, "BULK_TILES_PER_WARP": 1, "BULK_STAGES": 4}, True),
+               "inputs split over warps, slots ready": ({"BULK_WHOLE_ROWS": 0}, True),
+               "inputs split over warps, every stage that fits": ({"BULK_WHOLE_ROWS": 0, "BULK_STAGES": None}, False),
+               "whole rows, units of 1 tile, slots ready": ({"BULK_WHOLE_ROWS": 1}, True),
+               "whole rows, units of 2 tiles, at most 8 stages": ({"BULK_WHOLE_ROWS": 2, "BULK_WHOLE_STAGES": 8}, False),
+               "whole rows, units of 8 tiles, slots ready": ({"BULK_WHOLE_ROWS": 8}, True)}
 
 
 @needs_hopper
@@ -239,8 +240,8 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
 def test_bulk_copy_kernel_launch_modes_match_the_fma_kernel(mode, monkeypatch):
     """The bulk-copy kernel launched as the engine may launch it (overlapping the stream's previous kernel or not;
     slots_ready: its slots and first copies before the wait for that kernel; one or two tiles a warp; scales by
-    swizzled tensor copies or linear; copies issued by thread 0, the default, or by a producer warp, paced or not)
-    against the FMA
+    swizzled tensor copies or linear; copies issued by a producer warp, the default, or thread 0; whole rows a warp
+    or a tile's inputs over several warps) against the FMA
     kernel, each launch right after an FMA launch on the same
     stream that writes its x into a buffer of NaNs (x read before that launch finished would show): the 397B shapes
     at 10 and 64 rows (1024 x 4096 as views of padded tables, slots further apart than a matrix, as the engine's VRAM
@@ -469,12 +470,12 @@ def test_the_kernels_are_chosen_by_environment_variables(monkeypatch, var):
 
 
 def test_whole_rows_tiles_are_read_from_the_environment(monkeypatch):
-    """FMOE_CUDA_WHOLE_ROWS: the whole-rows kernel's tiles a unit, "0" (off, the default), 1, 2, 4 or 8; anything else
-    is an error naming the variable (no GPU needed)."""
+    """FMOE_CUDA_WHOLE_ROWS: the whole-rows kernel's tiles a unit, "0" (off), 1, 2, 4 (the default) or 8; anything
+    else is an error naming the variable (no GPU needed)."""
     from fmoe.kernels import cuda_qmv
 
     monkeypatch.delenv("FMOE_CUDA_WHOLE_ROWS", raising=False)
-    assert cuda_qmv._tiles_from_env("FMOE_CUDA_WHOLE_ROWS") == 0
+    assert cuda_qmv._tiles_from_env("FMOE_CUDA_WHOLE_ROWS") == 4
     for value in ("0", "1", "2", "4", "8"):
         monkeypatch.setenv("FMOE_CUDA_WHOLE_ROWS", value)
         assert cuda_qmv._tiles_from_env("FMOE_CUDA_WHOLE_ROWS") == int(value)
@@ -486,12 +487,12 @@ def test_whole_rows_tiles_are_read_from_the_environment(monkeypatch):
 
 @pytest.mark.parametrize("var", ["FMOE_CUDA_OVERLAP", "FMOE_CUDA_PRODUCER"])
 def test_bulk_kernel_switches_are_read_from_the_environment(monkeypatch, var):
-    """FMOE_CUDA_OVERLAP (the bulk-copy kernel's launches overlap the previous kernel; on by default) and
-    FMOE_CUDA_PRODUCER (a producer warp issues its copies; off by default): "1" or "0"; anything else is an error
-    naming the variable (no GPU needed)."""
+    """FMOE_CUDA_OVERLAP (the bulk-copy kernel's launches overlap the previous kernel) and FMOE_CUDA_PRODUCER (a
+    producer warp issues its copies), both on by default: "1" or "0"; anything else is an error naming the variable
+    (no GPU needed)."""
     from fmoe.kernels import cuda_qmv
 
-    default = {"FMOE_CUDA_OVERLAP": "1", "FMOE_CUDA_PRODUCER": "0"}[var]
+    default = "1"
     monkeypatch.delenv(var, raising=False)
     assert cuda_qmv._switch_from_env(var, default) is (default == "1")
     for value in ("0", "1"):
