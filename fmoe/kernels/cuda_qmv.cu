@@ -654,19 +654,20 @@ __device__ __forceinline__ void bulk_issue_units(const QmvArgs& a, const BulkMap
 }
 
 // the issuing thread (thread 0; PROD: the producer warp's lane 0): the stage buffers' mbarriers (PROD: also their
-// "empty" barriers, bars[16 + s], `releases` arrivals: one a consumer warp of the unit), then the copies of the
-// block's first `stages` units
+// "empty" barriers, bars[16 + s], one arrival a consumer warp of the unit), then the copies of the block's first
+// `stages` units
 template <int GROUP, int ST, int MODE, int SWZ, int PROD>
 __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
-                                           unsigned long long* bars, int stages, int releases, u32 stage_bytes,
-                                           int u0, int u1, int per_row, int sr, SlotAhead& ahead) {
+                                           unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
+                                           int per_row, int sr, SlotAhead& ahead) {
+    constexpr int releases = PROD == 2 ? 0 : 16;                // (PROD 2: its unit's warps, set below)
     if (threadIdx.x == (PROD ? 512 : 0)) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
         if (PROD)
             for (int s = 0; s < stages; ++s)
                 asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_addr(&bars[16 + s])),
-                             "r"(releases) : "memory");
+                             "r"(releases ? releases : sr / 16) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
         bulk_issue_units<GROUP, ST, MODE, SWZ>(a, maps, bsm, bars, stage_bytes, 0, stages, u0, u1, per_row, sr,
                                                ahead);
@@ -931,46 +932,33 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
     }
 }
 
-// PROD 2 (whole rows, MODE 0, KW = K / SPLIT): a unit is TILES = sr / 16 tiles of 16 rows, SPLIT (1 or 2) warps a
-// tile over all K inputs, so no warp waits for one outside its tile: warp w = SPLIT (TILES q + t) + h multiplies
-// inputs h KW.. of tile t of the block's units i = q, q + 16 / (SPLIT TILES), ... (buffer i % stages), releases the
-// buffer, and (h = 0; SPLIT 2: after adding its partner's sums, passed through pair_sums on a named barrier of the two
-// warps) writes its rows of y. A buffer's fills are awaited by parity, so no warp may wait for a fill two phases ahead
-// of the buffer's: the launcher takes a buffer a unit of the block (no refills) where they fit, else a multiple of
-// 16 / (SPLIT TILES) buffers (a buffer's next unit is then its same warps' next one). xs holds the staged x of every
-// table row of the block (x_words each, from r_first); thread 0 counts warp 0's units in the trace
-template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE, int SPLIT>
+// PROD 2 (whole rows, MODE 0, KW = K): a unit is TILES = sr / 16 tiles of 16 rows over all K inputs, one warp a tile,
+// so no warp waits for another: warp w multiplies tile w % TILES of the block's units i = w / TILES, + 16 / TILES, ...
+// (buffer i % stages), releases the buffer and writes its rows of y. A buffer's fills are awaited by parity, so no warp
+// may wait for a fill two phases ahead of the buffer's: the launcher takes a buffer a unit of the block (no refills)
+// where they fit, else a multiple of 16 / TILES buffers (a buffer's next unit is then its same warps' next one). xs holds the staged x of
+// every table row of the block (x_words each, from r_first); thread 0 counts warp 0's units in the trace
+template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE>
 __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned char* bsm, unsigned long long* bars,
                                                 const u32* xs, int x_words, int r_first, int stages, u32 stage_bytes,
                                                 int u0, int u1, int per_row, int sr, int warp, int lane, int g, int c,
-                                                float (*pair_sums)[2][16], BulkTrace& tr) {
-    constexpr int NG = 16 / (SPLIT * TILES);
-    const int h = warp % SPLIT, t = (warp / SPLIT) % TILES, pair = warp / 2;
+                                                BulkTrace& tr) {
+    constexpr int NG = 16 / TILES;
+    const int t = warp % TILES;
     int done = 0;
-    for (int i = warp / (SPLIT * TILES); u0 + i < u1; i += NG, ++done) {
+    for (int i = warp / TILES; u0 + i < u1; i += NG, ++done) {
         const int u = u0 + i, s = i % stages, r = u / per_row, n0 = (u % per_row) * sr;
         bar_wait(smem_addr(&bars[s]), (u32)((i / stages) & 1));
         if (TRACE) tr.mark(3 + 3 * done);
         float acc0[1], acc1[1];
         bulk_products<GROUP, ST, KW, 1, SWZ>(bsm + (size_t)s * stage_bytes,
-                                             xs + (a.x_stride ? (r - r_first) * x_words : 0), a.n_in, sr, t, h * KW,
-                                             g, c, acc0, acc1);
+                                             xs + (a.x_stride ? (r - r_first) * x_words : 0), a.n_in, sr, t, 0, g, c,
+                                             acc0, acc1);
         if (TRACE) tr.mark(4 + 3 * done);
         __syncwarp();
         if (lane == 0)
             asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(&bars[16 + s])) : "memory");
-        if (SPLIT == 2) {                                       // (the partner is at most one unit behind: two slots)
-            if (h == 1 && c == 0) {
-                pair_sums[pair][done & 1][g] = acc0[0];
-                pair_sums[pair][done & 1][g + 8] = acc1[0];
-            }
-            asm volatile("bar.sync %0, 64;" :: "r"(3 + pair) : "memory");
-            if (h == 0 && c == 0) {
-                acc0[0] += pair_sums[pair][done & 1][g];
-                acc1[0] += pair_sums[pair][done & 1][g + 8];
-            }
-        }
-        if (h == 0 && c == 0) {
+        if (c == 0) {
             float* y = a.y + (i64)r * a.n_out + n0 + 16 * t + g;
             y[0] = acc0[0];
             y[8] = acc1[0];
@@ -997,11 +985,9 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     unsigned char* bsm = SWZ ? bsm_raw + ((1024 - (smem_addr(bsm_raw) & 1023)) & 1023) : bsm_raw;   // (SWZ: +1 KB)
     __shared__ __align__(8) unsigned long long bars[32];
     __shared__ float red[PROD == 2 ? 1 : 2][16][TPW][16];
-    __shared__ float pair_sums[PROD == 2 ? 8 : 1][2][16];      // (PROD 2, two warps a tile: one's sums for the other)
     __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
     const int k = a.n_in, wpt = k / KW, sr = PROD == 2 ? 16 * TPW : 16 * (16 / wpt) * TPW, groups = k / GROUP;
-    if (PROD == 2 && (MODE || wpt > 2)) __trap();
-    const int releases = PROD == 2 ? sr / 16 * wpt : 16;       // a buffer's consumer warps (PROD)
+    if (PROD == 2 && (MODE || wpt != 1)) __trap();
     const int per_row = a.n_out / sr;
     const int es = ST ? 2 : 4;
     const u32 stage_bytes = (u32)sr * k / 2 + 2u * sr * groups * es;
@@ -1018,8 +1004,7 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     const bool issuer = threadIdx.x == (PROD ? 512 : 0);
     if (early) {                                                // the slots and copies while the previous kernel drains
         if (issuer && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);
-        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, releases, stage_bytes, u0, u1, per_row,
-                                               sr, ahead);
+        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
         prior_grid_wait();
     } else {
         prior_grid_wait();
@@ -1029,8 +1014,7 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     if (PROD != 2 && threadIdx.x < n8_pad)                      // before the copies
         int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
     if (!early)
-        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, releases, stage_bytes, u0, u1, per_row,
-                                               sr, ahead);
+        bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
     next_grid_may_start();
     if (PROD && warp == 16) {                                   // the producer warp: the barriers' init published to
         asm volatile("bar.arrive 2, 544;" ::: "memory");       // the consumers, then the block's other copies
@@ -1054,12 +1038,8 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
         __syncthreads();
     if (TRACE) tr.mark(2);
     if (PROD == 2) {
-        if (wpt == 2)
-            bulk_whole_rows<GROUP, ST, KW, TPW, SWZ, TRACE, 2>(a, bsm, bars, xs, x_words, r, stages, stage_bytes, u0,
-                                                               u1, per_row, sr, warp, lane, g, c, pair_sums, tr);
-        else
-            bulk_whole_rows<GROUP, ST, KW, TPW, SWZ, TRACE, 1>(a, bsm, bars, xs, x_words, r, stages, stage_bytes, u0,
-                                                               u1, per_row, sr, warp, lane, g, c, pair_sums, tr);
+        bulk_whole_rows<GROUP, ST, KW, TPW, SWZ, TRACE>(a, bsm, bars, xs, x_words, r, stages, stage_bytes, u0, u1,
+                                                        per_row, sr, warp, lane, g, c, tr);
         return;
     }
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs

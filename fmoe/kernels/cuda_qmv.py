@@ -138,8 +138,8 @@ BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a s
 
 
 def _switch_from_env(var: str, default: str = "1") -> bool:
-    """An on/off setting of the bulk-copy kernel (``FMOE_CUDA_OVERLAP``, ``FMOE_CUDA_PRODUCER``: both on by default;
-    ``FMOE_CUDA_WHOLE_SPLIT``: off): "1" or "0"."""
+    """An on/off setting of the bulk-copy kernel (``FMOE_CUDA_OVERLAP``, ``FMOE_CUDA_PRODUCER``: both on by default):
+    "1" or "0"."""
     value = os.environ.get(var, default)
     if value not in ("0", "1"):
         raise ValueError(f"{var}={value!r}: '1' (on) or '0' (off)")
@@ -173,8 +173,6 @@ def _tiles_from_env(var: str) -> int:
 # (bench/results/session13/call4)
 BULK_WHOLE_ROWS = _tiles_from_env("FMOE_CUDA_WHOLE_ROWS")
 BULK_WHOLE_STAGES = None                 # the whole-rows kernel's stage buffers at most (None: a block's units, as fit)
-BULK_WHOLE_SPLIT = 2 if _switch_from_env("FMOE_CUDA_WHOLE_SPLIT", "0") else 1   # warps a tile of the whole-rows kernel
-                                         # (FMOE_CUDA_WHOLE_SPLIT=1: two, each half the inputs, one adds them up)
 _WHOLE_ROWS_X = 4                        # table rows of x a block of the whole-rows kernel stages (its units' rows)
 BULK_SWIZZLE = True      # scales and biases of 128-byte rows (4096 inputs, groups of 64, bf16) by swizzled tensor
                          # copies (the kernel's SWZ instances: no bank conflicts between a fragment's rows)
@@ -241,7 +239,7 @@ def _bulk_shape(n_in: int, whole: int = 0) -> tuple[int, int]:
     """(inputs per warp, output rows per stage) of fmoe_qmv4_bulk: 16 warps over a stage's tiles of 16 rows, each
     warp BULK_TILES_PER_WARP tiles over its inputs; ``whole``: the whole-rows kernel's tiles a unit (a warp a tile)."""
     if whole:
-        return n_in // BULK_WHOLE_SPLIT, 16 * whole
+        return n_in, 16 * whole
     kw = 256 if n_in == 4096 else 128
     return kw, 16 * (16 // (n_in // kw)) * BULK_TILES_PER_WARP
 
@@ -274,8 +272,7 @@ def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: i
     """Stage buffers of fmoe_qmv4_bulk: BULK_STAGES, at most what shared memory holds beside the staged x and the
     kernel's static arrays, at most one a unit of a block (gate+up: two units a stage of rows; 0: not even one
     fits). ``whole`` (tiles a unit of the whole-rows kernel): a buffer a unit of a block where they fit (no refills),
-    else a multiple of its 16 / (whole BULK_WHOLE_SPLIT) warp groups (bulk_whole_rows: no warp waits for a fill two
-    phases ahead)."""
+    else a multiple of its 16 / whole warp groups (bulk_whole_rows: no warp waits for a fill two phases ahead)."""
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size, whole)
     sms, smem_max = _sm_resources(device)
     pairs = rows * (n_out // _bulk_shape(n_in, whole)[1])
@@ -284,8 +281,7 @@ def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: i
     fit = (smem_max - static_bytes - x_bytes) // stage_bytes
     if whole:                                                  # (BULK_STAGES: the other kernels')
         cap = min(most, fit, BULK_WHOLE_STAGES or most)
-        groups = 16 // (whole * BULK_WHOLE_SPLIT)
-        return per_block if per_block <= cap else cap // groups * groups
+        return per_block if per_block <= cap else cap // (16 // whole) * (16 // whole)
     return min(most, BULK_STAGES or most, fit, per_block)
 
 
@@ -293,8 +289,7 @@ def _whole_rows(x: torch.Tensor, n_out: int, n_in: int, rows: int, gate_up: bool
     """Tiles a unit of the whole-rows kernel where it runs these operands (FMOE_CUDA_PRODUCER=1, BULK_WHOLE_ROWS, one
     matrix of 512 or 1024 inputs, a block's units over at most _WHOLE_ROWS_X table rows of x), else 0."""
     tiles = BULK_WHOLE_ROWS
-    if not (BULK_PRODUCER and tiles and not gate_up and n_in in (512, 1024) and n_out % (16 * tiles) == 0
-            and tiles * BULK_WHOLE_SPLIT <= 16):
+    if not (BULK_PRODUCER and tiles and not gate_up and n_in in (512, 1024) and n_out % (16 * tiles) == 0):
         return 0
     per_row = n_out // (16 * tiles)
     units = rows * per_row
