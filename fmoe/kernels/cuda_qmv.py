@@ -130,10 +130,11 @@ BULK_STAGES = 2          # stage buffers of fmoe_qmv4_bulk in flight (None: as m
                          # producer warp); 2 was the fastest of 1-6 on the H200 (bench/results/session9/
                          # call6_report.txt, call7_report.txt) and, with the producer warp, of 2, 3 and all that fit
                          # (bench/results/session12/call1.txt)
-_BULK_STATIC_SMEM = 272 + 4096 * 4 + 1024 * 4 + 1024   # fmoe_qmv4_bulk's static shared memory (barriers, counts,
-                                                        # partial sums, gate rows) at up to 4 tiles a warp and 4
-                                                        # stages' sums, and the swizzled stages' alignment: for
-                                                        # supports_bulk, before the kernel is loaded
+_BULK_STATIC_SMEM = 256 + 2048 * 4 + 1024 * 4 + 1024   # fmoe_qmv4_bulk's static shared memory (barriers, partial
+                                                        # sums, gate rows) at up to 4 tiles a warp (the whole-rows
+                                                        # instances' 8 tiles a unit: as much), and the swizzled
+                                                        # stages' alignment: for supports_bulk and _whole_rows,
+                                                        # before the kernel is loaded
 BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a stage (they share its activations)
 
 
@@ -159,6 +160,8 @@ BULK_OVERLAP = _switch_from_env("FMOE_CUDA_OVERLAP")
 # (105.9 against 106.9, 105.8 against 104.4 tok/s). The default since session 13, where the whole GPU suite passed with
 # it (session13/call4) and the whole-rows kernel below, which needs it, took the down projection to 0.68 of HBM.
 BULK_PRODUCER = _switch_from_env("FMOE_CUDA_PRODUCER")
+
+
 def _tiles_from_env(var: str) -> int:
     """Tiles a unit of the whole-rows kernel (``FMOE_CUDA_WHOLE_ROWS``): "0" (off), 1, 2, 4 (the default) or 8."""
     value = os.environ.get(var, "4")
@@ -285,9 +288,11 @@ def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: i
     return min(most, BULK_STAGES or most, fit, per_block)
 
 
-def _whole_rows(x: torch.Tensor, n_out: int, n_in: int, rows: int, gate_up: bool, device: int) -> int:
+def _whole_rows(x: torch.Tensor, s: torch.Tensor, n_out: int, n_in: int, rows: int, group_size: int, gate_up: bool,
+                device: int) -> int:
     """Tiles a unit of the whole-rows kernel where it runs these operands (FMOE_CUDA_PRODUCER=1, BULK_WHOLE_ROWS, one
-    matrix of 512 or 1024 inputs, a block's units over at most _WHOLE_ROWS_X table rows of x), else 0."""
+    matrix of 512 or 1024 inputs, a block's units over at most _WHOLE_ROWS_X table rows of x, its stage buffers in
+    this GPU's shared memory), else 0 (the launcher keeps the split kernel)."""
     tiles = BULK_WHOLE_ROWS
     if not (BULK_PRODUCER and tiles and not gate_up and n_in in (512, 1024) and n_out % (16 * tiles) == 0):
         return 0
@@ -295,7 +300,10 @@ def _whole_rows(x: torch.Tensor, n_out: int, n_in: int, rows: int, gate_up: bool
     units = rows * per_row
     most = -(-units // min(_sm_resources(device)[0], units))   # units of a block
     spanned = 1 if x.shape[0] == 1 else -(-(most - 1) // per_row) + 1
-    return tiles if spanned <= _WHOLE_ROWS_X else 0
+    if spanned > _WHOLE_ROWS_X or _bulk_stages(s, n_out, n_in, rows, group_size, device, _BULK_STATIC_SMEM,
+                                                 whole=tiles) < 1:
+        return 0
+    return tiles
 
 
 def _overlaps_prior(device_index: int) -> bool:
@@ -391,7 +399,7 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
     buffers, launched to overlap the previous kernel where BULK_OVERLAP (compute capability 9.0+), its slots read and
     first copies issued before the wait for it when ``slots_ready``. ``trace`` (bench/device/bulk_timeline.py): int64
     [blocks, 64], the blocks' timelines (the kernel's TRACE instance)."""
-    whole = _whole_rows(x, n_out, n_in, rows, gate_up, device)
+    whole = _whole_rows(x, mats[0][1], n_out, n_in, rows, group_size, gate_up, device)
     kw, sr = _bulk_shape(n_in, whole)
     s = mats[0][1]
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]

@@ -469,6 +469,38 @@ def test_the_kernels_are_chosen_by_environment_variables(monkeypatch, var):
         cuda_qmv._kernel_from_env(var)
 
 
+def test_whole_rows_kernel_is_chosen_only_where_it_fits(monkeypatch):
+    """The launcher's choice of the whole-rows kernel (no GPU needed: the GPU's resources are stubbed, operands are
+    CPU tensors whose shapes and dtypes are all it reads): one matrix of 512/1024 inputs with the producer warp; a
+    block's units over at most 4 table rows of x (any count with one shared x); its buffers in shared memory (one a
+    unit of a block where they fit, else a multiple of its warp groups), else the split kernel (0)."""
+    from fmoe.kernels import cuda_qmv
+
+    monkeypatch.setattr(cuda_qmv, "BULK_PRODUCER", True)
+    monkeypatch.setattr(cuda_qmv, "BULK_WHOLE_ROWS", 4)
+    monkeypatch.setattr(cuda_qmv, "BULK_WHOLE_STAGES", None)
+    scales = torch.zeros(1, 4096, 16, dtype=torch.bfloat16)
+
+    def choice(n_out, n_in, rows, shared=False, gate_up=False):
+        x = torch.zeros(1 if shared else rows, n_in)
+        return cuda_qmv._whole_rows(x, scales, n_out, n_in, rows, 64, gate_up, 0)
+
+    monkeypatch.setattr(cuda_qmv, "_sm_resources", lambda device: (132, 232448))      # an H200
+    assert choice(4096, 1024, 10) == 4 and choice(4096, 1024, 64) == 4 and choice(4096, 1024, 1) == 4
+    assert choice(1024, 4096, 10) == 0 and choice(4096, 1024, 10, gate_up=True) == 0
+    assert choice(128, 512, 400) == 4                           # 7 units a block, 2 a table row: 4 rows of x
+    assert choice(128, 512, 600) == 0 and choice(128, 512, 600, shared=True) == 4      # 6 rows of x; one x
+    # buffers: 5 units a block at decode, all in flight; 32 at 64 rows, 4 buffers (a multiple of 4 warp groups)
+    assert cuda_qmv._bulk_stages(scales, 4096, 1024, 10, 64, 0, cuda_qmv._BULK_STATIC_SMEM, whole=4) == 5
+    assert cuda_qmv._bulk_stages(scales, 4096, 1024, 64, 64, 0, cuda_qmv._BULK_STATIC_SMEM, whole=4) == 4
+    monkeypatch.setattr(cuda_qmv, "_sm_resources", lambda device: (132, 101376))      # 99 KB a block
+    assert choice(4096, 1024, 10) == 0                          # 2 buffers fit, 5 units need 4: the split kernel
+    assert choice(4096, 1024, 1) == 4                           # one unit a block: one buffer
+    monkeypatch.setattr(cuda_qmv, "BULK_PRODUCER", False)
+    monkeypatch.setattr(cuda_qmv, "_sm_resources", lambda device: (132, 232448))
+    assert choice(4096, 1024, 10) == 0
+
+
 def test_whole_rows_tiles_are_read_from_the_environment(monkeypatch):
     """FMOE_CUDA_WHOLE_ROWS: the whole-rows kernel's tiles a unit, "0" (off), 1, 2, 4 (the default) or 8; anything
     else is an error naming the variable (no GPU needed)."""
