@@ -190,7 +190,10 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
         mma = cuda_qmv.MMA_VARIANTS.get(chosen)
         if chosen == cuda_qmv.BULK and cuda_qmv.supports_bulk(x, w, s, b, group, bits):
             swizzled = cuda_qmv._swizzled(s, n_in, group)
-            res["config"] = "tensor cores, bulk copies" + (", swizzled scales" if swizzled else "")
+            whole = cuda_qmv._whole_rows(x, s, n_out, n_in, rows, group, gate_up, x.device.index or 0)
+            res["config"] = ("tensor cores, bulk copies" + (", swizzled scales" if swizzled else "")
+                             + (", producer warp" if cuda_qmv.BULK_PRODUCER else "")
+                             + (f", whole rows a warp (units of {whole} tiles)" if whole else ""))
         elif mma is not None and cuda_qmv.supports_mma(x, w, group, bits):
             res["config"] = f"tensor cores {list(mma)}"
         else:
