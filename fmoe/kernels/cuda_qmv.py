@@ -27,8 +27,8 @@ weights: the engine's down projection after gate+up) a block also starts its wei
 finished. Scales and biases of 128-byte rows come by swizzled tensor copies (``BULK_SWIZZLE``); a 17th warp issues
 the copies (``BULK_PRODUCER``; ``FMOE_CUDA_PRODUCER=0``: thread 0 between two stages' products), and one matrix of
 512 or 1024 inputs (the down projection) runs whole rows a warp (``BULK_WHOLE_ROWS``, ``FMOE_CUDA_WHOLE_ROWS``).
-Decode on the H200 (bench/results/cuda_stream.md, session 13), slots ready: gate+up 0.75 of HBM, the down projection
-0.68, one 1024 x 4096 matrix 0.65; 0.89-0.92 with 64 rows. ``OVERLAP_PRIOR`` (off by default) does the same for the
+Decode on the H200 (bench/results/cuda_stream.md, session 13), slots ready: gate+up 0.75-0.78 of HBM, the down
+projection 0.66-0.68, one 1024 x 4096 matrix 0.65; 0.87-0.93 with 64 rows. ``OVERLAP_PRIOR`` (off by default) does the same for the
 other kernels, which read their slots and weights before the wait.
 """
 from __future__ import annotations
@@ -172,8 +172,8 @@ def _tiles_from_env(var: str) -> int:
 
 # With the producer warp, one matrix of 512 or 1024 inputs (the down projection): whole rows a warp (the kernel's
 # PROD 2 instances), units of BULK_WHOLE_ROWS tiles of 16 rows (FMOE_CUDA_WHOLE_ROWS, default 4; 0: off), so that no
-# warp waits for another: 4096 x 1024 at decode's 10 rows 9.2 -> 8.2 us (0.61 -> 0.68 of HBM), 64 rows 0.81 -> 0.89
-# (bench/results/session13/call4)
+# warp waits for another: 4096 x 1024 at decode's 10 rows 9.1-9.2 -> 8.2-8.4 us (0.61 -> 0.66-0.68 of HBM), 64 rows
+# 0.81-0.83 -> 0.87-0.90 (bench/results/session13/call4, call5, call6)
 BULK_WHOLE_ROWS = _tiles_from_env("FMOE_CUDA_WHOLE_ROWS")
 BULK_WHOLE_STAGES = None                 # the whole-rows kernel's stage buffers at most (None: a block's units, as fit)
 _WHOLE_ROWS_X = 4                        # table rows of x a block of the whole-rows kernel stages (its units' rows)
