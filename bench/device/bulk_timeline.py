@@ -86,6 +86,9 @@ VARIANTS = {
 for _t, _s in ((4, None), (2, None), (8, None), (4, 4), (2, 8), (1, None), (1, 16)):
     VARIANTS[f"whole-t{_t}-s{_s or 'all'}"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": _t, "BULK_WHOLE_STAGES": _s,
                                               "slots_ready": True}
+for _t in (4, 8):
+    VARIANTS[f"whole-t{_t}-split-last"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": _t, "BULK_WHOLE_SPLIT_LAST": True,
+                                          "slots_ready": True}
 VARIANTS["split-slots-ready"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": 0, "slots_ready": True}
 VARIANTS["split-t4-slots-ready"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": 0, "BULK_TILES_PER_WARP": 4,
                                     "slots_ready": True}
@@ -97,7 +100,7 @@ def _apply(settings: dict) -> dict:
     """Set a variant's cuda_qmv globals (and this script's slots_ready); return the previous values."""
     old = {k: getattr(cuda_qmv, k) for k in ("BULK_OVERLAP", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_SWIZZLE",
                                               "BULK_PRODUCER", "BULK_WHOLE_ROWS",
-                                              "BULK_WHOLE_STAGES")}
+                                              "BULK_WHOLE_STAGES", "BULK_WHOLE_SPLIT_LAST")}
     old["slots_ready"] = _SLOTS_READY[0]
     for k, v in settings.items():
         if k == "slots_ready":

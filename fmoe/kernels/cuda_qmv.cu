@@ -660,7 +660,7 @@ template <int GROUP, int ST, int MODE, int SWZ, int PROD>
 __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
                                            unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
                                            int per_row, int sr, SlotAhead& ahead) {
-    constexpr int releases = PROD == 2 ? 0 : 16;                // (PROD 2: its unit's warps, set below)
+    constexpr int releases = PROD >= 2 ? 0 : 16;                // (PROD 2, 3: its unit's warps, set below)
     if (threadIdx.x == (PROD ? 512 : 0)) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
@@ -932,21 +932,31 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
     }
 }
 
-// PROD 2 (whole rows, MODE 0, KW = K): a unit is TILES = sr / 16 tiles of 16 rows over all K inputs, one warp a tile,
+// PROD 2, 3 (whole rows, MODE 0, KW = K): a unit is TILES = sr / 16 tiles of 16 rows over all K inputs, one warp a tile,
 // so no warp waits for another: warp w multiplies tile w % TILES of the block's units i = w / TILES, + 16 / TILES, ...
 // (buffer i % stages), releases the buffer and writes its rows of y. A buffer's fills are awaited by parity, so no warp
 // may wait for a fill two phases ahead of the buffer's: the launcher takes a buffer a unit of the block (no refills)
 // where they fit, else a multiple of 16 / TILES buffers (a buffer's next unit is then its same warps' next one). xs holds the staged x of
-// every table row of the block (x_words each, from r_first); thread 0 counts warp 0's units in the trace
-template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE>
+// every table row of the block (x_words each, from r_first); thread 0 counts warp 0's units in the trace.
+// SPLIT_LAST (PROD 3, BULK_WHOLE_SPLIT_LAST): where a block's units leave one over after whole rounds of its 16 / TILES warp
+// groups (5 at decode's 10 rows, 1 at one row), that last unit, the last to land, is multiplied by every warp: tile t
+// by the warps w % TILES = t, each a 1 / (16 / TILES) slice of the inputs, the slices' sums added up in warp order
+// through split_sums on a named barrier of the tile's warps (no refill follows it: its buffer is not released), so
+// the call ends ~one slice's products after its last bytes land instead of a whole tile's. Only where the block's
+// units all have their own buffer (no refills): a warp of another group must not wait on a buffer's fill while its
+// previous one may be pending.
+template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE, int SPLIT_LAST>
 __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned char* bsm, unsigned long long* bars,
                                                 const u32* xs, int x_words, int r_first, int stages, u32 stage_bytes,
                                                 int u0, int u1, int per_row, int sr, int warp, int lane, int g, int c,
-                                                BulkTrace& tr) {
+                                                float (*split_sums)[16], BulkTrace& tr) {
     constexpr int NG = 16 / TILES;
+    constexpr int KS = KW / NG;                                 // a slice of the split unit's inputs
     const int t = warp % TILES;
+    const int n = u1 - u0;                                      // (split: no refills, every buffer filled once, so
+    const int whole_end = (KS % 128 == 0 && SPLIT_LAST && n % NG == 1 && stages >= n) ? u1 - 1 : u1;   // all wait it)
     int done = 0;
-    for (int i = warp / TILES; u0 + i < u1; i += NG, ++done) {
+    for (int i = warp / TILES; u0 + i < whole_end; i += NG, ++done) {
         const int u = u0 + i, s = i % stages, r = u / per_row, n0 = (u % per_row) * sr;
         bar_wait(smem_addr(&bars[s]), (u32)((i / stages) & 1));
         if (TRACE) tr.mark(3 + 3 * done);
@@ -965,6 +975,36 @@ __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned
         }
         if (TRACE) tr.mark(5 + 3 * done);
     }
+    if constexpr (SPLIT_LAST && KS % 128 == 0) {
+        if (whole_end < u1) {                                   // the split last unit: slice q = warp / TILES of tile t
+            const int i = u1 - 1 - u0, u = u1 - 1, s = i % stages, r = u / per_row, n0 = (u % per_row) * sr;
+            const int q = warp / TILES;
+            bar_wait(smem_addr(&bars[s]), (u32)((i / stages) & 1));
+            if (TRACE) tr.mark(3 + 3 * done);
+            float acc0[1], acc1[1];
+            bulk_products<GROUP, ST, KS, 1, SWZ>(bsm + (size_t)s * stage_bytes,
+                                                 xs + (a.x_stride ? (r - r_first) * x_words : 0), a.n_in, sr, t,
+                                                 q * KS, g, c, acc0, acc1);
+            if (TRACE) tr.mark(4 + 3 * done);
+            if (q > 0 && c == 0) {
+                split_sums[warp][g] = acc0[0];
+                split_sums[warp][g + 8] = acc1[0];
+            }
+            asm volatile("bar.sync %0, %1;" :: "r"(3 + t), "r"(32 * NG) : "memory");
+            if (q == 0 && c == 0) {
+                float v0 = acc0[0], v1 = acc1[0];
+                for (int o = 1; o < NG; ++o) {
+                    v0 += split_sums[TILES * o + t][g];
+                    v1 += split_sums[TILES * o + t][g + 8];
+                }
+                float* y = a.y + (i64)r * a.n_out + n0 + 16 * t + g;
+                y[0] = v0;
+                y[8] = v1;
+            }
+            if (TRACE) tr.mark(5 + 3 * done);
+            ++done;
+        }
+    }
     if (TRACE) tr.end(done);
 }
 
@@ -973,7 +1013,7 @@ __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned
 // slots_ready, with programmatic dependent launch): the caller vouches that the previous kernel of the stream wrote
 // neither the slot table nor the weights, so a block reads its slots and issues its first copies before
 // griddepcontrol.wait (while the previous kernel drains) and only x after it; else everything after the wait.
-// PROD: a producer warp issues the copies (bulk_produce); PROD 2: also whole rows a warp (bulk_whole_rows; TPW is
+// PROD: a producer warp issues the copies (bulk_produce); PROD 2, 3: also whole rows a warp (bulk_whole_rows; TPW is
 // then the tiles of a unit).
 template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ, int PROD>
 __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int early,
@@ -984,10 +1024,11 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     extern __shared__ __align__(128) unsigned char bsm_raw[];
     unsigned char* bsm = SWZ ? bsm_raw + ((1024 - (smem_addr(bsm_raw) & 1023)) & 1023) : bsm_raw;   // (SWZ: +1 KB)
     __shared__ __align__(8) unsigned long long bars[32];
-    __shared__ float red[PROD == 2 ? 1 : 2][16][TPW][16];
+    __shared__ float red[PROD >= 2 ? 1 : 2][16][TPW][16];
+    __shared__ float split_sums[PROD == 3 ? 16 : 1][16];       // (PROD 3: the split last unit's sums a warp)
     __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
-    const int k = a.n_in, wpt = k / KW, sr = PROD == 2 ? 16 * TPW : 16 * (16 / wpt) * TPW, groups = k / GROUP;
-    if (PROD == 2 && (MODE || wpt != 1)) __trap();
+    const int k = a.n_in, wpt = k / KW, sr = PROD >= 2 ? 16 * TPW : 16 * (16 / wpt) * TPW, groups = k / GROUP;
+    if (PROD >= 2 && (MODE || wpt != 1)) __trap();
     const int per_row = a.n_out / sr;
     const int es = ST ? 2 : 4;
     const u32 stage_bytes = (u32)sr * k / 2 + 2u * sr * groups * es;
@@ -1011,7 +1052,7 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
         if (issuer && u0 < u1) (void)ahead.take(a, u0 >> MODE, per_row, u1 >> MODE);   // in flight now
     }
     float xv[8];
-    if (PROD != 2 && threadIdx.x < n8_pad)                      // before the copies
+    if (PROD < 2 && threadIdx.x < n8_pad)                      // before the copies
         int8_load<XT>(a.x, (i64)r * a.x_stride, threadIdx.x, n8, xv);
     if (!early)
         bulk_start<GROUP, ST, MODE, SWZ, PROD>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
@@ -1022,7 +1063,7 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
             bulk_produce<GROUP, ST, MODE, SWZ>(a, &maps, bsm, bars, stages, stage_bytes, u0, u1, per_row, sr, ahead);
         return;
     }
-    if (PROD == 2) {                                            // x of each table row of the block's units
+    if (PROD >= 2) {                                            // x of each table row of the block's units
         const int nx = u0 >= u1 ? 0 : a.x_stride ? (u1 - 1) / per_row - r + 1 : 1, at_once = 512 / n8_pad;
         if (nx > 4) __trap();                                   // (the launcher's _whole_rows)
         for (int q = threadIdx.x / n8_pad; q < nx; q += at_once) {
@@ -1037,9 +1078,10 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     else
         __syncthreads();
     if (TRACE) tr.mark(2);
-    if (PROD == 2) {
-        bulk_whole_rows<GROUP, ST, KW, TPW, SWZ, TRACE>(a, bsm, bars, xs, x_words, r, stages, stage_bytes, u0, u1,
-                                                        per_row, sr, warp, lane, g, c, tr);
+    if (PROD >= 2) {
+        bulk_whole_rows<GROUP, ST, KW, TPW, SWZ, TRACE, PROD == 3>(a, bsm, bars, xs, x_words, r, stages, stage_bytes,
+                                                                   u0, u1, per_row, sr, warp, lane, g, c, split_sums,
+                                                                   tr);
         return;
     }
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs

@@ -139,8 +139,8 @@ BULK_TILES_PER_WARP = 2                  # 16-row tiles each warp multiplies a s
 
 
 def _switch_from_env(var: str, default: str = "1") -> bool:
-    """An on/off setting of the bulk-copy kernel (``FMOE_CUDA_OVERLAP``, ``FMOE_CUDA_PRODUCER``: both on by default):
-    "1" or "0"."""
+    """An on/off setting of the bulk-copy kernel (``FMOE_CUDA_OVERLAP``, ``FMOE_CUDA_PRODUCER``: both on by default;
+    ``FMOE_CUDA_WHOLE_SPLIT_LAST``: off): "1" or "0"."""
     value = os.environ.get(var, default)
     if value not in ("0", "1"):
         raise ValueError(f"{var}={value!r}: '1' (on) or '0' (off)")
@@ -176,6 +176,11 @@ def _tiles_from_env(var: str) -> int:
 # 0.81-0.83 -> 0.87-0.90 (bench/results/session13/call4, call5, call6)
 BULK_WHOLE_ROWS = _tiles_from_env("FMOE_CUDA_WHOLE_ROWS")
 BULK_WHOLE_STAGES = None                 # the whole-rows kernel's stage buffers at most (None: a block's units, as fit)
+# The whole-rows kernel's last unit of a block over all its warps where one is left over after whole rounds of its warp
+# groups and no buffer is refilled (5 units a block at decode's 10 rows, 1 at one row). Written in session 13, not run
+# (no device time left): off (FMOE_CUDA_WHOLE_SPLIT_LAST=1 turns it on) until its tests and timings have run on the
+# H200 (bench/device/split_last.sh)
+BULK_WHOLE_SPLIT_LAST = _switch_from_env("FMOE_CUDA_WHOLE_SPLIT_LAST", "0")
 _WHOLE_ROWS_X = 4                        # table rows of x a block of the whole-rows kernel stages (its units' rows)
 BULK_SWIZZLE = True      # scales and biases of 128-byte rows (4096 inputs, groups of 64, bf16) by swizzled tensor
                          # copies (the kernel's SWZ instances: no bank conflicts between a fragment's rows)
@@ -404,7 +409,7 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
     s = mats[0][1]
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     swz = all(_swizzled(m[1], n_in, group_size) and _swizzled(m[2], n_in, group_size) for m in mats)
-    prod = 2 if whole else int(BULK_PRODUCER)
+    prod = (3 if BULK_WHOLE_SPLIT_LAST else 2) if whole else int(BULK_PRODUCER)
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {whole or BULK_TILES_PER_WARP}, "
                            f"{int(gate_up)}, {int(trace is not None)}, {int(swz)}, {prod}>", device)
     stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared + (1024 if swz else 0),

@@ -232,7 +232,10 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
                "inputs split over warps, every stage that fits": ({"BULK_WHOLE_ROWS": 0, "BULK_STAGES": None}, False),
                "whole rows, units of 1 tile, slots ready": ({"BULK_WHOLE_ROWS": 1}, True),
                "whole rows, units of 2 tiles, at most 8 stages": ({"BULK_WHOLE_ROWS": 2, "BULK_WHOLE_STAGES": 8}, False),
-               "whole rows, units of 8 tiles, slots ready": ({"BULK_WHOLE_ROWS": 8}, True)}
+               "whole rows, units of 8 tiles, slots ready": ({"BULK_WHOLE_ROWS": 8}, True),
+               "whole rows, a block's last unit over all warps, slots ready": ({"BULK_WHOLE_SPLIT_LAST": True}, True),
+               "whole rows, last unit over all warps, units of 8 tiles": (
+                   {"BULK_WHOLE_SPLIT_LAST": True, "BULK_WHOLE_ROWS": 8}, False)}
 
 
 @needs_hopper
@@ -430,7 +433,8 @@ def test_every_configuration_compiles_with_nvrtc():
         for x_t, s_t, kw, tpw, mode, trace, swz, prod in ((1, 1, 256, 2, 0, 0, 1, 0), (0, 0, 128, 1, 0, 0, 0, 0),
                                                           (1, 1, 256, 2, 1, 0, 1, 0), (1, 1, 256, 1, 1, 1, 0, 1),
                                                           (0, 1, 128, 2, 0, 1, 0, 1), (1, 1, 256, 2, 1, 0, 0, 0),
-                                                          (0, 1, 1024, 4, 0, 0, 0, 2), (1, 1, 512, 2, 0, 1, 0, 2)):
+                                                          (0, 1, 1024, 4, 0, 0, 0, 2), (1, 1, 512, 2, 0, 1, 0, 2),
+                                                          (0, 1, 1024, 4, 0, 0, 0, 3), (1, 0, 512, 8, 0, 1, 0, 3)):
             expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {swz}, {prod}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
@@ -517,14 +521,14 @@ def test_whole_rows_tiles_are_read_from_the_environment(monkeypatch):
             cuda_qmv._tiles_from_env("FMOE_CUDA_WHOLE_ROWS")
 
 
-@pytest.mark.parametrize("var", ["FMOE_CUDA_OVERLAP", "FMOE_CUDA_PRODUCER"])
+@pytest.mark.parametrize("var", ["FMOE_CUDA_OVERLAP", "FMOE_CUDA_PRODUCER", "FMOE_CUDA_WHOLE_SPLIT_LAST"])
 def test_bulk_kernel_switches_are_read_from_the_environment(monkeypatch, var):
     """FMOE_CUDA_OVERLAP (the bulk-copy kernel's launches overlap the previous kernel) and FMOE_CUDA_PRODUCER (a
-    producer warp issues its copies), both on by default: "1" or "0"; anything else is an error naming the variable
-    (no GPU needed)."""
+    producer warp issues its copies), both on by default, and FMOE_CUDA_WHOLE_SPLIT_LAST (the whole-rows kernel's
+    last unit over all warps), off: "1" or "0"; anything else is an error naming the variable (no GPU needed)."""
     from fmoe.kernels import cuda_qmv
 
-    default = "1"
+    default = "0" if var == "FMOE_CUDA_WHOLE_SPLIT_LAST" else "1"
     monkeypatch.delenv(var, raising=False)
     assert cuda_qmv._switch_from_env(var, default) is (default == "1")
     for value in ("0", "1"):
