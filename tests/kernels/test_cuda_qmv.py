@@ -197,6 +197,32 @@ def test_bulk_copy_kernel_refills_its_stages(monkeypatch):
 
 
 @needs_hopper
+def test_whole_rows_kernel_refills_spans_table_rows_and_falls_back(monkeypatch):
+    """The whole-rows kernel (the down projection's default) where the launch-mode and refill tests do not go: refills
+    (more units a block than buffers) with groups of 32 and 128 and float32 scales; a block's units over 3 table rows
+    of x (200 rows of 4096 x 1024, bf16 x); K = 512 with refills (at most 4 buffers); and 600 rows of 128 x 512, whose
+    blocks would span 6 table rows of x, where the launcher keeps the split kernel. Against the FMA kernel."""
+    from fmoe.kernels import cuda_qmv
+
+    def check(n_out, n_in, rows, group, scale_dtype=torch.bfloat16, x_dtype=torch.float32, whole=4):
+        w, s, b, _ = _table(4, group, n_out, n_in, slots=8, seed=rows + group, scale_dtype=scale_dtype)
+        slots = torch.randint(0, 8, (rows,), dtype=torch.int32, device="cuda")
+        x = torch.randn(rows, n_in, device="cuda").to(x_dtype)
+        assert cuda_qmv._whole_rows(x, s, n_out, n_in, rows, group, False, x.device.index or 0) == whole
+        ref = cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel="fma").cpu().numpy()
+        _close(cuda_qmv.grouped_qmv(x, w, s, b, slots, 4, group, kernel="bulk").cpu().numpy(), ref, 2e-4)
+
+    monkeypatch.setattr(cuda_qmv, "BULK_PRODUCER", True)
+    monkeypatch.setattr(cuda_qmv, "BULK_WHOLE_ROWS", 4)
+    for group in (32, 128):
+        check(4096, 1024, 64, group, scale_dtype=torch.float32)
+    check(4096, 1024, 200, 64, x_dtype=torch.bfloat16)
+    monkeypatch.setattr(cuda_qmv, "BULK_WHOLE_STAGES", 4)
+    check(128, 512, 400, 64)
+    check(128, 512, 600, 64, whole=0)
+
+
+@needs_hopper
 def test_bulk_copy_gate_up_matches_the_fma_kernel():
     """fmoe_qmv4_bulk's gate+up mode (a stage's gate rows, then its up rows, in one block; silu(g) * u): the 397B
     expert shape at decode's 10 rows and 64 (many stages a block, blocks crossing table rows), one shared bf16 x and
