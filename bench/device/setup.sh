@@ -32,3 +32,10 @@ pytests() {  # pytests LIMIT_S ARGS...: pytest on ARGS (skipped near the deadlin
     grep -E "^(FAILED|ERROR)|passed|failed" /tmp/pytests.txt | head -40 >> "$R"
     grep -n -m1 -B2 -A30 "^_\{5,\} " /tmp/pytests.txt >> "$R"
 }
+synth_c60() {  # synth_c60: the (c) model (60 layers x 64 experts, 397B-shaped, 4-bit) into /tmp/c60 in the background;
+               # synth_c60_wait before benching it
+    ( python3 -m fmoe synth /tmp/c60 --like qwen3.5-397b-a17b --layers 60 --experts 64 --bits 4 --no-tokenizer \
+        --no-progress --force > /tmp/synth_c60.txt 2>&1; echo "synth rc=$?" >> /tmp/synth_c60.txt ) &
+    SYN=$!
+}
+synth_c60_wait() { wait "$SYN"; tail -2 /tmp/synth_c60.txt | tee -a "$R"; }

@@ -13,9 +13,7 @@
 set -uo pipefail
 DEADLINE=570
 . bench/device/setup.sh
-( python3 -m fmoe synth /tmp/c60 --like qwen3.5-397b-a17b --layers 60 --experts 64 --bits 4 --no-tokenizer \
-    --no-progress --force > /tmp/synth_c60.txt 2>&1; echo "synth rc=$?" >> /tmp/synth_c60.txt ) &
-SYN=$!
+synth_c60
 pytests 90 -x --tb=short tests/kernels/test_cuda_qmv.py -k "launch_modes and last or falls_back"
 V="whole-t4-sall whole-t4-split-last whole-t8-sall whole-t8-split-last"
 say "python3 bench/device/bulk_timeline.py --rows 10 --time --variants $V"
@@ -38,7 +36,7 @@ if [ -n "$BASE" ] && [ -n "$SPLIT" ] && awk -v a="$BASE" -v b="$SPLIT" 'BEGIN {e
     timeout 60 python3 -m fmoe.bench.cuda_kernels --bits 4 --no-triton --write "$OUT/kernels_split_last" \
         > /tmp/k.txt 2>&1
     echo "[kernels rc=$? at $SECONDS s]" | tee -a "$R"; cat /tmp/k.txt >> "$R"
-    wait $SYN; tail -2 /tmp/synth_c60.txt | tee -a "$R"
+    synth_c60_wait
     bench c_60x64_vram_split_last 40 --model-dir /tmp/c60 --mode page-cache --top-k 10 --routing router \
         --gpu-memory-budget 40GB --tokens 16 --warmup 4
     unset FMOE_CUDA_WHOLE_SPLIT_LAST
