@@ -7,7 +7,9 @@
 # be ~0.2 us, about what the down projection lacks for 0.7 of HBM (8.2-8.4 us, needs <= 7.97).
 # 1. its launch-mode tests and session 13's last whole-rows test (-x; both written after session 13's last call);
 # 2. timelines and graph timings at 10 rows, 1 and 64 rows timed, against the default (whole-t4-sall);
-# 3. if it is >= 0.2 us faster at 10 rows: the whole CUDA suite, the kernel table and (c) with it on (what making it
+# 3. bench/device/tma_probe.py: how soon a block's first bytes land, one block alone or one an SM (the down
+#    projection's first stage lands 3.2-3.4 us after entry, session 13);
+# 4. if it is >= 0.2 us faster at 10 rows: the whole CUDA suite, the kernel table and (c) with it on (what making it
 #    the default needs), and (c) with the defaults; else only the engine's tests with it on.
 #   run(kind="nvidia-h200", carry=["runs/whl_gpu"], command="bash bench/device/split_last.sh", timeout_s=580)
 set -uo pipefail
@@ -24,6 +26,9 @@ say "python3 bench/device/bulk_timeline.py --rows 1 64 --time --no-trace --varia
 timeout 40 python3 bench/device/bulk_timeline.py --rows 1 64 --time --no-trace --variants $V 2>&1 \
     | grep -v "^.* 1024x4096" >> "$R"
 echo "[rows 1 64 rc=$? at $SECONDS s]" | tee -a "$R"
+say "python3 bench/device/tma_probe.py (how soon a block's first bytes land: one block or one an SM, bulk copies or loads)"
+timeout 40 python3 bench/device/tma_probe.py >> "$R" 2>&1
+echo "[tma_probe rc=$? at $SECONDS s]" | tee -a "$R"
 us() { awk -v v="$1:" '$1 == "timed" && $5 == v {print $6}' /tmp/timeline10.txt; }
 BASE=$(us whole-t4-sall); SPLIT=$(us whole-t4-split-last)
 echo "10 rows: whole-t4-sall ${BASE:-?} us, whole-t4-split-last ${SPLIT:-?} us" | tee -a "$R"
