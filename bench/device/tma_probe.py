@@ -50,8 +50,8 @@ __global__ void __launch_bounds__(512, 1) tma_probe(const char* src, long long s
             t1 = gtime();
             u32 done = 0;
             while (!done)
-                asm volatile("{ .reg .pred q; mbarrier.try_wait.parity.shared::cta.b64 q, [%1], 0; selp.u32 %0, 1, 0, q; }"
-                             : "=r"(done) : "r"(smem_addr(&bar)) : "memory");
+                asm volatile("{ .reg .pred q; mbarrier.try_wait.parity.shared::cta.b64 q, [%1], 0; "
+                             "selp.u32 %0, 1, 0, q; }" : "=r"(done) : "r"(smem_addr(&bar)) : "memory");
         }
     } else {
         u32 acc = 0;

@@ -932,17 +932,18 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
     }
 }
 
-// PROD 2, 3 (whole rows, MODE 0, KW = K): a unit is TILES = sr / 16 tiles of 16 rows over all K inputs, one warp a tile,
-// so no warp waits for another: warp w multiplies tile w % TILES of the block's units i = w / TILES, + 16 / TILES, ...
-// (buffer i % stages), releases the buffer and writes its rows of y. A buffer's fills are awaited by parity, so no warp
-// may wait for a fill two phases ahead of the buffer's: the launcher takes a buffer a unit of the block (no refills)
-// where they fit, else a multiple of 16 / TILES buffers (a buffer's next unit is then its same warps' next one). xs holds the staged x of
-// every table row of the block (x_words each, from r_first); thread 0 counts warp 0's units in the trace.
-// SPLIT_LAST (PROD 3, BULK_WHOLE_SPLIT_LAST): where a block's units leave one over after whole rounds of its 16 / TILES warp
-// groups (5 at decode's 10 rows, 1 at one row), that last unit, the last to land, is multiplied by every warp: tile t
-// by the warps w % TILES = t, each a 1 / (16 / TILES) slice of the inputs, the slices' sums added up in warp order
-// through split_sums on a named barrier of the tile's warps (no refill follows it: its buffer is not released), so
-// the call ends ~one slice's products after its last bytes land instead of a whole tile's. Only where the block's
+// PROD 2, 3 (whole rows, MODE 0, KW = K): a unit is TILES = sr / 16 tiles of 16 rows over all K inputs, one warp a
+// tile, so no warp waits for another: warp w multiplies tile w % TILES of the block's units i = w / TILES, + 16 /
+// TILES, ... (buffer i % stages), releases the buffer and writes its rows of y. A buffer's fills are awaited by parity,
+// so no warp may wait for a fill two phases ahead of the buffer's: the launcher takes a buffer a unit of the block (no
+// refills) where they fit, else a multiple of 16 / TILES buffers (a buffer's next unit is then its same warps' next
+// one). xs holds the staged x of every table row of the block (x_words each, from r_first); thread 0 counts warp 0's
+// units in the trace.
+// SPLIT_LAST (PROD 3, BULK_WHOLE_SPLIT_LAST): where a block's units leave one over after whole rounds of its 16 / TILES
+// warp groups (5 at decode's 10 rows, 1 at one row), that last unit, the last to land, is multiplied by every warp:
+// tile t by the warps w % TILES = t, each a 1 / (16 / TILES) slice of the inputs, the slices' sums added up in warp
+// order through split_sums on a named barrier of the tile's warps (no refill follows it: its buffer is not released),
+// so the call ends ~one slice's products after its last bytes land instead of a whole tile's. Only where the block's
 // units all have their own buffer (no refills): a warp of another group must not wait on a buffer's fill while its
 // previous one may be pending.
 template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE, int SPLIT_LAST>

@@ -28,8 +28,8 @@ finished. Scales and biases of 128-byte rows come by swizzled tensor copies (``B
 the copies (``BULK_PRODUCER``; ``FMOE_CUDA_PRODUCER=0``: thread 0 between two stages' products), and one matrix of
 512 or 1024 inputs (the down projection) runs whole rows a warp (``BULK_WHOLE_ROWS``, ``FMOE_CUDA_WHOLE_ROWS``).
 Decode on the H200 (bench/results/cuda_stream.md, session 13), slots ready: gate+up 0.75-0.78 of HBM, the down
-projection 0.66-0.68, one 1024 x 4096 matrix 0.65; 0.87-0.93 with 64 rows. ``OVERLAP_PRIOR`` (off by default) does the same for the
-other kernels, which read their slots and weights before the wait.
+projection 0.66-0.68, one 1024 x 4096 matrix 0.65; 0.87-0.93 with 64 rows. ``OVERLAP_PRIOR`` (off by default) does
+the same for the other kernels, which read their slots and weights before the wait.
 """
 from __future__ import annotations
 

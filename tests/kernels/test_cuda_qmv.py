@@ -257,7 +257,8 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
                "inputs split over warps, slots ready": ({"BULK_WHOLE_ROWS": 0}, True),
                "inputs split over warps, every stage that fits": ({"BULK_WHOLE_ROWS": 0, "BULK_STAGES": None}, False),
                "whole rows, units of 1 tile, slots ready": ({"BULK_WHOLE_ROWS": 1}, True),
-               "whole rows, units of 2 tiles, at most 8 stages": ({"BULK_WHOLE_ROWS": 2, "BULK_WHOLE_STAGES": 8}, False),
+               "whole rows, units of 2 tiles, at most 8 stages": (
+                   {"BULK_WHOLE_ROWS": 2, "BULK_WHOLE_STAGES": 8}, False),
                "whole rows, units of 8 tiles, slots ready": ({"BULK_WHOLE_ROWS": 8}, True),
                "whole rows, a block's last unit over all warps, slots ready": ({"BULK_WHOLE_SPLIT_LAST": True}, True),
                "whole rows, last unit over all warps, units of 8 tiles": (
