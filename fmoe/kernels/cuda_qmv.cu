@@ -660,14 +660,14 @@ template <int GROUP, int ST, int MODE, int SWZ, int PROD>
 __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
                                            unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
                                            int per_row, int sr, SlotAhead& ahead) {
-    constexpr int releases = PROD >= 2 ? 0 : 16;                // (PROD 2, 3: its unit's warps, set below)
+    const int releases = PROD >= 2 ? sr / 16 : 16;             // a buffer's consumer warps (PROD 2, 3: its tiles)
     if (threadIdx.x == (PROD ? 512 : 0)) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
         if (PROD)
             for (int s = 0; s < stages; ++s)
                 asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_addr(&bars[16 + s])),
-                             "r"(releases ? releases : sr / 16) : "memory");
+                             "r"(releases) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
         bulk_issue_units<GROUP, ST, MODE, SWZ>(a, maps, bsm, bars, stage_bytes, 0, stages, u0, u1, per_row, sr,
                                                ahead);

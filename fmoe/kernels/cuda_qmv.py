@@ -275,6 +275,14 @@ def _bulk_bytes(s, n_in: int, group_size: int, whole: int = 0) -> tuple[int, int
     return stage, x_row * (_WHOLE_ROWS_X if whole else 1)
 
 
+def _bulk_units(n_out: int, n_in: int, rows: int, device: int, whole: int = 0) -> tuple[int, int, int]:
+    """(stages of output rows of a call, blocks of fmoe_qmv4_bulk: one an SM at most, the most stages a block takes):
+    the kernel splits the stages evenly over its blocks in order (u0 / u1)."""
+    stages = rows * (n_out // _bulk_shape(n_in, whole)[1])
+    blocks = min(_sm_resources(device)[0], stages)
+    return stages, blocks, -(-stages // blocks)
+
+
 def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: int, static_bytes: int,
                  gate_up: bool = False, whole: int = 0) -> int:
     """Stage buffers of fmoe_qmv4_bulk: BULK_STAGES, at most what shared memory holds beside the staged x and the
@@ -282,9 +290,8 @@ def _bulk_stages(s, n_out: int, n_in: int, rows: int, group_size: int, device: i
     fits). ``whole`` (tiles a unit of the whole-rows kernel): a buffer a unit of a block where they fit (no refills),
     else a multiple of its 16 / whole warp groups (bulk_whole_rows: no warp waits for a fill two phases ahead)."""
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size, whole)
-    sms, smem_max = _sm_resources(device)
-    pairs = rows * (n_out // _bulk_shape(n_in, whole)[1])
-    per_block = -(-pairs // min(sms, pairs)) * (2 if gate_up else 1)
+    smem_max = _sm_resources(device)[1]
+    per_block = _bulk_units(n_out, n_in, rows, device, whole)[2] * (2 if gate_up else 1)
     most = 16 if BULK_PRODUCER else 32                         # (PROD: the kernel's bars 16.. are "empty" ones)
     fit = (smem_max - static_bytes - x_bytes) // stage_bytes
     if whole:                                                  # (BULK_STAGES: the other kernels')
@@ -302,8 +309,7 @@ def _whole_rows(x: torch.Tensor, s: torch.Tensor, n_out: int, n_in: int, rows: i
     if not (BULK_PRODUCER and tiles and not gate_up and n_in in (512, 1024) and n_out % (16 * tiles) == 0):
         return 0
     per_row = n_out // (16 * tiles)
-    units = rows * per_row
-    most = -(-units // min(_sm_resources(device)[0], units))   # units of a block
+    most = _bulk_units(n_out, n_in, rows, device, tiles)[2]    # units of a block
     spanned = 1 if x.shape[0] == 1 else -(-(most - 1) // per_row) + 1
     if spanned > _WHOLE_ROWS_X or _bulk_stages(s, n_out, n_in, rows, group_size, device, _BULK_STATIC_SMEM,
                                                  whole=tiles) < 1:
@@ -418,7 +424,7 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
         raise ValueError(f"kernel='bulk': one stage of {sr} rows x {n_in} inputs does not fit in this GPU's shared "
                          f"memory ({_sm_resources(device)[1]} bytes a block)")
     stage_bytes, x_bytes = _bulk_bytes(s, n_in, group_size, whole)
-    blocks = min(_sm_resources(device)[0], rows * (n_out // sr))
+    blocks = _bulk_units(n_out, n_in, rows, device, whole)[1]
     if trace is not None and (trace.dtype != torch.int64 or trace.numel() < 64 * blocks or not trace.is_contiguous()):
         raise ValueError(f"trace: a contiguous int64 tensor of at least 64 x {blocks} blocks")
     overlap = (BULK_OVERLAP or OVERLAP_PRIOR) and _capability(device) >= (9, 0)
