@@ -863,8 +863,11 @@ struct BulkTrace {
 };
 
 // One warp's products of a stage: its TPW tiles (rows tw 16 + 16 t + g and + 8) over its inputs kw0 .. kw0 + KW,
-// against the x staged at xs; acc0 / acc1: the lane's partial sums of rows g and g + 8 (the caller adds up a quad)
-template <int GROUP, int ST, int KW, int TPW, int SWZ>
+// against the x staged at xs; acc0 / acc1: the lane's partial sums of rows g and g + 8 (the caller adds up a quad).
+// CH: independent accumulator chains a tile (the 4 mma of 32 inputs of each 128 take chain jw % CH, their int32 sums
+// added at a window's epilogue, exact): one tile a warp (the whole-rows kernel) is otherwise a chain of K / 32
+// dependent mma, latency-bound when its warp runs alone (a block's last unit)
+template <int GROUP, int ST, int KW, int TPW, int SWZ, int CH = 1>
 __device__ __forceinline__ void bulk_products(const unsigned char* stage, const u32* xs, int k, int sr, int tw,
                                               int kw0, int g, int c, float (&acc0)[TPW], float (&acc1)[TPW]) {
     const int groups = k / GROUP, es = ST ? 2 : 4;
@@ -874,12 +877,14 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
     const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2) + 16 * c;
     const unsigned char* scl = stage + (size_t)sr * k / 2;
     const unsigned char* bia = scl + (size_t)sr * groups * es;
-    int d[TPW][4];
+    int d[TPW][CH][4];
 #pragma unroll
     for (int t = 0; t < TPW; ++t) {
         acc0[t] = acc1[t] = 0.f;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) d[t][e] = 0;
+        for (int q = 0; q < CH; ++q)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) d[t][q][e] = 0;
     }
     int acc_start = kw0;
 #pragma unroll
@@ -899,7 +904,7 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 #pragma unroll
             for (int t = 0; t < TPW; ++t) {
                 const u32 w0 = word_of(wa[t], jw), w1 = word_of(wb[t], jw);
-                mma_s8(d[t], w0 & 0x0F0F0F0Fu, w1 & 0x0F0F0F0Fu, (w0 >> 4) & 0x0F0F0F0Fu, (w1 >> 4) & 0x0F0F0F0Fu,
+                mma_s8(d[t][jw % CH], w0 & 0x0F0F0F0Fu, w1 & 0x0F0F0F0Fu, (w0 >> 4) & 0x0F0F0F0Fu, (w1 >> 4) & 0x0F0F0F0Fu,
                        xb.x, xb.y);
             }
         }
@@ -910,16 +915,23 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 #pragma unroll
                 for (int t = 0; t < TPW; ++t) {
                     const int r0 = tw * 16 + 16 * t + g, r1 = r0 + 8;
-                    acc0[t] += stage_scale<ST, SWZ>(scl, r0, gc, groups) * sg * (float)(256 * d[t][0] + d[t][1])
+                    int dt[4] = {d[t][0][0], d[t][0][1], d[t][0][2], d[t][0][3]};
+#pragma unroll
+                    for (int q = 1; q < CH; ++q)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) dt[e] += d[t][q][e];
+                    acc0[t] += stage_scale<ST, SWZ>(scl, r0, gc, groups) * sg * (float)(256 * dt[0] + dt[1])
                                + stage_scale<ST, SWZ>(bia, r0, gc, groups) * xsum;
-                    acc1[t] += stage_scale<ST, SWZ>(scl, r1, gc, groups) * sg * (float)(256 * d[t][2] + d[t][3])
+                    acc1[t] += stage_scale<ST, SWZ>(scl, r1, gc, groups) * sg * (float)(256 * dt[2] + dt[3])
                                + stage_scale<ST, SWZ>(bia, r1, gc, groups) * xsum;
                 }
             }
 #pragma unroll
             for (int t = 0; t < TPW; ++t)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) d[t][e] = 0;
+                for (int q = 0; q < CH; ++q)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) d[t][q][e] = 0;
             acc_start = kb + 128;
         }
     }
@@ -932,39 +944,29 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
     }
 }
 
-// PROD 2, 3 (whole rows, MODE 0, KW = K): a unit is TILES = sr / 16 tiles of 16 rows over all K inputs, one warp a
+// PROD 2 (whole rows, MODE 0, KW = K): a unit is TILES = sr / 16 tiles of 16 rows over all K inputs, one warp a
 // tile, so no warp waits for another: warp w multiplies tile w % TILES of the block's units i = w / TILES, + 16 /
 // TILES, ... (buffer i % stages), releases the buffer and writes its rows of y. A buffer's fills are awaited by parity,
 // so no warp may wait for a fill two phases ahead of the buffer's: the launcher takes a buffer a unit of the block (no
 // refills) where they fit, else a multiple of 16 / TILES buffers (a buffer's next unit is then its same warps' next
 // one). xs holds the staged x of every table row of the block (x_words each, from r_first); thread 0 counts warp 0's
-// units in the trace.
-// SPLIT_LAST (PROD 3, BULK_WHOLE_SPLIT_LAST): where a block's units leave one over after whole rounds of its 16 / TILES
-// warp groups (5 at decode's 10 rows, 1 at one row), that last unit, the last to land, is multiplied by every warp:
-// tile t by the warps w % TILES = t, each a 1 / (16 / TILES) slice of the inputs, the slices' sums added up in warp
-// order through split_sums on a named barrier of the tile's warps (no refill follows it: its buffer is not released),
-// so the call ends ~one slice's products after its last bytes land instead of a whole tile's. Only where the block's
-// units all have their own buffer (no refills): a warp of another group must not wait on a buffer's fill while its
-// previous one may be pending.
-template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE, int SPLIT_LAST>
+// units in the trace. CH: bulk_products' accumulator chains.
+template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE, int CH>
 __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned char* bsm, unsigned long long* bars,
                                                 const u32* xs, int x_words, int r_first, int stages, u32 stage_bytes,
                                                 int u0, int u1, int per_row, int sr, int warp, int lane, int g, int c,
-                                                float (*split_sums)[16], BulkTrace& tr) {
+                                                BulkTrace& tr) {
     constexpr int NG = 16 / TILES;
-    constexpr int KS = KW / NG;                                 // a slice of the split unit's inputs
     const int t = warp % TILES;
-    const int n = u1 - u0;                                      // (split: no refills, every buffer filled once, so
-    const int whole_end = (KS % 128 == 0 && SPLIT_LAST && n % NG == 1 && stages >= n) ? u1 - 1 : u1;   // all wait it)
     int done = 0;
-    for (int i = warp / TILES; u0 + i < whole_end; i += NG, ++done) {
+    for (int i = warp / TILES; u0 + i < u1; i += NG, ++done) {
         const int u = u0 + i, s = i % stages, r = u / per_row, n0 = (u % per_row) * sr;
         bar_wait(smem_addr(&bars[s]), (u32)((i / stages) & 1));
         if (TRACE) tr.mark(3 + 3 * done);
         float acc0[1], acc1[1];
-        bulk_products<GROUP, ST, KW, 1, SWZ>(bsm + (size_t)s * stage_bytes,
-                                             xs + (a.x_stride ? (r - r_first) * x_words : 0), a.n_in, sr, t, 0, g, c,
-                                             acc0, acc1);
+        bulk_products<GROUP, ST, KW, 1, SWZ, CH>(bsm + (size_t)s * stage_bytes,
+                                                 xs + (a.x_stride ? (r - r_first) * x_words : 0), a.n_in, sr, t, 0, g,
+                                                 c, acc0, acc1);
         if (TRACE) tr.mark(4 + 3 * done);
         __syncwarp();
         if (lane == 0)
@@ -976,36 +978,6 @@ __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned
         }
         if (TRACE) tr.mark(5 + 3 * done);
     }
-    if constexpr (SPLIT_LAST && KS % 128 == 0) {
-        if (whole_end < u1) {                                   // the split last unit: slice q = warp / TILES of tile t
-            const int i = u1 - 1 - u0, u = u1 - 1, s = i % stages, r = u / per_row, n0 = (u % per_row) * sr;
-            const int q = warp / TILES;
-            bar_wait(smem_addr(&bars[s]), (u32)((i / stages) & 1));
-            if (TRACE) tr.mark(3 + 3 * done);
-            float acc0[1], acc1[1];
-            bulk_products<GROUP, ST, KS, 1, SWZ>(bsm + (size_t)s * stage_bytes,
-                                                 xs + (a.x_stride ? (r - r_first) * x_words : 0), a.n_in, sr, t,
-                                                 q * KS, g, c, acc0, acc1);
-            if (TRACE) tr.mark(4 + 3 * done);
-            if (q > 0 && c == 0) {
-                split_sums[warp][g] = acc0[0];
-                split_sums[warp][g + 8] = acc1[0];
-            }
-            asm volatile("bar.sync %0, %1;" :: "r"(3 + t), "r"(32 * NG) : "memory");
-            if (q == 0 && c == 0) {
-                float v0 = acc0[0], v1 = acc1[0];
-                for (int o = 1; o < NG; ++o) {
-                    v0 += split_sums[TILES * o + t][g];
-                    v1 += split_sums[TILES * o + t][g + 8];
-                }
-                float* y = a.y + (i64)r * a.n_out + n0 + 16 * t + g;
-                y[0] = v0;
-                y[8] = v1;
-            }
-            if (TRACE) tr.mark(5 + 3 * done);
-            ++done;
-        }
-    }
     if (TRACE) tr.end(done);
 }
 
@@ -1014,9 +986,9 @@ __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned
 // slots_ready, with programmatic dependent launch): the caller vouches that the previous kernel of the stream wrote
 // neither the slot table nor the weights, so a block reads its slots and issues its first copies before
 // griddepcontrol.wait (while the previous kernel drains) and only x after it; else everything after the wait.
-// PROD: a producer warp issues the copies (bulk_produce); PROD 2, 3: also whole rows a warp (bulk_whole_rows; TPW is
-// then the tiles of a unit).
-template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ, int PROD>
+// PROD: a producer warp issues the copies (bulk_produce); PROD 2: also whole rows a warp (bulk_whole_rows; TPW is
+// then the tiles of a unit, CH its accumulator chains a tile; 1 elsewhere).
+template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ, int PROD, int CH>
 __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int early,
                                                                       unsigned long long* trace,
                                                                       const __grid_constant__ BulkMaps maps) {
@@ -1026,7 +998,6 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
     unsigned char* bsm = SWZ ? bsm_raw + ((1024 - (smem_addr(bsm_raw) & 1023)) & 1023) : bsm_raw;   // (SWZ: +1 KB)
     __shared__ __align__(8) unsigned long long bars[32];
     __shared__ float red[PROD >= 2 ? 1 : 2][16][TPW][16];
-    __shared__ float split_sums[PROD == 3 ? 16 : 1][16];       // (PROD 3: the split last unit's sums a warp)
     __shared__ float gate_rows[MODE ? 16 * 16 * TPW : 1];      // MODE 1: a stage's gate rows (sr <= 16 x 16 TPW)
     const int k = a.n_in, wpt = k / KW, sr = PROD >= 2 ? 16 * TPW : 16 * (16 / wpt) * TPW, groups = k / GROUP;
     if (PROD >= 2 && (MODE || wpt != 1)) __trap();
@@ -1080,9 +1051,8 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
         __syncthreads();
     if (TRACE) tr.mark(2);
     if (PROD >= 2) {
-        bulk_whole_rows<GROUP, ST, KW, TPW, SWZ, TRACE, PROD == 3>(a, bsm, bars, xs, x_words, r, stages, stage_bytes,
-                                                                   u0, u1, per_row, sr, warp, lane, g, c, split_sums,
-                                                                   tr);
+        bulk_whole_rows<GROUP, ST, KW, TPW, SWZ, TRACE, CH>(a, bsm, bars, xs, x_words, r, stages, stage_bytes, u0,
+                                                            u1, per_row, sr, warp, lane, g, c, tr);
         return;
     }
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs
