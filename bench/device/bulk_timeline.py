@@ -86,11 +86,6 @@ VARIANTS = {
 for _t, _s in ((4, None), (2, None), (8, None), (4, 4), (2, 8), (1, None), (1, 16)):
     VARIANTS[f"whole-t{_t}-s{_s or 'all'}"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": _t, "BULK_WHOLE_STAGES": _s,
                                               "slots_ready": True}
-# session 14: a whole-rows tile's accumulator chains (session 13's default: 1)
-for _t in (4, 8):
-    for _c in (1, 2, 4):
-        VARIANTS[f"whole-t{_t}-c{_c}"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": _t, "BULK_WHOLE_CHAINS": _c,
-                                          "slots_ready": True}
 VARIANTS["split-slots-ready"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": 0, "slots_ready": True}
 VARIANTS["split-t4-slots-ready"] = {"BULK_PRODUCER": True, "BULK_WHOLE_ROWS": 0, "BULK_TILES_PER_WARP": 4,
                                     "slots_ready": True}
@@ -102,7 +97,7 @@ def _apply(settings: dict) -> dict:
     """Set a variant's cuda_qmv globals (and this script's slots_ready); return the previous values."""
     old = {k: getattr(cuda_qmv, k) for k in ("BULK_OVERLAP", "BULK_TILES_PER_WARP", "BULK_STAGES", "BULK_SWIZZLE",
                                               "BULK_PRODUCER", "BULK_WHOLE_ROWS",
-                                              "BULK_WHOLE_STAGES", "BULK_WHOLE_CHAINS")}
+                                              "BULK_WHOLE_STAGES")}
     old["slots_ready"] = _SLOTS_READY[0]
     for k, v in settings.items():
         if k == "slots_ready":

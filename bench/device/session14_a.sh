@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Session 14, call 1 (written in session 13 as split_last.sh; the variant, 0.1 us slower, is removed since): the
-# whole-rows kernel with a block's last unit over all its warps (cuda_qmv.BULK_WHOLE_SPLIT_LAST,
-# FMOE_CUDA_WHOLE_SPLIT_LAST=1, the kernel's PROD 3; off by default: the default instances' SASS is unchanged). At decode's 10 rows a block has 5 units of 64 rows: 4 warp
-# groups take one each, and the fifth, the last to land, takes one group a whole tile's products (0.63 us) after its
-# bytes arrive; split over the 4 groups (a quarter of the inputs each, sums added on a named barrier) that tail should
-# be ~0.2 us, about what the down projection lacks for 0.7 of HBM (8.2-8.4 us, needs <= 7.97).
+# Session 14, call 1 (written in session 13 as split_last.sh; the variant, 0.1 us slower, is removed since): the whole-
+# rows kernel with a block's last unit over all its warps (cuda_qmv.BULK_WHOLE_SPLIT_LAST, FMOE_CUDA_WHOLE_SPLIT_LAST=1,
+# the kernel's PROD 3; off by default: the default instances' SASS is unchanged). At decode's 10 rows a block has 5
+# units of 64 rows: 4 warp groups take one each, and the fifth, the last to land, takes one group a whole tile's
+# products (0.63 us) after its bytes arrive; split over the 4 groups (a quarter of the inputs each, sums added on a
+# named barrier) that tail should be ~0.2 us, about what the down projection lacks for 0.7 of HBM (8.2-8.4 us, needs <=
+# 7.97).
 # 1. its launch-mode tests and session 13's last whole-rows test (-x; both written after session 13's last call);
 # 2. timelines and graph timings at 10 rows, 1 and 64 rows timed, against the default (whole-t4-sall);
 # 3. bench/device/tma_probe.py: how soon a block's first bytes land, one block alone or one an SM (the down

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Session 14, call 2: the whole-rows kernel (the down projection) with independent accumulator chains a tile
-# (cuda_qmv.BULK_WHOLE_CHAINS, FMOE_CUDA_WHOLE_CHAINS; the kernel's CH). Session 13's timelines: a block's last unit
-# takes 0.63 us of products after its bytes land, one warp a tile, a chain of 32 dependent mma (K = 1024).
+# Session 14, call 2 (the chains, no faster, removed since): the whole-rows kernel (the down projection) with
+# independent accumulator chains a tile (cuda_qmv.BULK_WHOLE_CHAINS, FMOE_CUDA_WHOLE_CHAINS; the kernel's CH). Session
+# 13's timelines: a block's last unit takes 0.63 us of products after its bytes land, one warp a tile, a chain of 32
+# dependent mma (K = 1024).
 # 1. the launch-mode tests of the whole-rows kernel and the compile test (-x);
 # 2. timelines and graph timings at 10 rows, 1 and 64 rows timed: 1, 2 and 4 chains (units of 4 tiles), 4 (of 8);
 # 3. if 2 or 4 chains are >= 0.1 us faster at 10 rows than 1: the whole CUDA suite, the kernel table and (c) with the

@@ -660,7 +660,7 @@ template <int GROUP, int ST, int MODE, int SWZ, int PROD>
 __device__ __forceinline__ void bulk_start(const QmvArgs& a, const BulkMaps* maps, unsigned char* bsm,
                                            unsigned long long* bars, int stages, u32 stage_bytes, int u0, int u1,
                                            int per_row, int sr, SlotAhead& ahead) {
-    const int releases = PROD >= 2 ? sr / 16 : 16;             // a buffer's consumer warps (PROD 2, 3: its tiles)
+    const int releases = PROD >= 2 ? sr / 16 : 16;             // a buffer's consumer warps (PROD 2: its tiles)
     if (threadIdx.x == (PROD ? 512 : 0)) {
         for (int s = 0; s < stages; ++s)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_addr(&bars[s])) : "memory");
@@ -863,11 +863,8 @@ struct BulkTrace {
 };
 
 // One warp's products of a stage: its TPW tiles (rows tw 16 + 16 t + g and + 8) over its inputs kw0 .. kw0 + KW,
-// against the x staged at xs; acc0 / acc1: the lane's partial sums of rows g and g + 8 (the caller adds up a quad).
-// CH: independent accumulator chains a tile (the 4 mma of 32 inputs of each 128 take chain jw % CH, their int32 sums
-// added at a window's epilogue, exact): one tile a warp (the whole-rows kernel) is otherwise a chain of K / 32
-// dependent mma, latency-bound when its warp runs alone (a block's last unit)
-template <int GROUP, int ST, int KW, int TPW, int SWZ, int CH = 1>
+// against the x staged at xs; acc0 / acc1: the lane's partial sums of rows g and g + 8 (the caller adds up a quad)
+template <int GROUP, int ST, int KW, int TPW, int SWZ>
 __device__ __forceinline__ void bulk_products(const unsigned char* stage, const u32* xs, int k, int sr, int tw,
                                               int kw0, int g, int c, float (&acc0)[TPW], float (&acc1)[TPW]) {
     const int groups = k / GROUP, es = ST ? 2 : 4;
@@ -877,14 +874,12 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
     const unsigned char* codes = stage + (size_t)(tw * 16 + g) * (k / 2) + 16 * c;
     const unsigned char* scl = stage + (size_t)sr * k / 2;
     const unsigned char* bia = scl + (size_t)sr * groups * es;
-    int d[TPW][CH][4];
+    int d[TPW][4];
 #pragma unroll
     for (int t = 0; t < TPW; ++t) {
         acc0[t] = acc1[t] = 0.f;
 #pragma unroll
-        for (int q = 0; q < CH; ++q)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) d[t][q][e] = 0;
+        for (int e = 0; e < 4; ++e) d[t][e] = 0;
     }
     int acc_start = kw0;
 #pragma unroll
@@ -904,7 +899,7 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 #pragma unroll
             for (int t = 0; t < TPW; ++t) {
                 const u32 w0 = word_of(wa[t], jw), w1 = word_of(wb[t], jw);
-                mma_s8(d[t][jw % CH], w0 & 0x0F0F0F0Fu, w1 & 0x0F0F0F0Fu, (w0 >> 4) & 0x0F0F0F0Fu, (w1 >> 4) & 0x0F0F0F0Fu,
+                mma_s8(d[t], w0 & 0x0F0F0F0Fu, w1 & 0x0F0F0F0Fu, (w0 >> 4) & 0x0F0F0F0Fu, (w1 >> 4) & 0x0F0F0F0Fu,
                        xb.x, xb.y);
             }
         }
@@ -915,23 +910,16 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 #pragma unroll
                 for (int t = 0; t < TPW; ++t) {
                     const int r0 = tw * 16 + 16 * t + g, r1 = r0 + 8;
-                    int dt[4] = {d[t][0][0], d[t][0][1], d[t][0][2], d[t][0][3]};
-#pragma unroll
-                    for (int q = 1; q < CH; ++q)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) dt[e] += d[t][q][e];
-                    acc0[t] += stage_scale<ST, SWZ>(scl, r0, gc, groups) * sg * (float)(256 * dt[0] + dt[1])
+                    acc0[t] += stage_scale<ST, SWZ>(scl, r0, gc, groups) * sg * (float)(256 * d[t][0] + d[t][1])
                                + stage_scale<ST, SWZ>(bia, r0, gc, groups) * xsum;
-                    acc1[t] += stage_scale<ST, SWZ>(scl, r1, gc, groups) * sg * (float)(256 * dt[2] + dt[3])
+                    acc1[t] += stage_scale<ST, SWZ>(scl, r1, gc, groups) * sg * (float)(256 * d[t][2] + d[t][3])
                                + stage_scale<ST, SWZ>(bia, r1, gc, groups) * xsum;
                 }
             }
 #pragma unroll
             for (int t = 0; t < TPW; ++t)
 #pragma unroll
-                for (int q = 0; q < CH; ++q)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) d[t][q][e] = 0;
+                for (int e = 0; e < 4; ++e) d[t][e] = 0;
             acc_start = kb + 128;
         }
     }
@@ -950,8 +938,8 @@ __device__ __forceinline__ void bulk_products(const unsigned char* stage, const 
 // so no warp may wait for a fill two phases ahead of the buffer's: the launcher takes a buffer a unit of the block (no
 // refills) where they fit, else a multiple of 16 / TILES buffers (a buffer's next unit is then its same warps' next
 // one). xs holds the staged x of every table row of the block (x_words each, from r_first); thread 0 counts warp 0's
-// units in the trace. CH: bulk_products' accumulator chains.
-template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE, int CH>
+// units in the trace.
+template <int GROUP, int ST, int KW, int TILES, int SWZ, int TRACE>
 __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned char* bsm, unsigned long long* bars,
                                                 const u32* xs, int x_words, int r_first, int stages, u32 stage_bytes,
                                                 int u0, int u1, int per_row, int sr, int warp, int lane, int g, int c,
@@ -964,9 +952,9 @@ __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned
         bar_wait(smem_addr(&bars[s]), (u32)((i / stages) & 1));
         if (TRACE) tr.mark(3 + 3 * done);
         float acc0[1], acc1[1];
-        bulk_products<GROUP, ST, KW, 1, SWZ, CH>(bsm + (size_t)s * stage_bytes,
-                                                 xs + (a.x_stride ? (r - r_first) * x_words : 0), a.n_in, sr, t, 0, g,
-                                                 c, acc0, acc1);
+        bulk_products<GROUP, ST, KW, 1, SWZ>(bsm + (size_t)s * stage_bytes,
+                                             xs + (a.x_stride ? (r - r_first) * x_words : 0), a.n_in, sr, t, 0, g, c,
+                                             acc0, acc1);
         if (TRACE) tr.mark(4 + 3 * done);
         __syncwarp();
         if (lane == 0)
@@ -987,8 +975,8 @@ __device__ __forceinline__ void bulk_whole_rows(const QmvArgs& a, const unsigned
 // neither the slot table nor the weights, so a block reads its slots and issues its first copies before
 // griddepcontrol.wait (while the previous kernel drains) and only x after it; else everything after the wait.
 // PROD: a producer warp issues the copies (bulk_produce); PROD 2: also whole rows a warp (bulk_whole_rows; TPW is
-// then the tiles of a unit, CH its accumulator chains a tile; 1 elsewhere).
-template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ, int PROD, int CH>
+// then the tiles of a unit).
+template <int GROUP, int XT, int ST, int KW, int TPW, int MODE, int TRACE, int SWZ, int PROD>
 __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvArgs a, int rows, int stages, int early,
                                                                       unsigned long long* trace,
                                                                       const __grid_constant__ BulkMaps maps) {
@@ -1051,8 +1039,8 @@ __global__ void __launch_bounds__(PROD ? 544 : 512, 1) fmoe_qmv4_bulk(const QmvA
         __syncthreads();
     if (TRACE) tr.mark(2);
     if (PROD >= 2) {
-        bulk_whole_rows<GROUP, ST, KW, TPW, SWZ, TRACE, CH>(a, bsm, bars, xs, x_words, r, stages, stage_bytes, u0,
-                                                            u1, per_row, sr, warp, lane, g, c, tr);
+        bulk_whole_rows<GROUP, ST, KW, TPW, SWZ, TRACE>(a, bsm, bars, xs, x_words, r, stages, stage_bytes, u0, u1,
+                                                        per_row, sr, warp, lane, g, c, tr);
         return;
     }
     const int tw = (warp / wpt) * TPW, kw0 = (warp % wpt) * KW;   // this warp's first tile of a stage, its inputs

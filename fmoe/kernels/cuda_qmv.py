@@ -162,12 +162,11 @@ BULK_OVERLAP = _switch_from_env("FMOE_CUDA_OVERLAP")
 BULK_PRODUCER = _switch_from_env("FMOE_CUDA_PRODUCER")
 
 
-def _count_from_env(var: str, default: str, allowed: tuple[str, ...], what: str) -> int:
-    """A count setting of the whole-rows kernel: ``FMOE_CUDA_WHOLE_ROWS`` (tiles a unit: "0" (off), 1, 2, 4 (the
-    default) or 8), ``FMOE_CUDA_WHOLE_CHAINS`` (a tile's accumulator chains: 1, 2 or 4)."""
-    value = os.environ.get(var, default)
-    if value not in allowed:
-        raise ValueError(f"{var}={value!r}: {what}: {', '.join(repr(v) for v in allowed)}")
+def _tiles_from_env(var: str) -> int:
+    """Tiles a unit of the whole-rows kernel (``FMOE_CUDA_WHOLE_ROWS``): "0" (off), 1, 2, 4 (the default) or 8."""
+    value = os.environ.get(var, "4")
+    if value not in ("0", "1", "2", "4", "8"):
+        raise ValueError(f"{var}={value!r}: '0' (off) or the tiles of 16 rows a unit: '1', '2', '4' or '8'")
     return int(value)
 
 
@@ -175,13 +174,8 @@ def _count_from_env(var: str, default: str, allowed: tuple[str, ...], what: str)
 # PROD 2 instances), units of BULK_WHOLE_ROWS tiles of 16 rows (FMOE_CUDA_WHOLE_ROWS, default 4; 0: off), so that no
 # warp waits for another: 4096 x 1024 at decode's 10 rows 9.1-9.2 -> 8.2-8.4 us (0.61 -> 0.66-0.68 of HBM), 64 rows
 # 0.81-0.83 -> 0.87-0.90 (bench/results/session13/call4, call5, call6)
-BULK_WHOLE_ROWS = _count_from_env("FMOE_CUDA_WHOLE_ROWS", "4", ("0", "1", "2", "4", "8"),
-                                  "'0' (off) or the tiles of 16 rows a unit")
+BULK_WHOLE_ROWS = _tiles_from_env("FMOE_CUDA_WHOLE_ROWS")
 BULK_WHOLE_STAGES = None                 # the whole-rows kernel's stage buffers at most (None: a block's units, as fit)
-# Independent accumulator chains of a whole-rows tile (FMOE_CUDA_WHOLE_CHAINS; the kernel's CH): with one, a warp's
-# tile is a chain of 32 dependent mma (K = 1024), which a block's last unit, its warps alone on the SM, waits out
-# (0.63 us of products after its bytes land, session 13's timelines)
-BULK_WHOLE_CHAINS = _count_from_env("FMOE_CUDA_WHOLE_CHAINS", "1", ("1", "2", "4"), "accumulator chains a tile")
 _WHOLE_ROWS_X = 4                        # table rows of x a block of the whole-rows kernel stages (its units' rows)
 BULK_SWIZZLE = True      # scales and biases of 128-byte rows (4096 inputs, groups of 64, bf16) by swizzled tensor
                          # copies (the kernel's SWZ instances: no bank conflicts between a fragment's rows)
@@ -416,9 +410,9 @@ def _launch_bulk(args, x, mats, n_out: int, n_in: int, rows: int, group_size: in
     s = mats[0][1]
     x_t, s_t = _DTYPE_CODE[x.dtype], _DTYPE_CODE[s.dtype]
     swz = all(_swizzled(m[1], n_in, group_size) and _swizzled(m[2], n_in, group_size) for m in mats)
-    prod, chains = (2, BULK_WHOLE_CHAINS) if whole else (int(BULK_PRODUCER), 1)
+    prod = 2 if whole else int(BULK_PRODUCER)
     fn = _PROGRAM.function(f"fmoe_qmv4_bulk<{group_size}, {x_t}, {s_t}, {kw}, {whole or BULK_TILES_PER_WARP}, "
-                           f"{int(gate_up)}, {int(trace is not None)}, {int(swz)}, {prod}, {chains}>", device)
+                           f"{int(gate_up)}, {int(trace is not None)}, {int(swz)}, {prod}>", device)
     stages = _bulk_stages(s, n_out, n_in, rows, group_size, device, fn.static_shared + (1024 if swz else 0),
                           gate_up, whole)
     if stages < 1:

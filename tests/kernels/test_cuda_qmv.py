@@ -260,10 +260,7 @@ _BULK_MODES = {"no overlap": ({"BULK_OVERLAP": False}, False),
                "whole rows, units of 2 tiles, at most 8 stages": (
                    {"BULK_WHOLE_ROWS": 2, "BULK_WHOLE_STAGES": 8}, False),
                "whole rows, units of 8 tiles, slots ready": ({"BULK_WHOLE_ROWS": 8}, True),
-               "whole rows, 1 accumulator chain a tile, slots ready": ({"BULK_WHOLE_CHAINS": 1}, True),
-               "whole rows, 2 accumulator chains a tile": ({"BULK_WHOLE_CHAINS": 2}, False),
-               "whole rows, 4 accumulator chains, units of 8 tiles": (
-                   {"BULK_WHOLE_CHAINS": 4, "BULK_WHOLE_ROWS": 8}, True)}
+               "whole rows, units of 8 tiles, no overlap": ({"BULK_WHOLE_ROWS": 8, "BULK_OVERLAP": False}, False)}
 
 
 @needs_hopper
@@ -458,12 +455,12 @@ def test_every_configuration_compiles_with_nvrtc():
                 cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_80")
                 assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_mma" in name
     for group in (32, 64, 128):                     # the bulk-copy kernel (Hopper): 128 and 256 inputs a warp
-        for x_t, s_t, kw, tpw, mode, trace, swz, prod, ch in (
-                (1, 1, 256, 2, 0, 0, 1, 0, 1), (0, 0, 128, 1, 0, 0, 0, 0, 1), (1, 1, 256, 2, 1, 0, 1, 0, 1),
-                (1, 1, 256, 1, 1, 1, 0, 1, 1), (0, 1, 128, 2, 0, 1, 0, 1, 1), (1, 1, 256, 2, 1, 0, 0, 0, 1),
-                (0, 1, 1024, 4, 0, 0, 0, 2, 1), (1, 1, 512, 2, 0, 1, 0, 2, 2), (0, 1, 1024, 4, 0, 0, 0, 2, 4),
-                (1, 0, 512, 8, 0, 1, 0, 2, 4)):
-            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {swz}, {prod}, {ch}>"
+        for x_t, s_t, kw, tpw, mode, trace, swz, prod in ((1, 1, 256, 2, 0, 0, 1, 0), (0, 0, 128, 1, 0, 0, 0, 0),
+                                                          (1, 1, 256, 2, 1, 0, 1, 0), (1, 1, 256, 1, 1, 1, 0, 1),
+                                                          (0, 1, 128, 2, 0, 1, 0, 1), (1, 1, 256, 2, 1, 0, 0, 0),
+                                                          (0, 1, 1024, 4, 0, 0, 0, 2), (1, 1, 512, 2, 0, 1, 0, 2),
+                                                          (1, 0, 512, 8, 0, 1, 0, 2)):
+            expr = f"fmoe_qmv4_bulk<{group}, {x_t}, {s_t}, {kw}, {tpw}, {mode}, {trace}, {swz}, {prod}>"
             cubin, name = nvrtc.compile_cubin(cuda_qmv._PROGRAM.source, expr, "sm_90")
             assert cubin[:4] == b"\x7fELF" and "fmoe_qmv4_bulk" in name
 
@@ -533,23 +530,20 @@ def test_whole_rows_kernel_is_chosen_only_where_it_fits(monkeypatch):
     assert choice(4096, 1024, 10) == 0
 
 
-def test_whole_rows_counts_are_read_from_the_environment(monkeypatch):
-    """FMOE_CUDA_WHOLE_ROWS: the whole-rows kernel's tiles a unit, "0" (off), 1, 2, 4 (the default) or 8;
-    FMOE_CUDA_WHOLE_CHAINS: a tile's accumulator chains, 1, 2 or 4; anything else is an error naming the variable
-    and the values it takes (no GPU needed)."""
+def test_whole_rows_tiles_are_read_from_the_environment(monkeypatch):
+    """FMOE_CUDA_WHOLE_ROWS: the whole-rows kernel's tiles a unit, "0" (off), 1, 2, 4 (the default) or 8; anything
+    else is an error naming the variable (no GPU needed)."""
     from fmoe.kernels import cuda_qmv
 
-    for var, default, allowed, bad in (("FMOE_CUDA_WHOLE_ROWS", "4", ("0", "1", "2", "4", "8"), ("3", "16", "on")),
-                                       ("FMOE_CUDA_WHOLE_CHAINS", "1", ("1", "2", "4"), ("0", "3", "8", "on"))):
-        monkeypatch.delenv(var, raising=False)
-        assert cuda_qmv._count_from_env(var, default, allowed, "what") == int(default)
-        for value in allowed:
-            monkeypatch.setenv(var, value)
-            assert cuda_qmv._count_from_env(var, default, allowed, "what") == int(value)
-        for value in bad:
-            monkeypatch.setenv(var, value)
-            with pytest.raises(ValueError, match=f"{var}='{value}': what: '{allowed[0]}'"):
-                cuda_qmv._count_from_env(var, default, allowed, "what")
+    monkeypatch.delenv("FMOE_CUDA_WHOLE_ROWS", raising=False)
+    assert cuda_qmv._tiles_from_env("FMOE_CUDA_WHOLE_ROWS") == 4
+    for value in ("0", "1", "2", "4", "8"):
+        monkeypatch.setenv("FMOE_CUDA_WHOLE_ROWS", value)
+        assert cuda_qmv._tiles_from_env("FMOE_CUDA_WHOLE_ROWS") == int(value)
+    for value in ("3", "16", "on"):
+        monkeypatch.setenv("FMOE_CUDA_WHOLE_ROWS", value)
+        with pytest.raises(ValueError, match=f"FMOE_CUDA_WHOLE_ROWS='{value}': '0' \\(off\\)"):
+            cuda_qmv._tiles_from_env("FMOE_CUDA_WHOLE_ROWS")
 
 
 @pytest.mark.parametrize("var", ["FMOE_CUDA_OVERLAP", "FMOE_CUDA_PRODUCER"])
