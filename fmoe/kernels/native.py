@@ -263,6 +263,8 @@ _SIGNATURES = {
                                _P, _P, _P, ctypes.c_float,  # neg_A, dt_bias, norm weight, eps
                                _P,                     # y
                                _I, _I, _I, _I, _I, _I]),  # Hk, Hv, dk, dv, K, nthreads
+        "fmoe_rms_norm": (_I, [_P, _I64, _P, _P,       # x, x_stride, w, y
+                               _I64, _I64, ctypes.c_float]),  # rows, n, eps
         "fmoe_moe_fused": (_I, [_P, _P, _P, _I, _I64,  # ptrs (9 per expert), inter[E], weights[E], E, H
                                 _I, _I, _I,            # scales_bf16, bits, group_size
                                 _P, _P, _I, _I, _I]),  # x, y, accumulate, nthreads, mode

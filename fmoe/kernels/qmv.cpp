@@ -2026,21 +2026,26 @@ inline void conv_shift(const float* conv, const float* x, int64_t C, int K, int6
     std::memcpy(conv_out + t * C + c0, (t + 1 < K - 1 ? conv + (t + 1) * C : x) + c0, sizeof(float) * n);
 }
 
-// Gated RMSNorm of one head's output: y = o * rsqrt(mean(o^2) + eps) * w * silu(z).
-inline void gated_norm(const float* oh, const float* z, const float* w, float eps, int dv, float* y) {
-  int j = 0;
+// rsqrt(mean(v^2) + eps) of n floats (float32 sums, 8 lanes then across them)
+inline float rms_scale(const float* v, int64_t n, float eps) {
+  int64_t j = 0;
   float ss = 0.f;
 #if FMOE_AVX2
   __m256 vss = _mm256_setzero_ps();
-  for (; j + 8 <= dv; j += 8) {
-    const __m256 v = _mm256_loadu_ps(oh + j);
-    vss = _mm256_add_ps(vss, _mm256_mul_ps(v, v));
+  for (; j + 8 <= n; j += 8) {
+    const __m256 a = _mm256_loadu_ps(v + j);
+    vss = _mm256_add_ps(vss, _mm256_mul_ps(a, a));
   }
   ss = hsum8(vss);
 #endif
-  for (; j < dv; ++j) ss += oh[j] * oh[j];
-  const float r = 1.f / std::sqrt(ss / static_cast<float>(dv) + eps);
-  j = 0;
+  for (; j < n; ++j) ss += v[j] * v[j];
+  return 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
+}
+
+// Gated RMSNorm of one head's output: y = o * rsqrt(mean(o^2) + eps) * w * silu(z).
+inline void gated_norm(const float* oh, const float* z, const float* w, float eps, int dv, float* y) {
+  const float r = rms_scale(oh, dv, eps);
+  int j = 0;
 #if FMOE_AVX2
   const __m256 vr = _mm256_set1_ps(r);
   for (; j + 8 <= dv; j += 8) {
@@ -2174,6 +2179,26 @@ int fmoe_gdn_step(const float* qkv, const float* z, const float* b, const float*
 }
 
 // Name of the instruction set this library was compiled for ("avx512vnni", "avx2", "generic", "generic-neon").
+// RMSNorm of `rows` rows of n floats (row stride x_stride) into y [rows, n]: y = (x * rsqrt(mean(x^2) + eps)) * w,
+// float32 as torch's CPU rms_norm, one thread (decode's few rows: the torch op costs tens of us after the mat-vecs
+// have streamed the weights through the caches, this a call's overhead).  Returns 0, or -1 on bad sizes.
+int fmoe_rms_norm(const float* x, int64_t x_stride, const float* w, float* y, int64_t rows, int64_t n, float eps) {
+  if (rows < 0 || n <= 0 || x_stride < n) return -1;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * x_stride;
+    float* yr = y + r * n;
+    const float s = rms_scale(xr, n, eps);
+    int64_t j = 0;
+#if FMOE_AVX2
+    const __m256 vs = _mm256_set1_ps(s);
+    for (; j + 8 <= n; j += 8)
+      _mm256_storeu_ps(yr + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + j), vs), _mm256_loadu_ps(w + j)));
+#endif
+    for (; j < n; ++j) yr[j] = xr[j] * s * w[j];
+  }
+  return 0;
+}
+
 const char* fmoe_qmv_isa(void) { return FMOE_ISA_NAME; }
 
 // out[n, k] = scale * q + bias in float32 (the float32 product is rounded, then the sum: same as numpy/mlx float32).

@@ -241,9 +241,10 @@ def test_sampling_min_p_top_k_top_p():
 @pytest.mark.parametrize("name", ["qwen3_5_a", "qwen3_5_b", "next"])
 def test_cpu_decode_fast_paths(models, name):
     """Torch CPU float32 decode against the layer's torch ops (GatedDeltaNet.mix) and the composite norm: the
-    backend's ~25-op Gated DeltaNet step (``fused_deltanet`` off) and its one-op RMSNorm give the same bits, logits
-    and recurrent states alike; the one-call native step (the default; float32 approximations of exp and SiLU) is
-    within 1e-5 of their scale."""
+    backend's ~25-op Gated DeltaNet step (``fused_deltanet`` off) and its one-op torch RMSNorm (``native_norm`` off)
+    give the same bits, logits and recurrent states alike; the one-call native step and the native RMSNorm (the
+    defaults; float32 approximations of exp and SiLU, the sum of squares in another order) are within 1e-5 of their
+    scale."""
     path, _ = models[name]
     ids = prompt_ids(6, seed=7)
     runs = []
@@ -251,6 +252,7 @@ def test_cpu_decode_fast_paths(models, name):
         m = Model.load(path, backend="torch", dtype="float32")
         if mode == "ops":
             m.ops.fused_deltanet = False
+            m.ops.native_norm = False
         if mode == "plain":
             m.ops.gated_delta_step = None
             m.ops.rms_norm = _composite_rms_norm

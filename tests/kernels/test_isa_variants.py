@@ -320,3 +320,56 @@ def test_one_object_and_parallel_parts_build_the_same_kernel(monkeypatch, tmp_pa
             outs.append(y)
         np.testing.assert_array_equal(outs[0], outs[1])
         assert np.abs(outs[0] - x @ dequantize(q).T).max() <= 1e-3 * np.abs(x @ dequantize(q).T).max()
+
+
+@pytest.mark.skipif(native.load() is None, reason=f"native kernel unavailable: {native.load_error()}")
+@pytest.mark.parametrize("isa", ISAS)
+def test_rms_norm_matches_reference(isa):
+    """fmoe_rms_norm (the CPU decode's RMSNorm in one call) against a float64 reference, in every variant: widths
+    with and without a vector tail, rows at a stride wider than a row (a view of heads), a row of zeros; bad sizes are
+    refused."""
+    lib = native.load(isa)
+    if lib is None:
+        pytest.skip(f"{isa} kernel unavailable: {native.load_error(isa)}")
+    rng = np.random.default_rng(11)
+    for rows, n, stride in ((1, 4096, 4096), (8, 4096, 4096), (32, 256, 768), (3, 33, 33), (5, 129, 200), (2, 7, 7)):
+        x = (rng.standard_normal((rows, stride)) * rng.uniform(0.01, 100)).astype(np.float32)
+        x[-1, :n] = 0.0 if rows > 2 else x[-1, :n]
+        w = rng.standard_normal(n).astype(np.float32)
+        y = np.full((rows, n), np.nan, np.float32)
+        assert lib.fmoe_rms_norm(x.ctypes.data, stride, w.ctypes.data, y.ctypes.data, rows, n, 1e-6) == 0
+        xv = x[:, :n].astype(np.float64)
+        ref = xv / np.sqrt((xv * xv).mean(-1, keepdims=True) + 1e-6) * w
+        assert rel_err(y, ref) <= 1e-6, (isa, rows, n, stride)
+        torch_y = torch.nn.functional.rms_norm(torch.from_numpy(x[:, :n].copy()), (n,), torch.from_numpy(w), 1e-6)
+        assert rel_err(y, torch_y.numpy()) <= 1e-6, (isa, rows, n, stride)
+    y = np.zeros((1, 8), np.float32)
+    w = np.ones(8, np.float32)
+    assert lib.fmoe_rms_norm(y.ctypes.data, 4, w.ctypes.data, y.ctypes.data, 1, 8, 1e-6) == -1   # stride < width
+    assert lib.fmoe_rms_norm(y.ctypes.data, 8, w.ctypes.data, y.ctypes.data, 1, 0, 1e-6) == -1
+
+
+def test_backend_rms_norm_native_and_torch_paths():
+    """TorchBackend.rms_norm on CPU float32: a few rows (decode) by the native call, within 1e-6 of torch's op, for a
+    contiguous row, a strided view of heads and a non-contiguous copy case; more than 64 rows (prefill) and
+    ``native_norm`` off keep torch's op, bit for bit."""
+    from fmoe.engine.backends.torch import TorchBackend
+
+    if native.load() is None:
+        pytest.skip(f"native kernel unavailable: {native.load_error()}")
+    ops = TorchBackend("float32")
+    torch.manual_seed(0)
+    qkv = torch.randn(1, 3 * 32 * 256)
+    cases = [torch.randn(1, 4096), qkv[:, : 32 * 256].view(1, 32, 256), qkv.view(1, 96, 256)[:, ::3],
+             torch.randn(256, 4).t(), torch.randn(65, 512)]
+    for x in cases:
+        w = torch.randn(x.shape[-1])
+        ref = torch.nn.functional.rms_norm(x, (x.shape[-1],), w, 1e-6)
+        y = ops.rms_norm(x, w, 1e-6)
+        assert y.shape == x.shape and y.is_contiguous() and rel_err(y.numpy(), ref.numpy()) <= 1e-6
+        if x.numel() > 64 * x.shape[-1]:
+            assert torch.equal(y, ref)
+        ops.native_norm = False
+        assert torch.equal(ops.rms_norm(x, w, 1e-6), ref)
+        ops.native_norm = True
+

@@ -33,11 +33,39 @@ def cpu_threads() -> int:
 # FMOE_FUSED_DELTANET=0: decode runs Gated DeltaNet as torch ops: A/B of fmoe/kernels/triton_deltanet.py on CUDA, and
 # on the CPU of the native one-call step (fmoe_gdn_step) against the ~25 torch ops that give the layer's own bits
 _FUSED_DELTANET = os.environ.get("FMOE_FUSED_DELTANET", "1") not in ("0", "false", "no", "off")
+# FMOE_NATIVE_NORM=0: the CPU's float32 RMSNorm of a few rows as torch's op instead of one native call (fmoe_rms_norm)
+_NATIVE_NORM = os.environ.get("FMOE_NATIVE_NORM", "1") not in ("0", "false", "no", "off")
+_NATIVE_NORM_ROWS = 64          # rows up to which the native call (one thread) takes a norm; prefill's keep torch's
+
+
+def _native_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """``(x * rsqrt(mean(x^2, -1) + eps)) * w`` of CPU float32 rows by one native call (``fmoe_rms_norm``, float32 as
+    torch's op; the sum of squares in another order: within a few float32 ulps of it), or None without the native
+    library or for a weight that is not one contiguous row of x's width."""
+    from fmoe.kernels import native
+
+    lib = native.load()
+    n = x.shape[-1]
+    if lib is None or w.numel() != n or not w.is_contiguous() or n == 0:
+        return None
+    if x.is_contiguous():                       # (decode's case, without a reshape: each torch call costs ~1 us)
+        x2, rows, stride = x, x.numel() // n, n
+    else:                                       # rows at one stride (a view of heads), else a copy
+        x2 = x.reshape(-1, n)
+        if x2.stride(1) != 1 or x2.stride(0) < n:
+            x2 = x2.contiguous()
+        rows, stride = x2.shape[0], x2.stride(0)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    rc = lib.fmoe_rms_norm(x2.data_ptr(), stride, w.data_ptr(), y.data_ptr(), rows, n, eps)
+    if rc != 0:
+        raise RuntimeError(f"fmoe_rms_norm failed with code {rc} (rows {rows}, width {n})")
+    return y
 
 
 class TorchBackend:
     name = "torch"
     fused_deltanet = _FUSED_DELTANET    # per instance in tests: the one-call CPU step or its torch ops
+    native_norm = _NATIVE_NORM          # per instance in tests: the CPU's few-row RMSNorm by one native call
 
     def __init__(self, dtype: str = "float32", device: str | None = None):
         self.dtype_name = dtype
@@ -287,9 +315,14 @@ class TorchBackend:
             if fused is not None:       # one kernel instead of six (fmoe/kernels/triton_norm.py)
                 return fused.rms_norm(x, w, eps)
         elif x.dtype == torch.float32 and w.dtype == torch.float32:
-            # CPU: one op instead of six, the same float32 steps and bits (x * rsqrt(mean(x^2) + eps) * w; checked
-            # against the composite form below over norm sizes 33-4096, 1-300 rows, 1-2 threads): decode makes ~5
-            # norms a layer, and each small op after the kernels have streamed the weights costs tens of us
+            # CPU: decode makes ~5 norms a layer, and each small torch op after the kernels have streamed the weights
+            # costs tens of us (torch's rms_norm of 4096 floats: 85-140 us in a 2-core decode, 18 us hot), so a few
+            # rows go to one native call; otherwise one torch op instead of six, the same float32 steps and bits as
+            # the composite form below (x * rsqrt(mean(x^2) + eps) * w; checked over norm sizes 33-4096, 1-300 rows)
+            if self.native_norm and x.numel() <= _NATIVE_NORM_ROWS * x.shape[-1]:
+                y = _native_rms_norm(x, w, eps)
+                if y is not None:
+                    return y
             return F.rms_norm(x, (x.shape[-1],), w, eps)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)

@@ -1,0 +1,46 @@
+"""A/B of the CPU decode's RMSNorm by one native call (TorchBackend.native_norm, the default) against torch's op,
+alternated in one process on the same warm model: per round the median time outside the native mat-vec kernels of 16
+decode tokens (torch_qlinear.profile), each setting's rounds and their median.
+
+    python3 bench/device/native_norm_ab.py MODEL_DIR [ROUNDS]
+"""
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np  # noqa: E402
+
+from fmoe.engine.generate import Generation  # noqa: E402
+from fmoe.engine.model import Model  # noqa: E402
+from fmoe.kernels import native, torch_qlinear  # noqa: E402
+
+
+def main() -> int:
+    model, rounds = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 6
+    m = Model.load(Path(model), backend="torch", dtype="float32")
+    prompt = np.random.RandomState(0).randint(0, 1000, size=8).tolist()
+    list(Generation(m, prompt, max_tokens=8))
+    rest: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(rounds):
+        for on in ((True, False) if r % 2 == 0 else (False, True)):
+            m.ops.native_norm = on
+            it = iter(Generation(m, prompt, max_tokens=17))
+            next(it)                                   # the prefill's token
+            per = []
+            for _ in range(16):
+                torch_qlinear.profile(True)
+                t0 = time.perf_counter()
+                next(it)
+                per.append(time.perf_counter() - t0 - torch_qlinear.profile(False)["kernel_s"])
+            rest[on].append(statistics.median(per) * 1e3)
+    print(f"{model}: {native.threads()} threads, kernel {native.kernel_isa()}; ms a token outside the kernels")
+    for on, v in rest.items():
+        print(f"  native_norm={on}: rounds {[round(x, 2) for x in v]}, median {statistics.median(v):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
