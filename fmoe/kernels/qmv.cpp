@@ -2178,7 +2178,6 @@ int fmoe_gdn_step(const float* qkv, const float* z, const float* b, const float*
   return 0;
 }
 
-// Name of the instruction set this library was compiled for ("avx512vnni", "avx2", "generic", "generic-neon").
 // RMSNorm of `rows` rows of n floats (row stride x_stride) into y [rows, n]: y = (x * rsqrt(mean(x^2) + eps)) * w,
 // float32 as torch's CPU rms_norm, one thread (decode's few rows: the torch op costs tens of us after the mat-vecs
 // have streamed the weights through the caches, this a call's overhead).  Returns 0, or -1 on bad sizes.
@@ -2199,6 +2198,7 @@ int fmoe_rms_norm(const float* x, int64_t x_stride, const float* w, float* y, in
   return 0;
 }
 
+// Name of the instruction set this library was compiled for ("avx512vnni", "avx2", "generic", "generic-neon").
 const char* fmoe_qmv_isa(void) { return FMOE_ISA_NAME; }
 
 // out[n, k] = scale * q + bias in float32 (the float32 product is rounded, then the sum: same as numpy/mlx float32).
