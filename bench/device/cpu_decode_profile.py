@@ -14,10 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402
-
+from fmoe.bench.decode import load_warm  # noqa: E402
 from fmoe.engine.generate import Generation  # noqa: E402
-from fmoe.engine.model import Model  # noqa: E402
 from fmoe.kernels import native, torch_qlinear  # noqa: E402
 
 
@@ -28,9 +26,7 @@ def main() -> int:
     ap.add_argument("--warm", type=int, default=8)
     ap.add_argument("--top", type=int, default=30)
     a = ap.parse_args()
-    m = Model.load(Path(a.model), backend="torch", dtype="float32")
-    prompt = np.random.RandomState(0).randint(0, 1000, size=8).tolist()
-    list(Generation(m, prompt, max_tokens=a.warm))
+    m, prompt, _, _ = load_warm(Path(a.model), a.warm)
     it = iter(Generation(m, prompt, max_tokens=a.tokens + 1))
     next(it)                                   # the prefill's token
     torch_qlinear.profile(True)

@@ -11,18 +11,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402
-
+from fmoe.bench.decode import load_warm  # noqa: E402
 from fmoe.engine.generate import Generation  # noqa: E402
-from fmoe.engine.model import Model  # noqa: E402
 from fmoe.kernels import native, torch_qlinear  # noqa: E402
 
 
 def main() -> int:
     model, rounds = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 6
-    m = Model.load(Path(model), backend="torch", dtype="float32")
-    prompt = np.random.RandomState(0).randint(0, 1000, size=8).tolist()
-    list(Generation(m, prompt, max_tokens=8))
+    m, prompt, _, _ = load_warm(Path(model), 8)
     rest: dict[bool, list[float]] = {True: [], False: []}
     for r in range(rounds):
         for on in ((True, False) if r % 2 == 0 else (False, True)):

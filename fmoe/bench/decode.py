@@ -85,19 +85,12 @@ def _mlx_decode(path: Path, prompt: list[int], n: int) -> tuple[float, list[int]
     return run(n)
 
 
-def profile_decode(path: Path, tokens: int = 16, warm: int = 24, memory_budget: int | None = None,
-                   threads: int | None = None, mem_gbps: float | None = None) -> dict:
-    """Decode time per token of ``path`` (torch CPU float32) split into native kernel time and the rest, against the
-    memory bound (weight bytes the kernels read per token / measured memory read bandwidth).
-
-    ``warm`` tokens are decoded first (same prompt) so that the experts are in RAM (page cache / expert cache).
-    Bytes per token = the packed weights, scales and biases of every quantized matrix the kernels ran (dense
-    float weights such as the router are not counted: the bound is slightly optimistic for us, i.e. conservative).
-    """
-    from fmoe.bench.kernels import measure_mem_read
+def load_warm(path: Path, warm: int = 24, memory_budget: int | None = None):
+    """(model, prompt, load_s, warm_s): ``path`` loaded for torch CPU float32 decode (the streaming layout with an
+    expert cache of ``memory_budget`` bytes where given, else in memory when it is not that layout) and ``warm``
+    tokens decoded from a fixed 8-token prompt, so that its experts are in RAM (page cache / expert cache)."""
     from fmoe.engine.generate import Generation
     from fmoe.engine.model import Model
-    from fmoe.kernels import native, torch_qlinear
 
     stream = {"memory_budget": memory_budget} if memory_budget else None
     t0 = time.perf_counter()
@@ -109,7 +102,23 @@ def profile_decode(path: Path, tokens: int = 16, warm: int = 24, memory_budget: 
     prompt = np.random.RandomState(0).randint(0, 1000, size=8).tolist()
     t0 = time.perf_counter()
     list(Generation(m, prompt, max_tokens=warm))
-    warm_s = time.perf_counter() - t0
+    return m, prompt, load_s, time.perf_counter() - t0
+
+
+def profile_decode(path: Path, tokens: int = 16, warm: int = 24, memory_budget: int | None = None,
+                   threads: int | None = None, mem_gbps: float | None = None) -> dict:
+    """Decode time per token of ``path`` (torch CPU float32) split into native kernel time and the rest, against the
+    memory bound (weight bytes the kernels read per token / measured memory read bandwidth).
+
+    ``warm`` tokens are decoded first (same prompt) so that the experts are in RAM (page cache / expert cache).
+    Bytes per token = the packed weights, scales and biases of every quantized matrix the kernels ran (dense
+    float weights such as the router are not counted: the bound is slightly optimistic for us, i.e. conservative).
+    """
+    from fmoe.bench.kernels import measure_mem_read
+    from fmoe.engine.generate import Generation
+    from fmoe.kernels import native, torch_qlinear
+
+    m, prompt, load_s, warm_s = load_warm(path, warm, memory_budget)
     per_tok, prof = [], []
     g = Generation(m, prompt, max_tokens=tokens + 1)
     last = None
