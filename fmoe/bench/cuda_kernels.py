@@ -10,10 +10,11 @@ gate and up in one launch (``gate+up``). Activations as the engine has them: bf1
 Kernels: ``cuda`` is what the engine launches (4 bits on Hopper: the bulk-copy kernel, one matrix and gate+up,
 each launch overlapping the previous one's drain), ``cuda (slots ready)`` the same launched as the engine launches
 its down projection after gate+up (its slot table vouched for, so its copies start before the previous launch has
-finished), ``cuda fma`` / ``cuda <variant>`` the FMA / tensor-core kernels where another is the default, ``triton`` the
-Triton kernel; the peers ``read (peer)`` (a kernel that only reads the same bytes) and ``copy (peer)`` (a
-device-to-device copy moving them), timed the same way: what the launch, ramp-up and drain of one call of that size
-leave to any kernel.
+finished), ``cuda decode pair (gate+up, down)`` a layer's two launches in the engine's order (the down projection
+of gate+up's output, slots ready; its peers read / copy the pair's bytes in one call), ``cuda fma`` /
+``cuda <variant>`` the FMA / tensor-core kernels where another is the default, ``triton`` the Triton kernel; the
+peers ``read (peer)`` (a kernel that only reads the same bytes) and ``copy (peer)`` (a device-to-device copy moving
+them), timed the same way: what the launch, ramp-up and drain of one call of that size leave to any kernel.
 Each timing replays a CUDA graph of launches that cycle through disjoint slot sets of a table several times the L2
 (no launch reads what an earlier one left in L2; no Python launch overhead: the engine replays graphs too).
 Bytes read = the rows' packed weights + scales + biases + activations + outputs; the fraction is (bytes / time) /
@@ -201,6 +202,39 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
     return res
 
 
+
+def measure_pair(bits: int, rows: int = 10, group: int = 64) -> dict:
+    """A decode step's routed experts of one layer as the engine launches them (fmoe/engine/device_experts.py):
+    gate and up in one launch (silu(gate) * up into h), then the down projection of h (slots ready: its copies start
+    before gate+up has finished), the same ``rows`` slots for both; cycled through >= 400 MB of weights in one CUDA
+    graph. Bytes = both launches' weights + scales + biases + activations in and out."""
+    import torch
+
+    from fmoe.kernels import cuda_qmv
+
+    (n_mid, n_hid) = SHAPES[0]
+    gu_slot = 2 * n_mid * (n_hid * bits // 8 + 2 * 2 * n_hid // group)
+    dn_slot = n_hid * (n_mid * bits // 8 + 2 * 2 * n_mid // group)
+    slots = max(2 * rows, -(-(400 << 20) // (gu_slot + dn_slot)))
+    slots = rows * (slots // rows)
+    (wg, sg, bg), (wu, su, bu) = _tables(bits, n_mid, n_hid, slots, group, 2)
+    (wd, sd, bd), = _tables(bits, n_hid, n_mid, slots, group, 1)
+    x = torch.randn(1, n_hid, device="cuda").to(torch.bfloat16)
+    h = torch.empty(rows, n_mid, dtype=torch.float32, device="cuda")
+    y = torch.empty(rows, n_hid, dtype=torch.float32, device="cuda")
+    perm = torch.randperm(slots, device="cuda").to(torch.int32)
+    sets = [perm[i:i + rows].contiguous() for i in range(0, slots, rows)]
+    launches = []
+    for sl in sets:
+        launches.append(lambda sl=sl: cuda_qmv.grouped_gate_up(x, wg, sg, bg, wu, su, bu, sl, bits, group, out=h,
+                                                               slots_ready=True))
+        launches.append(lambda sl=sl: cuda_qmv.grouped_qmv(h, wd, sd, bd, sl, bits, group, out=y, slots_ready=True))
+    t = _time_graph(launches) * 2                   # seconds per launch -> per pair
+    nbytes = rows * (gu_slot + dn_slot) + x.numel() * 2 + 2 * h.numel() * 4 + y.numel() * 4
+    return {"kernel": "cuda decode pair (gate+up, down)", "bits": bits, "shape": [n_mid, n_hid], "rows": rows,
+            "group_size": group, "seconds": t, "bytes": nbytes, "bytes_per_s": nbytes / t, "slots_cycled": slots,
+            "config": "gate+up then down, both slots ready, as fmoe/engine/device_experts.py launches them"}
+
 SHAPES = ((1024, 4096), (4096, 1024))
 SWEEP = [(rpw, nw, nb) for rpw in (1, 2, 4) for nw in (4, 8) for nb in (1, 2, 4)]
 
@@ -277,6 +311,10 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
                 for v in (*cuda_qmv.MMA_VARIANTS, cuda_qmv.BULK):
                     if v != cuda_qmv.MMA_DEFAULT[True] and (v != cuda_qmv.BULK or bulk_ok()):
                         add(measure(f"cuda {v} gate+up", bits, *SHAPES[0], r))
+                if bulk_ok():                       # the layer's two launches, as the engine makes them
+                    m = add(measure_pair(bits, r))
+                    for peer in (measure_read, measure_copy):
+                        add({**peer(m["bytes"]), "bits": bits, "shape": list(SHAPES[0]), "rows": r, "pair": True})
     of_read_peer(rows)
     return {"device": torch.cuda.get_device_name(), "hbm_copy_bytes_per_s": bw, "rows": rows,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -284,17 +322,21 @@ def run(bits_list=(2, 4, 8), sweep: bool = False, triton: bool = True) -> dict:
 
 def of_read_peer(rows: list) -> None:
     """Each mat-vec row's bytes/s as a fraction of the read-only peer's of the same call (same bits, shape, rows and
-    kind: one matrix or gate+up), where the run has that peer: ``fraction_of_read_peer``."""
+    kind: one matrix, gate+up or the decode pair), where the run has that peer: ``fraction_of_read_peer``."""
+    def key(r):
+        pair = r.get("pair") or "pair" in r["kernel"]
+        kind = "pair" if pair else "gate+up" if r["kernel"].endswith("gate+up") else ""
+        return (r["bits"], tuple(r["shape"]), r["rows"], kind)
+
     peers, last = {}, None
-    for r in rows:                    # a peer follows the engine's row of its call ("cuda" / "cuda gate+up")
+    for r in rows:                    # a peer follows the engine's row of its call ("cuda" / "cuda gate+up" / pair)
         if r["kernel"] == "read (peer)" and last is not None:
             peers[last] = r["bytes_per_s"]
-        elif r["kernel"] in ("cuda", "cuda gate+up"):          # not "cuda (slots ready)": a row of the same call
-            last = (r["bits"], tuple(r["shape"]), r["rows"], r["kernel"].endswith("gate+up"))
+        elif r["kernel"] in ("cuda", "cuda gate+up") or "pair" in r["kernel"]:   # not "(slots ready)": same call
+            last = key(r)
     for r in rows:
-        key = (r["bits"], tuple(r["shape"]), r["rows"], r["kernel"].endswith("gate+up"))
-        if "peer" not in r["kernel"] and key in peers:
-            r["fraction_of_read_peer"] = r["bytes_per_s"] / peers[key]
+        if "peer" not in r["kernel"] and key(r) in peers:
+            r["fraction_of_read_peer"] = r["bytes_per_s"] / peers[key(r)]
 
 
 def markdown(res: dict) -> str:
@@ -310,7 +352,8 @@ def markdown(res: dict) -> str:
         if r.get("swept"):
             cfg = f"{cfg} (best of sweep)"
         peer = f"{r['fraction_of_read_peer']:.2f}" if "fraction_of_read_peer" in r else ""
-        out.append(f"| {r['kernel']} | {r['bits']} | {r['shape'][0]} x {r['shape'][1]} | {r['rows']} | "
+        name = r["kernel"] + (" of the pair" if r.get("pair") else "")
+        out.append(f"| {name} | {r['bits']} | {r['shape'][0]} x {r['shape'][1]} | {r['rows']} | "
                    f"{r['seconds'] * 1e6:.1f} | {r['bytes_per_s'] / 1e12:.2f} | {r['fraction_of_hbm']:.2f} | {peer} | "
                    f"{cfg} |")
     return "\n".join(out) + "\n"
