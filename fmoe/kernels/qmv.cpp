@@ -100,6 +100,12 @@
 #endif
 #endif
 
+// The AVX-512 build's 2-bit decode rows in 512-bit registers, two weight rows a register (row2_defer_zmm); 0
+// (FMOE_QMV_CFLAGS=-DFMOE_ZMM=0) keeps them in 256-bit ones like the AVX2 build.
+#ifndef FMOE_ZMM
+#define FMOE_ZMM FMOE_VNNI
+#endif
+
 #if defined(__GNUC__)
 #define FMOE_INLINE __attribute__((always_inline))
 #else
@@ -1416,6 +1422,226 @@ inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* 
   for (int i = 0; i < P; ++i) out[i] = hsum(_mm256_add_ps(ft[i], bt[i]));
 }
 
+#if FMOE_ZMM
+// Two 256-bit halves as one 512-bit register: lo in bits 0-255, hi in 256-511.
+FMOE_INLINE inline __m512i zmm_pair(__m256i lo, __m256i hi) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+FMOE_INLINE inline __m512 zmm_pair(__m256 lo, __m256 hi) {
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+}
+// 8 floats / 32 bytes at p into both halves (a broadcast load)
+FMOE_INLINE inline __m512 zmm_both(const float* p) {
+  return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(p))));
+}
+FMOE_INLINE inline __m512i zmm_both(const __m256i* p) { return _mm512_broadcast_i64x4(_mm256_loadu_si256(p)); }
+// the sums of each half: out[0] of the low 256 bits, out[1] of the high (hsum of each, as the 256-bit kernels end)
+FMOE_INLINE inline void zmm_hsums(__m512 t, float* out) {
+  out[0] = hsum(_mm512_castps512_ps256(t));
+  out[1] = hsum(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1)));
+}
+
+// row_defer34 for decode (R = 1) and NW = 2 or 4 weight rows, two rows a 512-bit register as in row2_defer_zmm (3
+// bits: code_block3's shuffle and shifts act per 128-bit lane, so one vpshufb / vpsrlvd serves both rows); the
+// 256-bit steps of row_defer34 on each half, so the same results bit for bit.
+template <int BITS, int GS, bool BF16, int NW>
+inline void row34_defer_zmm(const uint32_t* const* rows, const void* sc, const void* bi, const int64_t* gbase,
+                            const int16_t* xq, const float* xsc, const float* xsum, int64_t K, float* out) {
+  static_assert(NW == 2 || NW == 4, "two weight rows a register");
+  constexpr int BB = 8 * BITS;
+  constexpr int BPG = GS / 64;
+  constexpr int P = NW / 2;
+  const __m512i m4 = _mm512_set1_epi16(BITS == 4 ? 0x000F : 0x0007);
+  // code_block3_inner's shuffle: its low 128-bit lane's constant in lanes 0 and 2, its high lane's in 1 and 3
+  const __m512i shuf3 = _mm512_mask_blend_epi64(
+      0xCC, _mm512_broadcast_i32x4(_mm_setr_epi8(4, 5, 7, 8, 10, 11, 13, 14, 5, 6, 8, 9, 11, 12, 14, 15)),
+      _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 3, 4, 6, 7, 9, 10, 1, 2, 4, 5, 7, 8, 10, 11)));
+  const __m512i sh3 = _mm512_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4);
+  const int64_t G = K / GS;
+  const bool ahead = pass_ahead<BITS, NW>(K);
+  [[maybe_unused]] const int64_t last_blk = K / 64 - 1;
+  const uint8_t* bytes[NW];
+  FMOE_UNROLL
+  for (int w = 0; w < NW; ++w) bytes[w] = reinterpret_cast<const uint8_t*>(rows[w]);
+  __m512 ft[P], bt[P];
+  FMOE_UNROLL
+  for (int j = 0; j < P; ++j) ft[j] = bt[j] = _mm512_setzero_ps();
+  auto group = [&](int64_t g, __m512i* a) FMOE_INLINE {
+    FMOE_UNROLL
+    for (int bb = 0; bb < BPG; ++bb) {
+      const int64_t blk = g * BPG + bb;
+      const __m256i* xb = reinterpret_cast<const __m256i*>(xq + blk * 64);
+      FMOE_UNROLL
+      for (int j = 0; j < P; ++j) {
+        const uint8_t* p0 = bytes[2 * j] + blk * BB;
+        const uint8_t* p1 = bytes[2 * j + 1] + blk * BB;
+        prefetch_block<NW, BB>(bytes, blk, 2 * j, ahead);
+        prefetch_block<NW, BB>(bytes, blk, 2 * j + 1, ahead);
+        __m512i c0, c1, c2, c3;
+        if constexpr (BITS == 4) {
+          const __m512i v = zmm_pair(_mm256_loadu_si256((const __m256i*)p0), _mm256_loadu_si256((const __m256i*)p1));
+          c0 = _mm512_and_si512(v, m4);
+          c1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+          c2 = _mm512_and_si512(_mm512_srli_epi16(v, 8), m4);
+          c3 = _mm512_srli_epi16(v, 12);
+        } else {  // code_block3 / code_block3_inner of both rows
+          __m512i v;
+          if (blk == 0 || blk == last_blk) {
+            v = zmm_pair(code_block3(p0), code_block3(p1));
+          } else {
+            const __m512i raw = zmm_pair(_mm256_loadu_si256((const __m256i*)(p0 - 4)),
+                                         _mm256_loadu_si256((const __m256i*)(p1 - 4)));
+            v = _mm512_srlv_epi32(_mm512_shuffle_epi8(raw, shuf3), sh3);
+          }
+          c0 = _mm512_and_si512(v, m4);
+          c1 = _mm512_and_si512(_mm512_srli_epi16(v, 3), m4);
+          c2 = _mm512_and_si512(_mm512_srli_epi16(v, 6), m4);
+          c3 = _mm512_and_si512(_mm512_srli_epi16(v, 9), m4);
+        }
+        __m512i& acc = a[j];
+        __m512i t = bb == 0 ? _mm512_madd_epi16(c0, zmm_both(xb)) : _mm512_dpwssd_epi32(acc, c0, zmm_both(xb));
+        t = _mm512_dpwssd_epi32(t, c1, zmm_both(xb + 1));
+        t = _mm512_dpwssd_epi32(t, c2, zmm_both(xb + 2));
+        acc = _mm512_dpwssd_epi32(t, c3, zmm_both(xb + 3));
+      }
+    }
+  };
+  auto quad = [&](int64_t g, int n, __m512i* q) FMOE_INLINE {
+    __m512i a0[P], a1[P], h[P];
+    group(g, a0);
+    if (n > 1) group(g + 1, a1); else for (int j = 0; j < P; ++j) a1[j] = _mm512_setzero_si512();
+    FMOE_UNROLL
+    for (int j = 0; j < P; ++j)
+      h[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(a0[j], a1[j]), _mm512_unpackhi_epi32(a0[j], a1[j]));
+    if (n > 2) group(g + 2, a0); else for (int j = 0; j < P; ++j) a0[j] = _mm512_setzero_si512();
+    if (n > 3) group(g + 3, a1); else for (int j = 0; j < P; ++j) a1[j] = _mm512_setzero_si512();
+    FMOE_UNROLL
+    for (int j = 0; j < P; ++j) {
+      const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi32(a0[j], a1[j]), _mm512_unpackhi_epi32(a0[j], a1[j]));
+      q[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(h[j], t), _mm512_unpackhi_epi64(h[j], t));
+    }
+  };
+  // row_defer34's [q0 lo | q1 hi] + [q0 hi | q1 lo] in each 256-bit half
+  const __m512i cross = _mm512_setr_epi64(2, 3, 8, 9, 6, 7, 12, 13);
+  auto scale8 = [&](int64_t g, const __m512i* q0, const __m512i* q1, const __m256* s, const __m256* b) FMOE_INLINE {
+    const __m512 xs2 = zmm_both(xsc + g), xm2 = zmm_both(xsum + g);
+    FMOE_UNROLL
+    for (int j = 0; j < P; ++j) {
+      const __m512i t = _mm512_add_epi32(_mm512_mask_blend_epi32(0xF0F0, q0[j], q1[j]),
+                                         _mm512_permutex2var_epi64(q0[j], cross, q1[j]));
+      const __m512 comb = _mm512_mul_ps(zmm_pair(s[2 * j], s[2 * j + 1]), xs2);
+      ft[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), comb, ft[j]);
+      bt[j] = _mm512_fmadd_ps(zmm_pair(b[2 * j], b[2 * j + 1]), xm2, bt[j]);
+    }
+  };
+  int64_t g = 0;
+  for (; g + 8 <= G; g += 8) {
+    __m512i q0[P], q1[P];
+    quad(g, 4, q0);
+    quad(g + 4, 4, q1);
+    __m256 s[NW], b[NW];
+    group_scales<BF16, NW>(sc, bi, gbase, g, 8, s, b);
+    scale8(g, q0, q1, s, b);
+  }
+  if (g < G) {  // the last G % 8 groups, as in row_defer34
+    const int n = static_cast<int>(G - g);
+    __m512i q0[P], q1[P];
+    quad(g, std::min(n, 4), q0);
+    if (n > 4) quad(g + 4, n - 4, q1); else for (int j = 0; j < P; ++j) q1[j] = _mm512_setzero_si512();
+    __m256 s[NW], b[NW];
+    group_scales<BF16, NW>(sc, bi, gbase, g, n, s, b);
+    scale8(g, q0, q1, s, b);
+  }
+  FMOE_UNROLL
+  for (int j = 0; j < P; ++j) zmm_hsums(_mm512_add_ps(ft[j], bt[j]), out + 2 * j);
+}
+
+// row2_defer for decode (R = 1) and NW = 2 or 4 weight rows, two rows a 512-bit register: weight row 2j in the low
+// 256 bits of register j, row 2j + 1 in the high, x's bytes broadcast to both halves (vbroadcasti64x4 from memory,
+// a load), so one vpdpbusd does the work of two 256-bit ones. Every 512-bit step is the 256-bit step of row2_defer on
+// each half (unpacks act per 128-bit lane, the permute's indices repeat per half, the float ops are per lane), and a
+// row's sum is hsum of its half: the same results, bit for bit. Session 15, 2-core Zen 5 (AVX-512 at full width):
+// see bench/results/kernels_2core_session15.md.
+template <bool BF16, int NW>
+inline void row2_defer_zmm(const uint32_t* const* rows, const void* sc, const void* bi, const int64_t* gbase,
+                           const int8_t* xb, const float* xsc, const float* xsum, int64_t K, float* out) {
+  static_assert(NW == 2 || NW == 4, "two weight rows a register");
+  constexpr int P = NW / 2;
+  const __m512i m8 = _mm512_set1_epi8(3);
+  const __m512i order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+  const int64_t G = K / 64;
+  const bool ahead = pass_ahead<2, NW>(K);  // long rows (multi_rows): see prefetch_block
+  const uint8_t* bytes[NW];
+  FMOE_UNROLL
+  for (int w = 0; w < NW; ++w) bytes[w] = reinterpret_cast<const uint8_t*>(rows[w]);
+  __m512 ft[P], bt[P];
+  FMOE_UNROLL
+  for (int j = 0; j < P; ++j) ft[j] = bt[j] = _mm512_setzero_ps();
+  auto block = [&](int64_t blk, __m512i* a) FMOE_INLINE {
+    const __m256i* xv = reinterpret_cast<const __m256i*>(xb + blk * 256);
+    FMOE_UNROLL
+    for (int j = 0; j < P; ++j) {
+      prefetch_block<NW, 32>(bytes, blk, 2 * j, ahead);
+      prefetch_block<NW, 32>(bytes, blk, 2 * j + 1, ahead);
+      const __m512i v = zmm_pair(_mm256_loadu_si256((const __m256i*)(bytes[2 * j] + blk * 32)),
+                                 _mm256_loadu_si256((const __m256i*)(bytes[2 * j + 1] + blk * 32)));
+      __m512i ph = _mm512_setzero_si512(), pl = _mm512_setzero_si512();
+      FMOE_UNROLL
+      for (int t = 0; t < 4; ++t) {
+        const __m512i c = _mm512_and_si512(t == 0 ? v : _mm512_srli_epi16(v, 2 * t), m8);
+        ph = _mm512_dpbusd_epi32(ph, c, zmm_both(xv + 2 * t));
+        pl = _mm512_dpbusd_epi32(pl, c, zmm_both(xv + 2 * t + 1));
+      }
+      a[j] = _mm512_add_epi32(_mm512_slli_epi32(ph, 8), pl);
+    }
+  };
+  auto oct = [&](int64_t g, int nb, __m512i* q) FMOE_INLINE {
+    __m512i a0[P], a1[P], h[P];
+    const int64_t b = g / 2;
+    block(b, a0);
+    if (nb > 1) block(b + 1, a1); else for (int j = 0; j < P; ++j) a1[j] = _mm512_setzero_si512();
+    FMOE_UNROLL
+    for (int j = 0; j < P; ++j)
+      h[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(a0[j], a1[j]), _mm512_unpackhi_epi32(a0[j], a1[j]));
+    if (nb > 2) block(b + 2, a0); else for (int j = 0; j < P; ++j) a0[j] = _mm512_setzero_si512();
+    if (nb > 3) block(b + 3, a1); else for (int j = 0; j < P; ++j) a1[j] = _mm512_setzero_si512();
+    FMOE_UNROLL
+    for (int j = 0; j < P; ++j) {
+      const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi32(a0[j], a1[j]), _mm512_unpackhi_epi32(a0[j], a1[j]));
+      q[j] = _mm512_permutexvar_epi32(order, _mm512_add_epi32(_mm512_unpacklo_epi64(h[j], t),
+                                                              _mm512_unpackhi_epi64(h[j], t)));
+    }
+  };
+  auto scale8 = [&](int64_t g, const __m512i* q, const __m256* s, const __m256* b) FMOE_INLINE {
+    const __m512 xs2 = zmm_both(xsc + g), xm2 = zmm_both(xsum + g);
+    FMOE_UNROLL
+    for (int j = 0; j < P; ++j) {
+      const __m512 comb = _mm512_mul_ps(zmm_pair(s[2 * j], s[2 * j + 1]), xs2);
+      ft[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q[j]), comb, ft[j]);
+      bt[j] = _mm512_fmadd_ps(zmm_pair(b[2 * j], b[2 * j + 1]), xm2, bt[j]);
+    }
+  };
+  int64_t g = 0;
+  for (; g + 8 <= G; g += 8) {
+    __m512i q[P];
+    oct(g, 4, q);
+    __m256 s[NW], b[NW];
+    group_scales<BF16, NW>(sc, bi, gbase, g, 8, s, b);
+    scale8(g, q, s, b);
+  }
+  if (g < G) {  // the last G % 8 groups, as in row2_defer
+    const int n = static_cast<int>(G - g);
+    __m512i q[P];
+    oct(g, n / 2, q);
+    __m256 s[NW], b[NW];
+    group_scales<BF16, NW>(sc, bi, gbase, g, n, s, b);
+    scale8(g, q, s, b);
+  }
+  FMOE_UNROLL
+  for (int j = 0; j < P; ++j) zmm_hsums(_mm512_add_ps(ft[j], bt[j]), out + 2 * j);
+}
+#endif
+
 // The deferred-group kernel of each width (see defer_groups): 2 bits row2_defer (xq holds its split bytes), 3 and 4
 // bits row_defer34.
 template <int BITS, int GS, bool BF16, int R, int NW = 1>
@@ -1425,8 +1651,20 @@ inline void row_defer(const uint32_t* const* rows, const void* sc, const void* b
   if constexpr (BITS == 2) {
     const int8_t* xb[R];
     for (int r = 0; r < R; ++r) xb[r] = reinterpret_cast<const int8_t*>(xq[r]);
+#if FMOE_ZMM
+    if constexpr (R == 1 && NW >= 2) {
+      row2_defer_zmm<BF16, NW>(rows, sc, bi, gbase, xb[0], xsc[0], xsum[0], K, out);
+      return;
+    }
+#endif
     row2_defer<BF16, R, NW>(rows, sc, bi, gbase, xb, xsc, xsum, K, out);
   } else {
+#if FMOE_ZMM
+    if constexpr (R == 1 && NW >= 2) {
+      row34_defer_zmm<BITS, GS, BF16, NW>(rows, sc, bi, gbase, xq[0], xsc[0], xsum[0], K, out);
+      return;
+    }
+#endif
     row_defer34<BITS, GS, BF16, R, NW>(rows, sc, bi, gbase, xq, xsc, xsum, K, out);
   }
 }
@@ -1446,8 +1684,15 @@ constexpr bool quad_rows() {
 #ifndef FMOE_QUAD2_MAXK
 #define FMOE_QUAD2_MAXK 65536
 #endif
+// The AVX-512 build (FMOE_ZMM: two rows a 512-bit register) takes 3-bit quads on long rows too: session 15, 2-core
+// Zen 5, 1024x4096 hot 31 -> 50 GB/s, cold 62 -> 58 us, 4096x4096 cold 234 -> 200 us (medians of 5 alternated runs,
+// bench/results/kernels_2core_session15.md).
 #ifndef FMOE_QUAD3_MAXK
+#if FMOE_ZMM
+#define FMOE_QUAD3_MAXK 65536
+#else
 #define FMOE_QUAD3_MAXK 1024
+#endif
 #endif
 template <int BITS>
 inline bool multi_rows(int64_t K) {

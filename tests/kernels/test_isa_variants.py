@@ -35,19 +35,21 @@ def _variant_layer(q, isa):
 @pytest.mark.skipif(native.load() is None, reason=f"native kernel unavailable: {native.load_error()}")
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads", ("1", "2"))
-def test_long_2bit_rows_in_quads_equal_single_rows(isa, threads, monkeypatch):
+@pytest.mark.parametrize("bits", (2, 3))
+def test_long_rows_in_quads_equal_single_rows(isa, threads, bits, monkeypatch):
     """2-bit decode rows longer than 1024 codes go four (then two) weight rows per pass with the pass-ahead prefetch
-    (qmv.cpp ``multi_rows``, session 12): the same bits as each row on its own, and within the int16-mode tolerance
-    of the reference dequantize + matmul (the test above checks rows per pass at K <= 1024)."""
+    (qmv.cpp ``multi_rows``, session 12), 3-bit ones too in the AVX-512 build (session 15; two rows a 512-bit
+    register): the same bits as each row on its own, and within the int16-mode tolerance of the reference dequantize
+    + matmul (test_split_chunks_and_row_quads_bit_identical checks rows per pass at K <= 1024)."""
     monkeypatch.setenv("FMOE_THREADS", threads)
-    rng = np.random.default_rng(91)
+    rng = np.random.default_rng(91 + bits)
     # 1152: 18 groups (a partial 8-group step); 71 rows: 64-row chunks, then a quad, a pair and a single row
     for inp, out, scale_dtype in ((1152, 7, "bfloat16"), (2048, 71, "float32"), (4096, 9, "bfloat16")):
-        q = quantize(edge_weights(rng, out, inp, 64), 2, 64, scale_dtype)
+        q = quantize(edge_weights(rng, out, inp, 64), bits, 64, scale_dtype)
         x = torch.randn(1, inp)
         full = _variant_layer(q, isa)._native(x, mode=0)
         single = torch.cat([
-            _variant_layer(QuantizedWeight(q.weight[n : n + 1], q.scales[n : n + 1], q.biases[n : n + 1], 2, 64),
+            _variant_layer(QuantizedWeight(q.weight[n : n + 1], q.scales[n : n + 1], q.biases[n : n + 1], bits, 64),
                            isa)._native(x, mode=0)
             for n in range(out)
         ], dim=1)
