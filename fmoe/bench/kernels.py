@@ -2,8 +2,10 @@
 
 Measures, in one run and with the same thread count:
 
-* ``mem_read_gbps``: the best of a 1-thread numpy ``sum``, the same split over ``threads`` Python threads and a
-  ``threads``-thread ``torch.sum`` over a 1 GiB float32 array (bytes read / time);
+* ``mem_read_gbps``: the best of a 1-thread numpy ``sum``, the same split over ``threads`` Python threads, a
+  ``threads``-thread ``torch.sum`` and the mat-vec's read-only peer (``native_read_gbps``: qmv.cpp
+  ``fmoe_read_bytes``, the kernel's threads, chunks and prefetch with loads only) over a 1 GiB float32 array (bytes
+  read / time);
 * for bits 2, 3, 4, 5, 6, 8: ``TorchQLinear`` on a 1-row input for the Qwen3.5-397B expert shapes (gate/up: out=1024,
   in=4096; down: out=4096, in=1024) and out=4096, in=4096.  Throughput = (packed weight + scales + biases bytes) /
   time.  "cold": cycling through enough distinct matrices (``cold_set_mb``, default 256 MB) that they do not fit in
@@ -88,8 +90,33 @@ def measure_mem_read(nbytes: int = 1 << 30, repeats: int = 5, threads: int = 2, 
         torch.set_num_threads(old)
     res = {"numpy_sum_gbps": a.nbytes / np_s / 1e9, "numpy_sum_threads_gbps": a.nbytes / np_mt_s / 1e9,
            "torch_sum_gbps": a.nbytes / th_s / 1e9, "array_bytes": a.nbytes}
-    res["mem_read_gbps"] = max(res["numpy_sum_gbps"], res["numpy_sum_threads_gbps"], res["torch_sum_gbps"])
+    peer = native_read_seconds(a, chunk, repeats, threads)
+    if peer is not None:
+        res["native_read_gbps"] = a.nbytes / peer / 1e9
+    res["mem_read_gbps"] = max(v for k, v in res.items() if k.endswith("_gbps"))
     return res
+
+
+def native_read_seconds(a: np.ndarray, chunk: int, repeats: int, threads: int) -> float | None:
+    """The mat-vec's read-only peer (qmv.cpp ``fmoe_read_bytes``: the kernel's threads, chunks and prefetch, loads
+    and XORs only) over ``a`` per ``chunk`` bytes, timed like the sums (best of ``repeats`` per slice, summed); None
+    without the native library."""
+    import ctypes
+
+    from fmoe.kernels import native
+
+    lib = native.load()
+    if lib is None:
+        return None
+    out = ctypes.c_uint64()
+    base, size = a.ctypes.data, a.nbytes // 64 * 64
+
+    def read(off):
+        rc = lib.fmoe_read_bytes(base + off, min(chunk, size - off) // 64 * 64, threads, ctypes.byref(out))
+        if rc != 0:
+            raise RuntimeError(f"fmoe_read_bytes returned {rc}")
+
+    return _best_each([lambda off=off: read(off) for off in range(0, size, chunk)], repeats)
 
 
 def _random_qweights(shapes, bits: int, group_size: int, rng: np.random.Generator):
@@ -352,7 +379,8 @@ def to_markdown(res: dict) -> str:
         f"Memory read bandwidth: **{bw:.1f} GB/s** = best of numpy sum 1 thread "
         f"{res['mem_read']['numpy_sum_gbps']:.1f}, numpy sum {res['threads']} threads "
         f"{res['mem_read']['numpy_sum_threads_gbps']:.1f}, torch sum {res['threads']} threads "
-        f"{res['mem_read']['torch_sum_gbps']:.1f} (1 GiB float32 array, per 32 MB slice).",
+        f"{res['mem_read']['torch_sum_gbps']:.1f}, the kernel's read-only peer {res['threads']} threads "
+        f"{res['mem_read'].get('native_read_gbps', float('nan')):.1f} (1 GiB float32 array, per 32 MB slice).",
         "",
         "Cold = rotating through more distinct matrices than the last-level cache holds; hot = one matrix repeated.",
         "Headline = cold, rotating gate/up/down (1024x4096, 1024x4096, 4096x1024).",

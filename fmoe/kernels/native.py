@@ -265,6 +265,7 @@ _SIGNATURES = {
                                _I, _I, _I, _I, _I, _I]),  # Hk, Hv, dk, dv, K, nthreads
         "fmoe_rms_norm": (_I, [_P, _I64, _P, _P,       # x, x_stride, w, y
                                _I64, _I64, ctypes.c_float]),  # rows, n, eps
+        "fmoe_read_bytes": (_I, [_P, _I64, _I, _P]),    # p, nbytes, nthreads, out (uint64 XOR of the words)
         "fmoe_moe_fused": (_I, [_P, _P, _P, _I, _I64,  # ptrs (9 per expert), inter[E], weights[E], E, H
                                 _I, _I, _I,            # scales_bf16, bits, group_size
                                 _P, _P, _I, _I, _I]),  # x, y, accumulate, nthreads, mode

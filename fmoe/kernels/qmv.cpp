@@ -2443,6 +2443,42 @@ int fmoe_rms_norm(const float* x, int64_t x_stride, const float* w, float* y, in
   return 0;
 }
 
+// The mat-vec's read-only peer, for the memory read bandwidth the benchmarks compare against: reads nbytes (a
+// multiple of 64) from p with the mat-vec's threads and chunking (64 KB chunks, split ranges, the same software
+// prefetch FMOE_PF ahead), XOR-folds every 64-bit word into *out (so the reads cannot be dropped, and a test can
+// check them). 0, or -1 for a bad size.
+int fmoe_read_bytes(const void* p, int64_t nbytes, int nthreads, uint64_t* out) {
+  if (nbytes < 0 || nbytes % 64 != 0) return -1;
+  constexpr int64_t kChunk = 65536;
+  const uint8_t* base = static_cast<const uint8_t*>(p);
+  std::atomic<uint64_t> acc{0};
+  parallel_chunks((nbytes + kChunk - 1) / kChunk, nthreads < 1 ? 1 : nthreads, [&](int64_t c) {
+    const uint8_t* b = base + c * kChunk;
+    const int64_t n = std::min(kChunk, nbytes - c * kChunk);
+    uint64_t x = 0;
+#if FMOE_AVX2
+    __m256i v0 = _mm256_setzero_si256(), v1 = _mm256_setzero_si256();
+    for (int64_t i = 0; i < n; i += 64) {
+      if constexpr (FMOE_PF > 0) _mm_prefetch(reinterpret_cast<const char*>(b + i) + FMOE_PF, FMOE_PF_HINT);
+      v0 = _mm256_xor_si256(v0, _mm256_loadu_si256((const __m256i*)(b + i)));
+      v1 = _mm256_xor_si256(v1, _mm256_loadu_si256((const __m256i*)(b + i + 32)));
+    }
+    alignas(32) uint64_t lanes[4];
+    _mm256_store_si256((__m256i*)lanes, _mm256_xor_si256(v0, v1));
+    x = lanes[0] ^ lanes[1] ^ lanes[2] ^ lanes[3];
+#else
+    for (int64_t i = 0; i < n; i += 8) {
+      uint64_t v;
+      std::memcpy(&v, b + i, 8);
+      x ^= v;
+    }
+#endif
+    acc.fetch_xor(x, std::memory_order_relaxed);
+  }, /*split=*/true);
+  *out = acc.load();
+  return 0;
+}
+
 // Name of the instruction set this library was compiled for ("avx512vnni", "avx2", "generic", "generic-neon").
 const char* fmoe_qmv_isa(void) { return FMOE_ISA_NAME; }
 

@@ -351,6 +351,27 @@ def test_rms_norm_matches_reference(isa):
     assert lib.fmoe_rms_norm(y.ctypes.data, 8, w.ctypes.data, y.ctypes.data, 1, 0, 1e-6) == -1
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_read_peer_reads_every_word(isa):
+    """fmoe_read_bytes (the mat-vec's read-only peer in `fmoe bench kernels`' memory read bandwidth) reads every byte
+    it is given, in every variant and thread count: its XOR of the 64-bit words equals numpy's (sizes a multiple of
+    64 bytes, partial last chunk, several 64 KB chunks); other sizes are refused."""
+    import ctypes
+
+    lib = native.load(isa)
+    if lib is None:
+        pytest.skip(f"{isa} kernel unavailable: {native.load_error(isa)}")
+    rng = np.random.default_rng(12)
+    a = rng.integers(0, 2**63, size=40_000, dtype=np.uint64)
+    out = ctypes.c_uint64()
+    for words in (0, 8, 8192, 8200, 40_000):
+        for threads in (1, 2, 3):
+            out.value = 12345
+            assert lib.fmoe_read_bytes(a.ctypes.data, 8 * words, threads, ctypes.byref(out)) == 0
+            assert out.value == int(np.bitwise_xor.reduce(a[:words])), (words, threads)   # (0 words: 0)
+    assert lib.fmoe_read_bytes(a.ctypes.data, 100, 1, ctypes.byref(out)) == -1
+
+
 def test_backend_rms_norm_native_and_torch_paths():
     """TorchBackend.rms_norm on CPU float32: a few rows (decode) by the native call, within 1e-6 of torch's op, for a
     contiguous row, a strided view of heads and a non-contiguous copy case; more than 64 rows (prefill) and
