@@ -2,7 +2,7 @@
 and 2 threads: whether a CPU mat-vec is bound by its arithmetic (cold = hot), by its memory reads (cold near the
 peer) or by neither (session 15, 2-core Zen 5: bench/results/kernels_2core_session15.md).
 
-    python3 bench/device/cpu_cold_vs_peer.py [BITS] [OUTxIN]        # default: 4 1024x4096
+    python3 bench/device/cpu_cold_vs_peer.py [BITS] [OUTxIN] [THREADS,...]    # default: 4 1024x4096 1,2
 
 Cold rotates through 256 MB of distinct random matrices; every figure is the median over the calls of each call's
 best of 5 repeats.
@@ -28,7 +28,7 @@ def main() -> int:
     layers = [TorchQLinear(q) for q in qs]
     x = torch.randn(1, shape[1])
     out = ctypes.c_uint64()
-    for th in (1, 2):
+    for th in (map(int, sys.argv[3].split(",")) if len(sys.argv) > 3 else (1, 2)):
         os.environ["FMOE_THREADS"] = str(th)
         cold = np.median(best_times([lambda L=L: L(x) for L in layers], 5))
         hot = np.median(best_times([lambda: layers[0](x)] * 50, 5))
