@@ -1,42 +1,14 @@
-"""A/B of the CPU decode's RMSNorm by one native call (TorchBackend.native_norm, the default) against torch's op,
-alternated in one process on the same warm model: per round the median time outside the native mat-vec kernels of 16
-decode tokens (torch_qlinear.profile), each setting's rounds and their median.
+"""A/B of the CPU decode's RMSNorm by one native call (TorchBackend.native_norm, the default) against torch's op: the
+``native_norm`` setting of bench/device/decode_rest_ab.py (sessions 14-15 ran it by this name).
 
     python3 bench/device/native_norm_ab.py MODEL_DIR [ROUNDS]
 """
-import statistics
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fmoe.bench.decode import load_warm  # noqa: E402
-from fmoe.engine.generate import Generation  # noqa: E402
-from fmoe.kernels import native, torch_qlinear  # noqa: E402
-
-
-def main() -> int:
-    model, rounds = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 6
-    m, prompt, _, _ = load_warm(Path(model), 8)
-    rest: dict[bool, list[float]] = {True: [], False: []}
-    for r in range(rounds):
-        for on in ((True, False) if r % 2 == 0 else (False, True)):
-            m.ops.native_norm = on
-            it = iter(Generation(m, prompt, max_tokens=17))
-            next(it)                                   # the prefill's token
-            per = []
-            for _ in range(16):
-                torch_qlinear.profile(True)
-                t0 = time.perf_counter()
-                next(it)
-                per.append(time.perf_counter() - t0 - torch_qlinear.profile(False)["kernel_s"])
-            rest[on].append(statistics.median(per) * 1e3)
-    print(f"{model}: {native.threads()} threads, kernel {native.kernel_isa()}; ms a token outside the kernels")
-    for on, v in rest.items():
-        print(f"  native_norm={on}: rounds {[round(x, 2) for x in v]}, median {statistics.median(v):.2f}")
-    return 0
-
+from decode_rest_ab import main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main([sys.argv[1], "native_norm", *sys.argv[2:3]]))

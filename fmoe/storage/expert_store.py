@@ -43,7 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fmoe.errors import ChecksumError, ExpertReadError, LayoutError
+from fmoe.errors import ChecksumError, ConfigError, ExpertReadError, LayoutError
 from fmoe.storage import osio
 from fmoe.storage.stream_layout import StreamingLayout
 
@@ -51,6 +51,13 @@ MODES = ("page-cache", "direct")
 POLICIES = ("lru", "lfu")
 _LFU_WINDOW = 32
 MAPPED_VIEWS = 8192       # zero-copy experts whose views are kept (a 397B-shaped layer has 512)
+# Seconds for which an expert found in the page cache is taken as still there by the zero-copy path (``_get_mapped``)
+# without asking again. A warm decode asked for every expert of every token (4 mincore calls each, 14-24 us on the
+# 2-core machine, 120 experts a token on the 12-layer 397B slice: 1.3-1.9 ms of a 40 ms token on 16 cores). An
+# expert evicted inside that window is read by the page faults that touch it, as a page missed by the sampled check
+# already was; a file this process evicts (osio.drop_from_page_cache: the benchmarks' cold starts) makes every expert
+# be asked about again. FMOE_RESIDENT_RECHECK_S overrides it (0: ask every time).
+RESIDENT_RECHECK_S = 1.0
 
 
 # What a process running the engine holds besides weights and experts: the interpreter and torch (~220 MiB on Linux
@@ -135,6 +142,19 @@ class _Entry:
         return self.future is not None and self.future.done()
 
 
+def _recheck_from_env() -> float:
+    raw = os.environ.get("FMOE_RESIDENT_RECHECK_S")
+    if raw is None:
+        return RESIDENT_RECHECK_S
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not v >= 0:
+        raise ConfigError(f"FMOE_RESIDENT_RECHECK_S must be a number of seconds >= 0, got {raw!r}")
+    return v
+
+
 class ExpertStore:
     """Streaming ExpertSource over a :class:`StreamingLayout` (usually from ``open_streaming(p).expert_source()``)."""
 
@@ -181,6 +201,9 @@ class ExpertStore:
         self._map_lock = threading.Lock()
         self._populated: set[tuple[int, int]] = set()
         self._views: OrderedDict[tuple[int, int], tuple] = OrderedDict()   # mapped experts' views, most recent last
+        self._resident_seen: dict[tuple[int, int], float] = {}   # expert -> when it was last found in the page cache
+        self.resident_recheck_s = _recheck_from_env()
+        self._seen_drops = osio.drops()
         self.reset_stats()
         self._resident = 0
         self._peak_resident = 0
@@ -556,10 +579,17 @@ class ExpertStore:
         L = self.layout.layers[layer]
         m, base = self._map(layer, self._fd(layer))
         uniq = list(dict.fromkeys(keys))
-        for _, e in uniq:
-            off, size = L.offsets[e], L.sizes[e]
+        now, seen = time.monotonic(), self._resident_seen
+        if self._seen_drops != osio.drops():       # this process evicted files since: ask about every expert again
+            seen.clear()
+            self._seen_drops = osio.drops()
+        for key in uniq:
+            if now - seen.get(key, -1e18) < self.resident_recheck_s:   # found resident moments ago (see above)
+                continue
+            off, size = L.offsets[key[1]], L.sizes[key[1]]
             if off + size > len(m) or osio.pages_resident(base + off, size, samples=4) is not True:
                 return None
+            seen[key] = now
         t0 = time.perf_counter()
         used = 0
         with self._lock:

@@ -61,11 +61,22 @@ def advise_willneed(fd: int, offset: int, length: int) -> bool:
     return False
 
 
+_drops = 0
+
+
+def drops() -> int:
+    """How many times this process has evicted a file (drop_from_page_cache): what an expert store found resident
+    before a change of this count it asks about again (expert_store.RESIDENT_RECHECK_S)."""
+    return _drops
+
+
 def drop_from_page_cache(path) -> bool:
     """Evict a file's pages from the page cache (benchmarks: a cold start); False where the OS cannot."""
+    global _drops
     fadvise = getattr(os, "posix_fadvise", None)
     if fadvise is None or not hasattr(os, "POSIX_FADV_DONTNEED"):
         return False
+    _drops += 1
     fd = os.open(path, os.O_RDONLY)
     try:
         try:

@@ -362,3 +362,43 @@ def test_buffers_recycled_but_never_while_held(ck, mode, monkeypatch):
                 [(q, p) for q in t for p in ("weight", "scales", "biases")], snap))
         for e, t in zip([1, 2], held):
             assert _same(t, ck.expert(0, e))
+
+
+def test_zero_copy_path_asks_about_residency_once_a_window(ck, monkeypatch):
+    """A warm page-cache store asks whether an expert is in the page cache (osio.pages_resident) once per
+    RESIDENT_RECHECK_S, not on every get; a file this process evicts (osio.drop_from_page_cache) makes it ask again,
+    and FMOE_RESIDENT_RECHECK_S = 0 asks every time. The experts served are the same either way; a bad setting is an
+    error naming the variable."""
+    from fmoe.errors import ConfigError
+    from fmoe.storage import expert_store
+
+    real, asked = osio.pages_resident, []
+
+    def counting(addr, n, samples=16):
+        asked.append(addr)
+        return real(addr, n, samples)
+
+    monkeypatch.setattr(osio, "pages_resident", counting)
+    monkeypatch.delenv("FMOE_RESIDENT_RECHECK_S", raising=False)
+    with ck.expert_source(mode="page-cache", memory_budget=0) as store:
+        assert store.resident_recheck_s == expert_store.RESIDENT_RECHECK_S > 0
+        store.resident_recheck_s = 60.0                  # a window no slow CI step can outlast
+        for _ in range(3):
+            for w, e in zip(store.get(1, [2, 3]), (2, 3)):
+                assert _same(w, ck.expert(1, e))
+        if not asked or store.get(1, [2, 3]) is None:
+            pytest.skip("pages_resident cannot be asked on this OS")
+        assert len(asked) == 2                           # experts 2 and 3, once each
+        osio.drop_from_page_cache(ck.layout.layers[1].file)
+        got = store.get(1, [2, 3])
+        assert len(asked) >= 3 and all(_same(w, ck.expert(1, e)) for w, e in zip(got, (2, 3)))
+    monkeypatch.setenv("FMOE_RESIDENT_RECHECK_S", "0")
+    with ck.expert_source(mode="page-cache", memory_budget=0) as store:
+        store.get(0, [1])
+        store.get(0, [1])                                # warm now: the zero-copy path, asked each time
+        before = len(asked)
+        store.get(0, [1])
+        assert len(asked) == before + 1
+    monkeypatch.setenv("FMOE_RESIDENT_RECHECK_S", "soon")
+    with pytest.raises(ConfigError, match="FMOE_RESIDENT_RECHECK_S"):
+        ck.expert_source(mode="page-cache", memory_budget=0)
