@@ -1146,6 +1146,37 @@ inline __m256 load8_scales(const void* a, int64_t i) {
   }
 }
 
+// Lane sums of 4 consecutive blocks (or groups) for P products at once, in 256-bit registers (or 512-bit ones in the
+// FMOE_ZMM kernels: the same ops per 256-bit half): block(i, a) fills a[P] with block i's int32 lanes; blocks from
+// nb on count as zero. Out: per 128-bit lane [sum of b, b + 1, b + 2, b + 3] of that lane's 4 dwords.
+// (vphaddd runs at 1 per 2 cycles on Zen 3; unpack + add: 3 ops at 1-2 per cycle each)
+FMOE_INLINE inline __m256i pair_sum32(__m256i a, __m256i b) {
+  return _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+}
+FMOE_INLINE inline __m256i pair_sum64(__m256i a, __m256i b) {
+  return _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+}
+#if FMOE_ZMM
+FMOE_INLINE inline __m512i pair_sum32(__m512i a, __m512i b) {
+  return _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+}
+FMOE_INLINE inline __m512i pair_sum64(__m512i a, __m512i b) {
+  return _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+}
+#endif
+template <class V, int P, class Block>
+FMOE_INLINE inline void reduce4(Block&& block, int64_t b, int nb, V* q) {
+  V a0[P], a1[P], h[P];
+  block(b, a0);
+  if (nb > 1) block(b + 1, a1); else for (int i = 0; i < P; ++i) a1[i] = V{};
+  FMOE_UNROLL
+  for (int i = 0; i < P; ++i) h[i] = pair_sum32(a0[i], a1[i]);  // per lane [a0_0+a0_2, a1_0+a1_2, a0_1+a0_3, ..]
+  if (nb > 2) block(b + 2, a0); else for (int i = 0; i < P; ++i) a0[i] = V{};
+  if (nb > 3) block(b + 3, a1); else for (int i = 0; i < P; ++i) a1[i] = V{};
+  FMOE_UNROLL
+  for (int i = 0; i < P; ++i) q[i] = pair_sum64(h[i], pair_sum32(a0[i], a1[i]));
+}
+
 // NW weight rows (rows[w], groups from gbase[w]; NW > 1: consecutive rows of one matrix, rows[w] = rows[0] + w
 // rows) per pass: NW = 2 in decode gives the scheduler two independent chains and overlaps one row's tail (the
 // 8-group reduction, the horizontal sum) with the other's loop; out[w * R + r].  Every (w, r) product does the same
@@ -1169,6 +1200,19 @@ FMOE_INLINE inline void group_scales(const void* sc, const void* bi, const int64
     }
     s[w] = _mm256_load_ps(sv);
     b[w] = _mm256_load_ps(bv);
+  }
+}
+
+// The deferred kernels' walk over a row's G groups: 8 at a time (their sums, then the 8 groups' scales and biases
+// of every weight row at once), the last G % 8 with zeros for the missing groups (xsc / xsum have 8 floats of
+// padding past the last group: read, then multiplied by zero scales). step(g, n, s, b): groups g .. g + n.
+template <bool BF16, int NW, class Step>
+FMOE_INLINE inline void walk_groups8(int64_t G, const void* sc, const void* bi, const int64_t* gbase, Step&& step) {
+  for (int64_t g = 0; g < G; g += 8) {
+    const int n = static_cast<int>(std::min<int64_t>(8, G - g));
+    __m256 s[NW], b[NW];
+    group_scales<BF16, NW>(sc, bi, gbase, g, n, s, b);
+    step(g, n, s, b);
   }
 }
 
@@ -1266,22 +1310,7 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
     }
   };
   // groups g .. g+3 (n valid; the others count as zero): per 128-bit half [sum g, g+1, g+2, g+3] of that half's lanes
-  auto quad = [&](int64_t g, int n, __m256i* q) FMOE_INLINE {
-    __m256i a0[P], a1[P], h[P];
-    group(g, a0);
-    if (n > 1) group(g + 1, a1); else for (int i = 0; i < P; ++i) a1[i] = _mm256_setzero_si256();
-    // (vphaddd runs at 1 per 2 cycles on Zen 3; unpack + add: 3 ops at 1-2 per cycle each)
-    FMOE_UNROLL
-    for (int i = 0; i < P; ++i)  // per half [a0_0+a0_2, a1_0+a1_2, a0_1+a0_3, a1_1+a1_3]
-      h[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[i], a1[i]), _mm256_unpackhi_epi32(a0[i], a1[i]));
-    if (n > 2) group(g + 2, a0); else for (int i = 0; i < P; ++i) a0[i] = _mm256_setzero_si256();
-    if (n > 3) group(g + 3, a1); else for (int i = 0; i < P; ++i) a1[i] = _mm256_setzero_si256();
-    FMOE_UNROLL
-    for (int i = 0; i < P; ++i) {
-      const __m256i t = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[i], a1[i]), _mm256_unpackhi_epi32(a0[i], a1[i]));
-      q[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(h[i], t), _mm256_unpackhi_epi64(h[i], t));
-    }
-  };
+  auto quad = [&](int64_t g, int n, __m256i* q) FMOE_INLINE { reduce4<__m256i, P>(group, g, n, q); };
   auto scale8 = [&](int64_t g, const __m256i* q0, const __m256i* q1, const __m256* s, const __m256* b) FMOE_INLINE {
     FMOE_UNROLL
     for (int w = 0; w < NW; ++w)
@@ -1295,25 +1324,12 @@ inline void row_defer34(const uint32_t* const* rows, const void* sc, const void*
         bt[i] = _mm256_fmadd_ps(b[w], _mm256_loadu_ps(xsum[r] + g), bt[i]);
       }
   };
-  int64_t g = 0;
-  for (; g + 8 <= G; g += 8) {
-    __m256i q0[P], q1[P];
-    quad(g, 4, q0);
-    quad(g + 4, 4, q1);
-    __m256 s[NW], b[NW];
-    group_scales<BF16, NW>(sc, bi, gbase, g, 8, s, b);
-    scale8(g, q0, q1, s, b);
-  }
-  if (g < G) {  // the last G % 8 groups: the same steps with zeros for the missing groups
-    const int n = static_cast<int>(G - g);
+  walk_groups8<BF16, NW>(G, sc, bi, gbase, [&](int64_t g, int n, const __m256* s, const __m256* b) FMOE_INLINE {
     __m256i q0[P], q1[P];
     quad(g, std::min(n, 4), q0);
-    if (n > 4) quad(g + 4, n - 4, q1); else for (int i = 0; i < P; ++i) q1[i] = _mm256_setzero_si256();
-    __m256 s[NW], b[NW];
-    group_scales<BF16, NW>(sc, bi, gbase, g, n, s, b);
-    // xsc / xsum have 8 floats of padding past the last group (read, then multiplied by zero scales)
+    if (n > 4) quad(g + 4, n - 4, q1); else for (int i = 0; i < P; ++i) q1[i] = __m256i{};
     scale8(g, q0, q1, s, b);
-  }
+  });
   FMOE_UNROLL
   for (int i = 0; i < P; ++i) out[i] = hsum(_mm256_add_ps(ft[i], bt[i]));
 }
@@ -1376,20 +1392,9 @@ inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* 
   };
   // groups g .. g+7 (nb of the 4 blocks valid, the others zero) -> the 8 groups' sums in order
   auto oct = [&](int64_t g, int nb, __m256i* q) FMOE_INLINE {
-    __m256i a0[P], a1[P], h[P];
-    const int64_t b = g / 2;
-    block(b, a0);
-    if (nb > 1) block(b + 1, a1); else for (int i = 0; i < P; ++i) a1[i] = _mm256_setzero_si256();
+    reduce4<__m256i, P>(block, g / 2, nb, q);
     FMOE_UNROLL
-    for (int i = 0; i < P; ++i)
-      h[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[i], a1[i]), _mm256_unpackhi_epi32(a0[i], a1[i]));
-    if (nb > 2) block(b + 2, a0); else for (int i = 0; i < P; ++i) a0[i] = _mm256_setzero_si256();
-    if (nb > 3) block(b + 3, a1); else for (int i = 0; i < P; ++i) a1[i] = _mm256_setzero_si256();
-    FMOE_UNROLL
-    for (int i = 0; i < P; ++i) {
-      const __m256i t = _mm256_add_epi32(_mm256_unpacklo_epi32(a0[i], a1[i]), _mm256_unpackhi_epi32(a0[i], a1[i]));
-      q[i] = _mm256_permutevar8x32_epi32(_mm256_add_epi32(_mm256_unpacklo_epi64(h[i], t), _mm256_unpackhi_epi64(h[i], t)), order);
-    }
+    for (int i = 0; i < P; ++i) q[i] = _mm256_permutevar8x32_epi32(q[i], order);
   };
   auto scale8 = [&](int64_t g, const __m256i* q, const __m256* s, const __m256* bb) FMOE_INLINE {
     FMOE_UNROLL
@@ -1402,22 +1407,11 @@ inline void row2_defer(const uint32_t* const* rows, const void* sc, const void* 
         bt[i] = _mm256_fmadd_ps(bb[w], _mm256_loadu_ps(xsum[r] + g), bt[i]);
       }
   };
-  int64_t g = 0;
-  for (; g + 8 <= G; g += 8) {
+  walk_groups8<BF16, NW>(G, sc, bi, gbase, [&](int64_t g, int n, const __m256* s, const __m256* b) FMOE_INLINE {
     __m256i q[P];
-    oct(g, 4, q);
-    __m256 s[NW], b[NW];
-    group_scales<BF16, NW>(sc, bi, gbase, g, 8, s, b);
+    oct(g, n / 2, q);  // (n even: K % 128 == 0)
     scale8(g, q, s, b);
-  }
-  if (g < G) {  // the last G % 8 groups (an even number: K % 128 == 0), zeros for the missing ones
-    const int n = static_cast<int>(G - g);
-    __m256i q[P];
-    oct(g, n / 2, q);
-    __m256 s[NW], b[NW];
-    group_scales<BF16, NW>(sc, bi, gbase, g, n, s, b);
-    scale8(g, q, s, b);  // (xsc / xsum: 8 floats of padding past the last group)
-  }
+  });
   FMOE_UNROLL
   for (int i = 0; i < P; ++i) out[i] = hsum(_mm256_add_ps(ft[i], bt[i]));
 }
@@ -1506,21 +1500,7 @@ inline void row34_defer_zmm(const uint32_t* const* rows, const void* sc, const v
       }
     }
   };
-  auto quad = [&](int64_t g, int n, __m512i* q) FMOE_INLINE {
-    __m512i a0[P], a1[P], h[P];
-    group(g, a0);
-    if (n > 1) group(g + 1, a1); else for (int j = 0; j < P; ++j) a1[j] = _mm512_setzero_si512();
-    FMOE_UNROLL
-    for (int j = 0; j < P; ++j)
-      h[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(a0[j], a1[j]), _mm512_unpackhi_epi32(a0[j], a1[j]));
-    if (n > 2) group(g + 2, a0); else for (int j = 0; j < P; ++j) a0[j] = _mm512_setzero_si512();
-    if (n > 3) group(g + 3, a1); else for (int j = 0; j < P; ++j) a1[j] = _mm512_setzero_si512();
-    FMOE_UNROLL
-    for (int j = 0; j < P; ++j) {
-      const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi32(a0[j], a1[j]), _mm512_unpackhi_epi32(a0[j], a1[j]));
-      q[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(h[j], t), _mm512_unpackhi_epi64(h[j], t));
-    }
-  };
+  auto quad = [&](int64_t g, int n, __m512i* q) FMOE_INLINE { reduce4<__m512i, P>(group, g, n, q); };
   // row_defer34's [q0 lo | q1 hi] + [q0 hi | q1 lo] in each 256-bit half
   const __m512i cross = _mm512_setr_epi64(2, 3, 8, 9, 6, 7, 12, 13);
   auto scale8 = [&](int64_t g, const __m512i* q0, const __m512i* q1, const __m256* s, const __m256* b) FMOE_INLINE {
@@ -1534,24 +1514,12 @@ inline void row34_defer_zmm(const uint32_t* const* rows, const void* sc, const v
       bt[j] = _mm512_fmadd_ps(zmm_pair(b[2 * j], b[2 * j + 1]), xm2, bt[j]);
     }
   };
-  int64_t g = 0;
-  for (; g + 8 <= G; g += 8) {
-    __m512i q0[P], q1[P];
-    quad(g, 4, q0);
-    quad(g + 4, 4, q1);
-    __m256 s[NW], b[NW];
-    group_scales<BF16, NW>(sc, bi, gbase, g, 8, s, b);
-    scale8(g, q0, q1, s, b);
-  }
-  if (g < G) {  // the last G % 8 groups, as in row_defer34
-    const int n = static_cast<int>(G - g);
+  walk_groups8<BF16, NW>(G, sc, bi, gbase, [&](int64_t g, int n, const __m256* s, const __m256* b) FMOE_INLINE {
     __m512i q0[P], q1[P];
     quad(g, std::min(n, 4), q0);
-    if (n > 4) quad(g + 4, n - 4, q1); else for (int j = 0; j < P; ++j) q1[j] = _mm512_setzero_si512();
-    __m256 s[NW], b[NW];
-    group_scales<BF16, NW>(sc, bi, gbase, g, n, s, b);
+    if (n > 4) quad(g + 4, n - 4, q1); else for (int j = 0; j < P; ++j) q1[j] = __m512i{};
     scale8(g, q0, q1, s, b);
-  }
+  });
   FMOE_UNROLL
   for (int j = 0; j < P; ++j) zmm_hsums(_mm512_add_ps(ft[j], bt[j]), out + 2 * j);
 }
@@ -1596,21 +1564,9 @@ inline void row2_defer_zmm(const uint32_t* const* rows, const void* sc, const vo
     }
   };
   auto oct = [&](int64_t g, int nb, __m512i* q) FMOE_INLINE {
-    __m512i a0[P], a1[P], h[P];
-    const int64_t b = g / 2;
-    block(b, a0);
-    if (nb > 1) block(b + 1, a1); else for (int j = 0; j < P; ++j) a1[j] = _mm512_setzero_si512();
+    reduce4<__m512i, P>(block, g / 2, nb, q);
     FMOE_UNROLL
-    for (int j = 0; j < P; ++j)
-      h[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(a0[j], a1[j]), _mm512_unpackhi_epi32(a0[j], a1[j]));
-    if (nb > 2) block(b + 2, a0); else for (int j = 0; j < P; ++j) a0[j] = _mm512_setzero_si512();
-    if (nb > 3) block(b + 3, a1); else for (int j = 0; j < P; ++j) a1[j] = _mm512_setzero_si512();
-    FMOE_UNROLL
-    for (int j = 0; j < P; ++j) {
-      const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi32(a0[j], a1[j]), _mm512_unpackhi_epi32(a0[j], a1[j]));
-      q[j] = _mm512_permutexvar_epi32(order, _mm512_add_epi32(_mm512_unpacklo_epi64(h[j], t),
-                                                              _mm512_unpackhi_epi64(h[j], t)));
-    }
+    for (int j = 0; j < P; ++j) q[j] = _mm512_permutexvar_epi32(order, q[j]);
   };
   auto scale8 = [&](int64_t g, const __m512i* q, const __m256* s, const __m256* b) FMOE_INLINE {
     const __m512 xs2 = zmm_both(xsc + g), xm2 = zmm_both(xsum + g);
@@ -1621,22 +1577,11 @@ inline void row2_defer_zmm(const uint32_t* const* rows, const void* sc, const vo
       bt[j] = _mm512_fmadd_ps(zmm_pair(b[2 * j], b[2 * j + 1]), xm2, bt[j]);
     }
   };
-  int64_t g = 0;
-  for (; g + 8 <= G; g += 8) {
-    __m512i q[P];
-    oct(g, 4, q);
-    __m256 s[NW], b[NW];
-    group_scales<BF16, NW>(sc, bi, gbase, g, 8, s, b);
-    scale8(g, q, s, b);
-  }
-  if (g < G) {  // the last G % 8 groups, as in row2_defer
-    const int n = static_cast<int>(G - g);
+  walk_groups8<BF16, NW>(G, sc, bi, gbase, [&](int64_t g, int n, const __m256* s, const __m256* b) FMOE_INLINE {
     __m512i q[P];
     oct(g, n / 2, q);
-    __m256 s[NW], b[NW];
-    group_scales<BF16, NW>(sc, bi, gbase, g, n, s, b);
     scale8(g, q, s, b);
-  }
+  });
   FMOE_UNROLL
   for (int j = 0; j < P; ++j) zmm_hsums(_mm512_add_ps(ft[j], bt[j]), out + 2 * j);
 }
