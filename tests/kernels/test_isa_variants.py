@@ -178,7 +178,7 @@ def test_fused_experts_match_per_expert(isa, bits):
     assert FusedExperts.make([tuple(map(TorchQLinear, a)), tuple(map(TorchQLinear, b))]) is None
     # what make() keeps on a gate layer serves only that gate with the same up and down: paired with a down of
     # another width it is checked again (and refused)
-    ta, tc = tuple(map(TorchQLinear, a)), tuple(map(TorchQLinear, experts(rng, bits, 64, 256, (96,))[0]))
+    ta, tc = tuple(map(TorchQLinear, a)), tuple(map(TorchQLinear, experts(rng, bits, 64, 256, (192,))[0]))
     assert FusedExperts.make([ta]) is not None and FusedExperts.make([tc]) is not None
     assert FusedExperts.make([(ta[0], ta[1], tc[2])]) is None
     assert FusedExperts.make([ta]) is not None
