@@ -4,6 +4,7 @@
     uncached_kind()                   # "O_DIRECT" | "F_NOCACHE" | "none": what open_uncached uses here
     advise_willneed(fd, off, n)       # kernel read-ahead hint: posix_fadvise(WILLNEED) or F_RDADVISE; False if none
     drop_from_page_cache(path)        # posix_fadvise(DONTNEED) of a whole file; False where it does not exist
+    drops()                           # how many files this process has evicted so far (stores re-check residency)
     resident_bytes(fd, off, n)        # bytes of [off, off+n) of a file already in the page cache (mincore), or None
 
 Each checks what the running OS offers when called (``os.O_DIRECT`` and ``os.posix_fadvise`` do not exist on macOS)
