@@ -366,6 +366,8 @@ class TorchBackend:
         S = 1024: 36 ms -> 1.5 ms an attention, the same bits); causal."""
         H, T, D = q.shape
         Hkv, S = k.shape[0], k.shape[1]
+        if T == 1 and q.device.type == "cpu" and H % Hkv == 0:
+            return self._decode_attention(q, k, v, scale)
         mask = None
         if T > 1:
             i = torch.arange(T, device=q.device)[:, None] + causal_offset
@@ -373,6 +375,17 @@ class TorchBackend:
             mask = j <= i
         return F.scaled_dot_product_attention(q[None].float(), k[None].float(), v[None].float(),
                                               attn_mask=mask, scale=scale, enable_gqa=Hkv != H)[0].to(q.dtype)
+
+    @staticmethod
+    def _decode_attention(q, k, v, scale: float):
+        """One query position on the CPU: each KV head's H / Hkv query heads as the rows of one matrix product
+        (scores = q k^T, softmax, p v), K and V read once; within 3e-6 of SDPA (not its bits). One thread, 32 q / 2
+        kv heads of 256: 39 vs 75 us at 64 positions, 0.55 vs 1.25 ms at 1,024, 2.7 vs 9.1 ms at 4,096."""
+        H, _, D = q.shape
+        Hkv = k.shape[0]
+        qg = q.float().reshape(Hkv, H // Hkv, D)
+        p = torch.softmax(torch.bmm(qg, k.float().transpose(1, 2)) * scale, dim=-1)
+        return torch.bmm(p, v.float()).reshape(H, 1, D).to(q.dtype)
 
     def attention_masked(self, q, k, v, scale: float, mask):
         """One query position over a whole KV buffer: q [H, 1, D], k/v [Hkv, C, D], mask [C] bool (the positions
