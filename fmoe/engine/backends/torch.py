@@ -18,6 +18,24 @@ _FUSED = os.environ.get("FMOE_FUSED", "1") not in ("0", "false", "no", "off")
 _DT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
 
 
+# Cached positions from which a CPU decode step's attention runs on cpu_threads() threads (_decode_attention)
+THREADED_ATTENTION_POSITIONS = 2048
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to ``n`` for the block, restored after (nothing done when it is n)."""
+    old = torch.get_num_threads()
+    if n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def cpu_threads() -> int:
     """Threads for torch and the native kernels: ``$FMOE_THREADS``, else 1 on machines of 1-2 cores (measured on a
     2-core VM: one core already saturates memory bandwidth for the quantized matvecs, 2 threads gave no gain on the
@@ -380,12 +398,15 @@ class TorchBackend:
     def _decode_attention(q, k, v, scale: float):
         """One query position on the CPU: each KV head's H / Hkv query heads as the rows of one matrix product
         (scores = q k^T, softmax, p v), K and V read once; within 3e-6 of SDPA (not its bits). One thread, 32 q / 2
-        kv heads of 256: 39 vs 75 us at 64 positions, 0.55 vs 1.25 ms at 1,024, 2.7 vs 9.1 ms at 4,096."""
+        kv heads of 256: 39 vs 75 us at 64 positions, 0.55 vs 1.25 ms at 1,024, 2.7 vs 9.1 ms at 4,096. From
+        THREADED_ATTENTION_POSITIONS on it runs on ``cpu_threads()`` threads although decode steps run on one
+        (step_context): 2 threads took 2.3 instead of 3.9 ms at 4,096 positions, 9.1 instead of 16.2 at 16,384."""
         H, _, D = q.shape
-        Hkv = k.shape[0]
-        qg = q.float().reshape(Hkv, H // Hkv, D)
-        p = torch.softmax(torch.bmm(qg, k.float().transpose(1, 2)) * scale, dim=-1)
-        return torch.bmm(p, v.float()).reshape(H, 1, D).to(q.dtype)
+        Hkv, S = k.shape[0], k.shape[1]
+        with torch_threads(cpu_threads() if S >= THREADED_ATTENTION_POSITIONS else torch.get_num_threads()):
+            qg = q.float().reshape(Hkv, H // Hkv, D)
+            p = torch.softmax(torch.bmm(qg, k.float().transpose(1, 2)) * scale, dim=-1)
+            return torch.bmm(p, v.float()).reshape(H, 1, D).to(q.dtype)
 
     def attention_masked(self, q, k, v, scale: float, mask):
         """One query position over a whole KV buffer: q [H, 1, D], k/v [Hkv, C, D], mask [C] bool (the positions
@@ -409,12 +430,8 @@ class TorchBackend:
         if self.device.type != "cpu" or tokens > 4:
             yield
             return
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             yield
-        finally:
-            torch.set_num_threads(n)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
