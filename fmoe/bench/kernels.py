@@ -380,7 +380,8 @@ def to_markdown(res: dict) -> str:
         f"{res['mem_read']['numpy_sum_gbps']:.1f}, numpy sum {res['threads']} threads "
         f"{res['mem_read']['numpy_sum_threads_gbps']:.1f}, torch sum {res['threads']} threads "
         f"{res['mem_read']['torch_sum_gbps']:.1f}, the kernel's read-only peer {res['threads']} threads "
-        f"{res['mem_read'].get('native_read_gbps', float('nan')):.1f} (1 GiB float32 array, per 32 MB slice).",
+        + (f"{res['mem_read']['native_read_gbps']:.1f}" if "native_read_gbps" in res["mem_read"] else "n/a (no native "
+           "kernel)") + " (1 GiB float32 array, per 32 MB slice).",
         "",
         "Cold = rotating through more distinct matrices than the last-level cache holds; hot = one matrix repeated.",
         "Headline = cold, rotating gate/up/down (1024x4096, 1024x4096, 4096x1024).",
