@@ -363,10 +363,16 @@ class ExpertStore:
             fd = self._fd(layer)
             cached = osio.resident_bytes(fd, L.offsets[e], L.sizes[e])
             if osio.advise_willneed(fd, L.offsets[e], L.sizes[e]) and cached is not None:
+                key = (layer, e)
                 with self._stats_lock:
                     if len(self._hint_missing) > 64 * self.layout.num_experts:
                         self._hint_missing.clear()
-                    self._hint_missing[(layer, e)] = L.sizes[e] - cached
+                    self._hint_missing[key] = L.sizes[e] - cached
+                with self._lock:
+                    taken = key not in self._hinted
+                if taken:   # a get took the expert while this ran (and counted it): an entry left now would be
+                    with self._stats_lock:   # counted as disk bytes against a later get (a later generation's)
+                        self._hint_missing.pop(key, None)
         except Exception:   # a hint: the get() that follows reports real errors; counted, never lost in a future
             with self._stats_lock:
                 self._s["hint_errors"] += 1

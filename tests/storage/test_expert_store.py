@@ -402,3 +402,24 @@ def test_zero_copy_path_asks_about_residency_once_a_window(ck, monkeypatch):
     monkeypatch.setenv("FMOE_RESIDENT_RECHECK_S", "soon")
     with pytest.raises(ConfigError, match="FMOE_RESIDENT_RECHECK_S"):
         ck.expert_source(mode="page-cache", memory_budget=0)
+
+
+def test_a_hint_that_ends_after_its_get_leaves_nothing_to_count(ck):
+    """A read-ahead hint runs on an I/O thread: when its expert's get has already taken it (the get counted what it
+    read), the bytes the hint found missing are not kept, or a later get (a later generation) would count them as
+    disk bytes of its own; a hint whose expert is still to come keeps them for that get."""
+    L = ck.layout.layers[1]
+    with ck.expert_source(mode="page-cache", memory_budget=0) as store:
+        osio.drop_from_page_cache(L.file)
+        store._hinted.add((1, 2))                     # as prefetch() marks it
+        store.get(1, [2])                             # the get takes it
+        store._hint(1, 2)                             # ... and the hint's thread runs late
+        assert (1, 2) not in store._hint_missing
+        osio.drop_from_page_cache(L.file)
+        store._hinted.add((1, 3))
+        store._hint(1, 3)                             # the hint before its get
+        if osio.resident_bytes(store._fd(1), L.offsets[3], L.sizes[3]) is None:
+            pytest.skip("no mincore here: hints record nothing")
+        assert (1, 3) in store._hint_missing
+        store.get(1, [3])
+        assert (1, 3) not in store._hint_missing
