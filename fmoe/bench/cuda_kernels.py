@@ -87,6 +87,20 @@ def _tables(bits: int, n_out: int, n_in: int, slots: int, group: int, kinds: int
     return out
 
 
+def _slot_count(rows: int, per_slot: int) -> int:
+    """Slots of a table holding >= 400 MB of weights (several times the L2), a multiple of ``rows``."""
+    slots = max(2 * rows, -(-(400 << 20) // per_slot))
+    return rows * (slots // rows)
+
+
+def _slot_sets(slots: int, rows: int) -> list:
+    """The table's slots shuffled into disjoint sets of ``rows`` (int32 on the GPU): one launch each."""
+    import torch
+
+    perm = torch.randperm(slots, device="cuda").to(torch.int32)
+    return [perm[i:i + rows].contiguous() for i in range(0, slots, rows)]
+
+
 _READ_PEER = r"""
 __global__ void fmoe_read_peer(const uint4* p, long long n, unsigned* out) {
     unsigned acc = 0;
@@ -159,13 +173,11 @@ def measure(kernel: str, bits: int, n_out: int, n_in: int, rows: int, group: int
     name = kernel.replace(" gate+up", "").split(" ")
     variant = "fma" if config else (name[1] if len(name) > 1 else None)
     per_slot = n_out * (n_in * bits // 8 + 2 * 2 * n_in // group) * (2 if gate_up else 1)
-    slots = max(2 * rows, -(-(400 << 20) // per_slot))           # >= 400 MB of weights: several times the L2
-    slots = rows * (slots // rows)
+    slots = _slot_count(rows, per_slot)
     tables = _tables(bits, n_out, n_in, slots, group, 2 if gate_up else 1)
     x_dtype = torch.bfloat16 if n_in > n_out or gate_up else torch.float32   # gate/up: bf16 hidden; down: float32 h
     x = torch.randn(1 if gate_up else rows, n_in, device="cuda").to(x_dtype)
-    perm = torch.randperm(slots, device="cuda").to(torch.int32)
-    sets = [perm[i:i + rows].contiguous() for i in range(0, slots, rows)]
+    sets = _slot_sets(slots, rows)
     y = torch.empty(rows, n_out, dtype=torch.float32, device="cuda")
     (w, s, b) = tables[0]
     if kernel == "triton":
@@ -215,15 +227,13 @@ def measure_pair(bits: int, rows: int = 10, group: int = 64) -> dict:
     (n_mid, n_hid) = SHAPES[0]
     gu_slot = 2 * n_mid * (n_hid * bits // 8 + 2 * 2 * n_hid // group)
     dn_slot = n_hid * (n_mid * bits // 8 + 2 * 2 * n_mid // group)
-    slots = max(2 * rows, -(-(400 << 20) // (gu_slot + dn_slot)))
-    slots = rows * (slots // rows)
+    slots = _slot_count(rows, gu_slot + dn_slot)
     (wg, sg, bg), (wu, su, bu) = _tables(bits, n_mid, n_hid, slots, group, 2)
     (wd, sd, bd), = _tables(bits, n_hid, n_mid, slots, group, 1)
     x = torch.randn(1, n_hid, device="cuda").to(torch.bfloat16)
     h = torch.empty(rows, n_mid, dtype=torch.float32, device="cuda")
     y = torch.empty(rows, n_hid, dtype=torch.float32, device="cuda")
-    perm = torch.randperm(slots, device="cuda").to(torch.int32)
-    sets = [perm[i:i + rows].contiguous() for i in range(0, slots, rows)]
+    sets = _slot_sets(slots, rows)
     launches = []
     for sl in sets:
         launches.append(lambda sl=sl: cuda_qmv.grouped_gate_up(x, wg, sg, bg, wu, su, bu, sl, bits, group, out=h,
