@@ -7,10 +7,7 @@
 set -uo pipefail
 DEADLINE=290
 . bench/device/setup.sh
-( CUDA_VISIBLE_DEVICES="" timeout 120 python3 -m fmoe synth /tmp/s12 --like qwen3.5-397b-a17b --layers 12 \
-    --experts 64 --bits 4 --force --no-progress --no-tokenizer > /tmp/synth_s12.txt 2>&1
-  echo "synth rc=$?" >> /tmp/synth_s12.txt ) &
-SYN=$!
+synth_s12
 say "python3 -m fmoe.bench.cuda_kernels --bits 4 --no-triton --write \$OUT/kernels"
 mkdir -p "$OUT/kernels"
 timeout 90 python3 -m fmoe.bench.cuda_kernels --bits 4 --no-triton --write "$OUT/kernels" > /tmp/k.txt 2>&1
@@ -18,15 +15,9 @@ echo "[kernels rc=$? at $SECONDS s]" | tee -a "$R"; cat /tmp/k.txt >> "$R"
 pytests 60 --tb=short tests/bench/test_cuda_kernels_report.py
 export CUDA_VISIBLE_DEVICES="" FMOE_THREADS=16
 pytests 60 --tb=short tests/kernels/test_isa_variants.py -k "rms_norm"
-wait $SYN; tail -1 /tmp/synth_s12.txt | tee -a "$R"
+synth_s12_wait
 say "python3 bench/device/native_norm_ab.py /tmp/s12 6"
 timeout 60 python3 bench/device/native_norm_ab.py /tmp/s12 6 >> "$R" 2>&1
 echo "[ab rc=$? at $SECONDS s]" | tee -a "$R"
-for i in 1 2; do
-    [ "$(left)" -lt 20 ] && { echo "skipped decode $i: deadline" | tee -a "$R"; break; }
-    say "FMOE_THREADS=16 fmoe bench decode --model /tmp/s12 --tokens 8 --warm 24 --json   # run $i"
-    timeout 30 python3 -m fmoe bench decode --model /tmp/s12 --tokens 8 --warm 24 --json \
-        > "$OUT/decode_t16_run$i.json" 2> /tmp/dec_err.txt
-    echo "[decode run $i rc=$? at $SECONDS s]" | tee -a "$R"; tail -2 /tmp/dec_err.txt >> "$R"
-done
+for i in 1 2; do decode_t16 $i; done
 echo "done at $SECONDS s" | tee -a "$R"

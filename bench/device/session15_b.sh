@@ -9,9 +9,7 @@ DEADLINE=390
 . bench/device/setup.sh
 export CUDA_VISIBLE_DEVICES=""
 { lscpu | grep -E "Model name|^CPU\(s\)" | cut -c1-200; uptime; } >> "$R" 2>&1
-( timeout 150 python3 -m fmoe synth /tmp/s12 --like qwen3.5-397b-a17b --layers 12 --experts 64 --bits 4 --force \
-    --no-progress --no-tokenizer > /tmp/synth_s12.txt 2>&1; echo "synth rc=$?" >> /tmp/synth_s12.txt ) &
-SYN=$!
+synth_s12
 for isa in avx512 avx2 generic; do
     timeout 150 python3 -c "from fmoe.kernels import native; print('$isa', native.build(isa='$isa'))" \
         >> /tmp/build.txt 2>&1 &
@@ -20,18 +18,14 @@ wait $(jobs -p | grep -v "^$SYN$")
 cat /tmp/build.txt >> "$R"; echo "[builds at $SECONDS s]" | tee -a "$R"
 pytests 150 --tb=short -rs tests/kernels/test_isa_variants.py -k "not one_object"
 cp /tmp/pytests.txt "$OUT/pytest_isa_variants.txt"
-wait $SYN; tail -1 /tmp/synth_s12.txt | tee -a "$R"
+synth_s12_wait
 for i in 1 2; do
     [ "$(left)" -lt 40 ] && { echo "skipped kernels run $i: deadline" | tee -a "$R"; break; }
     say "FMOE_THREADS=16 fmoe bench kernels --bits 2 3 4 8 --no-lm-head --json   # run $i"
     FMOE_THREADS=16 timeout 60 python3 -m fmoe bench kernels --bits 2 3 4 8 --no-lm-head --json \
         > "$OUT/kernels_t16_run$i.json" 2> /tmp/k_err.txt
     echo "[kernels run $i rc=$? at $SECONDS s]" | tee -a "$R"; tail -2 /tmp/k_err.txt >> "$R"
-    [ "$(left)" -lt 20 ] && { echo "skipped decode $i: deadline" | tee -a "$R"; break; }
-    say "FMOE_THREADS=16 fmoe bench decode --model /tmp/s12 --tokens 8 --warm 24 --json   # run $i"
-    FMOE_THREADS=16 timeout 30 python3 -m fmoe bench decode --model /tmp/s12 --tokens 8 --warm 24 --json \
-        > "$OUT/decode_t16_run$i.json" 2> /tmp/dec_err.txt
-    echo "[decode run $i rc=$? at $SECONDS s]" | tee -a "$R"; tail -2 /tmp/dec_err.txt >> "$R"
+    decode_t16 $i
 done
 for t in 1 2 4 8 16; do
     [ "$(left)" -lt 25 ] && { echo "skipped threads=$t: deadline" | tee -a "$R"; break; }

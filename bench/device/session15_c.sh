@@ -9,9 +9,7 @@ DEADLINE=290
 . bench/device/setup.sh
 export CUDA_VISIBLE_DEVICES=""
 { lscpu | grep -E "Model name|^CPU\(s\)" | cut -c1-200; uptime; } >> "$R" 2>&1
-( timeout 150 python3 -m fmoe synth /tmp/s12 --like qwen3.5-397b-a17b --layers 12 --experts 64 --bits 4 --force \
-    --no-progress --no-tokenizer > /tmp/synth_s12.txt 2>&1; echo "synth rc=$?" >> /tmp/synth_s12.txt ) &
-SYN=$!
+synth_s12
 python3 -c "from fmoe.kernels import native; native.build(isa='avx512'); native.build(isa='avx2'); \
     native.build(isa='generic')" >> "$R" 2>&1
 pytests 90 --tb=short -rs tests/kernels/test_isa_variants.py -k "not one_object"
@@ -20,7 +18,7 @@ for shape in 1024x4096 4096x1024; do
     timeout 60 python3 bench/device/cpu_cold_vs_peer.py 4 $shape 1,4,8,16 >> "$R" 2>&1
     echo "[cold_vs_peer $shape rc=$? at $SECONDS s]" | tee -a "$R"
 done
-wait $SYN; tail -1 /tmp/synth_s12.txt | tee -a "$R"
+synth_s12_wait
 say "FMOE_THREADS=16 python3 bench/device/cpu_decode_profile.py /tmp/s12 --tokens 12 --warm 24 --top 35"
 FMOE_THREADS=16 timeout 90 python3 bench/device/cpu_decode_profile.py /tmp/s12 --tokens 12 --warm 24 --top 35 \
     >> "$R" 2>&1

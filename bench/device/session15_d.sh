@@ -7,21 +7,12 @@
 set -uo pipefail
 DEADLINE=470
 . bench/device/setup.sh
-( CUDA_VISIBLE_DEVICES="" timeout 150 python3 -m fmoe synth /tmp/s12 --like qwen3.5-397b-a17b --layers 12 \
-    --experts 64 --bits 4 --force --no-progress --no-tokenizer > /tmp/synth_s12.txt 2>&1
-  echo "synth rc=$?" >> /tmp/synth_s12.txt ) &
-SYN=$!
+synth_s12
 pytests 280 --tb=short tests/engine/test_cuda.py tests/bench/test_stream_cuda.py
 cp /tmp/pytests.txt "$OUT/pytest_gpu_engine.txt"
 export CUDA_VISIBLE_DEVICES="" FMOE_THREADS=16
-wait $SYN; tail -1 /tmp/synth_s12.txt | tee -a "$R"
-for i in 1 2; do
-    [ "$(left)" -lt 25 ] && { echo "skipped decode $i: deadline" | tee -a "$R"; break; }
-    say "FMOE_THREADS=16 fmoe bench decode --model /tmp/s12 --tokens 8 --warm 24 --json   # run $i"
-    timeout 30 python3 -m fmoe bench decode --model /tmp/s12 --tokens 8 --warm 24 --json \
-        > "$OUT/decode_t16_run$i.json" 2> /tmp/dec_err.txt
-    echo "[decode run $i rc=$? at $SECONDS s]" | tee -a "$R"; tail -2 /tmp/dec_err.txt >> "$R"
-done
+synth_s12_wait
+for i in 1 2; do decode_t16 $i; done
 if [ "$(left)" -gt 60 ]; then
     say "python3 bench/device/decode_rest_ab.py /tmp/s12 resident_recheck 6"
     timeout $(( $(left) - 10 )) python3 bench/device/decode_rest_ab.py /tmp/s12 resident_recheck 6 >> "$R" 2>&1

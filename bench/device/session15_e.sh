@@ -8,16 +8,14 @@ set -uo pipefail
 DEADLINE=410
 . bench/device/setup.sh
 export CUDA_VISIBLE_DEVICES="" FMOE_THREADS=16
-( timeout 150 python3 -m fmoe synth /tmp/s12 --like qwen3.5-397b-a17b --layers 12 --experts 64 --bits 4 --force \
-    --no-progress --no-tokenizer > /tmp/synth_s12.txt 2>&1; echo "synth rc=$?" >> /tmp/synth_s12.txt ) &
-SYN=$!
+synth_s12
 declare -A FL=([g64]="" [g32]="-DFMOE_GRAIN=32" [g16]="-DFMOE_GRAIN=16")
 for v in g64 g32 g16; do
     FMOE_QMV_CFLAGS="${FL[$v]}" timeout 100 python3 -c "from fmoe.kernels import native; native.build(isa='avx512')" \
         >> /tmp/build.txt 2>&1 &
 done
 wait $(jobs -p | grep -v "^$SYN$"); echo "[builds at $SECONDS s]" | tee -a "$R"
-wait $SYN; tail -1 /tmp/synth_s12.txt | tee -a "$R"
+synth_s12_wait
 for r in 1 2; do
     for v in g64 g32 g16; do
         [ "$(left)" -lt 40 ] && { echo "skipped $v round $r: deadline" | tee -a "$R"; continue; }

@@ -39,3 +39,18 @@ synth_c60() {  # synth_c60: the (c) model (60 layers x 64 experts, 397B-shaped, 
     SYN=$!
 }
 synth_c60_wait() { wait "$SYN"; tail -2 /tmp/synth_c60.txt | tee -a "$R"; }
+synth_s12() {  # synth_s12: the 12-layer x 64-expert 397B-shaped model (4-bit) into /tmp/s12 in the background, the
+               # GPU hidden; synth_s12_wait before using it
+    ( CUDA_VISIBLE_DEVICES="" timeout 150 python3 -m fmoe synth /tmp/s12 --like qwen3.5-397b-a17b --layers 12 \
+        --experts 64 --bits 4 --force --no-progress --no-tokenizer > /tmp/synth_s12.txt 2>&1
+      echo "synth rc=$?" >> /tmp/synth_s12.txt ) &
+    SYN=$!
+}
+synth_s12_wait() { wait "$SYN"; tail -1 /tmp/synth_s12.txt | tee -a "$R"; }
+decode_t16() {  # decode_t16 I: `fmoe bench decode` of /tmp/s12 on 16 threads into $OUT/decode_t16_runI.json
+    [ "$(left)" -lt 20 ] && { echo "skipped decode $1: deadline" | tee -a "$R"; return; }
+    say "FMOE_THREADS=16 fmoe bench decode --model /tmp/s12 --tokens 8 --warm 24 --json   # run $1"
+    FMOE_THREADS=16 timeout 30 python3 -m fmoe bench decode --model /tmp/s12 --tokens 8 --warm 24 --json \
+        > "$OUT/decode_t16_run$1.json" 2> /tmp/dec_err.txt
+    echo "[decode run $1 rc=$? at $SECONDS s]" | tee -a "$R"; tail -2 /tmp/dec_err.txt >> "$R"
+}
